@@ -1,0 +1,36 @@
+{
+  "target_defaults": {
+    "cflags!": ["-fno-exceptions"],
+    "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
+    "cflags": ["-O3", "-fPIC", "-fopenmp", "-fno-math-errno"],
+    "cflags_cc": ["-std=c++17", "-fexceptions"],
+    "include_dirs": ["native/include"],
+    "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"]
+  },
+  "targets": [
+    {
+      "target_name": "peftkit",
+      "sources": ["<!@(node scripts/sources.js generic)"],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "libraries": ["-fopenmp"],
+      "conditions": [
+        ["target_arch=='x64'", {
+          "dependencies": ["peftkit_avx2", "peftkit_avx512"],
+          "defines": ["PEFTKIT_X86"]
+        }]
+      ]
+    },
+    {
+      "target_name": "peftkit_avx2",
+      "type": "static_library",
+      "sources": ["<!@(node scripts/sources.js avx2)"],
+      "cflags": ["-mavx2", "-mfma", "-mf16c"]
+    },
+    {
+      "target_name": "peftkit_avx512",
+      "type": "static_library",
+      "sources": ["<!@(node scripts/sources.js avx512)"],
+      "cflags": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512bf16"]
+    }
+  ]
+}

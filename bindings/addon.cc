@@ -1,0 +1,62 @@
+// Module entry. Context-aware: every environment (main thread or worker) gets its own
+// AddonData, and nothing mutable is shared between them.
+#include <napi.h>
+
+#include "common.h"
+#include "peftkit/cpu_features.h"
+#include "peftkit/parallel.h"
+
+namespace pkb {
+namespace {
+
+Napi::Value SetErrorClass(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsFunction()) throw Napi::TypeError::New(info.Env(), "expected a constructor");
+  Data(info.Env()).error_class = Napi::Persistent(info[0].As<Napi::Function>());
+  return info.Env().Undefined();
+}
+
+Napi::Value RuntimeInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const pk::CpuFeatures& f = pk::cpu_features();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("cpuIsa", pk::cpu_isa_name());
+  o.Set("avx2", f.avx2_fma);
+  o.Set("avx512", f.avx512);
+  o.Set("avx512bf16", f.avx512_bf16);
+  o.Set("amxBf16", f.amx_bf16);
+  o.Set("threads", pk::num_threads());
+#ifdef PEFTKIT_CUDA
+  o.Set("cudaBuild", true);
+#else
+  o.Set("cudaBuild", false);
+#endif
+  o.Set("cudaAvailable", pk::cuda_available());
+  return o;
+}
+
+Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
+  pk::set_num_threads(int(info[0].As<Napi::Number>().Int32Value()));
+  return info.Env().Undefined();
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  env.SetInstanceData<AddonData>(new AddonData());
+  exports.Set("setErrorClass", Napi::Function::New(env, SetErrorClass));
+  exports.Set("runtimeInfo", Napi::Function::New(env, RuntimeInfo));
+  exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads));
+  InitTensor(env, exports);
+  InitGemm(env, exports);
+  InitLora(env, exports);
+  InitTransformerOps(env, exports);
+  InitAttention(env, exports);
+  InitLoss(env, exports);
+  InitOptim(env, exports);
+  return exports;
+}
+
+}  // namespace
+}  // namespace pkb
+
+static Napi::Object InitModule(Napi::Env env, Napi::Object exports) { return pkb::Init(env, exports); }
+
+NODE_API_MODULE(peftkit, InitModule)

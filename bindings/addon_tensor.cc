@@ -1,0 +1,124 @@
+#include "addon_tensor.h"
+
+#include <cstring>
+
+#include "common.h"
+
+namespace pkb {
+
+Napi::Function TensorWrap::Define(Napi::Env env) {
+  return DefineClass(env, "NativeTensor",
+                     {InstanceAccessor<&TensorWrap::Shape>("shape"),
+                      InstanceAccessor<&TensorWrap::DTypeName>("dtype"),
+                      InstanceAccessor<&TensorWrap::DeviceName>("device"),
+                      InstanceAccessor<&TensorWrap::Disposed>("disposed"),
+                      InstanceMethod<&TensorWrap::Read>("read"),
+                      InstanceMethod<&TensorWrap::Write>("write"),
+                      InstanceMethod<&TensorWrap::Dispose>("dispose")});
+}
+
+// new NativeTensor(shape: number[], dtype: string, device: string): uninitialized memory.
+TensorWrap::TensorWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TensorWrap>(info) {
+  Napi::Env env = info.Env();
+  try {
+    if (info.Length() < 1 || !info[0].IsArray()) pk::fail("E_ARG", "shape: expected an array of integers");
+    Napi::Array arr = info[0].As<Napi::Array>();
+    std::vector<int64_t> shape;
+    for (uint32_t i = 0; i < arr.Length(); i++) {
+      Napi::Value v = arr.Get(i);
+      if (!v.IsNumber()) pk::fail("E_ARG", "shape: expected an array of integers");
+      double d = v.As<Napi::Number>().DoubleValue();
+      if (d < 0 || d != double(int64_t(d)))
+        pk::fail("E_SHAPE", "shape: dimension " + std::to_string(i) + " must be a non-negative integer");
+      shape.push_back(int64_t(d));
+    }
+    pk::DType dtype = ParseDType(GetString(info, 1, "dtype"));
+    pk::Device device = ParseDevice(GetString(info, 2, "device"));
+    tensor_ = pk::Tensor::empty(shape, dtype, device);
+  } catch (const pk::Error& e) {
+    throw MakeError(env, e.code, e.what());
+  }
+  if (tensor_.device == pk::Device::CPU) {
+    accounted_ = int64_t(tensor_.nbytes());
+    Napi::MemoryManagement::AdjustExternalMemory(env, accounted_);
+  }
+}
+
+TensorWrap::~TensorWrap() {
+  // The finalizer may run at environment teardown, where V8 must not be called; the storage
+  // itself is freed by the shared_ptr either way.
+  tensor_.storage.reset();
+}
+
+void TensorWrap::Release(Napi::Env env) {
+  if (accounted_) Napi::MemoryManagement::AdjustExternalMemory(env, -accounted_);
+  accounted_ = 0;
+  tensor_.storage.reset();
+}
+
+Napi::Value TensorWrap::Shape(const Napi::CallbackInfo& info) {
+  Napi::Array a = Napi::Array::New(info.Env(), tensor_.shape.size());
+  for (size_t i = 0; i < tensor_.shape.size(); i++) a.Set(uint32_t(i), Napi::Number::New(info.Env(), double(tensor_.shape[i])));
+  return a;
+}
+
+Napi::Value TensorWrap::DTypeName(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), pk::dtype_name(tensor_.dtype));
+}
+
+Napi::Value TensorWrap::DeviceName(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), pk::device_name(tensor_.device));
+}
+
+Napi::Value TensorWrap::Disposed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), disposed()); }
+
+// read(): ArrayBuffer holding a copy of the bytes.
+Napi::Value TensorWrap::Read(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (disposed()) throw MakeError(env, "E_DISPOSED", "read: tensor was disposed");
+  Napi::ArrayBuffer buf = Napi::ArrayBuffer::New(env, tensor_.nbytes());
+  try {
+    pk::copy_to_host(buf.Data(), tensor_, tensor_.nbytes());
+  } catch (const pk::Error& e) {
+    throw MakeError(env, e.code, e.what());
+  }
+  return buf;
+}
+
+// write(view: TypedArray | ArrayBuffer): byte length must equal the tensor's.
+Napi::Value TensorWrap::Write(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (disposed()) throw MakeError(env, "E_DISPOSED", "write: tensor was disposed");
+  const void* src = nullptr;
+  size_t bytes = 0;
+  if (info.Length() >= 1 && info[0].IsTypedArray()) {
+    Napi::TypedArray ta = info[0].As<Napi::TypedArray>();
+    src = static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+    bytes = ta.ByteLength();
+  } else if (info.Length() >= 1 && info[0].IsArrayBuffer()) {
+    Napi::ArrayBuffer ab = info[0].As<Napi::ArrayBuffer>();
+    src = ab.Data();
+    bytes = ab.ByteLength();
+  } else {
+    throw MakeError(env, "E_ARG", "write: expected a TypedArray or ArrayBuffer");
+  }
+  try {
+    pk::copy_from_host(tensor_, src, bytes);
+  } catch (const pk::Error& e) {
+    throw MakeError(env, e.code, e.what());
+  }
+  return env.Undefined();
+}
+
+Napi::Value TensorWrap::Dispose(const Napi::CallbackInfo& info) {
+  Release(info.Env());
+  return info.Env().Undefined();
+}
+
+void InitTensor(Napi::Env env, Napi::Object exports) {
+  Napi::Function cls = TensorWrap::Define(env);
+  Data(env).tensor_class = Napi::Persistent(cls);
+  exports.Set("NativeTensor", cls);
+}
+
+}  // namespace pkb

@@ -1,0 +1,52 @@
+// Element types the engine stores. Compute is f32 (or f32 accumulation over bf16 storage).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+namespace pk {
+
+enum class DType : int { F32 = 0, BF16 = 1, F16 = 2, I32 = 3, I64 = 4, U8 = 5, I8 = 6 };
+
+inline size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::F32: case DType::I32: return 4;
+    case DType::BF16: case DType::F16: return 2;
+    case DType::I64: return 8;
+    case DType::U8: case DType::I8: return 1;
+  }
+  return 0;
+}
+
+inline const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::F32: return "f32";
+    case DType::BF16: return "bf16";
+    case DType::F16: return "f16";
+    case DType::I32: return "i32";
+    case DType::I64: return "i64";
+    case DType::U8: return "u8";
+    case DType::I8: return "i8";
+  }
+  return "?";
+}
+
+// bf16 is the top half of an f32. Rounding is to nearest even, as PyTorch does; NaN stays NaN.
+using bf16 = uint16_t;
+
+inline float bf16_to_f32(bf16 h) {
+  uint32_t u = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+inline bf16 f32_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return bf16((u >> 16) | 0x40);  // quiet NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return bf16(u >> 16);
+}
+
+}  // namespace pk

@@ -1,0 +1,55 @@
+// The op table: every kernel the engine has, one signature per op, declared once in
+// kernels.inc and implemented per device (pk::cpu in native/cpu, pk::cuda in native/cuda).
+// Kernels take raw pointers on their device and sizes; they never allocate tensors nor
+// validate user input (native/ops/ does that), and they never touch Node.
+//
+// Conventions (as llm.c): outputs first, then inputs, then sizes. Activations are row-major
+// [rows, features]; a sequence batch is [B, T, H, D] flattened. Parameter gradients are
+// ACCUMULATED (+=) so micro-batches add up; activation gradients are OVERWRITTEN.
+#pragma once
+#include <cstdint>
+
+#include "dtype.h"
+
+namespace pk {
+
+// A matrix operand of a GEMM: element (i, j) of op(M) is data[i*ld + j] when !trans and
+// data[j*ld + i] when trans. dtype is F32 or BF16 (bf16 storage, f32 accumulation).
+struct MatRef {
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+  int64_t ld = 0;
+  bool trans = false;
+};
+
+// One trainable tensor for the multi-tensor optimizer and norm kernels.
+struct ParamRef {
+  float* param;
+  const float* grad;
+  float* m;  // AdamW first moment
+  float* v;  // AdamW second moment
+  int64_t n;
+  float weight_decay;  // per tensor: PEFT/HF exclude biases and norms by choice of the caller
+};
+
+struct AdamWHyper {
+  float lr, beta1, beta2, eps;
+  int64_t step;  // 1-based step after this update (bias correction uses it)
+};
+
+// llama3 rope scaling (rope_type "llama3"); factor 0 means none.
+struct RopeScaling {
+  float factor = 0.f, low_freq_factor = 1.f, high_freq_factor = 4.f;
+  float original_max_position_embeddings = 8192.f;
+};
+
+namespace cpu {
+#include "kernels.inc"
+}
+#ifdef PEFTKIT_CUDA
+namespace cuda {
+#include "kernels.inc"
+}
+#endif
+
+}  // namespace pk

@@ -1,0 +1,181 @@
+/**
+ * Tensors: typed, shaped blocks of engine memory on one device. Create them with
+ * `Tensor.from`, `Tensor.zeros` or `Tensor.empty`; free them with `dispose()` (or `using`),
+ * or leave them to the garbage collector, which knows their size.
+ */
+import { PeftkitError } from './errors';
+import { native, NativeTensor } from './native';
+
+export type DType = 'f32' | 'bf16' | 'f16' | 'i32' | 'i64' | 'u8' | 'i8';
+export type Device = 'cpu' | 'cuda';
+/** Where to run: 'auto' means CUDA when the addon has it and a GPU is visible, else CPU. */
+export type DeviceOption = Device | 'auto';
+
+const DTYPE_BYTES: Record<DType, number> = { f32: 4, bf16: 2, f16: 2, i32: 4, i64: 8, u8: 1, i8: 1 };
+
+export interface TensorOptions {
+  /** Element type. Defaults to `'f32'` (or the natural type of the data given). */
+  dtype?: DType;
+  /** Defaults to `'cpu'`. */
+  device?: DeviceOption;
+}
+
+export type TensorData = Float32Array | Int32Array | Uint16Array | Uint8Array | Int8Array | BigInt64Array | number[];
+
+/** Resolves 'auto' and rejects 'cuda' when it cannot work, with the reason. */
+export function resolveDevice(device: DeviceOption = 'cpu'): Device {
+  const info = native.runtimeInfo();
+  if (device === 'auto') return info.cudaAvailable ? 'cuda' : 'cpu';
+  if (device === 'cuda' && !info.cudaAvailable) {
+    throw new PeftkitError(
+      'E_DEVICE',
+      info.cudaBuild
+        ? "device 'cuda' requested but no CUDA device is visible"
+        : "device 'cuda' requested but this build of peftkit has no CUDA support (run `npm run build:cuda`)",
+    );
+  }
+  if (device !== 'cpu' && device !== 'cuda') {
+    throw new PeftkitError('E_DEVICE', `unknown device '${String(device)}' (expected 'cpu', 'cuda' or 'auto')`);
+  }
+  return device;
+}
+
+function checkShape(shape: readonly number[]): number[] {
+  if (!Array.isArray(shape)) throw new PeftkitError('E_ARG', 'shape: expected an array of integers');
+  for (const [i, d] of shape.entries()) {
+    if (!Number.isInteger(d) || d < 0) {
+      throw new PeftkitError('E_SHAPE', `shape: dimension ${i} must be a non-negative integer, got ${d}`);
+    }
+  }
+  return [...shape];
+}
+
+/** f32 -> bf16 bits, round to nearest even (as PyTorch); NaN stays NaN. */
+export function f32ToBf16(x: Float32Array): Uint16Array {
+  const u = new Uint32Array(x.buffer, x.byteOffset, x.length);
+  const out = new Uint16Array(x.length);
+  for (let i = 0; i < u.length; i++) {
+    const v = u[i];
+    if ((v & 0x7fffffff) > 0x7f800000) out[i] = (v >>> 16) | 0x40;
+    else out[i] = ((v + 0x7fff + ((v >>> 16) & 1)) >>> 16) & 0xffff;
+  }
+  return out;
+}
+
+/** bf16 bits -> f32 (exact). */
+export function bf16ToF32(x: Uint16Array): Float32Array {
+  const u = new Uint32Array(x.length);
+  for (let i = 0; i < x.length; i++) u[i] = x[i] << 16;
+  return new Float32Array(u.buffer);
+}
+
+export class Tensor {
+  /** The addon's handle; pass it to native ops. */
+  readonly native: NativeTensor;
+
+  private constructor(handle: NativeTensor) {
+    this.native = handle;
+  }
+
+  /** Uninitialized memory: every element must be written before it is read. */
+  static empty(shape: readonly number[], opts: TensorOptions = {}): Tensor {
+    const dtype = opts.dtype ?? 'f32';
+    if (!(dtype in DTYPE_BYTES)) throw new PeftkitError('E_DTYPE', `unknown dtype '${String(dtype)}'`);
+    return new Tensor(new native.NativeTensor(checkShape(shape), dtype, resolveDevice(opts.device)));
+  }
+
+  static zeros(shape: readonly number[], opts: TensorOptions = {}): Tensor {
+    const t = Tensor.empty(shape, opts);
+    t.native.write(new ArrayBuffer(t.nbytes));
+    return t;
+  }
+
+  /**
+   * Copies `data` into a new tensor. Float32Array data with `dtype: 'bf16'` is rounded to
+   * bf16; Uint16Array with 'bf16' is taken as raw bf16 bits.
+   */
+  static from(data: TensorData, shape: readonly number[], opts: TensorOptions = {}): Tensor {
+    let dtype = opts.dtype;
+    let view: ArrayBufferView;
+    if (Array.isArray(data)) data = new Float32Array(data);
+    if (data instanceof Float32Array) {
+      dtype ??= 'f32';
+      if (dtype === 'bf16') view = f32ToBf16(data);
+      else if (dtype === 'f32') view = data;
+      else throw new PeftkitError('E_DTYPE', `Tensor.from: Float32Array data cannot make a '${dtype}' tensor`);
+    } else {
+      const natural: DType =
+        data instanceof Int32Array ? 'i32' : data instanceof Uint16Array ? 'bf16' : data instanceof Uint8Array ? 'u8'
+        : data instanceof Int8Array ? 'i8' : 'i64';
+      dtype ??= natural;
+      if (DTYPE_BYTES[dtype] !== data.BYTES_PER_ELEMENT) {
+        throw new PeftkitError('E_DTYPE', `Tensor.from: ${data.constructor.name} data cannot make a '${dtype}' tensor`);
+      }
+      view = data;
+    }
+    const t = Tensor.empty(shape, { ...opts, dtype });
+    if (t.numel !== (view as Float32Array).length) {
+      t.dispose();
+      throw new PeftkitError(
+        'E_SHAPE',
+        `Tensor.from: ${(view as Float32Array).length} elements do not fill shape [${shape.join(', ')}] (${t.numel} elements)`,
+      );
+    }
+    t.native.write(view);
+    return t;
+  }
+
+  get shape(): number[] {
+    return this.native.shape;
+  }
+  get dtype(): DType {
+    return this.native.dtype as DType;
+  }
+  get device(): Device {
+    return this.native.device as Device;
+  }
+  get disposed(): boolean {
+    return this.native.disposed;
+  }
+  get numel(): number {
+    return this.shape.reduce((a, b) => a * b, 1);
+  }
+  get nbytes(): number {
+    return this.numel * DTYPE_BYTES[this.dtype];
+  }
+
+  /** Copies the data out, as f32 for every floating dtype (bf16 widened exactly). */
+  toFloat32Array(): Float32Array {
+    const buf = this.native.read();
+    if (this.dtype === 'f32') return new Float32Array(buf);
+    if (this.dtype === 'bf16') return bf16ToF32(new Uint16Array(buf));
+    throw new PeftkitError('E_DTYPE', `toFloat32Array: tensor is ${this.dtype}; use toArray()`);
+  }
+
+  /** Copies the data out in its own type (bf16 as raw Uint16Array bits). */
+  toArray(): Float32Array | Int32Array | Uint16Array | Uint8Array | Int8Array | BigInt64Array {
+    const buf = this.native.read();
+    switch (this.dtype) {
+      case 'f32': return new Float32Array(buf);
+      case 'bf16': case 'f16': return new Uint16Array(buf);
+      case 'i32': return new Int32Array(buf);
+      case 'i64': return new BigInt64Array(buf);
+      case 'u8': return new Uint8Array(buf);
+      case 'i8': return new Int8Array(buf);
+    }
+  }
+
+  /** Overwrites the contents; the byte length must match exactly. */
+  write(data: ArrayBufferView): void {
+    this.native.write(data);
+  }
+
+  /** Frees the memory now. Later use throws E_DISPOSED; running async ops finish safely. */
+  dispose(): void {
+    this.native.dispose();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}

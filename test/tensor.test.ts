@@ -1,0 +1,62 @@
+import test from 'ava';
+import { Tensor, PeftkitError, runtimeInfo } from '../src/index';
+import { makeRng, randn } from './helpers/check';
+
+test('f32 round trip is exact', (t) => {
+  const rng = makeRng(t);
+  const data = randn(rng, 37);
+  const x = Tensor.from(data, [37]);
+  t.deepEqual(x.shape, [37]);
+  t.is(x.dtype, 'f32');
+  t.deepEqual(x.toFloat32Array(), data);
+  x.dispose();
+});
+
+test('bf16 stores round-to-nearest-even and widens exactly', (t) => {
+  // 1 + 2^-8 is a tie between bf16 neighbours 1 and 1 + 2^-7: even mantissa (1) wins.
+  const x = Tensor.from(new Float32Array([1 + 2 ** -8, 1 + 3 * 2 ** -8, -2.5, NaN]), [4], { dtype: 'bf16' });
+  const back = x.toFloat32Array();
+  t.is(back[0], 1);
+  t.is(back[1], 1 + 2 ** -6);
+  t.is(back[2], -2.5);
+  t.true(Number.isNaN(back[3]));
+});
+
+test('zeros are zero; sizes and dtypes are reported', (t) => {
+  const z = Tensor.zeros([3, 5], { dtype: 'i32' });
+  t.deepEqual([...(z.toArray() as Int32Array)], new Array(15).fill(0));
+  t.is(z.nbytes, 60);
+  t.is(z.device, 'cpu');
+});
+
+test('bad arguments are PeftkitErrors with codes', (t) => {
+  const e1 = t.throws(() => Tensor.from(new Float32Array(5), [2, 3]), { instanceOf: PeftkitError });
+  t.is(e1?.code, 'E_SHAPE');
+  const e2 = t.throws(() => Tensor.empty([2, -1]), { instanceOf: PeftkitError });
+  t.is(e2?.code, 'E_SHAPE');
+  const e3 = t.throws(() => Tensor.empty([2], { dtype: 'q7' as never }), { instanceOf: PeftkitError });
+  t.is(e3?.code, 'E_DTYPE');
+  const x = Tensor.from(new Float32Array(4), [4]);
+  const e4 = t.throws(() => x.write(new Float32Array(3)), { instanceOf: PeftkitError });
+  t.is(e4?.code, 'E_SHAPE');
+  x.dispose();
+  const e5 = t.throws(() => x.toFloat32Array(), { instanceOf: PeftkitError });
+  t.is(e5?.code, 'E_DISPOSED');
+});
+
+test('asking for CUDA where there is none is a clear error', (t) => {
+  if (runtimeInfo().cudaAvailable) {
+    t.pass('a GPU is visible here');
+    return;
+  }
+  const e = t.throws(() => Tensor.empty([2], { device: 'cuda' }), { instanceOf: PeftkitError });
+  t.is(e?.code, 'E_DEVICE');
+  t.regex(e!.message, /cuda/);
+  t.is(Tensor.empty([2], { device: 'auto' }).device, 'cpu');
+});
+
+test('runtime reports the CPU path it chose', (t) => {
+  const info = runtimeInfo();
+  t.regex(info.cpuIsa, /^(avx512|avx512\+amx-bf16|avx2|neon|portable)$/);
+  t.true(info.threads >= 1);
+});
