@@ -3,7 +3,7 @@
 #include <cmath>
 #include <vector>
 
-#include "peftkit/kernels.h"
+#include "gemm.h"
 #include "peftkit/parallel.h"
 
 namespace pk::cpu {
@@ -36,6 +36,13 @@ void gemm(int64_t M, int64_t N, int64_t K, float alpha, MatRef A, MatRef B, floa
       }
     }
   }
+}
+
+// Reference composition; the SIMD path fuses the terms into one pass.
+void gemm_sum(int64_t M, int64_t N, const GemmTerm* terms, int nterms, float beta, void* C, DType cdtype,
+              int64_t ldc) {
+  for (int t = 0; t < nterms; t++)
+    gemm(M, N, terms[t].K, terms[t].alpha, terms[t].A, terms[t].B, t == 0 ? beta : 1.f, C, cdtype, ldc);
 }
 
 }  // namespace pk::cpu

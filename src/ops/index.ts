@@ -2,4 +2,9 @@
  * The engine's kernels as typed functions over Tensors. Each has an `...Async` twin that runs
  * on the libuv thread pool and resolves when done, so a caller's event loop stays free.
  */
+export * from './attention';
 export * from './gemm';
+export * from './lora';
+export * from './loss';
+export * from './optim';
+export * from './transformer';

@@ -2,4 +2,9 @@
 // name the argument, then run the kernel of the tensors' device from the op table.
 // One header per op family under ops/.
 #pragma once
+#include "ops/attention.h"
 #include "ops/gemm.h"
+#include "ops/lora.h"
+#include "ops/loss.h"
+#include "ops/optim.h"
+#include "ops/transformer.h"

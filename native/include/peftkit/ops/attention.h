@@ -1,0 +1,4 @@
+#pragma once
+#include "../tensor.h"
+
+namespace pk::ops {}  // namespace pk::ops
