@@ -9,6 +9,11 @@ export type PeftkitErrorCode =
   | 'E_CUDA'
   | 'E_INTERNAL'
   | 'E_ADDON'
+  | 'E_IO'
+  | 'E_FORMAT'
+  | 'E_MISSING'
+  | 'E_CONFIG'
+  | 'E_UNSUPPORTED'
   | (string & {});
 
 /** Every error peftkit raises on purpose: `code` tells programs what went wrong, the message tells people. */

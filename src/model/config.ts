@@ -1,0 +1,155 @@
+/**
+ * config.json of a Hugging Face causal LM, read into one normalized shape. Supported:
+ * LlamaForCausalLM (Llama 2/3.x with llama3 rope scaling, TinyLlama, SmolLM/SmolLM2),
+ * MistralForCausalLM (without sliding window), Qwen2ForCausalLM (q/k/v biases).
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { PeftkitError } from '../errors';
+
+export type Architecture = 'LlamaForCausalLM' | 'MistralForCausalLM' | 'Qwen2ForCausalLM';
+export const SUPPORTED_ARCHITECTURES: readonly Architecture[] = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM'];
+
+export interface RopeScalingConfig {
+  factor: number;
+  lowFreqFactor: number;
+  highFreqFactor: number;
+  originalMaxPositionEmbeddings: number;
+}
+
+export interface ModelConfig {
+  architecture: Architecture;
+  /** model_type as written (llama, mistral, qwen2). */
+  modelType: string;
+  hiddenSize: number;
+  intermediateSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  vocabSize: number;
+  rmsNormEps: number;
+  ropeTheta: number;
+  /** llama3 rope scaling, or null. */
+  ropeScaling: RopeScalingConfig | null;
+  tieWordEmbeddings: boolean;
+  /** q/k/v projections have biases (Qwen2 always; Llama when attention_bias). */
+  qkvBias: boolean;
+  /** o_proj has a bias (Llama with attention_bias). */
+  oBias: boolean;
+  /** gate/up/down have biases (Llama with mlp_bias). */
+  mlpBias: boolean;
+  maxPositionEmbeddings: number;
+  /** Mistral/Qwen2 sliding window when it is in effect, else null (then training longer than it is refused). */
+  slidingWindow: number | null;
+  /** The dtype the weights were saved in (torch_dtype), informational. */
+  torchDtype: string | null;
+  bosTokenId: number | null;
+  eosTokenId: number | number[] | null;
+}
+
+type Json = Record<string, unknown>;
+
+function field<T>(file: string, cfg: Json, key: string, kind: 'int' | 'number' | 'bool', dflt?: T): T {
+  const v = cfg[key];
+  if (v === undefined || v === null) {
+    if (dflt !== undefined) return dflt;
+    throw new PeftkitError('E_CONFIG', `${file}: field "${key}" is missing (expected ${kind === 'int' ? 'a positive integer' : kind === 'bool' ? 'true or false' : 'a number'})`);
+  }
+  const ok = kind === 'bool' ? typeof v === 'boolean' : kind === 'int' ? Number.isInteger(v) && (v as number) > 0 : typeof v === 'number' && Number.isFinite(v);
+  if (!ok) {
+    throw new PeftkitError('E_CONFIG', `${file}: field "${key}" is ${JSON.stringify(v)}, expected ${kind === 'int' ? 'a positive integer' : kind === 'bool' ? 'true or false' : 'a finite number'}`);
+  }
+  return v as T;
+}
+
+/** Parses an already-loaded config object; `file` names it in errors. */
+export function parseModelConfig(cfg: Json, file = 'config.json'): ModelConfig {
+  if (typeof cfg !== 'object' || cfg === null || Array.isArray(cfg)) throw new PeftkitError('E_CONFIG', `${file}: not a JSON object`);
+  const archs = cfg.architectures;
+  const arch = Array.isArray(archs) ? (archs[0] as string) : undefined;
+  if (!arch || !SUPPORTED_ARCHITECTURES.includes(arch as Architecture)) {
+    throw new PeftkitError(
+      'E_UNSUPPORTED',
+      `${file}: architecture ${JSON.stringify(arch ?? archs ?? null)} is not supported; supported: ${SUPPORTED_ARCHITECTURES.join(', ')}`,
+    );
+  }
+  const architecture = arch as Architecture;
+  const hiddenSize = field<number>(file, cfg, 'hidden_size', 'int');
+  const numHeads = field<number>(file, cfg, 'num_attention_heads', 'int');
+  const numKvHeads = field<number>(file, cfg, 'num_key_value_heads', 'int', numHeads);
+  if (numHeads % numKvHeads !== 0) {
+    throw new PeftkitError('E_CONFIG', `${file}: num_attention_heads (${numHeads}) is not a multiple of num_key_value_heads (${numKvHeads})`);
+  }
+  const headDim = field<number>(file, cfg, 'head_dim', 'int', Math.floor(hiddenSize / numHeads));
+  if (headDim % 2 !== 0) throw new PeftkitError('E_CONFIG', `${file}: head_dim ${headDim} must be even for rotary embeddings`);
+  const act = cfg.hidden_act ?? 'silu';
+  if (act !== 'silu') throw new PeftkitError('E_UNSUPPORTED', `${file}: hidden_act "${String(act)}" is not supported (expected "silu")`);
+
+  let ropeScaling: RopeScalingConfig | null = null;
+  const rs = cfg.rope_scaling as Json | null | undefined;
+  if (rs) {
+    const type = rs.rope_type ?? rs.type;
+    if (type === 'default') ropeScaling = null;
+    else if (type === 'llama3') {
+      ropeScaling = {
+        factor: field<number>(file, rs, 'factor', 'number'),
+        lowFreqFactor: field<number>(file, rs, 'low_freq_factor', 'number', 1),
+        highFreqFactor: field<number>(file, rs, 'high_freq_factor', 'number', 4),
+        originalMaxPositionEmbeddings: field<number>(file, rs, 'original_max_position_embeddings', 'int', 8192),
+      };
+    } else {
+      throw new PeftkitError('E_UNSUPPORTED', `${file}: rope_scaling type ${JSON.stringify(type)} is not supported (supported: llama3, default)`);
+    }
+  }
+
+  let slidingWindow: number | null = null;
+  if (architecture === 'Qwen2ForCausalLM') {
+    if (cfg.use_sliding_window === true) slidingWindow = field<number>(file, cfg, 'sliding_window', 'int');
+  } else if (architecture === 'MistralForCausalLM') {
+    if (cfg.sliding_window !== null && cfg.sliding_window !== undefined) slidingWindow = field<number>(file, cfg, 'sliding_window', 'int');
+  }
+
+  const attentionBias = field<boolean>(file, cfg, 'attention_bias', 'bool', false);
+  return {
+    architecture,
+    modelType: String(cfg.model_type ?? ''),
+    hiddenSize,
+    intermediateSize: field<number>(file, cfg, 'intermediate_size', 'int'),
+    numLayers: field<number>(file, cfg, 'num_hidden_layers', 'int'),
+    numHeads,
+    numKvHeads,
+    headDim,
+    vocabSize: field<number>(file, cfg, 'vocab_size', 'int'),
+    rmsNormEps: field<number>(file, cfg, 'rms_norm_eps', 'number', 1e-6),
+    ropeTheta: field<number>(file, cfg, 'rope_theta', 'number', 10000),
+    ropeScaling,
+    tieWordEmbeddings: field<boolean>(file, cfg, 'tie_word_embeddings', 'bool', false),
+    qkvBias: architecture === 'Qwen2ForCausalLM' ? true : attentionBias,
+    oBias: architecture === 'Qwen2ForCausalLM' ? false : attentionBias,
+    mlpBias: architecture === 'LlamaForCausalLM' ? field<boolean>(file, cfg, 'mlp_bias', 'bool', false) : false,
+    maxPositionEmbeddings: field<number>(file, cfg, 'max_position_embeddings', 'int', 2048),
+    slidingWindow,
+    torchDtype: typeof cfg.torch_dtype === 'string' ? cfg.torch_dtype : null,
+    bosTokenId: typeof cfg.bos_token_id === 'number' ? cfg.bos_token_id : null,
+    eosTokenId: (typeof cfg.eos_token_id === 'number' || Array.isArray(cfg.eos_token_id) ? cfg.eos_token_id : null) as number | number[] | null,
+  };
+}
+
+/** Reads and parses `<dir>/config.json`. */
+export function readModelConfig(dir: string): ModelConfig {
+  const file = path.join(dir, 'config.json');
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new PeftkitError('E_IO', `${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+  }
+  let cfg: Json;
+  try {
+    cfg = JSON.parse(text) as Json;
+  } catch (e) {
+    throw new PeftkitError('E_CONFIG', `${file}: not valid JSON (${(e as Error).message})`);
+  }
+  return parseModelConfig(cfg, file);
+}

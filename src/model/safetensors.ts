@@ -1,0 +1,251 @@
+/**
+ * safetensors files (Hugging Face's tensor format): an 8-byte little-endian header length, a
+ * JSON header `{name: {dtype, shape, data_offsets: [begin, end]}, __metadata__?: {...}}`, then
+ * the raw little-endian bytes. Readers here load one tensor at a time from disk (a model is
+ * never held twice in memory); sharded checkpoints go through model.safetensors.index.json.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { PeftkitError } from '../errors';
+import { writeFileAtomic } from '../io/atomic';
+
+export type SafetensorsDType = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
+
+const DTYPE_BYTES: Record<SafetensorsDType, number> = {
+  F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, I8: 1, U8: 1, BOOL: 1,
+};
+
+export interface TensorInfo {
+  dtype: SafetensorsDType;
+  shape: number[];
+  /** Absolute byte range of the data in the file. */
+  begin: number;
+  end: number;
+  file: string;
+}
+
+const MAX_HEADER = 100 * 1024 * 1024;
+
+function bad(file: string, what: string): never {
+  throw new PeftkitError('E_FORMAT', `${file}: ${what}`);
+}
+
+/** One .safetensors file: its header, read eagerly; tensor bytes read on demand. */
+export class SafetensorsFile {
+  readonly file: string;
+  readonly tensors: ReadonlyMap<string, TensorInfo>;
+  readonly metadata: Readonly<Record<string, string>>;
+
+  constructor(file: string) {
+    this.file = file;
+    let fd: number;
+    try {
+      fd = fs.openSync(file, 'r');
+    } catch (e) {
+      throw new PeftkitError('E_IO', `${file}: cannot open (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    }
+    try {
+      const size = fs.fstatSync(fd).size;
+      if (size < 8) bad(file, `file is ${size} bytes, too short for a safetensors header`);
+      const lenBuf = Buffer.alloc(8);
+      fs.readSync(fd, lenBuf, 0, 8, 0);
+      const headerLen = Number(lenBuf.readBigUInt64LE(0));
+      if (headerLen > MAX_HEADER || headerLen + 8 > size) {
+        bad(file, `header length ${headerLen} does not fit the file (${size} bytes)`);
+      }
+      const hb = Buffer.alloc(headerLen);
+      fs.readSync(fd, hb, 0, headerLen, 8);
+      let header: Record<string, unknown>;
+      try {
+        header = JSON.parse(hb.toString('utf8')) as Record<string, unknown>;
+      } catch (e) {
+        bad(file, `header is not valid JSON (${(e as Error).message})`);
+      }
+      if (typeof header !== 'object' || header === null || Array.isArray(header)) bad(file, 'header is not a JSON object');
+      const dataStart = 8 + headerLen;
+      const tensors = new Map<string, TensorInfo>();
+      let metadata: Record<string, string> = {};
+      for (const [name, v] of Object.entries(header)) {
+        if (name === '__metadata__') {
+          metadata = (v ?? {}) as Record<string, string>;
+          continue;
+        }
+        const e = v as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
+        if (typeof e !== 'object' || e === null) bad(file, `tensor '${name}': entry is not an object`);
+        if (typeof e.dtype !== 'string' || !(e.dtype in DTYPE_BYTES)) {
+          bad(file, `tensor '${name}': dtype ${JSON.stringify(e.dtype)} is not one of ${Object.keys(DTYPE_BYTES).join(', ')}`);
+        }
+        if (!Array.isArray(e.shape) || !e.shape.every((d) => Number.isInteger(d) && d >= 0)) {
+          bad(file, `tensor '${name}': shape ${JSON.stringify(e.shape)} is not a list of non-negative integers`);
+        }
+        const off = e.data_offsets;
+        if (!Array.isArray(off) || off.length !== 2 || !off.every((d) => Number.isInteger(d) && d >= 0) || off[0] > off[1]) {
+          bad(file, `tensor '${name}': data_offsets ${JSON.stringify(off)} is not [begin, end]`);
+        }
+        const dtype = e.dtype as SafetensorsDType;
+        const shape = e.shape as number[];
+        const want = shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[dtype];
+        const [b, en] = off as [number, number];
+        if (en - b !== want) bad(file, `tensor '${name}': data_offsets span ${en - b} bytes but ${dtype}[${shape.join(', ')}] needs ${want}`);
+        if (dataStart + en > size) bad(file, `tensor '${name}': data ends at byte ${dataStart + en}, past the end of the file (${size})`);
+        tensors.set(name, { dtype, shape, begin: dataStart + b, end: dataStart + en, file });
+      }
+      this.tensors = tensors;
+      this.metadata = metadata;
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  /** The raw little-endian bytes of one tensor, in a fresh 8-byte-aligned buffer. */
+  readBytes(name: string): Uint8Array {
+    const info = this.tensors.get(name);
+    if (!info) throw new PeftkitError('E_MISSING', `${this.file}: no tensor named '${name}'`);
+    return readRange(info);
+  }
+}
+
+export function readRange(info: TensorInfo): Uint8Array {
+  const n = info.end - info.begin;
+  const out = new Uint8Array(new ArrayBuffer(Math.ceil(n / 8) * 8), 0, n);
+  const fd = fs.openSync(info.file, 'r');
+  try {
+    let done = 0;
+    while (done < n) {
+      const r = fs.readSync(fd, out, done, Math.min(n - done, 1 << 30), info.begin + done);
+      if (r === 0) bad(info.file, `unexpected end of file reading ${n} bytes at ${info.begin}`);
+      done += r;
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return out;
+}
+
+/** Widens F32/BF16/F16 bytes to a Float32Array (exact for all three). */
+export function toFloat32(bytes: Uint8Array, dtype: SafetensorsDType, where = 'tensor'): Float32Array {
+  const n = bytes.byteLength / DTYPE_BYTES[dtype];
+  switch (dtype) {
+    case 'F32':
+      return new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
+    case 'BF16': {
+      const h = new Uint16Array(bytes.buffer, bytes.byteOffset, n);
+      const u = new Uint32Array(n);
+      for (let i = 0; i < n; i++) u[i] = h[i] << 16;
+      return new Float32Array(u.buffer);
+    }
+    case 'F16': {
+      const h = new Uint16Array(bytes.buffer, bytes.byteOffset, n);
+      const out = new Float32Array(n);
+      for (let i = 0; i < n; i++) out[i] = f16ToF32(h[i]);
+      return out;
+    }
+    default:
+      throw new PeftkitError('E_DTYPE', `${where}: dtype ${dtype} is not a floating-point type (expected F32, BF16 or F16)`);
+  }
+}
+
+function f16ToF32(h: number): number {
+  const s = h & 0x8000 ? -1 : 1;
+  const e = (h >> 10) & 0x1f;
+  const m = h & 0x3ff;
+  if (e === 0) return s * m * 2 ** -24;
+  if (e === 31) return m ? NaN : s * Infinity;
+  return s * (1 + m / 1024) * 2 ** (e - 15);
+}
+
+/** A checkpoint: one model.safetensors, or shards listed by model.safetensors.index.json. */
+export class SafetensorsCheckpoint {
+  readonly dir: string;
+  readonly tensors: ReadonlyMap<string, TensorInfo>;
+
+  constructor(dir: string, single = 'model.safetensors') {
+    this.dir = dir;
+    const index = path.join(dir, `${single}.index.json`);
+    const one = path.join(dir, single);
+    const tensors = new Map<string, TensorInfo>();
+    if (fs.existsSync(index)) {
+      let map: Record<string, string>;
+      try {
+        map = (JSON.parse(fs.readFileSync(index, 'utf8')) as { weight_map?: Record<string, string> }).weight_map ?? bad(index, 'no "weight_map" object');
+      } catch (e) {
+        if (e instanceof PeftkitError) throw e;
+        bad(index, `not valid JSON (${(e as Error).message})`);
+      }
+      const shards = new Map<string, SafetensorsFile>();
+      for (const [name, shard] of Object.entries(map)) {
+        if (typeof shard !== 'string') bad(index, `weight_map['${name}'] is not a file name`);
+        let f = shards.get(shard);
+        if (!f) {
+          f = new SafetensorsFile(path.join(dir, shard));
+          shards.set(shard, f);
+        }
+        const info = f.tensors.get(name);
+        if (!info) bad(index, `weight_map says '${name}' is in ${shard}, but that shard has no such tensor`);
+        tensors.set(name, info);
+      }
+    } else if (fs.existsSync(one)) {
+      for (const [k, v] of new SafetensorsFile(one).tensors) tensors.set(k, v);
+    } else {
+      throw new PeftkitError('E_IO', `${dir}: neither ${single} nor ${single}.index.json found`);
+    }
+    this.tensors = tensors;
+  }
+
+  has(name: string): boolean {
+    return this.tensors.has(name);
+  }
+
+  info(name: string): TensorInfo {
+    const t = this.tensors.get(name);
+    if (!t) throw new PeftkitError('E_MISSING', `${this.dir}: checkpoint has no tensor '${name}'`);
+    return t;
+  }
+
+  /** One tensor as f32, checked against the shape the caller expects. */
+  readFloat32(name: string, shape?: readonly number[]): Float32Array {
+    const info = this.info(name);
+    if (shape && (shape.length !== info.shape.length || shape.some((d, i) => d !== info.shape[i]))) {
+      throw new PeftkitError(
+        'E_SHAPE',
+        `${info.file}: tensor '${name}' has shape [${info.shape.join(', ')}], expected [${shape.join(', ')}]`,
+      );
+    }
+    return toFloat32(readRange(info), info.dtype, `${info.file}: tensor '${name}'`);
+  }
+}
+
+export interface TensorToWrite {
+  dtype: SafetensorsDType;
+  shape: readonly number[];
+  data: ArrayBufferView;
+}
+
+/**
+ * Writes a .safetensors file atomically. Tensors are laid out in name order, the header is
+ * padded with spaces to a multiple of 8 bytes (as the reference writer does).
+ */
+export function writeSafetensors(file: string, tensors: Record<string, TensorToWrite>, metadata: Record<string, string> = { format: 'pt' }): void {
+  const names = Object.keys(tensors).sort();
+  const header: Record<string, unknown> = { __metadata__: metadata };
+  let offset = 0;
+  for (const name of names) {
+    const t = tensors[name];
+    const want = t.shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[t.dtype];
+    if (t.data.byteLength !== want) {
+      throw new PeftkitError('E_SHAPE', `${file}: tensor '${name}' has ${t.data.byteLength} bytes, ${t.dtype}[${t.shape.join(', ')}] needs ${want}`);
+    }
+    header[name] = { dtype: t.dtype, shape: [...t.shape], data_offsets: [offset, offset + want] };
+    offset += want;
+  }
+  let json = JSON.stringify(header);
+  json += ' '.repeat((8 - ((Buffer.byteLength(json) + 8) % 8)) % 8);
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
+  const chunks: Array<string | ArrayBufferView> = [len, json];
+  for (const name of names) {
+    const d = tensors[name].data;
+    chunks.push(new Uint8Array(d.buffer, d.byteOffset, d.byteLength));
+  }
+  writeFileAtomic(file, chunks);
+}

@@ -1,0 +1,162 @@
+/**
+ * LoraConfig: the fields of PEFT's adapter_config.json for LoRA, snake_case kept as on disk so
+ * the type is the file. Reading validates every field and names the one that is wrong.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { PeftkitError } from '../errors';
+import { writeFileAtomic } from '../io/atomic';
+
+export interface LoraConfig {
+  peft_type: 'LORA';
+  /** Defaults to `'CAUSAL_LM'`. */
+  task_type: string;
+  /** Informational: where the base model came from. Defaults to `null`. */
+  base_model_name_or_path: string | null;
+  revision: string | null;
+  /** Rank. Defaults to `8`. */
+  r: number;
+  /** Scaling numerator: scaling = lora_alpha / r (rsLoRA: / sqrt(r)). Defaults to `8`. */
+  lora_alpha: number;
+  /** Dropout on the LoRA input. Defaults to `0`. */
+  lora_dropout: number;
+  /** Module names (suffix match, as PEFT) or "all-linear" (every Linear but lm_head). Defaults to `['q_proj', 'v_proj']` for Llama-family models. */
+  target_modules: string[] | 'all-linear';
+  exclude_modules: string[] | null;
+  /** Defaults to `false`. */
+  use_rslora: boolean;
+  /** true: A kaiming-uniform(a=√5), B zeros; 'gaussian': A normal(0, 1/r), B zeros; false: both random (debug). Defaults to `true`. */
+  init_lora_weights: boolean | 'gaussian';
+  /** Only "none" is supported. */
+  bias: 'none';
+  fan_in_fan_out: false;
+  use_dora: false;
+  modules_to_save: string[] | null;
+  layers_to_transform: number[] | null;
+  layers_pattern: string | null;
+  rank_pattern: Record<string, number>;
+  alpha_pattern: Record<string, number>;
+  /** True in saved adapters (PEFT writes it so). */
+  inference_mode: boolean;
+}
+
+export const LLAMA_DEFAULT_TARGETS = ['q_proj', 'v_proj'];
+
+export function defaultLoraConfig(over: Partial<LoraConfig> = {}): LoraConfig {
+  return {
+    peft_type: 'LORA',
+    task_type: 'CAUSAL_LM',
+    base_model_name_or_path: null,
+    revision: null,
+    r: 8,
+    lora_alpha: 8,
+    lora_dropout: 0,
+    target_modules: [...LLAMA_DEFAULT_TARGETS],
+    exclude_modules: null,
+    use_rslora: false,
+    init_lora_weights: true,
+    bias: 'none',
+    fan_in_fan_out: false,
+    use_dora: false,
+    modules_to_save: null,
+    layers_to_transform: null,
+    layers_pattern: null,
+    rank_pattern: {},
+    alpha_pattern: {},
+    inference_mode: false,
+    ...over,
+  };
+}
+
+/** lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA. */
+export function loraScaling(c: Pick<LoraConfig, 'r' | 'lora_alpha' | 'use_rslora'>): number {
+  return c.use_rslora ? c.lora_alpha / Math.sqrt(c.r) : c.lora_alpha / c.r;
+}
+
+function fail(file: string, key: string, got: unknown, expected: string): never {
+  throw new PeftkitError('E_CONFIG', `${file}: "${key}" is ${JSON.stringify(got)}, expected ${expected}`);
+}
+
+function unsupported(file: string, key: string, got: unknown, supported: string): never {
+  throw new PeftkitError('E_UNSUPPORTED', `${file}: "${key}" = ${JSON.stringify(got)} is not supported by peftkit (${supported})`);
+}
+
+const isStrList = (v: unknown): v is string[] => Array.isArray(v) && v.every((x) => typeof x === 'string');
+
+/** Validates a parsed adapter_config.json (unknown keys are ignored, as PEFT does). */
+export function parseLoraConfig(raw: Record<string, unknown>, file = 'adapter_config.json'): LoraConfig {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new PeftkitError('E_CONFIG', `${file}: not a JSON object`);
+  if (raw.peft_type !== 'LORA') {
+    if (typeof raw.peft_type === 'string') unsupported(file, 'peft_type', raw.peft_type, 'this loader reads LORA adapters');
+    fail(file, 'peft_type', raw.peft_type, '"LORA"');
+  }
+  const c = defaultLoraConfig();
+  const r = raw.r ?? c.r;
+  if (!Number.isInteger(r) || (r as number) < 1) fail(file, 'r', r, 'a positive integer');
+  const alpha = raw.lora_alpha ?? c.lora_alpha;
+  if (typeof alpha !== 'number' || !Number.isFinite(alpha)) fail(file, 'lora_alpha', alpha, 'a number');
+  const dropout = raw.lora_dropout ?? 0;
+  if (typeof dropout !== 'number' || dropout < 0 || dropout >= 1) fail(file, 'lora_dropout', dropout, 'a number in [0, 1)');
+  const tm = raw.target_modules;
+  if (!(tm === 'all-linear' || (isStrList(tm) && tm.length > 0))) fail(file, 'target_modules', tm, 'a non-empty list of module names or "all-linear"');
+  const init = raw.init_lora_weights ?? true;
+  if (!(typeof init === 'boolean' || init === 'gaussian')) unsupported(file, 'init_lora_weights', init, 'true, false or "gaussian"');
+  const bias = raw.bias ?? 'none';
+  if (bias !== 'none') unsupported(file, 'bias', bias, 'only "none"');
+  if (raw.use_dora === true) unsupported(file, 'use_dora', true, 'DoRA is not implemented');
+  if (raw.fan_in_fan_out === true) unsupported(file, 'fan_in_fan_out', true, 'Llama-family Linear layers are not Conv1D');
+  for (const k of ['rank_pattern', 'alpha_pattern'] as const) {
+    const v = raw[k];
+    if (v !== undefined && v !== null && (typeof v !== 'object' || Object.keys(v as object).length > 0)) unsupported(file, k, v, 'per-module ranks are not implemented');
+  }
+  const mts = raw.modules_to_save ?? null;
+  if (mts !== null && !(isStrList(mts) && mts.length === 0)) unsupported(file, 'modules_to_save', mts, 'only null');
+  const ex = raw.exclude_modules ?? null;
+  if (ex !== null && !isStrList(ex)) fail(file, 'exclude_modules', ex, 'a list of module names or null');
+  const ltt = raw.layers_to_transform ?? null;
+  const ltts = typeof ltt === 'number' ? [ltt] : ltt;
+  if (ltts !== null && !(Array.isArray(ltts) && ltts.every((x) => Number.isInteger(x) && x >= 0))) fail(file, 'layers_to_transform', ltt, 'a layer index, a list of them, or null');
+  return {
+    ...c,
+    task_type: typeof raw.task_type === 'string' ? raw.task_type : c.task_type,
+    base_model_name_or_path: typeof raw.base_model_name_or_path === 'string' ? raw.base_model_name_or_path : null,
+    revision: typeof raw.revision === 'string' ? raw.revision : null,
+    r: r as number,
+    lora_alpha: alpha,
+    lora_dropout: dropout,
+    target_modules: tm === 'all-linear' ? 'all-linear' : [...(tm as string[])],
+    exclude_modules: ex as string[] | null,
+    use_rslora: raw.use_rslora === true,
+    init_lora_weights: init as boolean | 'gaussian',
+    layers_to_transform: ltts as number[] | null,
+    layers_pattern: typeof raw.layers_pattern === 'string' ? raw.layers_pattern : null,
+    inference_mode: raw.inference_mode === true,
+  };
+}
+
+export function readLoraConfig(dir: string): LoraConfig {
+  const file = path.join(dir, 'adapter_config.json');
+  let raw: Record<string, unknown>;
+  try {
+    raw = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new PeftkitError(code ? 'E_IO' : 'E_CONFIG', `${file}: ${code ? `cannot read (${code})` : `not valid JSON (${(e as Error).message})`}`);
+  }
+  return parseLoraConfig(raw, file);
+}
+
+function sortKeys(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(sortKeys);
+  if (v && typeof v === 'object') {
+    return Object.fromEntries(Object.keys(v).sort().map((k) => [k, sortKeys((v as Record<string, unknown>)[k])]));
+  }
+  return v;
+}
+
+/** Writes adapter_config.json as PEFT does: keys sorted, indent 2, inference_mode true. Atomic. */
+export function writeLoraConfig(dir: string, c: LoraConfig): void {
+  fs.mkdirSync(dir, { recursive: true });
+  const out = { ...c, inference_mode: true };
+  writeFileAtomic(path.join(dir, 'adapter_config.json'), [JSON.stringify(sortKeys(out), null, 2) + '\n']);
+}
