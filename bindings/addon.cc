@@ -51,6 +51,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitAttention(env, exports);
   InitLoss(env, exports);
   InitOptim(env, exports);
+  InitBias(env, exports);
   return exports;
 }
 

@@ -14,24 +14,38 @@ Napi::Function TensorWrap::Define(Napi::Env env) {
                       InstanceAccessor<&TensorWrap::Disposed>("disposed"),
                       InstanceMethod<&TensorWrap::Read>("read"),
                       InstanceMethod<&TensorWrap::Write>("write"),
-                      InstanceMethod<&TensorWrap::Dispose>("dispose")});
+                      InstanceMethod<&TensorWrap::Dispose>("dispose"),
+                      InstanceMethod<&TensorWrap::View>("view"),
+                      InstanceMethod<&TensorWrap::CopyFrom>("copyFrom")});
+}
+
+static std::vector<int64_t> ReadShape(const Napi::Value& value) {
+  if (!value.IsArray()) pk::fail("E_ARG", "shape: expected an array of integers");
+  Napi::Array arr = value.As<Napi::Array>();
+  std::vector<int64_t> shape;
+  for (uint32_t i = 0; i < arr.Length(); i++) {
+    Napi::Value v = arr.Get(i);
+    if (!v.IsNumber()) pk::fail("E_ARG", "shape: expected an array of integers");
+    double d = v.As<Napi::Number>().DoubleValue();
+    if (d < 0 || d != double(int64_t(d)))
+      pk::fail("E_SHAPE", "shape: dimension " + std::to_string(i) + " must be a non-negative integer");
+    shape.push_back(int64_t(d));
+  }
+  return shape;
 }
 
 // new NativeTensor(shape: number[], dtype: string, device: string): uninitialized memory.
+// new NativeTensor(parent: NativeTensor, offset: number, shape: number[]): a view of parent.
 TensorWrap::TensorWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TensorWrap>(info) {
   Napi::Env env = info.Env();
   try {
-    if (info.Length() < 1 || !info[0].IsArray()) pk::fail("E_ARG", "shape: expected an array of integers");
-    Napi::Array arr = info[0].As<Napi::Array>();
-    std::vector<int64_t> shape;
-    for (uint32_t i = 0; i < arr.Length(); i++) {
-      Napi::Value v = arr.Get(i);
-      if (!v.IsNumber()) pk::fail("E_ARG", "shape: expected an array of integers");
-      double d = v.As<Napi::Number>().DoubleValue();
-      if (d < 0 || d != double(int64_t(d)))
-        pk::fail("E_SHAPE", "shape: dimension " + std::to_string(i) + " must be a non-negative integer");
-      shape.push_back(int64_t(d));
+    if (info.Length() >= 1 && info[0].IsObject() && !info[0].IsArray()) {
+      pk::Tensor parent = GetTensor(info, 0, "view parent");
+      tensor_ = parent.view(GetInt(info, 1, "offset"), ReadShape(info[2]));
+      return;  // a view owns no new memory
     }
+    if (info.Length() < 1) pk::fail("E_ARG", "shape: expected an array of integers");
+    std::vector<int64_t> shape = ReadShape(info[0]);
     pk::DType dtype = ParseDType(GetString(info, 1, "dtype"));
     pk::Device device = ParseDevice(GetString(info, 2, "device"));
     tensor_ = pk::Tensor::empty(shape, dtype, device);
@@ -113,6 +127,25 @@ Napi::Value TensorWrap::Write(const Napi::CallbackInfo& info) {
 Napi::Value TensorWrap::Dispose(const Napi::CallbackInfo& info) {
   Release(info.Env());
   return info.Env().Undefined();
+}
+
+// view(offset, shape): a new handle on the same memory (constructed in JS via the class).
+Napi::Value TensorWrap::View(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return Data(env).tensor_class.New({Value(), info.Length() > 0 ? info[0] : env.Undefined(),
+                                     info.Length() > 1 ? info[1] : env.Undefined()});
+}
+
+// copyFrom(src): same dtype and element count; any devices.
+Napi::Value TensorWrap::CopyFrom(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  try {
+    if (disposed()) pk::fail("E_DISPOSED", "copyFrom: destination tensor was disposed");
+    pk::copy_tensor(tensor_, GetTensor(info, 0, "copyFrom source"));
+  } catch (const pk::Error& e) {
+    throw MakeError(env, e.code, e.what());
+  }
+  return env.Undefined();
 }
 
 void InitTensor(Napi::Env env, Napi::Object exports) {

@@ -23,6 +23,8 @@ class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
   Napi::Value Read(const Napi::CallbackInfo& info);
   Napi::Value Write(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
+  Napi::Value View(const Napi::CallbackInfo& info);
+  Napi::Value CopyFrom(const Napi::CallbackInfo& info);
   void Release(Napi::Env env);
 
   pk::Tensor tensor_;

@@ -54,5 +54,6 @@ void InitTransformerOps(Napi::Env env, Napi::Object exports);
 void InitAttention(Napi::Env env, Napi::Object exports);
 void InitLoss(Napi::Env env, Napi::Object exports);
 void InitOptim(Napi::Env env, Napi::Object exports);
+void InitBias(Napi::Env env, Napi::Object exports);
 
 }  // namespace pkb

@@ -3,7 +3,6 @@
  * node-gyp-build: a matching prebuild in prebuilds/<platform>-<arch>/, else build/Release.
  * Everything here is internal; the public API wraps it (src/tensor.ts, src/ops/*).
  */
-import * as fs from 'fs';
 import * as path from 'path';
 import { PeftkitError } from './errors';
 
@@ -16,6 +15,8 @@ export interface NativeTensor {
   read(): ArrayBuffer;
   write(data: ArrayBufferView | ArrayBuffer): void;
   dispose(): void;
+  view(offset: number, shape: number[]): NativeTensor;
+  copyFrom(src: NativeTensor): void;
 }
 
 export interface RuntimeInfo {
@@ -58,7 +59,13 @@ interface LossOps {}
 // ---- ops: optimizer --------------------------------------------------------------------------
 interface OptimOps {}
 
-export type NativeOps = WithAsync<GemmOps & LoraOps & TransformerOps & AttentionOps & LossOps & OptimOps>;
+// ---- ops: bias -------------------------------------------------------------------------------
+interface BiasOps {
+  biasAdd(y: T, bias: T): void;
+  biasBackward(dbias: T, dy: T): void;
+}
+
+export type NativeOps = WithAsync<GemmOps & LoraOps & TransformerOps & AttentionOps & LossOps & OptimOps & BiasOps>;
 
 export interface NativeAddon extends NativeOps {
   NativeTensor: new (shape: number[], dtype: string, device: string) => NativeTensor;
@@ -69,10 +76,9 @@ export interface NativeAddon extends NativeOps {
 
 function load(): NativeAddon {
   const root = path.join(__dirname, '..', '..');
-  // An explicit PEFTKIT_ADDON wins; then the CUDA build (`npm run build:cuda`) when it was made;
-  // then node-gyp-build's search (prebuilds/, build/Release).
-  const cudaBuild = path.join(root, 'build-cuda', 'Release', 'peftkit.node');
-  const explicit = process.env.PEFTKIT_ADDON || (fs.existsSync(cudaBuild) ? cudaBuild : undefined);
+  // PEFTKIT_ADDON (a path to a .node file) wins; else node-gyp-build's search: build/Release
+  // (where both `npm install` and `npm run build:cuda` put the addon), then prebuilds/.
+  const explicit = process.env.PEFTKIT_ADDON;
   let addon: NativeAddon;
   try {
     // eslint-disable-next-line @typescript-eslint/no-var-requires

@@ -170,6 +170,19 @@ export class Tensor {
     this.native.write(data);
   }
 
+  /**
+   * A tensor of `shape` that starts `offset` elements into this one and shares its memory (a
+   * KV-cache slot, a block of rows). Writes through either are seen by both.
+   */
+  view(offset: number, shape: readonly number[]): Tensor {
+    return new Tensor(this.native.view(offset, checkShape(shape)));
+  }
+
+  /** Copies `src` (same dtype and element count, any device) into this tensor. */
+  copyFrom(src: Tensor): void {
+    this.native.copyFrom(src.native);
+  }
+
   /** Frees the memory now. Later use throws E_DISPOSED; running async ops finish safely. */
   dispose(): void {
     this.native.dispose();

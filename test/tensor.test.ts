@@ -60,3 +60,21 @@ test('runtime reports the CPU path it chose', (t) => {
   t.regex(info.cpuIsa, /^(avx512|avx512\+amx-bf16|avx2|neon|portable)$/);
   t.true(info.threads >= 1);
 });
+
+test('views share memory and are bounds-checked; copyFrom copies', (t) => {
+  const x = Tensor.from(new Float32Array([0, 1, 2, 3, 4, 5, 6, 7]), [2, 4]);
+  const row1 = x.view(4, [4]);
+  t.deepEqual([...row1.toFloat32Array()], [4, 5, 6, 7]);
+  row1.write(new Float32Array([9, 9, 9, 9]));
+  t.deepEqual([...x.toFloat32Array()], [0, 1, 2, 3, 9, 9, 9, 9]);
+  const inner = row1.view(1, [2]);
+  t.deepEqual([...inner.toFloat32Array()], [9, 9]);
+  t.is(t.throws(() => x.view(5, [4]), { instanceOf: PeftkitError })?.code, 'E_SHAPE');
+  t.is(t.throws(() => row1.view(-1, [1]), { instanceOf: PeftkitError })?.code, 'E_SHAPE');
+  const y = Tensor.zeros([4]);
+  y.copyFrom(x.view(0, [4]));
+  t.deepEqual([...y.toFloat32Array()], [0, 1, 2, 3]);
+  t.is(t.throws(() => y.copyFrom(x), { instanceOf: PeftkitError })?.code, 'E_SHAPE');
+  x.dispose();
+  t.deepEqual([...row1.toFloat32Array()], [9, 9, 9, 9], 'a view keeps the memory alive');
+});

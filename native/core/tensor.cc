@@ -51,6 +51,38 @@ Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device devi
   return t;
 }
 
+Tensor Tensor::view(int64_t off, const std::vector<int64_t>& shp) const {
+  Tensor v = *this;
+  v.shape = shp;
+  v.offset = offset + off;
+  int64_t n = 1;
+  for (int64_t d : shp) {
+    if (d < 0) fail("E_SHAPE", "view: negative dimension in shape " + shape_str(shp));
+    n *= d;
+  }
+  if (off < 0 || off + n > numel())
+    fail("E_SHAPE", "view of " + std::to_string(n) + " elements at offset " + std::to_string(off) + " does not fit in " +
+                        describe());
+  return v;
+}
+
+void copy_tensor(const Tensor& dst, const Tensor& src) {
+  if (dst.dtype != src.dtype || dst.numel() != src.numel())
+    fail("E_SHAPE", "copy: destination " + dst.describe() + " and source " + src.describe() +
+                        " differ in dtype or element count");
+  const size_t bytes = src.nbytes();
+  if (bytes == 0) return;
+  if (dst.device == Device::CPU && src.device == Device::CPU) {
+    std::memmove(dst.raw(), src.raw(), bytes);
+    return;
+  }
+#ifdef PEFTKIT_CUDA
+  if (dst.device == Device::CUDA && src.device == Device::CUDA) cuda::copy_d2d(dst.raw(), src.raw(), bytes);
+  else if (dst.device == Device::CUDA) cuda::copy_h2d(dst.raw(), src.raw(), bytes);
+  else cuda::copy_d2h(dst.raw(), src.raw(), bytes);
+#endif
+}
+
 std::string shape_str(const std::vector<int64_t>& shape) {
   std::ostringstream os;
   os << "[";

@@ -31,6 +31,10 @@ void copy_h2d(void* dst, const void* src, size_t bytes) { check(cudaMemcpy(dst, 
 
 void copy_d2h(void* dst, const void* src, size_t bytes) { check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "copy to host"); }
 
+void copy_d2d(void* dst, const void* src, size_t bytes) {
+  check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream()), "copy on device");
+}
+
 void synchronize() { check(cudaStreamSynchronize(cudaStreamPerThread), "synchronize"); }
 
 }  // namespace pk::cuda

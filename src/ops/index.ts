@@ -3,6 +3,7 @@
  * on the libuv thread pool and resolves when done, so a caller's event loop stays free.
  */
 export * from './attention';
+export * from './bias';
 export * from './gemm';
 export * from './lora';
 export * from './loss';

@@ -10,6 +10,7 @@ void* malloc_device(size_t bytes);
 void free_device(void* p);
 void copy_h2d(void* dst, const void* src, size_t bytes);
 void copy_d2h(void* dst, const void* src, size_t bytes);
+void copy_d2d(void* dst, const void* src, size_t bytes);
 void synchronize();
 
 }  // namespace pk::cuda

@@ -3,6 +3,7 @@
 // One header per op family under ops/.
 #pragma once
 #include "ops/attention.h"
+#include "ops/bias.h"
 #include "ops/gemm.h"
 #include "ops/lora.h"
 #include "ops/loss.h"

@@ -38,6 +38,7 @@ struct Tensor {
   DType dtype = DType::F32;
   Device device = Device::CPU;
   std::vector<int64_t> shape;
+  int64_t offset = 0;  // in elements: a view starts this far into the storage
 
   static Tensor empty(const std::vector<int64_t>& shape, DType dtype, Device device);
 
@@ -49,7 +50,12 @@ struct Tensor {
   size_t nbytes() const { return size_t(numel()) * dtype_size(dtype); }
   int64_t dim(int i) const { return shape[size_t(i < 0 ? int(shape.size()) + i : i)]; }
   int ndim() const { return int(shape.size()); }
-  void* raw() const { return storage ? storage->data() : nullptr; }
+  void* raw() const {
+    return storage ? static_cast<char*>(storage->data()) + offset * int64_t(dtype_size(dtype)) : nullptr;
+  }
+  // A view of `shape` starting `offset` elements into this tensor, sharing its storage
+  // (a KV-cache slot, one row block of a batch). Bounds are checked.
+  Tensor view(int64_t offset, const std::vector<int64_t>& shape) const;
   template <typename T>
   T* data() const { return static_cast<T*>(raw()); }
   std::string describe() const;  // "f32[4, 8] on cpu"
@@ -65,6 +71,9 @@ void expect_shape(const Tensor& t, const std::vector<int64_t>& shape, const char
 void expect_ndim(const Tensor& t, int ndim, const char* what);
 void expect_same_device(const Tensor& a, const Tensor& b, const char* what_a, const char* what_b);
 std::string shape_str(const std::vector<int64_t>& shape);
+
+// dst = src for tensors of equal dtype and element count (any devices).
+void copy_tensor(const Tensor& dst, const Tensor& src);
 
 bool cuda_available();  // compiled with CUDA and a device is visible
 

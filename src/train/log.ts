@@ -1,0 +1,64 @@
+/**
+ * The training log: one JSON object per line (step, loss, lr, grad_norm, tokens/s, elapsed),
+ * appended as the run goes so a crash keeps what was logged; eval records carry eval_loss and
+ * eval_perplexity. A resumed run truncates the log back to its checkpoint step.
+ */
+import * as fs from 'fs';
+
+export interface TrainRecord {
+  step: number;
+  loss: number;
+  lr: number;
+  grad_norm: number;
+  tokens_per_s: number;
+  elapsed_s: number;
+  tokens: number;
+}
+
+export interface EvalRecord {
+  step: number;
+  eval_loss: number;
+  eval_perplexity: number;
+  elapsed_s: number;
+}
+
+export type LogRecord = TrainRecord | EvalRecord;
+
+export function isEval(r: LogRecord): r is EvalRecord {
+  return 'eval_loss' in r;
+}
+
+export class TrainLog {
+  readonly file: string;
+  private fd: number;
+
+  /** Opens the log; `keepUpToStep` keeps earlier records (resume), else starts empty. */
+  constructor(file: string, keepUpToStep?: number) {
+    this.file = file;
+    const kept = keepUpToStep === undefined ? [] : readLog(file).filter((r) => r.step <= keepUpToStep);
+    fs.writeFileSync(file, kept.map((r) => JSON.stringify(r) + '\n').join(''));
+    this.fd = fs.openSync(file, 'a');
+  }
+
+  append(r: LogRecord): void {
+    fs.writeSync(this.fd, JSON.stringify(r) + '\n');
+  }
+
+  close(): void {
+    fs.closeSync(this.fd);
+  }
+}
+
+export function readLog(file: string): LogRecord[] {
+  if (!fs.existsSync(file)) return [];
+  const out: LogRecord[] = [];
+  for (const line of fs.readFileSync(file, 'utf8').split('\n')) {
+    if (!line.trim()) continue;
+    try {
+      out.push(JSON.parse(line) as LogRecord);
+    } catch {
+      break; // a torn last line from a killed run
+    }
+  }
+  return out;
+}
