@@ -28,3 +28,27 @@ export function writeFileAtomic(file: string, chunks: ReadonlyArray<string | Arr
   fs.closeSync(fd);
   fs.renameSync(tmp, file);
 }
+
+/**
+ * Fills a folder atomically: `fill` writes into a fresh temporary folder beside `dir`, which then
+ * replaces `dir` (an existing one is moved aside first and removed after), so `dir` is always
+ * either the old complete folder or the new complete one.
+ */
+export function writeDirAtomic(dir: string, fill: (tmpDir: string) => void): void {
+  const parent = path.dirname(path.resolve(dir));
+  fs.mkdirSync(parent, { recursive: true });
+  const tmp = fs.mkdtempSync(path.join(parent, `.${path.basename(dir)}.tmp-`));
+  try {
+    fill(tmp);
+  } catch (e) {
+    fs.rmSync(tmp, { recursive: true, force: true });
+    throw e;
+  }
+  let old: string | null = null;
+  if (fs.existsSync(dir)) {
+    old = `${tmp}.old`;
+    fs.renameSync(dir, old);
+  }
+  fs.renameSync(tmp, dir);
+  if (old) fs.rmSync(old, { recursive: true, force: true });
+}
