@@ -48,7 +48,33 @@ interface GemmOps {
 interface LoraOps {}
 
 // ---- ops: transformer (embedding, norms, rope, activations, dropout, cast) ------------------
-interface TransformerOps {}
+interface TransformerOps {
+  embeddingForward(out: T, ids: T, table: T): void;
+  embeddingBackward(dtable: T, dout: T, ids: T): void;
+  rmsnormForward(out: T, rstd: T, x: T, w: T, eps: number): void;
+  rmsnormBackward(dx: T, dw: T | null, dout: T, x: T, w: T, rstd: T): void;
+  layernormForward(out: T, mean: T, rstd: T, x: T, w: T, b: T | null, eps: number): void;
+  layernormBackward(dx: T, dw: T | null, db: T | null, dout: T, x: T, w: T, mean: T, rstd: T): void;
+  /** `factor` 0 means no llama3 scaling. */
+  ropeTable(
+    cos: T, sin: T, positions: T, theta: number,
+    factor: number, lowFreqFactor: number, highFreqFactor: number, originalMaxPositionEmbeddings: number,
+  ): void;
+  ropeForward(out: T, x: T, cos: T, sin: T): void;
+  ropeBackward(dx: T, dout: T, cos: T, sin: T): void;
+  siluForward(out: T, x: T): void;
+  siluBackward(dx: T, dout: T, x: T): void;
+  geluForward(out: T, x: T, tanhApprox: boolean): void;
+  geluBackward(dx: T, dout: T, x: T, tanhApprox: boolean): void;
+  swigluForward(out: T, gate: T, up: T): void;
+  swigluBackward(dgate: T, dup: T, dout: T, gate: T, up: T): void;
+  add(out: T, a: T, b: T): void;
+  axpy(y: T, x: T, a: number): void;
+  cast(out: T, x: T): void;
+  /** `seed` and `offset`: integers >= 0 (numbers up to 2^53, or BigInts up to 2^64). */
+  dropoutForward(out: T, x: T, p: number, seed: number | bigint, offset: number | bigint): void;
+  dropoutBackward(dx: T, dout: T, p: number, seed: number | bigint, offset: number | bigint): void;
+}
 
 // ---- ops: attention --------------------------------------------------------------------------
 interface AttentionOps {}

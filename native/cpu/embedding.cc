@@ -1,0 +1,34 @@
+// Token embedding lookup and its gradient. table is [V, C], ids [N] (checked to lie in [0, V)
+// by the op layer), out / dout [N, C].
+#include <cstring>
+
+#include "grain.h"
+#include "peftkit/kernels.h"
+
+namespace pk::cpu {
+
+void embedding_forward(float* out, const int32_t* ids, const float* table, int64_t N, int64_t C) {
+#pragma omp parallel for num_threads(threads_for(N * C)) schedule(static)
+  for (int64_t n = 0; n < N; n++) std::memcpy(out + n * C, table + int64_t(ids[n]) * C, size_t(C) * sizeof(float));
+}
+
+// Repeated ids add into the same row, so rows cannot be split among threads. Columns can:
+// each thread owns a block of columns and walks all N ids in order, which also makes the
+// sum order (and so the result) the same at any thread count.
+void embedding_backward(float* dtable, const float* dout, const int32_t* ids, int64_t N, int64_t C, int64_t V) {
+  (void)V;
+  constexpr int64_t kBlock = 256;
+  const int64_t blocks = (C + kBlock - 1) / kBlock;
+#pragma omp parallel for num_threads(threads_for(N * C)) schedule(static)
+  for (int64_t blk = 0; blk < blocks; blk++) {
+    const int64_t c0 = blk * kBlock, width = C - c0 < kBlock ? C - c0 : kBlock;
+    for (int64_t n = 0; n < N; n++) {
+      float* dst = dtable + int64_t(ids[n]) * C + c0;
+      const float* src = dout + n * C + c0;
+#pragma omp simd
+      for (int64_t j = 0; j < width; j++) dst[j] += src[j];
+    }
+  }
+}
+
+}  // namespace pk::cpu

@@ -1,0 +1,103 @@
+// Rotary position embedding, Hugging Face "rotate-half" layout: within a head of D values, x[i]
+// and x[i + D/2] form the pair rotated by angle position·inv_freq[i].
+#include <cmath>
+#include <vector>
+
+#include "grain.h"
+#include "peftkit/kernels.h"
+
+namespace pk::cpu {
+
+namespace {
+
+// inv_freq[i] = theta^(-2i/D), then rope_type "llama3" scaling as transformers'
+// _compute_llama3_parameters: wavelengths shorter than original/high_freq_factor keep their
+// frequency, longer than original/low_freq_factor are divided by factor, and the band between
+// blends the two with smooth = (original/wavelen - low)/(high - low).
+// HF holds inv_freq in f32 before scaling it; so do we, with the scaling itself in double.
+std::vector<float> inv_freq(int64_t D, float theta, const RopeScaling& s) {
+  const int64_t half = D / 2;
+  std::vector<float> f(static_cast<size_t>(half));
+  const double orig = s.original_max_position_embeddings, low = s.low_freq_factor, high = s.high_freq_factor;
+  for (int64_t i = 0; i < half; i++) {
+    double v = double(float(1.0 / std::pow(double(theta), double(2 * i) / double(D))));
+    if (s.factor > 0.f) {
+      const double wavelen = 2.0 * M_PI / v;
+      if (wavelen < orig / high) {
+        // high frequency: unchanged
+      } else if (wavelen > orig / low) {
+        v = v / s.factor;
+      } else {
+        const double smooth = (orig / wavelen - low) / (high - low);
+        v = (1.0 - smooth) * v / s.factor + smooth * v;
+      }
+    }
+    f[size_t(i)] = float(v);
+  }
+  return f;
+}
+
+}  // namespace
+
+// The angle is rounded to f32 as position·inv_freq (one f32 product, as HF's f32 matmul forms
+// it), so the table matches the one a Hugging Face model was trained with; cos and sin of that
+// angle are then taken in double.
+void rope_table(float* cos, float* sin, const int32_t* positions, int64_t T, int64_t D, float theta,
+                RopeScaling scaling) {
+  const int64_t half = D / 2;
+  const std::vector<float> f = inv_freq(D, theta, scaling);
+  const float* fp = f.data();
+#pragma omp parallel for num_threads(threads_for(T * half * 16)) schedule(static)
+  for (int64_t t = 0; t < T; t++) {
+    const float pos = float(positions[t]);
+    for (int64_t i = 0; i < half; i++) {
+      const double angle = double(pos * fp[i]);
+      cos[t * half + i] = float(std::cos(angle));
+      sin[t * half + i] = float(std::sin(angle));
+    }
+  }
+}
+
+// Each (b, t, h) row is one head of D values; cos/sin row t is shared by every b and h.
+// `omp simd` vectorizes without a runtime alias check: with out == x every element is read
+// before it is written and no iteration reads what another writes (i and i + half differ).
+void rope_forward(float* out, const float* x, const float* cos, const float* sin, int64_t B, int64_t T, int64_t H,
+                  int64_t D) {
+  const int64_t half = D / 2, rows = B * T * H;
+#pragma omp parallel for num_threads(threads_for(rows * D)) schedule(static)
+  for (int64_t r = 0; r < rows; r++) {
+    const int64_t t = (r / H) % T;
+    const float* c = cos + t * half;
+    const float* s = sin + t * half;
+    const float* xr = x + r * D;
+    float* o = out + r * D;
+#pragma omp simd
+    for (int64_t i = 0; i < half; i++) {
+      const float x1 = xr[i], x2 = xr[i + half];
+      o[i] = x1 * c[i] - x2 * s[i];
+      o[i + half] = x2 * c[i] + x1 * s[i];
+    }
+  }
+}
+
+// The transpose of the rotation, i.e. the rotation by -angle.
+void rope_backward(float* dx, const float* dout, const float* cos, const float* sin, int64_t B, int64_t T,
+                   int64_t H, int64_t D) {
+  const int64_t half = D / 2, rows = B * T * H;
+#pragma omp parallel for num_threads(threads_for(rows * D)) schedule(static)
+  for (int64_t r = 0; r < rows; r++) {
+    const int64_t t = (r / H) % T;
+    const float* c = cos + t * half;
+    const float* s = sin + t * half;
+    const float* d = dout + r * D;
+    float* g = dx + r * D;
+#pragma omp simd
+    for (int64_t i = 0; i < half; i++) {
+      const float d1 = d[i], d2 = d[i + half];
+      g[i] = d1 * c[i] + d2 * s[i];
+      g[i + half] = d2 * c[i] - d1 * s[i];
+    }
+  }
+}
+
+}  // namespace pk::cpu
