@@ -77,7 +77,12 @@ interface TransformerOps {
 }
 
 // ---- ops: attention --------------------------------------------------------------------------
-interface AttentionOps {}
+interface AttentionOps {
+  /** Causal GQA attention: out [B,Tq,Hq,D] and lse [B,Hq,Tq] from q [B,Tq,Hq,D], k/v [B,Tk,Hkv,D]. */
+  attentionForward(out: T, lse: T, q: T, k: T, v: T, scale: number): void;
+  /** dq, dk, dv overwritten; recomputes the probabilities from q, k and lse. */
+  attentionBackward(dq: T, dk: T, dv: T, dout: T, q: T, k: T, v: T, out: T, lse: T, scale: number): void;
+}
 
 // ---- ops: loss -------------------------------------------------------------------------------
 interface LossOps {}
