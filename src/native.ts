@@ -45,7 +45,12 @@ interface GemmOps {
 }
 
 // ---- ops: lora -------------------------------------------------------------------------------
-interface LoraOps {}
+interface LoraOps {
+  /** Y = X·Wᵀ + scale·(Xa·Aᵀ)·Bᵀ (+ bias), XA = Xa·Aᵀ saved; Xa null means X. */
+  loraForward(Y: T, XA: T, X: T, Xa: T | null, W: T, A: T, B: T, bias: T | null, scale: number): void;
+  /** dX = dY·W (+ scale·(dY·B)·A when dXa is null); dXa = scale·(dY·B)·A; dA, dB accumulate. */
+  loraBackward(dX: T | null, dXa: T | null, dA: T, dB: T, dY: T, Xa: T, XA: T, W: T, A: T, B: T, scale: number): void;
+}
 
 // ---- ops: transformer (embedding, norms, rope, activations, dropout, cast) ------------------
 interface TransformerOps {

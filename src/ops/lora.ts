@@ -1,1 +1,75 @@
-export {};
+import { native } from '../native';
+import { Tensor } from '../tensor';
+
+export interface LoraForwardOptions {
+  /** The low-rank scale s (PEFT: `lora_alpha / r`, or `lora_alpha / √r` with rsLoRA). Defaults to `1`. */
+  scale?: number;
+  /** The base layer's bias, f32 [N], added to every row of Y. Defaults to none. */
+  bias?: Tensor;
+  /**
+   * LoRA dropout: `dropout(X)` (same shape as X), the input of the low-rank path only; the base
+   * path always reads X. Pass the same tensor as `Xa` to {@link loraBackward}, with
+   * `dDropoutInput`. Defaults to X itself (no dropout).
+   */
+  dropoutInput?: Tensor;
+}
+
+export interface LoraBackwardOptions {
+  /** The scale s the forward used. Defaults to `1`. */
+  scale?: number;
+  /**
+   * Set it when the forward had a `dropoutInput`: it receives (overwritten, shape of Xa) the
+   * low-rank part of the input gradient, `scale·(dY·B)·A`, to chain through the dropout backward
+   * and add to dX, which then holds only `dY·W`. Defaults to none: the low-rank part is added
+   * into dX, which is right only when the forward had no dropout.
+   */
+  dDropoutInput?: Tensor;
+}
+
+/**
+ * The fused LoRA linear layer: `Y = X·Wᵀ + scale·(Xa·Aᵀ)·Bᵀ (+ bias)`, where Xa is X or its
+ * dropout. `W + scale·B·A` is never formed; the low-rank term joins the base GEMM as r extra
+ * steps of its inner dimension. Writes Y and `XA = Xa·Aᵀ`, which {@link loraBackward} needs.
+ *
+ * Shapes, with leading dims `...` (e.g. [batch, tokens]) flattened into M rows: X [..., K];
+ * W [N, K] the frozen base weight (a Linear's [out, in], f32 or bf16); A [r, K]; B [N, r];
+ * Y [..., N]; XA [..., r]. Everything but W is f32, and all tensors are on one device.
+ */
+export function loraForward(Y: Tensor, XA: Tensor, X: Tensor, W: Tensor, A: Tensor, B: Tensor, o: LoraForwardOptions = {}): void {
+  native.loraForward(Y.native, XA.native, X.native, o.dropoutInput?.native ?? null, W.native, A.native, B.native,
+    o.bias?.native ?? null, o.scale ?? 1);
+}
+
+/** {@link loraForward} on the thread pool. */
+export function loraForwardAsync(
+  Y: Tensor, XA: Tensor, X: Tensor, W: Tensor, A: Tensor, B: Tensor, o: LoraForwardOptions = {},
+): Promise<void> {
+  return native.loraForwardAsync(Y.native, XA.native, X.native, o.dropoutInput?.native ?? null, W.native, A.native,
+    B.native, o.bias?.native ?? null, o.scale ?? 1);
+}
+
+/**
+ * Gradients of {@link loraForward} given dY [..., N]. `Xa` is the low-rank path's input the
+ * forward read (its `dropoutInput`, else X); `XA` is what the forward saved.
+ * - `dX` [..., K] (or `null` when no input gradient is needed): overwritten with `dY·W`, plus
+ *   `scale·(dY·B)·A` unless `dDropoutInput` takes that part.
+ * - `dA` [r, K] `+= scale·(dY·B)ᵀ·Xa` and `dB` [N, r] `+= scale·dYᵀ·XA`: parameter gradients
+ *   accumulate, so zero them before the first micro-batch.
+ * W gets no gradient: the base stays frozen.
+ */
+export function loraBackward(
+  dX: Tensor | null, dA: Tensor, dB: Tensor, dY: Tensor, Xa: Tensor, XA: Tensor, W: Tensor, A: Tensor, B: Tensor,
+  o: LoraBackwardOptions = {},
+): void {
+  native.loraBackward(dX?.native ?? null, o.dDropoutInput?.native ?? null, dA.native, dB.native, dY.native, Xa.native,
+    XA.native, W.native, A.native, B.native, o.scale ?? 1);
+}
+
+/** {@link loraBackward} on the thread pool. */
+export function loraBackwardAsync(
+  dX: Tensor | null, dA: Tensor, dB: Tensor, dY: Tensor, Xa: Tensor, XA: Tensor, W: Tensor, A: Tensor, B: Tensor,
+  o: LoraBackwardOptions = {},
+): Promise<void> {
+  return native.loraBackwardAsync(dX?.native ?? null, o.dDropoutInput?.native ?? null, dA.native, dB.native,
+    dY.native, Xa.native, XA.native, W.native, A.native, B.native, o.scale ?? 1);
+}
