@@ -82,6 +82,20 @@ for (const device of devices()) {
     }
   });
 
+  test(`${device}: a NaN or infinite logit gives a NaN loss, not a silent 0`, (t) => {
+    const V = 40;
+    const x = new Float32Array(3 * V).fill(0.5);
+    x[3] = NaN;
+    x[V + 7] = Infinity;
+    x[2 * V + 9] = -Infinity; // -inf is a logit of probability 0: fine
+    const losses = poisoned([3], device);
+    ops.crossEntropy(losses, null, Tensor.from(x, [3, V], { device }), Tensor.from(new Int32Array([0, 1, 2]), [3], { device }));
+    const l = losses.toFloat32Array();
+    t.true(Number.isNaN(l[0]), `NaN logit: loss ${l[0]}`);
+    t.true(Number.isNaN(l[1]), `+inf logit: loss ${l[1]}`);
+    t.true(Math.abs(l[2] - Math.log(V - 1)) < 1e-5, `-inf logit: loss ${l[2]}`);
+  });
+
   test(`${device}: cross-entropy gradient agrees with finite differences of its own losses`, (t) => {
     const rng = makeRng(t);
     const [N, V] = [3, 11];
