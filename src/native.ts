@@ -90,10 +90,33 @@ interface AttentionOps {
 }
 
 // ---- ops: loss -------------------------------------------------------------------------------
-interface LossOps {}
+interface LossOps {
+  /** losses[n] = -log softmax(logits[n])[targets[n]]; dlogits (may be logits, or null) = gradScale·(softmax - onehot). */
+  crossEntropy(losses: T, dlogits: T | null, logits: T, targets: T, ignoreIndex: number, gradScale: number): void;
+  /** Cross-entropy of H·Wᵀ, chunkRows rows at a time (0 = automatic); dH overwritten, dW accumulated, either may be null. */
+  linearCrossEntropy(
+    losses: T, dH: T | null, dW: T | null, H: T, W: T, targets: T, ignoreIndex: number, gradScale: number, chunkRows: number,
+  ): void;
+}
 
 // ---- ops: optimizer --------------------------------------------------------------------------
-interface OptimOps {}
+/** One trainable tensor with its AdamW moments, all f32 of one shape. */
+export interface NativeAdamWParam {
+  param: T;
+  grad: T;
+  m: T;
+  v: T;
+  weightDecay: number;
+}
+
+interface OptimOps {
+  /** One torch.optim.AdamW step over every tensor; step is 1-based and includes this one. */
+  adamw(params: NativeAdamWParam[], lr: number, beta1: number, beta2: number, eps: number, step: number): void;
+  /** The L2 norm of all grads together; `undefined` stands for NaN (the addon's "no result"). */
+  gradNorm(grads: T[]): number | undefined;
+  /** As gradNorm, then grads *= maxNorm/(norm + 1e-6) when norm > maxNorm and finite. */
+  clipGradNorm(grads: T[], maxNorm: number): number | undefined;
+}
 
 // ---- ops: bias -------------------------------------------------------------------------------
 interface BiasOps {

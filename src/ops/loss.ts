@@ -1,1 +1,69 @@
-export {};
+import { native } from '../native';
+import { Tensor } from '../tensor';
+
+export interface CrossEntropyOptions {
+  /** Rows whose target equals this get loss 0 and gradient 0. Defaults to `-100` (Hugging Face's label mask). */
+  ignoreIndex?: number;
+  /**
+   * Multiplies the gradient: `1 / (number of counted rows)` gives the gradient of the mean loss,
+   * `1` that of the sum. Defaults to `1`.
+   */
+  gradScale?: number;
+}
+
+export interface LinearCrossEntropyOptions extends CrossEntropyOptions {
+  /**
+   * Rows of logits formed at once (scratch memory is `chunkRows × V` floats). `0` picks about
+   * 32 MB of logits. Defaults to `0`.
+   */
+  chunkRows?: number;
+}
+
+/**
+ * Cross-entropy over the last axis: `losses[n] = logsumexp(logits[n]) - logits[n, targets[n]]`.
+ *
+ * - `losses`: f32 `[...]`, overwritten; `logits`: f32 `[..., V]`; `targets`: i32 `[...]`, each in
+ *   `[0, V)` or equal to `ignoreIndex` (anything else throws `E_ARG` naming the row).
+ * - `dlogits`: where `gradScale·(softmax(logits) - onehot(targets))` goes: a tensor shaped like
+ *   `logits`, `logits` itself (the gradient replaces the logits, saving N×V floats), or `null`
+ *   for the losses only.
+ */
+export function crossEntropy(losses: Tensor, dlogits: Tensor | null, logits: Tensor, targets: Tensor, o: CrossEntropyOptions = {}): void {
+  native.crossEntropy(losses.native, dlogits?.native ?? null, logits.native, targets.native, o.ignoreIndex ?? -100, o.gradScale ?? 1);
+}
+
+/** {@link crossEntropy} on the thread pool. */
+export function crossEntropyAsync(
+  losses: Tensor, dlogits: Tensor | null, logits: Tensor, targets: Tensor, o: CrossEntropyOptions = {},
+): Promise<void> {
+  return native.crossEntropyAsync(losses.native, dlogits?.native ?? null, logits.native, targets.native, o.ignoreIndex ?? -100, o.gradScale ?? 1);
+}
+
+/**
+ * The LM head fused with its loss: cross-entropy of `logits = H·Wᵀ` without ever holding all
+ * N×V logits (they are formed `chunkRows` rows at a time, and each chunk's gradient is used
+ * at once).
+ *
+ * - `H`: f32 `[..., C]` (final hidden states); `W`: `[V, C]` f32 or bf16 (the LM head weight);
+ *   `targets`, `losses`: as in {@link crossEntropy}, shaped like H without its last axis.
+ * - `dH`: f32 like `H`, overwritten with `dloss/dH`, or `null`. Must not be `H`.
+ * - `dW`: f32 `[V, C]`, ACCUMULATES `dloss/dW` (+=), or `null` (a frozen head).
+ */
+export function linearCrossEntropy(
+  losses: Tensor, dH: Tensor | null, dW: Tensor | null, H: Tensor, W: Tensor, targets: Tensor, o: LinearCrossEntropyOptions = {},
+): void {
+  native.linearCrossEntropy(
+    losses.native, dH?.native ?? null, dW?.native ?? null, H.native, W.native, targets.native,
+    o.ignoreIndex ?? -100, o.gradScale ?? 1, o.chunkRows ?? 0,
+  );
+}
+
+/** {@link linearCrossEntropy} on the thread pool. */
+export function linearCrossEntropyAsync(
+  losses: Tensor, dH: Tensor | null, dW: Tensor | null, H: Tensor, W: Tensor, targets: Tensor, o: LinearCrossEntropyOptions = {},
+): Promise<void> {
+  return native.linearCrossEntropyAsync(
+    losses.native, dH?.native ?? null, dW?.native ?? null, H.native, W.native, targets.native,
+    o.ignoreIndex ?? -100, o.gradScale ?? 1, o.chunkRows ?? 0,
+  );
+}

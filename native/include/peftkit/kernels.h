@@ -32,8 +32,10 @@ struct ParamRef {
   float weight_decay;  // per tensor: PEFT/HF exclude biases and norms by choice of the caller
 };
 
+// Double, as the Python floats torch.optim.AdamW forms its step scalars from: in f32,
+// 1 - beta2 alone would be 1.3e-5 off for beta2 = 0.999.
 struct AdamWHyper {
-  float lr, beta1, beta2, eps;
+  double lr, beta1, beta2, eps;
   int64_t step;  // 1-based step after this update (bias correction uses it)
 };
 

@@ -1,0 +1,143 @@
+// AdamW and the gradient norm over every trainable tensor in one call.
+//
+// A LoRA model has hundreds of tiny tensors (biases, r×K factors) and a few large ones, so
+// the work is not split one tensor per thread: all elements are laid end to end and cut into
+// equal blocks, and threads take blocks. The block size, not the thread count, fixes where
+// the partial sums of the norm begin and end, so the norm has the same bits on any number of
+// threads.
+#include <cmath>
+#include <vector>
+
+#include "peftkit/kernels.h"
+#include "peftkit/parallel.h"
+
+namespace pk::cpu {
+
+namespace {
+
+constexpr int64_t kBlock = 1 << 15;  // elements per block: 128 KiB of each of p, g, m, v
+
+class FlatBlocks {
+ public:
+  FlatBlocks(const ParamRef* params, int64_t count) : start_(size_t(count) + 1, 0) {
+    for (int64_t i = 0; i < count; i++) start_[size_t(i) + 1] = start_[size_t(i)] + params[i].n;
+  }
+  int64_t count() const { return (start_.back() + kBlock - 1) / kBlock; }
+  int threads() const {  // at least 1: num_threads(0) is not allowed
+    const int64_t c = count() < num_threads() ? count() : num_threads();
+    return c > 0 ? int(c) : 1;
+  }
+
+  // f(tensor, begin, end) for each piece of block b, tensor by tensor.
+  template <class F>
+  void for_each_span(int64_t b, F&& f) const {
+    const int64_t lo = b * kBlock, hi = lo + kBlock < start_.back() ? lo + kBlock : start_.back();
+    // The last tensor starting at or before lo (binary search over the prefix sums).
+    size_t t = 0, t_hi = start_.size() - 1;
+    while (t + 1 < t_hi) {
+      size_t mid = (t + t_hi) / 2;
+      if (start_[mid] <= lo) t = mid; else t_hi = mid;
+    }
+    for (int64_t at = lo; at < hi; t++) {
+      const int64_t end = start_[t + 1] < hi ? start_[t + 1] : hi;
+      if (end > at) f(int64_t(t), at - start_[t], end - start_[t]);
+      at = end > at ? end : at;
+    }
+  }
+
+ private:
+  std::vector<int64_t> start_;  // start_[i]: flat index of tensor i's first element
+};
+
+// AdamW's f32 scalars for one step.
+struct Coeffs {
+  float step_size, bc2_sqrt, w1, b2, w2, eps;
+};
+
+// One span of one tensor, in torch.optim.AdamW's order of f32 operations: p·(1 - lr·wd), then
+// m.lerp_(g, 1 - b1), v·b2 + (1 - b2)·g·g, p + (-step_size·m) / (sqrt(v)/sqrt(bc2) + eps).
+void update(float* __restrict p, float* __restrict m, float* __restrict v, const float* __restrict g, int64_t n,
+            const Coeffs& k, float decay) {
+  const float step = -k.step_size, bc2_sqrt = k.bc2_sqrt, w1 = k.w1, b2 = k.b2, w2 = k.w2, eps = k.eps;
+  if (w1 < 0.5f) {  // torch's lerp: m + w·(g - m) for w < 0.5, else g - (g - m)·(1 - w)
+#pragma omp simd
+    for (int64_t j = 0; j < n; j++) {
+      const float mj = m[j] + w1 * (g[j] - m[j]);
+      const float vj = v[j] * b2 + w2 * g[j] * g[j];
+      p[j] = p[j] * decay + step * mj / (std::sqrt(vj) / bc2_sqrt + eps);
+      m[j] = mj;
+      v[j] = vj;
+    }
+  } else {
+    const float w1c = 1.f - w1;
+#pragma omp simd
+    for (int64_t j = 0; j < n; j++) {
+      const float mj = g[j] - (g[j] - m[j]) * w1c;
+      const float vj = v[j] * b2 + w2 * g[j] * g[j];
+      p[j] = p[j] * decay + step * mj / (std::sqrt(vj) / bc2_sqrt + eps);
+      m[j] = mj;
+      v[j] = vj;
+    }
+  }
+}
+
+}  // namespace
+
+void adamw(const ParamRef* params, int64_t count, AdamWHyper h) {
+  // The scalars as torch.optim.AdamW forms them: in double from Python floats, then rounded
+  // to f32 where they meet the f32 tensors.
+  const double t = double(h.step);
+  Coeffs k;
+  k.step_size = float(h.lr / (1.0 - std::pow(h.beta1, t)));
+  k.bc2_sqrt = float(std::sqrt(1.0 - std::pow(h.beta2, t)));
+  k.w1 = float(1.0 - h.beta1);
+  k.b2 = float(h.beta2);
+  k.w2 = float(1.0 - h.beta2);
+  k.eps = float(h.eps);
+  const FlatBlocks blocks(params, count);
+  const int64_t nb = blocks.count();
+#pragma omp parallel for schedule(static) num_threads(blocks.threads()) if (nb > 1)
+  for (int64_t b = 0; b < nb; b++) {
+    blocks.for_each_span(b, [&](int64_t i, int64_t lo, int64_t hi) {
+      const ParamRef& pr = params[i];
+      float *p = pr.param, *m = pr.m, *v = pr.v;
+      const float* g = pr.grad;
+      const float decay = float(1.0 - h.lr * double(pr.weight_decay));
+      update(p + lo, m + lo, v + lo, g + lo, hi - lo, k, decay);
+    });
+  }
+}
+
+double grad_sumsq(const ParamRef* params, int64_t count) {
+  const FlatBlocks blocks(params, count);
+  const int64_t nb = blocks.count();
+  std::vector<double> partial(size_t(nb), 0.0);
+#pragma omp parallel for schedule(static) num_threads(blocks.threads()) if (nb > 1)
+  for (int64_t b = 0; b < nb; b++) {
+    double s = 0.0;
+    blocks.for_each_span(b, [&](int64_t i, int64_t lo, int64_t hi) {
+      const float* g = params[i].grad;
+#pragma omp simd reduction(+ : s)
+      for (int64_t j = lo; j < hi; j++) s += double(g[j]) * double(g[j]);
+    });
+    partial[size_t(b)] = s;
+  }
+  double total = 0.0;
+  for (double s : partial) total += s;
+  return total;
+}
+
+void grad_scale(const ParamRef* params, int64_t count, float factor) {
+  const FlatBlocks blocks(params, count);
+  const int64_t nb = blocks.count();
+#pragma omp parallel for schedule(static) num_threads(blocks.threads()) if (nb > 1)
+  for (int64_t b = 0; b < nb; b++) {
+    blocks.for_each_span(b, [&](int64_t i, int64_t lo, int64_t hi) {
+      float* g = const_cast<float*>(params[i].grad);  // the one writer of grads (see kernels.inc)
+#pragma omp simd
+      for (int64_t j = lo; j < hi; j++) g[j] *= factor;
+    });
+  }
+}
+
+}  // namespace pk::cpu

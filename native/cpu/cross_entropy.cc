@@ -1,0 +1,137 @@
+// Cross-entropy over the vocabulary, and the LM head fused with it.
+//
+// One row (V logits) at a time, in three passes over the row: its max; e = exp(x - max) written
+// straight into the gradient row while summing; then the gradient row scaled by
+// grad_scale / sum with grad_scale taken off at the target. So a row costs one exp per logit,
+// and the probabilities exist only once, in the gradient buffer (which may be the logits).
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "gemm.h"
+#include "peftkit/kernels.h"
+#include "peftkit/parallel.h"
+
+namespace pk::cpu {
+
+namespace {
+
+// e^x for x <= 0, written so that an `omp simd` loop vectorizes it (libm's expf does not
+// vectorize without -ffast-math). x = n·ln2 + r with |r| <= ln2/2, e^r by its Taylor series
+// to r^7 (truncation under 1e-8 relative), 2^n built in the exponent bits. Below -87, where
+// e^x would leave f32's normal range, it returns 0; NaN stays NaN. The two selects are done
+// on the bits: a float comparison would keep GCC (trapping math) from vectorizing the loop.
+inline float exp_nonpositive(float x) {
+  int32_t xb;
+  std::memcpy(&xb, &x, 4);
+  // All ones unless 87 < |x| <= inf (NaN keeps its bits and propagates).
+  const int32_t keep = -int32_t(uint32_t((xb & 0x7fffffff) - 0x42ae0001) >= uint32_t(0x7f800000 - 0x42ae0000));
+  const int32_t xcb = (xb & keep) | (int32_t(0xc2ae0000) & ~keep);  // 0xc2ae0000 is -87.f
+  float xc;
+  std::memcpy(&xc, &xcb, 4);
+  // Round to nearest by the 1.5·2^23 trick (exact for |v| < 2^22).
+  const float n = (xc * 1.44269504088896341f + 12582912.f) - 12582912.f;
+  float r = xc - n * 0.693359375f;  // ln2 split in two so that n·ln2_hi is exact
+  r = r + n * 2.12194440e-4f;
+  float p = 1.f / 5040.f;
+  p = p * r + 1.f / 720.f;
+  p = p * r + 1.f / 120.f;
+  p = p * r + 1.f / 24.f;
+  p = p * r + 1.f / 6.f;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  const int32_t scale_bits = (int32_t(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &scale_bits, 4);
+  const float e = p * scale;
+  int32_t eb;
+  std::memcpy(&eb, &e, 4);
+  eb &= keep;
+  float out;
+  std::memcpy(&out, &eb, 4);
+  return out;
+}
+
+// Partial sums of at most this many exps stay in f32 (lanes of a vector register); the row
+// total is kept in double, so a 150k vocabulary loses nothing to the order of additions.
+constexpr int64_t kSumBlock = 1024;
+
+// Loss of one row; when d != null also its gradient (d may be x itself).
+void row(float* loss, float* d, const float* x, int32_t target, int64_t V, int32_t ignore_index,
+         float grad_scale) {
+  if (target == ignore_index) {
+    *loss = 0.f;
+    if (d) std::memset(d, 0, size_t(V) * sizeof(float));
+    return;
+  }
+  float m = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < V; j++) m = x[j] > m ? x[j] : m;
+  const float xt = x[target];  // read before d (maybe x) is overwritten
+
+  double sum = 0.0;
+  for (int64_t j0 = 0; j0 < V; j0 += kSumBlock) {
+    const int64_t j1 = j0 + kSumBlock < V ? j0 + kSumBlock : V;
+    float s = 0.f;
+    if (d) {
+#pragma omp simd reduction(+ : s)
+      for (int64_t j = j0; j < j1; j++) {
+        const float e = exp_nonpositive(x[j] - m);
+        d[j] = e;
+        s += e;
+      }
+    } else {
+#pragma omp simd reduction(+ : s)
+      for (int64_t j = j0; j < j1; j++) s += exp_nonpositive(x[j] - m);
+    }
+    sum += double(s);
+  }
+  // (m - xt) first: for logits near ±1e4 the large parts cancel exactly before log(sum) is added.
+  *loss = float((double(m) - double(xt)) + std::log(sum));
+  if (!d) return;
+  const float k = float(double(grad_scale) / sum);
+#pragma omp simd
+  for (int64_t j = 0; j < V; j++) d[j] *= k;
+  d[target] -= grad_scale;
+}
+
+}  // namespace
+
+void cross_entropy(float* losses, float* dlogits, const float* logits, const int32_t* targets, int64_t N,
+                   int64_t V, int32_t ignore_index, float grad_scale) {
+#pragma omp parallel for schedule(static) num_threads(num_threads()) if (N > 1 && N * V > 32768)
+  for (int64_t n = 0; n < N; n++)
+    row(losses + n, dlogits ? dlogits + n * V : nullptr, logits + n * V, targets[n], V, ignore_index,
+        grad_scale);
+}
+
+void linear_cross_entropy(float* losses, float* dH, float* dW, const float* H, const void* W, DType w_dtype,
+                          const int32_t* targets, int64_t N, int64_t C, int64_t V, int32_t ignore_index,
+                          float grad_scale, int64_t chunk_rows, float* scratch) {
+  const bool backward = dH || dW;
+  for (int64_t r0 = 0; r0 < N; r0 += chunk_rows) {
+    const int64_t rows = r0 + chunk_rows < N ? chunk_rows : N - r0;
+    const float* Hc = H + r0 * C;
+    bool any = false;  // a chunk of masked rows (a prompt, padding) costs nothing
+    for (int64_t n = 0; n < rows && !any; n++) any = targets[r0 + n] != ignore_index;
+    if (!any) {
+      std::memset(losses + r0, 0, size_t(rows) * sizeof(float));
+      if (dH) std::memset(dH + r0 * C, 0, size_t(rows * C) * sizeof(float));
+      continue;
+    }
+    // logits[rows, V] = Hc·Wᵀ, then turned into grad_scale·(softmax - onehot) in place.
+    gemm(rows, V, C, 1.f, MatRef{Hc, DType::F32, C, false}, MatRef{W, w_dtype, C, true}, 0.f, scratch,
+         DType::F32, V);
+    cross_entropy(losses + r0, backward ? scratch : nullptr, scratch, targets + r0, rows, V, ignore_index,
+                  grad_scale);
+    if (dW)  // dW[V, C] += dlogitsᵀ·Hc
+      gemm(V, C, rows, 1.f, MatRef{scratch, DType::F32, V, true}, MatRef{Hc, DType::F32, C, false}, 1.f, dW,
+           DType::F32, C);
+    if (dH)  // dHc[rows, C] = dlogits·W
+      gemm(rows, C, V, 1.f, MatRef{scratch, DType::F32, V, false}, MatRef{W, w_dtype, C, false}, 0.f,
+           dH + r0 * C, DType::F32, C);
+  }
+}
+
+}  // namespace pk::cpu

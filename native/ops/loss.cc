@@ -1,0 +1,128 @@
+#include "peftkit/ops/loss.h"
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "peftkit/kernels.h"
+
+namespace pk::ops {
+
+namespace {
+
+std::vector<int64_t> leading(const Tensor& t) { return std::vector<int64_t>(t.shape.begin(), t.shape.end() - 1); }
+
+// The kernels trust targets blindly (a bad one would index out of the row), so every target
+// is checked here, on the host: one int per row, little next to the N×V logits.
+void expect_targets_in_range(const Tensor& targets, int64_t V, int32_t ignore_index) {
+  const int64_t N = targets.numel();
+  std::vector<int32_t> host;
+  const int32_t* t = targets.data<int32_t>();
+  if (targets.device != Device::CPU) {
+    host.resize(size_t(N));
+    copy_to_host(host.data(), targets, targets.nbytes());
+    t = host.data();
+  }
+  for (int64_t n = 0; n < N; n++)
+    if (t[n] != ignore_index && (t[n] < 0 || t[n] >= V))
+      fail("E_ARG", "targets: row " + std::to_string(n) + " has target " + std::to_string(t[n]) +
+                        ", outside [0, " + std::to_string(V) + ") and not ignore_index (" +
+                        std::to_string(ignore_index) + ")");
+}
+
+void expect_finite(float x, const char* what) {
+  if (!std::isfinite(x)) fail("E_ARG", std::string(what) + ": expected a finite number, got " + std::to_string(x));
+}
+
+// targets [...] i32 and losses [...] f32 for rows shaped `rows` (the leading dims of the input).
+void expect_rows(const Tensor& losses, const Tensor& targets, const std::vector<int64_t>& rows, const Tensor& ref,
+                 const char* op) {
+  expect_dtype(targets, DType::I32, (std::string(op) + " targets").c_str());
+  expect_shape(targets, rows, (std::string(op) + " targets").c_str());
+  expect_dtype(losses, DType::F32, (std::string(op) + " losses").c_str());
+  expect_shape(losses, rows, (std::string(op) + " losses").c_str());
+  expect_same_device(ref, targets, op, "targets");
+  expect_same_device(ref, losses, op, "losses");
+}
+
+}  // namespace
+
+void cross_entropy(const Tensor& losses, const Tensor& dlogits, const Tensor& logits, const Tensor& targets,
+                   int32_t ignore_index, float grad_scale) {
+  expect_dtype(logits, DType::F32, "cross_entropy logits");
+  if (logits.ndim() < 1 || logits.dim(-1) < 1)
+    fail("E_SHAPE", "cross_entropy logits: expected [..., V] with V >= 1, got " + logits.describe());
+  expect_rows(losses, targets, leading(logits), logits, "cross_entropy logits");
+  const bool grad = dlogits.storage != nullptr;
+  if (grad) {
+    expect_dtype(dlogits, DType::F32, "cross_entropy dlogits");
+    expect_shape(dlogits, logits.shape, "cross_entropy dlogits");
+    expect_same_device(logits, dlogits, "cross_entropy logits", "dlogits");
+  }
+  expect_finite(grad_scale, "cross_entropy gradScale");
+  const int64_t V = logits.dim(-1), N = logits.numel() / V;
+  expect_targets_in_range(targets, V, ignore_index);
+  float* d = grad ? dlogits.data<float>() : nullptr;  // may be logits itself: the kernel allows it
+  if (logits.device == Device::CPU) {
+    cpu::cross_entropy(losses.data<float>(), d, logits.data<float>(), targets.data<int32_t>(), N, V, ignore_index,
+                       grad_scale);
+    return;
+  }
+#ifdef PEFTKIT_CUDA
+  cuda::cross_entropy(losses.data<float>(), d, logits.data<float>(), targets.data<int32_t>(), N, V, ignore_index,
+                      grad_scale);
+#endif
+}
+
+void linear_cross_entropy(const Tensor& losses, const Tensor& dH, const Tensor& dW, const Tensor& H,
+                          const Tensor& W, const Tensor& targets, int32_t ignore_index, float grad_scale,
+                          int64_t chunk_rows) {
+  expect_dtype(H, DType::F32, "linear_cross_entropy H");
+  if (H.ndim() < 1) fail("E_SHAPE", "linear_cross_entropy H: expected [..., C], got " + H.describe());
+  expect_ndim(W, 2, "linear_cross_entropy W");
+  if (W.dtype != DType::F32 && W.dtype != DType::BF16)
+    fail("E_DTYPE", "linear_cross_entropy W: expected dtype f32 or bf16, got " + W.describe());
+  const int64_t C = H.dim(-1), V = W.dim(0);
+  if (V < 1) fail("E_SHAPE", "linear_cross_entropy W: expected [V, C] with V >= 1, got " + W.describe());
+  if (W.dim(1) != C)
+    fail("E_SHAPE", "linear_cross_entropy W: expected [V, " + std::to_string(C) + "] (C from H " +
+                        shape_str(H.shape) + "), got " + W.describe());
+  expect_same_device(H, W, "linear_cross_entropy H", "W");
+  expect_rows(losses, targets, leading(H), H, "linear_cross_entropy H");
+  if (dH.storage) {
+    expect_dtype(dH, DType::F32, "linear_cross_entropy dH");
+    expect_shape(dH, H.shape, "linear_cross_entropy dH");
+    expect_same_device(H, dH, "linear_cross_entropy H", "dH");
+    if (dH.raw() == H.raw()) fail("E_ARG", "linear_cross_entropy dH: must not be H (H is read after dH is written)");
+  }
+  if (dW.storage) {
+    expect_dtype(dW, DType::F32, "linear_cross_entropy dW");
+    expect_shape(dW, {V, C}, "linear_cross_entropy dW");
+    expect_same_device(H, dW, "linear_cross_entropy H", "dW");
+    if (dW.raw() == W.raw()) fail("E_ARG", "linear_cross_entropy dW: must not be W");
+  }
+  expect_finite(grad_scale, "linear_cross_entropy gradScale");
+  if (chunk_rows < 0)
+    fail("E_ARG", "linear_cross_entropy chunkRows: expected >= 0 (0 = automatic), got " + std::to_string(chunk_rows));
+  const int64_t N = targets.numel();  // the rows of H, also when C == 0
+  expect_targets_in_range(targets, V, ignore_index);
+  if (N == 0) return;
+  if (chunk_rows == 0) chunk_rows = (int64_t(1) << 23) / V > 1 ? (int64_t(1) << 23) / V : 1;
+  if (chunk_rows > N) chunk_rows = N;
+  Tensor scratch = Tensor::empty({chunk_rows, V}, DType::F32, H.device);
+  float* dh = dH.storage ? dH.data<float>() : nullptr;
+  float* dw = dW.storage ? dW.data<float>() : nullptr;
+  if (H.device == Device::CPU) {
+    cpu::linear_cross_entropy(losses.data<float>(), dh, dw, H.data<float>(), W.raw(), W.dtype,
+                              targets.data<int32_t>(), N, C, V, ignore_index, grad_scale, chunk_rows,
+                              scratch.data<float>());
+    return;
+  }
+#ifdef PEFTKIT_CUDA
+  cuda::linear_cross_entropy(losses.data<float>(), dh, dw, H.data<float>(), W.raw(), W.dtype,
+                             targets.data<int32_t>(), N, C, V, ignore_index, grad_scale, chunk_rows,
+                             scratch.data<float>());
+#endif
+}
+
+}  // namespace pk::ops

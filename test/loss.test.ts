@@ -1,0 +1,259 @@
+import test from 'ava';
+import { Tensor, PeftkitError, ops } from '../src/index';
+import type { Device } from '../src/index';
+import { assertClose, devices, makeRng, poisoned, randn, relErr, roundBf16 } from './helpers/check';
+import type { Rng } from './helpers/check';
+
+const IGNORE = -100;
+
+/** float64 cross-entropy rows: losses and gradScale·(softmax − onehot), zero for ignored rows. */
+function refCrossEntropy(
+  x: ArrayLike<number>, targets: Int32Array, N: number, V: number, ignore: number, scale: number,
+): { loss: Float64Array; grad: Float64Array } {
+  const loss = new Float64Array(N), grad = new Float64Array(N * V);
+  for (let n = 0; n < N; n++) {
+    const t = targets[n];
+    if (t === ignore) continue;
+    let m = -Infinity;
+    for (let j = 0; j < V; j++) m = Math.max(m, x[n * V + j]);
+    let s = 0;
+    for (let j = 0; j < V; j++) s += Math.exp(x[n * V + j] - m);
+    loss[n] = m - x[n * V + t] + Math.log(s);
+    for (let j = 0; j < V; j++) grad[n * V + j] = (scale * Math.exp(x[n * V + j] - m)) / s;
+    grad[n * V + t] -= scale;
+  }
+  return { loss, grad };
+}
+
+/** Targets in [0, V) with about a quarter of the rows set to the ignore index (never all of them). */
+function targetsWithIgnored(rng: Rng, N: number, V: number): Int32Array {
+  const t = new Int32Array(N);
+  for (let n = 0; n < N; n++) t[n] = n > 0 && rng.next() < 0.25 ? IGNORE : rng.int(0, V);
+  return t;
+}
+
+const CE_SHAPES: Array<[number, number]> = [[1, 1], [3, 1], [5, 7], [17, 33], [64, 1000], [7, 4099], [2, 1031]];
+
+for (const device of devices()) {
+  test(`${device}: cross-entropy losses and gradient match float64 (ignored rows, V=1, V not a multiple of 16)`, (t) => {
+    const rng = makeRng(t);
+    for (const [N, V] of CE_SHAPES) {
+      const x = randn(rng, N * V, 3), tg = targetsWithIgnored(rng, N, V);
+      const scale = 0.5 + rng.next();
+      const logits = Tensor.from(x, [N, V], { device }), targets = Tensor.from(tg, [N], { device });
+      const losses = poisoned([N], device), dlogits = poisoned([N, V], device);
+      ops.crossEntropy(losses, dlogits, logits, targets, { gradScale: scale });
+      const ref = refCrossEntropy(x, tg, N, V, IGNORE, scale);
+      assertClose(t, losses.toFloat32Array(), ref.loss, 1e-5, `loss N=${N} V=${V}`);
+      assertClose(t, dlogits.toFloat32Array(), ref.grad, 1e-5, `dlogits N=${N} V=${V}`);
+      t.deepEqual(logits.toFloat32Array(), x, 'logits untouched when dlogits is another tensor');
+      // Losses only.
+      const losses2 = poisoned([N], device);
+      ops.crossEntropy(losses2, null, logits, targets);
+      assertClose(t, losses2.toFloat32Array(), ref.loss, 1e-5, `loss only N=${N} V=${V}`);
+      for (let n = 0; n < N; n++) if (tg[n] === IGNORE) t.is(losses.toFloat32Array()[n], 0);
+    }
+  });
+
+  test(`${device}: cross-entropy in place over the logits, batched [B, T, V]`, (t) => {
+    const rng = makeRng(t);
+    const [B, T, V] = [3, 5, 517];
+    const x = randn(rng, B * T * V, 2), tg = targetsWithIgnored(rng, B * T, V);
+    const logits = Tensor.from(x, [B, T, V], { device }), targets = Tensor.from(tg, [B, T], { device });
+    const losses = poisoned([B, T], device);
+    ops.crossEntropy(losses, logits, logits, targets, { gradScale: 1 / (B * T) });
+    const ref = refCrossEntropy(x, tg, B * T, V, IGNORE, 1 / (B * T));
+    assertClose(t, losses.toFloat32Array(), ref.loss, 1e-5, 'loss');
+    assertClose(t, logits.toFloat32Array(), ref.grad, 1e-5, 'gradient written over the logits');
+  });
+
+  test(`${device}: cross-entropy is stable for logits near ±1e4`, (t) => {
+    const rng = makeRng(t);
+    for (const [N, V] of [[9, 50], [4, 3001]] as const) {
+      const x = randn(rng, N * V, 1e4), tg = targetsWithIgnored(rng, N, V);
+      // Two rows of a near tie at the top, so the gradient is not just a onehot.
+      for (let j = 0; j < V; j++) x[j] = j < 2 ? 1e4 + j * 0.5 : x[j];
+      const logits = Tensor.from(x, [N, V], { device }), targets = Tensor.from(tg, [N], { device });
+      const losses = poisoned([N], device), dlogits = poisoned([N, V], device);
+      ops.crossEntropy(losses, dlogits, logits, targets, { ignoreIndex: IGNORE });
+      const ref = refCrossEntropy(x, tg, N, V, IGNORE, 1);
+      assertClose(t, losses.toFloat32Array(), ref.loss, 1e-5, `loss N=${N} V=${V}`);
+      assertClose(t, dlogits.toFloat32Array(), ref.grad, 1e-5, `dlogits N=${N} V=${V}`);
+    }
+  });
+
+  test(`${device}: a NaN or infinite logit gives a NaN loss, not a silent 0`, (t) => {
+    const V = 40;
+    const x = new Float32Array(3 * V).fill(0.5);
+    x[3] = NaN;
+    x[V + 7] = Infinity;
+    x[2 * V + 9] = -Infinity; // -inf is a logit of probability 0: fine
+    const losses = poisoned([3], device);
+    ops.crossEntropy(losses, null, Tensor.from(x, [3, V], { device }), Tensor.from(new Int32Array([0, 1, 2]), [3], { device }));
+    const l = losses.toFloat32Array();
+    t.true(Number.isNaN(l[0]), `NaN logit: loss ${l[0]}`);
+    t.true(Number.isNaN(l[1]), `+inf logit: loss ${l[1]}`);
+    t.true(Math.abs(l[2] - Math.log(V - 1)) < 1e-5, `-inf logit: loss ${l[2]}`);
+  });
+
+  test(`${device}: cross-entropy gradient agrees with finite differences of its own losses`, (t) => {
+    const rng = makeRng(t);
+    const [N, V] = [3, 11];
+    const x = randn(rng, N * V), tg = new Int32Array([rng.int(0, V), IGNORE, rng.int(0, V)]);
+    const targets = Tensor.from(tg, [N], { device });
+    const lossSum = (v: Float32Array): number => {
+      const logits = Tensor.from(v, [N, V], { device }), losses = poisoned([N], device);
+      ops.crossEntropy(losses, null, logits, targets);
+      return losses.toFloat32Array().reduce((a, b) => a + b, 0);
+    };
+    const dlogits = poisoned([N, V], device);
+    ops.crossEntropy(poisoned([N], device), dlogits, Tensor.from(x, [N, V], { device }), targets);
+    const fd = new Float64Array(N * V);
+    for (let i = 0; i < N * V; i++) {
+      const hi = x.slice(), lo = x.slice();
+      hi[i] += 1e-2;
+      lo[i] -= 1e-2;
+      fd[i] = (lossSum(hi) - lossSum(lo)) / (hi[i] - lo[i]);
+    }
+    const err = relErr(dlogits.toFloat32Array(), fd);
+    t.true(err < 2e-3, `finite differences: relative error ${err.toExponential(3)}`);
+  });
+}
+
+/** float64 unfused LM head: logits = H·Wᵀ, cross-entropy, dH = G·W, dW = dW0 + Gᵀ·H. */
+function refLinearCrossEntropy(
+  H: Float32Array, W: Float32Array, dW0: Float32Array, tg: Int32Array, N: number, C: number, V: number, scale: number,
+): { loss: Float64Array; dH: Float64Array; dW: Float64Array } {
+  const logits = new Float64Array(N * V);
+  for (let n = 0; n < N; n++)
+    for (let v = 0; v < V; v++) {
+      let s = 0;
+      for (let c = 0; c < C; c++) s += H[n * C + c] * W[v * C + c];
+      logits[n * V + v] = s;
+    }
+  const { loss, grad } = refCrossEntropy(logits, tg, N, V, IGNORE, scale);
+  const dH = new Float64Array(N * C), dW = Float64Array.from(dW0);
+  for (let n = 0; n < N; n++)
+    for (let v = 0; v < V; v++) {
+      const g = grad[n * V + v];
+      if (g === 0) continue;
+      for (let c = 0; c < C; c++) {
+        dH[n * C + c] += g * W[v * C + c];
+        dW[v * C + c] += g * H[n * C + c];
+      }
+    }
+  return { loss, dH, dW };
+}
+
+// [N, C, V, chunkRows]: chunks that do not divide N, one row per chunk, one chunk (0 = automatic).
+const LCE_CASES: Array<[number, number, number, number]> = [
+  [1, 1, 1, 0], [7, 5, 3, 3], [13, 19, 37, 1], [13, 19, 37, 5], [50, 24, 101, 16], [33, 40, 300, 0], [6, 9, 17, 100],
+];
+
+function linearCase(t: import('ava').ExecutionContext, device: Device, wdtype: 'f32' | 'bf16'): void {
+  const rng = makeRng(t);
+  const tol = 1e-5;
+  for (const [N, C, V, chunkRows] of LCE_CASES) {
+    const h = randn(rng, N * C), w0 = randn(rng, V * C, 1 / Math.sqrt(C));
+    const w = wdtype === 'bf16' ? roundBf16(w0) : w0;
+    const dw0 = randn(rng, V * C);
+    const tg = targetsWithIgnored(rng, N, V);
+    // A whole first chunk of masked rows (a prompt) when there is more than one chunk.
+    const chunk = chunkRows || N;
+    if (chunk < N) for (let n = 0; n < chunk; n++) tg[n] = IGNORE;
+    const scale = 1 / N;
+    const H = Tensor.from(h, [N, C], { device }), W = Tensor.from(w, [V, C], { device, dtype: wdtype });
+    const targets = Tensor.from(tg, [N], { device });
+    const losses = poisoned([N], device), dH = poisoned([N, C], device), dW = Tensor.from(dw0, [V, C], { device });
+    ops.linearCrossEntropy(losses, dH, dW, H, W, targets, { gradScale: scale, chunkRows });
+    const ref = refLinearCrossEntropy(h, w, dw0, tg, N, C, V, scale);
+    const what = `${wdtype} W, N=${N} C=${C} V=${V} chunkRows=${chunkRows}`;
+    assertClose(t, losses.toFloat32Array(), ref.loss, tol, `loss ${what}`);
+    assertClose(t, dH.toFloat32Array(), ref.dH, tol, `dH ${what}`);
+    assertClose(t, dW.toFloat32Array(), ref.dW, tol, `dW (accumulated) ${what}`);
+    // Loss only, and dW only.
+    const losses2 = poisoned([N], device);
+    ops.linearCrossEntropy(losses2, null, null, H, W, targets, { chunkRows });
+    assertClose(t, losses2.toFloat32Array(), ref.loss, tol, `loss only ${what}`);
+    const dW2 = Tensor.from(dw0, [V, C], { device });
+    ops.linearCrossEntropy(poisoned([N], device), null, dW2, H, W, targets, { gradScale: scale, chunkRows });
+    assertClose(t, dW2.toFloat32Array(), ref.dW, tol, `dW without dH ${what}`);
+  }
+}
+
+for (const device of devices()) {
+  test(`${device}: linear cross-entropy matches the float64 unfused LM head (f32 W)`, (t) => linearCase(t, device, 'f32'));
+  test(`${device}: linear cross-entropy matches the float64 unfused LM head (bf16 W)`, (t) => linearCase(t, device, 'bf16'));
+
+  test(`${device}: linear cross-entropy over [B, T, C] hidden states, dH checked by finite differences`, (t) => {
+    const rng = makeRng(t);
+    const [B, T, C, V] = [2, 3, 6, 13];
+    const h = randn(rng, B * T * C), w = randn(rng, V * C, 0.5), tg = targetsWithIgnored(rng, B * T, V);
+    const H = Tensor.from(h, [B, T, C], { device }), W = Tensor.from(w, [V, C], { device });
+    const targets = Tensor.from(tg, [B, T], { device });
+    const dH = poisoned([B, T, C], device);
+    ops.linearCrossEntropy(poisoned([B, T], device), dH, null, H, W, targets, { chunkRows: 4 });
+    const lossSum = (hv: Float32Array): number => {
+      const losses = poisoned([B, T], device);
+      ops.linearCrossEntropy(losses, null, null, Tensor.from(hv, [B, T, C], { device }), W, targets, { chunkRows: 4 });
+      return losses.toFloat32Array().reduce((a, b) => a + b, 0);
+    };
+    const fd = new Float64Array(B * T * C);
+    for (let i = 0; i < fd.length; i++) {
+      const hi = h.slice(), lo = h.slice();
+      hi[i] += 1e-2;
+      lo[i] -= 1e-2;
+      fd[i] = (lossSum(hi) - lossSum(lo)) / (hi[i] - lo[i]);
+    }
+    const err = relErr(dH.toFloat32Array(), fd);
+    t.true(err < 2e-3, `finite differences: relative error ${err.toExponential(3)}`);
+  });
+}
+
+test('cross-entropy async twins give the sync results', async (t) => {
+  const rng = makeRng(t);
+  const [N, C, V] = [9, 8, 70];
+  const h = randn(rng, N * C), w = randn(rng, V * C), tg = targetsWithIgnored(rng, N, V);
+  const H = Tensor.from(h, [N, C]), W = Tensor.from(w, [V, C]), targets = Tensor.from(tg, [N]);
+  const ref = refLinearCrossEntropy(h, w, new Float32Array(V * C), tg, N, C, V, 1);
+  const losses = poisoned([N]), dH = poisoned([N, C]), dW = Tensor.zeros([V, C]);
+  const p = ops.linearCrossEntropyAsync(losses, dH, dW, H, W, targets, { chunkRows: 4 });
+  H.dispose(); // the running op keeps its inputs alive
+  await p;
+  assertClose(t, losses.toFloat32Array(), ref.loss, 1e-5, 'async loss');
+  assertClose(t, dH.toFloat32Array(), ref.dH, 1e-5, 'async dH');
+  assertClose(t, dW.toFloat32Array(), ref.dW, 1e-5, 'async dW');
+  const x = randn(rng, N * V), logits = Tensor.from(x, [N, V]), losses2 = poisoned([N]);
+  await ops.crossEntropyAsync(losses2, logits, logits, targets);
+  const ref2 = refCrossEntropy(x, tg, N, V, IGNORE, 1);
+  assertClose(t, losses2.toFloat32Array(), ref2.loss, 1e-5, 'async CE loss');
+  assertClose(t, logits.toFloat32Array(), ref2.grad, 1e-5, 'async CE gradient in place');
+});
+
+test('cross-entropy rejects bad arguments with PeftkitError codes', async (t) => {
+  const code = (f: () => unknown) => t.throws(f, { instanceOf: PeftkitError })?.code;
+  const logits = Tensor.zeros([4, 10]), losses = Tensor.zeros([4]), targets = Tensor.from(new Int32Array([1, -100, 3, 0]), [4]);
+  const bad = Tensor.from(new Int32Array([1, 2, 10, 0]), [4]);
+  const e = t.throws(() => ops.crossEntropy(losses, null, logits, bad), { instanceOf: PeftkitError });
+  t.is(e?.code, 'E_ARG');
+  t.regex(e!.message, /row 2 has target 10/);
+  t.is(code(() => ops.crossEntropy(losses, null, logits, Tensor.from(new Int32Array([0, 0, -1, 0]), [4]))), 'E_ARG');
+  t.is(code(() => ops.crossEntropy(losses, null, logits, Tensor.zeros([4]))), 'E_DTYPE');
+  t.is(code(() => ops.crossEntropy(losses, null, Tensor.zeros([4, 10], { dtype: 'bf16' }), targets)), 'E_DTYPE');
+  t.is(code(() => ops.crossEntropy(Tensor.zeros([5]), null, logits, targets)), 'E_SHAPE');
+  t.is(code(() => ops.crossEntropy(losses, Tensor.zeros([4, 9]), logits, targets)), 'E_SHAPE');
+  t.is(code(() => ops.crossEntropy(losses, null, Tensor.zeros([4, 0]), targets)), 'E_SHAPE');
+  t.is(code(() => ops.crossEntropy(losses, null, logits, targets, { gradScale: NaN })), 'E_ARG');
+  t.is(code(() => ops.crossEntropy(losses, null, logits, targets, { ignoreIndex: 2 ** 40 })), 'E_ARG');
+  t.is(code(() => ops.crossEntropy(losses, null, {} as Tensor, targets)), 'E_ARG');
+  const H = Tensor.zeros([4, 6]), W = Tensor.zeros([10, 6]);
+  t.is(code(() => ops.linearCrossEntropy(losses, null, null, H, Tensor.zeros([10, 5]), targets)), 'E_SHAPE');
+  t.is(code(() => ops.linearCrossEntropy(losses, H, null, H, W, targets)), 'E_ARG');
+  t.is(code(() => ops.linearCrossEntropy(losses, null, Tensor.zeros([10, 6], { dtype: 'bf16' }), H, W, targets)), 'E_DTYPE');
+  t.is(code(() => ops.linearCrossEntropy(losses, null, Tensor.zeros([6, 10]), H, W, targets)), 'E_SHAPE');
+  t.is(code(() => ops.linearCrossEntropy(losses, null, null, H, W, targets, { chunkRows: -1 })), 'E_ARG');
+  t.is(code(() => ops.linearCrossEntropy(losses, null, null, H, W, bad)), 'E_ARG');
+  await t.throwsAsync(ops.crossEntropyAsync(losses, null, logits, bad), { instanceOf: PeftkitError, code: 'E_ARG' });
+  // A target equal to ignoreIndex is fine wherever it lies.
+  t.notThrows(() => ops.crossEntropy(losses, null, logits, bad, { ignoreIndex: 10 }));
+});
