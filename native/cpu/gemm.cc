@@ -1,48 +1,445 @@
-// Portable GEMM: the reference path every SIMD version must agree with, and the fallback
-// on CPUs without AVX2/AVX-512.
-#include <cmath>
+// The CPU GEMM: a GotoBLAS/BLIS-style blocked driver over register-blocked micro-kernels
+// (gemm_avx512.cc, gemm_avx2.cc, or the portable one below, picked once from CPUID).
+//
+// Each thread owns a block of C and runs, outermost first:
+//   jc: nc columns ─ pc: kc rows of the concatenated K ─ pack the kc×nc B block (L2)
+//     ir: mr rows ─ pack one mr×kc A micro-panel, alpha folded in (L1)
+//       jr: nr-column panels ─ micro-kernel: an mr×nr tile of C in registers
+// Operands reach the packing through PanelSources (gemm.h), so the terms of a sum share one
+// concatenated K and bf16 or quantized operands cost nothing to the kernels.
+//
+// Shapes that would waste the tiles are turned around: when few rows and many columns fit the
+// tile badly (M = 16 with mr = 14), the transposed product Cᵀ = op(B)ᵀ·op(A)ᵀ is computed and
+// written back transposed. When N fits in a couple of panels (LoRA's rank), an A panel would be
+// packed for a single use, so f32 A is read in place. M = 1 and N = 1 are matrix-vector
+// products, memory-bound: the matrix is read in place, never packed.
+#include <algorithm>
+#include <cstdlib>
+#include <memory>
+#include <new>
+#include <type_traits>
 #include <vector>
 
 #include "gemm.h"
+#include "gemm_kernels.h"
+#include "peftkit/cpu_features.h"
 #include "peftkit/parallel.h"
 
 namespace pk::cpu {
 
 namespace {
-inline float load(const MatRef& m, int64_t i, int64_t j) {
-  const int64_t idx = m.trans ? j * m.ld + i : i * m.ld + j;
-  return m.dtype == DType::F32 ? static_cast<const float*>(m.data)[idx]
-                               : bf16_to_f32(static_cast<const bf16*>(m.data)[idx]);
-}
-}  // namespace
 
-void gemm(int64_t M, int64_t N, int64_t K, float alpha, MatRef A, MatRef B, float beta, void* C, DType cdtype,
-          int64_t ldc) {
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
-  for (int64_t i = 0; i < M; i++) {
-    std::vector<float> acc(size_t(N), 0.f);
-    for (int64_t k = 0; k < K; k++) {
-      const float a = load(A, i, k);
-      for (int64_t j = 0; j < N; j++) acc[size_t(j)] += a * load(B, k, j);
+inline float widen(float v) { return v; }
+inline float widen(bf16 v) { return bf16_to_f32(v); }
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// ---- The portable micro-kernel: plain C++ the compiler vectorizes for the baseline ISA -------
+constexpr int kPortableMR = 4, kPortableNR = 8, kPortableVW = 4;
+
+template <int W, bool ROW_CONTIG>
+void portable_tile(int64_t kc, const float* a, int64_t a_rs, int64_t a_ks, const float* b, float* c, int64_t ldc,
+                   float alpha, float beta) {
+  float acc[kPortableMR][W] = {};
+  for (int64_t k = 0; k < kc; k++, a += a_ks, b += W)
+    for (int i = 0; i < kPortableMR; i++) {
+      const float ai = ROW_CONTIG ? a[i] : a[i * a_rs];
+      for (int j = 0; j < W; j++) acc[i][j] += ai * b[j];
     }
+  for (int i = 0; i < kPortableMR; i++)
+    for (int j = 0; j < W; j++) {
+      float& ci = c[i * ldc + j];
+      ci = beta == 0.f ? alpha * acc[i][j] : alpha * acc[i][j] + beta * ci;
+    }
+}
+
+void portable_kernel(int64_t kc, const float* a, int64_t a_rs, int64_t a_ks, const float* b, int w, float* c,
+                     int64_t ldc, float alpha, float beta) {
+  if (a_rs == 1) {
+    if (w == kPortableNR) portable_tile<kPortableNR, true>(kc, a, a_rs, a_ks, b, c, ldc, alpha, beta);
+    else portable_tile<kPortableVW, true>(kc, a, a_rs, a_ks, b, c, ldc, alpha, beta);
+  } else {
+    if (w == kPortableNR) portable_tile<kPortableNR, false>(kc, a, a_rs, a_ks, b, c, ldc, alpha, beta);
+    else portable_tile<kPortableVW, false>(kc, a, a_rs, a_ks, b, c, ldc, alpha, beta);
+  }
+}
+
+const GemmArch& gemm_arch() {
+  static const GemmArch arch = [] {
+#if defined(PEFTKIT_X86)
+    if (cpu_isa() == Isa::Avx512) {
+      GemmArch a = gemm_arch_avx512();
+      if (!cpu_features().avx512_bf16) a.bf16 = nullptr;
+      return a;
+    }
+    if (cpu_isa() == Isa::Avx2) return gemm_arch_avx2();
+#endif
+    return GemmArch{"portable", kPortableMR, kPortableNR, kPortableVW, 256, 512, portable_kernel, nullptr, 0, 0};
+  }();
+  return arch;
+}
+
+// ---- Scratch memory: allocated by the calling thread before any parallel region, so that a
+// failed allocation throws where it can be caught ------------------------------------------------
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+using Buffer = std::unique_ptr<unsigned char[], FreeDeleter>;
+
+Buffer alloc_bytes(size_t bytes) {
+  bytes = (bytes + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, bytes ? bytes : 64);
+  if (!p) throw std::bad_alloc();
+  return Buffer(static_cast<unsigned char*>(p));
+}
+
+// ---- The blocked product ----------------------------------------------------------------------
+struct Problem {
+  const GemmArch* arch;
+  int64_t M, N, K;  // K: the terms' K ranges concatenated
+  const PanelTerm* terms;
+  int nterms;
+  float beta;
+  void* C;
+  DType cdtype;
+  int64_t ldc;
+  bool c_trans;   // element (i, j) lives at C[j·ldc + i]: the transposed product is computed
+  bool bf16;      // VDPBF16PS over bf16 k-pairs
+  bool direct_a;  // A is read in place (f32, few column panels)
+  int64_t kc, nc;
+};
+
+struct Scratch {
+  void* bblock;  // kc×nc B block: float, or bf16 pairs
+  void* apanel;  // mr×kc A micro-panel
+  float* tile;   // mr×nr, for tiles that cannot be written to C directly
+  float* acc;    // f32 sums of a bf16 C block across kc slices
+};
+
+// Calls f(term, k0 in the term, length, offset in the slice) for each term inside [k0, k0+kc)
+// of the concatenated K.
+template <typename F>
+void for_segments(const Problem& p, int64_t k0, int64_t kc, F&& f) {
+  int64_t base = 0;
+  for (int t = 0; t < p.nterms; t++) {
+    const int64_t lo = std::max(k0, base), hi = std::min(k0 + kc, base + p.terms[t].K);
+    if (lo < hi) f(p.terms[t], lo - base, hi - lo, lo - k0);
+    base += p.terms[t].K;
+  }
+}
+
+int panel_width(const GemmArch& a, int64_t cols_left) {
+  return int(std::min<int64_t>(a.nr, round_up(cols_left, a.vw)));
+}
+
+// C(i0+i, j0+j) = t[i·ldt + j] + beta·C(i0+i, j0+j) for i < m, j < n; beta 0: C is not read.
+template <typename T>
+void merge_into(T* c, int64_t rs, int64_t cs, const float* t, int64_t ldt, int64_t m, int64_t n, float beta) {
+  auto put = [&](int64_t i, int64_t j) {
+    T& d = c[i * rs + j * cs];
+    const float v = t[i * ldt + j];
+    if constexpr (std::is_same_v<T, float>) d = beta == 0.f ? v : v + beta * d;
+    else d = f32_to_bf16(beta == 0.f ? v : v + beta * bf16_to_f32(d));
+  };
+  if (cs == 1) {
+    for (int64_t i = 0; i < m; i++)
+      for (int64_t j = 0; j < n; j++) put(i, j);
+  } else {
+    for (int64_t j = 0; j < n; j++)
+      for (int64_t i = 0; i < m; i++) put(i, j);
+  }
+}
+
+void merge(const Problem& p, const float* t, int64_t ldt, int64_t m, int64_t n, int64_t i0, int64_t j0, float beta) {
+  const int64_t rs = p.c_trans ? 1 : p.ldc, cs = p.c_trans ? p.ldc : 1;
+  if (p.cdtype == DType::F32)
+    merge_into(static_cast<float*>(p.C) + i0 * rs + j0 * cs, rs, cs, t, ldt, m, n, beta);
+  else
+    merge_into(static_cast<bf16*>(p.C) + i0 * rs + j0 * cs, rs, cs, t, ldt, m, n, beta);
+}
+
+void pack_b_block(const Problem& p, const Scratch& s, int64_t pc, int64_t kc, int64_t jc, int64_t nc) {
+  const GemmArch& a = *p.arch;
+  for (int64_t jr = 0; jr < nc; jr += a.nr) {
+    const int w = panel_width(a, nc - jr);
+    const int64_t nj = std::min<int64_t>(w, nc - jr);
+    if (p.bf16) {
+      const PanelSource& b = p.terms[0].b;
+      b.pack_bf16_pairs(static_cast<bf16*>(s.bblock) + jr * round_up(kc, 2), w, pc, kc, jc + jr, nj, b.ctx);
+      continue;
+    }
+    float* panel = static_cast<float*>(s.bblock) + jr * kc;
+    for_segments(p, pc, kc, [&](const PanelTerm& t, int64_t k0, int64_t len, int64_t off) {
+      t.b.pack(panel + off * w, w, k0, len, jc + jr, nj, p.direct_a ? t.alpha : 1.f, t.b.ctx);
+    });
+  }
+}
+
+void pack_a_panel(const Problem& p, const Scratch& s, int64_t pc, int64_t kc, int64_t ir, int64_t mr) {
+  const int MR = p.arch->mr;
+  if (p.bf16) {
+    const PanelSource& a = p.terms[0].a;
+    a.pack_bf16_pairs(static_cast<bf16*>(s.apanel), MR, pc, kc, ir, mr, a.ctx);
+    return;
+  }
+  float* panel = static_cast<float*>(s.apanel);
+  for_segments(p, pc, kc, [&](const PanelTerm& t, int64_t k0, int64_t len, int64_t off) {
+    t.a.pack(panel + off * MR, MR, k0, len, ir, mr, p.direct_a ? 1.f : t.alpha, t.a.ctx);
+  });
+}
+
+// Runs the product for rows [m0, m1) and columns [n0, n1) of C, in one thread.
+void run_block(const Problem& p, const Scratch& s, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  const GemmArch& a = *p.arch;
+  const int MR = a.mr;
+  // bf16 C is written once, after the last kc slice: partial sums stay f32 in between.
+  const bool acc_mode = p.cdtype == DType::BF16 && p.K > p.kc;
+  const int64_t ld_acc = round_up(std::min(p.nc, n1 - n0), a.vw);
+  for (int64_t jc = n0; jc < n1; jc += p.nc) {
+    const int64_t nc = std::min(p.nc, n1 - jc);
+    for (int64_t pc = 0; pc < p.K; pc += p.kc) {
+      const int64_t kc = std::min(p.kc, p.K - pc);
+      const bool first = pc == 0;
+      pack_b_block(p, s, pc, kc, jc, nc);
+      for (int64_t ir = m0; ir < m1; ir += MR) {
+        const int64_t mr = std::min<int64_t>(MR, m1 - ir);
+        const bool direct = p.direct_a && mr == MR;
+        if (!direct) pack_a_panel(p, s, pc, kc, ir, mr);
+        for (int64_t jr = 0; jr < nc; jr += a.nr) {
+          const int w = panel_width(a, nc - jr);
+          const int64_t nj = std::min<int64_t>(w, nc - jr);
+          float* dst;
+          int64_t ldd;
+          float beta_k;
+          bool via_tile = false;
+          if (acc_mode) {
+            dst = s.acc + (ir - m0) * ld_acc + jr;
+            ldd = ld_acc;
+            beta_k = first ? 0.f : 1.f;
+          } else if (!p.c_trans && p.cdtype == DType::F32 && mr == MR && nj == w) {
+            dst = static_cast<float*>(p.C) + ir * p.ldc + jc + jr;
+            ldd = p.ldc;
+            beta_k = first ? p.beta : 1.f;
+          } else {
+            dst = s.tile;
+            ldd = w;
+            beta_k = 0.f;
+            via_tile = true;
+          }
+          if (p.bf16) {
+            const bf16* bp = static_cast<const bf16*>(s.bblock) + jr * round_up(kc, 2);
+            a.bf16(kc, static_cast<const bf16*>(s.apanel), bp, w, dst, ldd, p.terms[0].alpha, beta_k);
+          } else {
+            const float* bp = static_cast<const float*>(s.bblock) + jr * kc;
+            if (direct) {
+              bool seg_first = true;
+              for_segments(p, pc, kc, [&](const PanelTerm& t, int64_t k0, int64_t len, int64_t off) {
+                const float* ap = t.a.direct + k0 * t.a.k_stride + ir * t.a.x_stride;
+                a.f32(len, ap, t.a.x_stride, t.a.k_stride, bp + off * w, w, dst, ldd, 1.f, seg_first ? beta_k : 1.f);
+                seg_first = false;
+              });
+            } else {
+              a.f32(kc, static_cast<const float*>(s.apanel), 1, MR, bp, w, dst, ldd, 1.f, beta_k);
+            }
+          }
+          if (via_tile) merge(p, s.tile, w, mr, nj, ir, jc + jr, first ? p.beta : 1.f);
+        }
+      }
+    }
+    if (acc_mode) merge(p, s.acc, ld_acc, m1 - m0, nc, m0, jc, p.beta);
+  }
+}
+
+// The fraction of tile work that is useful for an M×N product.
+double tile_use(const GemmArch& a, int64_t M, int64_t N) {
+  const int64_t cols = N / a.nr * a.nr + round_up(N % a.nr, a.vw);
+  return double(M) / double(round_up(M, a.mr)) * double(N) / double(cols);
+}
+
+void scale_c(int64_t M, int64_t N, float beta, void* C, DType cdtype, int64_t ldc) {
+  for (int64_t i = 0; i < M; i++)
     for (int64_t j = 0; j < N; j++) {
-      float v = alpha * acc[size_t(j)];
       if (cdtype == DType::F32) {
-        float* c = static_cast<float*>(C) + i * ldc + j;
-        *c = beta == 0.f ? v : v + beta * *c;
+        float& c = static_cast<float*>(C)[i * ldc + j];
+        c = beta == 0.f ? 0.f : beta * c;
       } else {
-        bf16* c = static_cast<bf16*>(C) + i * ldc + j;
-        *c = f32_to_bf16(beta == 0.f ? v : v + beta * bf16_to_f32(*c));
+        bf16& c = static_cast<bf16*>(C)[i * ldc + j];
+        c = f32_to_bf16(beta == 0.f ? 0.f : beta * bf16_to_f32(c));
+      }
+    }
+}
+
+// ---- M = 1: y = Σ_t x_t·op(B_t), memory-bound, the matrix read in place ---------------------
+struct VecTerm {
+  std::vector<float> x;  // alpha·op(A)(0, :), widened
+  MatRef B;              // a K×N view: B(k, j) = trans ? data[j·ld + k] : data[k·ld + j]
+};
+
+template <typename T>
+void gemv_rows(float* y, const float* x, const T* b, int64_t ld, int64_t K, int64_t j0, int64_t n) {
+  for (int64_t k = 0; k < K; k++) {
+    const float xk = x[k];
+    const T* r = b + k * ld + j0;
+    for (int64_t j = 0; j < n; j++) y[j] += xk * widen(r[j]);
+  }
+}
+
+template <typename T>
+void gemv_cols(float* y, const float* x, const T* b, int64_t ld, int64_t K, int64_t j0, int64_t n) {
+  for (int64_t j = 0; j < n; j++) {
+    const T* col = b + (j0 + j) * ld;
+    float s = 0.f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t k = 0; k < K; k++) s += x[k] * widen(col[k]);
+    y[j] += s;
+  }
+}
+
+void gemv_range(float* y, const VecTerm& t, int64_t j0, int64_t n) {
+  const int64_t K = int64_t(t.x.size());
+  const MatRef& B = t.B;
+  if (B.dtype == DType::F32) {
+    const float* b = static_cast<const float*>(B.data);
+    if (B.trans) gemv_cols(y, t.x.data(), b, B.ld, K, j0, n);
+    else gemv_rows(y, t.x.data(), b, B.ld, K, j0, n);
+  } else {
+    const bf16* b = static_cast<const bf16*>(B.data);
+    if (B.trans) gemv_cols(y, t.x.data(), b, B.ld, K, j0, n);
+    else gemv_rows(y, t.x.data(), b, B.ld, K, j0, n);
+  }
+}
+
+// C[j·incc] = Σ_t x_t·B_t(:, j) + beta·C[j·incc] for j < N.
+void gemv_sum(int64_t N, const std::vector<VecTerm>& terms, float beta, void* C, DType cdtype, int64_t incc) {
+  int64_t work = 0;
+  for (const VecTerm& t : terms) work += int64_t(t.x.size()) * N;
+  const int threads = work < (int64_t(1) << 16) ? 1 : int(std::min<int64_t>(num_threads(), (N + 15) / 16));
+  std::vector<float> y(size_t(N), 0.f);
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+  for (int th = 0; th < threads; th++) {
+    const int64_t j0 = std::min(N, round_up(N * th / threads, 16));
+    const int64_t j1 = th + 1 == threads ? N : std::min(N, round_up(N * (th + 1) / threads, 16));
+    if (j0 >= j1) continue;
+    for (const VecTerm& t : terms) gemv_range(y.data() + j0, t, j0, j1 - j0);
+    for (int64_t j = j0; j < j1; j++) {
+      if (cdtype == DType::F32) {
+        float& c = static_cast<float*>(C)[j * incc];
+        c = beta == 0.f ? y[size_t(j)] : y[size_t(j)] + beta * c;
+      } else {
+        bf16& c = static_cast<bf16*>(C)[j * incc];
+        c = f32_to_bf16(beta == 0.f ? y[size_t(j)] : y[size_t(j)] + beta * bf16_to_f32(c));
       }
     }
   }
 }
 
-// Reference composition; the SIMD path fuses the terms into one pass.
+float element(const MatRef& m, int64_t i, int64_t j) {
+  const int64_t idx = m.trans ? j * m.ld + i : i * m.ld + j;
+  return m.dtype == DType::F32 ? static_cast<const float*>(m.data)[idx] : bf16_to_f32(static_cast<const bf16*>(m.data)[idx]);
+}
+
+MatRef flipped(MatRef m) {
+  m.trans = !m.trans;
+  return m;
+}
+
+}  // namespace
+
+void gemm_panels(int64_t M, int64_t N, const PanelTerm* terms, int nterms, float beta, void* C, DType cdtype,
+                 int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  int64_t K = 0;
+  for (int t = 0; t < nterms; t++) K += terms[t].K;
+  if (K == 0) return scale_c(M, N, beta, C, cdtype, ldc);
+
+  const GemmArch& arch = gemm_arch();
+  Problem p{&arch, M, N, K, terms, nterms, beta, C, cdtype, ldc, false, false, false, arch.kc, arch.nc};
+  std::vector<PanelTerm> swapped;
+  if (tile_use(arch, N, M) > 1.15 * tile_use(arch, M, N)) {
+    swapped.assign(terms, terms + nterms);
+    for (PanelTerm& t : swapped) std::swap(t.a, t.b);
+    p.terms = swapped.data();
+    std::swap(p.M, p.N);
+    p.c_trans = true;
+  }
+  p.bf16 = arch.bf16 && nterms == 1 && p.terms[0].a.pack_bf16_pairs && p.terms[0].b.pack_bf16_pairs;
+  if (p.bf16) {
+    p.kc = arch.kc_bf16;
+    p.nc = arch.nc_bf16;
+  }
+  p.direct_a = !p.bf16 && p.N <= 2 * arch.nr;
+  for (int t = 0; t < nterms; t++) p.direct_a = p.direct_a && p.terms[t].a.direct;
+
+  // Threads take a grid of C blocks, in whole tiles; ties split N, so each thread packs only
+  // its own part of B.
+  const int64_t um = (p.M + arch.mr - 1) / arch.mr, un = (p.N + arch.nr - 1) / arch.nr;
+  const int avail = 2 * p.M * p.N * K < (int64_t(1) << 20) ? 1 : num_threads();
+  int tm = 1, tn = 1;
+  int64_t best = um * un;
+  for (int m = 1; m <= avail; m++) {
+    const int n = avail / m;
+    const int64_t cost = ((um + m - 1) / m) * ((un + n - 1) / n);
+    if (cost < best) best = cost, tm = m, tn = n;
+  }
+  const int threads = tm * tn;
+  const int64_t m_max = (um + tm - 1) / tm * arch.mr, n_max = (un + tn - 1) / tn * arch.nr;
+
+  // Per-thread scratch, sized to this problem.
+  const int64_t kc = std::min(p.kc, K), nc_max = std::min(p.nc, n_max);
+  const size_t elem = p.bf16 ? sizeof(bf16) : sizeof(float), kc_alloc = size_t(round_up(kc, 2));
+  const bool acc_mode = cdtype == DType::BF16 && K > p.kc;
+  const size_t b_bytes = round_up(kc_alloc * size_t(round_up(nc_max, arch.nr)) * elem, 64);
+  const size_t a_bytes = round_up(kc_alloc * size_t(arch.mr) * elem, 64);
+  const size_t t_bytes = round_up(size_t(arch.mr) * size_t(arch.nr) * sizeof(float), 64);
+  const size_t c_bytes = acc_mode ? round_up(size_t(m_max) * size_t(round_up(nc_max, arch.vw)) * sizeof(float), 64) : 0;
+  const size_t per_thread = b_bytes + a_bytes + t_bytes + c_bytes;
+  Buffer buf = alloc_bytes(per_thread * size_t(threads));
+
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+  for (int th = 0; th < threads; th++) {
+    const int64_t ti = th / tn, tj = th % tn;
+    const int64_t m0 = std::min(p.M, um * ti / tm * arch.mr), m1 = std::min(p.M, um * (ti + 1) / tm * arch.mr);
+    const int64_t n0 = std::min(p.N, un * tj / tn * arch.nr), n1 = std::min(p.N, un * (tj + 1) / tn * arch.nr);
+    if (m0 >= m1 || n0 >= n1) continue;
+    unsigned char* base = buf.get() + per_thread * size_t(th);
+    Scratch s{base, base + b_bytes, reinterpret_cast<float*>(base + b_bytes + a_bytes),
+              reinterpret_cast<float*>(base + b_bytes + a_bytes + t_bytes)};
+    run_block(p, s, m0, m1, n0, n1);
+  }
+}
+
 void gemm_sum(int64_t M, int64_t N, const GemmTerm* terms, int nterms, float beta, void* C, DType cdtype,
               int64_t ldc) {
-  for (int t = 0; t < nterms; t++)
-    gemm(M, N, terms[t].K, terms[t].alpha, terms[t].A, terms[t].B, t == 0 ? beta : 1.f, C, cdtype, ldc);
+  if (M <= 0 || N <= 0) return;
+  if (M == 1 || N == 1) {
+    // One row (or one column, as the transposed product): x·B with the matrix read in place.
+    std::vector<VecTerm> vt(static_cast<size_t>(nterms));
+    for (int t = 0; t < nterms; t++) {
+      const GemmTerm& g = terms[t];
+      VecTerm& v = vt[size_t(t)];
+      v.x.resize(size_t(g.K));
+      if (M == 1) {
+        for (int64_t k = 0; k < g.K; k++) v.x[size_t(k)] = g.alpha * element(g.A, 0, k);
+        v.B = g.B;
+      } else {
+        for (int64_t k = 0; k < g.K; k++) v.x[size_t(k)] = g.alpha * element(g.B, k, 0);
+        v.B = flipped(g.A);
+      }
+    }
+    return gemv_sum(M == 1 ? N : M, vt, beta, C, cdtype, M == 1 ? 1 : ldc);
+  }
+  std::vector<MatRef> a_views(static_cast<size_t>(nterms));
+  std::vector<PanelTerm> pt(static_cast<size_t>(nterms));
+  for (int t = 0; t < nterms; t++) {
+    a_views[size_t(t)] = flipped(terms[t].A);
+    pt[size_t(t)] = PanelTerm{matref_source(&a_views[size_t(t)]), matref_source(&terms[t].B), terms[t].K, terms[t].alpha};
+  }
+  gemm_panels(M, N, pt.data(), nterms, beta, C, cdtype, ldc);
+}
+
+void gemm(int64_t M, int64_t N, int64_t K, float alpha, MatRef A, MatRef B, float beta, void* C, DType cdtype,
+          int64_t ldc) {
+  const GemmTerm term{A, B, K, alpha};
+  gemm_sum(M, N, &term, 1, beta, C, cdtype, ldc);
 }
 
 }  // namespace pk::cpu

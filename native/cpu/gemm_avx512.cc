@@ -1,0 +1,108 @@
+// AVX-512 GEMM micro-kernels: a 14×32 f32 tile in 28 zmm accumulators (2 B vectors and one
+// broadcast make 31 of the 32 registers), a 14×16 tile for narrow last panels (N = 16 is the
+// LoRA rank), and the same tiles over bf16 k-pairs with VDPBF16PS.
+// Compiled with AVX-512 flags: everything but the entry function stays in the anonymous
+// namespace, and only gemm.cc calls it, after checking the CPU.
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "gemm_kernels.h"
+
+namespace pk::cpu {
+
+namespace {
+
+constexpr int MR = 14, NR = 32, VW = 16;
+
+template <int NV>
+__attribute__((always_inline)) inline void store_tile(__m512 (&acc)[MR][NV], float* c, int64_t ldc, float alpha,
+                                                      float beta) {
+  const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 14
+  for (int i = 0; i < MR; i++)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; v++) {
+      float* ci = c + i * ldc + v * VW;
+      __m512 r = _mm512_mul_ps(acc[i][v], va);
+      if (beta != 0.f) r = _mm512_fmadd_ps(vb, _mm512_loadu_ps(ci), r);
+      _mm512_storeu_ps(ci, r);
+    }
+}
+
+// ROW_CONTIG: A(i, k) = a[i + k·a_ks] (packed panels, and Aᵀ stored row-major read in place).
+template <int NV, bool ROW_CONTIG>
+void f32_tile(int64_t kc, const float* a, int64_t a_rs, int64_t a_ks, const float* b, float* c, int64_t ldc,
+              float alpha, float beta) {
+  __m512 acc[MR][NV];
+#pragma GCC unroll 14
+  for (int i = 0; i < MR; i++)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; v++) acc[i][v] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kc; k++) {
+    __m512 bv[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; v++) bv[v] = _mm512_loadu_ps(b + v * VW);
+#pragma GCC unroll 14
+    for (int i = 0; i < MR; i++) {
+      const __m512 ai = _mm512_set1_ps(ROW_CONTIG ? a[i] : a[i * a_rs]);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; v++) acc[i][v] = _mm512_fmadd_ps(ai, bv[v], acc[i][v]);
+    }
+    a += a_ks;
+    b += NV * VW;
+  }
+  store_tile<NV>(acc, c, ldc, alpha, beta);
+}
+
+void f32_kernel(int64_t kc, const float* a, int64_t a_rs, int64_t a_ks, const float* b, int w, float* c,
+                int64_t ldc, float alpha, float beta) {
+  if (a_rs == 1) {
+    if (w == NR) f32_tile<2, true>(kc, a, a_rs, a_ks, b, c, ldc, alpha, beta);
+    else f32_tile<1, true>(kc, a, a_rs, a_ks, b, c, ldc, alpha, beta);
+  } else {
+    if (w == NR) f32_tile<2, false>(kc, a, a_rs, a_ks, b, c, ldc, alpha, beta);
+    else f32_tile<1, false>(kc, a, a_rs, a_ks, b, c, ldc, alpha, beta);
+  }
+}
+
+template <int NV>
+void bf16_tile(int64_t kc, const bf16* a, const bf16* b, float* c, int64_t ldc, float alpha, float beta) {
+  __m512 acc[MR][NV];
+#pragma GCC unroll 14
+  for (int i = 0; i < MR; i++)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; v++) acc[i][v] = _mm512_setzero_ps();
+  const int64_t pairs = (kc + 1) / 2;
+  for (int64_t p = 0; p < pairs; p++) {
+    __m512bh bv[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; v++) bv[v] = (__m512bh)_mm512_loadu_si512(b + v * 2 * VW);
+#pragma GCC unroll 14
+    for (int i = 0; i < MR; i++) {
+      int32_t pair;
+      std::memcpy(&pair, a + 2 * i, 4);
+      const __m512bh ai = (__m512bh)_mm512_set1_epi32(pair);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; v++) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], ai, bv[v]);
+    }
+    a += 2 * MR;
+    b += 2 * NV * VW;
+  }
+  store_tile<NV>(acc, c, ldc, alpha, beta);
+}
+
+void bf16_kernel(int64_t kc, const bf16* a, const bf16* b, int w, float* c, int64_t ldc, float alpha, float beta) {
+  if (w == NR) bf16_tile<2>(kc, a, b, c, ldc, alpha, beta);
+  else bf16_tile<1>(kc, a, b, c, ldc, alpha, beta);
+}
+
+}  // namespace
+
+GemmArch gemm_arch_avx512() {
+  // kc 256: a 14×256 f32 A panel is 14 KiB of the 32 KiB L1d; nc 512: a 256×512 B block is
+  // 512 KiB of the 1 MiB L2. The bf16 pairs halve the bytes, so kc doubles.
+  return GemmArch{"avx512", MR, NR, VW, 256, 512, f32_kernel, bf16_kernel, 512, 512};
+}
+
+}  // namespace pk::cpu

@@ -1,0 +1,103 @@
+// Panel sources for plain operands (MatRef, f32 or bf16, either layout): the packing half of
+// the blocked GEMM. bf16 is widened to f32 here, so the f32 micro-kernels never see it.
+#include <cstring>
+
+#include "gemm.h"
+
+namespace pk::cpu {
+
+namespace {
+
+inline float widen(float v) { return v; }
+inline float widen(bf16 v) { return bf16_to_f32(v); }
+
+// X(k, x) = data[k·ld + x]: each k is a contiguous run of x.
+template <typename T>
+void pack_rows(float* dst, int64_t width, int64_t k0, int64_t kc, int64_t x0, int64_t nx, float scale,
+               const MatRef& m) {
+  const T* src = static_cast<const T*>(m.data) + k0 * m.ld + x0;
+  for (int64_t k = 0; k < kc; k++, src += m.ld, dst += width) {
+    for (int64_t x = 0; x < nx; x++) dst[x] = scale * widen(src[x]);
+    for (int64_t x = nx; x < width; x++) dst[x] = 0.f;
+  }
+}
+
+// X(k, x) = data[x·ld + k]: each x is a contiguous run of k, so this is a transposition. It
+// goes 16 k at a time so the reads are whole cache lines and the writes stay within a few.
+template <typename T>
+void pack_cols(float* dst, int64_t width, int64_t k0, int64_t kc, int64_t x0, int64_t nx, float scale,
+               const MatRef& m) {
+  const T* src = static_cast<const T*>(m.data) + x0 * m.ld + k0;
+  constexpr int64_t KB = 16;
+  for (int64_t kb = 0; kb < kc; kb += KB) {
+    const int64_t kn = kc - kb < KB ? kc - kb : KB;
+    float* d = dst + kb * width;
+    for (int64_t x = 0; x < nx; x++) {
+      const T* s = src + x * m.ld + kb;
+      for (int64_t k = 0; k < kn; k++) d[k * width + x] = scale * widen(s[k]);
+    }
+    for (int64_t k = 0; k < kn; k++)
+      for (int64_t x = nx; x < width; x++) d[k * width + x] = 0.f;
+  }
+}
+
+void pack_f32(float* dst, int64_t width, int64_t k0, int64_t kc, int64_t x0, int64_t nx, float scale,
+              const void* ctx) {
+  const MatRef& m = *static_cast<const MatRef*>(ctx);
+  if (m.dtype == DType::F32) {
+    if (m.trans) pack_cols<float>(dst, width, k0, kc, x0, nx, scale, m);
+    else pack_rows<float>(dst, width, k0, kc, x0, nx, scale, m);
+  } else {
+    if (m.trans) pack_cols<bf16>(dst, width, k0, kc, x0, nx, scale, m);
+    else pack_rows<bf16>(dst, width, k0, kc, x0, nx, scale, m);
+  }
+}
+
+// dst[(p·width + x)·2 + e] = X(k0 + 2p + e, x0 + x), zero past kc and nx.
+void pack_bf16_pairs(bf16* dst, int64_t width, int64_t k0, int64_t kc, int64_t x0, int64_t nx, const void* ctx) {
+  const MatRef& m = *static_cast<const MatRef*>(ctx);
+  const bf16* data = static_cast<const bf16*>(m.data);
+  const int64_t pairs = (kc + 1) / 2;
+  if (m.trans) {
+    // k runs are contiguous: a pair is two neighbours.
+    for (int64_t x = 0; x < nx; x++) {
+      const bf16* s = data + (x0 + x) * m.ld + k0;
+      bf16* d = dst + 2 * x;
+      for (int64_t p = 0; p < kc / 2; p++) std::memcpy(d + p * width * 2, s + 2 * p, 4);
+      if (kc & 1) {
+        d[(pairs - 1) * width * 2] = s[kc - 1];
+        d[(pairs - 1) * width * 2 + 1] = 0;
+      }
+    }
+  } else {
+    // x runs are contiguous: interleave two rows.
+    for (int64_t p = 0; p < pairs; p++) {
+      const bf16* s0 = data + (k0 + 2 * p) * m.ld + x0;
+      const bf16* s1 = 2 * p + 1 < kc ? s0 + m.ld : nullptr;
+      bf16* d = dst + p * width * 2;
+      for (int64_t x = 0; x < nx; x++) {
+        d[2 * x] = s0[x];
+        d[2 * x + 1] = s1 ? s1[x] : bf16(0);
+      }
+    }
+  }
+  for (int64_t p = 0; p < pairs; p++)
+    for (int64_t x = nx; x < width; x++) dst[(p * width + x) * 2] = dst[(p * width + x) * 2 + 1] = 0;
+}
+
+}  // namespace
+
+PanelSource matref_source(const MatRef* m) {
+  PanelSource s;
+  s.pack = pack_f32;
+  s.pack_bf16_pairs = m->dtype == DType::BF16 ? pack_bf16_pairs : nullptr;
+  s.ctx = m;
+  if (m->dtype == DType::F32) {
+    s.direct = static_cast<const float*>(m->data);
+    s.k_stride = m->trans ? 1 : m->ld;
+    s.x_stride = m->trans ? m->ld : 1;
+  }
+  return s;
+}
+
+}  // namespace pk::cpu
