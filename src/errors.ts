@@ -14,6 +14,9 @@ export type PeftkitErrorCode =
   | 'E_MISSING'
   | 'E_CONFIG'
   | 'E_UNSUPPORTED'
+  | 'E_NAN'
+  | 'E_DATA'
+  | 'E_ABORTED'
   | (string & {});
 
 /** Every error peftkit raises on purpose: `code` tells programs what went wrong, the message tells people. */

@@ -125,6 +125,8 @@ def forward(cfg, w, loras, ids, labels):
     x = rmsnorm(x, w["model.norm.weight"], eps)
     head = w["model.embed_tokens.weight"] if cfg["tie_word_embeddings"] else w["lm_head.weight"]
     logits = x @ head.t()
+    if labels is None:
+        return logits
     # HF's causal LM loss: predict token t+1 from position t, mean over labels != -100.
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
 
@@ -211,6 +213,8 @@ def main():
             json.dump(adapter_cfg, f, indent=2, sort_keys=True)
         save_safetensors(os.path.join(d, "adapter_in", "adapter_model.safetensors"), adapter_tensors(loras), {"format": "pt"})
 
+        with torch.no_grad():  # what generation must see: logits after each prefix of row 0, with adapter_in
+            prefill_logits = forward(cfg, w, loras, ids[:1], None)[0]
         params = [t for lo in loras.values() for t in (lo.A, lo.B)]
         opt = torch.optim.AdamW(params, lr=HYPER["lr"], betas=tuple(HYPER["betas"]), eps=HYPER["eps"],
                                 weight_decay=HYPER["weight_decay"])
@@ -228,7 +232,8 @@ def main():
         save_safetensors(os.path.join(d, "adapter_out.safetensors"), adapter_tensors(loras), {"format": "pt"})
         with open(os.path.join(d, "expected.json"), "w") as f:
             json.dump(dict(input_ids=ids.tolist(), labels=labels.tolist(), hyper=HYPER, losses=losses,
-                           final_loss=final_loss, torch=torch.__version__), f, indent=2)
+                           final_loss=final_loss, torch=torch.__version__,
+                           logits_row0=prefill_logits.tolist()), f, indent=2)
         print(f"{name}: losses {['%.6f' % l for l in losses]} -> {final_loss:.6f}")
 
 
