@@ -14,6 +14,7 @@ export type PeftkitErrorCode =
   | 'E_MISSING'
   | 'E_CONFIG'
   | 'E_UNSUPPORTED'
+  | 'E_DATA'
   | (string & {});
 
 /** Every error peftkit raises on purpose: `code` tells programs what went wrong, the message tells people. */
