@@ -1,5 +1,5 @@
 /** The data pipeline: dataset files -> rows -> tokens (+ loss masks) -> padded, resumable batches. */
-export { readRows, parseRows, parseRow, where, CHAT_ROLES, IGNORE_INDEX } from './rows';
+export { readRows, parseRows, parseRow, CHAT_ROLES, IGNORE_INDEX } from './rows';
 export type { DataRow, TextRow, PromptCompletionRow, ChatPromptCompletionRow, MessagesRow, TokensRow, ChatMessage, ChatRole, RowSource } from './rows';
 export { Tokenizer, loadTokenizer } from './tokenizer';
 export type { EncodeTextOptions, DecodeOptions, ChatTemplateOptions } from './tokenizer';

@@ -87,6 +87,7 @@ function show(v: unknown): string {
 }
 
 function typeName(v: unknown): string {
+  if (v === undefined) return 'missing';
   if (v === null) return 'null';
   if (Array.isArray(v)) return 'an array';
   return typeof v === 'object' ? 'an object' : `a ${typeof v}`;
@@ -190,13 +191,13 @@ function lineOf(text: string, offset: number): number {
   return line;
 }
 
-/** Line of the first character of each top-level element of the JSON array starting at `open`. */
-function arrayElementLines(text: string, open: number): number[] {
-  const lines: number[] = [];
+/** Where each top-level element of the JSON array opening at `open` starts and ends (tolerant of broken elements). */
+function arrayElementSpans(text: string, open: number): Array<{ line: number; start: number; end: number }> {
+  const spans: Array<{ line: number; start: number; end: number }> = [];
   let line = lineOf(text, open);
   let depth = 0;
   let inString = false;
-  let expecting = true;
+  let current: { line: number; start: number; end: number } | null = null;
   for (let i = open; i < text.length; i++) {
     const c = text[i];
     if (c === '\n') line++;
@@ -205,23 +206,32 @@ function arrayElementLines(text: string, open: number): number[] {
       else if (c === '"') inString = false;
       continue;
     }
-    if (depth === 1 && expecting && c !== ',' && c !== ']' && !/\s/.test(c)) {
-      lines.push(line);
-      expecting = false;
+    if (depth === 1 && current === null && c !== ',' && c !== ']' && !/\s/.test(c)) {
+      current = { line, start: i, end: text.length };
+      spans.push(current);
     }
     if (c === '"') inString = true;
     else if (c === '[' || c === '{') depth++;
-    else if (c === ']' || c === '}') {
-      depth--;
+    else if ((c === ',' && depth === 1) || ((c === ']' || c === '}') && --depth === 0)) {
+      if (current) current.end = i;
+      current = null;
       if (depth === 0) break;
-    } else if (c === ',' && depth === 1) expecting = true;
+    }
   }
-  return lines;
+  return spans;
 }
 
-function jsonErrorLine(text: string, message: string, base: number): number | null {
+/** The line of a JSON syntax error: the first element that does not parse alone, else V8's position. */
+function jsonErrorAt(text: string, open: number, message: string): { line: number; message: string } {
+  for (const span of arrayElementSpans(text, open)) {
+    try {
+      JSON.parse(text.slice(span.start, span.end));
+    } catch (e) {
+      return { line: span.line, message: (e as Error).message };
+    }
+  }
   const m = /position (\d+)/.exec(message);
-  return m ? lineOf(text, base + Number(m[1])) : null;
+  return { line: m ? lineOf(text, Number(m[1])) : 1, message };
 }
 
 /** Parses dataset text (JSONL or a JSON array, told apart by the first character); `file` names it in errors. */
@@ -233,12 +243,12 @@ export function parseRows(text: string, file: string): DataRow[] {
     try {
       values = JSON.parse(text);
     } catch (e) {
-      const line = jsonErrorLine(text, (e as Error).message, 0);
-      throw new PeftkitError('E_DATA', `${file}:${line ?? 1}: not valid JSON (${(e as Error).message}), expected a JSON array of row objects or JSONL`);
+      const at = jsonErrorAt(text, first, (e as Error).message);
+      throw new PeftkitError('E_DATA', `${file}:${at.line}: not valid JSON (${at.message}), expected a JSON array of row objects or JSONL`);
     }
     if (!Array.isArray(values)) throw new PeftkitError('E_DATA', `${file}:1: not valid JSON, expected a JSON array of row objects or JSONL`);
-    const lines = arrayElementLines(text, first);
-    return values.map((v, i) => parseRow(v, { file, line: lines[i] ?? 1 }));
+    const spans = arrayElementSpans(text, first);
+    return values.map((v, i) => parseRow(v, { file, line: spans[i]?.line ?? 1 }));
   }
   const rows: DataRow[] = [];
   const lines = text.split('\n');
