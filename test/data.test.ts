@@ -168,6 +168,18 @@ test('raise_exception in a template is an E_DATA error naming the row', (t) => {
   dataError(t, () => encodeRow(row, plain), /no chat_template.*\(at rows\.jsonl:7\)/, 'E_CONFIG');
 });
 
+test('tools and extra message keys reach the template; absent tools are none, as in transformers', (t) => {
+  const k = byteTokenizer({
+    chatTemplate: "{% if tools is not none %}[{{ tools | length }} tools]{% endif %}{% for m in messages %}{{ m['role'] }}{% if m['name'] %}({{ m['name'] }}){% endif %}:{{ m['content'] }};{% endfor %}",
+  });
+  const [row] = parseRows('{"messages": [{"role": "user", "content": "q"}, {"role": "tool", "name": "calc", "content": "4"}, {"role": "assistant", "content": "a"}], "tools": [{"type": "function"}]}', 'd.jsonl');
+  const ex = encodeRow(row, k);
+  t.is(k.decode(ex.inputIds), '[1 tools]user:q;tool(calc):4;assistant:a;');
+  // This template writes no generation prompt, so the turn's "assistant:" header is part of what is trained.
+  t.is(k.decode(ex.labels.filter((l) => l !== ignore)), 'assistant:a;');
+  t.is(k.applyChatTemplate([{ role: 'user', content: 'q' }]), 'user:q;');
+});
+
 // ---------- rows ----------
 
 test('rows: every shape from JSONL, blank lines skipped, line numbers kept, mixed shapes allowed', (t) => {

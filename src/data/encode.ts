@@ -67,8 +67,11 @@ function withEos(ids: number[], eos: number): number[] {
  * labels exactly on the trained text even when a token could merge across a boundary; chat
  * templates put special tokens there, so the ids equal encoding the whole text in practice.
  */
-function encodeSpans(tok: Tokenizer, full: string, spans: Array<[string, string]>, trainOutside: boolean): Piece[] {
+function encodeSpans(tok: Tokenizer, full: string, spans: Array<[string, string]>): Piece[] {
   const pieces: Piece[] = [];
+  const encode = (from: number, to: number, train: boolean) => {
+    if (to > from) pieces.push({ ids: tok.encode(full.slice(from, to), { addSpecialTokens: false }), train });
+  };
   let at = 0;
   for (const [before, through] of spans) {
     if (!full.startsWith(before) || !full.startsWith(through) || before.length < at || through.length < before.length) {
@@ -79,14 +82,11 @@ function encodeSpans(tok: Tokenizer, full: string, spans: Array<[string, string]
           'expected a prefix-stable template, or set assistantOnly/maskPrompt to false to train on everything',
       );
     }
-    const encode = (from: number, to: number, train: boolean) => {
-      if (to > from) pieces.push({ ids: tok.encode(full.slice(from, to), { addSpecialTokens: false }), train });
-    };
-    encode(at, before.length, trainOutside);
+    encode(at, before.length, false);
     encode(before.length, through.length, true);
     at = through.length;
   }
-  if (at < full.length) pieces.push({ ids: tok.encode(full.slice(at), { addSpecialTokens: false }), train: trainOutside });
+  encode(at, full.length, false);
   return pieces;
 }
 
@@ -102,7 +102,7 @@ function encodeChat(tok: Tokenizer, messages: ChatMessage[], tools: unknown[] | 
   const full = render(messages.length, false);
   if (trained === null) return [{ ids: tok.encode(full, { addSpecialTokens: false }), train: true }];
   const spans = trained.map(([from, to]): [string, string] => [render(from, true), render(to, false)]);
-  return encodeSpans(tok, full, spans, false);
+  return encodeSpans(tok, full, spans);
 }
 
 function encodeUnchecked(row: DataRow, tok: Tokenizer, opts: EncodeOptions): { inputIds: number[]; labels: number[] } {

@@ -169,7 +169,9 @@ export class Tokenizer {
         ...this.templateVars,
         messages,
         add_generation_prompt: opts.addGenerationPrompt ?? false,
-        ...(opts.tools ? { tools: opts.tools } : {}),
+        // transformers passes these as None when absent; templates test `tools is not none`.
+        tools: opts.tools ?? null,
+        documents: null,
       });
     } catch (e) {
       throw new PeftkitError('E_DATA', `chat template failed: ${(e as Error).message}`);
