@@ -1,0 +1,164 @@
+/**
+ * Row -> {inputIds, labels}. Labels follow Hugging Face's convention: same length as inputIds,
+ * not shifted (the loss predicts labels[t] from position t-1), -100 where no loss is taken.
+ */
+import { PeftkitError } from '../errors';
+import { IGNORE_INDEX, where } from './rows';
+import type { ChatMessage, DataRow, RowSource } from './rows';
+import type { Tokenizer } from './tokenizer';
+
+export interface EncodeOptions {
+  /** Longest example in tokens; longer ones are cut keeping the start (HF's default truncation side). Defaults to no limit. */
+  maxLength?: number;
+  /**
+   * prompt/completion rows (plain and conversational): no loss on the prompt tokens, as TRL's
+   * `completion_only_loss`. `false` trains on prompt and completion. Defaults to `true`.
+   */
+  maskPrompt?: boolean;
+  /**
+   * messages rows: loss only on assistant turns (each turn's content and the end-of-turn markup
+   * the template writes after it), as TRL's `assistant_only_loss` / MLX-LM's `mask_prompt`.
+   * `false` trains on the whole rendered conversation. Defaults to `true`.
+   */
+  assistantOnly?: boolean;
+}
+
+/** One encoded row. */
+export interface Example {
+  inputIds: number[];
+  labels: number[];
+  source: RowSource;
+  /** The row was longer than maxLength and was cut. */
+  truncated: boolean;
+}
+
+/** Pieces of text encoded one after the other; `train` says whether their tokens get labels. */
+interface Piece {
+  ids: number[];
+  train: boolean;
+}
+
+function concat(pieces: Piece[]): { inputIds: number[]; labels: number[] } {
+  const inputIds: number[] = [];
+  const labels: number[] = [];
+  for (const p of pieces) {
+    for (const id of p.ids) {
+      inputIds.push(id);
+      labels.push(p.train ? id : IGNORE_INDEX);
+    }
+  }
+  return { inputIds, labels };
+}
+
+function needEos(tok: Tokenizer): number {
+  if (tok.eosId === null) throw new PeftkitError('E_CONFIG', `${tok.dir}: the tokenizer has no eos_token, needed to end text and completion rows`);
+  return tok.eosId;
+}
+
+function withEos(ids: number[], eos: number): number[] {
+  return ids.length > 0 && ids[ids.length - 1] === eos ? ids : [...ids, eos];
+}
+
+/**
+ * Splits a rendered conversation at the boundaries of the trained spans and encodes each piece.
+ * A span [start, end) is given by two renderings that must be prefixes of the full one: the
+ * conversation before the trained turn(s) with the generation prompt, and through them. Encoding
+ * piece by piece (rather than the whole text and counting prefix tokens, as MLX-LM does) keeps the
+ * labels exactly on the trained text even when a token could merge across a boundary; chat
+ * templates put special tokens there, so the ids equal encoding the whole text in practice.
+ */
+function encodeSpans(tok: Tokenizer, full: string, spans: Array<[string, string]>): Piece[] {
+  const pieces: Piece[] = [];
+  const encode = (from: number, to: number, train: boolean) => {
+    if (to > from) pieces.push({ ids: tok.encode(full.slice(from, to), { addSpecialTokens: false }), train });
+  };
+  let at = 0;
+  for (const [before, through] of spans) {
+    if (!full.startsWith(before) || !full.startsWith(through) || before.length < at || through.length < before.length) {
+      throw new PeftkitError(
+        'E_DATA',
+        'the chat template does not render the conversation up to a trained turn as a prefix of the whole conversation ' +
+          '(templates that rewrite earlier turns, e.g. drop past reasoning, do), so the trained tokens cannot be located; ' +
+          'expected a prefix-stable template, or set assistantOnly/maskPrompt to false to train on everything',
+      );
+    }
+    encode(at, before.length, false);
+    encode(before.length, through.length, true);
+    at = through.length;
+  }
+  encode(at, full.length, false);
+  return pieces;
+}
+
+/**
+ * Renders a conversation and encodes it; `trained` lists message ranges [from, to) whose tokens
+ * get labels, each located as [render(messages[:from], generation prompt), render(messages[:to]))
+ * (the MLX-LM / TRL definition: a turn's content plus the end-of-turn markup after it). null
+ * trains on everything.
+ */
+function encodeChat(tok: Tokenizer, messages: ChatMessage[], tools: unknown[] | null, trained: Array<[number, number]> | null): Piece[] {
+  const render = (upTo: number, addGenerationPrompt: boolean) =>
+    tok.applyChatTemplate(messages.slice(0, upTo), { addGenerationPrompt, tools });
+  const full = render(messages.length, false);
+  if (trained === null) return [{ ids: tok.encode(full, { addSpecialTokens: false }), train: true }];
+  const spans = trained.map(([from, to]): [string, string] => [render(from, true), render(to, false)]);
+  return encodeSpans(tok, full, spans);
+}
+
+function encodeUnchecked(row: DataRow, tok: Tokenizer, opts: EncodeOptions): { inputIds: number[]; labels: number[] } {
+  switch (row.kind) {
+    case 'text': {
+      const ids = withEos(tok.encode(row.text, { addSpecialTokens: true }), needEos(tok));
+      return { inputIds: ids, labels: ids.slice() };
+    }
+    case 'prompt_completion': {
+      const eos = needEos(tok);
+      const prompt = tok.encode(row.prompt, { addSpecialTokens: true });
+      const completion = withEos(tok.encode(row.completion, { addSpecialTokens: false }), eos);
+      return concat([
+        { ids: prompt, train: opts.maskPrompt === false },
+        { ids: completion, train: true },
+      ]);
+    }
+    case 'chat_prompt_completion': {
+      const messages = [...row.prompt, ...row.completion];
+      const trained: Array<[number, number]> | null = opts.maskPrompt === false ? null : [[row.prompt.length, messages.length]];
+      return concat(encodeChat(tok, messages, row.tools, trained));
+    }
+    case 'messages': {
+      // Each assistant message is its own span, so turn headers between two consecutive
+      // assistant messages stay untrained. A chat without one trains on nothing.
+      const trained: Array<[number, number]> = [];
+      row.messages.forEach((m, i) => m.role === 'assistant' && trained.push([i, i + 1]));
+      return concat(encodeChat(tok, row.messages, row.tools, opts.assistantOnly === false ? null : trained));
+    }
+    case 'tokens':
+      return { inputIds: row.inputIds.slice(), labels: (row.labels ?? row.inputIds).slice() };
+  }
+}
+
+/** Encodes one row; errors name the row's file:line. */
+export function encodeRow(row: DataRow, tok: Tokenizer, opts: EncodeOptions = {}): Example {
+  if (opts.maxLength !== undefined && !(Number.isInteger(opts.maxLength) && opts.maxLength > 0)) {
+    throw new PeftkitError('E_ARG', `maxLength is ${opts.maxLength}, expected a positive integer`);
+  }
+  let enc: { inputIds: number[]; labels: number[] };
+  try {
+    enc = encodeUnchecked(row, tok, opts);
+  } catch (e) {
+    if (e instanceof PeftkitError && e.code === 'E_DATA') throw new PeftkitError('E_DATA', `${where(row.source)}: ${e.message}`);
+    if (e instanceof PeftkitError) throw new PeftkitError(e.code, `${e.message} (at ${where(row.source)})`);
+    throw e;
+  }
+  const max = opts.maxLength ?? Infinity;
+  const truncated = enc.inputIds.length > max;
+  if (truncated) {
+    enc.inputIds.length = max;
+    enc.labels.length = max;
+  }
+  return { inputIds: enc.inputIds, labels: enc.labels, source: row.source, truncated };
+}
+
+export function encodeRows(rows: readonly DataRow[], tok: Tokenizer, opts: EncodeOptions = {}): Example[] {
+  return rows.map((r) => encodeRow(r, tok, opts));
+}
