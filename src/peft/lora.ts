@@ -78,18 +78,23 @@ export class LoraAdapter {
     const file = path.join(dir, 'adapter_model.safetensors');
     const layers = new Map<string, LoraLayer>();
     try {
+      // Check every tensor's name first, then load in the model's module order.
+      const wanted = new Map<string, string>();
       for (const name of ck.tensors.keys()) {
         const m = /^base_model\.model\.(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$/.exec(name);
         if (!m) throw new PeftkitError('E_UNSUPPORTED', `${file}: tensor '${name}' is not a LoRA A/B weight (only plain LoRA adapters are supported)`);
-        if (m[2] !== 'A') continue;
-        const mod = byName.get(m[1]);
-        if (!mod) throw new PeftkitError('E_CONFIG', `${file}: tensor '${name}' is for module '${m[1]}', which this model does not have`);
+        if (!byName.has(m[1])) throw new PeftkitError('E_CONFIG', `${file}: tensor '${name}' is for module '${m[1]}', which this model does not have`);
+        if (m[2] === 'A') wanted.set(m[1], name);
+      }
+      for (const mod of modules) {
+        const name = wanted.get(mod.name);
+        if (!name) continue;
         const bName = name.replace('.lora_A', '.lora_B');
         if (!ck.has(bName)) throw new PeftkitError('E_MISSING', `${file}: '${name}' has no matching '${bName}'`);
         const r = ck.info(name).shape[0];
+        if (r !== config.r) throw new PeftkitError('E_CONFIG', `${file}: '${name}' has rank ${r} but adapter_config.json says r=${config.r}`);
         const a = ck.readFloat32(name, [r, mod.inFeatures]);
         const b = ck.readFloat32(bName, [mod.outFeatures, r]);
-        if (r !== config.r) throw new PeftkitError('E_CONFIG', `${file}: '${name}' has rank ${r} but adapter_config.json says r=${config.r}`);
         layers.set(mod.name, LoraAdapter.layer(mod, r, a, b, opts.device ?? 'cpu'));
       }
     } catch (e) {
@@ -142,12 +147,21 @@ export class LoraAdapter {
 
   /** Writes a PEFT adapter folder atomically (the folder appears complete or not at all). */
   save(dir: string, extra: Partial<LoraConfig> = {}): void {
-    writeDirAtomic(dir, (tmp) => {
-      const tensors: Record<string, { dtype: 'F32'; shape: number[]; data: Float32Array }> = {};
-      for (const p of this.parameters()) tensors[p.name] = { dtype: 'F32', shape: p.param.shape, data: p.param.toFloat32Array() };
-      writeSafetensors(path.join(tmp, 'adapter_model.safetensors'), tensors);
-      writeLoraConfig(tmp, { ...this.config, ...extra });
-    });
+    writeDirAtomic(dir, (tmp) => this.writeFiles(tmp, extra));
+  }
+
+  /** Writes adapter_config.json and adapter_model.safetensors into an existing folder. */
+  writeFiles(dir: string, extra: Partial<LoraConfig> = {}): void {
+    const tensors: Record<string, { dtype: 'F32'; shape: number[]; data: Float32Array }> = {};
+    for (const p of this.parameters()) tensors[p.name] = { dtype: 'F32', shape: p.param.shape, data: p.param.toFloat32Array() };
+    writeSafetensors(path.join(dir, 'adapter_model.safetensors'), tensors);
+    writeLoraConfig(dir, { ...this.config, ...extra });
+  }
+
+  /** Overwrites A and B from another adapter folder with the same modules and ranks (resume). */
+  loadWeightsFrom(dir: string): void {
+    const ck = new SafetensorsCheckpoint(dir, 'adapter_model.safetensors');
+    for (const p of this.parameters()) p.param.write(ck.readFloat32(p.name, p.param.shape));
   }
 
   dispose(): void {

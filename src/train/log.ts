@@ -30,7 +30,7 @@ export function isEval(r: LogRecord): r is EvalRecord {
 
 export class TrainLog {
   readonly file: string;
-  private fd: number;
+  private fd: number | null;
 
   /** Opens the log; `keepUpToStep` keeps earlier records (resume), else starts empty. */
   constructor(file: string, keepUpToStep?: number) {
@@ -41,11 +41,13 @@ export class TrainLog {
   }
 
   append(r: LogRecord): void {
+    if (this.fd === null) throw new Error('internal: training log is closed');
     fs.writeSync(this.fd, JSON.stringify(r) + '\n');
   }
 
   close(): void {
-    fs.closeSync(this.fd);
+    if (this.fd !== null) fs.closeSync(this.fd);
+    this.fd = null;
   }
 }
 

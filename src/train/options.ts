@@ -1,0 +1,143 @@
+/**
+ * Everything `train()` and `peftkit train` accept. Names follow PEFT / transformers / MLX-LM so
+ * users coming from them find what they know; every field says its default.
+ */
+import { PeftkitError } from '../errors';
+import type { DeviceOption } from '../tensor';
+import type { ScheduleName } from './schedule';
+
+export interface TrainOptions {
+  /** Hugging Face model folder (config.json + safetensors; tokenizer.json when the data holds text). */
+  model: string;
+  /** Training data: JSONL or a JSON array of {text} | {prompt, completion} | {messages} | {input_ids, labels?} rows. */
+  data: string;
+  /** Output folder: the adapter (PEFT format), train_log.jsonl, loss_curve.svg, checkpoints/. */
+  out: string;
+  /** Eval data file (same formats). Defaults to none. */
+  evalData?: string;
+  /** Fraction of the training rows held out for eval (the file's tail). Defaults to none. */
+  evalSplit?: number;
+  /** Adapter method. Only `'lora'` today. Defaults to `'lora'`. */
+  method?: 'lora';
+  /** LoRA rank. Defaults to `8`. */
+  r?: number;
+  /** LoRA alpha (scaling = alpha / r). Defaults to `16`. */
+  alpha?: number;
+  /** LoRA dropout. Defaults to `0.05`. */
+  dropout?: number;
+  /** Target modules by name, or 'all-linear'. Defaults to `['q_proj', 'v_proj']` (PEFT's Llama default). */
+  targets?: string[] | 'all-linear';
+  /** rsLoRA scaling (alpha / sqrt(r)). Defaults to `false`. */
+  rslora?: boolean;
+  /** LoRA init: true (kaiming A, zero B) or 'gaussian'. Defaults to `true`. */
+  initLoraWeights?: true | 'gaussian';
+  /** Continue training from this PEFT adapter folder (its config wins over r/alpha/targets). Defaults to none. */
+  adapter?: string;
+  /** Optimizer steps to run. Defaults to one epoch when neither steps nor epochs is given. */
+  steps?: number;
+  /** Epochs to run (converted to steps). Defaults to none. */
+  epochs?: number;
+  /** Sequences per micro-batch. Defaults to `4`. */
+  batchSize?: number;
+  /** Micro-batches per optimizer step. Defaults to `1`. */
+  gradAccum?: number;
+  /** Peak learning rate. Defaults to `2e-4`. */
+  lr?: number;
+  /** AdamW decoupled weight decay. Defaults to `0`. */
+  weightDecay?: number;
+  /** AdamW betas. Defaults to `[0.9, 0.999]`. */
+  betas?: [number, number];
+  /** AdamW eps. Defaults to `1e-8`. */
+  eps?: number;
+  /** Learning-rate schedule after warmup. Defaults to `'constant'`. */
+  schedule?: ScheduleName;
+  /** Linear warmup steps. Defaults to `0`. */
+  warmupSteps?: number;
+  /** Global gradient-norm clipping; 0 turns it off. Defaults to `1`. */
+  maxGradNorm?: number;
+  /** Truncate examples to this many tokens. Defaults to `2048`. */
+  maxLength?: number;
+  /** Shuffle the training rows each epoch (seeded). Defaults to `true`. */
+  shuffle?: boolean;
+  /** Seed of shuffling, init and dropout. Defaults to `0`. */
+  seed?: number;
+  /** Pack examples into rows of maxLength tokens. Defaults to `false`. */
+  packing?: boolean;
+  /** Loss on the completion / assistant tokens only. Defaults to `true`. */
+  maskPrompt?: boolean;
+  /** Save a checkpoint every N steps (0 = only at the end). Defaults to `0`. */
+  saveEvery?: number;
+  /** Evaluate every N steps (0 = only at the end, when there is eval data). Defaults to `0`. */
+  evalEvery?: number;
+  /** Resume from a checkpoint folder, or from the latest checkpoint under an output folder. Defaults to none. */
+  resume?: string;
+  /** Recompute activations per layer in backward (less memory, ~30% more compute). Defaults to `false`. */
+  activationCheckpointing?: boolean;
+  /** Where to run. Defaults to `'cpu'`. */
+  device?: DeviceOption;
+  /** Write a progress record to the log every N steps. Defaults to `1`. */
+  logEvery?: number;
+}
+
+export type ResolvedTrainOptions = Required<Omit<TrainOptions, 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume'>> &
+  Pick<TrainOptions, 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume'>;
+
+function positiveInt(name: string, v: number | undefined, dflt: number, allowZero = false): number {
+  const x = v ?? dflt;
+  if (!Number.isInteger(x) || x < (allowZero ? 0 : 1)) {
+    throw new PeftkitError('E_ARG', `${name}: expected ${allowZero ? 'a non-negative' : 'a positive'} integer, got ${String(v)}`);
+  }
+  return x;
+}
+
+function num(name: string, v: number | undefined, dflt: number, lo: number, hi: number): number {
+  const x = v ?? dflt;
+  if (typeof x !== 'number' || !Number.isFinite(x) || x < lo || x > hi) throw new PeftkitError('E_ARG', `${name}: expected a number in [${lo}, ${hi}], got ${String(v)}`);
+  return x;
+}
+
+/** Fills defaults and checks every value, naming the option that is wrong. */
+export function resolveTrainOptions(o: TrainOptions): ResolvedTrainOptions {
+  for (const k of ['model', 'data', 'out'] as const) {
+    if (typeof o[k] !== 'string' || !o[k]) throw new PeftkitError('E_ARG', `${k}: expected a path`);
+  }
+  if (o.steps !== undefined && o.epochs !== undefined) throw new PeftkitError('E_ARG', 'steps and epochs were both given; expected one');
+  if ((o.method ?? 'lora') !== 'lora') throw new PeftkitError('E_UNSUPPORTED', `method '${String(o.method)}' is not available yet (supported: lora)`);
+  const schedule = o.schedule ?? 'constant';
+  if (!['constant', 'linear', 'cosine'].includes(schedule)) throw new PeftkitError('E_ARG', `schedule: expected constant, linear or cosine, got '${schedule}'`);
+  const targets = o.targets ?? ['q_proj', 'v_proj'];
+  if (targets !== 'all-linear' && (!Array.isArray(targets) || targets.length === 0 || !targets.every((t) => typeof t === 'string' && t))) {
+    throw new PeftkitError('E_ARG', 'targets: expected module names (e.g. q_proj,v_proj) or all-linear');
+  }
+  return {
+    ...o,
+    method: 'lora',
+    r: positiveInt('r', o.r, 8),
+    alpha: num('alpha', o.alpha, 16, -1e9, 1e9),
+    dropout: num('dropout', o.dropout, 0.05, 0, 0.99),
+    targets,
+    rslora: o.rslora ?? false,
+    initLoraWeights: o.initLoraWeights ?? true,
+    steps: o.steps === undefined ? undefined : positiveInt('steps', o.steps, 1),
+    epochs: o.epochs === undefined ? undefined : num('epochs', o.epochs, 1, 1e-9, 1e9),
+    batchSize: positiveInt('batchSize', o.batchSize, 4),
+    gradAccum: positiveInt('gradAccum', o.gradAccum, 1),
+    lr: num('lr', o.lr, 2e-4, 0, 10),
+    weightDecay: num('weightDecay', o.weightDecay, 0, 0, 10),
+    betas: o.betas ?? [0.9, 0.999],
+    eps: num('eps', o.eps, 1e-8, 0, 1),
+    schedule,
+    warmupSteps: positiveInt('warmupSteps', o.warmupSteps, 0, true),
+    maxGradNorm: num('maxGradNorm', o.maxGradNorm, 1, 0, 1e9),
+    maxLength: positiveInt('maxLength', o.maxLength, 2048),
+    shuffle: o.shuffle ?? true,
+    seed: positiveInt('seed', o.seed, 0, true),
+    packing: o.packing ?? false,
+    maskPrompt: o.maskPrompt ?? true,
+    saveEvery: positiveInt('saveEvery', o.saveEvery, 0, true),
+    evalEvery: positiveInt('evalEvery', o.evalEvery, 0, true),
+    activationCheckpointing: o.activationCheckpointing ?? false,
+    device: o.device ?? 'cpu',
+    logEvery: positiveInt('logEvery', o.logEvery, 1),
+  };
+}

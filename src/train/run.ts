@@ -1,0 +1,201 @@
+/**
+ * The training run, top to bottom: load the model, the data and the adapter; then for each
+ * optimizer step take gradAccum micro-batches, step, log, evaluate and checkpoint on schedule;
+ * finally save the adapter, the log and the loss curve. Runs synchronously on whatever thread
+ * calls it (train() puts it in a worker so the caller's event loop stays free).
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { BatchIterator, Dataset, evalBatches, Example, loadDataset, loadTokenizer, readRows, Tokenizer } from '../data';
+import { PeftkitError } from '../errors';
+import { LlamaModel } from '../model/llama';
+import { LoraAdapter } from '../peft/lora';
+import { defaultLoraConfig } from '../peft/lora_config';
+import { findCheckpoint, readTrainerState, restoreCheckpoint, saveCheckpoint, TrainerState } from './checkpoint';
+import { TrainLog, readLog } from './log';
+import { writeLossCurve } from './loss_curve';
+import { ResolvedTrainOptions, resolveTrainOptions, TrainOptions } from './options';
+import { lrAt } from './schedule';
+import { Trainer } from './trainer';
+
+export type TrainEvent =
+  | { type: 'start'; totalSteps: number; startStep: number; trainExamples: number; evalExamples: number; trainableParams: number; device: string }
+  | { type: 'step'; step: number; totalSteps: number; loss: number; lr: number; gradNorm: number; tokensPerS: number; elapsedS: number; etaS: number }
+  | { type: 'eval'; step: number; loss: number; perplexity: number }
+  | { type: 'checkpoint'; step: number; dir: string };
+
+export interface TrainResult {
+  /** The PEFT adapter folder (= options.out). */
+  adapterDir: string;
+  steps: number;
+  /** Mean training loss of the last step. */
+  finalLoss: number;
+  /** Last eval loss, when there was eval data. */
+  evalLoss: number | null;
+  /** Training throughput over the whole run (input tokens per second). */
+  tokensPerS: number;
+  elapsedS: number;
+  logFile: string;
+  lossCurve: string;
+}
+
+export interface RunHooks {
+  onEvent?: (e: TrainEvent) => void;
+  /** Polled between steps; true stops the run after a checkpoint. */
+  shouldStop?: () => boolean;
+}
+
+function pretokenizedOnly(file: string, maxLength: number): Example[] {
+  return readRows(file).map((row) => {
+    if (row.kind !== 'tokens') {
+      throw new PeftkitError('E_DATA', `${row.source.file}:${row.source.line}: a ${row.kind} row needs a tokenizer, but the model folder has no tokenizer.json`);
+    }
+    const labels = row.labels ?? row.inputIds;
+    return { inputIds: row.inputIds.slice(0, maxLength), labels: labels.slice(0, maxLength), source: row.source, truncated: row.inputIds.length > maxLength };
+  });
+}
+
+function loadData(o: ResolvedTrainOptions, tok: Tokenizer | null): Dataset {
+  if (tok) {
+    return loadDataset(o.data, tok, { maxLength: o.maxLength, maskPrompt: o.maskPrompt, assistantOnly: o.maskPrompt, evalFile: o.evalData, evalSplit: o.evalSplit });
+  }
+  const train = pretokenizedOnly(o.data, o.maxLength);
+  let evalEx = o.evalData ? pretokenizedOnly(o.evalData, o.maxLength) : [];
+  if (o.evalSplit !== undefined) {
+    const n = Math.ceil(train.length * o.evalSplit);
+    evalEx = train.splice(train.length - n, n);
+  }
+  const stats = (e: Example[]) => ({ examples: e.length }) as unknown as Dataset['stats']['train'];
+  return { train, eval: evalEx, stats: { train: stats(train), eval: stats(evalEx) } };
+}
+
+function checkVocab(examples: readonly Example[], vocab: number): void {
+  for (const e of examples) {
+    for (const id of e.inputIds) {
+      if (!Number.isInteger(id) || id < 0 || id >= vocab) {
+        throw new PeftkitError('E_DATA', `${e.source.file}:${e.source.line}: token id ${id} is outside the model's vocabulary [0, ${vocab})`);
+      }
+    }
+  }
+}
+
+export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainResult {
+  const o = resolveTrainOptions(options);
+  const emit = hooks.onEvent ?? (() => {});
+  fs.mkdirSync(o.out, { recursive: true });
+
+  const model = LlamaModel.load(o.model, { device: o.device });
+  const tok = fs.existsSync(path.join(o.model, 'tokenizer.json')) ? loadTokenizer(o.model) : null;
+  const data = loadData(o, tok);
+  if (data.train.length === 0) throw new PeftkitError('E_DATA', `${o.data}: no training rows`);
+  checkVocab(data.train, model.config.vocabSize);
+  checkVocab(data.eval, model.config.vocabSize);
+  const padId = tok?.padId ?? 0;
+
+  const resumeDir = o.resume ? findCheckpoint(o.resume) : null;
+  const resumed: TrainerState | null = resumeDir ? readTrainerState(resumeDir) : null;
+  const adapterSource = resumeDir ?? o.adapter;
+  const adapter = adapterSource
+    ? LoraAdapter.load(adapterSource, model.linearModules, { device: model.device })
+    : LoraAdapter.create(
+        model.linearModules,
+        defaultLoraConfig({
+          r: o.r, lora_alpha: o.alpha, lora_dropout: o.dropout, target_modules: o.targets, use_rslora: o.rslora,
+          init_lora_weights: o.initLoraWeights, base_model_name_or_path: path.resolve(o.model),
+        }),
+        { seed: o.seed, device: model.device },
+      );
+
+  const batches = new BatchIterator(data.train, { batchSize: o.batchSize, padId, shuffle: o.shuffle, seed: o.seed, packing: o.packing, maxLength: o.maxLength });
+  const totalSteps = o.steps ?? Math.max(1, Math.ceil(((o.epochs ?? 1) * batches.batchesPerEpoch) / o.gradAccum));
+  const longest = Math.min(o.maxLength, Math.max(...data.train.map((e) => e.inputIds.length), ...data.eval.map((e) => e.inputIds.length)));
+  const maxT = o.packing ? o.maxLength : longest;
+  const fingerprint = { model: path.resolve(o.model), data: path.resolve(o.data), batchSize: o.batchSize, gradAccum: o.gradAccum, seed: o.seed, packing: o.packing, maxLength: o.maxLength, shuffle: o.shuffle };
+  if (resumed) {
+    for (const [k, v] of Object.entries(fingerprint)) {
+      if (JSON.stringify(resumed.fingerprint[k]) !== JSON.stringify(v)) {
+        throw new PeftkitError('E_ARG', `resume: '${k}' was ${JSON.stringify(resumed.fingerprint[k])} in the checkpoint's run but is ${JSON.stringify(v)} now`);
+      }
+    }
+  }
+
+  const trainer = new Trainer(model, adapter, {
+    maxRows: o.batchSize * maxT, maxT, dropout: adapter.config.lora_dropout, maxGradNorm: o.maxGradNorm,
+    activationCheckpointing: o.activationCheckpointing, seed: o.seed, betas: o.betas, eps: o.eps, weightDecay: o.weightDecay,
+  });
+  const logFile = path.join(o.out, 'train_log.jsonl');
+  const lossCurve = path.join(o.out, 'loss_curve.svg');
+  let step = 0;
+  let elapsedBefore = 0;
+  let tokensSeen = 0;
+  if (resumed && resumeDir) {
+    restoreCheckpoint(resumeDir, adapter, trainer.optimizer, resumed);
+    batches.seek(resumed.position);
+    step = resumed.step;
+    elapsedBefore = resumed.elapsedS;
+    tokensSeen = resumed.tokensSeen;
+  }
+  const log = new TrainLog(logFile, resumed ? step : undefined);
+  const t0 = Date.now();
+  const elapsed = () => elapsedBefore + (Date.now() - t0) / 1000;
+  const state = (): TrainerState => ({ step, totalSteps, position: batches.position, seed: o.seed, elapsedS: elapsed(), tokensSeen, fingerprint });
+  const checkpoint = () => {
+    const dir = saveCheckpoint(o.out, adapter, trainer.optimizer, state());
+    writeLossCurve(lossCurve, readLog(logFile));
+    emit({ type: 'checkpoint', step, dir });
+  };
+  let evalLoss: number | null = null;
+  const evaluate = () => {
+    if (!data.eval.length) return;
+    const r = trainer.evaluate(evalBatches(data.eval, { batchSize: o.batchSize, padId }));
+    evalLoss = r.loss;
+    log.append({ step, eval_loss: r.loss, eval_perplexity: Math.exp(r.loss), elapsed_s: elapsed() });
+    emit({ type: 'eval', step, loss: r.loss, perplexity: Math.exp(r.loss) });
+  };
+
+  emit({
+    type: 'start', totalSteps, startStep: step, trainExamples: data.train.length, evalExamples: data.eval.length,
+    trainableParams: adapter.parameters().reduce((a, p) => a + p.param.numel, 0), device: model.device,
+  });
+  let finalLoss = NaN;
+  const runStart = elapsed();
+  const tokensAtStart = tokensSeen;
+  try {
+    while (step < totalSteps) {
+      if (hooks.shouldStop?.()) {
+        checkpoint();
+        throw new PeftkitError('E_ABORTED', `training stopped at step ${step}; resume with resume: '${o.out}'`);
+      }
+      const window = Array.from({ length: o.gradAccum }, () => batches.nextBatch());
+      const lr = lrAt(step, { schedule: o.schedule, lr: o.lr, warmupSteps: o.warmupSteps, totalSteps });
+      const ts = Date.now();
+      const r = trainer.step(window, lr);
+      step++;
+      tokensSeen += r.inputTokens;
+      finalLoss = r.loss;
+      const tokensPerS = r.inputTokens / Math.max(1e-9, (Date.now() - ts) / 1000);
+      const el = elapsed();
+      if (step % o.logEvery === 0 || step === totalSteps) {
+        log.append({ step, loss: r.loss, lr, grad_norm: r.gradNorm, tokens_per_s: tokensPerS, elapsed_s: el, tokens: tokensSeen });
+      }
+      const perStep = (el - runStart) / Math.max(1, step - (resumed?.step ?? 0));
+      emit({ type: 'step', step, totalSteps, loss: r.loss, lr, gradNorm: r.gradNorm, tokensPerS, elapsedS: el, etaS: perStep * (totalSteps - step) });
+      if (o.evalEvery > 0 && step % o.evalEvery === 0) evaluate();
+      if (o.saveEvery > 0 && step % o.saveEvery === 0 && step < totalSteps) checkpoint();
+    }
+    if (evalLoss === null || o.evalEvery === 0 || step % o.evalEvery !== 0) evaluate();
+    adapter.writeFiles(o.out);
+    log.close();
+    writeLossCurve(lossCurve, readLog(logFile));
+    const el = elapsed();
+    return {
+      adapterDir: o.out, steps: step, finalLoss, evalLoss, elapsedS: el, logFile, lossCurve,
+      tokensPerS: (tokensSeen - tokensAtStart) / Math.max(1e-9, el - runStart),
+    };
+  } finally {
+    log.close();
+    trainer.dispose();
+    adapter.dispose();
+    model.dispose();
+  }
+}

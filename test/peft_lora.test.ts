@@ -1,0 +1,136 @@
+/** PEFT's own checklist for LoRA, on random checkpoints in HF layout made by the test. */
+import test from 'ava';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { PeftkitError } from '../src/index';
+import { LlamaModel } from '../src/model/llama';
+import { KvGenerator } from '../src/model/llama_generate';
+import { LlamaLoraForward } from '../src/model/llama_forward';
+import { writeRandomModel } from '../src/model/random_model';
+import { LoraAdapter } from '../src/peft/lora';
+import { defaultLoraConfig } from '../src/peft/lora_config';
+import { mergeAdapter } from '../src/peft/merge';
+import { Trainer } from '../src/train/trainer';
+import { makeRng, relErr } from './helpers/check';
+
+const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-lora-'));
+
+function setup(t: { log: (s: string) => void }, arch: 'LlamaForCausalLM' | 'Qwen2ForCausalLM' = 'LlamaForCausalLM') {
+  const rng = makeRng(t as never);
+  const dir = tmp();
+  writeRandomModel(dir, { architecture: arch, hiddenSize: 48, numHeads: 4, numKvHeads: 2, numLayers: 2, tieWordEmbeddings: arch === 'LlamaForCausalLM', seed: rng.seed });
+  const model = LlamaModel.load(dir);
+  const V = model.config.vocabSize;
+  const B = 2, T = 11;
+  const inputIds = Int32Array.from({ length: B * T }, () => rng.int(0, V));
+  const batch = { inputIds, labels: inputIds.slice(), B, T };
+  return { dir, model, batch, rng };
+}
+
+function logits(model: LlamaModel, adapter: LoraAdapter | null, ids: ArrayLike<number>): Float32Array {
+  const g = new KvGenerator(model, ids.length, adapter);
+  const out = g.feed(Array.from(ids));
+  g.dispose();
+  return out;
+}
+
+function trainSome(model: LlamaModel, adapter: LoraAdapter, batch: { inputIds: Int32Array; labels: Int32Array; B: number; T: number }, steps: number, lr = 1e-2) {
+  const trainer = new Trainer(model, adapter, { maxRows: batch.B * batch.T, maxT: batch.T, dropout: 0, maxGradNorm: 1 });
+  const losses: number[] = [];
+  for (let i = 0; i < steps; i++) losses.push(trainer.step([batch], lr).loss);
+  trainer.dispose();
+  return losses;
+}
+
+test('a fresh adapter changes no output; disabling it restores the base', (t) => {
+  const { model, batch } = setup(t);
+  const ids = batch.inputIds.subarray(0, batch.T);
+  const base = logits(model, null, ids);
+  const fresh = LoraAdapter.create(model.linearModules, defaultLoraConfig({ r: 4, lora_alpha: 8, target_modules: 'all-linear' }), { seed: 1 });
+  t.true(relErr(logits(model, fresh, ids), base) <= 1e-6);
+  trainSome(model, fresh, batch, 2);
+  t.true(relErr(logits(model, fresh, ids), base) > 1e-3, 'training moved the outputs');
+  t.deepEqual(logits(model, null, ids), base, 'without the adapter the base model is untouched');
+  fresh.dispose();
+  model.dispose();
+});
+
+test('training changes only adapter parameters, and lowers the loss', (t) => {
+  const { model, batch } = setup(t, 'Qwen2ForCausalLM');
+  const before = new Map([...model.entries()].map(([n, w]) => [n, w.toFloat32Array()]));
+  const adapter = LoraAdapter.create(model.linearModules, defaultLoraConfig({ r: 4, lora_alpha: 8, target_modules: ['q_proj', 'v_proj', 'down_proj'] }), { seed: 2 });
+  const a0 = adapter.stateDict();
+  const losses = trainSome(model, adapter, batch, 8);
+  t.true(losses[7] < losses[0] * 0.9, `loss ${losses[0]} -> ${losses[7]}`);
+  for (const [n, w] of model.entries()) t.deepEqual(w.toFloat32Array(), before.get(n), `${n} must not change`);
+  let changed = 0;
+  for (const [n, v] of adapter.stateDict()) if (relErr(v, a0.get(n)!) > 0) changed++;
+  t.is(changed, adapter.parameters().length, 'every A and B moved');
+  t.is(adapter.layers.size, 2 * 3);
+  adapter.dispose();
+  model.dispose();
+});
+
+test('save/load round trip is exact; merged == unmerged within 1e-4', (t) => {
+  const { dir, model, batch } = setup(t);
+  const adapter = LoraAdapter.create(model.linearModules, defaultLoraConfig({ r: 3, lora_alpha: 6, target_modules: 'all-linear', use_rslora: true }), { seed: 3 });
+  trainSome(model, adapter, batch, 3);
+  const out = path.join(tmp(), 'adapter');
+  adapter.save(out);
+  t.deepEqual(fs.readdirSync(out).sort(), ['adapter_config.json', 'adapter_model.safetensors']);
+  const back = LoraAdapter.load(out, model.linearModules);
+  t.deepEqual(back.stateDict(), adapter.stateDict());
+  t.is(back.scaling, adapter.scaling);
+  const ids = batch.inputIds.subarray(0, batch.T);
+  const unmerged = logits(model, back, ids);
+  t.deepEqual(logits(model, adapter, ids), unmerged);
+  const mergedDir = path.join(tmp(), 'merged');
+  mergeAdapter({ model: dir, adapter: out, out: mergedDir });
+  const merged = LlamaModel.load(mergedDir);
+  const e = relErr(logits(merged, null, ids), unmerged);
+  t.true(e <= 1e-4, `merged vs unmerged: ${e.toExponential(2)}`);
+  t.true(fs.existsSync(path.join(mergedDir, 'tokenizer.json')));
+  mergeAdapter({ model: dir, adapter: out, out: mergedDir, dtype: 'bf16' });
+  const mergedBf16 = LlamaModel.load(mergedDir);
+  t.true(relErr(logits(mergedBf16, null, ids), unmerged) <= 5e-2, 'bf16 merge is close');
+  for (const m of [merged, mergedBf16, model]) m.dispose();
+  back.dispose();
+  adapter.dispose();
+});
+
+test('activation checkpointing and LoRA dropout: same gradients as without / mask is seeded', (t) => {
+  const { model, batch } = setup(t);
+  const cfg = defaultLoraConfig({ r: 4, lora_alpha: 8, target_modules: 'all-linear' });
+  const grads = (ckpt: boolean, dropout: number, seed: number) => {
+    const a = LoraAdapter.create(model.linearModules, cfg, { seed: 5 });
+    for (const l of a.layers.values()) l.B.write(Float32Array.from({ length: l.B.numel }, (_, i) => Math.sin(i) * 0.1));
+    const f = new LlamaLoraForward(model, a, batch.B * batch.T, batch.T, ckpt);
+    a.zeroGrad();
+    f.run(batch, { dropout, dropoutSeed: seed }, 1 / 20);
+    const g = a.parameters().map((p) => p.grad.toFloat32Array());
+    f.dispose();
+    a.dispose();
+    return g;
+  };
+  const plain = grads(false, 0, 0);
+  const ckpt = grads(true, 0, 0);
+  for (let i = 0; i < plain.length; i++) t.true(relErr(ckpt[i], plain[i]) <= 1e-6, `checkpointed grad ${i}`);
+  const d1 = grads(false, 0.3, 7), d2 = grads(true, 0.3, 7), d3 = grads(false, 0.3, 8);
+  for (let i = 0; i < plain.length; i++) t.true(relErr(d2[i], d1[i]) <= 1e-6, `dropout is reproducible from its seed (${i})`);
+  t.true(relErr(d1[0], plain[0]) > 1e-3 && relErr(d3[0], d1[0]) > 1e-3, 'dropout changes the gradients, and the seed picks the mask');
+  model.dispose();
+});
+
+test('targets that match nothing, and adapters for another model, are errors', (t) => {
+  const { model } = setup(t);
+  const e = t.throws(() => LoraAdapter.create(model.linearModules, defaultLoraConfig({ target_modules: ['qkv_proj'] })), { instanceOf: PeftkitError });
+  t.regex(e!.message, /'qkv_proj' matches no module.*q_proj/);
+  const out = path.join(tmp(), 'a');
+  const a = LoraAdapter.create(model.linearModules, defaultLoraConfig({ r: 2 }));
+  a.save(out);
+  const other = model.linearModules.filter((m) => !m.name.includes('layers.1.'));
+  t.regex(t.throws(() => LoraAdapter.load(out, other), { instanceOf: PeftkitError })!.message, /module 'model.layers.1.self_attn.q_proj', which this model does not have/);
+  a.dispose();
+  model.dispose();
+});
