@@ -1,0 +1,94 @@
+/** train(): the worker-thread run, its files, events, abort + resume, and errors. */
+import test from 'ava';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { PeftkitError } from '../src/index';
+import { writeRandomModel } from '../src/model/random_model';
+import { LoraAdapter } from '../src/peft/lora';
+import { LlamaModel } from '../src/model/llama';
+import { train } from '../src/train/train';
+import { readLog } from '../src/train/log';
+
+const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-train-'));
+
+function fixture(): { model: string; data: string } {
+  const dir = tmp();
+  const model = path.join(dir, 'model');
+  writeRandomModel(model, { hiddenSize: 32, numHeads: 4, numKvHeads: 2, numLayers: 2, seed: 11 });
+  const rows: string[] = [];
+  for (let i = 0; i < 24; i++) {
+    rows.push(JSON.stringify(i % 2 ? { prompt: `Q${i}: what is ${i} + 1?`, completion: ` ${i + 1}` } : { text: `the number ${i} comes before ${i + 1}.` }));
+  }
+  const data = path.join(dir, 'train.jsonl');
+  fs.writeFileSync(data, rows.join('\n') + '\n');
+  return { model, data };
+}
+
+const common = { r: 4, alpha: 8, dropout: 0.1, targets: 'all-linear' as const, batchSize: 4, lr: 5e-3, maxLength: 64, seed: 3 };
+
+test('train() runs in a worker, writes a PEFT adapter, a log and a loss curve; the event loop stays free', async (t) => {
+  const { model, data } = fixture();
+  const out = path.join(tmp(), 'adapter');
+  let ticks = 0;
+  const timer = setInterval(() => ticks++, 5);
+  const steps: number[] = [];
+  const run = train({ ...common, model, data, out, steps: 12, evalSplit: 0.2, evalEvery: 6, gradAccum: 2, schedule: 'cosine', warmupSteps: 2 });
+  run.on('step', (e) => steps.push(e.loss));
+  const result = await run;
+  clearInterval(timer);
+  t.true(ticks > 5, `the caller's timers kept firing (${ticks})`);
+  t.is(result.steps, 12);
+  t.is(steps.length, 12);
+  t.true(steps[11] < steps[0], `loss fell: ${steps[0].toFixed(3)} -> ${steps[11].toFixed(3)}`);
+  t.true(Number.isFinite(result.evalLoss!));
+  for (const f of ['adapter_config.json', 'adapter_model.safetensors', 'train_log.jsonl', 'loss_curve.svg']) t.true(fs.existsSync(path.join(out, f)), f);
+  const log = readLog(result.logFile);
+  t.is(log.filter((r) => 'loss' in r).length, 12);
+  t.is(log.filter((r) => 'eval_loss' in r).length, 2);
+  t.regex(fs.readFileSync(result.lossCurve, 'utf8'), /<svg[\s\S]*polyline/);
+  const m = LlamaModel.load(model);
+  const a = LoraAdapter.load(out, m.linearModules);
+  t.is(a.layers.size, 2 * 7);
+  t.is(a.config.lora_dropout, 0.1);
+  a.dispose();
+  m.dispose();
+});
+
+test('a stopped run resumes from its checkpoint to the same adapter as an uninterrupted run', async (t) => {
+  const { model, data } = fixture();
+  const straight = path.join(tmp(), 'straight');
+  await train({ ...common, model, data, out: straight, steps: 8 });
+  const out = path.join(tmp(), 'resumed');
+  const ctrl = new AbortController();
+  const run = train({ ...common, model, data, out, steps: 8, saveEvery: 2, signal: ctrl.signal });
+  run.on('step', (e) => {
+    if (e.step === 3) ctrl.abort();
+  });
+  const err = await t.throwsAsync(run.result, { instanceOf: PeftkitError });
+  t.is(err?.code, 'E_ABORTED');
+  t.true(fs.existsSync(path.join(out, 'checkpoints')));
+  const result = await train({ ...common, model, data, out, steps: 8, resume: out });
+  t.is(result.steps, 8);
+  const m = LlamaModel.load(model);
+  const a = LoraAdapter.load(straight, m.linearModules).stateDict();
+  const b = LoraAdapter.load(out, m.linearModules).stateDict();
+  for (const [k, v] of a) t.deepEqual(b.get(k), v, `${k} after resume`);
+  t.is(readLog(result.logFile).filter((r) => 'loss' in r).length, 8, 'the log has each step once');
+  m.dispose();
+});
+
+test('bad options and bad data fail with clear errors', async (t) => {
+  const { model, data } = fixture();
+  const out = path.join(tmp(), 'x');
+  t.throws(() => train({ model, data, out, r: 0 }), { instanceOf: PeftkitError, message: /r: expected a positive integer/ });
+  t.throws(() => train({ model, data, out, steps: 2, epochs: 1 }), { message: /steps and epochs/ });
+  const e1 = await t.throwsAsync(train({ model, data, out, steps: 1, targets: ['nope_proj'] }).result, { instanceOf: PeftkitError });
+  t.regex(e1!.message, /'nope_proj' matches no module/);
+  const bad = path.join(tmp(), 'bad.jsonl');
+  fs.writeFileSync(bad, '{"text": "ok"}\n{"prompt": 3}\n');
+  const e2 = await t.throwsAsync(train({ model, data: bad, out, steps: 1 }).result, { instanceOf: PeftkitError });
+  t.regex(e2!.message, /bad\.jsonl:2/);
+  const e3 = await t.throwsAsync(train({ model: path.join(tmp(), 'none'), data, out, steps: 1 }).result, { instanceOf: PeftkitError });
+  t.regex(e3!.message, /config\.json/);
+});
