@@ -6,3 +6,19 @@ export type { DType, Device, DeviceOption, TensorOptions, TensorData } from './t
 export { runtimeInfo, setNumThreads } from './runtime';
 export type { RuntimeInfo } from './runtime';
 export * as ops from './ops';
+
+// Training and inference
+export { train, TrainRun } from './train/train';
+export type { TrainRunOptions } from './train/train';
+export type { TrainOptions } from './train/options';
+export type { TrainEvent, TrainResult } from './train/run';
+export { loadModel, Model } from './model/model';
+export type { LoadOptions, ModelGenerateOptions, Generation } from './model/model';
+export { mergeAdapter } from './peft/merge';
+export type { MergeOptions } from './peft/merge';
+export { LoraAdapter } from './peft/lora';
+export type { LoraConfig } from './peft/lora_config';
+export { readModelConfig, SUPPORTED_ARCHITECTURES } from './model/config';
+export type { ModelConfig } from './model/config';
+export { writeRandomModel } from './model/random_model';
+export type { RandomModelOptions } from './model/random_model';

@@ -1,0 +1,90 @@
+/**
+ * loadModel(): a Hugging Face model folder ready for generation, with its tokenizer when the
+ * folder has one. `generate` takes text or token ids and an optional adapter (a PEFT folder or
+ * a loaded LoraAdapter).
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { loadTokenizer, Tokenizer } from '../data/tokenizer';
+import { PeftkitError } from '../errors';
+import { LoraAdapter } from '../peft/lora';
+import type { DeviceOption } from '../tensor';
+import type { ModelConfig } from './config';
+import { LlamaModel } from './llama';
+import { generateIds, GenerateOptions } from './llama_generate';
+
+export interface LoadOptions {
+  /** Where the weights live and the math runs. Defaults to `'cpu'`. */
+  device?: DeviceOption;
+}
+
+export interface ModelGenerateOptions extends Omit<GenerateOptions, 'adapter'> {
+  /** A PEFT adapter folder or a loaded adapter to apply. Defaults to none. */
+  adapter?: string | LoraAdapter | null;
+  /** Render a text prompt through the chat template as one user message. Defaults to `false`. */
+  chat?: boolean;
+}
+
+export interface Generation {
+  /** The generated text (empty when the model has no tokenizer). */
+  text: string;
+  /** The generated token ids (without the prompt). */
+  ids: number[];
+}
+
+export class Model {
+  readonly llama: LlamaModel;
+  readonly tokenizer: Tokenizer | null;
+  private readonly adapters = new Map<string, LoraAdapter>();
+
+  constructor(llama: LlamaModel, tokenizer: Tokenizer | null) {
+    this.llama = llama;
+    this.tokenizer = tokenizer;
+  }
+
+  get config(): ModelConfig {
+    return this.llama.config;
+  }
+
+  private adapterFor(a: ModelGenerateOptions['adapter']): LoraAdapter | null {
+    if (!a) return null;
+    if (a instanceof LoraAdapter) return a;
+    const key = path.resolve(a);
+    let loaded = this.adapters.get(key);
+    if (!loaded) {
+      loaded = LoraAdapter.load(a, this.llama.linearModules, { device: this.llama.device });
+      this.adapters.set(key, loaded);
+    }
+    return loaded;
+  }
+
+  /** Continues a prompt (text, or token ids) with a KV cache. */
+  generate(prompt: string | readonly number[], o: ModelGenerateOptions = {}): Generation {
+    let ids: number[];
+    if (typeof prompt === 'string') {
+      if (!this.tokenizer) throw new PeftkitError('E_MISSING', `${this.llama.dir}: no tokenizer.json, so a text prompt cannot be encoded (pass token ids)`);
+      ids = o.chat
+        ? this.tokenizer.encode(this.tokenizer.applyChatTemplate([{ role: 'user', content: prompt }], { addGenerationPrompt: true }), { addSpecialTokens: false })
+        : this.tokenizer.encode(prompt);
+    } else {
+      ids = [...prompt];
+    }
+    const stopTokens = o.stopTokens ?? [this.tokenizer?.eosId ?? this.config.eosTokenId].flat().filter((x): x is number => typeof x === 'number');
+    const out = generateIds(this.llama, ids, { ...o, stopTokens, adapter: this.adapterFor(o.adapter) });
+    const text = this.tokenizer ? this.tokenizer.decode(out.filter((t) => !stopTokens.includes(t)), { skipSpecialTokens: true }) : '';
+    return { text, ids: out };
+  }
+
+  dispose(): void {
+    for (const a of this.adapters.values()) a.dispose();
+    this.adapters.clear();
+    this.llama.dispose();
+  }
+}
+
+/** Loads a LlamaForCausalLM / MistralForCausalLM / Qwen2ForCausalLM folder (and its tokenizer). */
+export function loadModel(dir: string, o: LoadOptions = {}): Model {
+  const llama = LlamaModel.load(dir, o);
+  const tokenizer = fs.existsSync(path.join(dir, 'tokenizer.json')) ? loadTokenizer(dir) : null;
+  return new Model(llama, tokenizer);
+}
