@@ -13,6 +13,9 @@
       "sources": ["<!@(node scripts/sources.js generic)"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "libraries": ["-fopenmp"],
+      # Node dlcloses an addon when the last worker using it exits; libgomp would go with it
+      # while its idle team threads (made on libuv pool threads) still run its code: segfault.
+      "ldflags": ["-Wl,-z,nodelete"],
       "conditions": [
         ["target_arch=='x64'", {
           "dependencies": ["peftkit_avx2", "peftkit_avx512"],

@@ -30,9 +30,12 @@ export interface AdamWOptions {
 
 function slots(params: AdamWParam[], o: AdamWOptions): NativeAdamWParam[] {
   const wd = o.weightDecay ?? 0.01;
-  return params.map((p) => ({
-    param: p.param?.native, grad: p.grad?.native, m: p.m?.native, v: p.v?.native, weightDecay: p.weightDecay ?? wd,
-  }));
+  // Anything that is not an object goes through as it is, for the addon to report (E_ARG).
+  return params.map((p) =>
+    p && typeof p === 'object'
+      ? { param: p.param?.native, grad: p.grad?.native, m: p.m?.native, v: p.v?.native, weightDecay: p.weightDecay ?? wd }
+      : (p as unknown as NativeAdamWParam),
+  );
 }
 
 function hyper(o: AdamWOptions): [number, number, number, number, number] {
