@@ -168,7 +168,7 @@ test('attention async twins give the same results', async (t) => {
 for (const isa of ['portable', 'avx2'] as const) {
   test(`attention on the ${isa} CPU path matches float64`, (t) => {
     if (isa === 'avx2' && !runtimeInfo().avx2) return t.pass('no AVX2 on this CPU');
-    const spec = { seed: makeRng(t).seed, shapes: [SHAPES[2], SHAPES[4], SHAPES[6], SHAPES[8]] };
+    const spec = { seed: makeRng(t).seed, shapes: [1, 2, 3, 4, 5, 6, 8].map((i) => SHAPES[i]) };
     const child = spawnSync(process.execPath, [path.join(__dirname, 'helpers', 'attention_run.js'), JSON.stringify(spec)], {
       env: { ...process.env, PEFTKIT_ISA: isa },
       encoding: 'utf8',
