@@ -103,7 +103,8 @@ void pack_transposed(float* dst, const float* rows, int64_t ld, int64_t cols, in
       const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(nd)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
       __m256 r[8];
 #pragma GCC unroll 8
-      for (int t = 0; t < 8; t++) r[t] = t < nc ? _mm256_maskload_ps(rows + (c0 + t) * ld + d0, m) : _mm256_setzero_ps();
+      for (int t = 0; t < 8; t++)
+        r[t] = t < nc ? _mm256_maskload_ps(rows + (c0 + t) * ld + d0, m) : _mm256_setzero_ps();
       transpose8(r);
       for (int64_t x = 0; x < nd; x++) _mm256_storeu_ps(dst + (d0 + x) * kAttnTileK + c0, r[x]);
     }
