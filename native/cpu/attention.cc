@@ -17,7 +17,7 @@ namespace pk::cpu {
 
 namespace {
 
-// Portable tile product (see attention_tiles.inc): plain loops over contiguous columns, which
+// Portable tile product and transpose (see attention_tiles.inc): plain loops over contiguous columns, which
 // the compiler vectorizes with whatever the baseline ISA offers.
 void tile_gemm(float* __restrict c, int64_t ldc, const float* __restrict a, int64_t sai, int64_t sak,
                const float* __restrict b, int64_t ldb, int64_t m, int64_t n, int64_t k, bool accumulate) {
@@ -31,6 +31,11 @@ void tile_gemm(float* __restrict c, int64_t ldc, const float* __restrict a, int6
       for (int64_t j = 0; j < n; j++) crow[j] += av * brow[j];
     }
   }
+}
+
+void pack_transposed(float* __restrict dst, const float* __restrict rows, int64_t ld, int64_t cols, int64_t D) {
+  for (int64_t c = 0; c < cols; c++)
+    for (int64_t dd = 0; dd < D; dd++) dst[dd * kAttnTileK + c] = rows[c * ld + dd];
 }
 
 #include "attention_tiles.inc"

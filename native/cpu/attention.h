@@ -6,6 +6,10 @@
 
 namespace pk::cpu {
 
+// Tiles of 64 queries × 64 keys: a row of scores is 4 zmm registers, and a thread's tile
+// buffers (attention_tiles.inc) stay in L2 for D up to a few hundred.
+constexpr int64_t kAttnTileQ = 64, kAttnTileK = 64;
+
 struct AttentionDims {
   int64_t B, Tq, Tk, Hq, Hkv, D;
   float scale;

@@ -1,5 +1,6 @@
 // AVX-512 attention: the tile algorithm of attention_tiles.inc on a register-blocked tile
-// product (4 rows × up to 64 columns = 16 zmm accumulators, masked column tails so any D works).
+// product (4 rows × up to 64 columns = 16 zmm accumulators, masked column tails so any D works)
+// and 16×16 register transposes for packing key tiles.
 #include <immintrin.h>
 #include <math.h>
 #include <omp.h>
@@ -7,6 +8,10 @@
 #include <cstdint>
 
 #include "attention.h"
+
+// GCC 12 flags the undefined pass-through operand inside its own unpack/shuffle intrinsics
+// (GCC bug 105593, fixed in its headers later).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 namespace pk::cpu {
 
@@ -17,20 +22,27 @@ template <int MR, int NV>
 inline void micro(float* c, int64_t ldc, const float* a, int64_t sai, int64_t sak, const float* b, int64_t ldb,
                   int64_t k, __mmask16 tail, bool accumulate) {
   __m512 acc[MR][NV];
+#pragma GCC unroll 4
   for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
     for (int v = 0; v < NV; v++)
       acc[i][v] = accumulate ? _mm512_maskz_loadu_ps(v == NV - 1 ? tail : 0xffff, c + i * ldc + 16 * v)
                              : _mm512_setzero_ps();
   for (int64_t kk = 0; kk < k; kk++) {
     const float* brow = b + kk * ldb;
     __m512 bv[NV];
+#pragma GCC unroll 4
     for (int v = 0; v < NV; v++) bv[v] = _mm512_maskz_loadu_ps(v == NV - 1 ? tail : 0xffff, brow + 16 * v);
+#pragma GCC unroll 4
     for (int i = 0; i < MR; i++) {
       const __m512 av = _mm512_set1_ps(a[i * sai + kk * sak]);
+#pragma GCC unroll 4
       for (int v = 0; v < NV; v++) acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);
     }
   }
+#pragma GCC unroll 4
   for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
     for (int v = 0; v < NV; v++)
       _mm512_mask_storeu_ps(c + i * ldc + 16 * v, v == NV - 1 ? tail : 0xffff, acc[i][v]);
 }
@@ -56,6 +68,54 @@ void tile_gemm(float* c, int64_t ldc, const float* a, int64_t sai, int64_t sak, 
       micro_cols<4>(nv, c + i * ldc + j0, ldc, a + i * sai, sai, sak, b + j0, ldb, k, tail, accumulate);
     for (; i < m; i++)
       micro_cols<1>(nv, c + i * ldc + j0, ldc, a + i * sai, sai, sak, b + j0, ldb, k, tail, accumulate);
+  }
+}
+
+// In place: r[x][t] <- r[t][x]. Pairs, then quads within 128-bit lanes, then lanes.
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; i++) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  // u[4g + c], lane L: element 4L + c of rows 4g..4g+3.
+  __m512 u[16];
+#pragma GCC unroll 4
+  for (int g = 0; g < 4; g++) {
+    const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]);
+    const __m512d c = _mm512_castps_pd(t[4 * g + 2]), d = _mm512_castps_pd(t[4 * g + 3]);
+    u[4 * g + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+#pragma GCC unroll 4
+  for (int c = 0; c < 4; c++) {
+    const __m512 v0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44), v1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xee);
+    const __m512 w0 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44);
+    const __m512 w1 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xee);
+    r[c] = _mm512_shuffle_f32x4(v0, w0, 0x88);
+    r[4 + c] = _mm512_shuffle_f32x4(v0, w0, 0xdd);
+    r[8 + c] = _mm512_shuffle_f32x4(v1, w1, 0x88);
+    r[12 + c] = _mm512_shuffle_f32x4(v1, w1, 0xdd);
+  }
+}
+
+// 16 keys × 16 dims at a time through registers; rows past cols load as zeros.
+void pack_transposed(float* dst, const float* rows, int64_t ld, int64_t cols, int64_t D) {
+  for (int64_t c0 = 0; c0 < cols; c0 += 16) {
+    const int64_t nc = cols - c0 < 16 ? cols - c0 : 16;
+    for (int64_t d0 = 0; d0 < D; d0 += 16) {
+      const int64_t nd = D - d0 < 16 ? D - d0 : 16;
+      const __mmask16 m = __mmask16((1u << nd) - 1u);
+      __m512 r[16];
+#pragma GCC unroll 16
+      for (int t = 0; t < 16; t++)
+        r[t] = t < nc ? _mm512_maskz_loadu_ps(m, rows + (c0 + t) * ld + d0) : _mm512_setzero_ps();
+      transpose16(r);
+      for (int64_t x = 0; x < nd; x++) _mm512_storeu_ps(dst + (d0 + x) * kAttnTileK + c0, r[x]);
+    }
   }
 }
 

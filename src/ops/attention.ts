@@ -27,7 +27,9 @@ function scaleOf(q: Tensor, o: AttentionOptions): number {
  * - Writes `out` [B, Tq, Hq, D] and `lse` [B, Hq, Tq], the log-sum-exp of each row's scaled
  *   scores, which {@link attentionBackward} needs.
  */
-export function attentionForward(out: Tensor, lse: Tensor, q: Tensor, k: Tensor, v: Tensor, o: AttentionOptions = {}): void {
+export function attentionForward(
+  out: Tensor, lse: Tensor, q: Tensor, k: Tensor, v: Tensor, o: AttentionOptions = {},
+): void {
   native.attentionForward(out.native, lse.native, q.native, k.native, v.native, scaleOf(q, o));
 }
 

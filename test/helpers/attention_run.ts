@@ -48,8 +48,8 @@ export function makeInputs(rng: Rng, s: AttentionShape): AttentionInputs {
 /** Forward then backward (dout as the output gradient), every output poisoned first. */
 export function runAttention(s: AttentionShape, x: AttentionInputs, device: Device = 'cpu'): AttentionResult {
   const qs = [s.B, s.Tq, s.Hq, s.D], ks = [s.B, s.Tk, s.Hkv, s.D];
-  const q = Tensor.from(x.q, qs, { device }), k = Tensor.from(x.k, ks, { device }), v = Tensor.from(x.v, ks, { device });
-  const dout = Tensor.from(x.dout, qs, { device });
+  const q = Tensor.from(x.q, qs, { device }), dout = Tensor.from(x.dout, qs, { device });
+  const k = Tensor.from(x.k, ks, { device }), v = Tensor.from(x.v, ks, { device });
   const out = poisoned(qs, device), lse = poisoned([s.B, s.Hq, s.Tq], device);
   const dq = poisoned(qs, device), dk = poisoned(ks, device), dv = poisoned(ks, device);
   const o = s.scale === undefined ? {} : { scale: s.scale };
@@ -73,7 +73,6 @@ if (require.main === module) {
   const results = runSpec(JSON.parse(process.argv[2]) as AttentionRunSpec);
   // NaN and Infinity do not survive JSON: send them as strings.
   const enc = (a: Float32Array) => Array.from(a, (x) => (Number.isFinite(x) ? x : String(x)));
-  process.stdout.write(
-    JSON.stringify(results.map((r) => ({ out: enc(r.out), lse: enc(r.lse), dq: enc(r.dq), dk: enc(r.dk), dv: enc(r.dv) }))),
-  );
+  const encoded = results.map((r) => ({ out: enc(r.out), lse: enc(r.lse), dq: enc(r.dq), dk: enc(r.dk), dv: enc(r.dv) }));
+  process.stdout.write(JSON.stringify(encoded));
 }
