@@ -85,7 +85,7 @@ void expect_distinct(std::initializer_list<Arg> outputs, std::initializer_list<A
 void lora_forward(const Tensor& Y, const Tensor& XA, const Tensor& X, const Tensor& Xa, const Tensor& W,
                   const Tensor& A, const Tensor& B, const Tensor& bias, float s) {
   const Arg y{Y, "lora_forward Y"}, xa_out{XA, "lora_forward XA"}, x{X, "lora_forward X"},
-      xa{Xa, "lora_forward Xa"}, w{W, "lora_forward W"}, a{A, "lora_forward A"}, b{B, "lora_forward B"},
+      xa{Xa, "lora_forward Xa (dropoutInput)"}, w{W, "lora_forward W"}, a{A, "lora_forward A"}, b{B, "lora_forward B"},
       bi{bias, "lora_forward bias"};
   for (const Arg& t : {y, xa_out, x, xa, a, b, bi}) expect_f32(t);
   expect_scale(s, "lora_forward scale");
@@ -116,7 +116,7 @@ void lora_forward(const Tensor& Y, const Tensor& XA, const Tensor& X, const Tens
 
 void lora_backward(const Tensor& dX, const Tensor& dXa, const Tensor& dA, const Tensor& dB, const Tensor& dY,
                    const Tensor& Xa, const Tensor& XA, const Tensor& W, const Tensor& A, const Tensor& B, float s) {
-  const Arg dx{dX, "lora_backward dX"}, dxa{dXa, "lora_backward dXa"}, da{dA, "lora_backward dA"},
+  const Arg dx{dX, "lora_backward dX"}, dxa{dXa, "lora_backward dXa (dDropoutInput)"}, da{dA, "lora_backward dA"},
       db{dB, "lora_backward dB"}, dy{dY, "lora_backward dY"}, xa{Xa, "lora_backward Xa"},
       xa_saved{XA, "lora_backward XA"}, w{W, "lora_backward W"}, a{A, "lora_backward A"}, b{B, "lora_backward B"};
   for (const Arg& t : {dx, dxa, da, db, dy, xa, xa_saved, a, b}) expect_f32(t);
