@@ -1,10 +1,13 @@
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
-import { Tensor, PeftkitError, ops, f32ToBf16 } from '../src/index';
+import { spawnSync } from 'child_process';
+import * as path from 'path';
+import { Tensor, PeftkitError, ops, f32ToBf16, runtimeInfo } from '../src/index';
 import type { Device } from '../src/index';
 import type { Llama3RopeScaling } from '../src/ops/transformer';
 import { assertClose, devices, makeRng, poisoned, randInts, randn, roundBf16 } from './helpers/check';
 import type { Rng } from './helpers/check';
+import { CHILD_DROPOUT, pointwiseInputs } from './helpers/pointwise_child';
 
 const f32 = Math.fround;
 const prod = (s: number[]): number => s.reduce((a, b) => a * b, 1);
@@ -99,13 +102,13 @@ function refLayernormBackward(dout: Float32Array, x: Float32Array, w: Float32Arr
 }
 
 /**
- * inv_freq as transformers computes it (f32 tensor, then `_compute_llama3_parameters`), the
- * scaling itself in float64 here.
+ * inv_freq as transformers computes it: `1.0 / (base ** (arange(0, D, 2).float() / D))` in f32
+ * (each step rounded to f32), then `_compute_llama3_parameters`, here in float64.
  */
 function refInvFreq(D: number, theta: number, s: Llama3RopeScaling | null): number[] {
   const inv: number[] = [];
   for (let i = 0; i < D / 2; i++) {
-    let v = f32(1 / theta ** ((2 * i) / D));
+    let v = f32(1 / f32(theta ** f32((2 * i) / D)));
     if (s) {
       const low = s.lowFreqFactor ?? 1, high = s.highFreqFactor ?? 4, orig = s.originalMaxPositionEmbeddings ?? 8192;
       const wavelen = (2 * Math.PI) / v;
@@ -369,13 +372,15 @@ for (const device of devices()) {
 
   test(`${device}: silu, gelu (tanh and erf) and swiglu forward/backward match float64`, (t) => {
     const rng = makeRng(t);
+    // The CPU kernels are within ~1e-7; CUDA builds with --use_fast_math (approximate exp/tanh).
+    const tol = device === 'cpu' ? 1e-6 : 1e-5;
     for (const n of SIZES) {
       const x = activationInputs(rng, n), up = randn(rng, n), dout = randn(rng, n);
       const X = from(x, [n]), U = from(up, [n]), G = from(dout, [n]);
       const run = (what: string, fn: (out: Tensor) => void, expected: Float64Array) => {
         const out = poisoned([n], device);
         fn(out);
-        assertClose(t, out.toFloat32Array(), expected, 1e-5, `${what} n=${n}`);
+        assertClose(t, out.toFloat32Array(), expected, tol, `${what} n=${n}`);
       };
       run('silu', (o) => ops.siluForward(o, X), map64(x, silu));
       run('dsilu', (o) => ops.siluBackward(o, G, X), map64(x, (v, i) => dout[i] * siluGrad(v)));
@@ -386,8 +391,8 @@ for (const device of devices()) {
       run('swiglu', (o) => ops.swigluForward(o, X, U), map64(x, (v, i) => silu(v) * up[i]));
       const dgate = poisoned([n], device), dup = poisoned([n], device);
       ops.swigluBackward(dgate, dup, G, X, U);
-      assertClose(t, dgate.toFloat32Array(), map64(x, (v, i) => dout[i] * up[i] * siluGrad(v)), 1e-5, `dgate n=${n}`);
-      assertClose(t, dup.toFloat32Array(), map64(x, (v, i) => dout[i] * silu(v)), 1e-5, `dup n=${n}`);
+      assertClose(t, dgate.toFloat32Array(), map64(x, (v, i) => dout[i] * up[i] * siluGrad(v)), tol, `dgate n=${n}`);
+      assertClose(t, dup.toFloat32Array(), map64(x, (v, i) => dout[i] * silu(v)), tol, `dup n=${n}`);
 
       // outputs over inputs: dgate over gate, dup over up
       const Xi = from(x, [n]), Ui = from(up, [n]);
@@ -624,4 +629,40 @@ test('transformer ops have async twins that resolve with the same result and rej
   });
   t.is(e?.code, 'E_ARG');
   await t.throwsAsync(ops.siluForwardAsync(out, X), { instanceOf: PeftkitError, code: 'E_DISPOSED' });
+});
+
+// The sigmoid-based activations and dropout have AVX2 and AVX-512 builds of the same loops,
+// picked once per process; a child per ISA (PEFTKIT_ISA caps it) checks every path this CPU has.
+test('cpu: every ISA path of the pointwise kernels matches float64, and all draw the same dropout mask', (t) => {
+  const info = runtimeInfo();
+  const isas = ['portable', ...(info.avx2 ? ['avx2'] : []), ...(info.avx512 ? ['avx512'] : [])];
+  const seed = makeRng(t).int(0, 2 ** 31), n = 20011;
+  const { x, up, dout } = pointwiseInputs(seed, n);
+  const expected: Record<string, Float64Array> = {
+    silu: map64(x, silu),
+    dsilu: map64(x, (v, i) => dout[i] * siluGrad(v)),
+    gelu: map64(x, geluTanh),
+    dgelu: map64(x, (v, i) => dout[i] * geluTanhGrad(v)),
+    swiglu: map64(x, (v, i) => silu(v) * up[i]),
+    dgate: map64(x, (v, i) => dout[i] * up[i] * siluGrad(v)),
+    dup: map64(x, (v, i) => dout[i] * silu(v)),
+  };
+  const scale = f32(1 / f32(1 - f32(CHILD_DROPOUT.p)));
+  const dropout = map64(x, (v, i) => (refKeep(BigInt(seed), BigInt(CHILD_DROPOUT.offset + i), CHILD_DROPOUT.p) ? f32(v * scale) : 0));
+  for (const isa of isas) {
+    const child = spawnSync(process.execPath, [path.join(__dirname, 'helpers', 'pointwise_child.js'), String(seed), String(n)], {
+      env: { ...process.env, PEFTKIT_ISA: isa },
+      encoding: 'utf8',
+    });
+    t.is(child.status, 0, `${isa} child failed: ${child.stderr}`);
+    if (child.status !== 0) continue;
+    const result = JSON.parse(child.stdout) as { isa: string; outputs: Record<string, string> };
+    t.true(result.isa.startsWith(isa), `PEFTKIT_ISA=${isa} ran ${result.isa}`);
+    const out = (name: string) => {
+      const b = Buffer.from(result.outputs[name], 'base64');
+      return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
+    };
+    for (const [name, ref] of Object.entries(expected)) assertClose(t, out(name), ref, 1e-6, `${isa} ${name}`);
+    t.deepEqual(Array.from(out('dropout')), Array.from(dropout), `${isa} dropout`);
+  }
 });

@@ -1,19 +1,20 @@
 // Dropout with a counter-based mask (peftkit/dropout_rng.h): element i is kept when
 // dropout_keep(key(seed), offset + i, p), so backward recomputes the mask instead of storing it
-// and the CUDA kernels draw the very same one.
+// and the CUDA kernels draw the very same one. Kept values are multiplied by 1/(1-p) computed
+// once (as PyTorch does), so forward and backward scale alike on every device.
 #include "grain.h"
 #include "peftkit/dropout_rng.h"
 #include "peftkit/kernels.h"
+#include "pointwise_table.h"
 
 namespace pk::cpu {
 
 namespace {
-// out[i] = keep ? in[i]·scale : 0; the forward and backward passes are the same map.
 void apply_mask(float* out, const float* in, int64_t n, float p, uint64_t seed, uint64_t offset) {
   const uint64_t key = dropout_key(seed);
   const float scale = dropout_scale(p);
-#pragma omp parallel for simd num_threads(threads_for(n)) schedule(static)
-  for (int64_t i = 0; i < n; i++) out[i] = dropout_keep(key, offset + uint64_t(i), p) ? in[i] * scale : 0.f;
+  const auto loop = pointwise().dropout;
+  parallel_ranges(n, [&](int64_t b, int64_t e) { loop(out + b, in + b, e - b, p, key, offset + uint64_t(b), scale); });
 }
 }  // namespace
 

@@ -11,6 +11,9 @@
 // seeds only overlap for offsets ~2^63 apart. The top 24 bits become u = bits>>40 · 2^-24, a
 // float in [0, 1) that is exact in f32 on every device (integer below 2^24 times a power of
 // two), and an element is kept when u >= p. So P(keep) = 1 - p rounded to a multiple of 2^-24.
+//
+// The functions are `static`: each translation unit gets its own copy, so the CPU kernels
+// compiled per ISA (native/cpu/pointwise_*.cc) never share one built with other instructions.
 #pragma once
 #include <cstdint>
 
@@ -22,28 +25,28 @@
 
 namespace pk {
 
-PK_DROPOUT_HD inline uint64_t splitmix64_mix(uint64_t z) {
+PK_DROPOUT_HD static inline uint64_t splitmix64_mix(uint64_t z) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   return z ^ (z >> 31);
 }
 
 // Computed once per call; each element then costs one multiply-add and one mix.
-PK_DROPOUT_HD inline uint64_t dropout_key(uint64_t seed) { return splitmix64_mix(seed); }
+PK_DROPOUT_HD static inline uint64_t dropout_key(uint64_t seed) { return splitmix64_mix(seed); }
 
 // u in [0, 1) with 24 random bits, for element `index` (offset + i) of the stream `key`.
-PK_DROPOUT_HD inline float dropout_uniform(uint64_t key, uint64_t index) {
+PK_DROPOUT_HD static inline float dropout_uniform(uint64_t key, uint64_t index) {
   const uint64_t bits = splitmix64_mix(key + index * 0x9E3779B97F4A7C15ull);
   return float(uint32_t(bits >> 40)) * (1.0f / 16777216.0f);
 }
 
-PK_DROPOUT_HD inline bool dropout_keep(uint64_t key, uint64_t index, float p) {
+PK_DROPOUT_HD static inline bool dropout_keep(uint64_t key, uint64_t index, float p) {
   return dropout_uniform(key, index) >= p;
 }
 
 // The factor applied to kept elements: 1/(1-p), and 0 when p >= 1 (everything is dropped).
 // Compute it once on the host: nvcc's --use_fast_math would make a device division inexact.
-PK_DROPOUT_HD inline float dropout_scale(float p) { return p < 1.0f ? 1.0f / (1.0f - p) : 0.0f; }
+PK_DROPOUT_HD static inline float dropout_scale(float p) { return p < 1.0f ? 1.0f / (1.0f - p) : 0.0f; }
 
 }  // namespace pk
 

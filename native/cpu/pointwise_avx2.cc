@@ -1,0 +1,8 @@
+// pointwise_loops.h compiled with the AVX2 flags (see binding.gyp); reached through pointwise().
+#include "pointwise_loops.h"
+
+namespace pk::cpu {
+
+const PointwiseTable& pointwise_avx2() { return kPointwiseLoops; }
+
+}  // namespace pk::cpu
