@@ -3,6 +3,7 @@
  * tensors: its config, its frozen weights, and its Linear modules for adapters to target.
  * The math lives in llama_forward.ts (training) and llama_generate.ts (inference).
  */
+import { PeftkitError } from '../errors';
 import { resolveDevice, Device, DeviceOption, Tensor } from '../tensor';
 import type { LinearModule } from '../peft/targets';
 import { ModelConfig, readModelConfig } from './config';
@@ -44,6 +45,17 @@ export class LlamaModel {
   /** A weight that may be absent (biases). */
   maybeWeight(name: string): Tensor | undefined {
     return this.weights.get(name);
+  }
+
+  /**
+   * Sliding-window attention is not implemented: within the window it equals full causal
+   * attention, so sequences up to the window are exact and longer ones are refused.
+   */
+  checkSequenceLength(T: number): void {
+    const w = this.config.slidingWindow;
+    if (w !== null && T > w) {
+      throw new PeftkitError('E_UNSUPPORTED', `${this.dir}: sequences of ${T} tokens exceed the model's sliding_window (${w}), which peftkit does not implement; use max length <= ${w}`);
+    }
   }
 
   get linearModules(): LinearModule[] {

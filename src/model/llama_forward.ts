@@ -82,6 +82,7 @@ export class LlamaLoraForward {
     this.adapter = adapter;
     this.maxRows = maxRows;
     this.checkpointing = activationCheckpointing;
+    model.checkSequenceLength(maxT);
     const c = model.config;
     const a = (this.arena = new Arena(model.device));
     const C = c.hiddenSize, F = c.intermediateSize, QD = c.numHeads * c.headDim, KD = c.numKvHeads * c.headDim;

@@ -85,6 +85,7 @@ export class KvGenerator {
     this.model = model;
     this.adapter = adapter;
     this.maxT = maxT;
+    model.checkSequenceLength(maxT);
     const c = model.config;
     for (let l = 0; l < c.numLayers; l++) {
       this.k.push(Tensor.empty([maxT * c.numKvHeads * c.headDim], { device: model.device }));
