@@ -60,3 +60,28 @@ for (const name of ['llama', 'llama_tied', 'qwen2']) {
     model.dispose();
   });
 }
+
+test('bf16 base weights (f32 accumulation) stay within bf16 rounding of the PyTorch f32 run', (t) => {
+  const dir = path.join(GOLDEN, 'llama');
+  const exp = JSON.parse(fs.readFileSync(path.join(dir, 'expected.json'), 'utf8')) as Expected;
+  const model = LlamaModel.load(dir, { dtype: 'bf16' });
+  t.is(model.weight('model.layers.0.self_attn.q_proj.weight').dtype, 'bf16');
+  t.is(model.weight('model.embed_tokens.weight').dtype, 'f32');
+  const adapter = LoraAdapter.load(path.join(dir, 'adapter_in'), model.linearModules);
+  const B = exp.input_ids.length, T = exp.input_ids[0].length;
+  const batch = { inputIds: Int32Array.from(exp.input_ids.flat()), labels: Int32Array.from(exp.labels.flat()), B, T };
+  const h = exp.hyper;
+  const trainer = new Trainer(model, adapter, { maxRows: B * T, maxT: T, dropout: 0, maxGradNorm: 0, betas: h.betas, eps: h.eps, weightDecay: h.weight_decay });
+  for (let s = 0; s < h.steps; s++) {
+    const r = trainer.step([batch], h.lr);
+    t.true(Math.abs(r.loss - exp.losses[s]) <= 1e-2 * exp.losses[s], `step ${s}: ${r.loss} vs ${exp.losses[s]}`);
+  }
+  const out = new SafetensorsCheckpoint(dir, 'adapter_out.safetensors');
+  let worst = 0;
+  for (const [name, value] of adapter.stateDict()) worst = Math.max(worst, relErr(value, out.readFloat32(name)));
+  t.log(`worst adapter relative error with bf16 base weights: ${worst.toExponential(2)}`);
+  t.true(worst <= 0.1, `${worst}`);
+  trainer.dispose();
+  adapter.dispose();
+  model.dispose();
+});

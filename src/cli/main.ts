@@ -18,7 +18,7 @@ const USAGE = `usage:
       [--adapter DIR] [--steps N | --epochs N] [--batch-size 4] [--grad-accum 1] [--lr 2e-4]
       [--weight-decay 0] [--schedule constant|linear|cosine] [--warmup-steps 0] [--max-grad-norm 1]
       [--max-length 2048] [--packing] [--no-mask-prompt] [--no-shuffle] [--seed 0] [--save-every N]
-      [--eval-every N] [--resume DIR] [--activation-checkpointing] [--device cpu|cuda|auto]
+      [--eval-every N] [--resume DIR] [--activation-checkpointing] [--bf16] [--device cpu|cuda|auto]
   peftkit train                      (no model and no data: a one-minute demo on a tiny model)
   peftkit generate --model DIR [--adapter DIR] --prompt TEXT [--max-new-tokens 64] [--temperature 0.7]
       [--top-p 0.95] [--seed 0] [--chat]
@@ -55,7 +55,6 @@ async function cmdTrain(args: string[]): Promise<number> {
     },
   });
   if (!v.model && !v.data) return runDemo(v.out);
-  if (v.bf16) throw new PeftkitError('E_UNSUPPORTED', '--bf16 is not available yet: training computes in f32');
   const targets = v.targets === undefined ? undefined : v.targets === 'all-linear' ? 'all-linear' : v.targets.split(',').map((s) => s.trim()).filter(Boolean);
   const options: TrainOptions = {
     model: required('model', v.model), data: required('data', v.data), out: required('out', v.out),
@@ -67,7 +66,7 @@ async function cmdTrain(args: string[]): Promise<number> {
     maxGradNorm: num('max-grad-norm', v['max-grad-norm']), maxLength: num('max-length', v['max-length']), packing: v.packing,
     maskPrompt: v['no-mask-prompt'] ? false : undefined, shuffle: v['no-shuffle'] ? false : undefined, seed: num('seed', v.seed),
     saveEvery: num('save-every', v['save-every']), evalEvery: num('eval-every', v['eval-every']), resume: v.resume,
-    activationCheckpointing: v['activation-checkpointing'], device: v.device as TrainOptions['device'],
+    activationCheckpointing: v['activation-checkpointing'], device: v.device as TrainOptions['device'], bf16: v.bf16,
   };
   const progress = new Progress();
   const ctrl = new AbortController();

@@ -12,6 +12,8 @@ import { linearModules, loadWeights } from './weights';
 export interface LoadModelOptions {
   /** Where the weights live and the math runs. Defaults to `'cpu'`. */
   device?: DeviceOption;
+  /** Storage of the frozen Linear weights: 'bf16' halves their memory (GEMMs accumulate in f32). Defaults to `'f32'`. */
+  dtype?: 'f32' | 'bf16';
 }
 
 export class LlamaModel {
@@ -31,7 +33,7 @@ export class LlamaModel {
   static load(dir: string, opts: LoadModelOptions = {}): LlamaModel {
     const config = readModelConfig(dir);
     const device = resolveDevice(opts.device ?? 'cpu');
-    return new LlamaModel(dir, config, device, loadWeights(dir, config, device));
+    return new LlamaModel(dir, config, device, loadWeights(dir, config, device, opts.dtype ?? 'f32'));
   }
 
   /** A weight by its checkpoint name; `lm_head.weight` resolves to the embeddings when tied. */

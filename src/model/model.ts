@@ -16,6 +16,8 @@ import { generateIds, GenerateOptions } from './llama_generate';
 export interface LoadOptions {
   /** Where the weights live and the math runs. Defaults to `'cpu'`. */
   device?: DeviceOption;
+  /** Storage of the frozen Linear weights. Defaults to `'f32'`. */
+  dtype?: 'f32' | 'bf16';
 }
 
 export interface ModelGenerateOptions extends Omit<GenerateOptions, 'adapter'> {

@@ -52,7 +52,14 @@ export function expectedWeights(c: ModelConfig): Map<string, number[]> {
   return w;
 }
 
-export function loadWeights(dir: string, config: ModelConfig, device: Device): Map<string, Tensor> {
+/** Weights that GEMMs read (Linear layers and an untied head): these may be stored in bf16. */
+export const isMatmulWeight = (name: string) => /_proj\.weight$/.test(name) || name === 'lm_head.weight';
+
+/**
+ * `dtype: 'bf16'` keeps the Linear weights in bf16 (half the memory; GEMMs accumulate in f32);
+ * embeddings, norms and biases stay f32.
+ */
+export function loadWeights(dir: string, config: ModelConfig, device: Device, dtype: 'f32' | 'bf16' = 'f32'): Map<string, Tensor> {
   const ck = new SafetensorsCheckpoint(dir);
   const out = new Map<string, Tensor>();
   try {
@@ -60,7 +67,7 @@ export function loadWeights(dir: string, config: ModelConfig, device: Device): M
       if (!ck.has(name)) {
         throw new PeftkitError('E_MISSING', `${dir}: checkpoint has no tensor '${name}' (expected ${shape.join('x')} for ${config.architecture})`);
       }
-      out.set(name, Tensor.from(ck.readFloat32(name, shape), shape, { device }));
+      out.set(name, Tensor.from(ck.readFloat32(name, shape), shape, { device, dtype: dtype === 'bf16' && isMatmulWeight(name) ? 'bf16' : 'f32' }));
     }
   } catch (e) {
     for (const t of out.values()) t.dispose();

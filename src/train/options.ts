@@ -75,6 +75,8 @@ export interface TrainOptions {
   activationCheckpointing?: boolean;
   /** Where to run. Defaults to `'cpu'`. */
   device?: DeviceOption;
+  /** Keep the frozen base's Linear weights in bf16 (half the memory; f32 accumulation; adapter and activations stay f32). Defaults to `false`. */
+  bf16?: boolean;
   /** Write a progress record to the log every N steps. Defaults to `1`. */
   logEvery?: number;
 }
@@ -138,6 +140,7 @@ export function resolveTrainOptions(o: TrainOptions): ResolvedTrainOptions {
     evalEvery: positiveInt('evalEvery', o.evalEvery, 0, true),
     activationCheckpointing: o.activationCheckpointing ?? false,
     device: o.device ?? 'cpu',
+    bf16: o.bf16 ?? false,
     logEvery: positiveInt('logEvery', o.logEvery, 1),
   };
 }
