@@ -52,6 +52,7 @@ test('adapter_config.json round trip: sorted keys, indent 2, inference_mode true
   const keys = Object.keys(JSON.parse(text));
   t.deepEqual(keys, [...keys].sort());
   t.regex(text, /^{\n  "alpha_pattern"/);
+  t.false('exclude_modules' in JSON.parse(text), 'null exclude_modules is left out for older PEFT readers');
   const back = readLoraConfig(dir);
   t.deepEqual(back, { ...c, inference_mode: true });
   t.is(loraScaling(back), 32 / 4);

@@ -157,6 +157,8 @@ function sortKeys(v: unknown): unknown {
 /** Writes adapter_config.json as PEFT does: keys sorted, indent 2, inference_mode true. Atomic. */
 export function writeLoraConfig(dir: string, c: LoraConfig): void {
   fs.mkdirSync(dir, { recursive: true });
-  const out = { ...c, inference_mode: true };
+  // exclude_modules is recent in PEFT: write it only when it says something, so older readers load the file.
+  const { exclude_modules, ...rest } = c;
+  const out = { ...rest, ...(exclude_modules ? { exclude_modules } : {}), inference_mode: true };
   writeFileAtomic(path.join(dir, 'adapter_config.json'), [JSON.stringify(sortKeys(out), null, 2) + '\n']);
 }
