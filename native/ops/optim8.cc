@@ -23,7 +23,7 @@ void expect_on(const Tensor& t, Device device, const std::string& what) {
 }
 
 // Checks one slot and returns its kernel view; every tensor it holds goes into `all`.
-AdamW8bitRef slot_ref(const AdamW8bitSlot& s, Device device, const std::string& what,
+AdamW8bitRef slot_ref(const AdamW8bitSlot& s, const std::string& what,
                       std::vector<std::pair<const Tensor*, std::string>>& all) {
   const int64_t n = s.param.numel();
   expect_dtype(s.param, DType::F32, (what + ".param").c_str());
@@ -73,7 +73,7 @@ int64_t adamw8bit(const std::vector<AdamW8bitSlot>& slots, const AdamWHyper& h) 
   std::vector<AdamW8bitRef> refs;
   std::vector<std::pair<const Tensor*, std::string>> all;
   for (size_t i = 0; i < slots.size(); i++)
-    refs.push_back(slot_ref(slots[i], device, "adamw8bit params[" + std::to_string(i) + "]", all));
+    refs.push_back(slot_ref(slots[i], "adamw8bit params[" + std::to_string(i) + "]", all));
   // The kernel updates tensors in parallel: one listed twice would be written by two threads.
   std::vector<std::pair<const void*, const std::string*>> ptrs;
   for (const auto& [t, what] : all) {
