@@ -13,6 +13,11 @@ import type { LoraAdapter } from '../src/peft/lora';
 import { SafetensorsFile } from '../src/model/safetensors';
 import { devices, makeRng, randn, relErr } from './helpers/check';
 import type { Rng } from './helpers/check';
+import { makeMemoryCgroup } from './helpers/memory_cgroup';
+import { writeRandomModel } from '../src/model/random_model';
+import { LlamaModel } from '../src/model/llama';
+import { LoraAdapter as Adapter } from '../src/peft/lora';
+import { train } from '../src/train/train';
 
 const S = ops.dynamicMap('signed');
 const U = ops.dynamicMap('unsigned');
@@ -432,3 +437,83 @@ test('adamw8bit rejects bad arguments with PeftkitError codes', async (t) => {
   t.deepEqual(b.m.toArray(), a.m.toArray());
   t.deepEqual(b.param.toArray(), a.param.toArray());
 });
+
+test('train() with adamw8bit, stopped and resumed as paged_adamw8bit, ends at the uninterrupted adapter', async (t) => {
+  const dir = tmp();
+  const model = path.join(dir, 'model');
+  // hidden 128 and r 32: q_proj's lora_A and lora_B have 4096 elements (8-bit states), v_proj's
+  // lora_B 2048 (f32 states).
+  writeRandomModel(model, { hiddenSize: 128, numHeads: 4, numKvHeads: 2, numLayers: 1, seed: 5 });
+  const data = path.join(dir, 'train.jsonl');
+  fs.writeFileSync(data, Array.from({ length: 16 }, (_, i) => JSON.stringify({ text: `item ${i} is followed by ${i + 1}.` })).join('\n') + '\n');
+  const common = { model, data, r: 32, alpha: 32, dropout: 0, batchSize: 4, lr: 1e-2, maxLength: 32, seed: 1, steps: 6, pagedDir: dir };
+  const straight = path.join(dir, 'straight');
+  const losses: number[] = [];
+  const run = train({ ...common, out: straight, optim: 'adamw8bit' });
+  run.on('step', (e) => losses.push(e.loss));
+  await run;
+  t.true(losses[5] < losses[0], `loss fell: ${losses.map((l) => l.toFixed(3)).join(' ')}`);
+  const out = path.join(dir, 'resumed');
+  const ctrl = new AbortController();
+  const stopped = train({ ...common, out, optim: 'adamw8bit', saveEvery: 2, signal: ctrl.signal });
+  stopped.on('step', (e) => {
+    if (e.step === 3) ctrl.abort();
+  });
+  t.is((await t.throwsAsync(stopped.result, { instanceOf: PeftkitError }))?.code, 'E_ABORTED');
+  const ck = new SafetensorsFile(path.join(out, 'checkpoints', 'step-2', 'optimizer.safetensors'));
+  const dtypes = new Set([...ck.tensors.values()].map((i) => i.dtype));
+  t.deepEqual([...dtypes].sort(), ['F32', 'U8'], 'the checkpoint holds 8-bit codes and f32 states');
+  await train({ ...common, out, optim: 'paged_adamw8bit', resume: out });
+  const m = LlamaModel.load(model);
+  const a = Adapter.load(straight, m.linearModules).stateDict();
+  const b = Adapter.load(out, m.linearModules).stateDict();
+  for (const [k, v] of a) t.deepEqual(b.get(k), v, `${k} after resume`);
+  m.dispose();
+});
+
+// The paged optimizer's claim, tested for real: states larger than the memory a process may use.
+// A child process runs in a memory cgroup limited to LIMIT with swap off. Its parameter (24M
+// elements) has param and grad in mapped files too, since in f32 they would be as big as the
+// states; only where the two moments live differs between the two runs. paged_adamw: 192 MiB
+// of states (2x the limit; 384 MiB touched per step) in a mapped file, and it finishes with
+// the right numbers. adamw: the same states in RAM, and the kernel kills it (SIGKILL).
+const LIMIT = 96 << 20;
+const PAGED_N = 24 << 20;
+const TMPFS_MAGIC = 0x01021994;
+const pagedSkip = (() => {
+  if (process.platform !== 'linux') return 'memory cgroups are Linux only';
+  if (fs.statfsSync(os.tmpdir()).type === TMPFS_MAGIC) return `${os.tmpdir()} is tmpfs: its pages cannot be paged out without swap`;
+  const cg = makeMemoryCgroup(LIMIT);
+  if (typeof cg === 'string') return cg;
+  cg.remove();
+  return null;
+})();
+
+(pagedSkip ? test.skip : test)(
+  `paged_adamw: states twice a child's memory limit page through a file; in RAM the child is killed${pagedSkip ? ` (skipped: ${pagedSkip})` : ''}`,
+  async (t) => {
+    const child = path.join(__dirname, 'helpers', 'paged_child.js');
+    const run = async (optim: OptimName) => {
+      const cg = makeMemoryCgroup(LIMIT);
+      if (typeof cg === 'string') throw new Error(cg);
+      const dir = tmp();
+      try {
+        const r = await cg.run(process.execPath, [child, optim, String(PAGED_N), dir]);
+        return { ...r, peak: cg.peakBytes(), left: fs.readdirSync(dir) };
+      } finally {
+        cg.remove();
+      }
+    };
+    const paged = await run('paged_adamw');
+    t.is(paged.code, 0, `paged child: ${paged.stderr.slice(0, 500)}`);
+    const out = JSON.parse(paged.stdout) as { stateBytes: number; paged: boolean; bad: number };
+    t.true(out.paged);
+    t.true(out.stateBytes >= 2 * LIMIT, `states ${out.stateBytes >> 20} MiB, limit ${LIMIT >> 20} MiB`);
+    t.is(out.bad, 0, 'params and moments after two steps are exact');
+    t.deepEqual(paged.left, [], 'no state file left behind');
+    t.true(paged.peak === null || paged.peak <= LIMIT, 'the cgroup held it to its limit');
+    const inRam = await run('adamw');
+    t.is(inRam.signal, 'SIGKILL', `the same states in RAM: exit ${inRam.code}, signal ${inRam.signal}, ${inRam.stdout}`);
+    t.log(`limit ${LIMIT >> 20} MiB: paged_adamw with ${out.stateBytes >> 20} MiB of states finished (peak ${(paged.peak ?? NaN) / 2 ** 20} MiB); adamw was killed`);
+  },
+);
