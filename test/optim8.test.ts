@@ -226,6 +226,27 @@ for (const device of devices()) {
     t.true(loss(p8) < 0.2 * loss(p0) && Math.abs(loss(p8) - loss(p32)) < 0.15 * loss(p32), 'about the same loss reached');
   });
 
+  test(`${device}: states in paged memory (a mapped file, or CUDA managed memory) step as ordinary ones`, (t) => {
+    const rng = makeRng(t);
+    const s = random8bit(rng, 9000);
+    const a = load8bit(s, device);
+    const dir = tmp();
+    const paged = (x: Tensor) => {
+      const p = Tensor.mapped(x.shape, { dtype: x.dtype, device, dir });
+      p.copyFrom(x);
+      return p;
+    };
+    const b = { ...a, param: paged(a.param), m: paged(a.m), v: paged(a.v), mAbsmax: paged(a.mAbsmax!), vAbsmax: paged(a.vAbsmax!) };
+    t.true(b.m.paged && b.param.paged && b.m.device === device);
+    for (let step = 1; step <= 3; step++) {
+      ops.adamw8bit([a], { lr: 1e-2, step });
+      ops.adamw8bit([b], { lr: 1e-2, step });
+    }
+    for (const k of ['param', 'm', 'v', 'mAbsmax', 'vAbsmax'] as const) t.deepEqual(b[k]!.toArray(), a[k]!.toArray(), k);
+    for (const x of Object.values(b)) if (x instanceof Tensor) x.dispose();
+    t.deepEqual(fs.readdirSync(dir), []);
+  });
+
   test(`${device}: a NaN or inf gradient leaves that tensor's param and states as they were`, (t) => {
     const rng = makeRng(t);
     const sizes = [5000, 6000, 4096, 100];

@@ -1,7 +1,8 @@
 // 8-bit blockwise AdamW on the GPU: one CUDA block of 256 threads per block of 256 state
 // elements, so each block's absmax is one in-block reduction. Every f32 operation is an
 // explicitly rounded intrinsic (no FMA contraction, no --use_fast_math approximation), in the
-// CPU kernel's order, so both devices store the same codes.
+// CPU kernel's order, and codes are picked by the same exact midpoints, so both devices store
+// the same bits.
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -46,12 +47,13 @@ __device__ __forceinline__ void adamw_element(float& p, float& m, float& v, floa
   p = __fadd_rn(__fmul_rn(p, decay), __fdiv_rn(__fmul_rn(-k.step_size, m), denom));
 }
 
-// As the CPU's nearest_code: the last code <= x, or its upper neighbour when strictly nearer.
-__device__ __forceinline__ uint8_t nearest_code(const float* map, float x) {
+// As the CPU's encode: the nearest code is the number of midpoints between codes (exact in
+// double) below x, a tie going to the lower code. Eight halvings over mid[0, 255).
+__device__ __forceinline__ uint8_t nearest_code(const double* mid, float x) {
+  const double xd = x;
   int i = 0;
   for (int s = 128; s > 0; s >>= 1)
-    if (map[i + s] <= x) i += s;
-  if (i < 255 && __fsub_rn(map[i + 1], x) < __fsub_rn(x, map[i])) i++;
+    if (mid[i + s - 1] < xd) i += s;
   return uint8_t(i);
 }
 
@@ -76,6 +78,7 @@ __global__ void find_nonfinite(const AdamW8bitRef* refs, const int64_t* first, i
 __global__ void update(const AdamW8bitRef* refs, const int64_t* first, int64_t count, int64_t block0, const int* bad,
                        Coeffs k, Maps maps) {
   __shared__ float signed_map[256], unsigned_map[256], scratch[kThreads / 32];
+  __shared__ double signed_mid[255], unsigned_mid[255];
   const int tid = threadIdx.x;
   const int64_t b = block0 + blockIdx.x, t = tensor_of(first, count, b);
   if (bad[t]) return;  // the whole block leaves together
@@ -89,6 +92,10 @@ __global__ void update(const AdamW8bitRef* refs, const int64_t* first, int64_t c
   }
   signed_map[tid] = maps.signed_map[tid];
   unsigned_map[tid] = maps.unsigned_map[tid];
+  if (tid < 255) {  // the mean of two floats is exact in double
+    signed_mid[tid] = (double(maps.signed_map[tid]) + double(maps.signed_map[tid + 1])) * 0.5;
+    unsigned_mid[tid] = (double(maps.unsigned_map[tid]) + double(maps.unsigned_map[tid + 1])) * 0.5;
+  }
   const float am = r.m_absmax[blk], av = r.v_absmax[blk];
   __syncthreads();
   float m = 0.f, v = 0.f;
@@ -105,8 +112,8 @@ __global__ void update(const AdamW8bitRef* refs, const int64_t* first, int64_t c
     r.v_absmax[blk] = max_v;
   }
   if (in) {
-    r.m_code[j] = nearest_code(signed_map, max_m > 0.f ? __fdiv_rn(m, max_m) : 0.f);
-    r.v_code[j] = nearest_code(unsigned_map, max_v > 0.f ? __fdiv_rn(v, max_v) : 0.f);
+    r.m_code[j] = nearest_code(signed_mid, max_m > 0.f ? __fdiv_rn(m, max_m) : 0.f);
+    r.v_code[j] = nearest_code(unsigned_mid, max_v > 0.f ? __fdiv_rn(v, max_v) : 0.f);
   }
 }
 
