@@ -22,7 +22,15 @@ import { train } from '../src/train/train';
 const S = ops.dynamicMap('signed');
 const U = ops.dynamicMap('unsigned');
 const BLOCK = ops.ADAMW8BIT_BLOCK;
-const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-optim8-'));
+const made: string[] = [];
+const tmp = () => {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-optim8-'));
+  made.push(d);
+  return d;
+};
+test.after.always(() => {
+  for (const d of made) fs.rmSync(d, { recursive: true, force: true });
+});
 
 test('the compiled dynamic maps are the reference tables (quant_codes.json when present)', (t) => {
   for (const [name, map] of [['signed', S], ['unsigned', U]] as const) {
