@@ -1,6 +1,7 @@
 #include "addon_tensor.h"
 
 #include <cstring>
+#include <utility>
 
 #include "common.h"
 
@@ -12,6 +13,7 @@ Napi::Function TensorWrap::Define(Napi::Env env) {
                       InstanceAccessor<&TensorWrap::DTypeName>("dtype"),
                       InstanceAccessor<&TensorWrap::DeviceName>("device"),
                       InstanceAccessor<&TensorWrap::Disposed>("disposed"),
+                      InstanceAccessor<&TensorWrap::Paged>("paged"),
                       InstanceMethod<&TensorWrap::Read>("read"),
                       InstanceMethod<&TensorWrap::Write>("write"),
                       InstanceMethod<&TensorWrap::Dispose>("dispose"),
@@ -35,6 +37,7 @@ static std::vector<int64_t> ReadShape(const Napi::Value& value) {
 }
 
 // new NativeTensor(shape: number[], dtype: string, device: string): uninitialized memory.
+// new NativeTensor(shape, dtype, device, {file?, dir?}): zeroed paged memory (pk::Storage).
 // new NativeTensor(parent: NativeTensor, offset: number, shape: number[]): a view of parent.
 TensorWrap::TensorWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TensorWrap>(info) {
   Napi::Env env = info.Env();
@@ -48,11 +51,23 @@ TensorWrap::TensorWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Tensor
     std::vector<int64_t> shape = ReadShape(info[0]);
     pk::DType dtype = ParseDType(GetString(info, 1, "dtype"));
     pk::Device device = ParseDevice(GetString(info, 2, "device"));
-    tensor_ = pk::Tensor::empty(shape, dtype, device);
+    if (info.Length() >= 4 && info[3].IsObject()) {
+      Napi::Object o = info[3].As<Napi::Object>();
+      pk::PagedSpec spec;
+      for (const auto& [key, field] : {std::pair{"file", &spec.file}, std::pair{"dir", &spec.dir}}) {
+        Napi::Value v = o.Get(key);
+        if (v.IsString()) *field = v.As<Napi::String>().Utf8Value();
+        else if (!v.IsUndefined() && !v.IsNull()) pk::fail("E_ARG", std::string("paged tensor ") + key + ": expected a path");
+      }
+      tensor_ = pk::Tensor::paged(shape, dtype, device, spec);
+    } else {
+      tensor_ = pk::Tensor::empty(shape, dtype, device);
+    }
   } catch (const pk::Error& e) {
     throw MakeError(env, e.code, e.what());
   }
-  if (tensor_.device == pk::Device::CPU) {
+  // Paged memory lives in the page cache or the driver's hands, not the heap V8 should weigh.
+  if (tensor_.device == pk::Device::CPU && !tensor_.storage->paged()) {
     accounted_ = int64_t(tensor_.nbytes());
     Napi::MemoryManagement::AdjustExternalMemory(env, accounted_);
   }
@@ -85,6 +100,10 @@ Napi::Value TensorWrap::DeviceName(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value TensorWrap::Disposed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), disposed()); }
+
+Napi::Value TensorWrap::Paged(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), !disposed() && tensor_.storage->paged());
+}
 
 // read(): ArrayBuffer holding a copy of the bytes.
 Napi::Value TensorWrap::Read(const Napi::CallbackInfo& info) {

@@ -2,7 +2,7 @@
 export { PeftkitError } from './errors';
 export type { PeftkitErrorCode } from './errors';
 export { Tensor, resolveDevice, f32ToBf16, bf16ToF32 } from './tensor';
-export type { DType, Device, DeviceOption, TensorOptions, TensorData } from './tensor';
+export type { DType, Device, DeviceOption, TensorOptions, MappedTensorOptions, TensorData } from './tensor';
 export { runtimeInfo, setNumThreads } from './runtime';
 export type { RuntimeInfo } from './runtime';
 export * as ops from './ops';
@@ -10,7 +10,7 @@ export * as ops from './ops';
 // Training and inference
 export { train, TrainRun } from './train/train';
 export type { TrainRunOptions } from './train/train';
-export type { TrainOptions } from './train/options';
+export type { TrainOptions, OptimName } from './train/options';
 export type { TrainEvent, TrainResult } from './train/run';
 export { loadModel, Model } from './model/model';
 export type { LoadOptions, ModelGenerateOptions, Generation } from './model/model';

@@ -12,6 +12,8 @@ export interface NativeTensor {
   readonly dtype: string;
   readonly device: string;
   readonly disposed: boolean;
+  /** Held in paged memory: a mapped file on cpu, managed memory on cuda. */
+  readonly paged: boolean;
   read(): ArrayBuffer;
   write(data: ArrayBufferView | ArrayBuffer): void;
   dispose(): void;
@@ -118,16 +120,42 @@ interface OptimOps {
   clipGradNorm(grads: T[], maxNorm: number): number | undefined;
 }
 
+// ---- ops: 8-bit optimizer ----------------------------------------------------------------------
+/**
+ * One trainable tensor with 8-bit AdamW state: m, v u8 codes of the param's shape with
+ * mAbsmax, vAbsmax f32 [ceil(numel/256)]; or m, v f32 and no absmax (small tensors).
+ */
+export interface NativeAdamW8bitParam {
+  param: T;
+  grad: T;
+  m: T;
+  v: T;
+  mAbsmax: T | null;
+  vAbsmax: T | null;
+  weightDecay: number;
+}
+
+interface Optim8Ops {
+  /** One blockwise 8-bit AdamW step; returns how many tensors were skipped for a NaN/Inf gradient. */
+  adamw8bit(params: NativeAdamW8bitParam[], lr: number, beta1: number, beta2: number, eps: number, step: number): number;
+}
+
 // ---- ops: bias -------------------------------------------------------------------------------
 interface BiasOps {
   biasAdd(y: T, bias: T): void;
   biasBackward(dbias: T, dy: T): void;
 }
 
-export type NativeOps = WithAsync<GemmOps & LoraOps & TransformerOps & AttentionOps & LossOps & OptimOps & BiasOps>;
+export type NativeOps = WithAsync<GemmOps & LoraOps & TransformerOps & AttentionOps & LossOps & OptimOps & BiasOps & Optim8Ops>;
 
 export interface NativeAddon extends NativeOps {
-  NativeTensor: new (shape: number[], dtype: string, device: string) => NativeTensor;
+  NativeTensor: {
+    new (shape: number[], dtype: string, device: string): NativeTensor;
+    /** Zeroed paged memory: cpu maps `file` (created, deleted at dispose) or an unnamed file in `dir`. */
+    new (shape: number[], dtype: string, device: string, paged: { file?: string; dir?: string }): NativeTensor;
+  };
+  /** The 8-bit optimizer's compiled code tables (bitsandbytes' dynamic maps), 256 values each. */
+  dynamicMap(kind: 'signed' | 'unsigned'): Float32Array;
   setErrorClass(cls: typeof PeftkitError): void;
   runtimeInfo(): RuntimeInfo;
   setNumThreads(n: number): void;

@@ -3,6 +3,7 @@
  * `Tensor.from`, `Tensor.zeros` or `Tensor.empty`; free them with `dispose()` (or `using`),
  * or leave them to the garbage collector, which knows their size.
  */
+import * as os from 'os';
 import { PeftkitError } from './errors';
 import { native, NativeTensor } from './native';
 
@@ -18,6 +19,20 @@ export interface TensorOptions {
   dtype?: DType;
   /** Defaults to `'cpu'`. */
   device?: DeviceOption;
+}
+
+export interface MappedTensorOptions extends TensorOptions {
+  /**
+   * cpu: the file that holds the bytes; it is created (it must not exist yet) and deleted at
+   * `dispose()`. Defaults to an unnamed file in `dir`.
+   */
+  file?: string;
+  /**
+   * cpu: the folder of the unnamed file, removed from the folder at once (so nothing is left
+   * behind, even by a crash). Use a disk: on tmpfs the pages stay in RAM. Defaults to
+   * `os.tmpdir()`.
+   */
+  dir?: string;
 }
 
 export type TensorData = Float32Array | Int32Array | Uint16Array | Uint8Array | Int8Array | BigInt64Array | number[];
@@ -84,6 +99,24 @@ export class Tensor {
     return new Tensor(new native.NativeTensor(checkShape(shape), dtype, resolveDevice(opts.device)));
   }
 
+  /**
+   * A zeroed tensor in paged memory, which the system may move out of fast memory under
+   * pressure and bring back when it is used: optimizer states larger than the free memory.
+   * On cpu the bytes are a shared memory mapping of a file on disk (the kernel writes pages back
+   * to it and drops them when RAM runs short); on cuda, managed memory that the driver migrates
+   * between GPU and host (optimizers prefetch it to the GPU before their update). Otherwise it
+   * is a tensor like any other.
+   */
+  static mapped(shape: readonly number[], opts: MappedTensorOptions = {}): Tensor {
+    const dtype = opts.dtype ?? 'f32';
+    if (!(dtype in DTYPE_BYTES)) throw new PeftkitError('E_DTYPE', `unknown dtype '${String(dtype)}'`);
+    for (const k of ['file', 'dir'] as const) {
+      if (opts[k] !== undefined && (typeof opts[k] !== 'string' || !opts[k])) throw new PeftkitError('E_ARG', `Tensor.mapped ${k}: expected a path`);
+    }
+    const where = opts.file !== undefined ? { file: opts.file } : { dir: opts.dir ?? os.tmpdir() };
+    return new Tensor(new native.NativeTensor(checkShape(shape), dtype, resolveDevice(opts.device), where));
+  }
+
   static zeros(shape: readonly number[], opts: TensorOptions = {}): Tensor {
     const t = Tensor.empty(shape, opts);
     t.native.write(new ArrayBuffer(t.nbytes));
@@ -136,6 +169,10 @@ export class Tensor {
   }
   get disposed(): boolean {
     return this.native.disposed;
+  }
+  /** Held in paged memory (made by {@link Tensor.mapped}, or a view of such a tensor). */
+  get paged(): boolean {
+    return this.native.paged;
   }
   get numel(): number {
     return this.shape.reduce((a, b) => a * b, 1);

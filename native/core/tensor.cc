@@ -1,8 +1,18 @@
 #include "peftkit/tensor.h"
 
+#include <cerrno>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
+#include <vector>
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#define PEFTKIT_HAS_MMAP 1
+#endif
 
 #ifdef PEFTKIT_CUDA
 #include "peftkit/cuda_memory.h"
@@ -11,6 +21,7 @@
 namespace pk {
 
 Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
+  kind_ = device == Device::CPU ? Kind::Heap : Kind::Device;
   if (device == Device::CPU) {
     // aligned_alloc wants a multiple of the alignment; never ask for 0 bytes.
     size_t rounded = (bytes + 63) / 64 * 64;
@@ -29,15 +40,117 @@ Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
 #endif
 }
 
+namespace {
+
+std::string sys_error(const std::string& what) { return what + ": " + std::strerror(errno); }
+
+}  // namespace
+
+Storage::Storage(size_t bytes, Device device, const PagedSpec& spec) : bytes_(bytes), device_(device) {
+  if (device == Device::CUDA) {
+#ifdef PEFTKIT_CUDA
+    if (!cuda_available()) fail("E_DEVICE", "device 'cuda' requested but no CUDA device is visible");
+    data_ = cuda::malloc_managed(bytes == 0 ? 64 : bytes);
+    kind_ = Kind::Managed;
+    return;
+#else
+    fail("E_DEVICE",
+         "device 'cuda' requested but this build of peftkit has no CUDA support "
+         "(build it with `npm run build:cuda` on a machine with the CUDA toolkit)");
+#endif
+  }
+#ifdef PEFTKIT_HAS_MMAP
+  kind_ = Kind::Mapped;
+  int fd = -1;
+  if (!spec.file.empty()) {
+    fd = ::open(spec.file.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) fail("E_IO", sys_error("paged tensor: cannot create the file " + spec.file));
+    file_ = spec.file;
+  } else {
+    const std::string dir = spec.dir.empty() ? std::string(".") : spec.dir, tmpl = dir + "/peftkit-paged-XXXXXX";
+    std::vector<char> name(tmpl.begin(), tmpl.end());
+    name.push_back('\0');
+    fd = ::mkstemp(name.data());
+    if (fd < 0) fail("E_IO", sys_error("paged tensor: cannot create a file in " + dir));
+    ::unlink(name.data());  // the mapping keeps it alive; nothing to clean up if the process dies
+  }
+  mapped_bytes_ = bytes == 0 ? 1 : bytes;
+  auto give_up = [&](const std::string& why) {
+    const std::string msg = sys_error(why);
+    ::close(fd);
+    if (!file_.empty()) ::unlink(file_.c_str());
+    fail("E_IO", msg);
+  };
+  if (::ftruncate(fd, off_t(mapped_bytes_)) != 0) give_up("paged tensor: cannot size its file to " + std::to_string(mapped_bytes_) + " bytes");
+#ifdef __linux__
+  // Reserve the disk blocks now: a sparse file that finds the disk full when a page is written
+  // back would kill the process with SIGBUS instead of failing here.
+  if (::fallocate(fd, 0, 0, off_t(mapped_bytes_)) != 0 && errno != EOPNOTSUPP)
+    give_up("paged tensor: cannot reserve " + std::to_string(mapped_bytes_) + " bytes of disk");
+#endif
+  void* p = ::mmap(nullptr, mapped_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) give_up("paged tensor: cannot map " + std::to_string(mapped_bytes_) + " bytes");
+  ::close(fd);
+  ::madvise(p, mapped_bytes_, MADV_SEQUENTIAL);  // optimizer sweeps: read ahead, drop behind
+  data_ = p;
+#else
+  (void)spec;
+  fail("E_UNSUPPORTED", "paged tensors on cpu need mmap (Linux or macOS)");
+#endif
+}
+
 Storage::~Storage() {
   if (!data_) return;
-  if (device_ == Device::CPU) {
-    std::free(data_);
-    return;
-  }
-#ifdef PEFTKIT_CUDA
-  cuda::free_device(data_);
+  switch (kind_) {
+    case Kind::Heap:
+      std::free(data_);
+      return;
+    case Kind::Mapped:
+#ifdef PEFTKIT_HAS_MMAP
+      ::munmap(data_, mapped_bytes_);
+      if (!file_.empty()) ::unlink(file_.c_str());
 #endif
+      return;
+    case Kind::Device:
+    case Kind::Managed:
+#ifdef PEFTKIT_CUDA
+      cuda::free_device(data_);
+#endif
+      return;
+  }
+}
+
+void Storage::page_in(size_t offset, size_t bytes) const {
+  if (bytes == 0) return;
+#ifdef PEFTKIT_CUDA
+  if (kind_ == Kind::Managed) cuda::prefetch(static_cast<char*>(data_) + offset, bytes, true);
+#else
+  (void)offset;
+#endif
+}
+
+void Storage::page_out(size_t offset, size_t bytes) const {
+  if (bytes == 0) return;
+#ifdef PEFTKIT_HAS_MMAP
+  if (kind_ == Kind::Mapped) {
+    // Whole pages covering the range. Widening it is harmless: MADV_DONTNEED on a shared file
+    // mapping loses nothing, the next touch reads the page back from the page cache or the file.
+    const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+    const uintptr_t lo = (uintptr_t(data_) + offset) & ~(page - 1), hi = uintptr_t(data_) + offset + bytes;
+    ::madvise(reinterpret_cast<void*>(lo), size_t(hi - lo), MADV_DONTNEED);
+  }
+#endif
+#ifdef PEFTKIT_CUDA
+  if (kind_ == Kind::Managed) cuda::prefetch(static_cast<char*>(data_) + offset, bytes, false);
+#endif
+}
+
+void page_in(const Tensor& t) {
+  if (t.storage && t.storage->paged()) t.storage->page_in(size_t(t.offset) * dtype_size(t.dtype), t.nbytes());
+}
+
+void page_out(const Tensor& t) {
+  if (t.storage && t.storage->paged()) t.storage->page_out(size_t(t.offset) * dtype_size(t.dtype), t.nbytes());
 }
 
 Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device device) {
@@ -48,6 +161,17 @@ Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device devi
   t.dtype = dtype;
   t.device = device;
   t.storage = std::make_shared<Storage>(t.nbytes(), device);
+  return t;
+}
+
+Tensor Tensor::paged(const std::vector<int64_t>& shape, DType dtype, Device device, const PagedSpec& spec) {
+  Tensor t;
+  for (int64_t d : shape)
+    if (d < 0) fail("E_SHAPE", "negative dimension in shape " + shape_str(shape));
+  t.shape = shape;
+  t.dtype = dtype;
+  t.device = device;
+  t.storage = std::make_shared<Storage>(t.nbytes(), device, spec);
   return t;
 }
 

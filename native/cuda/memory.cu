@@ -27,6 +27,33 @@ void* malloc_device(size_t bytes) {
 
 void free_device(void* p) { cudaFree(p); }
 
+void* malloc_managed(size_t bytes) {
+  void* p = nullptr;
+  cudaError_t e = cudaMallocManaged(&p, bytes, cudaMemAttachGlobal);
+  if (e != cudaSuccess)
+    fail("E_OOM", "out of CUDA managed memory allocating " + std::to_string(bytes) + " bytes: " + cudaGetErrorString(e));
+  e = cudaMemset(p, 0, bytes);
+  if (e != cudaSuccess) {
+    cudaFree(p);
+    check(e, "zero managed memory");
+  }
+  return p;
+}
+
+void prefetch(const void* p, size_t bytes, bool to_device) {
+  int device = cudaCpuDeviceId;
+  if (to_device) check(cudaGetDevice(&device), "prefetch: current device");
+#if CUDART_VERSION >= 13000
+  // CUDA 13 takes a location (the form 12.x called cudaMemPrefetchAsync_v2).
+  cudaMemLocation loc{};
+  loc.type = to_device ? cudaMemLocationTypeDevice : cudaMemLocationTypeHost;
+  loc.id = to_device ? device : 0;
+  check(cudaMemPrefetchAsync(p, bytes, loc, 0, stream()), "prefetch managed memory");
+#else
+  check(cudaMemPrefetchAsync(p, bytes, device, stream()), "prefetch managed memory");
+#endif
+}
+
 void copy_h2d(void* dst, const void* src, size_t bytes) { check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "copy to device"); }
 
 void copy_d2h(void* dst, const void* src, size_t bytes) { check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "copy to host"); }

@@ -8,4 +8,5 @@ export * from './gemm';
 export * from './lora';
 export * from './loss';
 export * from './optim';
+export * from './optim8';
 export * from './transformer';

@@ -9,7 +9,7 @@ import * as path from 'path';
 import type { DataPosition } from '../data';
 import { PeftkitError } from '../errors';
 import { writeDirAtomic, writeFileAtomic } from '../io/atomic';
-import { SafetensorsCheckpoint, writeSafetensors } from '../model/safetensors';
+import { SafetensorsCheckpoint, TensorToWrite, readRange, writeSafetensors } from '../model/safetensors';
 import type { LoraAdapter } from '../peft/lora';
 import type { AdamW } from './optimizer';
 
@@ -32,15 +32,35 @@ export function saveCheckpoint(out: string, adapter: LoraAdapter, optimizer: Ada
   const dir = checkpointDir(out, state.step);
   writeDirAtomic(dir, (tmp) => {
     adapter.writeFiles(tmp);
-    const moments: Record<string, { dtype: 'F32'; shape: number[]; data: Float32Array }> = {};
-    optimizer.params.forEach((p, i) => {
-      moments[`exp_avg.${p.name}`] = { dtype: 'F32', shape: p.param.shape, data: optimizer.m[i].toFloat32Array() };
-      moments[`exp_avg_sq.${p.name}`] = { dtype: 'F32', shape: p.param.shape, data: optimizer.v[i].toFloat32Array() };
+    writeSafetensors(path.join(tmp, 'optimizer.safetensors'), optimizerTensors(optimizer), {
+      format: 'pt', optimizer: optimizer.optim, step: String(optimizer.step),
     });
-    writeSafetensors(path.join(tmp, 'optimizer.safetensors'), moments, { format: 'pt', optimizer: 'adamw', step: String(optimizer.step) });
     writeFileAtomic(path.join(tmp, 'trainer_state.json'), [JSON.stringify(state, null, 2) + '\n']);
   });
   return dir;
+}
+
+/**
+ * The optimizer's state as safetensors entries: f32 moments as `exp_avg.<param>` and
+ * `exp_avg_sq.<param>`; 8-bit ones as their u8 codes under the same names plus the f32 block
+ * maxima as `exp_avg_absmax.<param>` and `exp_avg_sq_absmax.<param>`.
+ */
+function optimizerTensors(optimizer: AdamW): Record<string, TensorToWrite> {
+  const out: Record<string, TensorToWrite> = {};
+  optimizer.params.forEach((p, i) => {
+    const mAbsmax = optimizer.mAbsmax[i];
+    const vAbsmax = optimizer.vAbsmax[i];
+    if (mAbsmax && vAbsmax) {
+      out[`exp_avg.${p.name}`] = { dtype: 'U8', shape: p.param.shape, data: optimizer.m[i].toArray() };
+      out[`exp_avg_sq.${p.name}`] = { dtype: 'U8', shape: p.param.shape, data: optimizer.v[i].toArray() };
+      out[`exp_avg_absmax.${p.name}`] = { dtype: 'F32', shape: mAbsmax.shape, data: mAbsmax.toFloat32Array() };
+      out[`exp_avg_sq_absmax.${p.name}`] = { dtype: 'F32', shape: vAbsmax.shape, data: vAbsmax.toFloat32Array() };
+    } else {
+      out[`exp_avg.${p.name}`] = { dtype: 'F32', shape: p.param.shape, data: optimizer.m[i].toFloat32Array() };
+      out[`exp_avg_sq.${p.name}`] = { dtype: 'F32', shape: p.param.shape, data: optimizer.v[i].toFloat32Array() };
+    }
+  });
+  return out;
 }
 
 /** The newest complete checkpoint under an output folder, or the folder itself if it is one. */
@@ -69,8 +89,33 @@ export function restoreCheckpoint(dir: string, adapter: LoraAdapter, optimizer: 
   adapter.loadWeightsFrom(dir);
   const ck = new SafetensorsCheckpoint(dir, 'optimizer.safetensors');
   optimizer.params.forEach((p, i) => {
-    optimizer.m[i].write(ck.readFloat32(`exp_avg.${p.name}`, p.param.shape));
-    optimizer.v[i].write(ck.readFloat32(`exp_avg_sq.${p.name}`, p.param.shape));
+    const mAbsmax = optimizer.mAbsmax[i];
+    const vAbsmax = optimizer.vAbsmax[i];
+    const stored = ck.info(`exp_avg.${p.name}`).dtype;
+    if (stored !== (mAbsmax ? 'U8' : 'F32')) {
+      throw new PeftkitError(
+        'E_ARG',
+        `resume: ${dir} holds ${stored === 'U8' ? '8-bit' : 'f32'} optimizer moments for ${p.name}, but optim '${optimizer.optim}' keeps ` +
+          `${mAbsmax ? '8-bit' : 'f32'} ones for it; resume with the optim the checkpoint was written with`,
+      );
+    }
+    if (mAbsmax && vAbsmax) {
+      optimizer.m[i].write(readCodes(ck, `exp_avg.${p.name}`, p.param.shape));
+      optimizer.v[i].write(readCodes(ck, `exp_avg_sq.${p.name}`, p.param.shape));
+      mAbsmax.write(ck.readFloat32(`exp_avg_absmax.${p.name}`, mAbsmax.shape));
+      vAbsmax.write(ck.readFloat32(`exp_avg_sq_absmax.${p.name}`, vAbsmax.shape));
+    } else {
+      optimizer.m[i].write(ck.readFloat32(`exp_avg.${p.name}`, p.param.shape));
+      optimizer.v[i].write(ck.readFloat32(`exp_avg_sq.${p.name}`, p.param.shape));
+    }
   });
   optimizer.step = state.step;
+}
+
+function readCodes(ck: SafetensorsCheckpoint, name: string, shape: readonly number[]): Uint8Array {
+  const info = ck.info(name);
+  if (info.dtype !== 'U8' || info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
+    throw new PeftkitError('E_SHAPE', `${info.file}: tensor '${name}' is ${info.dtype}[${info.shape.join(', ')}], expected U8[${shape.join(', ')}]`);
+  }
+  return readRange(info);
 }

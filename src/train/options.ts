@@ -2,9 +2,14 @@
  * Everything `train()` and `peftkit train` accept. Names follow PEFT / transformers / MLX-LM so
  * users coming from them find what they know; every field says its default.
  */
+import * as os from 'os';
 import { PeftkitError } from '../errors';
 import type { DeviceOption } from '../tensor';
 import type { ScheduleName } from './schedule';
+
+/** The optimizers, by transformers' `optim` names (src/train/optimizer.ts). */
+export type OptimName = 'adamw' | 'adamw8bit' | 'paged_adamw' | 'paged_adamw8bit';
+export const OPTIM_NAMES: readonly OptimName[] = ['adamw', 'adamw8bit', 'paged_adamw', 'paged_adamw8bit'];
 
 export interface TrainOptions {
   /** Hugging Face model folder (config.json + safetensors; tokenizer.json when the data holds text). */
@@ -79,6 +84,15 @@ export interface TrainOptions {
   bf16?: boolean;
   /** Write a progress record to the log every N steps. Defaults to `1`. */
   logEvery?: number;
+  /**
+   * Optimizer: `'adamw'` (f32 moments), `'adamw8bit'` (bitsandbytes' blockwise 8-bit moments,
+   * a quarter of the memory; tensors under 4096 elements keep f32), `'paged_adamw'`,
+   * `'paged_adamw8bit'` (the same states in paged memory: a file on disk the OS pages in and
+   * out on cpu, managed memory on cuda). Defaults to `'adamw'`.
+   */
+  optim?: OptimName;
+  /** Paged optimizers on cpu: folder of the states' file (a disk, not tmpfs). Defaults to the OS temp folder. */
+  pagedDir?: string;
 }
 
 export type ResolvedTrainOptions = Required<Omit<TrainOptions, 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume'>> &
@@ -108,6 +122,9 @@ export function resolveTrainOptions(o: TrainOptions): ResolvedTrainOptions {
   const schedule = o.schedule ?? 'constant';
   if (!['constant', 'linear', 'cosine'].includes(schedule)) throw new PeftkitError('E_ARG', `schedule: expected constant, linear or cosine, got '${schedule}'`);
   const targets = o.targets ?? ['q_proj', 'v_proj'];
+  const optim = o.optim ?? 'adamw';
+  if (!OPTIM_NAMES.includes(optim)) throw new PeftkitError('E_ARG', `optim: expected one of ${OPTIM_NAMES.join(', ')}, got '${String(optim)}'`);
+  if (o.pagedDir !== undefined && (typeof o.pagedDir !== 'string' || !o.pagedDir)) throw new PeftkitError('E_ARG', 'pagedDir: expected a path');
   if (targets !== 'all-linear' && (!Array.isArray(targets) || targets.length === 0 || !targets.every((t) => typeof t === 'string' && t))) {
     throw new PeftkitError('E_ARG', 'targets: expected module names (e.g. q_proj,v_proj) or all-linear');
   }
@@ -142,5 +159,7 @@ export function resolveTrainOptions(o: TrainOptions): ResolvedTrainOptions {
     device: o.device ?? 'cpu',
     bf16: o.bf16 ?? false,
     logEvery: positiveInt('logEvery', o.logEvery, 1),
+    optim,
+    pagedDir: o.pagedDir ?? os.tmpdir(),
   };
 }

@@ -122,6 +122,7 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
   const trainer = new Trainer(model, adapter, {
     maxRows: o.batchSize * maxT, maxT, dropout: adapter.config.lora_dropout, maxGradNorm: o.maxGradNorm,
     activationCheckpointing: o.activationCheckpointing, seed: o.seed, betas: o.betas, eps: o.eps, weightDecay: o.weightDecay,
+    optim: o.optim, pagedDir: o.pagedDir,
   });
   const logFile = path.join(o.out, 'train_log.jsonl');
   const lossCurve = path.join(o.out, 'loss_curve.svg');

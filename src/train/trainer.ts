@@ -1,7 +1,8 @@
 /**
  * One optimizer step of adapter training: forward + backward over the micro-batches of an
  * accumulation window (loss normalized by the window's label tokens, as transformers does),
- * global-norm clipping, a non-finite guard, AdamW at the schedule's learning rate.
+ * global-norm clipping, a non-finite guard, AdamW at the schedule's learning rate (f32, 8-bit
+ * or paged states: `optim` in the options).
  */
 import { PeftkitError } from '../errors';
 import type { Batch } from '../model/llama_forward';

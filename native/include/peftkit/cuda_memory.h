@@ -7,7 +7,12 @@ namespace pk::cuda {
 
 int device_count();  // 0 when no driver or no device
 void* malloc_device(size_t bytes);
-void free_device(void* p);
+void free_device(void* p);  // also frees managed memory
+// Managed (unified) memory, zeroed: the driver migrates its pages between GPU and host.
+void* malloc_managed(size_t bytes);
+// Asynchronously moves managed pages to the current GPU (to_device) or to host memory, on the
+// stream the kernels use, so a prefetch to the GPU is ordered before the next kernel.
+void prefetch(const void* p, size_t bytes, bool to_device);
 void copy_h2d(void* dst, const void* src, size_t bytes);
 void copy_d2h(void* dst, const void* src, size_t bytes);
 void copy_d2d(void* dst, const void* src, size_t bytes);

@@ -32,6 +32,24 @@ struct ParamRef {
   float weight_decay;  // per tensor: PEFT/HF exclude biases and norms by choice of the caller
 };
 
+// One trainable tensor for the 8-bit optimizer (bitsandbytes' blockwise 8-bit AdamW). Its
+// moments are either 8-bit codes, quantized per block of kAdamW8bitBlock elements with one f32
+// absmax per block (m with kDynamicSigned256, v with kDynamicUnsigned256: dynamic_maps.h), or,
+// when m_code is null, plain f32 moments (small tensors keep f32 states, as bitsandbytes does).
+struct AdamW8bitRef {
+  float* param;
+  const float* grad;
+  int64_t n;
+  float weight_decay;
+  uint8_t* m_code;  // [n] codes, or null for f32 states
+  uint8_t* v_code;
+  float* m_absmax;  // [ceil(n / kAdamW8bitBlock)]
+  float* v_absmax;
+  float* m;  // [n] f32 states when m_code is null
+  float* v;
+};
+constexpr int64_t kAdamW8bitBlock = 256;
+
 // Double, as the Python floats torch.optim.AdamW forms its step scalars from: in f32,
 // 1 - beta2 alone would be 1.3e-5 off for beta2 = 0.999.
 struct AdamWHyper {

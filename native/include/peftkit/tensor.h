@@ -16,21 +16,47 @@ enum class Device : int { CPU = 0, CUDA = 1 };
 
 inline const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
 
+// Where paged memory (below) keeps its bytes while they are out of fast memory. CPU: `file`
+// is created (it must not exist) and deleted with the storage; else an unnamed file in `dir`
+// (removed at once, so nothing is left behind even if the process dies). CUDA: unused.
+struct PagedSpec {
+  std::string file;
+  std::string dir;
+};
+
 // Owns bytes on one device. CPU memory is 64-byte aligned (one cache line, one zmm register).
+//
+// Paged storage is memory the system may move out of fast memory under pressure and bring back
+// on use, for optimizer states larger than what is free. On CPU it is a MAP_SHARED mapping of a
+// file on disk (the kernel writes its pages back to the file and drops them when RAM runs
+// short); on CUDA it is managed memory that the driver migrates between GPU and host. The
+// tensor's device says where kernels run, paged() how the bytes are held. It starts zeroed.
 class Storage {
  public:
   Storage(size_t bytes, Device device);
+  Storage(size_t bytes, Device device, const PagedSpec& spec);
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
   void* data() const { return data_; }
   size_t bytes() const { return bytes_; }
   Device device() const { return device_; }
+  bool paged() const { return kind_ == Kind::Mapped || kind_ == Kind::Managed; }
+  // Hints for paged storage around one use of bytes [offset, offset + bytes); no-ops otherwise.
+  // page_in: CUDA prefetches them to the GPU (CPU: nothing, readahead follows the accesses).
+  // page_out: CUDA prefetches them back to host memory; CPU drops them from the process
+  // (MADV_DONTNEED: the page cache keeps them until the kernel needs the memory).
+  void page_in(size_t offset, size_t bytes) const;
+  void page_out(size_t offset, size_t bytes) const;
 
  private:
+  enum class Kind { Heap, Device, Mapped, Managed };
   void* data_ = nullptr;
   size_t bytes_ = 0;
+  size_t mapped_bytes_ = 0;  // the length of the mapping (at least one page)
   Device device_;
+  Kind kind_ = Kind::Heap;
+  std::string file_;  // a named mapped file, deleted with the storage
 };
 
 struct Tensor {
@@ -41,6 +67,8 @@ struct Tensor {
   int64_t offset = 0;  // in elements: a view starts this far into the storage
 
   static Tensor empty(const std::vector<int64_t>& shape, DType dtype, Device device);
+  // A zeroed tensor in paged storage (see Storage).
+  static Tensor paged(const std::vector<int64_t>& shape, DType dtype, Device device, const PagedSpec& spec);
 
   int64_t numel() const {
     int64_t n = 1;
@@ -60,6 +88,11 @@ struct Tensor {
   T* data() const { return static_cast<T*>(raw()); }
   std::string describe() const;  // "f32[4, 8] on cpu"
 };
+
+// Paged tensors (Storage::paged) around an update: the optimizer calls page_in on each before
+// its kernel and page_out after. No-ops for ordinary memory.
+void page_in(const Tensor& t);
+void page_out(const Tensor& t);
 
 // Copies between host memory and a tensor, whatever its device.
 void copy_from_host(const Tensor& dst, const void* src, size_t bytes);
