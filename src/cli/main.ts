@@ -16,7 +16,7 @@ const USAGE = `usage:
   peftkit train --model DIR --data FILE --out DIR [--eval-data FILE | --eval-split F] [--method lora]
       [--r 8] [--alpha 16] [--dropout 0.05] [--targets q_proj,v_proj | all-linear] [--rslora]
       [--adapter DIR] [--steps N | --epochs N] [--batch-size 4] [--grad-accum 1] [--lr 2e-4]
-      [--weight-decay 0] [--schedule constant|linear|cosine] [--warmup-steps 0] [--max-grad-norm 1]
+      [--optim adamw|adamw8bit|paged_adamw|paged_adamw8bit] [--paged-dir DIR] [--weight-decay 0] [--schedule constant|linear|cosine] [--warmup-steps 0] [--max-grad-norm 1]
       [--max-length 2048] [--packing] [--no-mask-prompt] [--no-shuffle] [--seed 0] [--save-every N]
       [--eval-every N] [--resume DIR] [--activation-checkpointing] [--bf16] [--device cpu|cuda|auto]
   peftkit train                      (no model and no data: a one-minute demo on a tiny model)
@@ -52,6 +52,7 @@ async function cmdTrain(args: string[]): Promise<number> {
       'no-mask-prompt': { type: 'boolean' }, 'no-shuffle': { type: 'boolean' }, seed: { type: 'string' },
       'save-every': { type: 'string' }, 'eval-every': { type: 'string' }, resume: { type: 'string' },
       'activation-checkpointing': { type: 'boolean' }, device: { type: 'string' }, bf16: { type: 'boolean' },
+      optim: { type: 'string' }, 'paged-dir': { type: 'string' },
     },
   });
   if (!v.model && !v.data) return runDemo(v.out);
@@ -67,6 +68,7 @@ async function cmdTrain(args: string[]): Promise<number> {
     maskPrompt: v['no-mask-prompt'] ? false : undefined, shuffle: v['no-shuffle'] ? false : undefined, seed: num('seed', v.seed),
     saveEvery: num('save-every', v['save-every']), evalEvery: num('eval-every', v['eval-every']), resume: v.resume,
     activationCheckpointing: v['activation-checkpointing'], device: v.device as TrainOptions['device'], bf16: v.bf16,
+    optim: v.optim as TrainOptions['optim'], pagedDir: v['paged-dir'],
   };
   const progress = new Progress();
   const ctrl = new AbortController();
