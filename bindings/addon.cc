@@ -52,6 +52,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitLoss(env, exports);
   InitOptim(env, exports);
   InitBias(env, exports);
+  InitQuant(env, exports);
   return exports;
 }
 

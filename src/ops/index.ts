@@ -8,4 +8,5 @@ export * from './gemm';
 export * from './lora';
 export * from './loss';
 export * from './optim';
+export * from './quant';
 export * from './transformer';
