@@ -53,6 +53,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitOptim(env, exports);
   InitBias(env, exports);
   InitOptim8(env, exports);
+  InitQuant(env, exports);
   return exports;
 }
 

@@ -56,5 +56,6 @@ void InitLoss(Napi::Env env, Napi::Object exports);
 void InitOptim(Napi::Env env, Napi::Object exports);
 void InitBias(Napi::Env env, Napi::Object exports);
 void InitOptim8(Napi::Env env, Napi::Object exports);
+void InitQuant(Napi::Env env, Napi::Object exports);
 
 }  // namespace pkb

@@ -146,7 +146,23 @@ interface BiasOps {
   biasBackward(dbias: T, dy: T): void;
 }
 
-export type NativeOps = WithAsync<GemmOps & LoraOps & TransformerOps & AttentionOps & LossOps & OptimOps & BiasOps & Optim8Ops>;
+// ---- ops: quantization (bitsandbytes formats) ------------------------------------------------
+interface QuantOps {
+  /** Blockwise 4-bit: x f32 (n elements) -> packed u8 ((n+1)/2), absmax f32 (ceil(n/blocksize)). */
+  quantize4bit(packed: T, absmax: T, x: T, blocksize: number, quantType: 'nf4' | 'fp4'): void;
+  /** out (f32 or bf16, n elements) = code · absmax of its block. */
+  dequantize4bit(out: T, packed: T, absmax: T, blocksize: number, quantType: 'nf4' | 'fp4'): void;
+  /** absmax f32 [nb] -> q u8 [nb], absmax2 f32 [ceil(nb/blocksize)]; returns the offset (mean of absmax). */
+  doubleQuant(q: T, absmax2: T, absmax: T, blocksize: number): number;
+  /** absmax = code[q]·absmax2 + offset. */
+  doubleDequant(absmax: T, q: T, absmax2: T, offset: number, blocksize: number): void;
+  /** LLM.int8 rows: w f32 [rows, cols] -> cb i8 [rows, cols], scb f32 [rows]. */
+  quantizeInt8Rowwise(cb: T, scb: T, w: T): void;
+  /** out (f32 or bf16) [rows, cols] = cb·scb/127. */
+  dequantizeInt8Rowwise(out: T, cb: T, scb: T): void;
+}
+
+export type NativeOps = WithAsync<GemmOps & LoraOps & TransformerOps & AttentionOps & LossOps & OptimOps & BiasOps & Optim8Ops & QuantOps>;
 
 export interface NativeAddon extends NativeOps {
   NativeTensor: {

@@ -202,6 +202,11 @@ export class SafetensorsCheckpoint {
     return t;
   }
 
+  /** The raw little-endian bytes of one tensor, whatever its dtype (U8/I8 quantized weights...). */
+  readBytes(name: string): Uint8Array {
+    return readRange(this.info(name));
+  }
+
   /** One tensor as f32, checked against the shape the caller expects. */
   readFloat32(name: string, shape?: readonly number[]): Float32Array {
     const info = this.info(name);

@@ -9,4 +9,5 @@ export * from './lora';
 export * from './loss';
 export * from './optim';
 export * from './optim8';
+export * from './quant';
 export * from './transformer';

@@ -63,6 +63,10 @@ struct RopeScaling {
   float original_max_position_embeddings = 8192.f;
 };
 
+// The two 4-bit code books of bitsandbytes (QLoRA): NormalFloat4 and its FP4 (1 sign bit,
+// 3 magnitude bits). The tables are in quant_codes.h.
+enum class Quant4Type : int { NF4 = 0, FP4 = 1 };
+
 namespace cpu {
 #include "kernels.inc"
 }

@@ -1,0 +1,18 @@
+/**
+ * Quantized base weights in bitsandbytes' formats (QLoRA NF4/FP4 with double quantization, and
+ * LLM.int8): quantize and dequantize tensors, read and write the checkpoint layout, and quantize
+ * a whole model folder.
+ */
+export { DYNAMIC_SIGNED_CODE, FP4_CODE, NF4_CODE } from './codes';
+export {
+  quantize4bit, dequantize4bit, recoverAbsmax, validateQuant4State, QUANT_BLOCKSIZES, NESTED_BLOCKSIZE,
+} from './quant4';
+export type { Quant4State, Quant4Type, NestedAbsmax, Quantize4bitOptions, DequantizeOptions, TorchFloatDType } from './quant4';
+export { quantizeInt8Rowwise, dequantizeInt8, validateInt8State } from './int8';
+export type { Int8State } from './int8';
+export {
+  quant4Entries, int8Entries, readQuant4State, readInt8State, detectQuantFormat, entriesReader, quantStateSuffix,
+} from './bnb_layout';
+export type { TensorSource } from './bnb_layout';
+export { quantizeModel, bnbQuantizationConfig } from './quantize_model';
+export type { QuantizeModelOptions, QuantizeModelResult, QuantFormat } from './quantize_model';

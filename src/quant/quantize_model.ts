@@ -1,0 +1,143 @@
+/**
+ * Quantizes a Hugging Face model folder into the layout transformers + bitsandbytes save: the
+ * Linear weights of the decoder layers in 4-bit (NF4/FP4) or LLM.int8, everything else (embeddings,
+ * norms, biases, an untied lm_head, which transformers also leaves unquantized) copied byte for
+ * byte, tokenizer and generation files copied, and `quantization_config` in config.json.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { PeftkitError } from '../errors';
+import { writeDirAtomic } from '../io/atomic';
+import { parseModelConfig } from '../model/config';
+import { SafetensorsCheckpoint, SafetensorsDType, TensorToWrite, writeSafetensors } from '../model/safetensors';
+import { layerLinears } from '../model/weights';
+import { int8Entries, quant4Entries } from './bnb_layout';
+import { roundArrayToF16 } from './f16';
+import { quantizeInt8Rowwise } from './int8';
+import { checkBlocksize, checkTorchDType, quantize4bit, TorchFloatDType } from './quant4';
+
+export type QuantFormat = 'nf4' | 'fp4' | 'int8';
+
+export interface QuantizeModelOptions {
+  /** The source folder (config.json + model.safetensors or shards). */
+  model: string;
+  /** The folder to write; replaced atomically if it exists. */
+  out: string;
+  /** `'nf4'` or `'fp4'` (4-bit, QLoRA) or `'int8'` (LLM.int8). */
+  format: QuantFormat;
+  /** 4-bit elements per block scale, a power of two from 32 to 4096. Defaults to `64`. */
+  blocksize?: number;
+  /** 4-bit: quantize the block scales too. Defaults to `true`. */
+  doubleQuant?: boolean;
+  /** What config.json records as `bnb_4bit_compute_dtype`. Defaults to `'float32'` (transformers' default). */
+  computeDtype?: TorchFloatDType;
+}
+
+export interface QuantizeModelResult {
+  /** Checkpoint names of the weights that were quantized. */
+  quantized: string[];
+  /** Checkpoint names of the tensors copied unchanged. */
+  copied: string[];
+  /** Bytes of tensor data before and after. */
+  bytesBefore: number;
+  bytesAfter: number;
+}
+
+const TORCH_DTYPE: Partial<Record<SafetensorsDType, TorchFloatDType>> = { F32: 'float32', BF16: 'bfloat16', F16: 'float16' };
+const WEIGHT_FILE = /(\.safetensors|\.safetensors\.index\.json|\.bin|\.bin\.index\.json|\.pt|\.pth|\.ckpt|\.h5|\.msgpack|\.gguf)$/;
+
+/** `quantization_config` as transformers' BitsAndBytesConfig.to_dict() writes it. */
+export function bnbQuantizationConfig(format: QuantFormat, doubleQuant: boolean, computeDtype: TorchFloatDType): Record<string, unknown> {
+  const four = format !== 'int8';
+  return {
+    _load_in_4bit: four,
+    _load_in_8bit: !four,
+    bnb_4bit_compute_dtype: computeDtype,
+    bnb_4bit_quant_storage: 'uint8',
+    bnb_4bit_quant_type: four ? format : 'fp4',
+    bnb_4bit_use_double_quant: four && doubleQuant,
+    llm_int8_enable_fp32_cpu_offload: false,
+    llm_int8_has_fp16_weight: false,
+    llm_int8_skip_modules: null,
+    llm_int8_threshold: 6.0,
+    load_in_4bit: four,
+    load_in_8bit: !four,
+    quant_method: 'bitsandbytes',
+  };
+}
+
+function readConfigJson(dir: string): Record<string, unknown> {
+  const file = path.join(dir, 'config.json');
+  let cfg: unknown;
+  try {
+    cfg = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new PeftkitError(code ? 'E_IO' : 'E_CONFIG', `${file}: ${code ? `cannot read (${code})` : `not valid JSON (${(e as Error).message})`}`);
+  }
+  if (typeof cfg !== 'object' || cfg === null || Array.isArray(cfg)) throw new PeftkitError('E_CONFIG', `${file}: not a JSON object`);
+  return cfg as Record<string, unknown>;
+}
+
+/** Writes the quantized copy of `o.model` to `o.out` and says what it did. */
+export function quantizeModel(o: QuantizeModelOptions): QuantizeModelResult {
+  if (typeof o !== 'object' || o === null) throw new PeftkitError('E_ARG', 'quantizeModel: expected an options object');
+  if (typeof o.model !== 'string' || typeof o.out !== 'string') throw new PeftkitError('E_ARG', 'quantizeModel: model and out must be folder paths');
+  if (o.format !== 'nf4' && o.format !== 'fp4' && o.format !== 'int8') {
+    throw new PeftkitError('E_ARG', `format: expected 'nf4', 'fp4' or 'int8', got ${JSON.stringify(o.format)}`);
+  }
+  if (path.resolve(o.model) === path.resolve(o.out)) throw new PeftkitError('E_ARG', 'out: must differ from the model folder');
+  const format = o.format;
+  const blocksize = checkBlocksize(o.blocksize ?? 64);
+  const doubleQuant = o.doubleQuant ?? true;
+  if (typeof doubleQuant !== 'boolean') throw new PeftkitError('E_ARG', `doubleQuant: expected true or false, got ${JSON.stringify(doubleQuant)}`);
+  const computeDtype = checkTorchDType(o.computeDtype ?? 'float32', 'computeDtype');
+
+  const raw = readConfigJson(o.model);
+  if (raw.quantization_config !== undefined) {
+    throw new PeftkitError('E_UNSUPPORTED', `${path.join(o.model, 'config.json')}: the model is already quantized (quantization_config is set)`);
+  }
+  const config = parseModelConfig(raw, path.join(o.model, 'config.json'));
+  const ck = new SafetensorsCheckpoint(o.model);
+
+  const targets = new Map<string, [number, number]>();
+  for (let l = 0; l < config.numLayers; l++) {
+    for (const [m, out, inp] of layerLinears(config)) targets.set(`model.layers.${l}.${m}`, [out, inp]);
+  }
+  const entries: Record<string, TensorToWrite> = {};
+  const result: QuantizeModelResult = { quantized: [], copied: [], bytesBefore: 0, bytesAfter: 0 };
+  for (const [module, shape] of targets) {
+    const name = `${module}.weight`;
+    const info = ck.info(name);
+    const dtype = TORCH_DTYPE[info.dtype];
+    if (!dtype) throw new PeftkitError('E_DTYPE', `${info.file}: tensor '${name}' is ${info.dtype}; only F32, BF16 and F16 weights can be quantized`);
+    const w = ck.readFloat32(name, shape);
+    if (format === 'int8') {
+      // bitsandbytes' Int8Params casts the weight to float16 before taking row absmaxes.
+      Object.assign(entries, int8Entries(module, quantizeInt8Rowwise(roundArrayToF16(w), { shape })));
+    } else {
+      Object.assign(entries, quant4Entries(module, quantize4bit(w, { quantType: format, blocksize, doubleQuant, shape, dtype })));
+    }
+    result.quantized.push(name);
+    result.bytesBefore += info.end - info.begin;
+  }
+  for (const [name, info] of ck.tensors) {
+    if (entries[name]) continue; // quantized above
+    entries[name] = { dtype: info.dtype, shape: info.shape, data: ck.readBytes(name) };
+    result.copied.push(name);
+    result.bytesBefore += info.end - info.begin;
+  }
+  for (const e of Object.values(entries)) result.bytesAfter += e.data.byteLength;
+
+  const outConfig = { ...raw, quantization_config: bnbQuantizationConfig(format, doubleQuant, computeDtype) };
+  writeDirAtomic(o.out, (tmp) => {
+    writeSafetensors(path.join(tmp, 'model.safetensors'), entries);
+    fs.writeFileSync(path.join(tmp, 'config.json'), JSON.stringify(outConfig, null, 2) + '\n');
+    for (const f of fs.readdirSync(o.model, { withFileTypes: true })) {
+      if (f.isFile() && f.name !== 'config.json' && !WEIGHT_FILE.test(f.name)) fs.copyFileSync(path.join(o.model, f.name), path.join(tmp, f.name));
+    }
+  });
+  result.quantized.sort();
+  result.copied.sort();
+  return result;
+}
