@@ -7,6 +7,7 @@ import { parseArgs } from 'util';
 import { PeftkitError } from '../errors';
 import { loadModel } from '../model/model';
 import { mergeAdapter } from '../peft/merge';
+import { quantizeModel } from '../quant';
 import { train } from '../train/train';
 import type { TrainOptions } from '../train/options';
 import { runDemo } from './demo';
@@ -22,7 +23,8 @@ const USAGE = `usage:
   peftkit train                      (no model and no data: a one-minute demo on a tiny model)
   peftkit generate --model DIR [--adapter DIR] --prompt TEXT [--max-new-tokens 64] [--temperature 0.7]
       [--top-p 0.95] [--seed 0] [--chat]
-  peftkit merge --model DIR --adapter DIR --out DIR [--dtype f32|bf16]`;
+  peftkit merge --model DIR --adapter DIR --out DIR [--dtype f32|bf16]
+  peftkit quantize --model DIR --out DIR --format nf4|fp4|int8 [--blocksize 64] [--no-double-quant]`;
 
 class UsageError extends Error {}
 
@@ -126,6 +128,24 @@ async function cmdMerge(args: string[]): Promise<number> {
   return 0;
 }
 
+async function cmdQuantize(args: string[]): Promise<number> {
+  const { values: v } = parseArgs({
+    args, strict: true,
+    options: {
+      model: { type: 'string' }, out: { type: 'string' }, format: { type: 'string' }, blocksize: { type: 'string' },
+      'no-double-quant': { type: 'boolean' },
+    },
+  });
+  const format = required('format', v.format);
+  if (!['nf4', 'fp4', 'int8'].includes(format)) throw new UsageError(`--format: expected nf4, fp4 or int8, got '${format}'`);
+  const r = quantizeModel({
+    model: required('model', v.model), out: required('out', v.out), format: format as 'nf4' | 'fp4' | 'int8',
+    blocksize: num('blocksize', v.blocksize), doubleQuant: v['no-double-quant'] ? false : undefined,
+  });
+  process.stdout.write(`${r.quantized.length} Linear weights quantized to ${format}; ${(r.bytesBefore / 2 ** 20).toFixed(1)} MiB -> ${(r.bytesAfter / 2 ** 20).toFixed(1)} MiB in ${path.resolve(v.out!)}\n`);
+  return 0;
+}
+
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   try {
@@ -133,6 +153,7 @@ export async function main(argv: string[]): Promise<number> {
       case 'train': return await cmdTrain(rest);
       case 'generate': return await cmdGenerate(rest);
       case 'merge': return await cmdMerge(rest);
+      case 'quantize': return await cmdQuantize(rest);
       case undefined: case '-h': case '--help': case 'help':
         process.stdout.write(USAGE + '\n');
         return cmd === undefined ? 2 : 0;

@@ -7,6 +7,7 @@ import { PeftkitError } from '../errors';
 import { Device, Tensor } from '../tensor';
 import type { ModelConfig } from './config';
 import { SafetensorsCheckpoint } from './safetensors';
+import { dequantize4bit, dequantizeInt8, detectQuantFormat, readInt8State, readQuant4State } from '../quant';
 import type { LinearModule } from '../peft/targets';
 
 /** The Linear layers of one decoder layer: [suffix, out, in, hasBias]. */
@@ -64,6 +65,20 @@ export function loadWeights(dir: string, config: ModelConfig, device: Device, dt
   const out = new Map<string, Tensor>();
   try {
     for (const [name, shape] of expectedWeights(config)) {
+      // A bitsandbytes checkpoint (4-bit or LLM.int8) stores Linear weights quantized: read them
+      // in that layout and widen them once, to the storage dtype asked for.
+      const prefix = name.replace(/\.weight$/, '');
+      const format = isMatmulWeight(name) ? detectQuantFormat(ck, prefix) : null;
+      if (format) {
+        const wdtype = dtype === 'bf16' ? 'bf16' : 'f32';
+        const t = format === 'int8' ? dequantizeInt8(readInt8State(ck, prefix), { dtype: wdtype, device }) : dequantize4bit(readQuant4State(ck, prefix), { dtype: wdtype, device });
+        if (t.shape.join() !== shape.join()) {
+          t.dispose();
+          throw new PeftkitError('E_SHAPE', `${dir}: quantized '${name}' stands for [${t.shape.join(', ')}], expected [${shape.join(', ')}]`);
+        }
+        out.set(name, t);
+        continue;
+      }
       if (!ck.has(name)) {
         throw new PeftkitError('E_MISSING', `${dir}: checkpoint has no tensor '${name}' (expected ${shape.join('x')} for ${config.architecture})`);
       }
