@@ -22,3 +22,5 @@ export { readModelConfig, SUPPORTED_ARCHITECTURES } from './model/config';
 export type { ModelConfig } from './model/config';
 export { writeRandomModel } from './model/random_model';
 export type { RandomModelOptions } from './model/random_model';
+export { quantizeModel } from './quant';
+export type { QuantizeModelOptions, QuantizeModelResult, QuantFormat } from './quant';
