@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs the CUDA kernels on the CPU under the emulation in include/emu.h and checks them
+# against float64 references (check.cc). For machines without a GPU; slow (one OS thread per
+# CUDA thread), so the shapes are small. Usage: scripts/cuda-emu/run.sh [family]
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+out="${EMU_BUILD:-/tmp/peftkit-cuda-emu}"
+mkdir -p "$out"
+flags=(-std=c++20 -O1 -g -pthread -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas -DPEFTKIT_CUDA
+       -I"$here/include" -I"$root/native/include" -I"$root/native/cuda")
+objs=()
+for cu in "$root"/native/cuda/*.cu; do
+  name="$(basename "$cu" .cu)"
+  [ "$name" = memory ] && continue  # device memory: the checks use host memory directly
+  python3 "$here/translate.py" "$cu" > "$out/$name.cc"
+  if [ ! -f "$out/$name.o" ] || [ "$out/$name.cc" -nt "$out/$name.o" ] || [ "$root/native/cuda/common.cuh" -nt "$out/$name.o" ] \
+     || [ "$here/include/emu.h" -nt "$out/$name.o" ]; then
+    g++ "${flags[@]}" -c "$out/$name.cc" -o "$out/$name.o"
+  fi
+  objs+=("$out/$name.o")
+done
+g++ "${flags[@]}" "$here/check.cc" "${objs[@]}" -o "$out/check"
+"$out/check" "$@"
