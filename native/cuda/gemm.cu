@@ -192,7 +192,7 @@ __device__ __forceinline__ void store_wslice(uint16_t* s, const uint4 (&r)[kWChu
 }
 
 template <bool kTA, bool kTB>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 2)
     gemm_bf16_wmma(int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A, int64_t lda, bool a_vec,
                    const uint16_t* B, int64_t ldb, bool b_vec, float beta, void* C, DType cdtype, int64_t ldc) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
