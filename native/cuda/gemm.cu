@@ -40,7 +40,7 @@ static_assert(kBM == kBN, "the loaders below assume square tiles");
 
 // One K slice of op(A) (rows m, depth k) or of op(B)ᵀ (rows n, depth k), read in the order of
 // the operand's contiguous dimension so that neighbouring threads read neighbouring addresses.
-// `depth_contiguous`: the k index is the fast one in memory (A not transposed, B transposed).
+// kDepthContiguous: the k index is the fast one in memory (A not transposed, B transposed).
 template <bool kDepthContiguous, typename T>
 __device__ __forceinline__ void load_slice(float (&r)[kLoads], const T* p, int64_t ld, int64_t rows, int64_t depth,
                                            int64_t r0, int64_t k0) {
@@ -153,7 +153,7 @@ constexpr int kWChunks = kWBM * kWBK / 8 / kThreads;  // 16-byte chunks of each 
 static_assert(kWBM == kWBN, "the loaders below assume square tiles");
 
 // A 128×32 slice of an operand as chunks of 8 consecutive elements along its contiguous
-// dimension. `depth_contiguous`: k is the fast index in memory. Chunks that overhang the
+// dimension. kDepthContiguous: k is the fast index in memory. Chunks that overhang the
 // matrix are filled with zeros; a chunk is one 16-byte load when it is whole and aligned.
 template <bool kDepthContiguous>
 __device__ __forceinline__ void load_wslice(uint4 (&r)[kWChunks], const uint16_t* p, int64_t ld, int64_t rows,
