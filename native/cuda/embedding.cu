@@ -5,32 +5,34 @@
 namespace pk::cuda {
 
 namespace {
-// out[n, c] = table[ids[n], c], one grid-stride pass over the N×C outputs.
-__global__ void embedding_gather(float* out, const int32_t* ids, const float* table, int64_t N, int64_t C) {
-  const int64_t total = N * C;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
-    out[i] = table[int64_t(ids[i / C]) * C + i % C];
+// One block per token n: out[n, :] = table[ids[n], :].
+__global__ void embedding_gather(float* out, const int32_t* ids, const float* table, int64_t C) {
+  const int64_t n = blockIdx.x;
+  const float* src = table + int64_t(ids[n]) * C;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) out[n * C + c] = src[c];
 }
 
-// dtable[ids[n], c] += dout[n, c]; repeated ids meet in atomicAdd (the summation order, and so
-// the last bits of a repeated row, vary from run to run).
-__global__ void embedding_scatter_add(float* dtable, const float* dout, const int32_t* ids, int64_t N, int64_t C) {
-  const int64_t total = N * C;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
-    atomicAdd(&dtable[int64_t(ids[i / C]) * C + i % C], dout[i]);
+// One block per token n: dtable[ids[n], :] += dout[n, :]. Repeated ids meet in atomicAdd (the
+// summation order, and so the last bits of a repeated row, vary from run to run).
+__global__ void embedding_scatter_add(float* dtable, const float* dout, const int32_t* ids, int64_t C) {
+  const int64_t n = blockIdx.x;
+  float* dst = dtable + int64_t(ids[n]) * C;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) atomicAdd(&dst[c], dout[n * C + c]);
 }
+
+unsigned row_threads(int64_t C) { return C >= 256 ? 256u : unsigned((C + 31) / 32 * 32); }
 }  // namespace
 
 void embedding_forward(float* out, const int32_t* ids, const float* table, int64_t N, int64_t C) {
   if (N * C == 0) return;
-  embedding_gather<<<elt_blocks(N * C), kEltThreads, 0, stream()>>>(out, ids, table, N, C);
+  embedding_gather<<<unsigned(N), row_threads(C), 0, stream()>>>(out, ids, table, C);
   check_launch("embedding_forward");
 }
 
 void embedding_backward(float* dtable, const float* dout, const int32_t* ids, int64_t N, int64_t C, int64_t V) {
   (void)V;  // ids are in range; V only sizes dtable
   if (N * C == 0) return;
-  embedding_scatter_add<<<elt_blocks(N * C), kEltThreads, 0, stream()>>>(dtable, dout, ids, N, C);
+  embedding_scatter_add<<<unsigned(N), row_threads(C), 0, stream()>>>(dtable, dout, ids, C);
   check_launch("embedding_backward");
 }
 

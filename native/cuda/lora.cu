@@ -9,11 +9,10 @@
 namespace pk::cuda {
 
 namespace {
-// Y[m, n] += bias[n] over an M×N row-major matrix.
-__global__ void add_bias_rows(float* Y, const float* bias, int64_t M, int64_t N) {
-  const int64_t total = M * N;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
-    Y[i] += bias[i % N];
+// One block per row m: Y[m, :] += bias.
+__global__ void add_bias_rows(float* Y, const float* bias, int64_t N) {
+  float* row = Y + int64_t(blockIdx.x) * N;
+  for (int64_t j = threadIdx.x; j < N; j += blockDim.x) row[j] += bias[j];
 }
 }  // namespace
 
@@ -25,7 +24,7 @@ void lora_forward(float* Y, float* XA, const float* X, const float* Xa, const vo
   gemm_f32(Y, N, operand(X, K), operand(W, w_dtype, K, true), M, N, K, 1.f, false);
   gemm_f32(Y, N, operand(XA, r), operand(B, r, true), M, N, r, s, true);
   if (bias && M * N > 0) {
-    add_bias_rows<<<elt_blocks(M * N), kEltThreads, 0, stream()>>>(Y, bias, M, N);
+    add_bias_rows<<<unsigned(M), N >= 256 ? 256u : unsigned((N + 31) / 32 * 32), 0, stream()>>>(Y, bias, N);
     check_launch("lora_forward bias");
   }
 }

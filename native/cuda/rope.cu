@@ -34,21 +34,26 @@ __global__ void rope_table_kernel(float* cos_out, float* sin_out, const int32_t*
   }
 }
 
-// One thread per rotated pair (b, t, h, i < D/2); it reads both features before writing
-// either, so out may alias x. kInverse rotates by -θ (the backward pass).
+// One block per position row (b, t), its threads over the H·D/2 rotated pairs (h, i); each
+// reads both features before writing either, so out may alias x. kInverse rotates by -θ (the
+// backward pass).
 template <bool kInverse>
-__global__ void rope_rotate(float* out, const float* x, const float* cos_t, const float* sin_t, int64_t T, int64_t H,
-                            int64_t D, int64_t pairs) {
-  const int64_t half = D / 2;
-  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < pairs; p += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t row = p / half, i = p % half;  // row indexes [B, T, H]
-    const int64_t t = row / H % T;
-    const float c = cos_t[t * half + i], s = kInverse ? -sin_t[t * half + i] : sin_t[t * half + i];
-    const float x0 = x[row * D + i], x1 = x[row * D + i + half];
-    out[row * D + i] = x0 * c - x1 * s;
-    out[row * D + i + half] = x1 * c + x0 * s;
+__global__ void rope_rotate(float* out, const float* x, const float* cos_t, const float* sin_t, int64_t T, int H,
+                            int D) {
+  const int64_t bt = blockIdx.x, t = bt % T;
+  const int half = D / 2;
+  const float *c_row = cos_t + t * half, *s_row = sin_t + t * half;
+  for (int p = threadIdx.x; p < H * half; p += blockDim.x) {
+    const int h = p / half, i = p % half;
+    const int64_t base = (bt * H + h) * D;
+    const float c = c_row[i], s = kInverse ? -s_row[i] : s_row[i];
+    const float x0 = x[base + i], x1 = x[base + i + half];
+    out[base + i] = x0 * c - x1 * s;
+    out[base + i + half] = x1 * c + x0 * s;
   }
 }
+
+unsigned pair_threads(int64_t pairs) { return pairs >= 256 ? 256u : unsigned((pairs + 31) / 32 * 32); }
 }  // namespace
 
 void rope_table(float* cos, float* sin, const int32_t* positions, int64_t T, int64_t D, float theta,
@@ -60,17 +65,15 @@ void rope_table(float* cos, float* sin, const int32_t* positions, int64_t T, int
 
 void rope_forward(float* out, const float* x, const float* cos, const float* sin, int64_t B, int64_t T, int64_t H,
                   int64_t D) {
-  const int64_t pairs = B * T * H * (D / 2);
-  if (pairs == 0) return;
-  rope_rotate<false><<<elt_blocks(pairs), kEltThreads, 0, stream()>>>(out, x, cos, sin, T, H, D, pairs);
+  if (B * T * H * (D / 2) == 0) return;
+  rope_rotate<false><<<unsigned(B * T), pair_threads(H * (D / 2)), 0, stream()>>>(out, x, cos, sin, T, int(H), int(D));
   check_launch("rope_forward");
 }
 
 void rope_backward(float* dx, const float* dout, const float* cos, const float* sin, int64_t B, int64_t T, int64_t H,
                    int64_t D) {
-  const int64_t pairs = B * T * H * (D / 2);
-  if (pairs == 0) return;
-  rope_rotate<true><<<elt_blocks(pairs), kEltThreads, 0, stream()>>>(dx, dout, cos, sin, T, H, D, pairs);
+  if (B * T * H * (D / 2) == 0) return;
+  rope_rotate<true><<<unsigned(B * T), pair_threads(H * (D / 2)), 0, stream()>>>(dx, dout, cos, sin, T, int(H), int(D));
   check_launch("rope_backward");
 }
 

@@ -193,21 +193,23 @@ static void check_lora() {
 
 // ---- embedding, norms, rope ---------------------------------------------------------------
 static void check_embedding() {
-  const int64_t N = 13, C = 35, V = 7;
-  std::vector<int32_t> ids(N);
-  for (auto& i : ids) i = int32_t(rng() % V);
-  Vec table = randn(size_t(V * C)), out = poison(size_t(N * C));
-  pk::cuda::embedding_forward(out.data(), ids.data(), table.data(), N, C);
-  Ref ref(size_t(N * C));
-  for (int64_t n = 0; n < N; n++)
-    for (int64_t c = 0; c < C; c++) ref[size_t(n * C + c)] = table[size_t(ids[size_t(n)] * C + c)];
-  expect("embedding forward", out, ref, 0);
-  Vec dout = randn(size_t(N * C)), d0 = randn(size_t(V * C)), dt = d0;
-  pk::cuda::embedding_backward(dt.data(), dout.data(), ids.data(), N, C, V);
-  Ref dref(d0.begin(), d0.end());
-  for (int64_t n = 0; n < N; n++)
-    for (int64_t c = 0; c < C; c++) dref[size_t(ids[size_t(n)] * C + c)] += dout[size_t(n * C + c)];
-  expect("embedding backward", dt, dref);
+  for (int64_t C : {35, 300}) {
+    const int64_t N = 13, V = 7;
+    std::vector<int32_t> ids(N);
+    for (auto& i : ids) i = int32_t(rng() % V);
+    Vec table = randn(size_t(V * C)), out = poison(size_t(N * C));
+    pk::cuda::embedding_forward(out.data(), ids.data(), table.data(), N, C);
+    Ref ref(size_t(N * C));
+    for (int64_t n = 0; n < N; n++)
+      for (int64_t c = 0; c < C; c++) ref[size_t(n * C + c)] = table[size_t(ids[size_t(n)] * C + c)];
+    expect("embedding forward", out, ref, 0);
+    Vec dout = randn(size_t(N * C)), d0 = randn(size_t(V * C)), dt = d0;
+    pk::cuda::embedding_backward(dt.data(), dout.data(), ids.data(), N, C, V);
+    Ref dref(d0.begin(), d0.end());
+    for (int64_t n = 0; n < N; n++)
+      for (int64_t c = 0; c < C; c++) dref[size_t(ids[size_t(n)] * C + c)] += dout[size_t(n * C + c)];
+    expect("embedding backward", dt, dref);
+  }
 }
 
 static void check_norms() {
@@ -331,26 +333,29 @@ static void check_rope() {
     expect("rope_table cos scaled=" + std::to_string(scaled), cs, rc, 1e-6);
     expect("rope_table sin scaled=" + std::to_string(scaled), sn, rs, 1e-6);
   }
-  const int64_t B = 2, H = 3, Tr = 5, Dr = 8, hr = Dr / 2;
-  Vec cs = randn(size_t(Tr * hr)), sn = randn(size_t(Tr * hr)), x = randn(size_t(B * Tr * H * Dr));
-  Ref fwd(x.size()), bwd(x.size());
-  for (int64_t row = 0; row < B * Tr * H; row++) {
-    const int64_t t = row / H % Tr;
-    for (int64_t i = 0; i < hr; i++) {
-      const double c = cs[size_t(t * hr + i)], s = sn[size_t(t * hr + i)];
-      const double x0 = x[size_t(row * Dr + i)], x1 = x[size_t(row * Dr + i + hr)];
-      fwd[size_t(row * Dr + i)] = x0 * c - x1 * s;
-      fwd[size_t(row * Dr + i + hr)] = x1 * c + x0 * s;
-      bwd[size_t(row * Dr + i)] = x0 * c + x1 * s;
-      bwd[size_t(row * Dr + i + hr)] = x1 * c - x0 * s;
+  const int64_t rope_shapes[][4] = {{2, 5, 3, 8}, {1, 3, 5, 128}};  // B, T, H, D (H·D/2 > one block)
+  for (auto& rs : rope_shapes) {
+    const int64_t B = rs[0], Tr = rs[1], H = rs[2], Dr = rs[3], hr = Dr / 2;
+    Vec cs = randn(size_t(Tr * hr)), sn = randn(size_t(Tr * hr)), x = randn(size_t(B * Tr * H * Dr));
+    Ref fwd(x.size()), bwd(x.size());
+    for (int64_t row = 0; row < B * Tr * H; row++) {
+      const int64_t t = row / H % Tr;
+      for (int64_t i = 0; i < hr; i++) {
+        const double c = cs[size_t(t * hr + i)], s = sn[size_t(t * hr + i)];
+        const double x0 = x[size_t(row * Dr + i)], x1 = x[size_t(row * Dr + i + hr)];
+        fwd[size_t(row * Dr + i)] = x0 * c - x1 * s;
+        fwd[size_t(row * Dr + i + hr)] = x1 * c + x0 * s;
+        bwd[size_t(row * Dr + i)] = x0 * c + x1 * s;
+        bwd[size_t(row * Dr + i + hr)] = x1 * c - x0 * s;
+      }
     }
+    Vec out = poison(x.size());
+    pk::cuda::rope_forward(out.data(), x.data(), cs.data(), sn.data(), B, Tr, H, Dr);
+    expect("rope forward H=" + std::to_string(H) + " D=" + std::to_string(Dr), out, fwd);
+    Vec inplace = x;
+    pk::cuda::rope_backward(inplace.data(), inplace.data(), cs.data(), sn.data(), B, Tr, H, Dr);
+    expect("rope backward (in place) H=" + std::to_string(H) + " D=" + std::to_string(Dr), inplace, bwd);
   }
-  Vec out = poison(x.size());
-  pk::cuda::rope_forward(out.data(), x.data(), cs.data(), sn.data(), B, Tr, H, Dr);
-  expect("rope forward", out, fwd);
-  Vec inplace = x;
-  pk::cuda::rope_backward(inplace.data(), inplace.data(), cs.data(), sn.data(), B, Tr, H, Dr);
-  expect("rope backward (in place)", inplace, bwd);
 }
 
 // ---- elementwise --------------------------------------------------------------------------
