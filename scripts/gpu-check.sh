@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check, in one call on a machine with an NVIDIA GPU (about 5 minutes, at most ~8):
+# The GPU check, in one call on a machine with an NVIDIA GPU (a few minutes; the step timeouts
+# add up to 8):
 #   1. shows the device (nvidia-smi) and toolchain,
 #   2. builds the CUDA addon (npm run build:cuda -> build-cuda/Release/peftkit.node, which the
 #      loader prefers to the CPU build),
@@ -25,7 +26,7 @@ cmake --version | head -n 1
 [ -d node_modules ] || { echo "node_modules is missing (the device machine cannot npm install): carry it"; exit 1; }
 
 step "CUDA build: npm run build:cuda"
-timeout 300 npm run build:cuda 2>&1 | tail -n 25
+timeout 180 npm run build:cuda 2>&1 | tail -n 25
 
 step "the CUDA addon sees the GPU"
 npx tsc -p tsconfig.json
@@ -37,10 +38,10 @@ if (!info.cudaBuild || !info.cudaAvailable) { console.error('CUDA build not load
 "
 
 step "npm test (cpu and cuda)"
-timeout 300 npm test
+timeout 200 npm test
 
 step "kernel benchmarks"
-timeout 180 npm run bench:kernels
+timeout 100 npm run bench:kernels
 
 if [ "$sanitize" = 1 ]; then
   step "compute-sanitizer memcheck over the test files"
