@@ -39,8 +39,8 @@ __device__ MaxSum block_merge(MaxSum v) {
 
 // A target outside [0, V) that is not ignore_index is rejected by the op layer; here it is
 // treated as ignored rather than read out of bounds.
-__global__ void cross_entropy_rows(float* losses, float* dlogits, const float* logits, const int32_t* targets, int64_t V,
-                                   int32_t ignore_index, float grad_scale) {
+__global__ void cross_entropy_rows(float* losses, float* dlogits, const float* logits, const int32_t* targets,
+                                   int64_t V, int32_t ignore_index, float grad_scale) {
   const int64_t row = blockIdx.x;
   const float* x = logits + row * V;
   const int32_t target = targets[row];

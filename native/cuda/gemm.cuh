@@ -15,7 +15,9 @@ inline MatRef operand(const void* data, DType dtype, int64_t ld, bool trans = fa
   m.trans = trans;
   return m;
 }
-inline MatRef operand(const float* data, int64_t ld, bool trans = false) { return operand(data, DType::F32, ld, trans); }
+inline MatRef operand(const float* data, int64_t ld, bool trans = false) {
+  return operand(data, DType::F32, ld, trans);
+}
 
 // C[M,N] (f32, leading dimension ldc) = alpha·op(A)·op(B), or C += alpha·op(A)·op(B) when
 // accumulate.

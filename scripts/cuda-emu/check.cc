@@ -66,7 +66,8 @@ static void expect_true(const std::string& what, bool ok) {
 
 // ---- GEMM ---------------------------------------------------------------------------------
 static void check_gemm() {
-  const int shapes[][3] = {{1, 1, 1}, {1, 37, 19}, {7, 1, 33}, {17, 23, 1}, {33, 65, 129}, {130, 257, 67}, {129, 3, 40}, {64, 48, 96}, {256, 136, 64}};
+  const int shapes[][3] = {{1, 1, 1}, {1, 37, 19}, {7, 1, 33}, {17, 23, 1}, {33, 65, 129}, {130, 257, 67}, {129, 3, 40},
+                            {64, 48, 96}, {256, 136, 64}};
   for (auto& s : shapes) {
     const int64_t M = s[0], N = s[1], K = s[2];
     for (int combo = 0; combo < 16; combo++) {
@@ -134,7 +135,8 @@ static void check_lora() {
     const pk::DType wdt = wbf ? pk::DType::BF16 : pk::DType::F32;
     Vec A = randn(size_t(r * K)), B = randn(size_t(N * r)), bias = randn(static_cast<size_t>(N));
     Vec Y = poison(size_t(M * N)), XA = poison(size_t(M * r));
-    pk::cuda::lora_forward(Y.data(), XA.data(), X.data(), Xa.data(), Wp, wdt, A.data(), B.data(), variant == 1 ? nullptr : bias.data(), s, M, N, K, r);
+    pk::cuda::lora_forward(Y.data(), XA.data(), X.data(), Xa.data(), Wp, wdt, A.data(), B.data(),
+                           variant == 1 ? nullptr : bias.data(), s, M, N, K, r);
     Ref xa(size_t(M * r)), y(size_t(M * N));
     for (int64_t i = 0; i < M; i++)
       for (int64_t q = 0; q < r; q++) {
@@ -258,7 +260,8 @@ static void check_norms() {
     out = poison(size_t(N * C));
     rstd = poison(static_cast<size_t>(N));
     pk::cuda::layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C, eps);
-    Ref lo(size_t(N * C)), lm(static_cast<size_t>(N)), lr(static_cast<size_t>(N)), ldx(size_t(N * C)), ldw(static_cast<size_t>(C)), ldb(static_cast<size_t>(C));
+    const size_t nN = size_t(N), nC = size_t(C);
+    Ref lo(nN * nC), lm(nN), lr(nN), ldx(nN * nC), ldw(nC), ldb(nC);
     Vec db0 = randn(static_cast<size_t>(C));
     for (int64_t j = 0; j < C; j++) {
       ldw[size_t(j)] = dw0[size_t(j)];
