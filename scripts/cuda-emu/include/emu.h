@@ -15,6 +15,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <thread>
 #include <tuple>
 #include <type_traits>
@@ -167,8 +168,11 @@ struct Launcher {
     b.all = std::make_unique<std::barrier<>>(threads);
     for (unsigned w = 0; w < threads / 32; w++) b.warps.push_back(std::make_unique<std::barrier<>>(32));
     b.slots.resize(threads / 32);
-    std::vector<unsigned char> dyn(smem + 256);
-    b.dyn = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(dyn.data()) + 127) & ~uintptr_t(127));
+    // Exactly `smem` bytes, so AddressSanitizer (EMU_ASAN=1) catches an overrun.
+    std::unique_ptr<void, void (*)(void*)> dyn(::operator new(smem ? smem : 1, std::align_val_t(128)), [](void* p) {
+      ::operator delete(p, std::align_val_t(128));
+    });
+    b.dyn = dyn.get();
     // Poison dynamic shared memory: a read before a write shows up as NaN.
     for (size_t i = 0; i + 4 <= smem; i += 4) memcpy(static_cast<char*>(b.dyn) + i, "\xff\xff\xff\x7f", 4);
     std::vector<std::thread> ts;
