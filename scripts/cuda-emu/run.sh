@@ -6,14 +6,18 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 # EMU_ASAN=1 builds with AddressSanitizer: any global or dynamic-shared read or write out of
-# bounds aborts with its kernel and line.
+# bounds aborts with its kernel and line. EMU_TSAN=1 builds with ThreadSanitizer: a shared-memory
+# race (a missing __syncthreads or __syncwarp) is reported with both accesses.
 asan="${EMU_ASAN:-0}"
+tsan="${EMU_TSAN:-0}"
 out="${EMU_BUILD:-/tmp/peftkit-cuda-emu}"
 [ "$asan" = 1 ] && out="$out-asan"
+[ "$tsan" = 1 ] && out="$out-tsan"
 mkdir -p "$out"
 flags=(-std=c++20 -O1 -g -pthread -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas -DPEFTKIT_CUDA
        -I"$here/include" -I"$root/native/include" -I"$root/native/cuda")
 [ "$asan" = 1 ] && flags+=(-fsanitize=address -fno-omit-frame-pointer)
+[ "$tsan" = 1 ] && flags+=(-fsanitize=thread)
 objs=()
 for cu in "$root"/native/cuda/*.cu; do
   name="$(basename "$cu" .cu)"
