@@ -5,40 +5,11 @@
 
 #include "grain.h"
 #include "peftkit/kernels.h"
+#include "peftkit/rope_freq.h"
 
 namespace pk::cpu {
 
 namespace {
-
-// inv_freq[i] = theta^(-2i/D), as transformers forms it in f32: the exponent 2i/D and the power
-// each rounded to f32, then the f32 reciprocal. Then rope_type "llama3" scaling as
-// _compute_llama3_parameters: wavelengths shorter than original/high_freq_factor keep their
-// frequency, longer than original/low_freq_factor are divided by factor, and the band between
-// blends the two with smooth = (original/wavelen - low)/(high - low). The scaling is done in
-// double from the f32 inv_freq and rounded once.
-std::vector<float> inv_freq(int64_t D, float theta, const RopeScaling& s) {
-  const int64_t half = D / 2;
-  std::vector<float> f(static_cast<size_t>(half));
-  const double orig = s.original_max_position_embeddings, low = s.low_freq_factor, high = s.high_freq_factor;
-  for (int64_t i = 0; i < half; i++) {
-    const float exponent = float(2 * i) / float(D);
-    const float power = float(std::pow(double(theta), double(exponent)));
-    double v = double(1.0f / power);
-    if (s.factor > 0.f) {
-      const double wavelen = 2.0 * M_PI / v;
-      if (wavelen < orig / high) {
-        // high frequency: unchanged
-      } else if (wavelen > orig / low) {
-        v = v / s.factor;
-      } else {
-        const double smooth = (orig / wavelen - low) / (high - low);
-        v = (1.0 - smooth) * v / s.factor + smooth * v;
-      }
-    }
-    f[size_t(i)] = float(v);
-  }
-  return f;
-}
 
 }  // namespace
 
@@ -48,7 +19,8 @@ std::vector<float> inv_freq(int64_t D, float theta, const RopeScaling& s) {
 void rope_table(float* cos, float* sin, const int32_t* positions, int64_t T, int64_t D, float theta,
                 RopeScaling scaling) {
   const int64_t half = D / 2;
-  const std::vector<float> f = inv_freq(D, theta, scaling);
+  std::vector<float> f(static_cast<size_t>(half));
+  rope_inv_freq(f.data(), D, theta, scaling);
   const float* fp = f.data();
   // Weighted: a double cos and sin cost about as much as 16 elements of a memory-bound loop.
 #pragma omp parallel for num_threads(threads_for(T * half * 16)) schedule(static)

@@ -1,0 +1,39 @@
+// Token embedding lookup and its gradient. ids are already checked to lie in [0, V).
+#include "common.cuh"
+#include "peftkit/kernels.h"
+
+namespace pk::cuda {
+
+namespace {
+// One block per token n: out[n, :] = table[ids[n], :].
+__global__ void embedding_gather(float* out, const int32_t* ids, const float* table, int64_t C) {
+  const int64_t n = blockIdx.x;
+  const float* src = table + int64_t(ids[n]) * C;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) out[n * C + c] = src[c];
+}
+
+// One block per token n: dtable[ids[n], :] += dout[n, :]. Repeated ids meet in atomicAdd (the
+// summation order, and so the last bits of a repeated row, vary from run to run).
+__global__ void embedding_scatter_add(float* dtable, const float* dout, const int32_t* ids, int64_t C) {
+  const int64_t n = blockIdx.x;
+  float* dst = dtable + int64_t(ids[n]) * C;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) atomicAdd(&dst[c], dout[n * C + c]);
+}
+
+unsigned row_threads(int64_t C) { return C >= 256 ? 256u : unsigned((C + 31) / 32 * 32); }
+}  // namespace
+
+void embedding_forward(float* out, const int32_t* ids, const float* table, int64_t N, int64_t C) {
+  if (N * C == 0) return;
+  embedding_gather<<<unsigned(N), row_threads(C), 0, stream()>>>(out, ids, table, C);
+  check_launch("embedding_forward");
+}
+
+void embedding_backward(float* dtable, const float* dout, const int32_t* ids, int64_t N, int64_t C, int64_t V) {
+  (void)V;  // ids are in range; V only sizes dtable
+  if (N * C == 0) return;
+  embedding_scatter_add<<<unsigned(N), row_threads(C), 0, stream()>>>(dtable, dout, ids, C);
+  check_launch("embedding_backward");
+}
+
+}  // namespace pk::cuda

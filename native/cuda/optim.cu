@@ -1,0 +1,93 @@
+// The optimizer over the host array of ParamRefs (pointers into device memory): one launch per
+// tensor, each a grid-stride pass. A LoRA run has hundreds of tensors, so the launches cost
+// well under a millisecond per step.
+#include <cmath>
+
+#include "common.cuh"
+#include "peftkit/kernels.h"
+
+namespace pk::cuda {
+
+namespace {
+// PyTorch's AdamW order of operations (decoupled decay first; denom = sqrt(v)/sqrt(bc2) + eps),
+// with IEEE-rounded sqrt and division so --use_fast_math does not approximate the update.
+__global__ void adamw_kernel(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1,
+                             float beta2, float eps, float weight_decay, float step_size, float bc2_sqrt) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const float gi = g[i];
+    float pi = p[i] * (1.f - lr * weight_decay);
+    const float mi = beta1 * m[i] + (1.f - beta1) * gi;
+    const float vi = beta2 * v[i] + (1.f - beta2) * gi * gi;
+    const float denom = __fdiv_rn(__fsqrt_rn(vi), bc2_sqrt) + eps;
+    pi -= step_size * __fdiv_rn(mi, denom);
+    m[i] = mi;
+    v[i] = vi;
+    p[i] = pi;
+  }
+}
+
+// acc += Σ g² over n elements, summed in double (per thread, per block, then atomically).
+__global__ void sumsq_kernel(double* acc, const float* g, int64_t n) {
+  double s = 0.0;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    s += double(g[i]) * double(g[i]);
+  s = block_sum(s);
+  if (threadIdx.x == 0) atomicAdd(acc, s);
+}
+
+__global__ void scale_kernel(float* g, int64_t n, float factor) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    g[i] *= factor;
+}
+
+unsigned reduce_blocks(int64_t n) {
+  const unsigned b = blocks_for(n, kEltThreads);
+  return b < 1024 ? b : 1024;
+}
+}  // namespace
+
+void adamw(const ParamRef* params, int64_t count, AdamWHyper h) {
+  const double bc1 = 1.0 - std::pow(double(h.beta1), double(h.step));
+  const double bc2 = 1.0 - std::pow(double(h.beta2), double(h.step));
+  const float step_size = float(double(h.lr) / bc1), bc2_sqrt = float(std::sqrt(bc2));
+  for (int64_t t = 0; t < count; t++) {
+    const ParamRef& pr = params[t];
+    if (pr.n == 0) continue;
+    adamw_kernel<<<elt_blocks(pr.n), kEltThreads, 0, stream()>>>(pr.param, pr.grad, pr.m, pr.v, pr.n, h.lr, h.beta1,
+                                                                 h.beta2, h.eps, pr.weight_decay, step_size, bc2_sqrt);
+    check_launch("adamw");
+  }
+}
+
+double grad_sumsq(const ParamRef* params, int64_t count) {
+  double* acc = nullptr;
+  check(cudaMalloc(&acc, sizeof(double)), "grad_sumsq alloc");
+  double total = 0.0;
+  try {
+    check(cudaMemsetAsync(acc, 0, sizeof(double), stream()), "grad_sumsq memset");
+    for (int64_t t = 0; t < count; t++) {
+      if (params[t].n == 0) continue;
+      sumsq_kernel<<<reduce_blocks(params[t].n), kEltThreads, 0, stream()>>>(acc, params[t].grad, params[t].n);
+      check_launch("grad_sumsq");
+    }
+    check(cudaMemcpyAsync(&total, acc, sizeof(double), cudaMemcpyDeviceToHost, stream()), "grad_sumsq copy");
+    check(cudaStreamSynchronize(stream()), "grad_sumsq sync");
+  } catch (...) {
+    cudaFree(acc);
+    throw;
+  }
+  cudaFree(acc);
+  return total;
+}
+
+void grad_scale(const ParamRef* params, int64_t count, float factor) {
+  for (int64_t t = 0; t < count; t++) {
+    if (params[t].n == 0) continue;
+    // The one writer of gradients (ParamRef::grad is const for the optimizer).
+    scale_kernel<<<elt_blocks(params[t].n), kEltThreads, 0, stream()>>>(const_cast<float*>(params[t].grad),
+                                                                        params[t].n, factor);
+    check_launch("grad_scale");
+  }
+}
+
+}  // namespace pk::cuda

@@ -1,0 +1,672 @@
+// Checks every pk::cuda kernel, run under the CPU emulation (run.sh), against float64
+// references written here: awkward shapes, poisoned outputs, aliasing, accumulation. The
+// emulation uses host math, so tolerances are the tests' f32 ones; fast-math precision is
+// for the GPU run (npm test on a CUDA machine) to confirm.
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "peftkit/dropout_rng.h"
+#include "peftkit/kernels.h"
+
+using Vec = std::vector<float>;
+using Ref = std::vector<double>;
+
+static std::mt19937_64 rng(12345);
+static int failures = 0, checks = 0;
+
+static Vec randn(size_t n, double scale = 1.0) {
+  std::normal_distribution<double> d(0.0, scale);
+  Vec v(n);
+  for (float& x : v) x = float(d(rng));
+  return v;
+}
+static Vec poison(size_t n) { return Vec(n, NAN); }
+static Vec round_bf16(const Vec& v) {
+  Vec r(v.size());
+  for (size_t i = 0; i < v.size(); i++) r[i] = pk::bf16_to_f32(pk::f32_to_bf16(v[i]));
+  return r;
+}
+static std::vector<pk::bf16> to_bf16(const Vec& v) {
+  std::vector<pk::bf16> r(v.size());
+  for (size_t i = 0; i < v.size(); i++) r[i] = pk::f32_to_bf16(v[i]);
+  return r;
+}
+
+template <typename A, typename B>
+static double rel_err(const A& a, const B& ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < ref.size(); i++) {
+    if (!std::isfinite(double(a[i])) && std::isfinite(double(ref[i]))) return INFINITY;
+    num += (double(a[i]) - double(ref[i])) * (double(a[i]) - double(ref[i]));
+    den += double(ref[i]) * double(ref[i]);
+  }
+  return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+}
+
+template <typename A, typename B>
+static void expect(const std::string& what, const A& a, const B& ref, double tol = 1e-5) {
+  checks++;
+  const double e = rel_err(a, ref);
+  if (!(e <= tol)) {
+    failures++;
+    printf("FAIL %s: relative error %.3e > %.1e\n", what.c_str(), e, tol);
+  }
+}
+static void expect_true(const std::string& what, bool ok) {
+  checks++;
+  if (!ok) {
+    failures++;
+    printf("FAIL %s\n", what.c_str());
+  }
+}
+
+// ---- GEMM ---------------------------------------------------------------------------------
+static void check_gemm() {
+  const int shapes[][3] = {{1, 1, 1}, {1, 37, 19}, {7, 1, 33}, {17, 23, 1}, {33, 65, 129}, {130, 257, 67}, {129, 3, 40},
+                            {64, 48, 96}, {256, 136, 64}};
+  for (auto& s : shapes) {
+    const int64_t M = s[0], N = s[1], K = s[2];
+    for (int combo = 0; combo < 16; combo++) {
+      const bool ta = combo & 1, tb = combo & 2, a16 = combo & 4, b16 = combo & 8;
+      // Operands stored with padded leading dimensions and (for bf16) an odd base offset now
+      // and then, so the unaligned and partial-chunk load paths run too.
+      const bool mult8 = M % 8 == 0 && N % 8 == 0 && K % 8 == 0;  // vector-load path
+      const int64_t pad = mult8 ? 8 * (combo % 2) : (M + N + K + combo) % 3, off = a16 && b16 && combo % 5 == 0 ? 1 : 0;
+      const int64_t arows = ta ? K : M, acols = ta ? M : K, lda = acols + pad;
+      const int64_t brows = tb ? N : K, bcols = tb ? K : N, ldb = bcols + pad;
+      Vec a = randn(size_t(off + arows * lda)), b = randn(size_t(off + brows * ldb));
+      if (a16) a = round_bf16(a);
+      if (b16) b = round_bf16(b);
+      auto av = to_bf16(a), bv = to_bf16(b);
+      pk::MatRef A{a16 ? static_cast<const void*>(av.data() + off) : a.data() + off, a16 ? pk::DType::BF16 : pk::DType::F32, lda, ta};
+      pk::MatRef B{b16 ? static_cast<const void*>(bv.data() + off) : b.data() + off, b16 ? pk::DType::BF16 : pk::DType::F32, ldb, tb};
+      auto opa = [&](int64_t i, int64_t k) { return double(a[size_t(off + (ta ? k * lda + i : i * lda + k))]); };
+      auto opb = [&](int64_t k, int64_t j) { return double(b[size_t(off + (tb ? j * ldb + k : k * ldb + j))]); };
+      Ref prod(size_t(M * N));
+      for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++) {
+          double acc = 0;
+          for (int64_t k = 0; k < K; k++) acc += opa(i, k) * opb(k, j);
+          prod[size_t(i * N + j)] = acc;
+        }
+      const std::string tag = "gemm M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K) +
+                              " ta=" + std::to_string(ta) + " tb=" + std::to_string(tb) + " a16=" + std::to_string(a16) +
+                              " b16=" + std::to_string(b16);
+      // f32 C, beta = 0 over NaN (must not be read), then alpha/beta accumulate.
+      Vec C = poison(size_t(M * N));
+      pk::cuda::gemm(M, N, K, 1.f, A, B, 0.f, C.data(), pk::DType::F32, N);
+      expect(tag + " f32", C, prod);
+      Vec c0 = randn(size_t(M * N));
+      C = c0;
+      pk::cuda::gemm(M, N, K, 0.7f, A, B, 0.5f, C.data(), pk::DType::F32, N);
+      Ref r2(prod.size());
+      for (size_t i = 0; i < r2.size(); i++) r2[i] = 0.7 * prod[i] + 0.5 * c0[i];
+      expect(tag + " f32 alpha/beta", C, r2);
+      if (combo % 4 == 0) {  // bf16 C
+        std::vector<pk::bf16> Cb(size_t(M * N), 0x7fc0);
+        pk::cuda::gemm(M, N, K, 1.f, A, B, 0.f, Cb.data(), pk::DType::BF16, N);
+        Vec cf(Cb.size());
+        for (size_t i = 0; i < cf.size(); i++) cf[i] = pk::bf16_to_f32(Cb[i]);
+        expect(tag + " bf16 C", cf, prod, 1e-2);
+      }
+    }
+  }
+  // K = 0: C = beta·C.
+  Vec a(4), b(4), C = {1, 2, 3, 4};
+  pk::cuda::gemm(2, 2, 0, 1.f, {a.data(), pk::DType::F32, 1, false}, {b.data(), pk::DType::F32, 2, false}, 2.f, C.data(),
+                 pk::DType::F32, 2);
+  expect("gemm K=0", C, Ref{2, 4, 6, 8});
+}
+
+// ---- LoRA ---------------------------------------------------------------------------------
+static void check_lora() {
+  const int64_t M = 37, N = 29, K = 53, r = 5;
+  const float s = 0.75f;
+  for (int variant = 0; variant < 4; variant++) {
+    const bool wbf = variant & 1, dropout = variant & 2;
+    Vec X = randn(size_t(M * K)), Xa = dropout ? randn(size_t(M * K)) : X, W = randn(size_t(N * K));
+    if (wbf) W = round_bf16(W);
+    auto Wb = to_bf16(W);
+    const void* Wp = wbf ? static_cast<const void*>(Wb.data()) : W.data();
+    const pk::DType wdt = wbf ? pk::DType::BF16 : pk::DType::F32;
+    Vec A = randn(size_t(r * K)), B = randn(size_t(N * r)), bias = randn(static_cast<size_t>(N));
+    Vec Y = poison(size_t(M * N)), XA = poison(size_t(M * r));
+    pk::cuda::lora_forward(Y.data(), XA.data(), X.data(), Xa.data(), Wp, wdt, A.data(), B.data(),
+                           variant == 1 ? nullptr : bias.data(), s, M, N, K, r);
+    Ref xa(size_t(M * r)), y(size_t(M * N));
+    for (int64_t i = 0; i < M; i++)
+      for (int64_t q = 0; q < r; q++) {
+        double acc = 0;
+        for (int64_t k = 0; k < K; k++) acc += double(Xa[size_t(i * K + k)]) * A[size_t(q * K + k)];
+        xa[size_t(i * r + q)] = acc;
+      }
+    for (int64_t i = 0; i < M; i++)
+      for (int64_t j = 0; j < N; j++) {
+        double acc = variant == 1 ? 0 : bias[size_t(j)];
+        for (int64_t k = 0; k < K; k++) acc += double(X[size_t(i * K + k)]) * W[size_t(j * K + k)];
+        for (int64_t q = 0; q < r; q++) acc += s * xa[size_t(i * r + q)] * B[size_t(j * r + q)];
+        y[size_t(i * N + j)] = acc;
+      }
+    const std::string tag = "lora variant " + std::to_string(variant);
+    expect(tag + " XA", XA, xa);
+    expect(tag + " Y", Y, y);
+
+    Vec dY = randn(size_t(M * N)), dX = poison(size_t(M * K)), dXa = poison(size_t(M * K)), scratch = poison(size_t(M * r));
+    Vec dA0 = randn(size_t(r * K)), dB0 = randn(size_t(N * r)), dA = dA0, dB = dB0;
+    pk::cuda::lora_backward(dX.data(), dropout ? dXa.data() : nullptr, dA.data(), dB.data(), dY.data(), Xa.data(), XA.data(), Wp,
+                            wdt, A.data(), B.data(), s, M, N, K, r, scratch.data());
+    Ref dyb(size_t(M * r)), dx(size_t(M * K)), dxa(size_t(M * K)), da(size_t(r * K)), db(size_t(N * r));
+    for (int64_t i = 0; i < M; i++)
+      for (int64_t q = 0; q < r; q++) {
+        double acc = 0;
+        for (int64_t j = 0; j < N; j++) acc += double(dY[size_t(i * N + j)]) * B[size_t(j * r + q)];
+        dyb[size_t(i * r + q)] = acc;
+      }
+    for (int64_t i = 0; i < M; i++)
+      for (int64_t k = 0; k < K; k++) {
+        double base = 0, low = 0;
+        for (int64_t j = 0; j < N; j++) base += double(dY[size_t(i * N + j)]) * W[size_t(j * K + k)];
+        for (int64_t q = 0; q < r; q++) low += s * dyb[size_t(i * r + q)] * A[size_t(q * K + k)];
+        dx[size_t(i * K + k)] = dropout ? base : base + low;
+        dxa[size_t(i * K + k)] = low;
+      }
+    for (int64_t q = 0; q < r; q++)
+      for (int64_t k = 0; k < K; k++) {
+        double acc = dA0[size_t(q * K + k)];
+        for (int64_t i = 0; i < M; i++) acc += s * dyb[size_t(i * r + q)] * Xa[size_t(i * K + k)];
+        da[size_t(q * K + k)] = acc;
+      }
+    for (int64_t j = 0; j < N; j++)
+      for (int64_t q = 0; q < r; q++) {
+        double acc = dB0[size_t(j * r + q)];
+        for (int64_t i = 0; i < M; i++) acc += s * double(dY[size_t(i * N + j)]) * XA[size_t(i * r + q)];
+        db[size_t(j * r + q)] = acc;
+      }
+    expect(tag + " dX", dX, dx);
+    if (dropout) expect(tag + " dXa", dXa, dxa);
+    expect(tag + " dA", dA, da);
+    expect(tag + " dB", dB, db);
+  }
+}
+
+// ---- embedding, norms, rope ---------------------------------------------------------------
+static void check_embedding() {
+  for (int64_t C : {35, 300}) {
+    const int64_t N = 13, V = 7;
+    std::vector<int32_t> ids(N);
+    for (auto& i : ids) i = int32_t(rng() % V);
+    Vec table = randn(size_t(V * C)), out = poison(size_t(N * C));
+    pk::cuda::embedding_forward(out.data(), ids.data(), table.data(), N, C);
+    Ref ref(size_t(N * C));
+    for (int64_t n = 0; n < N; n++)
+      for (int64_t c = 0; c < C; c++) ref[size_t(n * C + c)] = table[size_t(ids[size_t(n)] * C + c)];
+    expect("embedding forward", out, ref, 0);
+    Vec dout = randn(size_t(N * C)), d0 = randn(size_t(V * C)), dt = d0;
+    pk::cuda::embedding_backward(dt.data(), dout.data(), ids.data(), N, C, V);
+    Ref dref(d0.begin(), d0.end());
+    for (int64_t n = 0; n < N; n++)
+      for (int64_t c = 0; c < C; c++) dref[size_t(ids[size_t(n)] * C + c)] += dout[size_t(n * C + c)];
+    expect("embedding backward", dt, dref);
+  }
+}
+
+static void check_norms() {
+  for (int64_t C : {1, 7, 300, 1000}) {
+    const int64_t N = 9;
+    const float eps = 1e-5f;
+    const std::string tag = " C=" + std::to_string(C);
+    Vec x = randn(size_t(N * C)), w = randn(static_cast<size_t>(C)), b = randn(static_cast<size_t>(C)), g = randn(size_t(N * C));
+    // RMSNorm
+    Vec out = poison(size_t(N * C)), rstd = poison(static_cast<size_t>(N));
+    pk::cuda::rmsnorm_forward(out.data(), rstd.data(), x.data(), w.data(), N, C, eps);
+    Ref ro(size_t(N * C)), rr(static_cast<size_t>(N)), rdx(size_t(N * C)), rdw(static_cast<size_t>(C));
+    Vec dw0 = randn(static_cast<size_t>(C));
+    for (int64_t j = 0; j < C; j++) rdw[size_t(j)] = dw0[size_t(j)];
+    for (int64_t n = 0; n < N; n++) {
+      double ss = 0, dot = 0;
+      for (int64_t j = 0; j < C; j++) ss += double(x[size_t(n * C + j)]) * x[size_t(n * C + j)];
+      const double r = 1.0 / std::sqrt(ss / double(C) + eps);
+      rr[size_t(n)] = r;
+      for (int64_t j = 0; j < C; j++) {
+        const size_t e = size_t(n * C + j);
+        ro[e] = x[e] * r * w[size_t(j)];
+        dot += double(g[e]) * w[size_t(j)] * x[e];
+        rdw[size_t(j)] += double(g[e]) * x[e] * r;
+      }
+      for (int64_t j = 0; j < C; j++) {
+        const size_t e = size_t(n * C + j);
+        rdx[e] = r * (double(w[size_t(j)]) * g[e] - x[e] * r * r * dot / double(C));
+      }
+    }
+    expect("rmsnorm out" + tag, out, ro);
+    expect("rmsnorm rstd" + tag, rstd, rr);
+    Vec dx = poison(size_t(N * C)), dw = dw0;
+    pk::cuda::rmsnorm_backward(dx.data(), dw.data(), g.data(), x.data(), w.data(), rstd.data(), N, C);
+    // C = 1 makes dx = r·w·g·(1 - x²r²) a cancellation: with r rounded to f32 on the way in,
+    // about 1e-7 absolute of 1 - x²r² ≈ eps/x² is lost, so that shape gets a looser bound.
+    const double dx_tol = C == 1 ? 1e-3 : 1e-5;
+    expect("rmsnorm dx" + tag, dx, rdx, dx_tol);
+    expect("rmsnorm dw" + tag, dw, rdw);
+    dx = poison(size_t(N * C));
+    pk::cuda::rmsnorm_backward(dx.data(), nullptr, g.data(), x.data(), w.data(), rstd.data(), N, C);
+    expect("rmsnorm dx (frozen w)" + tag, dx, rdx, dx_tol);
+
+    // LayerNorm
+    Vec mean = poison(static_cast<size_t>(N));
+    out = poison(size_t(N * C));
+    rstd = poison(static_cast<size_t>(N));
+    pk::cuda::layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C, eps);
+    const size_t nN = size_t(N), nC = size_t(C);
+    Ref lo(nN * nC), lm(nN), lr(nN), ldx(nN * nC), ldw(nC), ldb(nC);
+    Vec db0 = randn(static_cast<size_t>(C));
+    for (int64_t j = 0; j < C; j++) {
+      ldw[size_t(j)] = dw0[size_t(j)];
+      ldb[size_t(j)] = db0[size_t(j)];
+    }
+    for (int64_t n = 0; n < N; n++) {
+      double mu = 0, var = 0;
+      for (int64_t j = 0; j < C; j++) mu += x[size_t(n * C + j)];
+      mu /= double(C);
+      for (int64_t j = 0; j < C; j++) var += (x[size_t(n * C + j)] - mu) * (x[size_t(n * C + j)] - mu);
+      const double r = 1.0 / std::sqrt(var / double(C) + eps);
+      lm[size_t(n)] = mu;
+      lr[size_t(n)] = r;
+      double mg = 0, mgx = 0;
+      for (int64_t j = 0; j < C; j++) {
+        const size_t e = size_t(n * C + j);
+        const double xh = (x[e] - mu) * r;
+        lo[e] = xh * w[size_t(j)] + b[size_t(j)];
+        mg += double(g[e]) * w[size_t(j)];
+        mgx += double(g[e]) * w[size_t(j)] * xh;
+        ldw[size_t(j)] += g[e] * xh;
+        ldb[size_t(j)] += g[e];
+      }
+      mg /= double(C);
+      mgx /= double(C);
+      for (int64_t j = 0; j < C; j++) {
+        const size_t e = size_t(n * C + j);
+        ldx[e] = r * (double(g[e]) * w[size_t(j)] - mg - (x[e] - mu) * r * mgx);
+      }
+    }
+    expect("layernorm out" + tag, out, lo);
+    expect("layernorm mean" + tag, mean, lm);
+    expect("layernorm rstd" + tag, rstd, lr);
+    dx = poison(size_t(N * C));
+    dw = dw0;
+    Vec db = db0;
+    pk::cuda::layernorm_backward(dx.data(), dw.data(), db.data(), g.data(), x.data(), w.data(), mean.data(), rstd.data(), N, C);
+    expect("layernorm dx" + tag, dx, ldx);
+    expect("layernorm dw" + tag, dw, ldw);
+    expect("layernorm db" + tag, db, ldb);
+  }
+}
+
+static void check_rope() {
+  const int64_t T = 11, D = 64, half = D / 2;
+  std::vector<int32_t> pos(T);
+  for (auto& p : pos) p = int32_t(rng() % 100000);
+  pos[0] = 0;
+  for (int scaled = 0; scaled < 2; scaled++) {
+    pk::RopeScaling sc;
+    if (scaled) sc = {8.f, 1.f, 4.f, 8192.f};
+    const float theta = 500000.f;
+    Vec cs = poison(size_t(T * half)), sn = poison(size_t(T * half));
+    pk::cuda::rope_table(cs.data(), sn.data(), pos.data(), T, D, theta, sc);
+    Ref rc(cs.size()), rs(sn.size());
+    for (int64_t i = 0; i < half; i++) {
+      // transformers: inv_freq = 1 / base^(arange(0, dim, 2) / dim), then llama3's torch.where.
+      double inv = 1.0 / std::pow(double(theta), double(2 * i) / double(D));
+      if (scaled) {
+        const double low_wl = 8192.0 / 1.0, high_wl = 8192.0 / 4.0, wl = 2 * M_PI / inv;
+        double llama = wl > low_wl ? inv / 8.0 : inv;
+        const double smooth = (8192.0 / wl - 1.0) / (4.0 - 1.0);
+        const double smoothed = (1 - smooth) * llama / 8.0 + smooth * llama;
+        const bool medium = !(wl < high_wl) && !(wl > low_wl);
+        inv = medium ? smoothed : llama;
+      }
+      for (int64_t t = 0; t < T; t++) {
+        rc[size_t(t * half + i)] = std::cos(pos[size_t(t)] * inv);
+        rs[size_t(t * half + i)] = std::sin(pos[size_t(t)] * inv);
+      }
+    }
+    expect("rope_table cos scaled=" + std::to_string(scaled), cs, rc, 1e-6);
+    expect("rope_table sin scaled=" + std::to_string(scaled), sn, rs, 1e-6);
+  }
+  const int64_t rope_shapes[][4] = {{2, 5, 3, 8}, {1, 3, 5, 128}};  // B, T, H, D (H·D/2 > one block)
+  for (auto& rs : rope_shapes) {
+    const int64_t B = rs[0], Tr = rs[1], H = rs[2], Dr = rs[3], hr = Dr / 2;
+    Vec cs = randn(size_t(Tr * hr)), sn = randn(size_t(Tr * hr)), x = randn(size_t(B * Tr * H * Dr));
+    Ref fwd(x.size()), bwd(x.size());
+    for (int64_t row = 0; row < B * Tr * H; row++) {
+      const int64_t t = row / H % Tr;
+      for (int64_t i = 0; i < hr; i++) {
+        const double c = cs[size_t(t * hr + i)], s = sn[size_t(t * hr + i)];
+        const double x0 = x[size_t(row * Dr + i)], x1 = x[size_t(row * Dr + i + hr)];
+        fwd[size_t(row * Dr + i)] = x0 * c - x1 * s;
+        fwd[size_t(row * Dr + i + hr)] = x1 * c + x0 * s;
+        bwd[size_t(row * Dr + i)] = x0 * c + x1 * s;
+        bwd[size_t(row * Dr + i + hr)] = x1 * c - x0 * s;
+      }
+    }
+    Vec out = poison(x.size());
+    pk::cuda::rope_forward(out.data(), x.data(), cs.data(), sn.data(), B, Tr, H, Dr);
+    expect("rope forward H=" + std::to_string(H) + " D=" + std::to_string(Dr), out, fwd);
+    Vec inplace = x;
+    pk::cuda::rope_backward(inplace.data(), inplace.data(), cs.data(), sn.data(), B, Tr, H, Dr);
+    expect("rope backward (in place) H=" + std::to_string(H) + " D=" + std::to_string(Dr), inplace, bwd);
+  }
+}
+
+// ---- elementwise --------------------------------------------------------------------------
+static void check_elementwise() {
+  const int64_t n = 1000;
+  Vec x = randn(size_t(n), 3.0), y = randn(size_t(n), 3.0), d = randn(static_cast<size_t>(n));
+  x[0] = -200.f;  // saturation
+  x[1] = 200.f;
+  auto sig = [](double v) { return 1.0 / (1.0 + std::exp(-v)); };
+  auto run1 = [&](const std::string& what, std::function<void(float*)> k, std::function<double(size_t)> f, double tol = 1e-5) {
+    Vec o = poison(static_cast<size_t>(n));
+    k(o.data());
+    Ref r(static_cast<size_t>(n));
+    for (size_t i = 0; i < r.size(); i++) r[i] = f(i);
+    expect(what, o, r, tol);
+  };
+  run1("silu forward", [&](float* o) { pk::cuda::silu_forward(o, x.data(), n); }, [&](size_t i) { return x[i] * sig(x[i]); });
+  run1("silu backward", [&](float* o) { pk::cuda::silu_backward(o, d.data(), x.data(), n); },
+       [&](size_t i) { const double s = sig(x[i]); return d[i] * s * (1 + x[i] * (1 - s)); });
+  const double k0 = std::sqrt(2 / M_PI), c = 0.044715;
+  run1("gelu tanh forward", [&](float* o) { pk::cuda::gelu_forward(o, x.data(), n, true); },
+       [&](size_t i) { const double v = x[i]; return 0.5 * v * (1 + std::tanh(k0 * (v + c * v * v * v))); });
+  run1("gelu erf forward", [&](float* o) { pk::cuda::gelu_forward(o, x.data(), n, false); },
+       [&](size_t i) { const double v = x[i]; return 0.5 * v * (1 + std::erf(v / std::sqrt(2.0))); });
+  run1("gelu tanh backward", [&](float* o) { pk::cuda::gelu_backward(o, d.data(), x.data(), n, true); }, [&](size_t i) {
+    const double v = x[i], t = std::tanh(k0 * (v + c * v * v * v));
+    return d[i] * (0.5 * (1 + t) + 0.5 * v * (1 - t * t) * k0 * (1 + 3 * c * v * v));
+  });
+  run1("gelu erf backward", [&](float* o) { pk::cuda::gelu_backward(o, d.data(), x.data(), n, false); }, [&](size_t i) {
+    const double v = x[i];
+    return d[i] * (0.5 * (1 + std::erf(v / std::sqrt(2.0))) + v * std::exp(-0.5 * v * v) / std::sqrt(2 * M_PI));
+  });
+  run1("swiglu forward", [&](float* o) { pk::cuda::swiglu_forward(o, x.data(), y.data(), n); },
+       [&](size_t i) { return x[i] * sig(x[i]) * y[i]; });
+  Vec dg = poison(static_cast<size_t>(n)), du = poison(static_cast<size_t>(n));
+  pk::cuda::swiglu_backward(dg.data(), du.data(), d.data(), x.data(), y.data(), n);
+  Ref rg(static_cast<size_t>(n)), ru(static_cast<size_t>(n));
+  for (size_t i = 0; i < size_t(n); i++) {
+    const double s = sig(x[i]);
+    rg[i] = d[i] * y[i] * s * (1 + x[i] * (1 - s));
+    ru[i] = d[i] * x[i] * s;
+  }
+  expect("swiglu backward dgate", dg, rg);
+  expect("swiglu backward dup", du, ru);
+  run1("add", [&](float* o) { pk::cuda::add(o, x.data(), y.data(), n); }, [&](size_t i) { return double(x[i]) + y[i]; });
+  Vec a = x;
+  pk::cuda::add(a.data(), a.data(), y.data(), n);
+  Ref ra(static_cast<size_t>(n));
+  for (size_t i = 0; i < ra.size(); i++) ra[i] = double(x[i]) + y[i];
+  expect("add (out aliases a)", a, ra);
+  Vec yy = y;
+  pk::cuda::axpy(yy.data(), x.data(), 0.3f, n);
+  for (size_t i = 0; i < ra.size(); i++) ra[i] = 0.3 * x[i] + y[i];
+  expect("axpy", yy, ra);
+  // Casts: bit-exact with dtype.h, ties and NaN included.
+  Vec special = x;
+  special[2] = NAN;
+  special[3] = INFINITY;
+  special[4] = 1.00390625f;  // exactly halfway between two bf16 values: rounds to even
+  special[5] = 1.01171875f;
+  special[6] = 1e-40f;  // subnormal
+  std::vector<pk::bf16> hb(size_t(n), 0);
+  pk::cuda::cast_f32_to_bf16(hb.data(), special.data(), n);
+  bool same = true;
+  for (size_t i = 0; i < size_t(n); i++) same = same && hb[i] == pk::f32_to_bf16(special[i]);
+  expect_true("cast f32 -> bf16 bit-exact", same);
+  Vec back = poison(static_cast<size_t>(n));
+  pk::cuda::cast_bf16_to_f32(back.data(), hb.data(), n);
+  same = true;
+  for (size_t i = 0; i < size_t(n); i++) {
+    const float want = pk::bf16_to_f32(hb[i]);
+    same = same && (std::memcmp(&want, &back[i], 4) == 0);
+  }
+  expect_true("cast bf16 -> f32 bit-exact", same);
+}
+
+static void check_dropout() {
+  const int64_t n = 1001;
+  const uint64_t seed = 0xdeadbeef12345ull, offset = 777;
+  Vec x = randn(static_cast<size_t>(n));
+  for (float p : {0.f, 0.3f, 1.f}) {
+    Vec out = poison(static_cast<size_t>(n)), dx = poison(static_cast<size_t>(n));
+    pk::cuda::dropout_forward(out.data(), x.data(), n, p, seed, offset);
+    pk::cuda::dropout_backward(dx.data(), x.data(), n, p, seed, offset);
+    bool same = true;
+    int kept = 0;
+    for (size_t i = 0; i < size_t(n); i++) {
+      const bool keep = pk::dropout_keep(seed, offset + i, p);
+      kept += keep;
+      const float want = keep ? x[i] / (1.f - p) : 0.f;
+      same = same && out[i] == want && dx[i] == want;
+    }
+    expect_true("dropout p=" + std::to_string(p) + " matches the host mask bit for bit", same);
+    if (p == 0.3f) expect_true("dropout keeps about 70%", kept > 600 && kept < 800);
+  }
+}
+
+// ---- attention ----------------------------------------------------------------------------
+static void check_attention() {
+  struct Cfg {
+    int64_t B, Tq, Tk, Hq, Hkv, D;
+  };
+  const Cfg cfgs[] = {{2, 37, 37, 4, 2, 16}, {1, 5, 40, 3, 1, 33}, {1, 20, 9, 2, 2, 64}, {1, 33, 33, 2, 1, 256},
+                      {1, 3, 7, 1, 1, 1},    {2, 17, 50, 2, 1, 100}};
+  for (const Cfg& c : cfgs) {
+    const std::string tag = " B=" + std::to_string(c.B) + " Tq=" + std::to_string(c.Tq) + " Tk=" + std::to_string(c.Tk) +
+                            " Hq=" + std::to_string(c.Hq) + " Hkv=" + std::to_string(c.Hkv) + " D=" + std::to_string(c.D);
+    const float scale = float(1.0 / std::sqrt(double(c.D)));
+    const size_t nq = size_t(c.B * c.Tq * c.Hq * c.D), nk = size_t(c.B * c.Tk * c.Hkv * c.D);
+    Vec q = randn(nq), k = randn(nk), v = randn(nk), dout = randn(nq);
+    Vec out = poison(nq), lse = poison(size_t(c.B * c.Hq * c.Tq));
+    pk::cuda::attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), c.B, c.Tq, c.Tk, c.Hq, c.Hkv, c.D, scale);
+    Ref ro(nq, 0.0), rl(lse.size()), rdq(nq, 0.0), rdk(nk, 0.0), rdv(nk, 0.0);
+    const int64_t group = c.Hq / c.Hkv, off = c.Tk - c.Tq;
+    auto qi = [&](int64_t b, int64_t i, int64_t h) { return size_t(((b * c.Tq + i) * c.Hq + h) * c.D); };
+    auto ki = [&](int64_t b, int64_t j, int64_t h) { return size_t(((b * c.Tk + j) * c.Hkv + h) * c.D); };
+    for (int64_t b = 0; b < c.B; b++)
+      for (int64_t h = 0; h < c.Hq; h++) {
+        const int64_t hk = h / group;
+        for (int64_t i = 0; i < c.Tq; i++) {
+          const int64_t jmax = std::min(c.Tk, i + off + 1);
+          std::vector<double> s(size_t(std::max<int64_t>(jmax, 0)));
+          double m = -INFINITY;
+          for (int64_t j = 0; j < jmax; j++) {
+            double dot = 0;
+            for (int64_t d = 0; d < c.D; d++) dot += double(q[qi(b, i, h) + size_t(d)]) * k[ki(b, j, hk) + size_t(d)];
+            s[size_t(j)] = dot * scale;
+            m = std::max(m, s[size_t(j)]);
+          }
+          double l = 0;
+          for (int64_t j = 0; j < jmax; j++) l += std::exp(s[size_t(j)] - m);
+          const size_t li = size_t((b * c.Hq + h) * c.Tq + i);
+          rl[li] = jmax > 0 ? m + std::log(l) : -INFINITY;
+          if (jmax <= 0) continue;
+          std::vector<double> p(static_cast<size_t>(jmax)), dp(static_cast<size_t>(jmax));
+          for (int64_t j = 0; j < jmax; j++) p[size_t(j)] = std::exp(s[size_t(j)] - rl[li]);
+          double delta = 0;
+          for (int64_t d = 0; d < c.D; d++) {
+            double o = 0;
+            for (int64_t j = 0; j < jmax; j++) o += p[size_t(j)] * v[ki(b, j, hk) + size_t(d)];
+            ro[qi(b, i, h) + size_t(d)] = o;
+            delta += o * dout[qi(b, i, h) + size_t(d)];
+          }
+          for (int64_t j = 0; j < jmax; j++) {
+            double acc = 0;
+            for (int64_t d = 0; d < c.D; d++) acc += double(dout[qi(b, i, h) + size_t(d)]) * v[ki(b, j, hk) + size_t(d)];
+            const double ds = p[size_t(j)] * (acc - delta);
+            for (int64_t d = 0; d < c.D; d++) {
+              rdv[ki(b, j, hk) + size_t(d)] += p[size_t(j)] * dout[qi(b, i, h) + size_t(d)];
+              rdk[ki(b, j, hk) + size_t(d)] += scale * ds * q[qi(b, i, h) + size_t(d)];
+              rdq[qi(b, i, h) + size_t(d)] += scale * ds * k[ki(b, j, hk) + size_t(d)];
+            }
+          }
+        }
+      }
+    expect("attention out" + tag, out, ro);
+    bool lse_ok = true;  // -inf where a query sees no key; compare the finite ones
+    Ref rl_f(rl.size()), l_f(rl.size());
+    for (size_t i = 0; i < rl.size(); i++) {
+      if (std::isinf(rl[i])) lse_ok = lse_ok && std::isinf(lse[i]) && lse[i] < 0;
+      rl_f[i] = std::isinf(rl[i]) ? 0 : rl[i];
+      l_f[i] = std::isinf(rl[i]) ? 0 : lse[i];
+    }
+    expect_true("attention lse -inf for queries without keys" + tag, lse_ok);
+    expect("attention lse" + tag, l_f, rl_f);
+    Vec dq = poison(nq), dk = poison(nk), dv = poison(nk);
+    pk::cuda::attention_backward(dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(), v.data(), out.data(),
+                                 lse.data(), c.B, c.Tq, c.Tk, c.Hq, c.Hkv, c.D, scale);
+    expect("attention dq" + tag, dq, rdq);
+    expect("attention dk" + tag, dk, rdk);
+    expect("attention dv" + tag, dv, rdv);
+  }
+}
+
+// ---- loss ---------------------------------------------------------------------------------
+static void ce_reference(const Vec& logits, const std::vector<int32_t>& t, int64_t N, int64_t V, int32_t ignore, double gs,
+                         Ref& loss, Ref& grad) {
+  loss.assign(size_t(N), 0.0);
+  grad.assign(size_t(N * V), 0.0);
+  for (int64_t n = 0; n < N; n++) {
+    if (t[size_t(n)] == ignore) continue;
+    double m = -INFINITY, s = 0;
+    for (int64_t j = 0; j < V; j++) m = std::max(m, double(logits[size_t(n * V + j)]));
+    for (int64_t j = 0; j < V; j++) s += std::exp(logits[size_t(n * V + j)] - m);
+    const double lse = m + std::log(s);
+    loss[size_t(n)] = lse - logits[size_t(n * V + t[size_t(n)])];
+    for (int64_t j = 0; j < V; j++)
+      grad[size_t(n * V + j)] = gs * (std::exp(logits[size_t(n * V + j)] - lse) - (j == t[size_t(n)] ? 1.0 : 0.0));
+  }
+}
+
+static void check_loss() {
+  const int32_t ignore = -100;
+  for (int64_t V : {1, 5, 1000, 3000}) {
+    const int64_t N = 7;
+    Vec logits = randn(size_t(N * V), 4.0);
+    std::vector<int32_t> t(N);
+    for (auto& x : t) x = int32_t(rng() % V);
+    t[2] = ignore;
+    Ref rloss, rgrad;
+    ce_reference(logits, t, N, V, ignore, 0.25, rloss, rgrad);
+    Vec loss = poison(static_cast<size_t>(N)), grad = poison(size_t(N * V));
+    pk::cuda::cross_entropy(loss.data(), grad.data(), logits.data(), t.data(), N, V, ignore, 0.25f);
+    const std::string tag = " V=" + std::to_string(V);
+    expect("cross_entropy loss" + tag, loss, rloss);
+    expect("cross_entropy grad" + tag, grad, rgrad);
+    Vec inplace = logits;
+    loss = poison(static_cast<size_t>(N));
+    pk::cuda::cross_entropy(loss.data(), inplace.data(), inplace.data(), t.data(), N, V, ignore, 0.25f);
+    expect("cross_entropy loss (in place)" + tag, loss, rloss);
+    expect("cross_entropy grad (in place)" + tag, inplace, rgrad);
+  }
+  for (int wbf = 0; wbf < 2; wbf++) {
+    const int64_t N = 10, C = 17, V = 50, chunk = 3;
+    Vec H = randn(size_t(N * C)), W = randn(size_t(V * C));
+    if (wbf) W = round_bf16(W);
+    auto Wb = to_bf16(W);
+    std::vector<int32_t> t(N);
+    for (auto& x : t) x = int32_t(rng() % V);
+    t[4] = ignore;
+    Vec logits(size_t(N * V));
+    Ref logits_d(size_t(N * V));
+    for (int64_t n = 0; n < N; n++)
+      for (int64_t v = 0; v < V; v++) {
+        double acc = 0;
+        for (int64_t c = 0; c < C; c++) acc += double(H[size_t(n * C + c)]) * W[size_t(v * C + c)];
+        logits[size_t(n * V + v)] = float(acc);
+      }
+    Ref rloss, rgrad;
+    ce_reference(logits, t, N, V, ignore, 0.5, rloss, rgrad);
+    Ref rdH(size_t(N * C), 0.0), rdW(size_t(V * C));
+    Vec dW0 = randn(size_t(V * C));
+    for (size_t i = 0; i < rdW.size(); i++) rdW[i] = dW0[i];
+    for (int64_t n = 0; n < N; n++)
+      for (int64_t v = 0; v < V; v++)
+        for (int64_t c = 0; c < C; c++) {
+          rdH[size_t(n * C + c)] += rgrad[size_t(n * V + v)] * W[size_t(v * C + c)];
+          rdW[size_t(v * C + c)] += rgrad[size_t(n * V + v)] * H[size_t(n * C + c)];
+        }
+    Vec loss = poison(static_cast<size_t>(N)), dH = poison(size_t(N * C)), dW = dW0, scratch = poison(size_t(chunk * V));
+    pk::cuda::linear_cross_entropy(loss.data(), dH.data(), dW.data(), H.data(), wbf ? static_cast<const void*>(Wb.data()) : W.data(),
+                                   wbf ? pk::DType::BF16 : pk::DType::F32, t.data(), N, C, V, ignore, 0.5f, chunk, scratch.data());
+    const std::string tag = wbf ? " (bf16 W)" : " (f32 W)";
+    expect("linear_cross_entropy loss" + tag, loss, rloss);
+    expect("linear_cross_entropy dH" + tag, dH, rdH);
+    expect("linear_cross_entropy dW" + tag, dW, rdW);
+  }
+}
+
+// ---- optimizer ----------------------------------------------------------------------------
+static void check_optim() {
+  const int64_t n1 = 1000, n2 = 3;
+  Vec p1 = randn(static_cast<size_t>(n1)), g1 = randn(static_cast<size_t>(n1)), m1 = randn(size_t(n1), 0.1), v1 = Vec(size_t(n1));
+  Vec p2 = randn(static_cast<size_t>(n2)), g2 = randn(static_cast<size_t>(n2)), m2 = randn(size_t(n2), 0.1), v2 = Vec(size_t(n2));
+  for (float& x : v1) x = float(std::abs(randn(1)[0]) * 0.01);
+  for (float& x : v2) x = float(std::abs(randn(1)[0]) * 0.01);
+  pk::ParamRef refs[3] = {{p1.data(), g1.data(), m1.data(), v1.data(), n1, 0.01f},
+                          {nullptr, nullptr, nullptr, nullptr, 0, 0.f},
+                          {p2.data(), g2.data(), m2.data(), v2.data(), n2, 0.f}};
+  double want = 0;
+  for (float g : g1) want += double(g) * g;
+  for (float g : g2) want += double(g) * g;
+  const double got = pk::cuda::grad_sumsq(refs, 3);
+  expect_true("grad_sumsq", std::abs(got - want) <= 1e-12 * want);
+  const pk::AdamWHyper h{1e-3f, 0.9f, 0.999f, 1e-8f, 3};
+  auto reference = [&](const Vec& p, const Vec& g, const Vec& m, const Vec& v, double wd, Ref& rp, Ref& rm, Ref& rv) {
+    const double bc1 = 1 - std::pow(0.9, 3), bc2 = 1 - std::pow(0.999, 3);
+    for (size_t i = 0; i < p.size(); i++) {
+      double pi = p[i] * (1 - 1e-3 * wd);
+      rm.push_back(0.9 * m[i] + 0.1 * g[i]);
+      rv.push_back(0.999 * v[i] + 0.001 * double(g[i]) * g[i]);
+      pi -= 1e-3 * (rm.back() / bc1) / (std::sqrt(rv.back() / bc2) + 1e-8);
+      rp.push_back(pi);
+    }
+  };
+  Ref rp1, rm1, rv1, rp2, rm2, rv2;
+  reference(p1, g1, m1, v1, 0.01, rp1, rm1, rv1);
+  reference(p2, g2, m2, v2, 0.0, rp2, rm2, rv2);
+  pk::cuda::adamw(refs, 3, h);
+  expect("adamw param", p1, rp1);
+  expect("adamw m", m1, rm1);
+  expect("adamw v", v1, rv1);
+  expect("adamw param (no decay)", p2, rp2);
+  Vec g1c = g1;
+  pk::cuda::grad_scale(refs, 3, 0.5f);
+  Ref half(g1c.begin(), g1c.end());
+  for (double& x : half) x *= 0.5;
+  expect("grad_scale", g1, half, 0);
+}
+
+int main(int argc, char** argv) {
+  const std::string only = argc > 1 ? argv[1] : "";
+  const std::pair<const char*, void (*)()> families[] = {
+      {"gemm", check_gemm},       {"lora", check_lora}, {"embedding", check_embedding}, {"norm", check_norms},
+      {"rope", check_rope},       {"elementwise", check_elementwise}, {"dropout", check_dropout},
+      {"attention", check_attention}, {"loss", check_loss}, {"optim", check_optim}};
+  for (auto& [name, fn] : families) {
+    if (!only.empty() && only != name) continue;
+    const int before = failures;
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      failures++;
+      printf("FAIL %s: exception %s\n", name, e.what());
+    }
+    printf("%-12s %s\n", name, failures == before ? "ok" : "FAILED");
+    fflush(stdout);
+  }
+  printf("%d checks, %d failed\n", checks, failures);
+  return failures ? 1 : 0;
+}
