@@ -4,7 +4,7 @@ import * as path from 'path';
 import { Tensor, PeftkitError, ops, runtimeInfo } from '../src/index';
 import { assertClose, devices, makeRng, poisoned, randn } from './helpers/check';
 import {
-  GemmCase, TRANS, describe, describeSum, isaCases, refGemmSum, runCase, runSumCase, sumCases, tolerance,
+  GemmCase, TRANS, describe, describeSum, isaCases, refGemmSum, runCase, runSumCase, sumCases,
 } from './helpers/gemm_cases';
 
 const SHAPES: Array<[number, number, number]> = [
@@ -14,8 +14,8 @@ const SHAPES: Array<[number, number, number]> = [
 function checkCases(t: import('ava').ExecutionContext, device: 'cpu' | 'cuda', cases: GemmCase[]): void {
   const rng = makeRng(t);
   for (const g of cases) {
-    const e = runCase(rng, device, g);
-    t.true(e <= tolerance(g), `${describe(g)}: relative error ${e.toExponential(3)} > ${tolerance(g)}`);
+    const fail = runCase(rng, device, g);
+    t.is(fail, null, describe(g));
   }
 }
 
@@ -70,11 +70,7 @@ for (const device of devices()) {
 
   test(`${device}: gemmSum concatenates the terms' K ranges in one pass`, (t) => {
     const rng = makeRng(t);
-    for (const g of sumCases()) {
-      const e = runSumCase(rng, device, g);
-      const tol = tolerance(g);
-      t.true(e <= tol, `${describeSum(g)}: relative error ${e.toExponential(3)} > ${tol}`);
-    }
+    for (const g of sumCases()) t.is(runSumCase(rng, device, g), null, describeSum(g));
   });
 }
 
