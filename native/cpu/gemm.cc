@@ -63,20 +63,26 @@ void portable_kernel(int64_t kc, const float* a, int64_t a_rs, int64_t a_ks, con
   }
 }
 
+
+}  // namespace
+
 const GemmArch& gemm_arch() {
   static const GemmArch arch = [] {
 #if defined(PEFTKIT_X86)
     if (cpu_isa() == Isa::Avx512) {
       GemmArch a = gemm_arch_avx512();
+      a.pack = gemm_packers_avx512();
       if (!cpu_features().avx512_bf16) a.bf16 = nullptr;
       return a;
     }
     if (cpu_isa() == Isa::Avx2) return gemm_arch_avx2();
 #endif
-    return GemmArch{"portable", kPortableMR, kPortableNR, kPortableVW, 256, 512, portable_kernel, nullptr, 0, 0};
+    return GemmArch{"portable", kPortableMR, kPortableNR, kPortableVW, 256, 2048, portable_kernel, nullptr, 0, 0, {}};
   }();
   return arch;
 }
+
+namespace {
 
 // ---- Scratch memory: allocated by the calling thread before any parallel region, so that a
 // failed allocation throws where it can be caught ------------------------------------------------
@@ -365,6 +371,12 @@ void gemm_panels(int64_t M, int64_t N, const PanelTerm* terms, int nterms, float
   if (p.bf16) {
     p.kc = arch.kc_bf16;
     p.nc = arch.nc_bf16;
+  }
+  // Equal kc slices: K = 576 as 288 + 288 rather than 256 + 256 + 64, whose short last slice
+  // pays a full C-tile update for a quarter of the work.
+  {
+    const int64_t slices = (K + p.kc - 1) / p.kc;
+    p.kc = std::min(p.kc, round_up((K + slices - 1) / slices, 16));
   }
   p.direct_a = !p.bf16 && p.N <= 2 * arch.nr;
   for (int t = 0; t < nterms; t++) p.direct_a = p.direct_a && p.terms[t].a.direct;

@@ -110,13 +110,16 @@ export function compare(c: Tensor, want: Float64Array, g: { c?: DT }): string | 
 
 /**
  * Cases that cross every block boundary of every micro-kernel: M past the 4/6/14-row tiles with
- * a remainder, N past nc = 512 with a narrow last panel, K past kc (256 f32, 512 bf16 pairs,
- * odd), plus M = 1, N = 1, K = 1 and the skinny LoRA shapes (rank 16 as M, N or K).
+ * a remainder, N past a 512-column block into a narrow last panel, N past nc = 2048 in one
+ * thread (M = 3 keeps the reference cheap), K past kc (256 or 512, in equal slices; bf16 pairs
+ * 512) and odd, plus M = 1, N = 1, K = 1 and the skinny LoRA shapes (rank 16 as M, N or K).
  */
 export function isaCases(): GemmCase[] {
   const cases: GemmCase[] = [];
   for (const [transA, transB] of TRANS) {
     cases.push({ M: 61, N: 530, K: 601, transA, transB });
+    cases.push({ M: 3, N: 4300, K: 601, transA, transB, beta: 1 });
+    cases.push({ M: 3, N: 4300, K: 1031, transA, transB, a: 'bf16', b: 'bf16', c: 'bf16' });
     cases.push({ M: 37, N: 45, K: 1031, transA, transB, a: 'bf16', b: 'bf16' });
     cases.push({ M: 37, N: 45, K: 1031, transA, transB, a: 'bf16', b: 'bf16', c: 'bf16', alpha: -1.5, beta: 0.25 });
     cases.push({ M: 29, N: 33, K: 300, transA, transB, a: 'f32', b: 'bf16', alpha: 0.5, beta: 1 });

@@ -1,0 +1,64 @@
+/* The f32 FMA ceiling of this machine: 12 independent FMA chains per thread, 16-wide with
+ * AVX-512, else 8-wide with AVX2. Used by bench/kernels/gemm.ts to report GEMM speed as a
+ * fraction of what the cores can do.
+ *   cc -O2 -march=native -fopenmp fma_ceiling.c -o fma_ceiling && OMP_NUM_THREADS=2 ./fma_ceiling
+ * Each chain starts from a different value read through a volatile, so the compiler cannot
+ * merge the chains into one (with identical seeds it may, and then 12 latency-bound FMAs get
+ * counted as 12 FMAs per cycle), and the accumulators are plain locals, kept in registers. */
+#include <immintrin.h>
+#include <omp.h>
+#include <stdio.h>
+#include <time.h>
+
+static double now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+#if defined(__AVX512F__)
+typedef __m512 vec;
+#define WIDTH 16
+#define SET1 _mm512_set1_ps
+#define FMA _mm512_fmadd_ps
+#define ADD _mm512_add_ps
+#define STORE _mm512_storeu_ps
+#else
+typedef __m256 vec;
+#define WIDTH 8
+#define SET1 _mm256_set1_ps
+#define FMA _mm256_fmadd_ps
+#define ADD _mm256_add_ps
+#define STORE _mm256_storeu_ps
+#endif
+
+static volatile float seed = 1.0f;
+
+int main(void) {
+  const long iters = 40000000;
+  double total = 0;
+#pragma omp parallel reduction(+ : total)
+  {
+    const float s = seed;
+    const vec x = SET1(0.999999f), y = SET1(1e-7f);
+    vec a0 = SET1(s), a1 = SET1(s + 1), a2 = SET1(s + 2), a3 = SET1(s + 3), a4 = SET1(s + 4), a5 = SET1(s + 5);
+    vec a6 = SET1(s + 6), a7 = SET1(s + 7), a8 = SET1(s + 8), a9 = SET1(s + 9), a10 = SET1(s + 10), a11 = SET1(s + 11);
+    const double t = now();
+    for (long i = 0; i < iters; i++) {
+      a0 = FMA(a0, x, y); a1 = FMA(a1, x, y); a2 = FMA(a2, x, y); a3 = FMA(a3, x, y);
+      a4 = FMA(a4, x, y); a5 = FMA(a5, x, y); a6 = FMA(a6, x, y); a7 = FMA(a7, x, y);
+      a8 = FMA(a8, x, y); a9 = FMA(a9, x, y); a10 = FMA(a10, x, y); a11 = FMA(a11, x, y);
+    }
+    const double dt = now() - t;
+    vec v = ADD(ADD(ADD(a0, a1), ADD(a2, a3)), ADD(ADD(a4, a5), ADD(a6, a7)));
+    v = ADD(v, ADD(ADD(a8, a9), ADD(a10, a11)));
+    float out[WIDTH];
+    STORE(out, v);
+    const double gflops = iters * 12.0 * WIDTH * 2 / dt / 1e9;
+    total += gflops;
+#pragma omp critical
+    printf("thread %d: %.1f GFLOP/s f32 (%d-wide FMA; checksum %g)\n", omp_get_thread_num(), gflops, WIDTH, out[0]);
+  }
+  printf("ceiling: %.1f GFLOP/s f32 over %d threads\n", total, omp_get_max_threads());
+  return 0;
+}
