@@ -4,6 +4,10 @@
  * the three training layouts (X·Wᵀ forward, dY·W input gradient, dYᵀ·X weight gradient).
  * Beside each: PyTorch's matmul on the same shape and dtype in the same run
  * (bench/peers/torch_matmul.py), and the machine's measured f32 FMA ceiling for the % of peak.
+ *
+ * On a shared machine wall time also counts the time our threads wait for a core, so each row
+ * also reports efficiency by CPU time: flops per CPU-second (ours and PyTorch's, measured the
+ * same way) against the per-core ceiling by thread CPU time.
  */
 import { execFileSync, spawnSync } from 'child_process';
 import * as fs from 'fs';
@@ -55,32 +59,39 @@ function cases(): Case[] {
   return list;
 }
 
-function medianMs(fn: () => void): number {
-  fn();
-  const times: number[] = [];
-  const start = process.hrtime.bigint();
-  const elapsed = () => Number(process.hrtime.bigint() - start) / 1e9;
-  while (times.length < 3 || (elapsed() < BUDGET_S && times.length < 50)) {
-    const t = process.hrtime.bigint();
-    fn();
-    times.push(Number(process.hrtime.bigint() - t) / 1e6);
-  }
-  times.sort((x, y) => x - y);
-  return times[Math.floor(times.length / 2)];
+interface Timing {
+  ms: number; // median wall time per call
+  cpuMs: number; // median process CPU time per call (all threads, spinning included)
 }
 
-function ours(c: Case): number {
+function measure(fn: () => void): Timing {
+  fn();
+  const wall: number[] = [], cpu: number[] = [];
+  const start = process.hrtime.bigint();
+  const elapsed = () => Number(process.hrtime.bigint() - start) / 1e9;
+  while (wall.length < 3 || (elapsed() < BUDGET_S && wall.length < 50)) {
+    const t = process.hrtime.bigint(), c = process.cpuUsage();
+    fn();
+    const dc = process.cpuUsage(c);
+    wall.push(Number(process.hrtime.bigint() - t) / 1e6);
+    cpu.push((dc.user + dc.system) / 1e3);
+  }
+  const median = (x: number[]) => x.sort((a, b) => a - b)[Math.floor(x.length / 2)];
+  return { ms: median(wall), cpuMs: median(cpu) };
+}
+
+function ours(c: Case): Timing {
   const rnd = (n: number) => Float32Array.from({ length: n }, () => Math.random() - 0.5);
   const A = Tensor.from(rnd(c.M * c.K), c.transA ? [c.K, c.M] : [c.M, c.K], { dtype: c.a });
   const B = Tensor.from(rnd(c.K * c.N), c.transB ? [c.N, c.K] : [c.K, c.N], { dtype: c.b });
   const C = Tensor.empty([c.M, c.N], { dtype: c.c });
-  const ms = medianMs(() => ops.gemm(C, A, B, { transA: c.transA, transB: c.transB }));
-  for (const t of [A, B, C]) t.dispose();
-  return ms;
+  const t = measure(() => ops.gemm(C, A, B, { transA: c.transA, transB: c.transB }));
+  for (const x of [A, B, C]) x.dispose();
+  return t;
 }
 
 /** PyTorch's times for the cases that have a peer, or the reason there are none. */
-function torchTimes(list: Case[], threads: number): { ms: Array<number | undefined>; note?: string } {
+function torchTimes(list: Case[], threads: number): { t: Array<Timing | undefined>; note?: string } {
   const script = path.join(ROOT, 'bench', 'peers', 'torch_matmul.py');
   const withPeer = list.filter((c) => c.peer);
   const input = JSON.stringify(withPeer.map((c) => ({
@@ -90,23 +101,28 @@ function torchTimes(list: Case[], threads: number): { ms: Array<number | undefin
   const env: NodeJS.ProcessEnv = { ...process.env, OPENBLAS_NUM_THREADS: String(threads), OMP_NUM_THREADS: String(threads) };
   delete env.OPENBLAS_CORETYPE;
   const r = spawnSync('/usr/bin/python3', [script, String(threads)], { input, env, encoding: 'utf8', maxBuffer: 1 << 20 });
-  if (r.status !== 0) return { ms: list.map(() => undefined), note: `PyTorch peer failed: ${(r.stderr || String(r.error)).trim().split('\n').pop()}` };
-  const got = JSON.parse(r.stdout) as Array<{ ms: number }>;
+  if (r.status !== 0) return { t: list.map(() => undefined), note: `PyTorch peer failed: ${(r.stderr || String(r.error)).trim().split('\n').pop()}` };
+  const got = JSON.parse(r.stdout) as Array<{ ms: number; cpu_ms: number }>;
   let i = 0;
-  return { ms: list.map((c) => (c.peer ? got[i++].ms : undefined)) };
+  return { t: list.map((c) => (c.peer ? { ms: got[i].ms, cpuMs: got[i++].cpu_ms } : undefined)) };
+}
+
+interface Ceiling {
+  wall?: number; // GFLOP/s of all threads together
+  perCore?: number; // GFLOP/s of one core, by thread CPU time
 }
 
 /** Runs an FMA-ceiling program (compiled here, -march=native) on `threads` threads. */
-function ceiling(src: string, threads: number): number | undefined {
+function ceiling(src: string, threads: number): Ceiling {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-fma-'));
   try {
     const exe = path.join(dir, 'fma');
     execFileSync('cc', ['-O2', '-march=native', '-fopenmp', src, '-o', exe], { stdio: 'pipe' });
     const out = execFileSync(exe, { env: { ...process.env, OMP_NUM_THREADS: String(threads) }, encoding: 'utf8' });
-    const m = /ceiling:\s*([\d.]+)/.exec(out);
-    return m ? Number(m[1]) : undefined;
+    const wall = /^ceiling:\s*([\d.]+)/m.exec(out), cpu = /^cpu ceiling:\s*([\d.]+)/m.exec(out);
+    return { wall: wall ? Number(wall[1]) : undefined, perCore: cpu ? Number(cpu[1]) : undefined };
   } catch {
-    return undefined;
+    return {};
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -119,43 +135,51 @@ export function run(): BenchRow[] {
   const sharedSrc = [path.join(ROOT, '..', 'shared'), path.join(ROOT, '..', '..', 'shared')]
     .map((d) => path.join(d, 'bench', 'fma_peak.c'))
     .find((f) => fs.existsSync(f));
-  // The ceiling is a maximum: noise from other processes only lowers it, so keep the best of
-  // a reading before and one after the GEMMs.
-  const peak0 = ceiling(ownSrc, threads);
-  const shared = sharedSrc ? ceiling(sharedSrc, threads) : undefined;
+  // A ceiling is a maximum: other processes only lower it, so keep the best of a reading
+  // before the GEMMs and one after.
+  const c0 = ceiling(ownSrc, threads);
+  const shared = sharedSrc ? ceiling(sharedSrc, threads).wall : undefined;
 
   const list = cases();
-  const rows: BenchRow[] = [];
   const mine = list.map((c) => ours(c));
   const torch = torchTimes(list, threads);
-  const peak1 = ceiling(ownSrc, threads);
-  const peak = Math.max(peak0 ?? 0, peak1 ?? 0) || undefined;
+  const c1 = ceiling(ownSrc, threads);
+  const peak = Math.max(c0.wall ?? 0, c1.wall ?? 0) || undefined;
+  const perCore = Math.max(c0.perCore ?? 0, c1.perCore ?? 0) || undefined;
 
-  list.forEach((c, i) => {
+  const rows: BenchRow[] = list.map((c, i) => {
     const flop = 2 * c.M * c.N * c.K;
-    const gflops = flop / mine[i] / 1e6;
+    const gflops = flop / mine[i].ms / 1e6;
+    const pt = torch.t[i];
     const notes: string[] = [];
     if (peak) notes.push(`${((100 * gflops) / peak).toFixed(0)}% of FMA peak`);
-    const pms = torch.ms[i];
-    if (pms !== undefined) notes.push(`${(pms / mine[i]).toFixed(2)}× PyTorch`);
+    if (pt) notes.push(`${(pt.ms / mine[i].ms).toFixed(2)}× PyTorch`);
+    if (perCore) {
+      const eff = (t: Timing) => `${((100 * flop) / (t.cpuMs * 1e6) / perCore).toFixed(0)}%`;
+      notes.push(`by CPU time ${eff(mine[i])} of peak${pt ? ` (PyTorch ${eff(pt)})` : ''}`);
+    }
     if (c.c === 'bf16') notes.push('bf16 C');
-    rows.push({
+    return {
       kernel: c.kernel,
       shape: `M=${c.M} N=${c.N} K=${c.K}`,
-      ms: mine[i],
+      ms: mine[i].ms,
       gflops,
-      peer: pms !== undefined ? { name: `torch ${c.peer} matmul`, ms: pms, gflops: flop / pms / 1e6 } : undefined,
+      peer: pt ? { name: `torch ${c.peer} matmul`, ms: pt.ms, gflops: flop / pt.ms / 1e6 } : undefined,
       note: notes.join('; '),
-    });
+    };
   });
+  const fmt = (x?: number) => (x === undefined ? '?' : x.toFixed(0));
   rows.push({
     kernel: 'f32 FMA ceiling',
     shape: `${threads} threads`,
     ms: 0,
     gflops: peak,
     note:
-      (peak ? `bench/fma_ceiling.c, best of ${peak0?.toFixed(0)} and ${peak1?.toFixed(0)} GFLOP/s (before, after)` : 'could not compile bench/fma_ceiling.c') +
-      (shared !== undefined ? `; ../shared/bench/fma_peak.c reads ${shared.toFixed(0)} GFLOP/s (not used: its identically seeded chains can be merged by the compiler into one)` : '; ../shared/bench/fma_peak.c absent') +
+      `bench/fma_ceiling.c: wall ${fmt(c0.wall)} / ${fmt(c1.wall)} GFLOP/s (before / after), ` +
+      `per core by CPU time ${fmt(perCore)}` +
+      (shared !== undefined
+        ? `; ../shared/bench/fma_peak.c reads ${shared.toFixed(0)} GFLOP/s, not used: the compiler merges its identically seeded chains into one`
+        : '; ../shared/bench/fma_peak.c absent') +
       (torch.note ? `; ${torch.note}` : ''),
   });
   return rows;

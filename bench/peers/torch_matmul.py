@@ -1,7 +1,8 @@
 """PyTorch's CPU matmul on the shapes bench/kernels/gemm.ts measures: the peer for our GEMM.
 
 Reads a JSON list of cases on stdin: {"M", "N", "K", "transA", "transB", "dtype": "f32"|"bf16",
-"budget_s"}; prints one JSON list of {"ms"} (median wall time per call) in the same order.
+"budget_s"}; prints one JSON list of {"ms", "cpu_ms"} (medians of wall and process CPU time
+per call) in the same order.
 A is stored [K, M] when transA and B is stored [N, K] when transB, as in peftkit, and the
 transposes are strided views, so the BLAS gets the transpose flags rather than copies.
 Run with /usr/bin/python3 (Debian's python3-torch, OpenBLAS underneath).
@@ -16,13 +17,14 @@ import torch
 
 def median_ms(fn, budget_s):
     fn()  # warm-up: first-call allocations and thread start
-    times = []
+    times, cpu = [], []
     start = time.perf_counter()
     while len(times) < 3 or (time.perf_counter() - start < budget_s and len(times) < 50):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
         times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+        cpu.append((time.process_time() - c) * 1e3)
+    return {"ms": statistics.median(times), "cpu_ms": statistics.median(cpu)}
 
 
 def main():
@@ -37,7 +39,7 @@ def main():
         a = a.t() if c["transA"] else a
         b = b.t() if c["transB"] else b
         y = torch.empty(M, N, dtype=dtype)
-        out.append({"ms": median_ms(lambda: torch.matmul(a, b, out=y), c.get("budget_s", 1.0))})
+        out.append(median_ms(lambda: torch.matmul(a, b, out=y), c.get("budget_s", 1.0)))
     print(json.dumps(out))
 
 

@@ -20,6 +20,10 @@
 #include <type_traits>
 #include <vector>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "gemm.h"
 #include "gemm_kernels.h"
 #include "peftkit/cpu_features.h"
@@ -289,9 +293,26 @@ void gemv_rows(float* y, const float* x, const T* b, int64_t ld, int64_t K, int6
   }
 }
 
+// Four columns per pass: each load of x feeds four dot products.
 template <typename T>
 void gemv_cols(float* y, const float* x, const T* b, int64_t ld, int64_t K, int64_t j0, int64_t n) {
-  for (int64_t j = 0; j < n; j++) {
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    const T *c0 = b + (j0 + j) * ld, *c1 = c0 + ld, *c2 = c1 + ld, *c3 = c2 + ld;
+    float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+    for (int64_t k = 0; k < K; k++) {
+      s0 += x[k] * widen(c0[k]);
+      s1 += x[k] * widen(c1[k]);
+      s2 += x[k] * widen(c2[k]);
+      s3 += x[k] * widen(c3[k]);
+    }
+    y[j] += s0;
+    y[j + 1] += s1;
+    y[j + 2] += s2;
+    y[j + 3] += s3;
+  }
+  for (; j < n; j++) {
     const T* col = b + (j0 + j) * ld;
     float s = 0.f;
 #pragma omp simd reduction(+ : s)
@@ -381,18 +402,23 @@ void gemm_panels(int64_t M, int64_t N, const PanelTerm* terms, int nterms, float
   p.direct_a = !p.bf16 && p.N <= 2 * arch.nr;
   for (int t = 0; t < nterms; t++) p.direct_a = p.direct_a && p.terms[t].a.direct;
 
-  // Threads take a grid of C blocks, in whole tiles; ties split N, so each thread packs only
-  // its own part of B.
+  // Threads: one for small products (starting a team costs more than it saves). Larger ones
+  // are cut into up to 4 blocks per thread, of at least ~32 MFLOP, handed out dynamically: a
+  // thread that gets less of its core (a busy machine, a sibling hyperthread) then takes fewer
+  // blocks instead of holding up the others. Each block packs its own operands; the grid
+  // minimizes the largest block's multiply-adds plus its packing (~10 flops' worth per element).
+  const int64_t flops = 2 * p.M * p.N * K;
+  const int threads = flops < (int64_t(1) << 20) ? 1 : num_threads();
+  const int blocks = threads == 1 ? 1 : int(std::clamp<int64_t>(flops >> 25, threads, 4 * int64_t(threads)));
   const int64_t um = (p.M + arch.mr - 1) / arch.mr, un = (p.N + arch.nr - 1) / arch.nr;
-  const int avail = 2 * p.M * p.N * K < (int64_t(1) << 20) ? 1 : num_threads();
   int tm = 1, tn = 1;
-  int64_t best = um * un;
-  for (int m = 1; m <= avail; m++) {
-    const int n = avail / m;
-    const int64_t cost = ((um + m - 1) / m) * ((un + n - 1) / n);
-    if (cost < best) best = cost, tm = m, tn = n;
+  double best = 0;
+  for (int m = 1; m <= blocks; m++) {
+    const int n = blocks / m;
+    const double mb = double((um + m - 1) / m * arch.mr), nb = double((un + n - 1) / n * arch.nr);
+    const double cost = 2 * mb * nb + 10 * (mb + nb);
+    if (m == 1 || cost < best) best = cost, tm = m, tn = n;
   }
-  const int threads = tm * tn;
   const int64_t m_max = (um + tm - 1) / tm * arch.mr, n_max = (un + tn - 1) / tn * arch.nr;
 
   // Per-thread scratch, sized to this problem.
@@ -406,12 +432,17 @@ void gemm_panels(int64_t M, int64_t N, const PanelTerm* terms, int nterms, float
   const size_t per_thread = b_bytes + a_bytes + t_bytes + c_bytes;
   Buffer buf = alloc_bytes(per_thread * size_t(threads));
 
-#pragma omp parallel for num_threads(threads) schedule(static, 1)
-  for (int th = 0; th < threads; th++) {
-    const int64_t ti = th / tn, tj = th % tn;
-    const int64_t m0 = std::min(p.M, um * ti / tm * arch.mr), m1 = std::min(p.M, um * (ti + 1) / tm * arch.mr);
-    const int64_t n0 = std::min(p.N, un * tj / tn * arch.nr), n1 = std::min(p.N, un * (tj + 1) / tn * arch.nr);
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+  for (int blk = 0; blk < tm * tn; blk++) {
+    const int64_t bi = blk / tn, bj = blk % tn;
+    const int64_t m0 = std::min(p.M, um * bi / tm * arch.mr), m1 = std::min(p.M, um * (bi + 1) / tm * arch.mr);
+    const int64_t n0 = std::min(p.N, un * bj / tn * arch.nr), n1 = std::min(p.N, un * (bj + 1) / tn * arch.nr);
     if (m0 >= m1 || n0 >= n1) continue;
+#ifdef _OPENMP
+    const int th = omp_get_thread_num();
+#else
+    const int th = 0;
+#endif
     unsigned char* base = buf.get() + per_thread * size_t(th);
     Scratch s{base, base + b_bytes, reinterpret_cast<float*>(base + b_bytes + a_bytes),
               reinterpret_cast<float*>(base + b_bytes + a_bytes + t_bytes)};
