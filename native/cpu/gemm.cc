@@ -1,8 +1,8 @@
 // The CPU GEMM: a GotoBLAS/BLIS-style blocked driver over register-blocked micro-kernels
 // (gemm_avx512.cc, gemm_avx2.cc, or the portable one below, picked once from CPUID).
 //
-// Each thread owns a block of C and runs, outermost first:
-//   jc: nc columns ─ pc: kc rows of the concatenated K ─ pack the kc×nc B block (L2)
+// C is cut into blocks that threads take dynamically (gemm_panels); each block runs, outermost first:
+//   jc: nc columns ─ pc: kc rows of the concatenated K ─ pack the kc×nc B block (L2/L3)
 //     ir: mr rows ─ pack one mr×kc A micro-panel, alpha folded in (L1)
 //       jr: nr-column panels ─ micro-kernel: an mr×nr tile of C in registers
 // Operands reach the packing through PanelSources (gemm.h), so the terms of a sum share one
@@ -66,7 +66,6 @@ void portable_kernel(int64_t kc, const float* a, int64_t a_rs, int64_t a_ks, con
     else portable_tile<kPortableVW, false>(kc, a, a_rs, a_ks, b, c, ldc, alpha, beta);
   }
 }
-
 
 }  // namespace
 
