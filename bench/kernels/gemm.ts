@@ -31,6 +31,8 @@ interface Case {
   c: DT;
   /** the dtype PyTorch runs it in; none when it has no such product (mixed operands) */
   peer?: DT;
+  /** LoRA rank: the product is gemmSum's X·Wᵀ + s·(X·Aᵀ)·Bᵀ (PyTorch: matmul then addmm_) */
+  r?: number;
 }
 
 const ROOT = path.join(__dirname, '..', '..', '..');
@@ -57,6 +59,14 @@ function cases(): Case[] {
   }
   // bf16 weights under f32 activations (a frozen bf16 base): no PyTorch twin.
   list.push({ kernel: 'gemm f32·bf16 X·Wᵀ', M, N: 5632, K: 2048, transA: false, transB: true, a: 'f32', b: 'bf16', c: 'f32' });
+  // The fused LoRA forward, one pass over Y, against PyTorch's two GEMMs.
+  const f32 = { a: 'f32', b: 'f32', c: 'f32', peer: 'f32' } as const;
+  list.push({ kernel: 'gemmSum f32 X·Wᵀ + s·(XAᵀ)·Bᵀ', M, N: 5632, K: 2048, r: 16, transA: false, transB: true, ...f32 });
+  // Skinny LoRA products (rank 16) and one decoding step (M = 1).
+  list.push({ kernel: 'gemm f32 X·Aᵀ (r=16)', M, N: 16, K: 2048, transA: false, transB: true, ...f32 });
+  list.push({ kernel: 'gemm f32 dA: (dY·B)ᵀ·X', M: 16, N: 2048, K: M, transA: true, transB: false, ...f32 });
+  list.push({ kernel: 'gemm f32 dB: dYᵀ·(XAᵀ)', M: 5632, N: 16, K: M, transA: true, transB: false, ...f32 });
+  list.push({ kernel: 'gemm f32 x·Wᵀ (M=1)', M: 1, N: 5632, K: 2048, transA: false, transB: true, ...f32 });
   return list;
 }
 
@@ -84,8 +94,16 @@ function ours(c: Case): Timing {
   const A = Tensor.from(rnd(c.M * c.K), c.transA ? [c.K, c.M] : [c.M, c.K], { dtype: c.a });
   const B = Tensor.from(rnd(c.K * c.N), c.transB ? [c.N, c.K] : [c.K, c.N], { dtype: c.b });
   const C = Tensor.empty([c.M, c.N], { dtype: c.c });
-  const t = measure(() => ops.gemm(C, A, B, { transA: c.transA, transB: c.transB }));
-  for (const x of [A, B, C]) x.dispose();
+  const made = [A, B, C];
+  let t: Timing;
+  if (c.r) {
+    const XA = Tensor.from(rnd(c.M * c.r), [c.M, c.r]), Bl = Tensor.from(rnd(c.N * c.r), [c.N, c.r]);
+    made.push(XA, Bl);
+    t = measure(() => ops.gemmSum(C, [{ A, B, transB: true }, { A: XA, B: Bl, transB: true, alpha: 2 }]));
+  } else {
+    t = measure(() => ops.gemm(C, A, B, { transA: c.transA, transB: c.transB }));
+  }
+  for (const x of made) x.dispose();
   return t;
 }
 
@@ -107,7 +125,7 @@ class TorchPeer {
 
   async time(c: Case): Promise<Timing> {
     this.proc.stdin.write(JSON.stringify({
-      M: c.M, N: c.N, K: c.K, transA: c.transA, transB: c.transB, dtype: c.peer, budget_s: BUDGET_S,
+      M: c.M, N: c.N, K: c.K, transA: c.transA, transB: c.transB, dtype: c.peer, r: c.r, budget_s: BUDGET_S,
     }) + '\n');
     const next = await this.lines.next();
     if (next.done) throw new Error(`PyTorch peer exited: ${this.stderr.trim().split('\n').pop() ?? ''}`);
@@ -181,7 +199,7 @@ export async function run(): Promise<BenchRow[]> {
   const bf16Peak = runtimeInfo().avx512bf16 ? Math.max(c0.bf16 ?? 0, c1.bf16 ?? 0) || undefined : undefined;
 
   const rows: BenchRow[] = list.map((c, i) => {
-    const flop = 2 * c.M * c.N * c.K;
+    const flop = 2 * c.M * c.N * (c.K + (c.r ?? 0));
     const dot = c.a === 'bf16' && c.b === 'bf16' && bf16Peak !== undefined;
     const top = dot ? bf16Peak : peak;
     const pct = (ms: number) => `${((100 * flop) / (ms * 1e6) / (top ?? NaN)).toFixed(0)}%`;

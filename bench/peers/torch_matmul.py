@@ -1,10 +1,12 @@
 """PyTorch's CPU matmul on the shapes bench/kernels/gemm.ts measures: the peer for our GEMM.
 
 Reads one JSON case per line on stdin, {"M", "N", "K", "transA", "transB", "dtype": "f32"|"bf16",
-"budget_s"}, and answers each with one JSON line {"ms", "best_ms"}: the median and the fastest
+"budget_s", "r"}, and answers each with one JSON line {"ms", "best_ms"}: the median and the fastest
 wall time per call. One process serves a whole run, so our GEMM and this one can take turns
 case by case on a shared machine. A is stored [K, M] when transA and B [N, K] when transB, as
 in peftkit; the transposes are strided views, so the BLAS gets transpose flags, not copies.
+With "r" (a LoRA rank) the product is X·Wᵀ + s·(XAᵀ)·Bᵀ the way PyTorch code writes it: matmul,
+then addmm_ of the low-rank part (two passes over Y).
 Run with /usr/bin/python3 (Debian's python3-torch, OpenBLAS underneath); argv[1] = threads.
 """
 import json
@@ -34,6 +36,14 @@ def run(c):
     a = a.t() if c["transA"] else a
     b = b.t() if c["transB"] else b
     y = torch.empty(M, N, dtype=dtype)
+    if c.get("r"):
+        xa, bl = torch.randn(M, c["r"]).to(dtype), torch.randn(N, c["r"]).to(dtype).t()
+
+        def lora():
+            torch.matmul(a, b, out=y)
+            y.addmm_(xa, bl, alpha=2.0)
+
+        return timing(lora, c.get("budget_s", 1.0))
     return timing(lambda: torch.matmul(a, b, out=y), c.get("budget_s", 1.0))
 
 
