@@ -7,7 +7,9 @@
  *
  * On a shared machine wall time also counts the time our threads wait for a core, and the load
  * changes by the second: ours and PyTorch's take turns case by case, and each row gives the
- * fastest call beside the median.
+ * fastest call beside the median. With one thread (PEFTKIT_NUM_THREADS=1) the rows also give
+ * efficiency by CPU time against the per-core ceiling by thread CPU time, for both libraries:
+ * that measures the kernels, whatever else the machine runs.
  */
 import { ChildProcessWithoutNullStreams, execFileSync, spawn } from 'child_process';
 import * as fs from 'fs';
@@ -73,20 +75,23 @@ function cases(): Case[] {
 interface Timing {
   ms: number; // median wall time per call
   bestMs: number; // fastest call
+  cpuMs: number; // median process CPU time per call
 }
 
 function measure(fn: () => void): Timing {
   fn();
-  const wall: number[] = [];
+  const wall: number[] = [], cpu: number[] = [];
   const start = process.hrtime.bigint();
   const elapsed = () => Number(process.hrtime.bigint() - start) / 1e9;
   while (wall.length < 3 || (elapsed() < BUDGET_S && wall.length < 50)) {
-    const t = process.hrtime.bigint();
+    const t = process.hrtime.bigint(), c = process.cpuUsage();
     fn();
+    const dc = process.cpuUsage(c);
     wall.push(Number(process.hrtime.bigint() - t) / 1e6);
+    cpu.push((dc.user + dc.system) / 1e3);
   }
-  wall.sort((a, b) => a - b);
-  return { ms: wall[Math.floor(wall.length / 2)], bestMs: wall[0] };
+  const median = (x: number[]) => x.sort((a, b) => a - b)[Math.floor(x.length / 2)];
+  return { ms: median(wall), bestMs: Math.min(...wall), cpuMs: median(cpu) };
 }
 
 function ours(c: Case): Timing {
@@ -129,8 +134,8 @@ class TorchPeer {
     }) + '\n');
     const next = await this.lines.next();
     if (next.done) throw new Error(`PyTorch peer exited: ${this.stderr.trim().split('\n').pop() ?? ''}`);
-    const r = JSON.parse(next.value) as { ms: number; best_ms: number };
-    return { ms: r.ms, bestMs: r.best_ms };
+    const r = JSON.parse(next.value) as { ms: number; best_ms: number; cpu_ms: number };
+    return { ms: r.ms, bestMs: r.best_ms, cpuMs: r.cpu_ms };
   }
 
   close(): void {
@@ -142,6 +147,7 @@ interface Ceiling {
   wall?: number; // f32 GFLOP/s of all threads together
   perCore?: number; // f32 GFLOP/s of one core, by thread CPU time
   bf16?: number; // VDPBF16PS GFLOP/s of all threads, where the CPU has it
+  bf16PerCore?: number; // the same for one core, by thread CPU time
 }
 
 /** Runs an FMA-ceiling program (compiled here, -march=native) on `threads` threads. */
@@ -155,7 +161,12 @@ function ceiling(src: string, threads: number): Ceiling {
       const m = re.exec(out);
       return m ? Number(m[1]) : undefined;
     };
-    return { wall: num(/^ceiling:\s*([\d.]+)/m), perCore: num(/^cpu ceiling:\s*([\d.]+)/m), bf16: num(/^bf16 ceiling:\s*([\d.]+)/m) };
+    return {
+      wall: num(/^ceiling:\s*([\d.]+)/m),
+      perCore: num(/^cpu ceiling:\s*([\d.]+)/m),
+      bf16: num(/^bf16 ceiling:\s*([\d.]+)/m),
+      bf16PerCore: num(/^cpu bf16 ceiling:\s*([\d.]+)/m),
+    };
   } catch {
     return {};
   } finally {
@@ -197,6 +208,8 @@ export async function run(): Promise<BenchRow[]> {
   const peak = Math.max(c0.wall ?? 0, c1.wall ?? 0) || undefined;
   // bf16 × bf16 runs on VDPBF16PS where the CPU has it: its own, twice higher, ceiling.
   const bf16Peak = runtimeInfo().avx512bf16 ? Math.max(c0.bf16 ?? 0, c1.bf16 ?? 0) || undefined : undefined;
+  const perCore = Math.max(c0.perCore ?? 0, c1.perCore ?? 0) || undefined;
+  const bf16PerCore = Math.max(c0.bf16PerCore ?? 0, c1.bf16PerCore ?? 0) || undefined;
 
   const rows: BenchRow[] = list.map((c, i) => {
     const flop = 2 * c.M * c.N * (c.K + (c.r ?? 0));
@@ -207,6 +220,11 @@ export async function run(): Promise<BenchRow[]> {
     const notes: string[] = [];
     if (top) notes.push(`${pct(mine[i].ms)} of ${dot ? 'bf16 dot' : 'f32 FMA'} peak (best call ${pct(mine[i].bestMs)})`);
     if (pt) notes.push(`${(pt.ms / mine[i].ms).toFixed(2)}× PyTorch's speed (best calls ${(pt.bestMs / mine[i].bestMs).toFixed(2)}×)`);
+    const core = dot ? bf16PerCore : perCore;
+    if (threads === 1 && core) {
+      const eff = (t: Timing) => `${((100 * flop) / (t.cpuMs * 1e6) / core).toFixed(0)}%`;
+      notes.push(`by CPU time ${eff(mine[i])} of the core's peak${pt ? ` (PyTorch ${eff(pt)})` : ''}`);
+    }
     if (c.c === 'bf16') notes.push('bf16 C');
     return {
       kernel: c.kernel,
@@ -225,8 +243,8 @@ export async function run(): Promise<BenchRow[]> {
     gflops: peak,
     note:
       `bench/fma_ceiling.c: ${fmt(c0.wall)} / ${fmt(c1.wall)} GFLOP/s (before / after), ` +
-      `${fmt(Math.max(c0.perCore ?? 0, c1.perCore ?? 0) || undefined)} per core by thread CPU time` +
-      (bf16Peak ? `; bf16 dot (VDPBF16PS) ceiling ${fmt(bf16Peak)} GFLOP/s` : '') +
+      `${fmt(perCore)} per core by thread CPU time` +
+      (bf16Peak ? `; bf16 dot (VDPBF16PS) ceiling ${fmt(bf16Peak)} GFLOP/s, ${fmt(bf16PerCore)} per core by CPU time` : '') +
       (shared !== undefined
         ? `; ../shared/bench/fma_peak.c reads ${shared.toFixed(0)} GFLOP/s, not used: the compiler merges its identically seeded chains into one`
         : '; ../shared/bench/fma_peak.c absent') +

@@ -1,8 +1,8 @@
 """PyTorch's CPU matmul on the shapes bench/kernels/gemm.ts measures: the peer for our GEMM.
 
 Reads one JSON case per line on stdin, {"M", "N", "K", "transA", "transB", "dtype": "f32"|"bf16",
-"budget_s", "r"}, and answers each with one JSON line {"ms", "best_ms"}: the median and the fastest
-wall time per call. One process serves a whole run, so our GEMM and this one can take turns
+"budget_s", "r"}, and answers each with one JSON line {"ms", "best_ms", "cpu_ms"}: the median and the fastest
+wall time per call, and the median process CPU time per call. One process serves a whole run, so our GEMM and this one can take turns
 case by case on a shared machine. A is stored [K, M] when transA and B [N, K] when transB, as
 in peftkit; the transposes are strided views, so the BLAS gets transpose flags, not copies.
 With "r" (a LoRA rank) the product is X·Wᵀ + s·(XAᵀ)·Bᵀ the way PyTorch code writes it: matmul,
@@ -19,13 +19,14 @@ import torch
 
 def timing(fn, budget_s):
     fn()  # warm-up: first-call allocations and thread start
-    times = []
+    times, cpu = [], []
     start = time.perf_counter()
     while len(times) < 3 or (time.perf_counter() - start < budget_s and len(times) < 50):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
         times.append((time.perf_counter() - t) * 1e3)
-    return {"ms": statistics.median(times), "best_ms": min(times)}
+        cpu.append((time.process_time() - c) * 1e3)
+    return {"ms": statistics.median(times), "best_ms": min(times), "cpu_ms": statistics.median(cpu)}
 
 
 def run(c):

@@ -406,24 +406,28 @@ void gemm_panels(int64_t M, int64_t N, const PanelTerm* terms, int nterms, float
   // thread that gets less of its core (a busy machine, a sibling hyperthread) then takes fewer
   // blocks instead of holding up the others. Each block packs its own operands; the grid
   // minimizes the largest block's multiply-adds plus its packing (~10 flops' worth per element).
+  // bf16 C with several kc slices keeps f32 sums for a block's rows × nc: at most 8 MiB, so they
+  // stay in cache (46 MiB for M = 5632 would go to DRAM, and be page-faulted in on every call).
+  const bool acc_mode = cdtype == DType::BF16 && K > p.kc;
+  const int64_t um = (p.M + arch.mr - 1) / arch.mr, un = (p.N + arch.nr - 1) / arch.nr;
+  const int64_t acc_units = std::max<int64_t>(1, (int64_t(8) << 20) / (4 * std::min(p.nc, p.N) * arch.mr));
+  const int min_tm = acc_mode ? int((um + acc_units - 1) / acc_units) : 1;
   const int64_t flops = 2 * p.M * p.N * K;
   const int threads = flops < (int64_t(1) << 20) ? 1 : num_threads();
-  const int blocks = threads == 1 ? 1 : int(std::clamp<int64_t>(flops >> 25, threads, 4 * int64_t(threads)));
-  const int64_t um = (p.M + arch.mr - 1) / arch.mr, un = (p.N + arch.nr - 1) / arch.nr;
-  int tm = 1, tn = 1;
-  double best = 0;
-  for (int m = 1; m <= blocks; m++) {
+  const int blocks = std::max(min_tm, threads == 1 ? 1 : int(std::clamp<int64_t>(flops >> 25, threads, 4 * int64_t(threads))));
+  int tm = min_tm, tn = blocks / min_tm;
+  double best = -1;
+  for (int m = min_tm; m <= blocks; m++) {
     const int n = blocks / m;
     const double mb = double((um + m - 1) / m * arch.mr), nb = double((un + n - 1) / n * arch.nr);
     const double cost = 2 * mb * nb + 10 * (mb + nb);
-    if (m == 1 || cost < best) best = cost, tm = m, tn = n;
+    if (best < 0 || cost < best) best = cost, tm = m, tn = n;
   }
   const int64_t m_max = (um + tm - 1) / tm * arch.mr, n_max = (un + tn - 1) / tn * arch.nr;
 
   // Per-thread scratch, sized to this problem.
   const int64_t kc = std::min(p.kc, K), nc_max = std::min(p.nc, n_max);
   const size_t elem = p.bf16 ? sizeof(bf16) : sizeof(float), kc_alloc = size_t(round_up(kc, 2));
-  const bool acc_mode = cdtype == DType::BF16 && K > p.kc;
   const size_t b_bytes = round_up(kc_alloc * size_t(round_up(nc_max, arch.nr)) * elem, 64);
   const size_t a_bytes = round_up(kc_alloc * size_t(arch.mr) * elem, 64);
   const size_t t_bytes = round_up(size_t(arch.mr) * size_t(arch.nr) * sizeof(float), 64);
