@@ -44,6 +44,8 @@ type WithAsync<O> = O & { [K in keyof O as K extends string ? `${K}Async` : neve
 interface GemmOps {
   /** C = alpha·op(A)·op(B) + beta·C. */
   gemm(C: T, A: T, B: T, transA: boolean, transB: boolean, alpha: number, beta: number): void;
+  /** C = Σ alpha·op(A)·op(B) + beta·C; `terms` repeats (A, B, transA, transB, alpha). */
+  gemmSum(C: T, beta: number, ...terms: Array<T | boolean | number>): void;
 }
 
 // ---- ops: lora -------------------------------------------------------------------------------

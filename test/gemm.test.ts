@@ -1,61 +1,104 @@
 import test from 'ava';
-import { Tensor, PeftkitError, ops } from '../src/index';
-import { assertClose, devices, makeRng, poisoned, randn, roundBf16 } from './helpers/check';
-
-/** float64 C = alpha·op(A)·op(B) + beta·C0 */
-function refGemm(
-  A: Float32Array, B: Float32Array, C0: Float32Array | null, M: number, N: number, K: number,
-  ta: boolean, tb: boolean, alpha: number, beta: number,
-): Float64Array {
-  const C = new Float64Array(M * N);
-  for (let i = 0; i < M; i++)
-    for (let j = 0; j < N; j++) {
-      let s = 0;
-      for (let k = 0; k < K; k++) s += A[ta ? k * M + i : i * K + k] * B[tb ? j * K + k : k * N + j];
-      C[i * N + j] = alpha * s + (C0 ? beta * C0[i * N + j] : 0);
-    }
-  return C;
-}
+import { spawnSync } from 'child_process';
+import * as path from 'path';
+import { Tensor, PeftkitError, ops, runtimeInfo } from '../src/index';
+import { assertClose, devices, makeRng, poisoned, randn } from './helpers/check';
+import {
+  GemmCase, TRANS, describe, describeSum, isaCases, refGemmSum, runCase, runSumCase, sumCases,
+} from './helpers/gemm_cases';
 
 const SHAPES: Array<[number, number, number]> = [
   [1, 1, 1], [1, 37, 19], [7, 1, 33], [17, 23, 1], [33, 65, 129], [64, 48, 96], [100, 75, 211], [130, 257, 67],
 ];
 
+function checkCases(t: import('ava').ExecutionContext, device: 'cpu' | 'cuda', cases: GemmCase[]): void {
+  const rng = makeRng(t);
+  for (const g of cases) {
+    const fail = runCase(rng, device, g);
+    t.is(fail, null, describe(g));
+  }
+}
+
 for (const device of devices()) {
-  for (const [ta, tb] of [[false, true], [false, false], [true, false], [true, true]] as const) {
-    test(`${device}: f32 gemm matches float64 (transA=${ta}, transB=${tb})`, (t) => {
-      const rng = makeRng(t);
+  for (const [transA, transB] of TRANS) {
+    test(`${device}: f32 gemm matches float64 (transA=${transA}, transB=${transB})`, (t) => {
+      const cases: GemmCase[] = [];
       for (const [M, N, K] of SHAPES) {
-        const a = randn(rng, M * K), b = randn(rng, K * N);
-        const A = Tensor.from(a, ta ? [K, M] : [M, K], { device });
-        const B = Tensor.from(b, tb ? [N, K] : [K, N], { device });
-        const C = poisoned([M, N], device);
-        ops.gemm(C, A, B, { transA: ta, transB: tb });
-        assertClose(t, C.toFloat32Array(), refGemm(a, b, null, M, N, K, ta, tb, 1, 0), 1e-5, `M=${M} N=${N} K=${K}`);
-        // beta = 1 accumulates into C.
-        const c0 = randn(rng, M * N);
-        C.write(c0);
-        ops.gemm(C, A, B, { transA: ta, transB: tb, alpha: 0.5, beta: 1 });
-        assertClose(t, C.toFloat32Array(), refGemm(a, b, c0, M, N, K, ta, tb, 0.5, 1), 1e-5, `accumulate M=${M} N=${N} K=${K}`);
+        cases.push({ M, N, K, transA, transB }); // beta 0 into NaN: C is not read
+        cases.push({ M, N, K, transA, transB, alpha: 0.5, beta: 1 });
       }
+      // Crosses every block boundary: M tiles with a remainder (71 = 5·14 + 1 = 11·6 + 5), N past
+      // nc = 512 into a narrow last panel, K past 2 kc and odd; once at a larger size too.
+      cases.push({ M: 71, N: 517, K: 601, transA, transB, alpha: -0.75, beta: 0.5 });
+      if (!transA && transB) cases.push({ M: 300, N: 517, K: 1031, transA, transB });
+      checkCases(t, device, cases);
     });
   }
 
-  test(`${device}: bf16 gemm (f32 accumulation) matches float64 on the rounded inputs`, (t) => {
-    const rng = makeRng(t);
-    for (const [M, N, K] of SHAPES) {
-      for (const [ta, tb] of [[false, true], [false, false], [true, false]] as const) {
-        const a = roundBf16(randn(rng, M * K)), b = roundBf16(randn(rng, K * N));
-        const A = Tensor.from(a, ta ? [K, M] : [M, K], { device, dtype: 'bf16' });
-        const B = Tensor.from(b, tb ? [N, K] : [K, N], { device, dtype: 'bf16' });
-        const C = poisoned([M, N], device);
-        ops.gemm(C, A, B, { transA: ta, transB: tb });
-        assertClose(t, C.toFloat32Array(), refGemm(a, b, null, M, N, K, ta, tb, 1, 0), 1e-5, `f32 out M=${M} N=${N} K=${K}`);
-        const Cb = poisoned([M, N], device, 'bf16');
-        ops.gemm(Cb, A, B, { transA: ta, transB: tb });
-        assertClose(t, Cb.toFloat32Array(), refGemm(a, b, null, M, N, K, ta, tb, 1, 0), 1e-2, `bf16 out M=${M} N=${N} K=${K}`);
+  test(`${device}: bf16 operands (f32 accumulation) and bf16 C, every layout`, (t) => {
+    const cases: GemmCase[] = [];
+    for (const [transA, transB] of TRANS) {
+      for (const [M, N, K] of SHAPES) {
+        cases.push({ M, N, K, transA, transB, a: 'bf16', b: 'bf16' });
+        cases.push({ M, N, K, transA, transB, a: 'bf16', b: 'bf16', c: 'bf16' });
       }
+      // K > 2 kc of the bf16-pair kernel (and odd); bf16 C keeps f32 sums between slices.
+      cases.push({ M: 37, N: 517, K: 1031, transA, transB, a: 'bf16', b: 'bf16', alpha: 1.5, beta: -1 });
+      cases.push({ M: 37, N: 517, K: 1031, transA, transB, a: 'bf16', b: 'bf16', c: 'bf16', alpha: 1.5, beta: -1 });
     }
+    checkCases(t, device, cases);
+  });
+
+  test(`${device}: mixed f32 and bf16 operands`, (t) => {
+    const cases: GemmCase[] = [];
+    for (const [transA, transB] of TRANS)
+      for (const [a, b] of [['f32', 'bf16'], ['bf16', 'f32']] as const) {
+        cases.push({ M: 33, N: 65, K: 129, transA, transB, a, b });
+        cases.push({ M: 37, N: 517, K: 601, transA, transB, a, b, alpha: 2, beta: 0.5 });
+        cases.push({ M: 70, N: 33, K: 300, transA, transB, a, b, c: 'bf16', beta: 1 });
+      }
+    checkCases(t, device, cases);
+  });
+
+  test(`${device}: skinny LoRA shapes (rank 16 as N, M or K; one row; one column)`, (t) => {
+    const cases: GemmCase[] = [];
+    for (const [transA, transB] of TRANS)
+      for (const [M, N, K] of [[300, 16, 600], [16, 530, 300], [530, 16, 300], [300, 530, 16], [1, 530, 600], [530, 1, 600]])
+        for (const dt of ['f32', 'bf16'] as const) cases.push({ M, N, K, transA, transB, a: dt, b: dt, beta: 0.5 });
+    checkCases(t, device, cases);
+  });
+
+  test(`${device}: gemmSum concatenates the terms' K ranges in one pass`, (t) => {
+    const rng = makeRng(t);
+    for (const g of sumCases()) t.is(runSumCase(rng, device, g), null, describeSum(g));
+  });
+}
+
+// The ISA is read once per process, so the lower paths run in child processes; the native ISA
+// runs there too on one thread, where one thread's columns exceed nc on any machine.
+const CHILDREN: Array<{ isa?: 'portable' | 'avx2'; threads: number }> = [
+  { isa: 'portable', threads: 1 },
+  { isa: 'avx2', threads: 2 },
+  { threads: 1 },
+];
+for (const { isa, threads } of CHILDREN) {
+  const name = isa ?? 'native';
+  test(`the ${name} GEMM path passes the case table (child process, ${threads} thread${threads > 1 ? 's' : ''})`, (t) => {
+    const info = runtimeInfo();
+    if (isa === 'avx2' && !info.avx2) {
+      t.pass('this CPU has no AVX2');
+      return;
+    }
+    const env: NodeJS.ProcessEnv = { ...process.env, PEFTKIT_NUM_THREADS: String(threads) };
+    if (isa) env.PEFTKIT_ISA = isa;
+    else delete env.PEFTKIT_ISA;
+    const script = path.join(__dirname, 'helpers', 'gemm_isa_check.js');
+    const r = spawnSync(process.execPath, [script], { env, encoding: 'utf8' });
+    t.log(r.stdout.trim());
+    t.is(r.status, 0, `${r.stdout}\n${r.stderr}`);
+    const out = JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}') as { isa?: string; cases?: number };
+    t.is(out.isa, isa ?? info.cpuIsa);
+    t.true((out.cases ?? 0) >= isaCases().length);
   });
 }
 
@@ -68,8 +111,14 @@ test('gemm async resolves with the same result', async (t) => {
   const p = ops.gemmAsync(C, A, B, { transB: true });
   A.dispose(); // the running op keeps its inputs alive
   await p;
-  assertClose(t, C.toFloat32Array(), refGemm(a, b, null, M, N, K, false, true, 1, 0), 1e-5, 'async');
+  const want = refGemmSum([{ a, b, K, transA: false, transB: true, alpha: 1 }], null, M, N, 0);
+  assertClose(t, C.toFloat32Array(), want, 1e-5, 'async');
   await t.throwsAsync(ops.gemmAsync(C, A, B, { transB: true }), { instanceOf: PeftkitError, code: 'E_DISPOSED' });
+  const B2 = Tensor.from(b, [N, K]);
+  const S = poisoned([M, N]);
+  const A2 = Tensor.from(a, [M, K]);
+  await ops.gemmSumAsync(S, [{ A: A2, B: B2, transB: true, alpha: 0.5 }, { A: A2, B: B2, transB: true, alpha: 0.5 }]);
+  assertClose(t, S.toFloat32Array(), want, 1e-5, 'gemmSumAsync');
 });
 
 test('gemm rejects mismatched shapes and dtypes', (t) => {
@@ -80,4 +129,18 @@ test('gemm rejects mismatched shapes and dtypes', (t) => {
   const I = Tensor.zeros([4, 5], { dtype: 'i32' });
   t.is(t.throws(() => ops.gemm(C, I, B, {}), { instanceOf: PeftkitError })?.code, 'E_DTYPE');
   t.is(t.throws(() => ops.gemm(C, A, {} as Tensor, {}), { instanceOf: PeftkitError })?.code, 'E_ARG');
+});
+
+test('gemmSum rejects terms that do not fit C', (t) => {
+  const C = Tensor.zeros([4, 6]);
+  const A = Tensor.zeros([4, 5]), W = Tensor.zeros([6, 5]), Xa = Tensor.zeros([4, 3]), Bw = Tensor.zeros([7, 3]);
+  const e = t.throws(() => ops.gemmSum(C, [{ A, B: W, transB: true }, { A: Xa, B: Bw, transB: true }]), { instanceOf: PeftkitError });
+  t.is(e?.code, 'E_SHAPE');
+  t.regex(e!.message, /gemm C/);
+  const ek = t.throws(() => ops.gemmSum(C, [{ A, B: W }]), { instanceOf: PeftkitError });
+  t.is(ek?.code, 'E_SHAPE');
+  t.regex(ek!.message, /term 0.*inner dimensions/);
+  t.is(t.throws(() => ops.gemmSum(C, []), { instanceOf: PeftkitError })?.code, 'E_ARG');
+  const I = Tensor.zeros([4, 5], { dtype: 'i32' });
+  t.is(t.throws(() => ops.gemmSum(C, [{ A: I, B: W, transB: true }]), { instanceOf: PeftkitError })?.code, 'E_DTYPE');
 });

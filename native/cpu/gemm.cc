@@ -1,8 +1,8 @@
 // The CPU GEMM: a GotoBLAS/BLIS-style blocked driver over register-blocked micro-kernels
 // (gemm_avx512.cc, gemm_avx2.cc, or the portable one below, picked once from CPUID).
 //
-// Each thread owns a block of C and runs, outermost first:
-//   jc: nc columns ─ pc: kc rows of the concatenated K ─ pack the kc×nc B block (L2)
+// C is cut into blocks that threads take dynamically (gemm_panels); each block runs, outermost first:
+//   jc: nc columns ─ pc: kc rows of the concatenated K ─ pack the kc×nc B block (L2/L3)
 //     ir: mr rows ─ pack one mr×kc A micro-panel, alpha folded in (L1)
 //       jr: nr-column panels ─ micro-kernel: an mr×nr tile of C in registers
 // Operands reach the packing through PanelSources (gemm.h), so the terms of a sum share one
@@ -19,6 +19,10 @@
 #include <new>
 #include <type_traits>
 #include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "gemm.h"
 #include "gemm_kernels.h"
@@ -63,20 +67,25 @@ void portable_kernel(int64_t kc, const float* a, int64_t a_rs, int64_t a_ks, con
   }
 }
 
+}  // namespace
+
 const GemmArch& gemm_arch() {
   static const GemmArch arch = [] {
 #if defined(PEFTKIT_X86)
     if (cpu_isa() == Isa::Avx512) {
       GemmArch a = gemm_arch_avx512();
+      a.pack = gemm_packers_avx512();
       if (!cpu_features().avx512_bf16) a.bf16 = nullptr;
       return a;
     }
     if (cpu_isa() == Isa::Avx2) return gemm_arch_avx2();
 #endif
-    return GemmArch{"portable", kPortableMR, kPortableNR, kPortableVW, 256, 512, portable_kernel, nullptr, 0, 0};
+    return GemmArch{"portable", kPortableMR, kPortableNR, kPortableVW, 256, 2048, portable_kernel, nullptr, 0, 0, {}};
   }();
   return arch;
 }
+
+namespace {
 
 // ---- Scratch memory: allocated by the calling thread before any parallel region, so that a
 // failed allocation throws where it can be caught ------------------------------------------------
@@ -283,9 +292,26 @@ void gemv_rows(float* y, const float* x, const T* b, int64_t ld, int64_t K, int6
   }
 }
 
+// Four columns per pass: each load of x feeds four dot products.
 template <typename T>
 void gemv_cols(float* y, const float* x, const T* b, int64_t ld, int64_t K, int64_t j0, int64_t n) {
-  for (int64_t j = 0; j < n; j++) {
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    const T *c0 = b + (j0 + j) * ld, *c1 = c0 + ld, *c2 = c1 + ld, *c3 = c2 + ld;
+    float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+    for (int64_t k = 0; k < K; k++) {
+      s0 += x[k] * widen(c0[k]);
+      s1 += x[k] * widen(c1[k]);
+      s2 += x[k] * widen(c2[k]);
+      s3 += x[k] * widen(c3[k]);
+    }
+    y[j] += s0;
+    y[j + 1] += s1;
+    y[j + 2] += s2;
+    y[j + 3] += s3;
+  }
+  for (; j < n; j++) {
     const T* col = b + (j0 + j) * ld;
     float s = 0.f;
 #pragma omp simd reduction(+ : s)
@@ -366,27 +392,42 @@ void gemm_panels(int64_t M, int64_t N, const PanelTerm* terms, int nterms, float
     p.kc = arch.kc_bf16;
     p.nc = arch.nc_bf16;
   }
+  // Equal kc slices: K = 576 as 288 + 288 rather than 256 + 256 + 64, whose short last slice
+  // pays a full C-tile update for a quarter of the work.
+  {
+    const int64_t slices = (K + p.kc - 1) / p.kc;
+    p.kc = std::min(p.kc, round_up((K + slices - 1) / slices, 16));
+  }
   p.direct_a = !p.bf16 && p.N <= 2 * arch.nr;
   for (int t = 0; t < nterms; t++) p.direct_a = p.direct_a && p.terms[t].a.direct;
 
-  // Threads take a grid of C blocks, in whole tiles; ties split N, so each thread packs only
-  // its own part of B.
+  // Threads: one for small products (starting a team costs more than it saves). Larger ones
+  // are cut into up to 4 blocks per thread, of at least ~32 MFLOP, handed out dynamically: a
+  // thread that gets less of its core (a busy machine, a sibling hyperthread) then takes fewer
+  // blocks instead of holding up the others. Each block packs its own operands; the grid
+  // minimizes the largest block's multiply-adds plus its packing (~10 flops' worth per element).
+  // bf16 C with several kc slices keeps f32 sums for a block's rows × nc: at most 8 MiB, so they
+  // stay in cache (46 MiB for M = 5632 would go to DRAM, and be page-faulted in on every call).
+  const bool acc_mode = cdtype == DType::BF16 && K > p.kc;
   const int64_t um = (p.M + arch.mr - 1) / arch.mr, un = (p.N + arch.nr - 1) / arch.nr;
-  const int avail = 2 * p.M * p.N * K < (int64_t(1) << 20) ? 1 : num_threads();
-  int tm = 1, tn = 1;
-  int64_t best = um * un;
-  for (int m = 1; m <= avail; m++) {
-    const int n = avail / m;
-    const int64_t cost = ((um + m - 1) / m) * ((un + n - 1) / n);
-    if (cost < best) best = cost, tm = m, tn = n;
+  const int64_t acc_units = std::max<int64_t>(1, (int64_t(8) << 20) / (4 * std::min(p.nc, p.N) * arch.mr));
+  const int min_tm = acc_mode ? int((um + acc_units - 1) / acc_units) : 1;
+  const int64_t flops = 2 * p.M * p.N * K;
+  const int threads = flops < (int64_t(1) << 20) ? 1 : num_threads();
+  const int blocks = std::max(min_tm, threads == 1 ? 1 : int(std::clamp<int64_t>(flops >> 25, threads, 4 * int64_t(threads))));
+  int tm = min_tm, tn = blocks / min_tm;
+  double best = -1;
+  for (int m = min_tm; m <= blocks; m++) {
+    const int n = blocks / m;
+    const double mb = double((um + m - 1) / m * arch.mr), nb = double((un + n - 1) / n * arch.nr);
+    const double cost = 2 * mb * nb + 10 * (mb + nb);
+    if (best < 0 || cost < best) best = cost, tm = m, tn = n;
   }
-  const int threads = tm * tn;
   const int64_t m_max = (um + tm - 1) / tm * arch.mr, n_max = (un + tn - 1) / tn * arch.nr;
 
   // Per-thread scratch, sized to this problem.
   const int64_t kc = std::min(p.kc, K), nc_max = std::min(p.nc, n_max);
   const size_t elem = p.bf16 ? sizeof(bf16) : sizeof(float), kc_alloc = size_t(round_up(kc, 2));
-  const bool acc_mode = cdtype == DType::BF16 && K > p.kc;
   const size_t b_bytes = round_up(kc_alloc * size_t(round_up(nc_max, arch.nr)) * elem, 64);
   const size_t a_bytes = round_up(kc_alloc * size_t(arch.mr) * elem, 64);
   const size_t t_bytes = round_up(size_t(arch.mr) * size_t(arch.nr) * sizeof(float), 64);
@@ -394,12 +435,17 @@ void gemm_panels(int64_t M, int64_t N, const PanelTerm* terms, int nterms, float
   const size_t per_thread = b_bytes + a_bytes + t_bytes + c_bytes;
   Buffer buf = alloc_bytes(per_thread * size_t(threads));
 
-#pragma omp parallel for num_threads(threads) schedule(static, 1)
-  for (int th = 0; th < threads; th++) {
-    const int64_t ti = th / tn, tj = th % tn;
-    const int64_t m0 = std::min(p.M, um * ti / tm * arch.mr), m1 = std::min(p.M, um * (ti + 1) / tm * arch.mr);
-    const int64_t n0 = std::min(p.N, un * tj / tn * arch.nr), n1 = std::min(p.N, un * (tj + 1) / tn * arch.nr);
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+  for (int blk = 0; blk < tm * tn; blk++) {
+    const int64_t bi = blk / tn, bj = blk % tn;
+    const int64_t m0 = std::min(p.M, um * bi / tm * arch.mr), m1 = std::min(p.M, um * (bi + 1) / tm * arch.mr);
+    const int64_t n0 = std::min(p.N, un * bj / tn * arch.nr), n1 = std::min(p.N, un * (bj + 1) / tn * arch.nr);
     if (m0 >= m1 || n0 >= n1) continue;
+#ifdef _OPENMP
+    const int th = omp_get_thread_num();
+#else
+    const int th = 0;
+#endif
     unsigned char* base = buf.get() + per_thread * size_t(th);
     Scratch s{base, base + b_bytes, reinterpret_cast<float*>(base + b_bytes + a_bytes),
               reinterpret_cast<float*>(base + b_bytes + a_bytes + t_bytes)};

@@ -60,8 +60,8 @@ void f32_kernel(int64_t kc, const float* a, int64_t a_rs, int64_t a_ks, const fl
 }  // namespace
 
 GemmArch gemm_arch_avx2() {
-  // kc 256: a 6×256 A panel is 6 KiB of L1d; nc 512: a 256×512 B block is 512 KiB of L2.
-  return GemmArch{"avx2", MR, NR, VW, 256, 512, f32_kernel, nullptr, 0, 0};
+  // kc 256: a 6×256 A panel is 6 KiB of L1d; nc 2048: the B block streams from L3.
+  return GemmArch{"avx2", MR, NR, VW, 256, 2048, f32_kernel, nullptr, 0, 0, {}};
 }
 
 }  // namespace pk::cpu

@@ -18,17 +18,34 @@ using GemmF32Kernel = void (*)(int64_t kc, const float* a, int64_t a_rs, int64_t
 using GemmBf16Kernel = void (*)(int64_t kc, const bf16* a, const bf16* b, int w, float* c, int64_t ldc,
                                 float alpha, float beta);
 
+// Packers for the transposing layouts, where X(k, x) = src[x·ld + k] (each x a contiguous run of
+// k): dst[k·width + x] = scale·X(k, x) for k < kc, x < nx, zero for nx <= x < width. The pair
+// form writes bf16 k-pairs, dst[(p·width + x)·2 + e] = X(2p + e, x), zero past kc. A null entry
+// leaves the job to the portable loops in gemm_pack.cc.
+struct GemmPackers {
+  void (*f32_cols)(float* dst, int64_t width, const float* src, int64_t ld, int64_t kc, int64_t nx, float scale);
+  void (*bf16_cols)(float* dst, int64_t width, const bf16* src, int64_t ld, int64_t kc, int64_t nx, float scale);
+  void (*bf16_pair_cols)(bf16* dst, int64_t width, const bf16* src, int64_t ld, int64_t kc, int64_t nx);
+};
+
 struct GemmArch {
   const char* name;
-  int mr, nr, vw;      // register tile mr×nr; panel widths are multiples of vw up to nr
-  int64_t kc, nc;      // f32 blocking: an A panel (mr·kc) stays in L1, a B block (kc·nc) in L2
+  int mr, nr, vw;  // register tile mr×nr; panel widths are multiples of vw up to nr
+  // Blocking: an A micro-panel (mr·kc) stays in L1 while the jr loop streams the B block
+  // (kc·nc) past it, from L2 or L3; A is packed again for every nc columns, so nc is large.
+  int64_t kc, nc;
   GemmF32Kernel f32;
   GemmBf16Kernel bf16;  // null where the CPU has no AVX512-BF16
   int64_t kc_bf16, nc_bf16;
+  GemmPackers pack;
 };
 
-// Defined in gemm_avx512.cc and gemm_avx2.cc (x86-64 builds only); called after a CPUID check.
+// The set this CPU runs, chosen once from cpu_isa() (gemm.cc).
+const GemmArch& gemm_arch();
+
+// Defined in the *_avx512.cc and *_avx2.cc files (x86-64 builds only); called after a CPUID check.
 GemmArch gemm_arch_avx512();
+GemmPackers gemm_packers_avx512();
 GemmArch gemm_arch_avx2();
 
 }  // namespace pk::cpu

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "gemm.h"
+#include "gemm_kernels.h"
 
 namespace pk::cpu {
 
@@ -44,11 +45,16 @@ void pack_cols(float* dst, int64_t width, int64_t k0, int64_t kc, int64_t x0, in
 void pack_f32(float* dst, int64_t width, int64_t k0, int64_t kc, int64_t x0, int64_t nx, float scale,
               const void* ctx) {
   const MatRef& m = *static_cast<const MatRef*>(ctx);
+  const GemmPackers& simd = gemm_arch().pack;
   if (m.dtype == DType::F32) {
-    if (m.trans) pack_cols<float>(dst, width, k0, kc, x0, nx, scale, m);
+    const float* cols = static_cast<const float*>(m.data) + x0 * m.ld + k0;
+    if (m.trans && simd.f32_cols) simd.f32_cols(dst, width, cols, m.ld, kc, nx, scale);
+    else if (m.trans) pack_cols<float>(dst, width, k0, kc, x0, nx, scale, m);
     else pack_rows<float>(dst, width, k0, kc, x0, nx, scale, m);
   } else {
-    if (m.trans) pack_cols<bf16>(dst, width, k0, kc, x0, nx, scale, m);
+    const bf16* cols = static_cast<const bf16*>(m.data) + x0 * m.ld + k0;
+    if (m.trans && simd.bf16_cols) simd.bf16_cols(dst, width, cols, m.ld, kc, nx, scale);
+    else if (m.trans) pack_cols<bf16>(dst, width, k0, kc, x0, nx, scale, m);
     else pack_rows<bf16>(dst, width, k0, kc, x0, nx, scale, m);
   }
 }
@@ -58,6 +64,8 @@ void pack_bf16_pairs(bf16* dst, int64_t width, int64_t k0, int64_t kc, int64_t x
   const MatRef& m = *static_cast<const MatRef*>(ctx);
   const bf16* data = static_cast<const bf16*>(m.data);
   const int64_t pairs = (kc + 1) / 2;
+  const GemmPackers& simd = gemm_arch().pack;
+  if (m.trans && simd.bf16_pair_cols) return simd.bf16_pair_cols(dst, width, data + x0 * m.ld + k0, m.ld, kc, nx);
   if (m.trans) {
     // k runs are contiguous: a pair is two neighbours.
     for (int64_t x = 0; x < nx; x++) {

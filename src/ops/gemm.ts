@@ -21,3 +21,33 @@ export function gemm(C: Tensor, A: Tensor, B: Tensor, o: GemmOptions = {}): void
 export function gemmAsync(C: Tensor, A: Tensor, B: Tensor, o: GemmOptions = {}): Promise<void> {
   return native.gemmAsync(C.native, A.native, B.native, o.transA ?? false, o.transB ?? false, o.alpha ?? 1, o.beta ?? 0);
 }
+
+/** One product of {@link gemmSum}: `alpha·op(A)·op(B)`. */
+export interface GemmTerm {
+  A: Tensor;
+  B: Tensor;
+  /** Defaults to `false`. */
+  transA?: boolean;
+  /** Defaults to `false`. */
+  transB?: boolean;
+  /** Defaults to `1`. */
+  alpha?: number;
+}
+
+function termArgs(terms: readonly GemmTerm[]): Array<Tensor['native'] | boolean | number> {
+  return terms.flatMap((t) => [t.A.native, t.B.native, t.transA ?? false, t.transB ?? false, t.alpha ?? 1]);
+}
+
+/**
+ * `C = Σ alpha·op(A)·op(B) + beta·C` over the terms (each product has C's shape, K may differ).
+ * On the CPU the terms' K ranges are concatenated inside the GEMM, so C is written once: the
+ * fused form of `X·Wᵀ + s·(X·Aᵀ)·Bᵀ`. `beta` defaults to `0` (C is not read).
+ */
+export function gemmSum(C: Tensor, terms: readonly GemmTerm[], o: { beta?: number } = {}): void {
+  native.gemmSum(C.native, o.beta ?? 0, ...termArgs(terms));
+}
+
+/** {@link gemmSum} on the thread pool. */
+export function gemmSumAsync(C: Tensor, terms: readonly GemmTerm[], o: { beta?: number } = {}): Promise<void> {
+  return native.gemmSumAsync(C.native, o.beta ?? 0, ...termArgs(terms));
+}

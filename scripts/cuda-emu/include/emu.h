@@ -242,6 +242,7 @@ T atomicAdd(T* p, T v) {
 inline float __expf(float x) { return expf(x); }
 inline float __logf(float x) { return logf(x); }
 inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fsqrt_rn(float a) { return sqrtf(a); }
 inline float rsqrtf(float x) { return 1.f / sqrtf(x); }
 inline unsigned __float_as_uint(float f) {

@@ -1,0 +1,106 @@
+// AVX-512 packers for the transposing layouts, X(k, x) = src[x·ld + k]: the A side of X·Wᵀ and
+// dY·W, and the B side of X·Wᵀ (W stored [out, in]). 16 rows of 16 k are loaded, transposed in
+// registers (64 shuffles per 256 elements) and stored as 16 panel rows, instead of 256 scalar
+// strided stores. bf16 pairs are 32-bit units, so they go through the same transposition.
+// Compiled with AVX-512 flags: everything but the entry function stays in the anonymous namespace.
+// GCC 12 warns (-Wmaybe-uninitialized) inside its own AVX-512 headers, whose masked-op
+// wrappers start from a deliberately undefined vector; the warning says nothing about this code.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include "gemm_kernels.h"
+
+namespace pk::cpu {
+
+namespace {
+
+__attribute__((always_inline)) inline __m512 unpacklo_pd(__m512 a, __m512 b) {
+  return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+}
+__attribute__((always_inline)) inline __m512 unpackhi_pd(__m512 a, __m512 b) {
+  return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+}
+
+// r[i] = row i of a 16×16 block of 32-bit values  →  r[j] = column j. Pure data movement, so it
+// serves bf16 pairs as well as floats.
+__attribute__((always_inline)) inline void transpose16(__m512 (&r)[16]) {
+  __m512 t[16];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; i++) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  // u[4i + c], 128-bit lane l: column 4l + c of rows 4i..4i+3.
+  __m512 u[16];
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; i++) {
+    u[4 * i] = unpacklo_pd(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 1] = unpackhi_pd(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 2] = unpacklo_pd(t[4 * i + 1], t[4 * i + 3]);
+    u[4 * i + 3] = unpackhi_pd(t[4 * i + 1], t[4 * i + 3]);
+  }
+  // Column 4l + c gathers lane l of u[c], u[4 + c], u[8 + c], u[12 + c]: a 4×4 lane transpose.
+#pragma GCC unroll 4
+  for (int c = 0; c < 4; c++) {
+    const __m512 v0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44), v1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xEE);
+    const __m512 v2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44);
+    const __m512 v3 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xEE);
+    r[c] = _mm512_shuffle_f32x4(v0, v2, 0x88);
+    r[4 + c] = _mm512_shuffle_f32x4(v0, v2, 0xDD);
+    r[8 + c] = _mm512_shuffle_f32x4(v1, v3, 0x88);
+    r[12 + c] = _mm512_shuffle_f32x4(v1, v3, 0xDD);
+  }
+}
+
+inline __mmask16 mask16(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1); }
+inline __mmask32 mask32(int64_t n) { return n >= 32 ? __mmask32(0xFFFFFFFFu) : __mmask32((1u << n) - 1); }
+
+// dst[k·width + x] (32-bit units) = LOAD(x, k0) lane k - k0, 16 x by 16 k at a time; LOAD(x, k0)
+// returns the 16 values of source row x from k0 (zero past the end), rows past nx are zero.
+// `step` is how many source elements one 32-bit unit spans along k (1 for f32, 2 for pairs).
+template <typename Load>
+__attribute__((always_inline)) inline void pack_transposed(float* dst, int64_t width, int64_t units, int64_t nx,
+                                                           Load load) {
+  for (int64_t x0 = 0; x0 < width; x0 += 16) {
+    const int64_t xn = width - x0 < 16 ? width - x0 : 16;  // panel columns in this group
+    const int64_t xv = nx - x0 < 0 ? 0 : nx - x0 < xn ? nx - x0 : xn;  // of which hold data
+    const __mmask16 store = mask16(xn);
+    for (int64_t u0 = 0; u0 < units; u0 += 16) {
+      __m512 r[16];
+#pragma GCC unroll 16
+      for (int i = 0; i < 16; i++) r[i] = i < xv ? load(x0 + i, u0) : _mm512_setzero_ps();
+      transpose16(r);
+      const int64_t un = units - u0 < 16 ? units - u0 : 16;
+      for (int64_t j = 0; j < un; j++) _mm512_mask_storeu_ps(dst + (u0 + j) * width + x0, store, r[j]);
+    }
+  }
+}
+
+void f32_cols(float* dst, int64_t width, const float* src, int64_t ld, int64_t kc, int64_t nx, float scale) {
+  const __m512 vs = _mm512_set1_ps(scale);
+  pack_transposed(dst, width, kc, nx, [&](int64_t x, int64_t k0) {
+    return _mm512_mul_ps(vs, _mm512_maskz_loadu_ps(mask16(kc - k0), src + x * ld + k0));
+  });
+}
+
+void bf16_cols(float* dst, int64_t width, const bf16* src, int64_t ld, int64_t kc, int64_t nx, float scale) {
+  const __m512 vs = _mm512_set1_ps(scale);
+  pack_transposed(dst, width, kc, nx, [&](int64_t x, int64_t k0) {
+    const __m256i h = _mm256_maskz_loadu_epi16(mask16(kc - k0), src + x * ld + k0);
+    return _mm512_mul_ps(vs, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+  });
+}
+
+void bf16_pair_cols(bf16* dst, int64_t width, const bf16* src, int64_t ld, int64_t kc, int64_t nx) {
+  const int64_t pairs = (kc + 1) / 2;
+  pack_transposed(reinterpret_cast<float*>(dst), width, pairs, nx, [&](int64_t x, int64_t p0) {
+    // 16 pairs are 32 bf16; an odd kc leaves the last pair's second half zero.
+    return _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(mask32(kc - 2 * p0), src + x * ld + 2 * p0));
+  });
+}
+
+}  // namespace
+
+GemmPackers gemm_packers_avx512() { return GemmPackers{f32_cols, bf16_cols, bf16_pair_cols}; }
+
+}  // namespace pk::cpu
