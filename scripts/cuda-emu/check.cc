@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "peftkit/dropout_rng.h"
+#include "peftkit/rope_freq.h"
 #include "peftkit/kernels.h"
 
 using Vec = std::vector<float>;
@@ -317,20 +318,16 @@ static void check_rope() {
     Vec cs = poison(size_t(T * half)), sn = poison(size_t(T * half));
     pk::cuda::rope_table(cs.data(), sn.data(), pos.data(), T, D, theta, sc);
     Ref rc(cs.size()), rs(sn.size());
+    // The table's contract (kernels.inc): the f32 inverse frequencies transformers forms (the
+    // CPU's own rope_inv_freq, itself checked against HF's formula by the ava tests), the angle
+    // as one f32 product, its cos and sin in double.
+    std::vector<float> inv(static_cast<size_t>(half));
+    pk::rope_inv_freq(inv.data(), D, theta, sc);
     for (int64_t i = 0; i < half; i++) {
-      // transformers: inv_freq = 1 / base^(arange(0, dim, 2) / dim), then llama3's torch.where.
-      double inv = 1.0 / std::pow(double(theta), double(2 * i) / double(D));
-      if (scaled) {
-        const double low_wl = 8192.0 / 1.0, high_wl = 8192.0 / 4.0, wl = 2 * M_PI / inv;
-        double llama = wl > low_wl ? inv / 8.0 : inv;
-        const double smooth = (8192.0 / wl - 1.0) / (4.0 - 1.0);
-        const double smoothed = (1 - smooth) * llama / 8.0 + smooth * llama;
-        const bool medium = !(wl < high_wl) && !(wl > low_wl);
-        inv = medium ? smoothed : llama;
-      }
       for (int64_t t = 0; t < T; t++) {
-        rc[size_t(t * half + i)] = std::cos(pos[size_t(t)] * inv);
-        rs[size_t(t * half + i)] = std::sin(pos[size_t(t)] * inv);
+        const double angle = double(float(pos[size_t(t)]) * inv[size_t(i)]);
+        rc[size_t(t * half + i)] = std::cos(angle);
+        rs[size_t(t * half + i)] = std::sin(angle);
       }
     }
     expect("rope_table cos scaled=" + std::to_string(scaled), cs, rc, 1e-6);
@@ -446,9 +443,9 @@ static void check_dropout() {
     bool same = true;
     int kept = 0;
     for (size_t i = 0; i < size_t(n); i++) {
-      const bool keep = pk::dropout_keep(seed, offset + i, p);
+      const bool keep = pk::dropout_keep(pk::dropout_key(seed), offset + i, p);
       kept += keep;
-      const float want = keep ? x[i] / (1.f - p) : 0.f;
+      const float want = keep ? x[i] * pk::dropout_scale(p) : 0.f;
       same = same && out[i] == want && dx[i] == want;
     }
     expect_true("dropout p=" + std::to_string(p) + " matches the host mask bit for bit", same);
