@@ -107,7 +107,11 @@ void linear_cross_entropy(const Tensor& losses, const Tensor& dH, const Tensor& 
   const int64_t N = targets.numel();  // the rows of H, also when C == 0
   expect_targets_in_range(targets, V, ignore_index);
   if (N == 0) return;
-  if (chunk_rows == 0) chunk_rows = (int64_t(1) << 23) / V > 1 ? (int64_t(1) << 23) / V : 1;
+  // Automatic: 2^25 floats (128 MiB) of logits per chunk. Taller chunks keep the two GEMMs of a
+  // chunk efficient (measured at N=1024, V=49152, C=576 on 2 cores: 32 MiB chunks 0.94 s, 128 MiB
+  // 0.76 s, all rows 0.73 s), while memory stays bounded for any N.
+  constexpr int64_t kChunkFloats = int64_t(1) << 25;
+  if (chunk_rows == 0) chunk_rows = kChunkFloats / V > 1 ? kChunkFloats / V : 1;
   if (chunk_rows > N) chunk_rows = N;
   Tensor scratch = Tensor::empty({chunk_rows, V}, DType::F32, H.device);
   float* dh = dH.storage ? dH.data<float>() : nullptr;

@@ -14,7 +14,7 @@ export interface CrossEntropyOptions {
 export interface LinearCrossEntropyOptions extends CrossEntropyOptions {
   /**
    * Rows of logits formed at once (scratch memory is `chunkRows × V` floats). `0` picks about
-   * 32 MB of logits. Defaults to `0`.
+   * 128 MiB of logits. Defaults to `0`.
    */
   chunkRows?: number;
 }
