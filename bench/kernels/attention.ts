@@ -10,29 +10,13 @@
 import { spawnSync } from 'child_process';
 import * as path from 'path';
 import { Tensor, ops, runtimeInfo } from '../../src/index';
+import { medianMs, MIN_REPS, MIN_SECONDS } from './_timing';
 import type { BenchRow } from './types';
 
 const SHAPES = [
   { B: 4, T: 256, Hq: 9, Hkv: 3, D: 64 },
   { B: 1, T: 2048, Hq: 32, Hkv: 4, D: 64 },
 ];
-const MIN_REPS = 3;
-const MIN_SECONDS = 2;
-
-/** Median wall time of `step` in ms after one warm-up call: at least MIN_REPS calls, more while under MIN_SECONDS. */
-function medianMs(step: () => void): number {
-  step();
-  const times: number[] = [];
-  const start = performance.now();
-  while (times.length < MIN_REPS || (performance.now() - start < MIN_SECONDS * 1e3 && times.length < 50)) {
-    const t0 = performance.now();
-    step();
-    times.push(performance.now() - t0);
-  }
-  times.sort((a, b) => a - b);
-  const mid = times.length >> 1;
-  return times.length % 2 ? times[mid] : (times[mid - 1] + times[mid]) / 2;
-}
 
 function randomTensor(shape: number[]): Tensor {
   const data = new Float32Array(shape.reduce((a, b) => a * b, 1));

@@ -7,6 +7,7 @@
 import { spawnSync } from 'child_process';
 import * as path from 'path';
 import { Tensor, ops, runtimeInfo } from '../../src/index';
+import { medianMs, MIN_REPS, MIN_SECONDS } from './_timing';
 import type { BenchRow } from './types';
 
 const M = 1024; // batch 4 × 256 tokens
@@ -14,23 +15,6 @@ const R = 16;
 const SCALE = 2; // lora_alpha 32 / r 16
 const SHAPES: Array<[number, number]> = [[576, 576], [576, 1536], [1536, 576]]; // (K, N): q/o, gate/up, down
 const BAR = 1.15;
-const MIN_REPS = 3;
-const MIN_SECONDS = 2;
-
-/** Median wall time of `step` in ms after one warm-up call: at least MIN_REPS calls, more while under MIN_SECONDS. */
-function medianMs(step: () => void): number {
-  step();
-  const times: number[] = [];
-  const start = performance.now();
-  while (times.length < MIN_REPS || (performance.now() - start < MIN_SECONDS * 1e3 && times.length < 50)) {
-    const t0 = performance.now();
-    step();
-    times.push(performance.now() - t0);
-  }
-  times.sort((a, b) => a - b);
-  const mid = times.length >> 1;
-  return times.length % 2 ? times[mid] : (times[mid - 1] + times[mid]) / 2;
-}
 
 function randomTensor(shape: number[], scale: number): Tensor {
   const n = shape.reduce((a, b) => a * b, 1);

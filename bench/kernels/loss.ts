@@ -3,18 +3,8 @@
  * (GEMM logits, cross-entropy in place, two GEMMs for dH and dW), which holds all N×V logits.
  */
 import { Tensor, ops } from '../../src/index';
+import { medianMs as median } from './_timing';
 import type { BenchRow } from './types';
-
-function median(f: () => void, reps = 5): number {
-  f();
-  const ts: number[] = [];
-  for (let i = 0; i < reps; i++) {
-    const t0 = process.hrtime.bigint();
-    f();
-    ts.push(Number(process.hrtime.bigint() - t0) / 1e6);
-  }
-  return ts.sort((a, b) => a - b)[reps >> 1];
-}
 
 function random(n: number, scale: number): Float32Array {
   const a = new Float32Array(n);
@@ -37,14 +27,14 @@ export function run(): BenchRow[] {
     const targets = Tensor.from(Int32Array.from({ length: N }, (_, i) => (i * 7919) % V), [N]);
     const losses = Tensor.empty([N]), dH = Tensor.empty([N, C]), dW = Tensor.zeros([V, C]);
     const flops = 3 * 2 * N * C * V;
-    const ms = median(() => ops.linearCrossEntropy(losses, dH, dW, H, W, targets, { gradScale: 1 / N, chunkRows: 32 }), 3);
+    const ms = median(() => ops.linearCrossEntropy(losses, dH, dW, H, W, targets, { gradScale: 1 / N, chunkRows: 32 }));
     const logits = Tensor.empty([N, V]);
     const peer = median(() => {
       ops.gemm(logits, H, W, { transB: true });
       ops.crossEntropy(losses, logits, logits, targets, { gradScale: 1 / N });
       ops.gemm(dH, logits, W);
       ops.gemm(dW, logits, H, { transA: true, beta: 1 });
-    }, 3);
+    });
     rows.push({
       kernel: 'linear_cross_entropy bf16 W (+dH, dW)', shape: `N=${N} C=${C} V=${V}`, ms, gflops: flops / ms / 1e6,
       peer: { name: 'unfused gemm+CE+2 gemm', ms: peer, gflops: flops / peer / 1e6 },

@@ -1,17 +1,7 @@
 /** AdamW and the gradient norm over a LoRA-like parameter set: many small tensors, a few large. */
 import { Tensor, ops } from '../../src/index';
+import { medianMs as median } from './_timing';
 import type { BenchRow } from './types';
-
-function median(f: () => void, reps = 7): number {
-  f();
-  const ts: number[] = [];
-  for (let i = 0; i < reps; i++) {
-    const t0 = process.hrtime.bigint();
-    f();
-    ts.push(Number(process.hrtime.bigint() - t0) / 1e6);
-  }
-  return ts.sort((a, b) => a - b)[reps >> 1];
-}
 
 export function run(): BenchRow[] {
   // 224 LoRA factors of 16×2048 (a 28-layer model, q/k/v/o... at r=16) and 2 large tensors.
