@@ -71,36 +71,7 @@ void tile_gemm(float* c, int64_t ldc, const float* a, int64_t sai, int64_t sak, 
   }
 }
 
-// In place: r[x][t] <- r[t][x]. Pairs, then quads within 128-bit lanes, then lanes.
-inline void transpose16(__m512 r[16]) {
-  __m512 t[16];
-#pragma GCC unroll 8
-  for (int i = 0; i < 8; i++) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  // u[4g + c], lane L: element 4L + c of rows 4g..4g+3.
-  __m512 u[16];
-#pragma GCC unroll 4
-  for (int g = 0; g < 4; g++) {
-    const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]);
-    const __m512d c = _mm512_castps_pd(t[4 * g + 2]), d = _mm512_castps_pd(t[4 * g + 3]);
-    u[4 * g + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
-    u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
-    u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
-    u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
-  }
-#pragma GCC unroll 4
-  for (int c = 0; c < 4; c++) {
-    const __m512 v0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44), v1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xee);
-    const __m512 w0 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44);
-    const __m512 w1 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xee);
-    r[c] = _mm512_shuffle_f32x4(v0, w0, 0x88);
-    r[4 + c] = _mm512_shuffle_f32x4(v0, w0, 0xdd);
-    r[8 + c] = _mm512_shuffle_f32x4(v1, w1, 0x88);
-    r[12 + c] = _mm512_shuffle_f32x4(v1, w1, 0xdd);
-  }
-}
+#include "transpose16_avx512.h"
 
 // 16 keys × 16 dims at a time through registers; rows past cols load as zeros.
 void pack_transposed(float* dst, const float* rows, int64_t ld, int64_t cols, int64_t D) {
