@@ -22,8 +22,9 @@ export function lossCurveSvg(records: readonly LogRecord[], title = 'training lo
   const pts = [...train.map((r) => [r.step, r.loss]), ...evals.map((r) => [r.step, r.eval_loss])].filter(([, y]) => Number.isFinite(y));
   const xs = pts.map((p) => p[0]);
   const ys = pts.map((p) => p[1]);
-  const x0 = Math.min(0, ...xs), x1 = Math.max(1, ...xs);
-  let y0 = Math.min(...ys), y1 = Math.max(...ys);
+  // Loops, not Math.min(...xs): a long run's points would overflow the call stack when spread.
+  const x0 = xs.reduce((a, b) => Math.min(a, b), 0), x1 = xs.reduce((a, b) => Math.max(a, b), 1);
+  let y0 = ys.reduce((a, b) => Math.min(a, b), Infinity), y1 = ys.reduce((a, b) => Math.max(a, b), -Infinity);
   if (!pts.length) [y0, y1] = [0, 1];
   if (y1 - y0 < 1e-9) [y0, y1] = [y0 - 0.5, y1 + 0.5];
   const sx = (x: number) => PAD.l + ((x - x0) / (x1 - x0)) * (W - PAD.l - PAD.r);

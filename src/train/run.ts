@@ -108,7 +108,10 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
 
   const batches = new BatchIterator(data.train, { batchSize: o.batchSize, padId, shuffle: o.shuffle, seed: o.seed, packing: o.packing, maxLength: o.maxLength });
   const totalSteps = o.steps ?? Math.max(1, Math.ceil(((o.epochs ?? 1) * batches.batchesPerEpoch) / o.gradAccum));
-  const longest = Math.min(o.maxLength, Math.max(...data.train.map((e) => e.inputIds.length), ...data.eval.map((e) => e.inputIds.length)));
+  // A loop, not Math.max(...): spreading 100k+ lengths would overflow the call stack.
+  let longest = 1;
+  for (const e of [...data.train, ...data.eval]) longest = Math.max(longest, e.inputIds.length);
+  longest = Math.min(o.maxLength, longest);
   const maxT = o.packing ? o.maxLength : longest;
   const fingerprint = { model: path.resolve(o.model), data: path.resolve(o.data), batchSize: o.batchSize, gradAccum: o.gradAccum, seed: o.seed, packing: o.packing, maxLength: o.maxLength, shuffle: o.shuffle };
   if (resumed) {
