@@ -6,6 +6,20 @@ const W = 640;
 const H = 360;
 const PAD = { l: 56, r: 16, t: 28, b: 40 };
 
+const MAX_POINTS = 2000;
+
+/** Averages consecutive records into at most `max` points, so a long run's picture stays small. */
+function downsample(pts: Array<{ step: number; loss: number }>, max: number): Array<{ step: number; loss: number }> {
+  if (pts.length <= max) return pts;
+  const per = Math.ceil(pts.length / max);
+  const out: Array<{ step: number; loss: number }> = [];
+  for (let i = 0; i < pts.length; i += per) {
+    const chunk = pts.slice(i, i + per).filter((p) => Number.isFinite(p.loss));
+    if (chunk.length) out.push({ step: chunk[chunk.length - 1].step, loss: chunk.reduce((a, p) => a + p.loss, 0) / chunk.length });
+  }
+  return out;
+}
+
 function niceTicks(lo: number, hi: number, n = 5): number[] {
   if (!(hi > lo)) return [lo];
   const raw = (hi - lo) / n;
@@ -17,7 +31,7 @@ function niceTicks(lo: number, hi: number, n = 5): number[] {
 }
 
 export function lossCurveSvg(records: readonly LogRecord[], title = 'training loss'): string {
-  const train = records.filter((r) => !isEval(r)) as Array<{ step: number; loss: number }>;
+  const train = downsample(records.filter((r) => !isEval(r)) as Array<{ step: number; loss: number }>, MAX_POINTS);
   const evals = records.filter(isEval);
   const pts = [...train.map((r) => [r.step, r.loss]), ...evals.map((r) => [r.step, r.eval_loss])].filter(([, y]) => Number.isFinite(y));
   const xs = pts.map((p) => p[0]);
