@@ -16,42 +16,7 @@ namespace pk::cpu {
 
 namespace {
 
-// e^x for x <= 0, written so that an `omp simd` loop vectorizes it (libm's expf does not
-// vectorize without -ffast-math). x = n·ln2 + r with |r| <= ln2/2, e^r by its Taylor series
-// to r^7 (truncation under 1e-8 relative), 2^n built in the exponent bits. Below -87, where
-// e^x would leave f32's normal range, it returns 0; NaN stays NaN. The two selects are done
-// on the bits: a float comparison would keep GCC (trapping math) from vectorizing the loop.
-inline float exp_nonpositive(float x) {
-  int32_t xb;
-  std::memcpy(&xb, &x, 4);
-  // All ones unless 87 < |x| <= inf (NaN keeps its bits and propagates).
-  const int32_t keep = -int32_t(uint32_t((xb & 0x7fffffff) - 0x42ae0001) >= uint32_t(0x7f800000 - 0x42ae0000));
-  const int32_t xcb = (xb & keep) | (int32_t(0xc2ae0000) & ~keep);  // 0xc2ae0000 is -87.f
-  float xc;
-  std::memcpy(&xc, &xcb, 4);
-  // Round to nearest by the 1.5·2^23 trick (exact for |v| < 2^22).
-  const float n = (xc * 1.44269504088896341f + 12582912.f) - 12582912.f;
-  float r = xc - n * 0.693359375f;  // ln2 split in two so that n·ln2_hi is exact
-  r = r + n * 2.12194440e-4f;
-  float p = 1.f / 5040.f;
-  p = p * r + 1.f / 720.f;
-  p = p * r + 1.f / 120.f;
-  p = p * r + 1.f / 24.f;
-  p = p * r + 1.f / 6.f;
-  p = p * r + 0.5f;
-  p = p * r + 1.f;
-  p = p * r + 1.f;
-  const int32_t scale_bits = (int32_t(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &scale_bits, 4);
-  const float e = p * scale;
-  int32_t eb;
-  std::memcpy(&eb, &e, 4);
-  eb &= keep;
-  float out;
-  std::memcpy(&out, &eb, 4);
-  return out;
-}
+#include "exp_approx.h"
 
 // Partial sums of at most this many exps stay in f32 (lanes of a vector register); the row
 // total is kept in double, so a 150k vocabulary loses nothing to the order of additions.

@@ -32,30 +32,7 @@ inline float pick(uint32_t mask, float a, float b) { return float_of((bits_of(a)
 
 inline float neg_abs(float x) { return float_of(bits_of(x) | 0x80000000u); }
 
-constexpr uint32_t kMinus87Bits = 0xC2AE0000u;  // -87.0f: e^-87 ≈ 1.6e-38, near the smallest normal
-
-// e^x for x <= 0 (including -0 and -inf), within ~2 ulp. Cody–Waite reduction x = n·ln2 + r with
-// |r| <= ln2/2, the Taylor series of e^r to r^7 (truncation < 1e-8 relative), and 2^n made in
-// the exponent bits. Below -87 (and for NaN) the result is 0; the callers multiply by x, which
-// brings a NaN back.
-inline float exp_nonpositive(float x) {
-  // For x <= 0 the bits order like magnitudes: bits > bits(-87) means x < -87 (or x is NaN).
-  const uint32_t under = bits_of(x) > kMinus87Bits ? 0xFFFFFFFFu : 0u;
-  const float xc = pick(under, -87.f, x);
-  const float kRound = 12582912.f;  // 1.5·2^23: adding and subtracting it rounds to an integer
-  const float n = (xc * 1.44269504088896341f + kRound) - kRound;
-  const float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;  // ln2 split so n·hi is exact
-  float p = 1.f / 5040.f;
-  p = p * r + 1.f / 720.f;
-  p = p * r + 1.f / 120.f;
-  p = p * r + 1.f / 24.f;
-  p = p * r + 1.f / 6.f;
-  p = p * r + 0.5f;
-  p = p * r + 1.f;
-  p = p * r + 1.f;
-  const float two_n = float_of(uint32_t(int32_t(n) + 127) << 23);  // n in [-126, 0]
-  return pick(under, 0.f, p * two_n);
-}
+#include "exp_approx.h"
 
 // σ(x) = 1/(1 + e^-x) from e = e^-|x|, so nothing overflows: 1/(1 + e) for x >= 0, e/(1 + e) below.
 inline float sigmoid(float x) {
