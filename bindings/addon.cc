@@ -54,6 +54,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitBias(env, exports);
   InitOptim8(env, exports);
   InitQuant(env, exports);
+  InitGemmQuant(env, exports);
   return exports;
 }
 

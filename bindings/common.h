@@ -57,5 +57,6 @@ void InitOptim(Napi::Env env, Napi::Object exports);
 void InitBias(Napi::Env env, Napi::Object exports);
 void InitOptim8(Napi::Env env, Napi::Object exports);
 void InitQuant(Napi::Env env, Napi::Object exports);
+void InitGemmQuant(Napi::Env env, Napi::Object exports);
 
 }  // namespace pkb

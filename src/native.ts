@@ -164,7 +164,17 @@ interface QuantOps {
   dequantizeInt8Rowwise(out: T, cb: T, scb: T): void;
 }
 
-export type NativeOps = WithAsync<GemmOps & LoraOps & TransformerOps & AttentionOps & LossOps & OptimOps & BiasOps & Optim8Ops & QuantOps>;
+// ---- ops: GEMM with a quantized weight -----------------------------------------------------------
+interface GemmQuantOps {
+  /**
+   * C f32 [M, N] = alpha·X·op(W) + beta·C, W [rows, cols] quantized: nf4/fp4 (codes u8 packed,
+   * scales f32 absmax per block) or int8 (codes i8 CB, scales f32 SCB per row). transW: op(W) = Wᵀ.
+   */
+  gemmQuant(C: T, X: T, format: 'nf4' | 'fp4' | 'int8', codes: T, scales: T, blocksize: number, rows: number, cols: number,
+    transW: boolean, alpha: number, beta: number): void;
+}
+
+export type NativeOps = WithAsync<GemmOps & LoraOps & TransformerOps & AttentionOps & LossOps & OptimOps & BiasOps & Optim8Ops & QuantOps & GemmQuantOps>;
 
 export interface NativeAddon extends NativeOps {
   NativeTensor: {

@@ -5,6 +5,7 @@
 export * from './attention';
 export * from './bias';
 export * from './gemm';
+export * from './gemm_quant';
 export * from './lora';
 export * from './loss';
 export * from './optim';

@@ -67,6 +67,21 @@ struct RopeScaling {
 // 3 magnitude bits). The tables are in quant_codes.h.
 enum class Quant4Type : int { NF4 = 0, FP4 = 1 };
 
+// A frozen Linear weight W[rows, cols] (out_features × in_features, row-major as a checkpoint
+// stores it) kept quantized, as the B operand of gemm_quant.
+//   NF4, FP4: codes = packed u8 [(rows·cols + 1)/2] (first element in the high nibble), scales =
+//             f32 absmax [ceil(rows·cols / blocksize)] of blocks over the row-major flattening
+//             (already recovered from double quantization); W = code·absmax.
+//   INT8:     codes = i8 CB [rows, cols], scales = f32 SCB [rows]; W = f32(f32(CB·SCB)·f32(1/127)).
+enum class QuantFormat : int { NF4 = 0, FP4 = 1, INT8 = 2 };
+struct QuantWeight {
+  QuantFormat format = QuantFormat::NF4;
+  const void* codes = nullptr;
+  const float* scales = nullptr;
+  int64_t blocksize = 64;  // 4-bit only: a power of two
+  int64_t rows = 0, cols = 0;
+};
+
 namespace cpu {
 #include "kernels.inc"
 }

@@ -5,6 +5,7 @@
 #include "ops/attention.h"
 #include "ops/bias.h"
 #include "ops/gemm.h"
+#include "ops/gemm_quant.h"
 #include "ops/lora.h"
 #include "ops/loss.h"
 #include "ops/optim.h"

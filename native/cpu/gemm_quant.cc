@@ -1,0 +1,124 @@
+// The GEMM with a quantized frozen weight (QLoRA's NF4/FP4, LLM.int8) as its B operand: panel
+// sources (gemm.h) that dequantize while they pack, so the full-precision weight never exists.
+// Each packed value is scale·v with v the exact f32 value dequantize_4bit / dequantize_int8_rowwise
+// would store, so the product is the f32 GEMM of the dequantized weight.
+#include <algorithm>
+
+#include "gemm.h"
+#include "peftkit/kernels.h"
+#include "peftkit/quant_codes.h"
+
+namespace pk::cpu {
+
+namespace {
+
+struct QuantCtx {
+  const QuantWeight* w;
+  const float* table;  // 4-bit code values
+  int shift;           // log2(blocksize)
+};
+
+// out[j·stride] = scale·v(i + j) for j < len, v the dequantized element i + j of the flattened
+// weight. Per block, a 16-entry table of scale·(code·absmax) turns each byte into two floats.
+template <bool CONTIG>
+void decode_4bit(float* out, int64_t stride, const QuantCtx& q, int64_t i, int64_t len, float scale) {
+  const uint8_t* packed = static_cast<const uint8_t*>(q.w->codes);
+  const int64_t end = i + len;
+  const int64_t step = CONTIG ? 1 : stride;
+  while (i < end) {
+    const int64_t b = i >> q.shift;
+    const int64_t seg_end = std::min(end, (b + 1) << q.shift);
+    const float m = q.w->scales[b];
+    float lut[16];
+    for (int c = 0; c < 16; c++) lut[c] = scale * (q.table[c] * m);
+    if (i & 1) {  // a run starting on a low nibble (blocks themselves start on a byte)
+      *out = lut[packed[i >> 1] & 15];
+      out += step;
+      i++;
+    }
+    const uint8_t* p = packed + (i >> 1);
+    const int64_t pairs = (seg_end - i) >> 1;
+    for (int64_t j = 0; j < pairs; j++) {
+      out[2 * j * step] = lut[p[j] >> 4];
+      out[(2 * j + 1) * step] = lut[p[j] & 15];
+    }
+    out += 2 * pairs * step;
+    i += 2 * pairs;
+    if (i < seg_end) {
+      *out = lut[packed[i >> 1] >> 4];
+      out += step;
+      i++;
+    }
+  }
+}
+
+// bitsandbytes' int8_vectorwise_dequant: f32(f32(cb·scb)·f32(1/127)).
+constexpr float kInv127 = 1.f / 127.f;
+
+// B = Wᵀ: X(k, x) = W[x0 + x, k0 + k], each panel column a run of one weight row.
+void pack_4bit_trans(float* dst, int64_t width, int64_t k0, int64_t kc, int64_t x0, int64_t nx, float scale,
+                     const void* ctx) {
+  const QuantCtx& q = *static_cast<const QuantCtx*>(ctx);
+  for (int64_t x = 0; x < nx; x++) decode_4bit<false>(dst + x, width, q, (x0 + x) * q.w->cols + k0, kc, scale);
+  for (int64_t k = 0; k < kc; k++)
+    for (int64_t x = nx; x < width; x++) dst[k * width + x] = 0.f;
+}
+
+// B = W: X(k, x) = W[k0 + k, x0 + x], each panel row a run of one weight row.
+void pack_4bit_rows(float* dst, int64_t width, int64_t k0, int64_t kc, int64_t x0, int64_t nx, float scale,
+                    const void* ctx) {
+  const QuantCtx& q = *static_cast<const QuantCtx*>(ctx);
+  for (int64_t k = 0; k < kc; k++, dst += width) {
+    decode_4bit<true>(dst, 1, q, (k0 + k) * q.w->cols + x0, nx, scale);
+    for (int64_t x = nx; x < width; x++) dst[x] = 0.f;
+  }
+}
+
+void pack_int8_trans(float* dst, int64_t width, int64_t k0, int64_t kc, int64_t x0, int64_t nx, float scale,
+                     const void* ctx) {
+  const QuantWeight& w = *static_cast<const QuantCtx*>(ctx)->w;
+  const int8_t* cb = static_cast<const int8_t*>(w.codes);
+  for (int64_t x = 0; x < nx; x++) {
+    const int8_t* row = cb + (x0 + x) * w.cols + k0;
+    const float s = w.scales[x0 + x];
+    for (int64_t k = 0; k < kc; k++) dst[k * width + x] = scale * ((float(row[k]) * s) * kInv127);
+  }
+  for (int64_t k = 0; k < kc; k++)
+    for (int64_t x = nx; x < width; x++) dst[k * width + x] = 0.f;
+}
+
+void pack_int8_rows(float* dst, int64_t width, int64_t k0, int64_t kc, int64_t x0, int64_t nx, float scale,
+                    const void* ctx) {
+  const QuantWeight& w = *static_cast<const QuantCtx*>(ctx)->w;
+  const int8_t* cb = static_cast<const int8_t*>(w.codes);
+  for (int64_t k = 0; k < kc; k++, dst += width) {
+    const int8_t* row = cb + (k0 + k) * w.cols + x0;
+    const float s = w.scales[k0 + k];
+    for (int64_t x = 0; x < nx; x++) dst[x] = scale * ((float(row[x]) * s) * kInv127);
+    for (int64_t x = nx; x < width; x++) dst[x] = 0.f;
+  }
+}
+
+int log2_of(int64_t v) {
+  int s = 0;
+  while ((int64_t(1) << s) < v) s++;
+  return s;
+}
+
+}  // namespace
+
+void gemm_quant(int64_t M, int64_t N, int64_t K, float alpha, MatRef A, QuantWeight W, bool w_trans, float beta,
+                float* C, int64_t ldc) {
+  const bool int8 = W.format == QuantFormat::INT8;
+  const QuantCtx ctx{&W, W.format == QuantFormat::FP4 ? quant_codes::kFp4 : quant_codes::kNf4,
+                     int8 ? 0 : log2_of(W.blocksize)};
+  PanelSource b;
+  b.pack = int8 ? (w_trans ? pack_int8_trans : pack_int8_rows) : (w_trans ? pack_4bit_trans : pack_4bit_rows);
+  b.ctx = &ctx;
+  MatRef a_view = A;  // the A source reads op(A)ᵀ
+  a_view.trans = !A.trans;
+  const PanelTerm term{matref_source(&a_view), b, K, alpha};
+  gemm_panels(M, N, &term, 1, beta, C, DType::F32, ldc);
+}
+
+}  // namespace pk::cpu
