@@ -11,6 +11,7 @@ import { ops, PeftkitError, Tensor } from '../src/index';
 import { LlamaModel } from '../src/model/llama';
 import { SafetensorsCheckpoint, TensorToWrite, writeSafetensors } from '../src/model/safetensors';
 import { expectedWeights } from '../src/model/weights';
+import { KvGenerator } from '../src/model/llama_generate';
 import { writeRandomModel } from '../src/model/random_model';
 import { mergeAdapter } from '../src/peft/merge';
 import { LoraAdapter } from '../src/peft/lora';
@@ -87,9 +88,33 @@ test('QLoRA (nf4 + double quant at load) trains exactly as LoRA on the dequantiz
     t.true(Math.abs(q.losses[s] - r.losses[s]) <= 1e-4 * Math.abs(r.losses[s]), `step ${s}: qlora ${q.losses[s]} vs lora ${r.losses[s]}`);
   }
   t.true(Math.abs(q.losses[0] - exp.losses[0]) > 1e-6, 'the quantized run differs from the f32 golden run');
+  let worst = 0;
   for (const [n, v] of r.state) {
     const e = relErr(q.state.get(n)!, v);
+    worst = Math.max(worst, e);
     t.true(e <= 1e-4, `${n}: relative error ${e.toExponential(2)}`);
+  }
+  const lossErr = Math.max(...q.losses.map((l, s) => Math.abs(l - r.losses[s]) / Math.abs(r.losses[s])));
+  t.log(`qlora vs lora on the dequantized weights: worst loss rel ${lossErr.toExponential(2)}, worst adapter rel ${worst.toExponential(2)}`);
+
+  // Generation reads the quantized weights too (gemmQuant, and the quantized LoRA with an adapter).
+  const prompt = exp.input_ids[0].slice(0, 5) as number[];
+  const logits = (model: LlamaModel, adapter: LoraAdapter | null) => {
+    const g = new KvGenerator(model, prompt.length + 1, adapter);
+    try {
+      g.feed(prompt.slice(0, 3));
+      return g.feed(prompt.slice(3));
+    } finally {
+      g.dispose();
+    }
+  };
+  for (const withAdapter of [false, true]) {
+    const aq = withAdapter ? LoraAdapter.load(path.join(dir, 'adapter_in'), qmodel.linearModules) : null;
+    const ar = withAdapter ? LoraAdapter.load(path.join(dir, 'adapter_in'), ref.linearModules) : null;
+    const e = relErr(logits(qmodel, aq), logits(ref, ar));
+    t.true(e <= 1e-5, `generation logits${withAdapter ? ' with the adapter' : ''}: relative error ${e.toExponential(2)}`);
+    aq?.dispose();
+    ar?.dispose();
   }
   qmodel.dispose();
   ref.dispose();
