@@ -55,6 +55,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitOptim8(env, exports);
   InitQuant(env, exports);
   InitGemmQuant(env, exports);
+  InitLoraQuant(env, exports);
   return exports;
 }
 

@@ -57,6 +57,21 @@ std::string GetString(const Napi::CallbackInfo& info, size_t i, const char* what
   return info[i].As<Napi::String>().Utf8Value();
 }
 
+pk::ops::QuantWeightTensors GetQuantWeight(const Napi::CallbackInfo& info, size_t i) {
+  pk::ops::QuantWeightTensors W;
+  const std::string f = GetString(info, i, "format");
+  if (f == "nf4") W.format = pk::QuantFormat::NF4;
+  else if (f == "fp4") W.format = pk::QuantFormat::FP4;
+  else if (f == "int8") W.format = pk::QuantFormat::INT8;
+  else pk::fail("E_ARG", "format: expected 'nf4', 'fp4' or 'int8', got '" + f + "'");
+  W.codes = GetTensor(info, i + 1, "W codes");
+  W.scales = GetTensor(info, i + 2, "W scales");
+  W.blocksize = GetInt(info, i + 3, "blocksize");
+  W.rows = GetInt(info, i + 4, "rows");
+  W.cols = GetInt(info, i + 5, "cols");
+  return W;
+}
+
 pk::DType ParseDType(const std::string& s) {
   if (s == "f32") return pk::DType::F32;
   if (s == "bf16") return pk::DType::BF16;

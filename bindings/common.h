@@ -9,6 +9,7 @@
 
 #include "peftkit/error.h"
 #include "peftkit/kernels.h"
+#include "peftkit/ops/gemm_quant.h"
 #include "peftkit/tensor.h"
 
 namespace pkb {
@@ -32,6 +33,9 @@ int64_t GetInt(const Napi::CallbackInfo& info, size_t i, const char* what);
 double GetNumber(const Napi::CallbackInfo& info, size_t i, const char* what);
 bool GetBool(const Napi::CallbackInfo& info, size_t i, const char* what);
 std::string GetString(const Napi::CallbackInfo& info, size_t i, const char* what);
+// A quantized weight passed as six arguments from i: format ('nf4' | 'fp4' | 'int8'), codes,
+// scales, blocksize, rows, cols.
+pk::ops::QuantWeightTensors GetQuantWeight(const Napi::CallbackInfo& info, size_t i);
 pk::DType ParseDType(const std::string& s);
 pk::Device ParseDevice(const std::string& s);
 
@@ -58,5 +62,6 @@ void InitBias(Napi::Env env, Napi::Object exports);
 void InitOptim8(Napi::Env env, Napi::Object exports);
 void InitQuant(Napi::Env env, Napi::Object exports);
 void InitGemmQuant(Napi::Env env, Napi::Object exports);
+void InitLoraQuant(Napi::Env env, Napi::Object exports);
 
 }  // namespace pkb

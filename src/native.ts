@@ -174,7 +174,17 @@ interface GemmQuantOps {
     transW: boolean, alpha: number, beta: number): void;
 }
 
-export type NativeOps = WithAsync<GemmOps & LoraOps & TransformerOps & AttentionOps & LossOps & OptimOps & BiasOps & Optim8Ops & QuantOps & GemmQuantOps>;
+// ---- ops: LoRA on a quantized frozen weight (QLoRA) ------------------------------------------
+type QuantWeightArgs = [format: 'nf4' | 'fp4' | 'int8', codes: T, scales: T, blocksize: number, rows: number, cols: number];
+interface LoraQuantOps {
+  /** loraForward with W [rows = N, cols = K] quantized (the six arguments of gemmQuant's W). */
+  loraForwardQuant(Y: T, XA: T, X: T, Xa: T | null, ...rest: [...QuantWeightArgs, A: T, B: T, bias: T | null, scale: number]): void;
+  /** loraBackward with W quantized. */
+  loraBackwardQuant(dX: T | null, dXa: T | null, dA: T, dB: T, dY: T, Xa: T, XA: T,
+    ...rest: [...QuantWeightArgs, A: T, B: T, scale: number]): void;
+}
+
+export type NativeOps = WithAsync<GemmOps & LoraOps & TransformerOps & AttentionOps & LossOps & OptimOps & BiasOps & Optim8Ops & QuantOps & GemmQuantOps & LoraQuantOps>;
 
 export interface NativeAddon extends NativeOps {
   NativeTensor: {

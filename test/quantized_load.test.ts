@@ -1,9 +1,10 @@
-/** bitsandbytes-layout checkpoints (written by `peftkit quantize`) load and train. */
+/** bitsandbytes-layout checkpoints (written by `peftkit quantize`) load quantized and train. */
 import test from 'ava';
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import { ops, Tensor } from '../src/index';
 import { LlamaModel } from '../src/model/llama';
 import { writeRandomModel } from '../src/model/random_model';
 import { SafetensorsCheckpoint } from '../src/model/safetensors';
@@ -15,7 +16,7 @@ import { Trainer } from '../src/train/trainer';
 const BIN = path.join(__dirname, '..', '..', 'bin', 'peftkit.js');
 
 for (const format of ['nf4', 'fp4', 'int8'] as const) {
-  test(`${format}: peftkit quantize writes a folder that loads with the same dequantized weights, and LoRA trains on it`, (t) => {
+  test(`${format}: peftkit quantize writes a folder that loads kept quantized, to the same dequantized weights, and LoRA trains on it`, (t) => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-q-'));
     const src = path.join(dir, 'model');
     writeRandomModel(src, { hiddenSize: 64, numHeads: 4, numKvHeads: 2, numLayers: 2, seed: 9 });
@@ -32,7 +33,17 @@ for (const format of ['nf4', 'fp4', 'int8'] as const) {
       ? dequantizeInt8(quantizeInt8Rowwise(orig, { shape })).toFloat32Array()
       : dequantize4bit(quantize4bit(orig, { quantType: format, shape })).toFloat32Array();
     const model = LlamaModel.load(out);
-    const loaded = model.weight(name).toFloat32Array();
+    const lw = model.linear(name);
+    if (!('q' in lw)) return t.fail(`${name} was loaded as an f32 tensor, not kept quantized`);
+    t.is(lw.q.format, format);
+    t.true(model.isQuantized);
+    t.is(model.weight('model.embed_tokens.weight').dtype, 'f32');
+    const q = lw.q;
+    const deq = Tensor.empty(q.shape);
+    if (q.format === 'int8') ops.dequantizeInt8Rowwise(deq, q.cb, q.scb);
+    else ops.dequantize4bit(deq, q.packed, q.absmax, q.blocksize, q.format);
+    const loaded = deq.toFloat32Array();
+    deq.dispose();
     if (format === 'int8') {
       // quantizeModel rounds through float16 first, as bitsandbytes' Int8Params does: compare loosely.
       let worst = 0;

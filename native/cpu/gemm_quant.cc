@@ -4,7 +4,8 @@
 // would store, so the product is the f32 GEMM of the dequantized weight.
 #include <algorithm>
 
-#include "gemm.h"
+#include "gemm_quant.h"
+
 #include "peftkit/kernels.h"
 #include "peftkit/quant_codes.h"
 
@@ -17,6 +18,20 @@ struct QuantCtx {
   const float* table;  // 4-bit code values
   int shift;           // log2(blocksize)
 };
+
+int log2_of(int64_t v) {
+  int s = 0;
+  while ((int64_t(1) << s) < v) s++;
+  return s;
+}
+
+// The source's ctx is the QuantWeight itself (so a source needs no storage of its own); the
+// table and shift are derived per panel, a negligible cost next to decoding kc·nx values.
+QuantCtx ctx_of(const void* ctx) {
+  const QuantWeight* w = static_cast<const QuantWeight*>(ctx);
+  return QuantCtx{w, w->format == QuantFormat::FP4 ? quant_codes::kFp4 : quant_codes::kNf4,
+                  w->format == QuantFormat::INT8 ? 0 : log2_of(w->blocksize)};
+}
 
 // out[j·stride] = scale·v(i + j) for j < len, v the dequantized element i + j of the flattened
 // weight. Per block, a 16-entry table of scale·(code·absmax) turns each byte into two floats.
@@ -58,7 +73,7 @@ constexpr float kInv127 = 1.f / 127.f;
 // B = Wᵀ: X(k, x) = W[x0 + x, k0 + k], each panel column a run of one weight row.
 void pack_4bit_trans(float* dst, int64_t width, int64_t k0, int64_t kc, int64_t x0, int64_t nx, float scale,
                      const void* ctx) {
-  const QuantCtx& q = *static_cast<const QuantCtx*>(ctx);
+  const QuantCtx q = ctx_of(ctx);
   for (int64_t x = 0; x < nx; x++) decode_4bit<false>(dst + x, width, q, (x0 + x) * q.w->cols + k0, kc, scale);
   for (int64_t k = 0; k < kc; k++)
     for (int64_t x = nx; x < width; x++) dst[k * width + x] = 0.f;
@@ -67,7 +82,7 @@ void pack_4bit_trans(float* dst, int64_t width, int64_t k0, int64_t kc, int64_t 
 // B = W: X(k, x) = W[k0 + k, x0 + x], each panel row a run of one weight row.
 void pack_4bit_rows(float* dst, int64_t width, int64_t k0, int64_t kc, int64_t x0, int64_t nx, float scale,
                     const void* ctx) {
-  const QuantCtx& q = *static_cast<const QuantCtx*>(ctx);
+  const QuantCtx q = ctx_of(ctx);
   for (int64_t k = 0; k < kc; k++, dst += width) {
     decode_4bit<true>(dst, 1, q, (k0 + k) * q.w->cols + x0, nx, scale);
     for (int64_t x = nx; x < width; x++) dst[x] = 0.f;
@@ -76,7 +91,7 @@ void pack_4bit_rows(float* dst, int64_t width, int64_t k0, int64_t kc, int64_t x
 
 void pack_int8_trans(float* dst, int64_t width, int64_t k0, int64_t kc, int64_t x0, int64_t nx, float scale,
                      const void* ctx) {
-  const QuantWeight& w = *static_cast<const QuantCtx*>(ctx)->w;
+  const QuantWeight& w = *static_cast<const QuantWeight*>(ctx);
   const int8_t* cb = static_cast<const int8_t*>(w.codes);
   for (int64_t x = 0; x < nx; x++) {
     const int8_t* row = cb + (x0 + x) * w.cols + k0;
@@ -89,7 +104,7 @@ void pack_int8_trans(float* dst, int64_t width, int64_t k0, int64_t kc, int64_t 
 
 void pack_int8_rows(float* dst, int64_t width, int64_t k0, int64_t kc, int64_t x0, int64_t nx, float scale,
                     const void* ctx) {
-  const QuantWeight& w = *static_cast<const QuantCtx*>(ctx)->w;
+  const QuantWeight& w = *static_cast<const QuantWeight*>(ctx);
   const int8_t* cb = static_cast<const int8_t*>(w.codes);
   for (int64_t k = 0; k < kc; k++, dst += width) {
     const int8_t* row = cb + (k0 + k) * w.cols + x0;
@@ -99,25 +114,21 @@ void pack_int8_rows(float* dst, int64_t width, int64_t k0, int64_t kc, int64_t x
   }
 }
 
-int log2_of(int64_t v) {
-  int s = 0;
-  while ((int64_t(1) << s) < v) s++;
-  return s;
-}
-
 }  // namespace
+
+PanelSource quant_weight_source(const QuantWeight* w, bool trans) {
+  const bool int8 = w->format == QuantFormat::INT8;
+  PanelSource src;
+  src.pack = int8 ? (trans ? pack_int8_trans : pack_int8_rows) : (trans ? pack_4bit_trans : pack_4bit_rows);
+  src.ctx = w;
+  return src;
+}
 
 void gemm_quant(int64_t M, int64_t N, int64_t K, float alpha, MatRef A, QuantWeight W, bool w_trans, float beta,
                 float* C, int64_t ldc) {
-  const bool int8 = W.format == QuantFormat::INT8;
-  const QuantCtx ctx{&W, W.format == QuantFormat::FP4 ? quant_codes::kFp4 : quant_codes::kNf4,
-                     int8 ? 0 : log2_of(W.blocksize)};
-  PanelSource b;
-  b.pack = int8 ? (w_trans ? pack_int8_trans : pack_int8_rows) : (w_trans ? pack_4bit_trans : pack_4bit_rows);
-  b.ctx = &ctx;
   MatRef a_view = A;  // the A source reads op(A)ᵀ
   a_view.trans = !A.trans;
-  const PanelTerm term{matref_source(&a_view), b, K, alpha};
+  const PanelTerm term{matref_source(&a_view), quant_weight_source(&W, w_trans), K, alpha};
   gemm_panels(M, N, &term, 1, beta, C, DType::F32, ldc);
 }
 

@@ -12,7 +12,9 @@ void expect_numel(const Tensor& t, int64_t n, const char* what, const char* why)
                         t.describe());
 }
 
-void check_weight(const QuantWeightTensors& W) {
+}  // namespace
+
+void check_quant_weight(const QuantWeightTensors& W) {
   if (W.rows < 1 || W.cols < 1)
     fail("E_SHAPE", "W shape: expected [rows, cols] of at least 1, got [" + std::to_string(W.rows) + ", " +
                         std::to_string(W.cols) + "]");
@@ -30,9 +32,8 @@ void check_weight(const QuantWeightTensors& W) {
     expect_numel(W.codes, (n + 1) / 2, "W packed", "two 4-bit codes a byte");
     expect_numel(W.scales, (n + W.blocksize - 1) / W.blocksize, "W absmax", "one per block");
   }
+  expect_same_device(W.codes, W.scales, "W codes", "W scales");
 }
-
-}  // namespace
 
 void gemm_quant(const Tensor& C, const Tensor& X, const QuantWeightTensors& W, bool transW, float alpha, float beta) {
   expect_ndim(C, 2, "gemmQuant C");
@@ -40,7 +41,7 @@ void gemm_quant(const Tensor& C, const Tensor& X, const QuantWeightTensors& W, b
   expect_dtype(C, DType::F32, "gemmQuant C");
   if (X.dtype != DType::F32 && X.dtype != DType::BF16)
     fail("E_DTYPE", "gemmQuant X: expected dtype f32 or bf16, got " + X.describe());
-  check_weight(W);
+  check_quant_weight(W);
   expect_same_device(C, X, "gemmQuant C", "gemmQuant X");
   expect_same_device(C, W.codes, "gemmQuant C", "W codes");
   expect_same_device(C, W.scales, "gemmQuant C", "W scales");

@@ -48,6 +48,18 @@ void expect_weight(const Arg& w, int64_t K, const char* k_from) {
                         "), got " + w.t.describe());
 }
 
+// A quantized W [N, K] (rows N, cols K) whose K must match the input's last dimension.
+void expect_quant_weight(const QuantWeightTensors& W, int64_t K, const char* what, const char* k_from) {
+  check_quant_weight(W);
+  if (W.cols != K)
+    fail("E_SHAPE", std::string(what) + ": expected shape [N, " + std::to_string(K) + "] (K from " + k_from +
+                        "), got [" + std::to_string(W.rows) + ", " + std::to_string(W.cols) + "]");
+}
+
+QuantWeight kernel_weight(const QuantWeightTensors& W) {
+  return QuantWeight{W.format, W.codes.raw(), W.scales.data<float>(), W.blocksize, W.rows, W.cols};
+}
+
 // A [r, K], r >= 1.
 int64_t expect_lora_a(const Arg& a, int64_t K) {
   expect_dtype(a.t, DType::F32, a.what);
@@ -153,6 +165,85 @@ void lora_backward(const Tensor& dX, const Tensor& dXa, const Tensor& dA, const 
   cuda::lora_backward(dx_ptr, dxa_ptr, dA.data<float>(), dB.data<float>(), dY.data<float>(), Xa.data<float>(),
                       XA.data<float>(), W.raw(), W.dtype, A.data<float>(), B.data<float>(), s, M, N, K, r,
                       scratch.data<float>());
+#endif
+}
+
+void lora_forward_quant(const Tensor& Y, const Tensor& XA, const Tensor& X, const Tensor& Xa,
+                        const QuantWeightTensors& W, const Tensor& A, const Tensor& B, const Tensor& bias, float s) {
+  const Arg y{Y, "lora_forward Y"}, xa_out{XA, "lora_forward XA"}, x{X, "lora_forward X"},
+      xa{Xa, "lora_forward Xa (dropoutInput)"}, wc{W.codes, "lora_forward W codes"}, a{A, "lora_forward A"},
+      b{B, "lora_forward B"}, bi{bias, "lora_forward bias"};
+  for (const Arg& t : {y, xa_out, x, xa, a, b, bi}) expect_f32(t);
+  expect_scale(s, "lora_forward scale");
+  const std::vector<int64_t> lead = leading_dims(x, "K");
+  const int64_t K = X.dim(-1), M = product(lead);
+  expect_quant_weight(W, K, "lora_forward W", "X [..., K]");
+  const int64_t N = W.rows, r = expect_lora_a(a, K);
+  expect_shape(B, {N, r}, b.what);
+  if (bi.present()) expect_shape(bias, {N}, bi.what);
+  if (xa.present()) expect_shape(Xa, X.shape, xa.what);
+  expect_shape(Y, with_last(lead, N), y.what);
+  expect_shape(XA, with_last(lead, r), xa_out.what);
+  expect_one_device({y, xa_out, x, xa, wc, a, b, bi});
+  expect_distinct({y, xa_out}, {y, xa_out, x, xa, wc, {W.scales, "lora_forward W scales"}, a, b, bi});
+
+  const float* xa_ptr = xa.present() ? Xa.data<float>() : X.data<float>();
+  const float* bias_ptr = bi.present() ? bias.data<float>() : nullptr;
+  const QuantWeight q = kernel_weight(W);
+  if (Y.device == Device::CPU) {
+    cpu::lora_forward_quant(Y.data<float>(), XA.data<float>(), X.data<float>(), xa_ptr, q, A.data<float>(),
+                            B.data<float>(), bias_ptr, s, M, N, K, r);
+    return;
+  }
+#ifdef PEFTKIT_CUDA
+  cuda::lora_forward_quant(Y.data<float>(), XA.data<float>(), X.data<float>(), xa_ptr, q, A.data<float>(),
+                           B.data<float>(), bias_ptr, s, M, N, K, r);
+#endif
+}
+
+void lora_backward_quant(const Tensor& dX, const Tensor& dXa, const Tensor& dA, const Tensor& dB, const Tensor& dY,
+                         const Tensor& Xa, const Tensor& XA, const QuantWeightTensors& W, const Tensor& A,
+                         const Tensor& B, float s) {
+  const Arg dx{dX, "lora_backward dX"}, dxa{dXa, "lora_backward dXa (dDropoutInput)"}, da{dA, "lora_backward dA"},
+      db{dB, "lora_backward dB"}, dy{dY, "lora_backward dY"}, xa{Xa, "lora_backward Xa"},
+      xa_saved{XA, "lora_backward XA"}, wc{W.codes, "lora_backward W codes"}, a{A, "lora_backward A"},
+      b{B, "lora_backward B"};
+  for (const Arg& t : {dx, dxa, da, db, dy, xa, xa_saved, a, b}) expect_f32(t);
+  expect_scale(s, "lora_backward scale");
+  const std::vector<int64_t> lead = leading_dims(dy, "N");
+  const int64_t N = dY.dim(-1), M = product(lead);
+  leading_dims(xa, "K");
+  const int64_t K = Xa.dim(-1);
+  expect_shape(Xa, with_last(lead, K), xa.what);
+  expect_quant_weight(W, K, "lora_backward W", "Xa [..., K]");
+  if (W.rows != N)
+    fail("E_SHAPE", "lora_backward W: expected shape [" + std::to_string(N) + ", " + std::to_string(K) +
+                        "] (N from dY [..., N]), got [" + std::to_string(W.rows) + ", " + std::to_string(W.cols) + "]");
+  const int64_t r = expect_lora_a(a, K);
+  expect_shape(B, {N, r}, b.what);
+  expect_shape(XA, with_last(lead, r), xa_saved.what);
+  expect_shape(dA, {r, K}, da.what);
+  expect_shape(dB, {N, r}, db.what);
+  if (dx.present()) expect_shape(dX, Xa.shape, dx.what);
+  if (dxa.present()) expect_shape(dXa, Xa.shape, dxa.what);
+  expect_one_device({da, dx, dxa, db, dy, xa, xa_saved, wc, a, b});
+  expect_distinct({dx, dxa, da, db},
+                  {dx, dxa, da, db, dy, xa, xa_saved, wc, {W.scales, "lora_backward W scales"}, a, b});
+
+  const Tensor scratch = Tensor::empty({M, r}, DType::F32, dA.device);
+  float* dx_ptr = dx.present() ? dX.data<float>() : nullptr;
+  float* dxa_ptr = dxa.present() ? dXa.data<float>() : nullptr;
+  const QuantWeight q = kernel_weight(W);
+  if (dA.device == Device::CPU) {
+    cpu::lora_backward_quant(dx_ptr, dxa_ptr, dA.data<float>(), dB.data<float>(), dY.data<float>(), Xa.data<float>(),
+                             XA.data<float>(), q, A.data<float>(), B.data<float>(), s, M, N, K, r,
+                             scratch.data<float>());
+    return;
+  }
+#ifdef PEFTKIT_CUDA
+  cuda::lora_backward_quant(dx_ptr, dxa_ptr, dA.data<float>(), dB.data<float>(), dY.data<float>(), Xa.data<float>(),
+                            XA.data<float>(), q, A.data<float>(), B.data<float>(), s, M, N, K, r,
+                            scratch.data<float>());
 #endif
 }
 

@@ -7,13 +7,27 @@ import { PeftkitError } from '../errors';
 import { resolveDevice, Device, DeviceOption, Tensor } from '../tensor';
 import type { LinearModule } from '../peft/targets';
 import { ModelConfig, readModelConfig } from './config';
-import { linearModules, loadWeights } from './weights';
+import type { QuantWeight } from '../ops/gemm_quant';
+import { disposeQuantWeight, linearModules, loadWeights, QuantizeFormat } from './weights';
+
+/** A frozen Linear weight: an f32/bf16 tensor, or kept quantized (QLoRA, LLM.int8). */
+export type LinearWeight = { W: Tensor } | { q: QuantWeight };
 
 export interface LoadModelOptions {
   /** Where the weights live and the math runs. Defaults to `'cpu'`. */
   device?: DeviceOption;
   /** Storage of the frozen Linear weights: 'bf16' halves their memory (GEMMs accumulate in f32). Defaults to `'f32'`. */
   dtype?: 'f32' | 'bf16';
+  /**
+   * Quantize the decoder layers' Linear weights at load, one tensor at a time (QLoRA: 'nf4').
+   * A bitsandbytes folder is always kept quantized in its own format. Embeddings, norms, biases
+   * and lm_head stay f32. Not with dtype 'bf16'. Defaults to none.
+   */
+  quantize?: QuantizeFormat;
+  /** 4-bit block size (32..4096, a power of two). Defaults to `64`. */
+  blocksize?: number;
+  /** 4-bit: double quantization of the block scales (QLoRA). Defaults to `true`. */
+  doubleQuant?: boolean;
 }
 
 export class LlamaModel {
@@ -21,27 +35,44 @@ export class LlamaModel {
   readonly config: ModelConfig;
   readonly device: Device;
   private readonly weights: Map<string, Tensor>;
+  private readonly quantized: Map<string, QuantWeight>;
 
-  private constructor(dir: string, config: ModelConfig, device: Device, weights: Map<string, Tensor>) {
+  private constructor(dir: string, config: ModelConfig, device: Device, weights: Map<string, Tensor>, quantized: Map<string, QuantWeight>) {
     this.dir = dir;
     this.config = config;
     this.device = device;
     this.weights = weights;
+    this.quantized = quantized;
   }
 
   /** Reads config.json and the safetensors weights (f32/bf16/f16 on disk, f32 in memory). */
   static load(dir: string, opts: LoadModelOptions = {}): LlamaModel {
     const config = readModelConfig(dir);
     const device = resolveDevice(opts.device ?? 'cpu');
-    return new LlamaModel(dir, config, device, loadWeights(dir, config, device, opts.dtype ?? 'f32'));
+    const w = loadWeights(dir, config, device, { dtype: opts.dtype, quantize: opts.quantize, blocksize: opts.blocksize, doubleQuant: opts.doubleQuant });
+    return new LlamaModel(dir, config, device, w.dense, w.quantized);
   }
 
-  /** A weight by its checkpoint name; `lm_head.weight` resolves to the embeddings when tied. */
+  /** A weight by its checkpoint name; `lm_head.weight` resolves to the embeddings when tied. Not for a quantized weight (see linear()). */
   weight(name: string): Tensor {
     if (name === 'lm_head.weight' && this.config.tieWordEmbeddings) name = 'model.embed_tokens.weight';
     const t = this.weights.get(name);
-    if (!t) throw new Error(`internal: no weight ${name}`);
+    if (!t) {
+      if (this.quantized.has(name)) throw new Error(`internal: ${name} is quantized; read it with linear()`);
+      throw new Error(`internal: no weight ${name}`);
+    }
     return t;
+  }
+
+  /** A Linear weight by its checkpoint name, as the tensor or the quantized weight it is kept as. */
+  linear(name: string): LinearWeight {
+    const q = this.quantized.get(name);
+    return q ? { q } : { W: this.weight(name) };
+  }
+
+  /** Whether any frozen weight is kept quantized. */
+  get isQuantized(): boolean {
+    return this.quantized.size > 0;
   }
 
   /** A weight that may be absent (biases). */
@@ -64,7 +95,7 @@ export class LlamaModel {
     return linearModules(this.config);
   }
 
-  /** Names and tensors of every weight (for merging and saving). */
+  /** Names and tensors of every unquantized weight (for merging and saving). */
   entries(): IterableIterator<[string, Tensor]> {
     return this.weights.entries();
   }
@@ -72,5 +103,7 @@ export class LlamaModel {
   dispose(): void {
     for (const t of this.weights.values()) t.dispose();
     this.weights.clear();
+    for (const q of this.quantized.values()) disposeQuantWeight(q);
+    this.quantized.clear();
   }
 }

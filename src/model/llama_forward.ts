@@ -144,11 +144,13 @@ export class LlamaLoraForward {
   /** Y = X·Wᵀ (+ bias) (+ LoRA). `site` numbers the call for its dropout mask. */
   private linearForward(l: number, suffix: string, Y: Tensor, X: Tensor, xa: Map<string, Tensor>, o: StepOptions, site: number): void {
     const p = `model.layers.${l}.${suffix}`;
-    const W = this.model.weight(`${p}.weight`);
+    const lw = this.model.linear(`${p}.weight`);
+    const W = 'q' in lw ? lw.q : lw.W;
     const bias = this.model.maybeWeight(`${p}.bias`);
     const lo = this.lora(l, suffix);
     if (!lo) {
-      ops.gemm(Y, X, W, { transB: true });
+      if ('q' in lw) ops.gemmQuant(Y, X, lw.q, { transB: true });
+      else ops.gemm(Y, X, lw.W, { transB: true });
       if (bias) ops.biasAdd(Y, bias);
       return;
     }
@@ -160,10 +162,12 @@ export class LlamaLoraForward {
   /** dX = ∂/∂X (overwritten; skipped when null); LoRA dA, dB accumulate. */
   private linearBackward(l: number, suffix: string, dX: Tensor | null, dY: Tensor, X: Tensor, xa: Map<string, Tensor>, o: StepOptions, site: number): void {
     const p = `model.layers.${l}.${suffix}`;
-    const W = this.model.weight(`${p}.weight`);
+    const lw = this.model.linear(`${p}.weight`);
+    const W = 'q' in lw ? lw.q : lw.W;
     const lo = this.lora(l, suffix);
     if (!lo) {
-      if (dX) ops.gemm(dX, dY, W);
+      if (dX && 'q' in lw) ops.gemmQuant(dX, dY, lw.q, { transB: false });
+      else if (dX && 'W' in lw) ops.gemm(dX, dY, lw.W);
       return;
     }
     const scale = this.adapter!.scaling;

@@ -101,15 +101,16 @@ export class KvGenerator {
 
   private linear(l: number, suffix: string, Y: Tensor, X: Tensor): void {
     const p = `model.layers.${l}.${suffix}`;
-    const W = this.model.weight(`${p}.weight`);
+    const lw = this.model.linear(`${p}.weight`);
     const bias = this.model.maybeWeight(`${p}.bias`);
     const lo = this.adapter?.layers.get(p);
     if (lo) {
       const xa = this.tmp([X.shape[0], lo.A.shape[0]]);
-      ops.loraForward(Y, xa, X, W, lo.A, lo.B, { scale: this.adapter!.scaling, bias });
+      ops.loraForward(Y, xa, X, 'q' in lw ? lw.q : lw.W, lo.A, lo.B, { scale: this.adapter!.scaling, bias });
       return;
     }
-    ops.gemm(Y, X, W, { transB: true });
+    if ('q' in lw) ops.gemmQuant(Y, X, lw.q, { transB: true });
+    else ops.gemm(Y, X, lw.W, { transB: true });
     if (bias) ops.biasAdd(Y, bias);
   }
 

@@ -18,6 +18,8 @@ export interface LoadOptions {
   device?: DeviceOption;
   /** Storage of the frozen Linear weights. Defaults to `'f32'`. */
   dtype?: 'f32' | 'bf16';
+  /** Quantize the decoder Linear weights at load (see LlamaModel.load). Defaults to none. */
+  quantize?: 'nf4' | 'fp4' | 'int8';
 }
 
 export interface ModelGenerateOptions extends Omit<GenerateOptions, 'adapter'> {

@@ -1,13 +1,18 @@
 /**
  * The weights of a Llama-family checkpoint as engine tensors, named as in the checkpoint
  * (model.layers.0.self_attn.q_proj.weight, ...). Each tensor is read from disk, widened to f32
- * and copied to its device one at a time, so a checkpoint is never held twice in memory.
+ * and copied to its device one at a time, so a checkpoint is never held twice in memory. Linear
+ * weights may be kept quantized (QLoRA, LLM.int8): see loadWeights.
  */
 import { PeftkitError } from '../errors';
 import { Device, Tensor } from '../tensor';
 import type { ModelConfig } from './config';
 import { SafetensorsCheckpoint } from './safetensors';
-import { dequantize4bit, dequantizeInt8, detectQuantFormat, readInt8State, readQuant4State } from '../quant';
+import {
+  dequantize4bit, dequantizeInt8, detectQuantFormat, quantize4bit, quantizeInt8Rowwise, readInt8State, readQuant4State, recoverAbsmax,
+} from '../quant';
+import type { Int8State, Quant4State } from '../quant';
+import type { QuantWeight } from '../ops/gemm_quant';
 import type { LinearModule } from '../peft/targets';
 
 /** The Linear layers of one decoder layer: [suffix, out, in, hasBias]. */
@@ -56,36 +61,110 @@ export function expectedWeights(c: ModelConfig): Map<string, number[]> {
 /** Weights that GEMMs read (Linear layers and an untied head): these may be stored in bf16. */
 export const isMatmulWeight = (name: string) => /_proj\.weight$/.test(name) || name === 'lm_head.weight';
 
+/** How the frozen decoder-layer Linear weights are kept in memory. */
+export type QuantizeFormat = 'nf4' | 'fp4' | 'int8';
+
+export interface LoadWeightsOptions {
+  /** 'bf16' keeps the Linear weights in bf16 (half the memory; GEMMs accumulate in f32). Defaults to `'f32'`. */
+  dtype?: 'f32' | 'bf16';
+  /** Quantize the decoder layers' Linear weights at load (QLoRA: 'nf4'). Defaults to none. */
+  quantize?: QuantizeFormat;
+  /** 4-bit block size. Defaults to `64`. */
+  blocksize?: number;
+  /** 4-bit: store the block scales in 8 bits (QLoRA's double quantization). Defaults to `true`. */
+  doubleQuant?: boolean;
+}
+
+/** The frozen weights: f32/bf16 tensors, and the Linear weights kept quantized. */
+export interface LoadedWeights {
+  dense: Map<string, Tensor>;
+  quantized: Map<string, QuantWeight>;
+}
+
+/** Frees the tensors of a quantized weight. */
+export function disposeQuantWeight(q: QuantWeight): void {
+  if (q.format === 'int8') {
+    q.cb.dispose();
+    q.scb.dispose();
+  } else {
+    q.packed.dispose();
+    q.absmax.dispose();
+  }
+}
+
+/** A host-side 4-bit state as engine tensors, with the f32 block scales recovered once from double quantization. */
+function quant4Weight(s: Quant4State, device: Device): QuantWeight {
+  const absmaxF32 = s.nested ? recoverAbsmax(s) : (s.absmax as Float32Array);
+  const packed = Tensor.from(s.packed, [s.packed.length], { dtype: 'u8', device });
+  const absmax = Tensor.from(absmaxF32, [absmaxF32.length], { device });
+  return { format: s.quantType, packed, absmax, blocksize: s.blocksize, shape: [s.shape[0], s.shape[1]] };
+}
+
+function int8Weight(s: Int8State, device: Device): QuantWeight {
+  const cb = Tensor.from(s.cb, s.shape, { dtype: 'i8', device });
+  const scb = Tensor.from(s.scb, [s.scb.length], { device });
+  return { format: 'int8', cb, scb, shape: s.shape };
+}
+
+/** A decoder-layer Linear weight (lm_head, embeddings, norms and biases are never quantized). */
+const isLayerLinearWeight = (name: string) => /_proj\.weight$/.test(name);
+
 /**
- * `dtype: 'bf16'` keeps the Linear weights in bf16 (half the memory; GEMMs accumulate in f32);
- * embeddings, norms and biases stay f32.
+ * Reads every weight of the checkpoint. A bitsandbytes folder (4-bit or LLM.int8) keeps its
+ * decoder-layer Linear weights quantized as stored; `quantize` quantizes an f32/bf16/f16 folder's
+ * ones at load, one tensor at a time (the f32 copy is freed before the next is read).
+ * Embeddings, norms, biases and lm_head stay f32.
  */
-export function loadWeights(dir: string, config: ModelConfig, device: Device, dtype: 'f32' | 'bf16' = 'f32'): Map<string, Tensor> {
+export function loadWeights(dir: string, config: ModelConfig, device: Device, o: LoadWeightsOptions = {}): LoadedWeights {
+  const dtype = o.dtype ?? 'f32';
+  if (o.quantize !== undefined && o.quantize !== 'nf4' && o.quantize !== 'fp4' && o.quantize !== 'int8') {
+    throw new PeftkitError('E_ARG', `quantize: expected 'nf4', 'fp4' or 'int8', got ${JSON.stringify(o.quantize)}`);
+  }
+  if (o.quantize && dtype === 'bf16') throw new PeftkitError('E_UNSUPPORTED', 'dtype bf16 with a quantized base is not supported (the frozen Linear weights are quantized; leave dtype f32)');
   const ck = new SafetensorsCheckpoint(dir);
-  const out = new Map<string, Tensor>();
+  const out: LoadedWeights = { dense: new Map(), quantized: new Map() };
   try {
     for (const [name, shape] of expectedWeights(config)) {
-      // A bitsandbytes checkpoint (4-bit or LLM.int8) stores Linear weights quantized: read them
-      // in that layout and widen them once, to the storage dtype asked for.
       const prefix = name.replace(/\.weight$/, '');
       const format = isMatmulWeight(name) ? detectQuantFormat(ck, prefix) : null;
+      if (format && isLayerLinearWeight(name)) {
+        // A bitsandbytes checkpoint stays quantized: its codes and (recovered f32) scales are the weight.
+        if (dtype === 'bf16') throw new PeftkitError('E_UNSUPPORTED', `${dir}: a bitsandbytes checkpoint loads quantized, so dtype bf16 is not supported (leave dtype f32)`);
+        const q = format === 'int8' ? int8Weight(readInt8State(ck, prefix), device) : quant4Weight(readQuant4State(ck, prefix), device);
+        if (q.shape.join() !== shape.join()) {
+          disposeQuantWeight(q);
+          throw new PeftkitError('E_SHAPE', `${dir}: quantized '${name}' stands for [${q.shape.join(', ')}], expected [${shape.join(', ')}]`);
+        }
+        out.quantized.set(name, q);
+        continue;
+      }
       if (format) {
-        const wdtype = dtype === 'bf16' ? 'bf16' : 'f32';
-        const t = format === 'int8' ? dequantizeInt8(readInt8State(ck, prefix), { dtype: wdtype, device }) : dequantize4bit(readQuant4State(ck, prefix), { dtype: wdtype, device });
+        // A quantized lm_head (not what peftkit writes): widened once, to the storage dtype asked for.
+        const t = format === 'int8' ? dequantizeInt8(readInt8State(ck, prefix), { dtype, device }) : dequantize4bit(readQuant4State(ck, prefix), { dtype, device });
         if (t.shape.join() !== shape.join()) {
           t.dispose();
           throw new PeftkitError('E_SHAPE', `${dir}: quantized '${name}' stands for [${t.shape.join(', ')}], expected [${shape.join(', ')}]`);
         }
-        out.set(name, t);
+        out.dense.set(name, t);
         continue;
       }
       if (!ck.has(name)) {
         throw new PeftkitError('E_MISSING', `${dir}: checkpoint has no tensor '${name}' (expected ${shape.join('x')} for ${config.architecture})`);
       }
-      out.set(name, Tensor.from(ck.readFloat32(name, shape), shape, { device, dtype: dtype === 'bf16' && isMatmulWeight(name) ? 'bf16' : 'f32' }));
+      const f = ck.readFloat32(name, shape);
+      if (o.quantize && isLayerLinearWeight(name)) {
+        const wshape = [shape[0], shape[1]] as [number, number];
+        const q = o.quantize === 'int8'
+          ? int8Weight(quantizeInt8Rowwise(f, { shape: wshape }), device)
+          : quant4Weight(quantize4bit(f, { quantType: o.quantize, blocksize: o.blocksize ?? 64, doubleQuant: o.doubleQuant ?? true, shape: wshape }), device);
+        out.quantized.set(name, q);
+        continue;
+      }
+      out.dense.set(name, Tensor.from(f, shape, { device, dtype: dtype === 'bf16' && isMatmulWeight(name) ? 'bf16' : 'f32' }));
     }
   } catch (e) {
-    for (const t of out.values()) t.dispose();
+    for (const t of out.dense.values()) t.dispose();
+    for (const q of out.quantized.values()) disposeQuantWeight(q);
     throw e;
   }
   return out;

@@ -20,12 +20,17 @@ export interface GemmQuantOptions {
   beta?: number;
 }
 
-function args(C: Tensor, X: Tensor, w: QuantWeight, o: GemmQuantOptions) {
+/** The six native arguments of a quantized weight: format, codes, scales, blocksize, rows, cols. */
+export function quantWeightArgs(w: QuantWeight) {
   const [rows, cols] = w.shape;
   const codes = w.format === 'int8' ? w.cb : w.packed;
   const scales = w.format === 'int8' ? w.scb : w.absmax;
   const blocksize = w.format === 'int8' ? 0 : w.blocksize;
-  return [C.native, X.native, w.format, codes.native, scales.native, blocksize, rows, cols, o.transB ?? true, o.alpha ?? 1, o.beta ?? 0] as const;
+  return [w.format, codes.native, scales.native, blocksize, rows, cols] as const;
+}
+
+function args(C: Tensor, X: Tensor, w: QuantWeight, o: GemmQuantOptions) {
+  return [C.native, X.native, ...quantWeightArgs(w), o.transB ?? true, o.alpha ?? 1, o.beta ?? 0] as const;
 }
 
 /**

@@ -1,5 +1,6 @@
 import { native } from '../native';
 import { Tensor } from '../tensor';
+import { QuantWeight, quantWeightArgs } from './gemm_quant';
 
 export interface LoraForwardOptions {
   /** The low-rank scale s (PEFT: `lora_alpha / r`, or `lora_alpha / √r` with rsLoRA). Defaults to `1`. */
@@ -34,18 +35,24 @@ export interface LoraBackwardOptions {
  * Shapes, with leading dims `...` (e.g. [batch, tokens]) flattened into M rows: X [..., K];
  * W [N, K] the frozen base weight (a Linear's [out, in], f32 or bf16); A [r, K]; B [N, r];
  * Y [..., N]; XA [..., r]. Everything but W is f32, and all tensors are on one device.
+ * W may also be a quantized weight ({@link QuantWeight}, QLoRA): the result equals the LoRA of the
+ * dequantized W, which the CPU never forms (it is decoded inside the GEMM).
  */
-export function loraForward(Y: Tensor, XA: Tensor, X: Tensor, W: Tensor, A: Tensor, B: Tensor, o: LoraForwardOptions = {}): void {
-  native.loraForward(Y.native, XA.native, X.native, o.dropoutInput?.native ?? null, W.native, A.native, B.native,
-    o.bias?.native ?? null, o.scale ?? 1);
+export function loraForward(
+  Y: Tensor, XA: Tensor, X: Tensor, W: Tensor | QuantWeight, A: Tensor, B: Tensor, o: LoraForwardOptions = {},
+): void {
+  const xa = o.dropoutInput?.native ?? null, bias = o.bias?.native ?? null, s = o.scale ?? 1;
+  if (W instanceof Tensor) native.loraForward(Y.native, XA.native, X.native, xa, W.native, A.native, B.native, bias, s);
+  else native.loraForwardQuant(Y.native, XA.native, X.native, xa, ...quantWeightArgs(W), A.native, B.native, bias, s);
 }
 
 /** {@link loraForward} on the thread pool. */
 export function loraForwardAsync(
-  Y: Tensor, XA: Tensor, X: Tensor, W: Tensor, A: Tensor, B: Tensor, o: LoraForwardOptions = {},
+  Y: Tensor, XA: Tensor, X: Tensor, W: Tensor | QuantWeight, A: Tensor, B: Tensor, o: LoraForwardOptions = {},
 ): Promise<void> {
-  return native.loraForwardAsync(Y.native, XA.native, X.native, o.dropoutInput?.native ?? null, W.native, A.native,
-    B.native, o.bias?.native ?? null, o.scale ?? 1);
+  const xa = o.dropoutInput?.native ?? null, bias = o.bias?.native ?? null, s = o.scale ?? 1;
+  if (W instanceof Tensor) return native.loraForwardAsync(Y.native, XA.native, X.native, xa, W.native, A.native, B.native, bias, s);
+  return native.loraForwardQuantAsync(Y.native, XA.native, X.native, xa, ...quantWeightArgs(W), A.native, B.native, bias, s);
 }
 
 /**
@@ -55,21 +62,31 @@ export function loraForwardAsync(
  *   `scale·(dY·B)·A` unless `dDropoutInput` takes that part.
  * - `dA` [r, K] `+= scale·(dY·B)ᵀ·Xa` and `dB` [N, r] `+= scale·dYᵀ·XA`: parameter gradients
  *   accumulate, so zero them before the first micro-batch.
- * W gets no gradient: the base stays frozen.
+ * W gets no gradient: the base stays frozen. W may be a quantized weight, as in {@link loraForward}.
  */
 export function loraBackward(
-  dX: Tensor | null, dA: Tensor, dB: Tensor, dY: Tensor, Xa: Tensor, XA: Tensor, W: Tensor, A: Tensor, B: Tensor,
-  o: LoraBackwardOptions = {},
+  dX: Tensor | null, dA: Tensor, dB: Tensor, dY: Tensor, Xa: Tensor, XA: Tensor, W: Tensor | QuantWeight, A: Tensor,
+  B: Tensor, o: LoraBackwardOptions = {},
 ): void {
-  native.loraBackward(dX?.native ?? null, o.dDropoutInput?.native ?? null, dA.native, dB.native, dY.native, Xa.native,
-    XA.native, W.native, A.native, B.native, o.scale ?? 1);
+  const dx = dX?.native ?? null, dxa = o.dDropoutInput?.native ?? null, s = o.scale ?? 1;
+  if (W instanceof Tensor) {
+    native.loraBackward(dx, dxa, dA.native, dB.native, dY.native, Xa.native, XA.native, W.native, A.native, B.native, s);
+  } else {
+    native.loraBackwardQuant(dx, dxa, dA.native, dB.native, dY.native, Xa.native, XA.native, ...quantWeightArgs(W),
+      A.native, B.native, s);
+  }
 }
 
 /** {@link loraBackward} on the thread pool. */
 export function loraBackwardAsync(
-  dX: Tensor | null, dA: Tensor, dB: Tensor, dY: Tensor, Xa: Tensor, XA: Tensor, W: Tensor, A: Tensor, B: Tensor,
-  o: LoraBackwardOptions = {},
+  dX: Tensor | null, dA: Tensor, dB: Tensor, dY: Tensor, Xa: Tensor, XA: Tensor, W: Tensor | QuantWeight, A: Tensor,
+  B: Tensor, o: LoraBackwardOptions = {},
 ): Promise<void> {
-  return native.loraBackwardAsync(dX?.native ?? null, o.dDropoutInput?.native ?? null, dA.native, dB.native,
-    dY.native, Xa.native, XA.native, W.native, A.native, B.native, o.scale ?? 1);
+  const dx = dX?.native ?? null, dxa = o.dDropoutInput?.native ?? null, s = o.scale ?? 1;
+  if (W instanceof Tensor) {
+    return native.loraBackwardAsync(dx, dxa, dA.native, dB.native, dY.native, Xa.native, XA.native, W.native, A.native,
+      B.native, s);
+  }
+  return native.loraBackwardQuantAsync(dx, dxa, dA.native, dB.native, dY.native, Xa.native, XA.native,
+    ...quantWeightArgs(W), A.native, B.native, s);
 }

@@ -28,6 +28,9 @@ const TOKENIZER_FILES = ['tokenizer.json', 'tokenizer_config.json', 'special_tok
 
 /** Adds scaling·B·A into each adapted weight of a loaded model, in place. */
 export function mergeInto(model: LlamaModel, adapter: LoraAdapter): void {
+  if (model.isQuantized) {
+    throw new PeftkitError('E_UNSUPPORTED', `${model.dir}: the base model is quantized (bitsandbytes); merging an adapter into a quantized base is not supported yet (merge into the unquantized model folder instead)`);
+  }
   for (const l of adapter.layers.values()) {
     ops.gemm(model.weight(`${l.module}.weight`), l.B, l.A, { alpha: adapter.scaling, beta: 1 });
   }

@@ -22,8 +22,18 @@ export interface TrainOptions {
   evalData?: string;
   /** Fraction of the training rows held out for eval (the file's tail). Defaults to none. */
   evalSplit?: number;
-  /** Adapter method. Only `'lora'` today. Defaults to `'lora'`. */
-  method?: 'lora';
+  /**
+   * Adapter method: `'lora'` on the base as stored; `'qlora'`: LoRA on a base whose decoder Linear
+   * weights are quantized to NF4 with double quantization at load; `'int8-lora'`: the same with
+   * LLM.int8 row-wise weights. Defaults to `'lora'`.
+   */
+  method?: 'lora' | 'qlora' | 'int8-lora';
+  /**
+   * Quantize the frozen decoder Linear weights at load ('nf4', 'fp4' or 'int8'; `method` qlora
+   * implies 'nf4', int8-lora 'int8'). A bitsandbytes model folder is always used quantized as
+   * stored. Defaults to none.
+   */
+  quantize?: 'nf4' | 'fp4' | 'int8';
   /** LoRA rank. Defaults to `8`. */
   r?: number;
   /** LoRA alpha (scaling = alpha / r). Defaults to `16`. */
@@ -95,8 +105,28 @@ export interface TrainOptions {
   pagedDir?: string;
 }
 
-export type ResolvedTrainOptions = Required<Omit<TrainOptions, 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume'>> &
-  Pick<TrainOptions, 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume'>;
+export type ResolvedTrainOptions = Required<Omit<TrainOptions, 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize'>> &
+  Pick<TrainOptions, 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize'>;
+
+const METHOD_QUANT = { lora: undefined, qlora: 'nf4', 'int8-lora': 'int8' } as const;
+
+/** The quantization a method and a `quantize` option ask for together. */
+function resolveQuantize(o: TrainOptions): { method: 'lora' | 'qlora' | 'int8-lora'; quantize: TrainOptions['quantize'] } {
+  const method = o.method ?? 'lora';
+  if (!Object.prototype.hasOwnProperty.call(METHOD_QUANT, method)) {
+    throw new PeftkitError('E_ARG', `method: expected lora, qlora or int8-lora, got '${String(method)}'`);
+  }
+  if (o.quantize !== undefined && o.quantize !== 'nf4' && o.quantize !== 'fp4' && o.quantize !== 'int8') {
+    throw new PeftkitError('E_ARG', `quantize: expected nf4, fp4 or int8, got '${String(o.quantize)}'`);
+  }
+  const implied = METHOD_QUANT[method];
+  if (implied && o.quantize && o.quantize !== implied) {
+    throw new PeftkitError('E_ARG', `quantize '${o.quantize}' contradicts method '${method}' (which quantizes to ${implied})`);
+  }
+  const quantize = o.quantize ?? implied;
+  if (quantize && o.bf16) throw new PeftkitError('E_UNSUPPORTED', `bf16 with a quantized base (${quantize}) is not supported: the frozen Linear weights are already quantized`);
+  return { method, quantize };
+}
 
 function positiveInt(name: string, v: number | undefined, dflt: number, allowZero = false): number {
   const x = v ?? dflt;
@@ -118,7 +148,7 @@ export function resolveTrainOptions(o: TrainOptions): ResolvedTrainOptions {
     if (typeof o[k] !== 'string' || !o[k]) throw new PeftkitError('E_ARG', `${k}: expected a path`);
   }
   if (o.steps !== undefined && o.epochs !== undefined) throw new PeftkitError('E_ARG', 'steps and epochs were both given; expected one');
-  if ((o.method ?? 'lora') !== 'lora') throw new PeftkitError('E_UNSUPPORTED', `method '${String(o.method)}' is not available yet (supported: lora)`);
+  const { method, quantize } = resolveQuantize(o);
   const schedule = o.schedule ?? 'constant';
   if (!['constant', 'linear', 'cosine'].includes(schedule)) throw new PeftkitError('E_ARG', `schedule: expected constant, linear or cosine, got '${schedule}'`);
   const targets = o.targets ?? ['q_proj', 'v_proj'];
@@ -130,7 +160,8 @@ export function resolveTrainOptions(o: TrainOptions): ResolvedTrainOptions {
   }
   return {
     ...o,
-    method: 'lora',
+    method,
+    quantize,
     r: positiveInt('r', o.r, 8),
     alpha: num('alpha', o.alpha, 16, -1e9, 1e9),
     dropout: num('dropout', o.dropout, 0.05, 0, 0.99),

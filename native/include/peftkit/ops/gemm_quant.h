@@ -14,6 +14,9 @@ struct QuantWeightTensors {
   int64_t rows = 0, cols = 0;
 };
 
+// Throws unless the tensors hold a W[rows, cols] of the format (dtypes, sizes, blocksize, one device).
+void check_quant_weight(const QuantWeightTensors& W);
+
 // C = alpha·X·op(W) + beta·C, C f32 [M, N], X f32 or bf16 [M, K]: transW: op(W) = Wᵀ with W
 // [N, K] (forward); else op(W) = W with W [K, N] (input gradient). Equal to gemm on the
 // dequantized W.

@@ -1,5 +1,6 @@
 #pragma once
 #include "../tensor.h"
+#include "gemm_quant.h"
 
 namespace pk::ops {
 
@@ -16,5 +17,13 @@ void lora_forward(const Tensor& Y, const Tensor& XA, const Tensor& X, const Tens
 // dB += s·dYᵀ·XA accumulate. The [M, r] scratch is allocated here on the tensors' device.
 void lora_backward(const Tensor& dX, const Tensor& dXa, const Tensor& dA, const Tensor& dB, const Tensor& dY,
                    const Tensor& Xa, const Tensor& XA, const Tensor& W, const Tensor& A, const Tensor& B, float s);
+
+// QLoRA: lora_forward / lora_backward with the frozen W [N, K] quantized (rows N, cols K); equal
+// to them on the dequantized W.
+void lora_forward_quant(const Tensor& Y, const Tensor& XA, const Tensor& X, const Tensor& Xa,
+                        const QuantWeightTensors& W, const Tensor& A, const Tensor& B, const Tensor& bias, float s);
+void lora_backward_quant(const Tensor& dX, const Tensor& dXa, const Tensor& dA, const Tensor& dB, const Tensor& dY,
+                         const Tensor& Xa, const Tensor& XA, const QuantWeightTensors& W, const Tensor& A,
+                         const Tensor& B, float s);
 
 }  // namespace pk::ops

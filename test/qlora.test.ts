@@ -1,0 +1,158 @@
+/**
+ * QLoRA end to end: a base whose decoder Linear weights are kept quantized trains a LoRA adapter
+ * exactly as LoRA does on the dequantized base, train() runs it, and a bitsandbytes folder loads
+ * quantized.
+ */
+import test from 'ava';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { ops, PeftkitError, Tensor } from '../src/index';
+import { LlamaModel } from '../src/model/llama';
+import { SafetensorsCheckpoint, TensorToWrite, writeSafetensors } from '../src/model/safetensors';
+import { expectedWeights } from '../src/model/weights';
+import { KvGenerator } from '../src/model/llama_generate';
+import { writeRandomModel } from '../src/model/random_model';
+import { mergeAdapter } from '../src/peft/merge';
+import { LoraAdapter } from '../src/peft/lora';
+import { defaultLoraConfig } from '../src/peft/lora_config';
+import { quantizeModel } from '../src/quant';
+import type { QuantWeight } from '../src/ops/gemm_quant';
+import { Trainer } from '../src/train/trainer';
+import { train } from '../src/train/train';
+import { relErr } from './helpers/check';
+
+const GOLDEN = path.join(__dirname, '..', '..', 'test', 'golden');
+const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-qlora-'));
+
+function dequantized(q: QuantWeight): Float32Array {
+  const out = Tensor.empty(q.shape, { device: q.format === 'int8' ? q.cb.device : q.packed.device });
+  try {
+    if (q.format === 'int8') ops.dequantizeInt8Rowwise(out, q.cb, q.scb);
+    else ops.dequantize4bit(out, q.packed, q.absmax, q.blocksize, q.format);
+    return out.toFloat32Array();
+  } finally {
+    out.dispose();
+  }
+}
+
+/** A plain f32 model folder holding the quantized model's weights, dequantized. */
+function writeDequantizedFolder(src: string, qmodel: LlamaModel, out: string): void {
+  fs.mkdirSync(out, { recursive: true });
+  fs.copyFileSync(path.join(src, 'config.json'), path.join(out, 'config.json'));
+  const ck = new SafetensorsCheckpoint(src);
+  const tensors: Record<string, TensorToWrite> = {};
+  for (const [name, shape] of expectedWeights(qmodel.config)) {
+    const lw = /_proj\.weight$/.test(name) ? qmodel.linear(name) : null;
+    const data = lw && 'q' in lw ? dequantized(lw.q) : ck.readFloat32(name, shape);
+    tensors[name] = { dtype: 'F32', shape, data };
+  }
+  writeSafetensors(path.join(out, 'model.safetensors'), tensors);
+}
+
+test('QLoRA (nf4 + double quant at load) trains exactly as LoRA on the dequantized weights: 3 AdamW steps', (t) => {
+  const dir = path.join(GOLDEN, 'llama');
+  const exp = JSON.parse(fs.readFileSync(path.join(dir, 'expected.json'), 'utf8'));
+  const qmodel = LlamaModel.load(dir, { quantize: 'nf4' });
+  const name = 'model.layers.0.mlp.down_proj.weight';
+  const lw = qmodel.linear(name);
+  if (!('q' in lw)) return t.fail('the Linear weight was not kept quantized');
+  t.is(lw.q.format, 'nf4');
+  t.throws(() => qmodel.weight(name));
+  t.true(qmodel.weight('model.norm.weight').dtype === 'f32' && qmodel.weight('lm_head.weight').dtype === 'f32');
+  // The reference is not the original model: NF4 moves the weights.
+  const orig = new SafetensorsCheckpoint(dir).readFloat32(name);
+  t.true(relErr(dequantized(lw.q), orig) > 1e-3);
+  const refDir = path.join(tmp(), 'dequantized');
+  writeDequantizedFolder(dir, qmodel, refDir);
+  const ref = LlamaModel.load(refDir);
+  t.false(ref.isQuantized);
+
+  const B = exp.input_ids.length, T = exp.input_ids[0].length;
+  const batch = { inputIds: Int32Array.from(exp.input_ids.flat()), labels: Int32Array.from(exp.labels.flat()), B, T };
+  const h = exp.hyper;
+  const run = (model: LlamaModel) => {
+    const adapter = LoraAdapter.load(path.join(dir, 'adapter_in'), model.linearModules);
+    const trainer = new Trainer(model, adapter, {
+      maxRows: B * T, maxT: T, dropout: 0, maxGradNorm: 0, betas: h.betas, eps: h.eps, weightDecay: h.weight_decay,
+    });
+    const losses: number[] = [];
+    for (let s = 0; s < h.steps; s++) losses.push(trainer.step([batch], h.lr).loss);
+    const state = new Map(adapter.stateDict());
+    trainer.dispose();
+    adapter.dispose();
+    return { losses, state };
+  };
+  const q = run(qmodel), r = run(ref);
+  for (let s = 0; s < h.steps; s++) {
+    t.true(Math.abs(q.losses[s] - r.losses[s]) <= 1e-4 * Math.abs(r.losses[s]), `step ${s}: qlora ${q.losses[s]} vs lora ${r.losses[s]}`);
+  }
+  t.true(Math.abs(q.losses[0] - exp.losses[0]) > 1e-6, 'the quantized run differs from the f32 golden run');
+  let worst = 0;
+  for (const [n, v] of r.state) {
+    const e = relErr(q.state.get(n)!, v);
+    worst = Math.max(worst, e);
+    t.true(e <= 1e-4, `${n}: relative error ${e.toExponential(2)}`);
+  }
+  const lossErr = Math.max(...q.losses.map((l, s) => Math.abs(l - r.losses[s]) / Math.abs(r.losses[s])));
+  t.log(`qlora vs lora on the dequantized weights: worst loss rel ${lossErr.toExponential(2)}, worst adapter rel ${worst.toExponential(2)}`);
+
+  // Generation reads the quantized weights too (gemmQuant, and the quantized LoRA with an adapter).
+  const prompt = exp.input_ids[0].slice(0, 5) as number[];
+  const logits = (model: LlamaModel, adapter: LoraAdapter | null) => {
+    const g = new KvGenerator(model, prompt.length + 1, adapter);
+    try {
+      g.feed(prompt.slice(0, 3));
+      return g.feed(prompt.slice(3));
+    } finally {
+      g.dispose();
+    }
+  };
+  for (const withAdapter of [false, true]) {
+    const aq = withAdapter ? LoraAdapter.load(path.join(dir, 'adapter_in'), qmodel.linearModules) : null;
+    const ar = withAdapter ? LoraAdapter.load(path.join(dir, 'adapter_in'), ref.linearModules) : null;
+    const e = relErr(logits(qmodel, aq), logits(ref, ar));
+    t.true(e <= 1e-5, `generation logits${withAdapter ? ' with the adapter' : ''}: relative error ${e.toExponential(2)}`);
+    aq?.dispose();
+    ar?.dispose();
+  }
+  qmodel.dispose();
+  ref.dispose();
+});
+
+test('train() with method qlora runs on a quantized base and lowers the loss; bf16 and a contradicting quantize are refused', async (t) => {
+  const dir = tmp();
+  const model = path.join(dir, 'model');
+  writeRandomModel(model, { hiddenSize: 32, numHeads: 4, numKvHeads: 2, numLayers: 2, seed: 5 });
+  const rows = Array.from({ length: 16 }, (_, i) => JSON.stringify({ text: `the number ${i % 4} comes before ${(i % 4) + 1}.` }));
+  const data = path.join(dir, 'train.jsonl');
+  fs.writeFileSync(data, rows.join('\n') + '\n');
+  const common = { model, data, r: 4, alpha: 8, dropout: 0, targets: 'all-linear' as const, batchSize: 4, lr: 1e-2, maxLength: 32, seed: 1, shuffle: false };
+  const losses: number[] = [];
+  const run = train({ ...common, out: path.join(dir, 'out'), method: 'qlora', steps: 12 });
+  run.on('step', (e) => losses.push(e.loss));
+  const result = await run;
+  t.is(result.steps, 12);
+  const first = losses.length ? losses[0] : NaN;
+  t.true(Number.isFinite(result.finalLoss) && result.finalLoss < first, `loss ${first} -> ${result.finalLoss}`);
+  t.true(fs.existsSync(path.join(dir, 'out', 'adapter_model.safetensors')));
+  t.throws(() => train({ ...common, out: path.join(dir, 'x'), method: 'qlora', bf16: true }), { instanceOf: PeftkitError, code: 'E_UNSUPPORTED' });
+  t.throws(() => train({ ...common, out: path.join(dir, 'x'), method: 'qlora', quantize: 'int8' }), { instanceOf: PeftkitError, code: 'E_ARG' });
+  t.throws(() => train({ ...common, out: path.join(dir, 'x'), method: 'dora' as never }), { instanceOf: PeftkitError, code: 'E_ARG' });
+});
+
+test('a quantized base refuses bf16 and merging with E_UNSUPPORTED', (t) => {
+  const dir = tmp();
+  const model = path.join(dir, 'model');
+  writeRandomModel(model, { hiddenSize: 32, numHeads: 4, numKvHeads: 2, numLayers: 1, seed: 2 });
+  t.throws(() => LlamaModel.load(model, { quantize: 'nf4', dtype: 'bf16' }), { instanceOf: PeftkitError, code: 'E_UNSUPPORTED' });
+  t.throws(() => LlamaModel.load(model, { quantize: 'nf3' as never }), { instanceOf: PeftkitError, code: 'E_ARG' });
+  quantizeModel({ model, out: path.join(dir, 'bnb'), format: 'nf4' });
+  t.throws(() => LlamaModel.load(path.join(dir, 'bnb'), { dtype: 'bf16' }), { instanceOf: PeftkitError, code: 'E_UNSUPPORTED' });
+  const m = LlamaModel.load(model, { quantize: 'int8' });
+  t.true(m.isQuantized);
+  const adapterDir = path.join(dir, 'adapter');
+  LoraAdapter.create(m.linearModules, { ...defaultLoraConfig({ r: 2, lora_alpha: 4, target_modules: ['q_proj'] }) }).save(adapterDir);
+  m.dispose();
+  t.throws(() => mergeAdapter({ model: path.join(dir, 'bnb'), adapter: adapterDir, out: path.join(dir, 'merged') }), { instanceOf: PeftkitError, code: 'E_UNSUPPORTED' });
+});
