@@ -10,11 +10,8 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { runtimeInfo } from '../src/index';
+import { writeBenchModel } from './train_child';
 
-const SHAPES = {
-  smol135: { hiddenSize: 576, intermediateSize: 1536, numLayers: 30, numHeads: 9, numKvHeads: 3, vocabSize: 49152, ropeTheta: 100000 },
-  tiny: { hiddenSize: 256, intermediateSize: 688, numLayers: 4, numHeads: 4, numKvHeads: 2, vocabSize: 4096, ropeTheta: 10000 },
-};
 
 function arg(name: string, dflt: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -47,22 +44,29 @@ function findPeer(): string | null {
 }
 
 function main(): void {
-  const shape = arg('shape', 'smol135') as keyof typeof SHAPES;
+  const shape = arg('shape', 'smol135');
   const steps = Number(arg('steps', '3'));
-  const B = 4, T = 256;
+  const [B, T] = shape === 'tinyllama' ? [1, 512] : [4, 256];
   const machine = `${os.cpus()[0]?.model ?? 'cpu'}, ${os.cpus().length} cores, ${runtimeInfo().cpuIsa}`;
   console.log(`machine: ${machine}\nshape: ${shape}, LoRA r=16 alpha=32 on q,k,v,o,gate,up,down, batch ${B}x${T}, ${steps} timed steps`);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-bench-'));
   const rows: Row[] = [];
   try {
     const child = path.join(__dirname, 'train_child.js');
-    for (const ckpt of [false, true]) {
-      const r = timed(process.execPath, [child, dir, shape, String(steps), String(B), String(T), ckpt ? '1' : '0']);
+    writeBenchModel(path.join(dir, shape), shape);
+    const runs: Array<[string, boolean, string]> = shape === 'tinyllama'
+      ? [['peftkit QLoRA (nf4) + activation checkpointing', true, 'nf4']]
+      : [['peftkit f32', false, 'none'], ['peftkit f32 + activation checkpointing', true, 'none'],
+        ['peftkit QLoRA (nf4, f32 compute)', false, 'nf4'], ['peftkit int8-LoRA (f32 compute)', false, 'int8']];
+    for (const [who, ckpt, quant] of runs) {
+      const r = timed(process.execPath, [child, dir, shape, String(steps), String(B), String(T), ckpt ? '1' : '0', quant]);
       const m = JSON.parse(r.out.trim().split('\n').pop()!) as { tokensPerS: number; stepS: number };
-      rows.push({ who: `peftkit f32${ckpt ? ' + activation checkpointing' : ''}`, tokensPerS: m.tokensPerS, stepS: m.stepS, peakRssMb: r.rssMb });
+      rows.push({ who, tokensPerS: m.tokensPerS, stepS: m.stepS, peakRssMb: r.rssMb });
     }
-    const peer = findPeer();
-    if (fs.existsSync('/usr/bin/python3') && peer) {
+    const peer = shape === 'tinyllama' ? null : findPeer();
+    if (shape === 'tinyllama') {
+      // The peer script has no 1.1B shape; this row is about our own peak memory.
+    } else if (fs.existsSync('/usr/bin/python3') && peer) {
       const env = { ...process.env };
       delete env.OPENBLAS_CORETYPE; // slows a current OpenBLAS (shared/bench/README.md)
       delete env.OPENBLAS_L2_SIZE;
@@ -81,7 +85,7 @@ function main(): void {
   console.log('\nwho | tokens/s | step s | peak RSS MB');
   for (const r of rows) console.log(`${r.who} | ${r.tokensPerS.toFixed(0)} | ${r.stepS.toFixed(3)} | ${r.peakRssMb.toFixed(0)}`);
   const ours = rows[0];
-  for (const r of rows.slice(2)) console.log(`ratio peftkit f32 / ${r.who}: ${(ours.tokensPerS / r.tokensPerS).toFixed(2)}x tokens/s, ${(ours.peakRssMb / r.peakRssMb).toFixed(2)}x peak RSS`);
+  for (const r of rows.filter((x) => x.who.startsWith('PyTorch'))) console.log(`ratio peftkit f32 / ${r.who}: ${(ours.tokensPerS / r.tokensPerS).toFixed(2)}x tokens/s, ${(ours.peakRssMb / r.peakRssMb).toFixed(2)}x peak RSS`);
   const out = path.join(__dirname, '..', '..', 'bench', 'results');
   fs.mkdirSync(out, { recursive: true });
   fs.writeFileSync(path.join(out, 'train.json'), JSON.stringify({ machine, date: new Date().toISOString(), shape, B, T, steps, rows }, null, 2));
