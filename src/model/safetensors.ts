@@ -122,12 +122,16 @@ export function readRange(info: TensorInfo): Uint8Array {
   return out;
 }
 
-/** Widens F32/BF16/F16 bytes to a Float32Array (exact for all three). */
+/** Widens F32/BF16/F16 bytes to a Float32Array (exact for all three); F32 is a view of `bytes` when aligned. */
 export function toFloat32(bytes: Uint8Array, dtype: SafetensorsDType, where = 'tensor'): Float32Array {
   const n = bytes.byteLength / DTYPE_BYTES[dtype];
   switch (dtype) {
     case 'F32':
-      return new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
+      // readRange's buffers are fresh and aligned: view them rather than copy (a model's weights
+      // pass through here one by one, and each copy is garbage the size of a weight).
+      return bytes.byteOffset % 4 === 0
+        ? new Float32Array(bytes.buffer, bytes.byteOffset, n)
+        : new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
     case 'BF16': {
       const h = new Uint16Array(bytes.buffer, bytes.byteOffset, n);
       const u = new Uint32Array(n);
