@@ -70,6 +70,21 @@ int64_t expect_lora_a(const Arg& a, int64_t K) {
   return a.t.dim(0);
 }
 
+// The low-rank side of a backward (shared by the f32 and quantized-W forms): A [r, K], B [N, r],
+// XA [..., r], dA, dB, and the input gradients shaped like Xa. Returns r.
+int64_t expect_backward_low_rank(const Arg& a, const Arg& b, const Arg& xa_saved, const Arg& da, const Arg& db,
+                                 const Arg& dx, const Arg& dxa, const std::vector<int64_t>& lead,
+                                 const std::vector<int64_t>& xa_shape, int64_t N, int64_t K) {
+  const int64_t r = expect_lora_a(a, K);
+  expect_shape(b.t, {N, r}, b.what);
+  expect_shape(xa_saved.t, with_last(lead, r), xa_saved.what);
+  expect_shape(da.t, {r, K}, da.what);
+  expect_shape(db.t, {N, r}, db.what);
+  if (dx.present()) expect_shape(dx.t, xa_shape, dx.what);
+  if (dxa.present()) expect_shape(dxa.t, xa_shape, dxa.what);
+  return r;
+}
+
 void expect_scale(float s, const char* what) {
   if (!std::isfinite(s)) fail("E_ARG", std::string(what) + ": expected a finite number, got " + std::to_string(s));
 }
@@ -142,13 +157,7 @@ void lora_backward(const Tensor& dX, const Tensor& dXa, const Tensor& dA, const 
   if (W.dim(0) != N)
     fail("E_SHAPE", std::string(w.what) + ": expected shape [" + std::to_string(N) + ", " + std::to_string(K) +
                         "] (N from dY [..., N]), got " + W.describe());
-  const int64_t r = expect_lora_a(a, K);
-  expect_shape(B, {N, r}, b.what);
-  expect_shape(XA, with_last(lead, r), xa_saved.what);
-  expect_shape(dA, {r, K}, da.what);
-  expect_shape(dB, {N, r}, db.what);
-  if (dx.present()) expect_shape(dX, Xa.shape, dx.what);
-  if (dxa.present()) expect_shape(dXa, Xa.shape, dxa.what);
+  const int64_t r = expect_backward_low_rank(a, b, xa_saved, da, db, dx, dxa, lead, Xa.shape, N, K);
   expect_one_device({da, dx, dxa, db, dy, xa, xa_saved, w, a, b});
   expect_distinct({dx, dxa, da, db}, {dx, dxa, da, db, dy, xa, xa_saved, w, a, b});
 
@@ -219,13 +228,7 @@ void lora_backward_quant(const Tensor& dX, const Tensor& dXa, const Tensor& dA, 
   if (W.rows != N)
     fail("E_SHAPE", "lora_backward W: expected shape [" + std::to_string(N) + ", " + std::to_string(K) +
                         "] (N from dY [..., N]), got [" + std::to_string(W.rows) + ", " + std::to_string(W.cols) + "]");
-  const int64_t r = expect_lora_a(a, K);
-  expect_shape(B, {N, r}, b.what);
-  expect_shape(XA, with_last(lead, r), xa_saved.what);
-  expect_shape(dA, {r, K}, da.what);
-  expect_shape(dB, {N, r}, db.what);
-  if (dx.present()) expect_shape(dX, Xa.shape, dx.what);
-  if (dxa.present()) expect_shape(dXa, Xa.shape, dxa.what);
+  const int64_t r = expect_backward_low_rank(a, b, xa_saved, da, db, dx, dxa, lead, Xa.shape, N, K);
   expect_one_device({da, dx, dxa, db, dy, xa, xa_saved, wc, a, b});
   expect_distinct({dx, dxa, da, db},
                   {dx, dxa, da, db, dy, xa, xa_saved, wc, {W.scales, "lora_backward W scales"}, a, b});
