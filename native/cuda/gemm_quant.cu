@@ -1,26 +1,72 @@
-// The quantized-weight GEMM on the GPU: W is dequantized by the quant.cu kernels into a
-// stream-ordered temporary f32 buffer, then the f32 GEMM runs on it. Simple and exact (the same
-// dequantized values as the CPU); a fused per-tile dequantization is left for later.
+// The quantized-weight GEMM on the GPU: W is decoded a chunk of rows at a time by the quant.cu
+// kernels into a stream-ordered f32 temporary, and the f32 GEMM runs on each chunk. The
+// full-precision W never exists whole (a chunk is at most 16 MiB), and the values multiplied are
+// exactly the CPU's dequantized ones. A decode inside the GEMM's tile loads is left for later.
+#include <algorithm>
+#include <numeric>
+
 #include "common.cuh"
 #include "gemm.cuh"
+#include "gemm_quant.cuh"
 #include "peftkit/kernels.h"
 
 namespace pk::cuda {
 
+namespace {
+
+constexpr int64_t kChunkElems = int64_t(4) << 20;  // 16 MiB of f32
+
+// Decodes rows [r0, r0 + rows) of W into w[rows, W.cols].
+void dequantize_rows(float* w, const QuantWeight& W, int64_t r0, int64_t rows) {
+  const int64_t e0 = r0 * W.cols, n = rows * W.cols;
+  if (W.format == QuantFormat::INT8) {
+    dequantize_int8_rowwise(w, DType::F32, static_cast<const int8_t*>(W.codes) + e0, W.scales + r0, rows, W.cols);
+    return;
+  }
+  // e0 is a multiple of the block size (chunk_rows below), so of 2: whole bytes, whole blocks.
+  dequantize_4bit(w, DType::F32, static_cast<const uint8_t*>(W.codes) + e0 / 2, W.scales + e0 / W.blocksize, n,
+                  W.blocksize, W.format == QuantFormat::FP4 ? Quant4Type::FP4 : Quant4Type::NF4);
+}
+
+// Rows per chunk: as many as fit chunk_elems, at least one step, a multiple of the step that
+// keeps 4-bit chunks starting on a block.
+int64_t chunk_rows(const QuantWeight& W, int64_t chunk_elems) {
+  const int64_t step = W.format == QuantFormat::INT8 ? 1 : W.blocksize / std::gcd(W.cols, W.blocksize);
+  const int64_t fit = chunk_elems / W.cols / step * step;
+  return fit > step ? fit : step;
+}
+
+// op(A) with its first k0 columns skipped.
+MatRef skip_columns(MatRef A, int64_t k0) {
+  const int64_t elem = A.dtype == DType::F32 ? 4 : 2, offset = A.trans ? k0 * A.ld : k0;
+  A.data = static_cast<const char*>(A.data) + offset * elem;
+  return A;
+}
+
+}  // namespace
+
+void gemm_quant_chunked(int64_t M, int64_t N, int64_t K, float alpha, MatRef A, QuantWeight W, bool w_trans, float beta,
+                        float* C, int64_t ldc, int64_t chunk_elems) {
+  if (M <= 0 || N <= 0) return;
+  if (W.rows * W.cols == 0) return gemm(M, N, K, alpha, A, operand(static_cast<const float*>(nullptr), 1), beta, C, DType::F32, ldc);
+  const int64_t rows = chunk_rows(W, chunk_elems);
+  float* w = nullptr;
+  check(cudaMallocAsync(reinterpret_cast<void**>(&w), size_t(std::min(rows, W.rows) * W.cols) * sizeof(float), stream()),
+        "gemm_quant alloc");
+  for (int64_t r0 = 0; r0 < W.rows; r0 += rows) {
+    const int64_t nr = std::min(rows, W.rows - r0);
+    dequantize_rows(w, W, r0, nr);
+    if (w_trans)  // W[N,K]: rows r0.. are C's columns r0..
+      gemm(M, nr, K, alpha, A, operand(w, W.cols, true), beta, C + r0, DType::F32, ldc);
+    else  // W[K,N]: rows r0.. are the reduction's k0..; the first chunk applies beta, the rest add
+      gemm(M, N, nr, alpha, skip_columns(A, r0), operand(w, W.cols), r0 == 0 ? beta : 1.f, C, DType::F32, ldc);
+  }
+  check(cudaFreeAsync(w, stream()), "gemm_quant free");
+}
+
 void gemm_quant(int64_t M, int64_t N, int64_t K, float alpha, MatRef A, QuantWeight W, bool w_trans, float beta,
                 float* C, int64_t ldc) {
-  if (M <= 0 || N <= 0) return;
-  const int64_t n = W.rows * W.cols;
-  if (n == 0) return gemm(M, N, K, alpha, A, operand(static_cast<const float*>(nullptr), 1), beta, C, DType::F32, ldc);
-  float* w = nullptr;
-  check(cudaMallocAsync(reinterpret_cast<void**>(&w), size_t(n) * sizeof(float), stream()), "gemm_quant alloc");
-  if (W.format == QuantFormat::INT8)
-    dequantize_int8_rowwise(w, DType::F32, static_cast<const int8_t*>(W.codes), W.scales, W.rows, W.cols);
-  else
-    dequantize_4bit(w, DType::F32, static_cast<const uint8_t*>(W.codes), W.scales, n, W.blocksize,
-                    W.format == QuantFormat::FP4 ? Quant4Type::FP4 : Quant4Type::NF4);
-  gemm(M, N, K, alpha, A, operand(w, W.cols, w_trans), beta, C, DType::F32, ldc);
-  check(cudaFreeAsync(w, stream()), "gemm_quant free");
+  gemm_quant_chunked(M, N, K, alpha, A, W, w_trans, beta, C, ldc, kChunkElems);
 }
 
 }  // namespace pk::cuda

@@ -1,43 +1,23 @@
-// QLoRA's LoRA on the GPU: W is dequantized by the quant.cu kernels into a stream-ordered
-// temporary f32 buffer (as gemm_quant.cu does), then the f32 LoRA of lora.cu runs on it. Exact
-// (the same dequantized values as the CPU); a fused per-tile dequantization is left for later.
+// QLoRA's LoRA on the GPU: the base product through gemm_quant (W decoded a chunk of rows at a
+// time, never whole), then the same low-rank half as the f32 LoRA (lora.cuh).
 #include "common.cuh"
+#include "gemm.cuh"
+#include "lora.cuh"
 #include "peftkit/kernels.h"
 
 namespace pk::cuda {
 
-namespace {
-// The dequantized W [rows, cols] f32 in a temporary the caller frees with release().
-float* dequantize_temp(const QuantWeight& W) {
-  const int64_t n = W.rows * W.cols;
-  float* w = nullptr;
-  check(cudaMallocAsync(reinterpret_cast<void**>(&w), size_t(n > 0 ? n : 1) * sizeof(float), stream()),
-        "lora_quant alloc");
-  if (n == 0) return w;
-  if (W.format == QuantFormat::INT8)
-    dequantize_int8_rowwise(w, DType::F32, static_cast<const int8_t*>(W.codes), W.scales, W.rows, W.cols);
-  else
-    dequantize_4bit(w, DType::F32, static_cast<const uint8_t*>(W.codes), W.scales, n, W.blocksize,
-                    W.format == QuantFormat::FP4 ? Quant4Type::FP4 : Quant4Type::NF4);
-  return w;
-}
-
-void release(float* w) { check(cudaFreeAsync(w, stream()), "lora_quant free"); }
-}  // namespace
-
 void lora_forward_quant(float* Y, float* XA, const float* X, const float* Xa, QuantWeight W, const float* A,
                         const float* B, const float* bias, float s, int64_t M, int64_t N, int64_t K, int64_t r) {
-  float* w = dequantize_temp(W);
-  lora_forward(Y, XA, X, Xa, w, DType::F32, A, B, bias, s, M, N, K, r);
-  release(w);
+  gemm_quant(M, N, K, 1.f, operand(X, K), W, true, 0.f, Y, N);
+  lora_forward_lowrank(Y, XA, Xa, A, B, bias, s, M, N, K, r);
 }
 
 void lora_backward_quant(float* dX, float* dXa, float* dA, float* dB, const float* dY, const float* Xa,
                          const float* XA, QuantWeight W, const float* A, const float* B, float s, int64_t M,
                          int64_t N, int64_t K, int64_t r, float* scratch) {
-  float* w = dequantize_temp(W);
-  lora_backward(dX, dXa, dA, dB, dY, Xa, XA, w, DType::F32, A, B, s, M, N, K, r, scratch);
-  release(w);
+  if (dX) gemm_quant(M, K, N, 1.f, operand(dY, N), W, false, 0.f, dX, K);
+  lora_backward_lowrank(dX, dXa, dA, dB, dY, Xa, XA, A, B, s, M, N, K, r, scratch);
 }
 
 }  // namespace pk::cuda

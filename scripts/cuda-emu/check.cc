@@ -2,68 +2,11 @@
 // references written here: awkward shapes, poisoned outputs, aliasing, accumulation. The
 // emulation uses host math, so tolerances are the tests' f32 ones; fast-math precision is
 // for the GPU run (npm test on a CUDA machine) to confirm.
-#include <cmath>
-#include <cstdio>
 #include <functional>
-#include <random>
-#include <string>
-#include <vector>
 
+#include "check.h"
 #include "peftkit/dropout_rng.h"
 #include "peftkit/rope_freq.h"
-#include "peftkit/kernels.h"
-
-using Vec = std::vector<float>;
-using Ref = std::vector<double>;
-
-static std::mt19937_64 rng(12345);
-static int failures = 0, checks = 0;
-
-static Vec randn(size_t n, double scale = 1.0) {
-  std::normal_distribution<double> d(0.0, scale);
-  Vec v(n);
-  for (float& x : v) x = float(d(rng));
-  return v;
-}
-static Vec poison(size_t n) { return Vec(n, NAN); }
-static Vec round_bf16(const Vec& v) {
-  Vec r(v.size());
-  for (size_t i = 0; i < v.size(); i++) r[i] = pk::bf16_to_f32(pk::f32_to_bf16(v[i]));
-  return r;
-}
-static std::vector<pk::bf16> to_bf16(const Vec& v) {
-  std::vector<pk::bf16> r(v.size());
-  for (size_t i = 0; i < v.size(); i++) r[i] = pk::f32_to_bf16(v[i]);
-  return r;
-}
-
-template <typename A, typename B>
-static double rel_err(const A& a, const B& ref) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < ref.size(); i++) {
-    if (!std::isfinite(double(a[i])) && std::isfinite(double(ref[i]))) return INFINITY;
-    num += (double(a[i]) - double(ref[i])) * (double(a[i]) - double(ref[i]));
-    den += double(ref[i]) * double(ref[i]);
-  }
-  return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
-}
-
-template <typename A, typename B>
-static void expect(const std::string& what, const A& a, const B& ref, double tol = 1e-5) {
-  checks++;
-  const double e = rel_err(a, ref);
-  if (!(e <= tol)) {
-    failures++;
-    printf("FAIL %s: relative error %.3e > %.1e\n", what.c_str(), e, tol);
-  }
-}
-static void expect_true(const std::string& what, bool ok) {
-  checks++;
-  if (!ok) {
-    failures++;
-    printf("FAIL %s\n", what.c_str());
-  }
-}
 
 // ---- GEMM ---------------------------------------------------------------------------------
 static void check_gemm() {
@@ -646,12 +589,21 @@ static void check_optim() {
   expect("grad_scale", g1, half, 0);
 }
 
+// check_quant.cc: the bitsandbytes formats, against the CPU kernels' bytes.
+void check_quant();
+void check_gemm_quant();
+void check_lora_quant();
+void check_adamw8bit();
+void check_bias();
+
 int main(int argc, char** argv) {
   const std::string only = argc > 1 ? argv[1] : "";
   const std::pair<const char*, void (*)()> families[] = {
       {"gemm", check_gemm},       {"lora", check_lora}, {"embedding", check_embedding}, {"norm", check_norms},
       {"rope", check_rope},       {"elementwise", check_elementwise}, {"dropout", check_dropout},
-      {"attention", check_attention}, {"loss", check_loss}, {"optim", check_optim}};
+      {"attention", check_attention}, {"loss", check_loss}, {"optim", check_optim},
+      {"quant", check_quant},     {"gemm_quant", check_gemm_quant}, {"lora_quant", check_lora_quant},
+      {"adamw8bit", check_adamw8bit}, {"bias", check_bias}};
   for (auto& [name, fn] : families) {
     if (!only.empty() && only != name) continue;
     const int before = failures;

@@ -22,8 +22,6 @@ objs=()
 for cu in "$root"/native/cuda/*.cu; do
   name="$(basename "$cu" .cu)"
   [ "$name" = memory ] && continue  # device memory: the checks use host memory directly
-  # Kernels check.cc does not cover yet (they use stream-ordered allocation the emulator lacks).
-  case "$name" in adamw8bit|quant|gemm_quant|bias) continue ;; esac
   python3 "$here/translate.py" "$cu" > "$out/$name.cc"
   if [ ! -f "$out/$name.o" ] || [ "$out/$name.cc" -nt "$out/$name.o" ] || [ "$root/native/cuda/common.cuh" -nt "$out/$name.o" ] \
      || [ "$here/include/emu.h" -nt "$out/$name.o" ]; then
@@ -31,5 +29,13 @@ for cu in "$root"/native/cuda/*.cu; do
   fi
   objs+=("$out/$name.o")
 done
-g++ "${flags[@]}" "$here/check.cc" "${objs[@]}" -o "$out/check"
+# The CPU kernels the quantization checks compare bytes with (single-threaded: no OpenMP).
+for cc in core/parallel cpu/quant_4bit cpu/quant_8bit_dynamic cpu/quant_int8 cpu/adamw8bit; do
+  name="cpu_$(basename "$cc")"
+  if [ ! -f "$out/$name.o" ] || [ "$root/native/$cc.cc" -nt "$out/$name.o" ]; then
+    g++ "${flags[@]}" -I"$root/native/cpu" -c "$root/native/$cc.cc" -o "$out/$name.o"
+  fi
+  objs+=("$out/$name.o")
+done
+g++ "${flags[@]}" "$here/check.cc" "$here/check_quant.cc" "${objs[@]}" -o "$out/check"
 "$out/check" "$@"

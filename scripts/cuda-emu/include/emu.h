@@ -27,6 +27,7 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __shared__ static
+#define __constant__
 #define __align__(n) __attribute__((aligned(n)))
 
 struct dim3 {
@@ -102,6 +103,13 @@ inline cudaError_t cudaFree(void* p) {
   free(p);
   return cudaSuccess;
 }
+// Stream-ordered allocation: every emulated launch has finished when it returns, so the
+// stream order is the program order.
+template <typename T>
+cudaError_t cudaMallocAsync(T** p, size_t n, cudaStream_t) {
+  return cudaMalloc(reinterpret_cast<void**>(p), n);
+}
+inline cudaError_t cudaFreeAsync(void* p, cudaStream_t) { return cudaFree(p); }
 inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) {
   memset(p, v, n);
   return cudaSuccess;
@@ -244,6 +252,13 @@ inline float __logf(float x) { return logf(x); }
 inline float __fdiv_rn(float a, float b) { return a / b; }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fsqrt_rn(float a) { return sqrtf(a); }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __frcp_rn(float a) { return 1.f / a; }
+inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __dsub_rn(double a, double b) { return a - b; }
+// Round half to even, as the GPU's cvt.rni (the host's default rounding mode).
+inline int __float2int_rn(float a) { return int(nearbyintf(a)); }
 inline float rsqrtf(float x) { return 1.f / sqrtf(x); }
 inline unsigned __float_as_uint(float f) {
   unsigned u;
@@ -261,6 +276,12 @@ inline void __trap() { emu::fail("__trap"); }
 struct __nv_bfloat16 {
   uint16_t bits;
 };
+// Round to nearest even; NaN stays a NaN.
+inline __nv_bfloat16 __float2bfloat16_rn(float f) {
+  const unsigned u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return {uint16_t((u >> 16) | 0x40)};
+  return {uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16)};
+}
 
 namespace nvcuda::wmma {
 struct matrix_a {};
