@@ -6,7 +6,7 @@
  * merge_and_unload merges into a quantized model: each adapted weight is dequantized, the delta
  * added in f32, and the sum quantized again in the weight's own format (quant type, block size,
  * double quantization, recorded dtype); every other tensor is copied byte for byte. Rounding
- * then moves the merged weights off W + delta, so the merged model's outputs differ a little
+ * then moves the merged weights off W + delta, so the merged model's outputs differ
  * from the base + adapter's, and the result says so in `warnings`. With `dtype` 'f32' or 'bf16'
  * the base is dequantized instead and the folder is dense: no second rounding.
  */
@@ -17,6 +17,7 @@ import { readConfigJson, writeModelFolder } from '../model/hf_folder';
 import { SafetensorsCheckpoint, TensorToWrite } from '../model/safetensors';
 import { expectedWeights, isMatmulWeight, linearModules } from '../model/weights';
 import * as ops from '../ops';
+import { detectQuantFormat } from '../quant/bnb_layout';
 import { BnbWeight, bnbEntries, bnbEntryNames, dequantizeBnb, describeSpec, QuantFormat, quantizeBnb, readBnbWeight, specOf } from '../quant/bnb_weight';
 import { f32ToBf16, Tensor } from '../tensor';
 import { LoraAdapter, LoraLayer } from './lora';
@@ -138,7 +139,7 @@ function mergeRequantized(ck: SafetensorsCheckpoint, config: ModelConfig, adapte
       r.requantized++;
       r.specs.add(describeSpec(spec));
     } else {
-      // Stored unquantized (lm_head, or a module bitsandbytes skipped): merged in its own dtype.
+      // Stored unquantized (lm_head, or a module bitsandbytes skipped): BF16 stays BF16, the rest is written F32.
       const src = denseSource(l.module, config);
       const w = readDense(ck, src, shape);
       try {
@@ -183,16 +184,16 @@ function mergeDense(ck: SafetensorsCheckpoint, config: ModelConfig, adapter: Lor
 /** The format of the first quantized Linear weight of the base, or null. */
 function baseQuantFormat(ck: SafetensorsCheckpoint, config: ModelConfig): QuantFormat | null {
   for (const m of linearModules(config)) {
-    const q = readBnbWeight(ck, m.name);
-    if (q) return q.format;
+    const format = detectQuantFormat(ck, m.name);
+    if (format) return format;
   }
   return null;
 }
 
 function requantizedWarning(m: MergedTensors): string {
   return `merging into a quantized base requantized ${m.requantized} weight${m.requantized === 1 ? '' : 's'} (${[...m.specs].join('; ')}): ` +
-    `rounding moved them up to ${(100 * m.requantizationError).toPrecision(2)}% (relative) away from W + scaling·B·A, so this model's outputs ` +
-    "differ slightly from the base + adapter's; keep the adapter unmerged for exact outputs, or merge with dtype f32/bf16 for a dense model";
+    `rounding moved them up to ${(100 * m.requantizationError).toPrecision(2)}% (relative) off W + scaling·B·A, so the merged model's outputs ` +
+    "differ from the base + adapter's; keep the adapter unmerged for exact outputs, or merge with dtype f32/bf16 for a dense model";
 }
 
 /** Merges `o.adapter` into `o.model` and writes the merged model to `o.out`. */

@@ -81,5 +81,5 @@ export function bnbEntryNames(prefix: string): string[] {
 
 /** `what` for messages: "nf4, blocksize 64, double quant". */
 export function describeSpec(s: BnbSpec): string {
-  return s.format === 'int8' ? 'LLM.int8 (row-wise absmax)' : `${s.format}, blocksize ${s.blocksize}, ${s.doubleQuant ? 'double quant' : 'no double quant'}`;
+  return s.format === 'int8' ? 'LLM.int8, row-wise absmax' : `${s.format}, blocksize ${s.blocksize}, ${s.doubleQuant ? 'double quant' : 'no double quant'}`;
 }
