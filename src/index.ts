@@ -15,7 +15,7 @@ export type { TrainEvent, TrainResult } from './train/run';
 export { loadModel, Model } from './model/model';
 export type { LoadOptions, ModelGenerateOptions, Generation } from './model/model';
 export { mergeAdapter } from './peft/merge';
-export type { MergeOptions } from './peft/merge';
+export type { MergeOptions, MergeResult } from './peft/merge';
 export { LoraAdapter } from './peft/lora';
 export type { LoraConfig } from './peft/lora_config';
 export { readModelConfig, SUPPORTED_ARCHITECTURES } from './model/config';

@@ -4,7 +4,11 @@ import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import { readModelConfig } from '../src/model/config';
 import { writeRandomModel } from '../src/model/random_model';
+import { linearModules } from '../src/model/weights';
+import { LoraAdapter } from '../src/peft/lora';
+import { defaultLoraConfig } from '../src/peft/lora_config';
 
 const BIN = path.join(__dirname, '..', '..', 'bin', 'peftkit.js');
 const run = (args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', timeout: 120_000 });
@@ -39,6 +43,33 @@ test('train, generate with the adapter, and merge from the command line', (t) =>
   const mg = run(['merge', '--model', model, '--adapter', out, '--out', merged]);
   t.is(mg.status, 0, mg.stderr);
   t.true(fs.existsSync(path.join(merged, 'model.safetensors')) && fs.existsSync(path.join(merged, 'tokenizer.json')));
+});
+
+test('merge into a quantized base: one warning line on stderr; --dtype f32 writes it dense', (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-cli-'));
+  const model = path.join(dir, 'model');
+  writeRandomModel(model, { hiddenSize: 32, numHeads: 2, numLayers: 1, seed: 7 });
+  const bnb = path.join(dir, 'bnb');
+  const q = run(['quantize', '--model', model, '--out', bnb, '--format', 'nf4']);
+  t.is(q.status, 0, q.stderr);
+  const adapter = path.join(dir, 'adapter');
+  const a = LoraAdapter.create(linearModules(readModelConfig(model)), defaultLoraConfig({ r: 2, lora_alpha: 4, target_modules: ['q_proj', 'v_proj'], init_lora_weights: false }));
+  a.save(adapter);
+  a.dispose();
+  const merged = path.join(dir, 'merged');
+  const mg = run(['merge', '--model', bnb, '--adapter', adapter, '--out', merged]);
+  t.is(mg.status, 0, mg.stderr);
+  t.regex(mg.stderr, /^peftkit: warning: merging into a quantized base requantized 2 weights \(nf4, blocksize 64, double quant\): [^\n]+ outputs differ from the base [^\n]+\n$/);
+  t.regex(mg.stdout, /^merged model written to .*merged \(2 weights merged, requantized to the base's nf4\)\n$/);
+  t.truthy(JSON.parse(fs.readFileSync(path.join(merged, 'config.json'), 'utf8')).quantization_config);
+  const dense = run(['merge', '--model', bnb, '--adapter', adapter, '--out', path.join(dir, 'dense'), '--dtype', 'f32']);
+  t.is(dense.status, 0, dense.stderr);
+  t.is(dense.stderr, '');
+  t.regex(dense.stdout, /\(2 weights merged, f32, the nf4 base dequantized\)/);
+  t.is(JSON.parse(fs.readFileSync(path.join(dir, 'dense', 'config.json'), 'utf8')).quantization_config, undefined);
+  const bad = run(['merge', '--model', bnb, '--adapter', adapter, '--out', path.join(dir, 'x'), '--dtype', 'f16']);
+  t.is(bad.status, 2);
+  t.regex(bad.stderr, /--dtype: expected f32 or bf16, got 'f16'/);
 });
 
 test('the bundled demo trains and shows the generation change', (t) => {

@@ -25,6 +25,7 @@ const USAGE = `usage:
   peftkit generate --model DIR [--adapter DIR] [--quantize nf4|fp4|int8] --prompt TEXT [--max-new-tokens 64] [--temperature 0.7]
       [--top-p 0.95] [--seed 0] [--chat]
   peftkit merge --model DIR --adapter DIR --out DIR [--dtype f32|bf16]
+      (a bitsandbytes base is requantized in its own format unless --dtype asks for a dense folder)
   peftkit quantize --model DIR --out DIR --format nf4|fp4|int8 [--blocksize 64] [--no-double-quant]`;
 
 class UsageError extends Error {}
@@ -127,8 +128,12 @@ async function cmdMerge(args: string[]): Promise<number> {
     args, strict: true,
     options: { model: { type: 'string' }, adapter: { type: 'string' }, out: { type: 'string' }, dtype: { type: 'string' } },
   });
-  const out = mergeAdapter({ model: required('model', v.model), adapter: required('adapter', v.adapter), out: required('out', v.out), dtype: v.dtype as 'f32' | 'bf16' | undefined });
-  process.stdout.write(`merged model written to ${path.resolve(out)}\n`);
+  const dtype = v.dtype;
+  if (dtype !== undefined && dtype !== 'f32' && dtype !== 'bf16') throw new UsageError(`--dtype: expected f32 or bf16, got '${dtype}'`);
+  const r = mergeAdapter({ model: required('model', v.model), adapter: required('adapter', v.adapter), out: required('out', v.out), dtype });
+  for (const w of r.warnings) process.stderr.write(`peftkit: warning: ${w}\n`);
+  const how = r.written === 'quantized' ? `requantized to the base's ${r.baseFormat}` : `${r.written}${r.baseFormat ? `, the ${r.baseFormat} base dequantized` : ''}`;
+  process.stdout.write(`merged model written to ${path.resolve(r.out)} (${r.merged.length} weights merged, ${how})\n`);
   return 0;
 }
 

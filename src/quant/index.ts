@@ -14,5 +14,7 @@ export {
   quant4Entries, int8Entries, readQuant4State, readInt8State, detectQuantFormat, entriesReader, quantStateSuffix,
 } from './bnb_layout';
 export type { TensorSource } from './bnb_layout';
+export { quantizeBnb, readBnbWeight, dequantizeBnb, bnbEntries, bnbEntryNames, specOf, describeSpec } from './bnb_weight';
+export type { BnbSpec, BnbWeight, Quant4Spec } from './bnb_weight';
 export { quantizeModel, bnbQuantizationConfig } from './quantize_model';
 export type { QuantizeModelOptions, QuantizeModelResult, QuantFormat } from './quantize_model';

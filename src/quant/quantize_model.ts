@@ -4,19 +4,16 @@
  * norms, biases, an untied lm_head, which transformers also leaves unquantized) copied byte for
  * byte, tokenizer and generation files copied, and `quantization_config` in config.json.
  */
-import * as fs from 'fs';
 import * as path from 'path';
 import { PeftkitError } from '../errors';
-import { writeDirAtomic } from '../io/atomic';
 import { parseModelConfig } from '../model/config';
-import { SafetensorsCheckpoint, SafetensorsDType, TensorToWrite, writeSafetensors } from '../model/safetensors';
+import { readConfigJson, writeModelFolder } from '../model/hf_folder';
+import { SafetensorsCheckpoint, SafetensorsDType, TensorToWrite } from '../model/safetensors';
 import { layerLinears } from '../model/weights';
-import { int8Entries, quant4Entries } from './bnb_layout';
-import { roundArrayToF16 } from './f16';
-import { quantizeInt8Rowwise } from './int8';
-import { checkBlocksize, checkTorchDType, quantize4bit, TorchFloatDType } from './quant4';
+import { BnbSpec, bnbEntries, QuantFormat, quantizeBnb } from './bnb_weight';
+import { checkBlocksize, checkTorchDType, TorchFloatDType } from './quant4';
 
-export type QuantFormat = 'nf4' | 'fp4' | 'int8';
+export type { QuantFormat };
 
 export interface QuantizeModelOptions {
   /** The source folder (config.json + model.safetensors or shards). */
@@ -44,7 +41,6 @@ export interface QuantizeModelResult {
 }
 
 const TORCH_DTYPE: Partial<Record<SafetensorsDType, TorchFloatDType>> = { F32: 'float32', BF16: 'bfloat16', F16: 'float16' };
-const WEIGHT_FILE = /(\.safetensors|\.safetensors\.index\.json|\.bin|\.bin\.index\.json|\.pt|\.pth|\.ckpt|\.h5|\.msgpack|\.gguf)$/;
 
 /** `quantization_config` as transformers' BitsAndBytesConfig.to_dict() writes it. */
 export function bnbQuantizationConfig(format: QuantFormat, doubleQuant: boolean, computeDtype: TorchFloatDType): Record<string, unknown> {
@@ -64,19 +60,6 @@ export function bnbQuantizationConfig(format: QuantFormat, doubleQuant: boolean,
     load_in_8bit: !four,
     quant_method: 'bitsandbytes',
   };
-}
-
-function readConfigJson(dir: string): Record<string, unknown> {
-  const file = path.join(dir, 'config.json');
-  let cfg: unknown;
-  try {
-    cfg = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new PeftkitError(code ? 'E_IO' : 'E_CONFIG', `${file}: ${code ? `cannot read (${code})` : `not valid JSON (${(e as Error).message})`}`);
-  }
-  if (typeof cfg !== 'object' || cfg === null || Array.isArray(cfg)) throw new PeftkitError('E_CONFIG', `${file}: not a JSON object`);
-  return cfg as Record<string, unknown>;
 }
 
 /** Writes the quantized copy of `o.model` to `o.out` and says what it did. */
@@ -111,13 +94,8 @@ export function quantizeModel(o: QuantizeModelOptions): QuantizeModelResult {
     const info = ck.info(name);
     const dtype = TORCH_DTYPE[info.dtype];
     if (!dtype) throw new PeftkitError('E_DTYPE', `${info.file}: tensor '${name}' is ${info.dtype}; only F32, BF16 and F16 weights can be quantized`);
-    const w = ck.readFloat32(name, shape);
-    if (format === 'int8') {
-      // bitsandbytes' Int8Params casts the weight to float16 before taking row absmaxes.
-      Object.assign(entries, int8Entries(module, quantizeInt8Rowwise(roundArrayToF16(w), { shape })));
-    } else {
-      Object.assign(entries, quant4Entries(module, quantize4bit(w, { quantType: format, blocksize, doubleQuant, shape, dtype })));
-    }
+    const spec: BnbSpec = format === 'int8' ? { format } : { format, blocksize, doubleQuant, dtype };
+    Object.assign(entries, bnbEntries(module, quantizeBnb(ck.readFloat32(name, shape), shape, spec)));
     result.quantized.push(name);
     result.bytesBefore += info.end - info.begin;
   }
@@ -130,13 +108,7 @@ export function quantizeModel(o: QuantizeModelOptions): QuantizeModelResult {
   for (const e of Object.values(entries)) result.bytesAfter += e.data.byteLength;
 
   const outConfig = { ...raw, quantization_config: bnbQuantizationConfig(format, doubleQuant, computeDtype) };
-  writeDirAtomic(o.out, (tmp) => {
-    writeSafetensors(path.join(tmp, 'model.safetensors'), entries);
-    fs.writeFileSync(path.join(tmp, 'config.json'), JSON.stringify(outConfig, null, 2) + '\n');
-    for (const f of fs.readdirSync(o.model, { withFileTypes: true })) {
-      if (f.isFile() && f.name !== 'config.json' && !WEIGHT_FILE.test(f.name)) fs.copyFileSync(path.join(o.model, f.name), path.join(tmp, f.name));
-    }
-  });
+  writeModelFolder(o.out, { source: o.model, config: outConfig, tensors: entries });
   result.quantized.sort();
   result.copied.sort();
   return result;

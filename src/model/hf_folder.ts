@@ -1,0 +1,47 @@
+/**
+ * A Hugging Face model folder as peftkit writes one (quantize, merge): one model.safetensors,
+ * config.json, and every other non-weight file of the folder it came from (tokenizer,
+ * generation config, model card...) copied, the whole folder replaced atomically.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { PeftkitError } from '../errors';
+import { writeDirAtomic } from '../io/atomic';
+import { TensorToWrite, writeSafetensors } from './safetensors';
+
+/** Weight files of any framework: never copied, since the new model.safetensors replaces them. */
+const WEIGHT_FILE = /(\.safetensors|\.safetensors\.index\.json|\.bin|\.bin\.index\.json|\.pt|\.pth|\.ckpt|\.h5|\.msgpack|\.gguf)$/;
+
+/** config.json of `dir` as a plain object, every key kept (unlike parseModelConfig). */
+export function readConfigJson(dir: string): Record<string, unknown> {
+  const file = path.join(dir, 'config.json');
+  let cfg: unknown;
+  try {
+    cfg = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new PeftkitError(code ? 'E_IO' : 'E_CONFIG', `${file}: ${code ? `cannot read (${code})` : `not valid JSON (${(e as Error).message})`}`);
+  }
+  if (typeof cfg !== 'object' || cfg === null || Array.isArray(cfg)) throw new PeftkitError('E_CONFIG', `${file}: not a JSON object`);
+  return cfg as Record<string, unknown>;
+}
+
+export interface ModelFolder {
+  /** The folder whose non-weight files (all but config.json and weights) are copied. */
+  source: string;
+  /** Written as config.json. */
+  config: Record<string, unknown>;
+  /** Written as model.safetensors. */
+  tensors: Record<string, TensorToWrite>;
+}
+
+/** Writes `out` so that it appears complete or not at all (an existing folder is replaced). */
+export function writeModelFolder(out: string, f: ModelFolder): void {
+  writeDirAtomic(out, (tmp) => {
+    writeSafetensors(path.join(tmp, 'model.safetensors'), f.tensors);
+    fs.writeFileSync(path.join(tmp, 'config.json'), JSON.stringify(f.config, null, 2) + '\n');
+    for (const e of fs.readdirSync(f.source, { withFileTypes: true })) {
+      if (e.isFile() && e.name !== 'config.json' && !WEIGHT_FILE.test(e.name)) fs.copyFileSync(path.join(f.source, e.name), path.join(tmp, e.name));
+    }
+  });
+}
