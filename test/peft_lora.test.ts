@@ -99,6 +99,32 @@ test('save/load round trip is exact; merged == unmerged within 1e-4', (t) => {
   adapter.dispose();
 });
 
+test('a LoRA on lm_head: generation applies it (== merged), training refuses it instead of ignoring it', (t) => {
+  const { dir, model, batch } = setup(t);
+  const adapter = LoraAdapter.create(model.linearModules, defaultLoraConfig({ r: 2, lora_alpha: 4, target_modules: ['lm_head', 'v_proj'] }), { seed: 4 });
+  for (const l of adapter.layers.values()) l.B.write(Float32Array.from({ length: l.B.numel }, (_, i) => Math.cos(i) * 0.2));
+  const out = path.join(tmp(), 'adapter');
+  adapter.save(out);
+  const ids = batch.inputIds.subarray(0, batch.T);
+  const unmerged = logits(model, adapter, ids);
+  const mergedDir = path.join(tmp(), 'merged');
+  mergeAdapter({ model: dir, adapter: out, out: mergedDir });
+  const merged = LlamaModel.load(mergedDir);
+  const e = relErr(logits(merged, null, ids), unmerged);
+  t.true(e <= 1e-4, `merged vs unmerged with a LoRA on lm_head: ${e.toExponential(2)}`);
+  // And the head's adapter matters: without it the logits differ.
+  const vOnly = LoraAdapter.create(model.linearModules, defaultLoraConfig({ r: 2, lora_alpha: 4, target_modules: ['v_proj'] }), { seed: 4 });
+  vOnly.layers.get('model.layers.0.self_attn.v_proj')!.B.write(adapter.layers.get('model.layers.0.self_attn.v_proj')!.B.toFloat32Array());
+  vOnly.layers.get('model.layers.1.self_attn.v_proj')!.B.write(adapter.layers.get('model.layers.1.self_attn.v_proj')!.B.toFloat32Array());
+  t.true(relErr(logits(model, vOnly, ids), unmerged) > 1e-3, 'the lm_head LoRA changes the logits');
+  const err = t.throws(() => new LlamaLoraForward(model, adapter, batch.B * batch.T, batch.T));
+  t.is((err as { code?: string }).code, 'E_UNSUPPORTED');
+  t.regex(err!.message, /lm_head/);
+  for (const x of [merged, model]) x.dispose();
+  vOnly.dispose();
+  adapter.dispose();
+});
+
 test('activation checkpointing and LoRA dropout: same gradients as without / mask is seeded', (t) => {
   const { model, batch } = setup(t);
   const cfg = defaultLoraConfig({ r: 4, lora_alpha: 8, target_modules: 'all-linear' });

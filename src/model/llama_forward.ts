@@ -83,6 +83,11 @@ export class LlamaLoraForward {
     this.maxRows = maxRows;
     this.checkpointing = activationCheckpointing;
     model.checkSequenceLength(maxT);
+    // The head's logits are produced inside the fused chunked loss, which has no low-rank term:
+    // refused rather than trained as if the adapter were not there.
+    if (adapter?.layers.has('lm_head')) {
+      throw new PeftkitError('E_UNSUPPORTED', 'LoRA on lm_head is not supported for training (PEFT\'s "all-linear" leaves it out too); remove lm_head from the target modules');
+    }
     const c = model.config;
     const a = (this.arena = new Arena(model.device));
     const C = c.hiddenSize, F = c.intermediateSize, QD = c.numHeads * c.headDim, KD = c.numKvHeads * c.headDim;

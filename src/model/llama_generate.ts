@@ -160,7 +160,10 @@ export class KvGenerator {
     const hl = this.tmp([1, C]);
     ops.rmsnormForward(hl, this.tmp([1]), last, this.model.weight('model.norm.weight'), { eps: c.rmsNormEps });
     const logits = this.tmp([1, c.vocabSize]);
-    ops.gemm(logits, hl, this.model.weight('lm_head.weight'), { transB: true });
+    const head = this.model.weight('lm_head.weight');
+    const lo = this.adapter?.layers.get('lm_head');
+    if (lo) ops.loraForward(logits, this.tmp([1, lo.A.shape[0]]), hl, head, lo.A, lo.B, { scale: this.adapter!.scaling });
+    else ops.gemm(logits, hl, head, { transB: true });
     const out = logits.toFloat32Array();
     this.releaseTemps();
     return out;
