@@ -6,11 +6,14 @@
  * multiplied by the dequantized weight columns.
  */
 import test from 'ava';
-import { ops, PeftkitError, Tensor } from '../src/index';
+import { spawnSync } from 'child_process';
+import * as path from 'path';
+import { ops, PeftkitError, runtimeInfo, Tensor } from '../src/index';
 import type { Device } from '../src/index';
 import type { QuantWeight } from '../src/ops/gemm_quant';
 import { devices, makeRng, poisoned, randn, relErr } from './helpers/check';
 import type { Rng } from './helpers/check';
+import { exactSumCase } from './helpers/llm_int8_exact';
 import { disposeWeight, quantWeight } from './helpers/quant_weight';
 
 type Int8Weight = Extract<QuantWeight, { format: 'int8' }>;
@@ -145,31 +148,9 @@ for (const device of devices()) {
   });
 
   test(`${device}: the int32 sums are exact past 2^24 (K-chunks of 1024 summed as integers)`, (t) => {
-    const rng = makeRng(t);
-    const M = 3, N = 5, K = 2053;
-    // Codes ±127 with aligned signs, and 0 at k = 1500, 2049, 2051: the chunk sums are 1024,
-    // 1023 and 3 products of 127², 33,064,450 in all, past 2^24. f32 would round the running sum
-    // (adding the chunks in f32 gives 33,064,452); the engine's value must be f32(exact sum)
-    // scaled in f32.
-    const wv = new Float32Array(N * K).fill(0.02), xv = new Float32Array(M * K).fill(1.5);
-    for (let k = 0; k < K; k += 3) {
-      for (let j = 0; j < N; j++) wv[j * K + k] = -0.02;
-      for (let i = 0; i < M; i++) xv[i * K + k] = -1.5;
-    }
-    for (const k of [1500, 2049, 2051]) for (let i = 0; i < M; i++) xv[i * K + k] = 0;
-    const Wt = Tensor.from(wv, [N, K], { device });
-    const cb = Tensor.empty([N, K], { dtype: 'i8', device }), scb = Tensor.empty([N], { device });
-    ops.quantizeInt8Rowwise(cb, scb, Wt);
-    const w: QuantWeight = { format: 'int8', cb, scb, shape: [N, K] };
-    const X = Tensor.from(xv, [M, K], { device }), Y = poisoned([M, N], device);
-    ops.llmInt8Matmul(Y, X, w, { threshold: 6 });
-    const sca = f(1.5), sb = f(0.02), acc = 127 * 127 * (K - 3);
-    const p = 127 * 127;
-    t.true(f(f(1024 * p + 1023 * p) + 3 * p) !== acc, 'an f32 running sum must differ from the exact one here');
-    const expected = f(f(f(f(acc) * sca) * sb) * f(1 / (127 * 127)));
-    t.deepEqual([...Y.toFloat32Array()], new Array(M * N).fill(expected));
-    t.log(`seed ${rng.seed}: sum ${acc}, value ${expected}`);
-    for (const a of [Wt, cb, scb, X, Y]) a.dispose();
+    const r = exactSumCase(device);
+    t.true(r.f32RunningSumDiffers, 'an f32 running sum must differ from the exact one here');
+    t.deepEqual(r.got, new Array(r.got.length).fill(r.expected));
   });
 
   test(`${device}: the outlier decomposition is what keeps planted outliers from ruining the int8 product`, (t) => {
@@ -315,3 +296,14 @@ for (const device of devices()) {
     disposeWeight(w);
   });
 }
+
+test('cpu: the exact int32 sums hold on the portable and AVX2 kernels too (child processes)', (t) => {
+  const script = path.join(__dirname, 'helpers', 'llm_int8_isa_check.js');
+  for (const isa of runtimeInfo().avx2 ? ['portable', 'avx2'] : ['portable']) {
+    const r = spawnSync(process.execPath, [script], { encoding: 'utf8', env: { ...process.env, PEFTKIT_ISA: isa } });
+    t.is(r.status, 0, `${isa}: ${r.stdout}${r.stderr}`);
+    const out = JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}') as { isa?: string; ok?: boolean };
+    t.is(out.isa, isa);
+    t.true(out.ok === true);
+  }
+});
