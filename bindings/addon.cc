@@ -56,6 +56,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitQuant(env, exports);
   InitGemmQuant(env, exports);
   InitLoraQuant(env, exports);
+  InitLlmInt8(env, exports);
   return exports;
 }
 

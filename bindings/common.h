@@ -63,5 +63,6 @@ void InitOptim8(Napi::Env env, Napi::Object exports);
 void InitQuant(Napi::Env env, Napi::Object exports);
 void InitGemmQuant(Napi::Env env, Napi::Object exports);
 void InitLoraQuant(Napi::Env env, Napi::Object exports);
+void InitLlmInt8(Napi::Env env, Napi::Object exports);
 
 }  // namespace pkb

@@ -184,7 +184,16 @@ interface LoraQuantOps {
     ...rest: [...QuantWeightArgs, A: T, B: T, scale: number]): void;
 }
 
-export type NativeOps = WithAsync<GemmOps & LoraOps & TransformerOps & AttentionOps & LossOps & OptimOps & BiasOps & Optim8Ops & QuantOps & GemmQuantOps & LoraQuantOps>;
+// ---- ops: LLM.int8 matmul (int8 activations with outlier columns) ---------------------------
+interface LlmInt8Ops {
+  /** X f32 [M, K] -> CA i8 [M, K], SCA f32 [M], outlierCols u8 [K] (bitsandbytes' int8_vectorwise_quant). */
+  quantizeInt8Vectorwise(CA: T, SCA: T, outlierCols: T, X: T, threshold: number): void;
+  /** Y = LLM.int8(X, W) (+ bias) (+ scale·(Xa·Aᵀ)·Bᵀ when A is given; XA receives Xa·Aᵀ), W int8. */
+  llmInt8Forward(Y: T, XA: T | null, X: T, Xa: T | null,
+    ...rest: [...QuantWeightArgs, threshold: number, A: T | null, B: T | null, bias: T | null, scale: number]): void;
+}
+
+export type NativeOps = WithAsync<GemmOps & LoraOps & TransformerOps & AttentionOps & LossOps & OptimOps & BiasOps & Optim8Ops & QuantOps & GemmQuantOps & LoraQuantOps & LlmInt8Ops>;
 
 export interface NativeAddon extends NativeOps {
   NativeTensor: {

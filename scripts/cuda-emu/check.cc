@@ -2,6 +2,7 @@
 // references written here: awkward shapes, poisoned outputs, aliasing, accumulation. The
 // emulation uses host math, so tolerances are the tests' f32 ones; fast-math precision is
 // for the GPU run (npm test on a CUDA machine) to confirm.
+#include <algorithm>
 #include <functional>
 
 #include "check.h"
@@ -589,6 +590,96 @@ static void check_optim() {
   expect("grad_scale", g1, half, 0);
 }
 
+// ---- LLM.int8 -----------------------------------------------------------------------------
+// bitsandbytes' int8_vectorwise_quant on the host (the same f32 roundings), and its product.
+static void check_llm_int8() {
+  const int64_t M = 19, N = 21, K = 37, r = 3;
+  const float s = 0.5f;
+  for (float threshold : {0.f, 6.f}) {
+    Vec X = randn(size_t(M * K)), Wf = randn(size_t(N * K), 0.05);
+    X[3 * K + 5] = 40.f;   // an outlier: column 5 is an outlier column
+    X[7 * K + 5] = 5.5f;   // just under: still counts in row 7's absmax
+    X[11 * K + 20] = -6.f;  // exactly on the threshold: an outlier
+    std::vector<int8_t> cb(size_t(N * K));
+    Vec scb(static_cast<size_t>(N));
+    for (int64_t j = 0; j < N; j++) {
+      float m = 0.f;
+      for (int64_t k = 0; k < K; k++) m = std::max(m, std::fabs(Wf[size_t(j * K + k)]));
+      scb[size_t(j)] = m;
+      for (int64_t k = 0; k < K; k++) cb[size_t(j * K + k)] = int8_t(std::nearbyint(Wf[size_t(j * K + k)] * (127.f / m)));
+    }
+    std::vector<uint8_t> out_ref(size_t(K), 0);
+    if (threshold > 0)
+      for (int64_t i = 0; i < M; i++)
+        for (int64_t k = 0; k < K; k++)
+          if (!(std::fabs(X[size_t(i * K + k)]) < threshold)) out_ref[size_t(k)] = 1;
+    std::vector<int8_t> ca_ref(size_t(M * K));
+    Vec sca_ref(static_cast<size_t>(M));
+    for (int64_t i = 0; i < M; i++) {
+      float m = 0.f;
+      for (int64_t k = 0; k < K; k++) {
+        const float a = std::fabs(X[size_t(i * K + k)]);
+        if ((threshold == 0.f || a < threshold) && a > m) m = a;
+      }
+      sca_ref[size_t(i)] = m;
+      for (int64_t k = 0; k < K; k++)
+        ca_ref[size_t(i * K + k)] = out_ref[size_t(k)] ? 0 : int8_t(std::nearbyint(X[size_t(i * K + k)] * (127.f / m)));
+    }
+    std::vector<int8_t> ca(size_t(M * K), 0x55);
+    std::vector<uint8_t> outl(size_t(K), 0xaa);
+    Vec sca = poison(size_t(M));
+    pk::cuda::quantize_int8_vectorwise(ca.data(), sca.data(), outl.data(), X.data(), M, K, threshold);
+    const std::string tag = "llm_int8 threshold " + std::to_string(int(threshold));
+    expect_true(tag + " codes", ca == ca_ref);
+    expect(tag + " row scales", sca, sca_ref, 0);
+    expect_true(tag + " outlier columns", outl == out_ref);
+
+    for (bool lora : {false, true}) {
+      Vec A = randn(size_t(r * K), 0.1), B = randn(size_t(N * r), 0.1), bias = randn(size_t(N)), Xa = randn(size_t(M * K));
+      Vec Y = poison(size_t(M * N)), XA = poison(size_t(M * r));
+      std::vector<int8_t> sc_ca(size_t(M * K));
+      Vec sc_sca(static_cast<size_t>(M));
+      std::vector<uint8_t> sc_out(static_cast<size_t>(K));
+      std::vector<int32_t> sc_cols(static_cast<size_t>(K));
+      pk::LlmInt8Scratch sc;
+      sc.ca = sc_ca.data();
+      sc.sca = sc_sca.data();
+      sc.outlier = sc_out.data();
+      sc.cols = sc_cols.data();
+      pk::QuantWeight w;
+      w.format = pk::QuantFormat::INT8;
+      w.codes = cb.data();
+      w.scales = scb.data();
+      w.rows = N;
+      w.cols = K;
+      pk::cuda::llm_int8_forward(Y.data(), lora ? XA.data() : nullptr, X.data(), Xa.data(), w, threshold,
+                                 lora ? A.data() : nullptr, lora ? B.data() : nullptr, bias.data(), s, M, N, K,
+                                 lora ? r : 0, sc);
+      Ref y(size_t(M * N)), xa(size_t(M * r));
+      for (int64_t i = 0; i < M; i++)
+        for (int64_t q = 0; q < r; q++) {
+          double acc = 0;
+          for (int64_t k = 0; k < K; k++) acc += double(Xa[size_t(i * K + k)]) * A[size_t(q * K + k)];
+          xa[size_t(i * r + q)] = acc;
+        }
+      for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++) {
+          double acc = 0, f = 0;
+          for (int64_t k = 0; k < K; k++) {
+            acc += double(ca_ref[size_t(i * K + k)]) * cb[size_t(j * K + k)];
+            if (out_ref[size_t(k)]) f += double(X[size_t(i * K + k)]) * (double(cb[size_t(j * K + k)]) * scb[size_t(j)] / 127.0);
+          }
+          double v = acc * sca_ref[size_t(i)] * scb[size_t(j)] / (127.0 * 127.0) + bias[size_t(j)] + f;
+          if (lora)
+            for (int64_t q = 0; q < r; q++) v += s * xa[size_t(i * r + q)] * B[size_t(j * r + q)];
+          y[size_t(i * N + j)] = v;
+        }
+      expect(tag + (lora ? " lora Y" : " Y"), Y, y);
+      if (lora) expect(tag + " lora XA", XA, xa);
+    }
+  }
+}
+
 // check_quant.cc: the bitsandbytes formats, against the CPU kernels' bytes.
 void check_quant();
 void check_gemm_quant();
@@ -603,7 +694,8 @@ int main(int argc, char** argv) {
       {"rope", check_rope},       {"elementwise", check_elementwise}, {"dropout", check_dropout},
       {"attention", check_attention}, {"loss", check_loss}, {"optim", check_optim},
       {"quant", check_quant},     {"gemm_quant", check_gemm_quant}, {"lora_quant", check_lora_quant},
-      {"adamw8bit", check_adamw8bit}, {"bias", check_bias}};
+      {"adamw8bit", check_adamw8bit}, {"bias", check_bias},
+      {"llm_int8", check_llm_int8}};
   for (auto& [name, fn] : families) {
     if (!only.empty() && only != name) continue;
     const int before = failures;

@@ -15,14 +15,14 @@ import { Progress } from './progress';
 
 const USAGE = `usage:
   peftkit train --model DIR --data FILE --out DIR [--eval-data FILE | --eval-split F]
-      [--method lora|qlora|int8-lora] [--quantize nf4|fp4|int8]
+      [--method lora|qlora|int8-lora] [--quantize nf4|fp4|int8] [--int8-threshold T]
       [--r 8] [--alpha 16] [--dropout 0.05] [--targets q_proj,v_proj | all-linear] [--rslora]
       [--adapter DIR] [--steps N | --epochs N] [--batch-size 4] [--grad-accum 1] [--lr 2e-4]
       [--optim adamw|adamw8bit|paged_adamw|paged_adamw8bit] [--paged-dir DIR] [--weight-decay 0] [--schedule constant|linear|cosine] [--warmup-steps 0] [--max-grad-norm 1]
       [--max-length 2048] [--packing] [--no-mask-prompt] [--no-shuffle] [--seed 0] [--save-every N]
       [--eval-every N] [--resume DIR] [--activation-checkpointing] [--bf16] [--device cpu|cuda|auto]
   peftkit train                      (no model and no data: a one-minute demo on a tiny model)
-  peftkit generate --model DIR [--adapter DIR] [--quantize nf4|fp4|int8] --prompt TEXT [--max-new-tokens 64] [--temperature 0.7]
+  peftkit generate --model DIR [--adapter DIR] [--quantize nf4|fp4|int8] [--int8-threshold T] --prompt TEXT [--max-new-tokens 64] [--temperature 0.7]
       [--top-p 0.95] [--seed 0] [--chat]
   peftkit merge --model DIR --adapter DIR --out DIR [--dtype f32|bf16]
       (a bitsandbytes base is requantized in its own format unless --dtype asks for a dense folder)
@@ -57,6 +57,7 @@ async function cmdTrain(args: string[]): Promise<number> {
       'save-every': { type: 'string' }, 'eval-every': { type: 'string' }, resume: { type: 'string' },
       'activation-checkpointing': { type: 'boolean' }, device: { type: 'string' }, bf16: { type: 'boolean' },
       optim: { type: 'string' }, 'paged-dir': { type: 'string' }, quantize: { type: 'string' },
+      'int8-threshold': { type: 'string' },
     },
   });
   if (!v.model && !v.data) return runDemo(v.out);
@@ -64,7 +65,7 @@ async function cmdTrain(args: string[]): Promise<number> {
   const options: TrainOptions = {
     model: required('model', v.model), data: required('data', v.data), out: required('out', v.out),
     evalData: v['eval-data'], evalSplit: num('eval-split', v['eval-split']), method: v.method as TrainOptions['method'],
-    quantize: v.quantize as TrainOptions['quantize'],
+    quantize: v.quantize as TrainOptions['quantize'], int8Threshold: num('int8-threshold', v['int8-threshold']),
     r: num('r', v.r), alpha: num('alpha', v.alpha), dropout: num('dropout', v.dropout), targets, rslora: v.rslora,
     adapter: v.adapter, steps: num('steps', v.steps), epochs: num('epochs', v.epochs), batchSize: num('batch-size', v['batch-size']),
     gradAccum: num('grad-accum', v['grad-accum']), lr: num('lr', v.lr), weightDecay: num('weight-decay', v['weight-decay']),
@@ -105,11 +106,12 @@ async function cmdGenerate(args: string[]): Promise<number> {
     options: {
       model: { type: 'string' }, adapter: { type: 'string' }, prompt: { type: 'string' }, 'max-new-tokens': { type: 'string' },
       temperature: { type: 'string' }, 'top-p': { type: 'string' }, seed: { type: 'string' }, chat: { type: 'boolean' },
-      device: { type: 'string' }, quantize: { type: 'string' },
+      device: { type: 'string' }, quantize: { type: 'string' }, 'int8-threshold': { type: 'string' },
     },
   });
   const model = loadModel(required('model', v.model), {
     device: v.device as 'cpu' | 'cuda' | 'auto' | undefined, quantize: v.quantize as LoadOptions['quantize'],
+    int8Threshold: num('int8-threshold', v['int8-threshold']),
   });
   try {
     const g = model.generate(required('prompt', v.prompt), {

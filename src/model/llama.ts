@@ -8,6 +8,7 @@ import { resolveDevice, Device, DeviceOption, Tensor } from '../tensor';
 import type { LinearModule } from '../peft/targets';
 import { ModelConfig, readModelConfig } from './config';
 import type { QuantWeight } from '../ops/gemm_quant';
+import { applyInt8Threshold, checkInt8ThresholdOption } from './int8_threshold';
 import { disposeQuantWeight, linearModules, loadWeights, QuantizeFormat } from './weights';
 
 /** A frozen Linear weight: an f32/bf16 tensor, or kept quantized (QLoRA, LLM.int8). */
@@ -28,6 +29,15 @@ export interface LoadModelOptions {
   blocksize?: number;
   /** 4-bit: double quantization of the block scales (QLoRA). Defaults to `true`. */
   doubleQuant?: boolean;
+  /**
+   * LLM.int8 outlier threshold of an int8 base (bitsandbytes' `llm_int8_threshold`): the forward
+   * products quantize activations to int8 row by row, and the columns holding any |x| >= threshold
+   * are multiplied in f32 instead; `0` quantizes every column. Only with `quantize: 'int8'` or a
+   * bitsandbytes 8-bit folder (else E_UNSUPPORTED); a finite number >= 0. Defaults to none: the
+   * int8 weight is dequantized inside an f32 GEMM (more accurate, and what bitsandbytes' CPU
+   * training path does), whatever the folder's `llm_int8_threshold` says.
+   */
+  int8Threshold?: number;
 }
 
 export class LlamaModel {
@@ -49,8 +59,16 @@ export class LlamaModel {
   static load(dir: string, opts: LoadModelOptions = {}): LlamaModel {
     const config = readModelConfig(dir);
     const device = resolveDevice(opts.device ?? 'cpu');
+    checkInt8ThresholdOption(opts.int8Threshold, opts.quantize);
     const w = loadWeights(dir, config, device, { dtype: opts.dtype, quantize: opts.quantize, blocksize: opts.blocksize, doubleQuant: opts.doubleQuant });
-    return new LlamaModel(dir, config, device, w.dense, w.quantized);
+    const model = new LlamaModel(dir, config, device, w.dense, w.quantized);
+    try {
+      applyInt8Threshold(w.quantized, opts.int8Threshold, dir);
+    } catch (e) {
+      model.dispose();
+      throw e;
+    }
+    return model;
   }
 
   /** A weight by its checkpoint name; `lm_head.weight` resolves to the embeddings when tied. Not for a quantized weight (see linear()). */

@@ -20,6 +20,8 @@ export interface LoadOptions {
   dtype?: 'f32' | 'bf16';
   /** Quantize the decoder Linear weights at load (see LlamaModel.load). Defaults to none. */
   quantize?: 'nf4' | 'fp4' | 'int8';
+  /** LLM.int8 outlier threshold of an int8 base (see LoadModelOptions.int8Threshold). Defaults to none (dequantized-weight products). */
+  int8Threshold?: number;
 }
 
 export interface ModelGenerateOptions extends Omit<GenerateOptions, 'adapter'> {

@@ -6,6 +6,7 @@ export * from './attention';
 export * from './bias';
 export * from './gemm';
 export * from './gemm_quant';
+export * from './llm_int8';
 export * from './lora';
 export * from './loss';
 export * from './optim';

@@ -1,6 +1,6 @@
 import { native } from '../native';
 import { Tensor } from '../tensor';
-import { QuantWeight, quantWeightArgs } from './gemm_quant';
+import { checkInt8Threshold, QuantWeight, quantWeightArgs } from './gemm_quant';
 
 export interface LoraForwardOptions {
   /** The low-rank scale s (PEFT: `lora_alpha / r`, or `lora_alpha / √r` with rsLoRA). Defaults to `1`. */
@@ -36,14 +36,17 @@ export interface LoraBackwardOptions {
  * W [N, K] the frozen base weight (a Linear's [out, in], f32 or bf16); A [r, K]; B [N, r];
  * Y [..., N]; XA [..., r]. Everything but W is f32, and all tensors are on one device.
  * W may also be a quantized weight ({@link QuantWeight}, QLoRA): the result equals the LoRA of the
- * dequantized W, which the CPU never forms (it is decoded inside the GEMM).
+ * dequantized W, which the CPU never forms (it is decoded inside the GEMM); an int8 weight with a
+ * `threshold` runs its base product as LLM.int8 ({@link llmInt8Matmul}).
  */
 export function loraForward(
   Y: Tensor, XA: Tensor, X: Tensor, W: Tensor | QuantWeight, A: Tensor, B: Tensor, o: LoraForwardOptions = {},
 ): void {
   const xa = o.dropoutInput?.native ?? null, bias = o.bias?.native ?? null, s = o.scale ?? 1;
   if (W instanceof Tensor) native.loraForward(Y.native, XA.native, X.native, xa, W.native, A.native, B.native, bias, s);
-  else native.loraForwardQuant(Y.native, XA.native, X.native, xa, ...quantWeightArgs(W), A.native, B.native, bias, s);
+  else if (W.format === 'int8' && W.threshold !== undefined) {
+    native.llmInt8Forward(Y.native, XA.native, X.native, xa, ...quantWeightArgs(W), checkInt8Threshold(W.threshold), A.native, B.native, bias, s);
+  } else native.loraForwardQuant(Y.native, XA.native, X.native, xa, ...quantWeightArgs(W), A.native, B.native, bias, s);
 }
 
 /** {@link loraForward} on the thread pool. */
@@ -52,6 +55,10 @@ export function loraForwardAsync(
 ): Promise<void> {
   const xa = o.dropoutInput?.native ?? null, bias = o.bias?.native ?? null, s = o.scale ?? 1;
   if (W instanceof Tensor) return native.loraForwardAsync(Y.native, XA.native, X.native, xa, W.native, A.native, B.native, bias, s);
+  if (W.format === 'int8' && W.threshold !== undefined) {
+    return native.llmInt8ForwardAsync(Y.native, XA.native, X.native, xa, ...quantWeightArgs(W), checkInt8Threshold(W.threshold),
+      A.native, B.native, bias, s);
+  }
   return native.loraForwardQuantAsync(Y.native, XA.native, X.native, xa, ...quantWeightArgs(W), A.native, B.native, bias, s);
 }
 

@@ -4,6 +4,7 @@
  */
 import * as os from 'os';
 import { PeftkitError } from '../errors';
+import { checkInt8ThresholdOption } from '../model/int8_threshold';
 import type { DeviceOption } from '../tensor';
 import type { ScheduleName } from './schedule';
 
@@ -34,6 +35,16 @@ export interface TrainOptions {
    * stored. Defaults to none.
    */
   quantize?: 'nf4' | 'fp4' | 'int8';
+  /**
+   * LLM.int8 outlier threshold of an int8 base (`int8-lora`, quantize 'int8', or a bitsandbytes
+   * 8-bit folder): the frozen weights' forward products quantize activations to int8 as
+   * bitsandbytes' MatMul8bitLt does, with the columns holding any |x| >= threshold multiplied in
+   * f32; `0` quantizes every column; the input gradient uses the dequantized weight, as
+   * bitsandbytes' backward. A finite number >= 0; E_UNSUPPORTED with a non-int8 base. Defaults to
+   * none: the int8 weight is dequantized inside an f32 GEMM (also for a folder whose
+   * `llm_int8_threshold` is set; see the README).
+   */
+  int8Threshold?: number;
   /** LoRA rank. Defaults to `8`. */
   r?: number;
   /** LoRA alpha (scaling = alpha / r). Defaults to `16`. */
@@ -105,8 +116,8 @@ export interface TrainOptions {
   pagedDir?: string;
 }
 
-export type ResolvedTrainOptions = Required<Omit<TrainOptions, 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize'>> &
-  Pick<TrainOptions, 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize'>;
+export type ResolvedTrainOptions = Required<Omit<TrainOptions, 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize' | 'int8Threshold'>> &
+  Pick<TrainOptions, 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize' | 'int8Threshold'>;
 
 const METHOD_QUANT = { lora: undefined, qlora: 'nf4', 'int8-lora': 'int8' } as const;
 
@@ -125,6 +136,7 @@ function resolveQuantize(o: TrainOptions): { method: 'lora' | 'qlora' | 'int8-lo
   }
   const quantize = o.quantize ?? implied;
   if (quantize && o.bf16) throw new PeftkitError('E_UNSUPPORTED', `bf16 with a quantized base (${quantize}) is not supported: the frozen Linear weights are already quantized`);
+  checkInt8ThresholdOption(o.int8Threshold, quantize);
   return { method, quantize };
 }
 

@@ -84,7 +84,7 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
   const emit = hooks.onEvent ?? (() => {});
   fs.mkdirSync(o.out, { recursive: true });
 
-  const model = LlamaModel.load(o.model, { device: o.device, dtype: o.bf16 ? 'bf16' : 'f32', quantize: o.quantize });
+  const model = LlamaModel.load(o.model, { device: o.device, dtype: o.bf16 ? 'bf16' : 'f32', quantize: o.quantize, int8Threshold: o.int8Threshold });
   const tok = fs.existsSync(path.join(o.model, 'tokenizer.json')) ? loadTokenizer(o.model) : null;
   const data = loadData(o, tok);
   if (data.train.length === 0) throw new PeftkitError('E_DATA', `${o.data}: no training rows`);

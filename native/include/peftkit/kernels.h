@@ -82,6 +82,21 @@ struct QuantWeight {
   int64_t rows = 0, cols = 0;
 };
 
+// Working memory of llm_int8_forward, on its device, given by the caller (ops/llm_int8.h sizes it).
+// Products of two int8 codes are integers of magnitude <= 127² = 16129, so ANY partial sum of at
+// most kLlmInt8ExactK = 1024 of them is an integer below 16129·1024 = 16,516,096 < 2^24 and exact
+// in f32, whatever the order of summation or FMA use: the CPU runs the integer product through the
+// f32 GEMM in K-chunks of 1024 and adds the chunks as int32 (acc). acc is needed only when
+// K > kLlmInt8ExactK; it may be null otherwise.
+constexpr int64_t kLlmInt8ExactK = 1024;
+struct LlmInt8Scratch {
+  int8_t* ca = nullptr;       // [M, K] activation codes
+  float* sca = nullptr;       // [M] activation row scales
+  uint8_t* outlier = nullptr;  // [K] outlier-column flags
+  int32_t* cols = nullptr;    // [K] outlier column indices, ascending
+  int32_t* acc = nullptr;     // [M, N] int32 sums of the earlier K-chunks
+};
+
 namespace cpu {
 #include "kernels.inc"
 }

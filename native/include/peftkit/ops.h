@@ -6,6 +6,7 @@
 #include "ops/bias.h"
 #include "ops/gemm.h"
 #include "ops/gemm_quant.h"
+#include "ops/llm_int8.h"
 #include "ops/lora.h"
 #include "ops/loss.h"
 #include "ops/optim.h"
