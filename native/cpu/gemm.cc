@@ -6,7 +6,10 @@
 //     ir: mr rows ─ pack one mr×kc A micro-panel, alpha folded in (L1)
 //       jr: nr-column panels ─ micro-kernel: an mr×nr tile of C in registers
 // Operands reach the packing through PanelSources (gemm.h), so the terms of a sum share one
-// concatenated K and bf16 or quantized operands cost nothing to the kernels.
+// concatenated K and bf16 or quantized operands cost nothing to the kernels. bf16 compute is an
+// f32 operand marked round_bf16: its pack rounds it, and a single product whose operands are
+// both bf16 (stored or rounded) runs on the bf16 kernel where the CPU has one; an f32 operand
+// is never rounded unless marked.
 //
 // Shapes that would waste the tiles are turned around: when few rows and many columns fit the
 // tile badly (M = 16 with mr = 14), the transposed product Cᵀ = op(B)ᵀ·op(A)ᵀ is computed and
@@ -35,6 +38,13 @@ namespace {
 
 inline float widen(float v) { return v; }
 inline float widen(bf16 v) { return bf16_to_f32(v); }
+// An element as the GEMM reads it: widened, or rounded to bf16 first (ROUND: an f32 operand
+// with round_bf16, bf16 compute).
+template <bool ROUND, typename T>
+inline float value(T v) {
+  if constexpr (ROUND) return bf16_to_f32(f32_to_bf16(v));
+  else return widen(v);
+}
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // ---- The portable micro-kernel: plain C++ the compiler vectorizes for the baseline ISA -------
@@ -283,17 +293,17 @@ struct VecTerm {
   MatRef B;              // a K×N view: B(k, j) = trans ? data[j·ld + k] : data[k·ld + j]
 };
 
-template <typename T>
+template <bool ROUND, typename T>
 void gemv_rows(float* y, const float* x, const T* b, int64_t ld, int64_t K, int64_t j0, int64_t n) {
   for (int64_t k = 0; k < K; k++) {
     const float xk = x[k];
     const T* r = b + k * ld + j0;
-    for (int64_t j = 0; j < n; j++) y[j] += xk * widen(r[j]);
+    for (int64_t j = 0; j < n; j++) y[j] += xk * value<ROUND>(r[j]);
   }
 }
 
 // Four columns per pass: each load of x feeds four dot products.
-template <typename T>
+template <bool ROUND, typename T>
 void gemv_cols(float* y, const float* x, const T* b, int64_t ld, int64_t K, int64_t j0, int64_t n) {
   int64_t j = 0;
   for (; j + 4 <= n; j += 4) {
@@ -301,10 +311,10 @@ void gemv_cols(float* y, const float* x, const T* b, int64_t ld, int64_t K, int6
     float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
 #pragma omp simd reduction(+ : s0, s1, s2, s3)
     for (int64_t k = 0; k < K; k++) {
-      s0 += x[k] * widen(c0[k]);
-      s1 += x[k] * widen(c1[k]);
-      s2 += x[k] * widen(c2[k]);
-      s3 += x[k] * widen(c3[k]);
+      s0 += x[k] * value<ROUND>(c0[k]);
+      s1 += x[k] * value<ROUND>(c1[k]);
+      s2 += x[k] * value<ROUND>(c2[k]);
+      s3 += x[k] * value<ROUND>(c3[k]);
     }
     y[j] += s0;
     y[j + 1] += s1;
@@ -315,7 +325,7 @@ void gemv_cols(float* y, const float* x, const T* b, int64_t ld, int64_t K, int6
     const T* col = b + (j0 + j) * ld;
     float s = 0.f;
 #pragma omp simd reduction(+ : s)
-    for (int64_t k = 0; k < K; k++) s += x[k] * widen(col[k]);
+    for (int64_t k = 0; k < K; k++) s += x[k] * value<ROUND>(col[k]);
     y[j] += s;
   }
 }
@@ -323,14 +333,18 @@ void gemv_cols(float* y, const float* x, const T* b, int64_t ld, int64_t K, int6
 void gemv_range(float* y, const VecTerm& t, int64_t j0, int64_t n) {
   const int64_t K = int64_t(t.x.size());
   const MatRef& B = t.B;
-  if (B.dtype == DType::F32) {
+  if (B.dtype == DType::F32 && B.round_bf16) {
     const float* b = static_cast<const float*>(B.data);
-    if (B.trans) gemv_cols(y, t.x.data(), b, B.ld, K, j0, n);
-    else gemv_rows(y, t.x.data(), b, B.ld, K, j0, n);
+    if (B.trans) gemv_cols<true>(y, t.x.data(), b, B.ld, K, j0, n);
+    else gemv_rows<true>(y, t.x.data(), b, B.ld, K, j0, n);
+  } else if (B.dtype == DType::F32) {
+    const float* b = static_cast<const float*>(B.data);
+    if (B.trans) gemv_cols<false>(y, t.x.data(), b, B.ld, K, j0, n);
+    else gemv_rows<false>(y, t.x.data(), b, B.ld, K, j0, n);
   } else {
     const bf16* b = static_cast<const bf16*>(B.data);
-    if (B.trans) gemv_cols(y, t.x.data(), b, B.ld, K, j0, n);
-    else gemv_rows(y, t.x.data(), b, B.ld, K, j0, n);
+    if (B.trans) gemv_cols<false>(y, t.x.data(), b, B.ld, K, j0, n);
+    else gemv_rows<false>(y, t.x.data(), b, B.ld, K, j0, n);
   }
 }
 
@@ -360,7 +374,9 @@ void gemv_sum(int64_t N, const std::vector<VecTerm>& terms, float beta, void* C,
 
 float element(const MatRef& m, int64_t i, int64_t j) {
   const int64_t idx = m.trans ? j * m.ld + i : i * m.ld + j;
-  return m.dtype == DType::F32 ? static_cast<const float*>(m.data)[idx] : bf16_to_f32(static_cast<const bf16*>(m.data)[idx]);
+  if (m.dtype == DType::BF16) return bf16_to_f32(static_cast<const bf16*>(m.data)[idx]);
+  const float v = static_cast<const float*>(m.data)[idx];
+  return m.round_bf16 ? value<true>(v) : v;
 }
 
 MatRef flipped(MatRef m) {

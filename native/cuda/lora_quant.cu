@@ -28,7 +28,7 @@ void release(float* w) { check(cudaFreeAsync(w, stream()), "lora_quant free"); }
 void lora_forward_quant(float* Y, float* XA, const float* X, const float* Xa, QuantWeight W, const float* A,
                         const float* B, const float* bias, float s, int64_t M, int64_t N, int64_t K, int64_t r) {
   float* w = dequantize_temp(W);
-  lora_forward(Y, XA, X, Xa, w, DType::F32, A, B, bias, s, M, N, K, r);
+  lora_forward(Y, XA, X, Xa, w, DType::F32, A, B, bias, s, M, N, K, r, Compute::F32);
   release(w);
 }
 
@@ -36,7 +36,7 @@ void lora_backward_quant(float* dX, float* dXa, float* dA, float* dB, const floa
                          const float* XA, QuantWeight W, const float* A, const float* B, float s, int64_t M,
                          int64_t N, int64_t K, int64_t r, float* scratch) {
   float* w = dequantize_temp(W);
-  lora_backward(dX, dXa, dA, dB, dY, Xa, XA, w, DType::F32, A, B, s, M, N, K, r, scratch);
+  lora_backward(dX, dXa, dA, dB, dY, Xa, XA, w, DType::F32, A, B, s, M, N, K, r, scratch, Compute::F32);
   release(w);
 }
 

@@ -137,7 +137,7 @@ static void check_lora() {
     Vec A = randn(size_t(r * K)), B = randn(size_t(N * r)), bias = randn(static_cast<size_t>(N));
     Vec Y = poison(size_t(M * N)), XA = poison(size_t(M * r));
     pk::cuda::lora_forward(Y.data(), XA.data(), X.data(), Xa.data(), Wp, wdt, A.data(), B.data(),
-                           variant == 1 ? nullptr : bias.data(), s, M, N, K, r);
+                           variant == 1 ? nullptr : bias.data(), s, M, N, K, r, pk::Compute::F32);
     Ref xa(size_t(M * r)), y(size_t(M * N));
     for (int64_t i = 0; i < M; i++)
       for (int64_t q = 0; q < r; q++) {
@@ -159,7 +159,7 @@ static void check_lora() {
     Vec dY = randn(size_t(M * N)), dX = poison(size_t(M * K)), dXa = poison(size_t(M * K)), scratch = poison(size_t(M * r));
     Vec dA0 = randn(size_t(r * K)), dB0 = randn(size_t(N * r)), dA = dA0, dB = dB0;
     pk::cuda::lora_backward(dX.data(), dropout ? dXa.data() : nullptr, dA.data(), dB.data(), dY.data(), Xa.data(), XA.data(), Wp,
-                            wdt, A.data(), B.data(), s, M, N, K, r, scratch.data());
+                            wdt, A.data(), B.data(), s, M, N, K, r, scratch.data(), pk::Compute::F32);
     Ref dyb(size_t(M * r)), dx(size_t(M * K)), dxa(size_t(M * K)), da(size_t(r * K)), db(size_t(N * r));
     for (int64_t i = 0; i < M; i++)
       for (int64_t q = 0; q < r; q++) {
@@ -597,7 +597,8 @@ static void check_loss() {
         }
     Vec loss = poison(static_cast<size_t>(N)), dH = poison(size_t(N * C)), dW = dW0, scratch = poison(size_t(chunk * V));
     pk::cuda::linear_cross_entropy(loss.data(), dH.data(), dW.data(), H.data(), wbf ? static_cast<const void*>(Wb.data()) : W.data(),
-                                   wbf ? pk::DType::BF16 : pk::DType::F32, t.data(), N, C, V, ignore, 0.5f, chunk, scratch.data());
+                                   wbf ? pk::DType::BF16 : pk::DType::F32, t.data(), N, C, V, ignore, 0.5f, chunk, scratch.data(),
+                                   pk::Compute::F32);
     const std::string tag = wbf ? " (bf16 W)" : " (f32 W)";
     expect("linear_cross_entropy loss" + tag, loss, rloss);
     expect("linear_cross_entropy dH" + tag, dH, rdH);

@@ -1,5 +1,7 @@
+import { PeftkitError } from '../errors';
 import { native } from '../native';
 import { Tensor } from '../tensor';
+import type { Compute } from './gemm';
 import { QuantWeight, quantWeightArgs } from './gemm_quant';
 
 export interface LoraForwardOptions {
@@ -13,11 +15,18 @@ export interface LoraForwardOptions {
    * `dDropoutInput`. Defaults to X itself (no dropout).
    */
   dropoutInput?: Tensor;
+  /**
+   * `'bf16'`: the base product `X·Wᵀ` runs in bf16 (X and an f32 W rounded while packed, f32
+   * sums; see {@link Compute}); the rank-r products stay f32. Defaults to `'f32'`.
+   */
+  compute?: Compute;
 }
 
 export interface LoraBackwardOptions {
   /** The scale s the forward used. Defaults to `1`. */
   scale?: number;
+  /** `'bf16'`: the input gradient's base product `dY·W` runs in bf16; the rank-r products stay f32. Defaults to `'f32'`. */
+  compute?: Compute;
   /**
    * Set it when the forward had a `dropoutInput`: it receives (overwritten, shape of Xa) the
    * low-rank part of the input gradient, `scale·(dY·B)·A`, to chain through the dropout backward
@@ -25,6 +34,15 @@ export interface LoraBackwardOptions {
    * into dX, which is right only when the forward had no dropout.
    */
   dDropoutInput?: Tensor;
+}
+
+/** The compute precision asked for; a quantized W runs in f32 only (for now). */
+function compute(W: Tensor | QuantWeight, o: { compute?: Compute }): Compute {
+  const c = o.compute ?? 'f32';
+  if (c === 'bf16' && !(W instanceof Tensor)) {
+    throw new PeftkitError('E_UNSUPPORTED', "compute 'bf16' with a quantized W is not supported (use 'f32')");
+  }
+  return c;
 }
 
 /**
@@ -41,8 +59,8 @@ export interface LoraBackwardOptions {
 export function loraForward(
   Y: Tensor, XA: Tensor, X: Tensor, W: Tensor | QuantWeight, A: Tensor, B: Tensor, o: LoraForwardOptions = {},
 ): void {
-  const xa = o.dropoutInput?.native ?? null, bias = o.bias?.native ?? null, s = o.scale ?? 1;
-  if (W instanceof Tensor) native.loraForward(Y.native, XA.native, X.native, xa, W.native, A.native, B.native, bias, s);
+  const xa = o.dropoutInput?.native ?? null, bias = o.bias?.native ?? null, s = o.scale ?? 1, c = compute(W, o);
+  if (W instanceof Tensor) native.loraForward(Y.native, XA.native, X.native, xa, W.native, A.native, B.native, bias, s, c);
   else native.loraForwardQuant(Y.native, XA.native, X.native, xa, ...quantWeightArgs(W), A.native, B.native, bias, s);
 }
 
@@ -50,8 +68,8 @@ export function loraForward(
 export function loraForwardAsync(
   Y: Tensor, XA: Tensor, X: Tensor, W: Tensor | QuantWeight, A: Tensor, B: Tensor, o: LoraForwardOptions = {},
 ): Promise<void> {
-  const xa = o.dropoutInput?.native ?? null, bias = o.bias?.native ?? null, s = o.scale ?? 1;
-  if (W instanceof Tensor) return native.loraForwardAsync(Y.native, XA.native, X.native, xa, W.native, A.native, B.native, bias, s);
+  const xa = o.dropoutInput?.native ?? null, bias = o.bias?.native ?? null, s = o.scale ?? 1, c = compute(W, o);
+  if (W instanceof Tensor) return native.loraForwardAsync(Y.native, XA.native, X.native, xa, W.native, A.native, B.native, bias, s, c);
   return native.loraForwardQuantAsync(Y.native, XA.native, X.native, xa, ...quantWeightArgs(W), A.native, B.native, bias, s);
 }
 
@@ -68,9 +86,9 @@ export function loraBackward(
   dX: Tensor | null, dA: Tensor, dB: Tensor, dY: Tensor, Xa: Tensor, XA: Tensor, W: Tensor | QuantWeight, A: Tensor,
   B: Tensor, o: LoraBackwardOptions = {},
 ): void {
-  const dx = dX?.native ?? null, dxa = o.dDropoutInput?.native ?? null, s = o.scale ?? 1;
+  const dx = dX?.native ?? null, dxa = o.dDropoutInput?.native ?? null, s = o.scale ?? 1, c = compute(W, o);
   if (W instanceof Tensor) {
-    native.loraBackward(dx, dxa, dA.native, dB.native, dY.native, Xa.native, XA.native, W.native, A.native, B.native, s);
+    native.loraBackward(dx, dxa, dA.native, dB.native, dY.native, Xa.native, XA.native, W.native, A.native, B.native, s, c);
   } else {
     native.loraBackwardQuant(dx, dxa, dA.native, dB.native, dY.native, Xa.native, XA.native, ...quantWeightArgs(W),
       A.native, B.native, s);
@@ -82,10 +100,10 @@ export function loraBackwardAsync(
   dX: Tensor | null, dA: Tensor, dB: Tensor, dY: Tensor, Xa: Tensor, XA: Tensor, W: Tensor | QuantWeight, A: Tensor,
   B: Tensor, o: LoraBackwardOptions = {},
 ): Promise<void> {
-  const dx = dX?.native ?? null, dxa = o.dDropoutInput?.native ?? null, s = o.scale ?? 1;
+  const dx = dX?.native ?? null, dxa = o.dDropoutInput?.native ?? null, s = o.scale ?? 1, c = compute(W, o);
   if (W instanceof Tensor) {
     return native.loraBackwardAsync(dx, dxa, dA.native, dB.native, dY.native, Xa.native, XA.native, W.native, A.native,
-      B.native, s);
+      B.native, s, c);
   }
   return native.loraBackwardQuantAsync(dx, dxa, dA.native, dB.native, dY.native, Xa.native, XA.native,
     ...quantWeightArgs(W), A.native, B.native, s);

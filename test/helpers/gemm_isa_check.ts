@@ -5,7 +5,7 @@
  */
 import { runtimeInfo } from '../../src/index';
 import { makeRng } from './check';
-import { describe, describeSum, isaCases, runCase, runSumCase, sumCases } from './gemm_cases';
+import { describe, describeSum, isaCases, roundingCases, runCase, runRoundingCase, runSumCase, sumCases } from './gemm_cases';
 
 const rng = makeRng();
 const failures: string[] = [];
@@ -19,5 +19,11 @@ for (const g of sums) {
   const fail = runSumCase(rng, 'cpu', g);
   if (fail) failures.push(`${describeSum(g)}: ${fail}`);
 }
-console.log(JSON.stringify({ isa: runtimeInfo().cpuIsa, seed: rng.seed, cases: cases.length + sums.length, failures }));
+const rounding = roundingCases();
+for (const r of rounding) {
+  const fail = runRoundingCase(rng, 'cpu', r.M, r.K, r.transA, r.transB, r.swap);
+  if (fail) failures.push(`bf16 rounding ${JSON.stringify(r)}: ${fail}`);
+}
+const total = cases.length + sums.length + rounding.length;
+console.log(JSON.stringify({ isa: runtimeInfo().cpuIsa, seed: rng.seed, cases: total, failures }));
 process.exit(failures.length ? 1 : 0);

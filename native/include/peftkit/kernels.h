@@ -15,12 +15,28 @@ namespace pk {
 
 // A matrix operand of a GEMM: element (i, j) of op(M) is data[i*ld + j] when !trans and
 // data[j*ld + i] when trans. dtype is F32 or BF16 (bf16 storage, f32 accumulation).
+// round_bf16 (F32 only): the GEMM reads each element as its bf16 rounding (to nearest even,
+// torch's .to(torch.bfloat16)), done while the operand is packed, never as a separate pass.
+// With both operands bf16 (stored or rounded) the product is bf16 compute: exact products of
+// bf16 values summed in f32, on VDPBF16PS where the CPU has it.
 struct MatRef {
   const void* data = nullptr;
   DType dtype = DType::F32;
   int64_t ld = 0;
   bool trans = false;
+  bool round_bf16 = false;
 };
+
+// The precision the big products of a fused op run in (PyTorch autocast's sense): F32, or BF16 =
+// operands rounded to bf16, products accumulated in f32, results f32. Only where a kernel says so.
+enum class Compute : int { F32 = 0, BF16 = 1 };
+
+// m as an operand of a product run in `compute`: an f32 operand of a BF16 product is marked
+// round_bf16 (a bf16 one already is bf16); F32 leaves it as it is.
+inline MatRef with_compute(MatRef m, Compute compute) {
+  m.round_bf16 = compute == Compute::BF16 && m.dtype == DType::F32;
+  return m;
+}
 
 // One trainable tensor for the multi-tensor optimizer and norm kernels.
 struct ParamRef {
