@@ -42,7 +42,7 @@ inline float widen(bf16 v) { return bf16_to_f32(v); }
 // with round_bf16, bf16 compute).
 template <bool ROUND, typename T>
 inline float value(T v) {
-  if constexpr (ROUND) return bf16_to_f32(f32_to_bf16(v));
+  if constexpr (ROUND) return round_to_bf16(v);
   else return widen(v);
 }
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }

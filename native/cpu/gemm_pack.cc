@@ -12,12 +12,11 @@ namespace {
 
 inline float widen(float v) { return v; }
 inline float widen(bf16 v) { return bf16_to_f32(v); }
-inline float rounded(float v) { return bf16_to_f32(f32_to_bf16(v)); }
 
 // An element as the GEMM reads it: widened, or rounded to bf16 first (ROUND, f32 only).
 template <bool ROUND, typename T>
 inline float value(T v) {
-  if constexpr (ROUND) return rounded(v);
+  if constexpr (ROUND) return round_to_bf16(v);
   else return widen(v);
 }
 

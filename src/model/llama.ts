@@ -7,6 +7,7 @@ import { PeftkitError } from '../errors';
 import { resolveDevice, Device, DeviceOption, Tensor } from '../tensor';
 import type { LinearModule } from '../peft/targets';
 import { ModelConfig, readModelConfig } from './config';
+import type { Compute } from '../ops/gemm';
 import type { QuantWeight } from '../ops/gemm_quant';
 import { disposeQuantWeight, linearModules, loadWeights, QuantizeFormat } from './weights';
 
@@ -16,7 +17,12 @@ export type LinearWeight = { W: Tensor } | { q: QuantWeight };
 export interface LoadModelOptions {
   /** Where the weights live and the math runs. Defaults to `'cpu'`. */
   device?: DeviceOption;
-  /** Storage of the frozen Linear weights: 'bf16' halves their memory (GEMMs accumulate in f32). Defaults to `'f32'`. */
+  /**
+   * 'bf16': the frozen Linear weights (and an untied lm_head) are stored in bf16, half their
+   * memory, and the model computes in bf16 as PyTorch's autocast does: every Linear and LM-head
+   * product reads its operands rounded to bf16 and sums in f32 (`compute`). Embeddings, norms,
+   * attention, activations, the loss and a LoRA adapter's rank-r products stay f32. Defaults to `'f32'`.
+   */
   dtype?: 'f32' | 'bf16';
   /**
    * Quantize the decoder layers' Linear weights at load, one tensor at a time (QLoRA: 'nf4').
@@ -34,13 +40,18 @@ export class LlamaModel {
   readonly dir: string;
   readonly config: ModelConfig;
   readonly device: Device;
+  /** The precision of the Linear and LM-head products: 'bf16' when loaded with dtype 'bf16'. */
+  readonly compute: Compute;
   private readonly weights: Map<string, Tensor>;
   private readonly quantized: Map<string, QuantWeight>;
 
-  private constructor(dir: string, config: ModelConfig, device: Device, weights: Map<string, Tensor>, quantized: Map<string, QuantWeight>) {
+  private constructor(
+    dir: string, config: ModelConfig, device: Device, compute: Compute, weights: Map<string, Tensor>, quantized: Map<string, QuantWeight>,
+  ) {
     this.dir = dir;
     this.config = config;
     this.device = device;
+    this.compute = compute;
     this.weights = weights;
     this.quantized = quantized;
   }
@@ -50,7 +61,7 @@ export class LlamaModel {
     const config = readModelConfig(dir);
     const device = resolveDevice(opts.device ?? 'cpu');
     const w = loadWeights(dir, config, device, { dtype: opts.dtype, quantize: opts.quantize, blocksize: opts.blocksize, doubleQuant: opts.doubleQuant });
-    return new LlamaModel(dir, config, device, w.dense, w.quantized);
+    return new LlamaModel(dir, config, device, opts.dtype === 'bf16' ? 'bf16' : 'f32', w.dense, w.quantized);
   }
 
   /** A weight by its checkpoint name; `lm_head.weight` resolves to the embeddings when tied. Not for a quantized weight (see linear()). */

@@ -104,13 +104,14 @@ export class KvGenerator {
     const lw = this.model.linear(`${p}.weight`);
     const bias = this.model.maybeWeight(`${p}.bias`);
     const lo = this.adapter?.layers.get(p);
+    const compute = this.model.compute;  // as in training, so a trained adapter sees the same products
     if (lo) {
       const xa = this.tmp([X.shape[0], lo.A.shape[0]]);
-      ops.loraForward(Y, xa, X, 'q' in lw ? lw.q : lw.W, lo.A, lo.B, { scale: this.adapter!.scaling, bias });
+      ops.loraForward(Y, xa, X, 'q' in lw ? lw.q : lw.W, lo.A, lo.B, { scale: this.adapter!.scaling, bias, compute });
       return;
     }
     if ('q' in lw) ops.gemmQuant(Y, X, lw.q, { transB: true });
-    else ops.gemm(Y, X, lw.W, { transB: true });
+    else ops.gemm(Y, X, lw.W, { transB: true, compute });
     if (bias) ops.biasAdd(Y, bias);
   }
 
@@ -160,7 +161,7 @@ export class KvGenerator {
     const hl = this.tmp([1, C]);
     ops.rmsnormForward(hl, this.tmp([1]), last, this.model.weight('model.norm.weight'), { eps: c.rmsNormEps });
     const logits = this.tmp([1, c.vocabSize]);
-    ops.gemm(logits, hl, this.model.weight('lm_head.weight'), { transB: true });
+    ops.gemm(logits, hl, this.model.weight('lm_head.weight'), { transB: true, compute: this.model.compute });
     const out = logits.toFloat32Array();
     this.releaseTemps();
     return out;
