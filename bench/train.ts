@@ -54,12 +54,13 @@ function main(): void {
   try {
     const child = path.join(__dirname, 'train_child.js');
     writeBenchModel(path.join(dir, shape), shape);
-    const runs: Array<[string, boolean, string]> = shape === 'tinyllama'
-      ? [['peftkit QLoRA (nf4) + activation checkpointing', true, 'nf4']]
-      : [['peftkit f32', false, 'none'], ['peftkit f32 + activation checkpointing', true, 'none'],
-        ['peftkit QLoRA (nf4, f32 compute)', false, 'nf4'], ['peftkit int8-LoRA (f32 compute)', false, 'int8']];
-    for (const [who, ckpt, quant] of runs) {
-      const r = timed(process.execPath, [child, dir, shape, String(steps), String(B), String(T), ckpt ? '1' : '0', quant]);
+    const runs: Array<[string, boolean, string, 'f32' | 'bf16']> = shape === 'tinyllama'
+      ? [['peftkit QLoRA (nf4) + activation checkpointing', true, 'nf4', 'f32']]
+      : [['peftkit f32', false, 'none', 'f32'], ['peftkit f32 + activation checkpointing', true, 'none', 'f32'],
+        ['peftkit LoRA --bf16 (bf16 weights and compute)', false, 'none', 'bf16'],
+        ['peftkit QLoRA (nf4, f32 compute)', false, 'nf4', 'f32'], ['peftkit int8-LoRA (f32 compute)', false, 'int8', 'f32']];
+    for (const [who, ckpt, quant, dtype] of runs) {
+      const r = timed(process.execPath, [child, dir, shape, String(steps), String(B), String(T), ckpt ? '1' : '0', quant, dtype]);
       const m = JSON.parse(r.out.trim().split('\n').pop()!) as { tokensPerS: number; stepS: number };
       rows.push({ who, tokensPerS: m.tokensPerS, stepS: m.stepS, peakRssMb: r.rssMb });
     }

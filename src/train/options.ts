@@ -90,7 +90,13 @@ export interface TrainOptions {
   activationCheckpointing?: boolean;
   /** Where to run. Defaults to `'cpu'`. */
   device?: DeviceOption;
-  /** Keep the frozen base's Linear weights in bf16 (half the memory; f32 accumulation; adapter and activations stay f32). Defaults to `false`. */
+  /**
+   * A bf16 base, as PyTorch's bf16 autocast computes it: the frozen Linear weights (and an untied
+   * lm_head) are stored in bf16, half their memory, and the Linear and LM-head products read
+   * their operands rounded to bf16 with f32 sums (VDPBF16PS on CPUs with AVX512-BF16, about twice
+   * the f32 rate). The adapter and its rank-r products, the optimizer, embeddings, norms,
+   * attention, activations and the loss stay f32. Not with a quantized base. Defaults to `false`.
+   */
   bf16?: boolean;
   /** Write a progress record to the log every N steps. Defaults to `1`. */
   logEvery?: number;
