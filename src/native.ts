@@ -177,17 +177,19 @@ interface GemmQuantOps {
    * scales f32 absmax per block) or int8 (codes i8 CB, scales f32 SCB per row). transW: op(W) = Wᵀ.
    */
   gemmQuant(C: T, X: T, format: 'nf4' | 'fp4' | 'int8', codes: T, scales: T, blocksize: number, rows: number, cols: number,
-    transW: boolean, alpha: number, beta: number): void;
+    transW: boolean, alpha: number, beta: number, compute: ComputeArg): void;
 }
 
 // ---- ops: LoRA on a quantized frozen weight (QLoRA) ------------------------------------------
 type QuantWeightArgs = [format: 'nf4' | 'fp4' | 'int8', codes: T, scales: T, blocksize: number, rows: number, cols: number];
 interface LoraQuantOps {
   /** loraForward with W [rows = N, cols = K] quantized (the six arguments of gemmQuant's W). */
-  loraForwardQuant(Y: T, XA: T, X: T, Xa: T | null, ...rest: [...QuantWeightArgs, A: T, B: T, bias: T | null, scale: number]): void;
+  loraForwardQuant(
+    Y: T, XA: T, X: T, Xa: T | null, ...rest: [...QuantWeightArgs, A: T, B: T, bias: T | null, scale: number, compute: ComputeArg]
+  ): void;
   /** loraBackward with W quantized. */
   loraBackwardQuant(dX: T | null, dXa: T | null, dA: T, dB: T, dY: T, Xa: T, XA: T,
-    ...rest: [...QuantWeightArgs, A: T, B: T, scale: number]): void;
+    ...rest: [...QuantWeightArgs, A: T, B: T, scale: number, compute: ComputeArg]): void;
 }
 
 export type NativeOps = WithAsync<GemmOps & LoraOps & TransformerOps & AttentionOps & LossOps & OptimOps & BiasOps & Optim8Ops & QuantOps & GemmQuantOps & LoraQuantOps>;

@@ -1,6 +1,8 @@
 // QLoRA's fused LoRA on the CPU: lora.cc with the frozen weight quantized. The base term is a
 // panel source that decodes W while it packs (gemm_quant.h), so the forward is still ONE pass
-// over Y for [X | s·XA]·[W | B]ᵀ and the f32 W never exists in memory.
+// over Y for [X | s·XA]·[W | B]ᵀ and the f32 W never exists in memory. With bf16 compute the
+// base term runs alone on the bf16 kernel (X rounded, W decoded to rounded bf16 pairs) and the
+// f32 rank-r term is added with beta = 1, as in lora.cc.
 //
 // Shapes: X, Xa [M,K]; W [N,K] quantized; A [r,K]; B [N,r]; Y [M,N]; XA [M,r].
 #include <cstring>
@@ -23,8 +25,10 @@ PanelTerm f32_term(const MatRef* a_t, const MatRef* b, int64_t K, float alpha) {
 }  // namespace
 
 void lora_forward_quant(float* Y, float* XA, const float* X, const float* Xa, QuantWeight W, const float* A,
-                        const float* B, const float* bias, float s, int64_t M, int64_t N, int64_t K, int64_t r) {
+                        const float* B, const float* bias, float s, int64_t M, int64_t N, int64_t K, int64_t r,
+                        Compute compute) {
   if (M <= 0) return;
+  W.round_bf16 = compute == Compute::BF16;
   // XA[M,r] = Xa·Aᵀ, saved for the backward pass.
   gemm(M, r, K, 1.f, f32(Xa, K), f32(A, K, /*trans=*/true), 0.f, XA, DType::F32, r);
 
@@ -34,9 +38,15 @@ void lora_forward_quant(float* Y, float* XA, const float* X, const float* Xa, Qu
     for (int64_t i = 0; i < M; i++) std::memcpy(Y + i * N, bias, size_t(N) * sizeof(float));
     beta = 1.f;
   }
-  const MatRef x_t = f32(X, K, /*trans=*/true);    // op(X)ᵀ
-  const MatRef xa_t = f32(XA, r, /*trans=*/true);  // op(XA)ᵀ
-  const MatRef b_t = f32(B, r, /*trans=*/true);    // Bᵀ
+  const MatRef x_t = with_compute(f32(X, K, /*trans=*/true), compute);  // op(X)ᵀ
+  const MatRef xa_t = f32(XA, r, /*trans=*/true);                        // op(XA)ᵀ
+  const MatRef b_t = f32(B, r, /*trans=*/true);                          // Bᵀ
+  if (compute == Compute::BF16) {
+    const PanelTerm base{matref_source(&x_t), quant_weight_source(&W, /*trans=*/true), K, 1.f};
+    gemm_panels(M, N, &base, 1, beta, Y, DType::F32, N);                         // X·Wᵀ in bf16
+    gemm(M, N, r, s, f32(XA, r), f32(B, r, /*trans=*/true), 1.f, Y, DType::F32, N);  // + s·XA·Bᵀ
+    return;
+  }
   const PanelTerm terms[2] = {
       {matref_source(&x_t), quant_weight_source(&W, /*trans=*/true), K, 1.f},  // X·Wᵀ
       f32_term(&xa_t, &b_t, r, s),                                             // s·XA·Bᵀ
@@ -46,14 +56,19 @@ void lora_forward_quant(float* Y, float* XA, const float* X, const float* Xa, Qu
 
 void lora_backward_quant(float* dX, float* dXa, float* dA, float* dB, const float* dY, const float* Xa,
                          const float* XA, QuantWeight W, const float* A, const float* B, float s, int64_t M,
-                         int64_t N, int64_t K, int64_t r, float* scratch) {
+                         int64_t N, int64_t K, int64_t r, float* scratch, Compute compute) {
   if (M <= 0) return;
+  W.round_bf16 = compute == Compute::BF16;
   // dYB[M,r] = dY·B.
   float* dYB = scratch;
   gemm(M, r, N, 1.f, f32(dY, N), f32(B, r), 0.f, dYB, DType::F32, r);
 
-  const MatRef dy_t = f32(dY, N, /*trans=*/true);
-  if (dX && !dXa) {
+  const MatRef dy_t = with_compute(f32(dY, N, /*trans=*/true), compute);
+  if (dX && !dXa && compute == Compute::BF16) {
+    const PanelTerm base{matref_source(&dy_t), quant_weight_source(&W, /*trans=*/false), N, 1.f};
+    gemm_panels(M, K, &base, 1, 0.f, dX, DType::F32, K);                 // dY·W in bf16
+    gemm(M, K, r, s, f32(dYB, r), f32(A, K), 1.f, dX, DType::F32, K);  // + s·dYB·A
+  } else if (dX && !dXa) {
     // Xa is X: [dY | s·dYB]·[W ; A] in one pass over dX.
     const MatRef dyb_t = f32(dYB, r, /*trans=*/true);
     const MatRef a = f32(A, K);

@@ -1,6 +1,7 @@
 // The quantized-weight GEMM on the GPU: W is dequantized by the quant.cu kernels into a
 // stream-ordered temporary f32 buffer, then the f32 GEMM runs on it. Simple and exact (the same
-// dequantized values as the CPU); a fused per-tile dequantization is left for later.
+// dequantized values as the CPU); a fused per-tile dequantization is left for later. bf16
+// compute (W.round_bf16) reads the temporary rounded, as any f32 operand marked round_bf16.
 #include "common.cuh"
 #include "gemm.cuh"
 #include "peftkit/kernels.h"
@@ -19,7 +20,9 @@ void gemm_quant(int64_t M, int64_t N, int64_t K, float alpha, MatRef A, QuantWei
   else
     dequantize_4bit(w, DType::F32, static_cast<const uint8_t*>(W.codes), W.scales, n, W.blocksize,
                     W.format == QuantFormat::FP4 ? Quant4Type::FP4 : Quant4Type::NF4);
-  gemm(M, N, K, alpha, A, operand(w, W.cols, w_trans), beta, C, DType::F32, ldc);
+  MatRef wt = operand(w, W.cols, w_trans);
+  wt.round_bf16 = W.round_bf16;
+  gemm(M, N, K, alpha, A, wt, beta, C, DType::F32, ldc);
   check(cudaFreeAsync(w, stream()), "gemm_quant free");
 }
 

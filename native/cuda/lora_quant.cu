@@ -1,6 +1,7 @@
 // QLoRA's LoRA on the GPU: W is dequantized by the quant.cu kernels into a stream-ordered
 // temporary f32 buffer (as gemm_quant.cu does), then the f32 LoRA of lora.cu runs on it. Exact
 // (the same dequantized values as the CPU); a fused per-tile dequantization is left for later.
+// bf16 compute: lora.cu rounds the f32 temporary like any f32 W.
 #include "common.cuh"
 #include "peftkit/kernels.h"
 
@@ -26,17 +27,18 @@ void release(float* w) { check(cudaFreeAsync(w, stream()), "lora_quant free"); }
 }  // namespace
 
 void lora_forward_quant(float* Y, float* XA, const float* X, const float* Xa, QuantWeight W, const float* A,
-                        const float* B, const float* bias, float s, int64_t M, int64_t N, int64_t K, int64_t r) {
+                        const float* B, const float* bias, float s, int64_t M, int64_t N, int64_t K, int64_t r,
+                        Compute compute) {
   float* w = dequantize_temp(W);
-  lora_forward(Y, XA, X, Xa, w, DType::F32, A, B, bias, s, M, N, K, r, Compute::F32);
+  lora_forward(Y, XA, X, Xa, w, DType::F32, A, B, bias, s, M, N, K, r, compute);
   release(w);
 }
 
 void lora_backward_quant(float* dX, float* dXa, float* dA, float* dB, const float* dY, const float* Xa,
                          const float* XA, QuantWeight W, const float* A, const float* B, float s, int64_t M,
-                         int64_t N, int64_t K, int64_t r, float* scratch) {
+                         int64_t N, int64_t K, int64_t r, float* scratch, Compute compute) {
   float* w = dequantize_temp(W);
-  lora_backward(dX, dXa, dA, dB, dY, Xa, XA, w, DType::F32, A, B, s, M, N, K, r, scratch, Compute::F32);
+  lora_backward(dX, dXa, dA, dB, dY, Xa, XA, w, DType::F32, A, B, s, M, N, K, r, scratch, compute);
   release(w);
 }
 

@@ -179,7 +179,8 @@ void lora_backward(const Tensor& dX, const Tensor& dXa, const Tensor& dA, const 
 }
 
 void lora_forward_quant(const Tensor& Y, const Tensor& XA, const Tensor& X, const Tensor& Xa,
-                        const QuantWeightTensors& W, const Tensor& A, const Tensor& B, const Tensor& bias, float s) {
+                        const QuantWeightTensors& W, const Tensor& A, const Tensor& B, const Tensor& bias, float s,
+                        Compute compute) {
   const Arg y{Y, "lora_forward Y"}, xa_out{XA, "lora_forward XA"}, x{X, "lora_forward X"},
       xa{Xa, "lora_forward Xa (dropoutInput)"}, wc{W.codes, "lora_forward W codes"}, a{A, "lora_forward A"},
       b{B, "lora_forward B"}, bi{bias, "lora_forward bias"};
@@ -202,18 +203,18 @@ void lora_forward_quant(const Tensor& Y, const Tensor& XA, const Tensor& X, cons
   const QuantWeight q = kernel_weight(W);
   if (Y.device == Device::CPU) {
     cpu::lora_forward_quant(Y.data<float>(), XA.data<float>(), X.data<float>(), xa_ptr, q, A.data<float>(),
-                            B.data<float>(), bias_ptr, s, M, N, K, r);
+                            B.data<float>(), bias_ptr, s, M, N, K, r, compute);
     return;
   }
 #ifdef PEFTKIT_CUDA
   cuda::lora_forward_quant(Y.data<float>(), XA.data<float>(), X.data<float>(), xa_ptr, q, A.data<float>(),
-                           B.data<float>(), bias_ptr, s, M, N, K, r);
+                           B.data<float>(), bias_ptr, s, M, N, K, r, compute);
 #endif
 }
 
 void lora_backward_quant(const Tensor& dX, const Tensor& dXa, const Tensor& dA, const Tensor& dB, const Tensor& dY,
                          const Tensor& Xa, const Tensor& XA, const QuantWeightTensors& W, const Tensor& A,
-                         const Tensor& B, float s) {
+                         const Tensor& B, float s, Compute compute) {
   const Arg dx{dX, "lora_backward dX"}, dxa{dXa, "lora_backward dXa (dDropoutInput)"}, da{dA, "lora_backward dA"},
       db{dB, "lora_backward dB"}, dy{dY, "lora_backward dY"}, xa{Xa, "lora_backward Xa"},
       xa_saved{XA, "lora_backward XA"}, wc{W.codes, "lora_backward W codes"}, a{A, "lora_backward A"},
@@ -241,13 +242,13 @@ void lora_backward_quant(const Tensor& dX, const Tensor& dXa, const Tensor& dA, 
   if (dA.device == Device::CPU) {
     cpu::lora_backward_quant(dx_ptr, dxa_ptr, dA.data<float>(), dB.data<float>(), dY.data<float>(), Xa.data<float>(),
                              XA.data<float>(), q, A.data<float>(), B.data<float>(), s, M, N, K, r,
-                             scratch.data<float>());
+                             scratch.data<float>(), compute);
     return;
   }
 #ifdef PEFTKIT_CUDA
   cuda::lora_backward_quant(dx_ptr, dxa_ptr, dA.data<float>(), dB.data<float>(), dY.data<float>(), Xa.data<float>(),
                             XA.data<float>(), q, A.data<float>(), B.data<float>(), s, M, N, K, r,
-                            scratch.data<float>());
+                            scratch.data<float>(), compute);
 #endif
 }
 

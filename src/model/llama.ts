@@ -27,7 +27,8 @@ export interface LoadModelOptions {
   /**
    * Quantize the decoder layers' Linear weights at load, one tensor at a time (QLoRA: 'nf4').
    * A bitsandbytes folder is always kept quantized in its own format. Embeddings, norms, biases
-   * and lm_head stay f32. Not with dtype 'bf16'. Defaults to none.
+   * and lm_head stay unquantized. With dtype 'bf16' the products run in bf16 on the dequantized
+   * values rounded to bf16 (QLoRA's compute_dtype=bfloat16). Defaults to none.
    */
   quantize?: QuantizeFormat;
   /** 4-bit block size (32..4096, a power of two). Defaults to `64`. */

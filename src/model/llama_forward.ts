@@ -150,7 +150,7 @@ export class LlamaLoraForward {
     const lo = this.lora(l, suffix);
     const compute = this.model.compute;
     if (!lo) {
-      if ('q' in lw) ops.gemmQuant(Y, X, lw.q, { transB: true });
+      if ('q' in lw) ops.gemmQuant(Y, X, lw.q, { transB: true, compute });
       else ops.gemm(Y, X, lw.W, { transB: true, compute });
       if (bias) ops.biasAdd(Y, bias);
       return;
@@ -168,7 +168,7 @@ export class LlamaLoraForward {
     const lo = this.lora(l, suffix);
     const compute = this.model.compute;
     if (!lo) {
-      if (dX && 'q' in lw) ops.gemmQuant(dX, dY, lw.q, { transB: false });
+      if (dX && 'q' in lw) ops.gemmQuant(dX, dY, lw.q, { transB: false, compute });
       else if (dX && 'W' in lw) ops.gemm(dX, dY, lw.W, { compute });
       return;
     }

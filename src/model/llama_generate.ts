@@ -110,7 +110,7 @@ export class KvGenerator {
       ops.loraForward(Y, xa, X, 'q' in lw ? lw.q : lw.W, lo.A, lo.B, { scale: this.adapter!.scaling, bias, compute });
       return;
     }
-    if ('q' in lw) ops.gemmQuant(Y, X, lw.q, { transB: true });
+    if ('q' in lw) ops.gemmQuant(Y, X, lw.q, { transB: true, compute });
     else ops.gemm(Y, X, lw.W, { transB: true, compute });
     if (bias) ops.biasAdd(Y, bias);
   }

@@ -1,4 +1,3 @@
-import { PeftkitError } from '../errors';
 import { native } from '../native';
 import { Tensor } from '../tensor';
 import type { Compute } from './gemm';
@@ -16,8 +15,9 @@ export interface LoraForwardOptions {
    */
   dropoutInput?: Tensor;
   /**
-   * `'bf16'`: the base product `X·Wᵀ` runs in bf16 (X and an f32 W rounded while packed, f32
-   * sums; see {@link Compute}); the rank-r products stay f32. Defaults to `'f32'`.
+   * `'bf16'`: the base product `X·Wᵀ` runs in bf16 (X and an f32 W rounded while packed, a
+   * quantized W decoded to rounded bf16, f32 sums; see {@link Compute}); the rank-r products stay
+   * f32. Defaults to `'f32'`.
    */
   compute?: Compute;
 }
@@ -36,15 +36,6 @@ export interface LoraBackwardOptions {
   dDropoutInput?: Tensor;
 }
 
-/** The compute precision asked for; a quantized W runs in f32 only (for now). */
-function compute(W: Tensor | QuantWeight, o: { compute?: Compute }): Compute {
-  const c = o.compute ?? 'f32';
-  if (c === 'bf16' && !(W instanceof Tensor)) {
-    throw new PeftkitError('E_UNSUPPORTED', "compute 'bf16' with a quantized W is not supported (use 'f32')");
-  }
-  return c;
-}
-
 /**
  * The fused LoRA linear layer: `Y = X·Wᵀ + scale·(Xa·Aᵀ)·Bᵀ (+ bias)`, where Xa is X or its
  * dropout. `W + scale·B·A` is never formed; the low-rank term joins the base GEMM as r extra
@@ -59,18 +50,18 @@ function compute(W: Tensor | QuantWeight, o: { compute?: Compute }): Compute {
 export function loraForward(
   Y: Tensor, XA: Tensor, X: Tensor, W: Tensor | QuantWeight, A: Tensor, B: Tensor, o: LoraForwardOptions = {},
 ): void {
-  const xa = o.dropoutInput?.native ?? null, bias = o.bias?.native ?? null, s = o.scale ?? 1, c = compute(W, o);
+  const xa = o.dropoutInput?.native ?? null, bias = o.bias?.native ?? null, s = o.scale ?? 1, c = o.compute ?? 'f32';
   if (W instanceof Tensor) native.loraForward(Y.native, XA.native, X.native, xa, W.native, A.native, B.native, bias, s, c);
-  else native.loraForwardQuant(Y.native, XA.native, X.native, xa, ...quantWeightArgs(W), A.native, B.native, bias, s);
+  else native.loraForwardQuant(Y.native, XA.native, X.native, xa, ...quantWeightArgs(W), A.native, B.native, bias, s, c);
 }
 
 /** {@link loraForward} on the thread pool. */
 export function loraForwardAsync(
   Y: Tensor, XA: Tensor, X: Tensor, W: Tensor | QuantWeight, A: Tensor, B: Tensor, o: LoraForwardOptions = {},
 ): Promise<void> {
-  const xa = o.dropoutInput?.native ?? null, bias = o.bias?.native ?? null, s = o.scale ?? 1, c = compute(W, o);
+  const xa = o.dropoutInput?.native ?? null, bias = o.bias?.native ?? null, s = o.scale ?? 1, c = o.compute ?? 'f32';
   if (W instanceof Tensor) return native.loraForwardAsync(Y.native, XA.native, X.native, xa, W.native, A.native, B.native, bias, s, c);
-  return native.loraForwardQuantAsync(Y.native, XA.native, X.native, xa, ...quantWeightArgs(W), A.native, B.native, bias, s);
+  return native.loraForwardQuantAsync(Y.native, XA.native, X.native, xa, ...quantWeightArgs(W), A.native, B.native, bias, s, c);
 }
 
 /**
@@ -86,12 +77,12 @@ export function loraBackward(
   dX: Tensor | null, dA: Tensor, dB: Tensor, dY: Tensor, Xa: Tensor, XA: Tensor, W: Tensor | QuantWeight, A: Tensor,
   B: Tensor, o: LoraBackwardOptions = {},
 ): void {
-  const dx = dX?.native ?? null, dxa = o.dDropoutInput?.native ?? null, s = o.scale ?? 1, c = compute(W, o);
+  const dx = dX?.native ?? null, dxa = o.dDropoutInput?.native ?? null, s = o.scale ?? 1, c = o.compute ?? 'f32';
   if (W instanceof Tensor) {
     native.loraBackward(dx, dxa, dA.native, dB.native, dY.native, Xa.native, XA.native, W.native, A.native, B.native, s, c);
   } else {
     native.loraBackwardQuant(dx, dxa, dA.native, dB.native, dY.native, Xa.native, XA.native, ...quantWeightArgs(W),
-      A.native, B.native, s);
+      A.native, B.native, s, c);
   }
 }
 
@@ -100,11 +91,11 @@ export function loraBackwardAsync(
   dX: Tensor | null, dA: Tensor, dB: Tensor, dY: Tensor, Xa: Tensor, XA: Tensor, W: Tensor | QuantWeight, A: Tensor,
   B: Tensor, o: LoraBackwardOptions = {},
 ): Promise<void> {
-  const dx = dX?.native ?? null, dxa = o.dDropoutInput?.native ?? null, s = o.scale ?? 1, c = compute(W, o);
+  const dx = dX?.native ?? null, dxa = o.dDropoutInput?.native ?? null, s = o.scale ?? 1, c = o.compute ?? 'f32';
   if (W instanceof Tensor) {
     return native.loraBackwardAsync(dx, dxa, dA.native, dB.native, dY.native, Xa.native, XA.native, W.native, A.native,
       B.native, s, c);
   }
   return native.loraBackwardQuantAsync(dx, dxa, dA.native, dB.native, dY.native, Xa.native, XA.native,
-    ...quantWeightArgs(W), A.native, B.native, s);
+    ...quantWeightArgs(W), A.native, B.native, s, c);
 }

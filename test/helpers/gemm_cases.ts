@@ -195,7 +195,7 @@ export function isaCases(): GemmCase[] {
     // panels where there is no bf16 kernel), across kc and nc, beside stored bf16, and M/N = 1.
     const compute = 'bf16' as const;
     cases.push({ M: 37, N: 45, K: 1031, transA, transB, compute });
-    cases.push({ M: 3, N: 4300, K: 601, transA, transB, compute, alpha: -0.5, beta: 1 });
+    cases.push({ M: 3, N: 4300, K: 301, transA, transB, compute, alpha: -0.5, beta: 1 });
     cases.push({ M: 29, N: 33, K: 300, transA, transB, a: 'bf16', compute, c: 'bf16' });
     cases.push({ M: 29, N: 33, K: 301, transA, transB, b: 'bf16', compute, beta: 0.5 });
     for (const [M, N, K] of [[1, 37, 300], [37, 1, 300], [200, 16, 300], [16, 300, 257]])

@@ -89,6 +89,8 @@ enum class Quant4Type : int { NF4 = 0, FP4 = 1 };
 //             f32 absmax [ceil(rows·cols / blocksize)] of blocks over the row-major flattening
 //             (already recovered from double quantization); W = code·absmax.
 //   INT8:     codes = i8 CB [rows, cols], scales = f32 SCB [rows]; W = f32(f32(CB·SCB)·f32(1/127)).
+// round_bf16: each dequantized value is read as its bf16 rounding (bf16 compute, QLoRA's
+// compute_dtype=bfloat16: bitsandbytes dequantizes to bf16 the same way), as MatRef.round_bf16.
 enum class QuantFormat : int { NF4 = 0, FP4 = 1, INT8 = 2 };
 struct QuantWeight {
   QuantFormat format = QuantFormat::NF4;
@@ -96,6 +98,7 @@ struct QuantWeight {
   const float* scales = nullptr;
   int64_t blocksize = 64;  // 4-bit only: a power of two
   int64_t rows = 0, cols = 0;
+  bool round_bf16 = false;
 };
 
 namespace cpu {

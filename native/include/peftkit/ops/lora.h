@@ -22,11 +22,12 @@ void lora_backward(const Tensor& dX, const Tensor& dXa, const Tensor& dA, const 
                    Compute compute);
 
 // QLoRA: lora_forward / lora_backward with the frozen W [N, K] quantized (rows N, cols K); equal
-// to them on the dequantized W.
+// to them on the dequantized W (compute BF16: on the dequantized W rounded to bf16).
 void lora_forward_quant(const Tensor& Y, const Tensor& XA, const Tensor& X, const Tensor& Xa,
-                        const QuantWeightTensors& W, const Tensor& A, const Tensor& B, const Tensor& bias, float s);
+                        const QuantWeightTensors& W, const Tensor& A, const Tensor& B, const Tensor& bias, float s,
+                        Compute compute);
 void lora_backward_quant(const Tensor& dX, const Tensor& dXa, const Tensor& dA, const Tensor& dB, const Tensor& dY,
                          const Tensor& Xa, const Tensor& XA, const QuantWeightTensors& W, const Tensor& A,
-                         const Tensor& B, float s);
+                         const Tensor& B, float s, Compute compute);
 
 }  // namespace pk::ops
