@@ -23,7 +23,7 @@ for cu in "$root"/native/cuda/*.cu; do
   name="$(basename "$cu" .cu)"
   [ "$name" = memory ] && continue  # device memory: the checks use host memory directly
   # Kernels check.cc does not cover yet (they use stream-ordered allocation the emulator lacks).
-  case "$name" in adamw8bit|quant|gemm_quant|bias) continue ;; esac
+  case "$name" in adamw8bit|quant|gemm_quant|lora_quant|bias) continue ;; esac
   python3 "$here/translate.py" "$cu" > "$out/$name.cc"
   if [ ! -f "$out/$name.o" ] || [ "$out/$name.cc" -nt "$out/$name.o" ] || [ "$root/native/cuda/common.cuh" -nt "$out/$name.o" ] \
      || [ "$here/include/emu.h" -nt "$out/$name.o" ]; then
