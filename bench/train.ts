@@ -87,6 +87,9 @@ function main(): void {
   for (const r of rows) console.log(`${r.who} | ${r.tokensPerS.toFixed(0)} | ${r.stepS.toFixed(3)} | ${r.peakRssMb.toFixed(0)}`);
   const ours = rows[0];
   for (const r of rows.filter((x) => x.who.startsWith('PyTorch'))) console.log(`ratio peftkit f32 / ${r.who}: ${(ours.tokensPerS / r.tokensPerS).toFixed(2)}x tokens/s, ${(ours.peakRssMb / r.peakRssMb).toFixed(2)}x peak RSS`);
+  const oursBf16 = rows.find((x) => x.who.startsWith('peftkit LoRA --bf16'));
+  const autocast = rows.find((x) => x.who === 'PyTorch bf16 autocast');
+  if (oursBf16 && autocast) console.log(`ratio peftkit --bf16 / PyTorch bf16 autocast: ${(oursBf16.tokensPerS / autocast.tokensPerS).toFixed(2)}x tokens/s, ${(oursBf16.peakRssMb / autocast.peakRssMb).toFixed(2)}x peak RSS`);
   const out = path.join(__dirname, '..', '..', 'bench', 'results');
   fs.mkdirSync(out, { recursive: true });
   fs.writeFileSync(path.join(out, 'train.json'), JSON.stringify({ machine, date: new Date().toISOString(), shape, B, T, steps, rows }, null, 2));
