@@ -14,7 +14,9 @@ struct GemmTerm {
 
 // C[M,N] = Σ_t alpha_t·op(A_t)·op(B_t) + beta·C in ONE pass over C: the K ranges of the terms
 // are concatenated inside the packed panels (the "extend K by r" fusion of LoRA), so C is
-// written once and no concatenated operand is ever materialized.
+// written once and no concatenated operand is ever materialized. A first term whose operands
+// are both bf16 (stored, or rounded under bf16 compute) runs on the bf16 kernel where the CPU has
+// one, the other terms joining each C tile in f32 after it (gemm_panels).
 void gemm_sum(int64_t M, int64_t N, const GemmTerm* terms, int nterms, float beta, void* C, DType cdtype,
               int64_t ldc);
 

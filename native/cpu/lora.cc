@@ -3,9 +3,9 @@
 // K range [X | s·XA]·[W | B]ᵀ (gemm_sum), so a LoRA layer costs the base GEMM plus r/K more
 // work, not a second pass over Y.
 //
-// With bf16 compute the base product runs on the bf16 kernel (X, dY rounded while packed) and
-// the low-rank term, which stays f32, is added by a second pass with beta = 1: one pass cannot
-// mix the two kernels over a shared K range.
+// With bf16 compute the base product's operands are rounded while packed (X, dY, an f32 W):
+// the GEMM runs it on the bf16 kernel and adds the f32 low-rank term to each C tile right after
+// (gemm.cc's f32 tail), so Y and dX are still written once.
 //
 // Shapes: X, Xa [M,K]; W [N,K] (f32 or bf16); A [r,K]; B [N,r]; Y [M,N]; XA [M,r].
 #include <cstring>
@@ -34,11 +34,6 @@ void lora_forward(float* Y, float* XA, const float* X, const float* Xa, const vo
     beta = 1.f;
   }
   const MatRef x = with_compute(f32(X, K), compute), w = with_compute(MatRef{W, w_dtype, K, /*trans=*/true}, compute);
-  if (compute == Compute::BF16) {
-    gemm(M, N, K, 1.f, x, w, beta, Y, DType::F32, N);                    // X·Wᵀ in bf16
-    gemm(M, N, r, s, f32(XA, r), f32(B, r, /*trans=*/true), 1.f, Y, DType::F32, N);  // + s·XA·Bᵀ
-    return;
-  }
   const GemmTerm terms[2] = {
       {x, w, K, 1.f},                                 // X·Wᵀ
       {f32(XA, r), f32(B, r, /*trans=*/true), r, s},  // s·XA·Bᵀ
@@ -54,10 +49,7 @@ void lora_backward(float* dX, float* dXa, float* dA, float* dB, const float* dY,
   gemm(M, r, N, 1.f, f32(dY, N), f32(B, r), 0.f, dYB, DType::F32, r);
 
   const MatRef dy = with_compute(f32(dY, N), compute), w = with_compute(MatRef{W, w_dtype, K, /*trans=*/false}, compute);
-  if (dX && !dXa && compute == Compute::BF16) {
-    gemm(M, K, N, 1.f, dy, w, 0.f, dX, DType::F32, K);                  // dY·W in bf16
-    gemm(M, K, r, s, f32(dYB, r), f32(A, K), 1.f, dX, DType::F32, K);  // + s·dYB·A
-  } else if (dX && !dXa) {
+  if (dX && !dXa) {
     // Xa is X: both paths reach dX, fused as [dY | s·dYB]·[W ; A] in one pass over dX.
     const GemmTerm terms[2] = {
         {dy, w, N, 1.f},                 // dY·W

@@ -1,8 +1,8 @@
 // QLoRA's fused LoRA on the CPU: lora.cc with the frozen weight quantized. The base term is a
 // panel source that decodes W while it packs (gemm_quant.h), so the forward is still ONE pass
-// over Y for [X | s·XA]·[W | B]ᵀ and the f32 W never exists in memory. With bf16 compute the
-// base term runs alone on the bf16 kernel (X rounded, W decoded to rounded bf16 pairs) and the
-// f32 rank-r term is added with beta = 1, as in lora.cc.
+// over Y for [X | s·XA]·[W | B]ᵀ and the f32 W never exists in memory. With bf16 compute X is
+// rounded and W decoded to rounded bf16 while packed: the base term runs on the bf16 kernel and
+// the f32 rank-r term joins each C tile after it, as in lora.cc.
 //
 // Shapes: X, Xa [M,K]; W [N,K] quantized; A [r,K]; B [N,r]; Y [M,N]; XA [M,r].
 #include <cstring>
@@ -41,12 +41,6 @@ void lora_forward_quant(float* Y, float* XA, const float* X, const float* Xa, Qu
   const MatRef x_t = with_compute(f32(X, K, /*trans=*/true), compute);  // op(X)ᵀ
   const MatRef xa_t = f32(XA, r, /*trans=*/true);                        // op(XA)ᵀ
   const MatRef b_t = f32(B, r, /*trans=*/true);                          // Bᵀ
-  if (compute == Compute::BF16) {
-    const PanelTerm base{matref_source(&x_t), quant_weight_source(&W, /*trans=*/true), K, 1.f};
-    gemm_panels(M, N, &base, 1, beta, Y, DType::F32, N);                         // X·Wᵀ in bf16
-    gemm(M, N, r, s, f32(XA, r), f32(B, r, /*trans=*/true), 1.f, Y, DType::F32, N);  // + s·XA·Bᵀ
-    return;
-  }
   const PanelTerm terms[2] = {
       {matref_source(&x_t), quant_weight_source(&W, /*trans=*/true), K, 1.f},  // X·Wᵀ
       f32_term(&xa_t, &b_t, r, s),                                             // s·XA·Bᵀ
@@ -64,11 +58,7 @@ void lora_backward_quant(float* dX, float* dXa, float* dA, float* dB, const floa
   gemm(M, r, N, 1.f, f32(dY, N), f32(B, r), 0.f, dYB, DType::F32, r);
 
   const MatRef dy_t = with_compute(f32(dY, N, /*trans=*/true), compute);
-  if (dX && !dXa && compute == Compute::BF16) {
-    const PanelTerm base{matref_source(&dy_t), quant_weight_source(&W, /*trans=*/false), N, 1.f};
-    gemm_panels(M, K, &base, 1, 0.f, dX, DType::F32, K);                 // dY·W in bf16
-    gemm(M, K, r, s, f32(dYB, r), f32(A, K), 1.f, dX, DType::F32, K);  // + s·dYB·A
-  } else if (dX && !dXa) {
+  if (dX && !dXa) {
     // Xa is X: [dY | s·dYB]·[W ; A] in one pass over dX.
     const MatRef dyb_t = f32(dYB, r, /*trans=*/true);
     const MatRef a = f32(A, K);

@@ -272,5 +272,21 @@ export function sumCases(): SumCase[] {
     { M: 1, N: 300, terms: lora(257, 16), beta: 0.5 },
     { M: 300, N: 1, terms: lora(257, 16) },
     { M: 40, N: 50, terms: [{ K: 600, transA: true, transB: true, a: 'bf16', b: 'bf16', alpha: 1 }], c: 'bf16' },
+    // A bf16 first term (bf16 compute's base product) with f32 terms after it: on AVX512-BF16 the
+    // first runs on the pair kernel over kc slices and the others join each tile after its last
+    // slice; bf16 C keeps f32 sums between slices; M = 16 turns the product around; a tail longer
+    // than one f32 slice goes through the f32 kernel whole.
+    ...[[61, 530], [16, 300], [200, 16], [1, 300]].map(([M, N]) => ({ M, N, terms: bf16Lead(1031, 16), beta: 0.5 })),
+    { M: 37, N: 530, terms: bf16Lead(1031, 16), c: 'bf16' as DT, beta: 0.5 },
+    { M: 37, N: 70, terms: [{ ...bf16Lead(300, 16)[0] }, { K: 600, transA: true, transB: false, alpha: 0.5 }] },
+  ];
+}
+
+/** A stored-bf16 first term of K, then two f32 terms (r and 5 long). */
+function bf16Lead(K: number, r: number): SumCase['terms'] {
+  return [
+    { K, transA: false, transB: true, a: 'bf16', b: 'bf16', alpha: 1.5 },
+    { K: r, transA: false, transB: true, alpha: 2 },
+    { K: 5, transA: true, transB: false, alpha: -0.5 },
   ];
 }
