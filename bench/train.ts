@@ -54,12 +54,13 @@ function main(): void {
   try {
     const child = path.join(__dirname, 'train_child.js');
     writeBenchModel(path.join(dir, shape), shape);
-    const runs: Array<[string, boolean, string]> = shape === 'tinyllama'
-      ? [['peftkit QLoRA (nf4) + activation checkpointing', true, 'nf4']]
-      : [['peftkit f32', false, 'none'], ['peftkit f32 + activation checkpointing', true, 'none'],
-        ['peftkit QLoRA (nf4, f32 compute)', false, 'nf4'], ['peftkit int8-LoRA (f32 compute)', false, 'int8']];
-    for (const [who, ckpt, quant] of runs) {
-      const r = timed(process.execPath, [child, dir, shape, String(steps), String(B), String(T), ckpt ? '1' : '0', quant]);
+    const runs: Array<[string, boolean, string, 'f32' | 'bf16']> = shape === 'tinyllama'
+      ? [['peftkit QLoRA (nf4) + activation checkpointing', true, 'nf4', 'f32']]
+      : [['peftkit f32', false, 'none', 'f32'], ['peftkit f32 + activation checkpointing', true, 'none', 'f32'],
+        ['peftkit LoRA --bf16 (bf16 weights and compute)', false, 'none', 'bf16'],
+        ['peftkit QLoRA (nf4, f32 compute)', false, 'nf4', 'f32'], ['peftkit int8-LoRA (f32 compute)', false, 'int8', 'f32']];
+    for (const [who, ckpt, quant, dtype] of runs) {
+      const r = timed(process.execPath, [child, dir, shape, String(steps), String(B), String(T), ckpt ? '1' : '0', quant, dtype]);
       const m = JSON.parse(r.out.trim().split('\n').pop()!) as { tokensPerS: number; stepS: number };
       rows.push({ who, tokensPerS: m.tokensPerS, stepS: m.stepS, peakRssMb: r.rssMb });
     }
@@ -86,6 +87,9 @@ function main(): void {
   for (const r of rows) console.log(`${r.who} | ${r.tokensPerS.toFixed(0)} | ${r.stepS.toFixed(3)} | ${r.peakRssMb.toFixed(0)}`);
   const ours = rows[0];
   for (const r of rows.filter((x) => x.who.startsWith('PyTorch'))) console.log(`ratio peftkit f32 / ${r.who}: ${(ours.tokensPerS / r.tokensPerS).toFixed(2)}x tokens/s, ${(ours.peakRssMb / r.peakRssMb).toFixed(2)}x peak RSS`);
+  const oursBf16 = rows.find((x) => x.who.startsWith('peftkit LoRA --bf16'));
+  const autocast = rows.find((x) => x.who === 'PyTorch bf16 autocast');
+  if (oursBf16 && autocast) console.log(`ratio peftkit --bf16 / PyTorch bf16 autocast: ${(oursBf16.tokensPerS / autocast.tokensPerS).toFixed(2)}x tokens/s, ${(oursBf16.peakRssMb / autocast.peakRssMb).toFixed(2)}x peak RSS`);
   const out = path.join(__dirname, '..', '..', 'bench', 'results');
   fs.mkdirSync(out, { recursive: true });
   fs.writeFileSync(path.join(out, 'train.json'), JSON.stringify({ machine, date: new Date().toISOString(), shape, B, T, steps, rows }, null, 2));

@@ -83,6 +83,13 @@ pk::DType ParseDType(const std::string& s) {
   pk::fail("E_DTYPE", "unknown dtype '" + s + "' (expected f32, bf16, f16, i32, i64, u8 or i8)");
 }
 
+pk::Compute GetCompute(const Napi::CallbackInfo& info, size_t i) {
+  const std::string s = GetString(info, i, "compute");
+  if (s == "f32") return pk::Compute::F32;
+  if (s == "bf16") return pk::Compute::BF16;
+  pk::fail("E_ARG", "compute: expected 'f32' or 'bf16', got '" + s + "'");
+}
+
 pk::Device ParseDevice(const std::string& s) {
   if (s == "cpu") return pk::Device::CPU;
   if (s == "cuda") return pk::Device::CUDA;

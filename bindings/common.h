@@ -37,6 +37,8 @@ std::string GetString(const Napi::CallbackInfo& info, size_t i, const char* what
 // scales, blocksize, rows, cols.
 pk::ops::QuantWeightTensors GetQuantWeight(const Napi::CallbackInfo& info, size_t i);
 pk::DType ParseDType(const std::string& s);
+// The compute precision of an op ('f32' | 'bf16').
+pk::Compute GetCompute(const Napi::CallbackInfo& info, size_t i);
 pk::Device ParseDevice(const std::string& s);
 
 // An op binding parses its arguments on the JS thread and returns the work to run. Work

@@ -6,13 +6,14 @@
 namespace pkb {
 
 void InitGemm(Napi::Env env, Napi::Object exports) {
-  // gemm(C, A, B, transA, transB, alpha, beta)
+  // gemm(C, A, B, transA, transB, alpha, beta, compute)
   DefineOp(env, exports, "gemm", [](const Napi::CallbackInfo& info) -> Work {
     pk::Tensor C = GetTensor(info, 0, "C"), A = GetTensor(info, 1, "A"), B = GetTensor(info, 2, "B");
     bool ta = GetBool(info, 3, "transA"), tb = GetBool(info, 4, "transB");
     float alpha = float(GetNumber(info, 5, "alpha")), beta = float(GetNumber(info, 6, "beta"));
+    pk::Compute compute = GetCompute(info, 7);
     return [=]() {
-      pk::ops::gemm(C, A, B, ta, tb, alpha, beta);
+      pk::ops::gemm(C, A, B, ta, tb, alpha, beta, compute);
       return kNone;
     };
   });

@@ -23,7 +23,7 @@ void InitLoss(Napi::Env env, Napi::Object exports) {
       return kNone;
     };
   });
-  // linearCrossEntropy(losses, dH | null, dW | null, H, W, targets, ignoreIndex, gradScale, chunkRows)
+  // linearCrossEntropy(losses, dH | null, dW | null, H, W, targets, ignoreIndex, gradScale, chunkRows, compute)
   DefineOp(env, exports, "linearCrossEntropy", [](const Napi::CallbackInfo& info) -> Work {
     pk::Tensor losses = GetTensor(info, 0, "losses"), dH = GetOptionalTensor(info, 1, "dH"),
                dW = GetOptionalTensor(info, 2, "dW");
@@ -31,8 +31,9 @@ void InitLoss(Napi::Env env, Napi::Object exports) {
     int32_t ignore = GetInt32(info, 6, "ignoreIndex");
     float scale = float(GetNumber(info, 7, "gradScale"));
     int64_t chunk = GetInt(info, 8, "chunkRows");
+    pk::Compute compute = GetCompute(info, 9);
     return [=]() {
-      pk::ops::linear_cross_entropy(losses, dH, dW, H, W, targets, ignore, scale, chunk);
+      pk::ops::linear_cross_entropy(losses, dH, dW, H, W, targets, ignore, scale, chunk, compute);
       return kNone;
     };
   });

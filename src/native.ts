@@ -41,9 +41,12 @@ type T = NativeTensor;
 type WithAsync<O> = O & { [K in keyof O as K extends string ? `${K}Async` : never]: O[K] extends (...a: infer A) => infer R ? (...a: A) => Promise<R> : never };
 
 // ---- ops: gemm -------------------------------------------------------------------------------
+/** The precision the big products run in: f32, or bf16 operands with f32 sums. */
+type ComputeArg = 'f32' | 'bf16';
+
 interface GemmOps {
-  /** C = alpha·op(A)·op(B) + beta·C. */
-  gemm(C: T, A: T, B: T, transA: boolean, transB: boolean, alpha: number, beta: number): void;
+  /** C = alpha·op(A)·op(B) + beta·C; compute 'bf16' reads f32 operands rounded to bf16. */
+  gemm(C: T, A: T, B: T, transA: boolean, transB: boolean, alpha: number, beta: number, compute: ComputeArg): void;
   /** C = Σ alpha·op(A)·op(B) + beta·C; `terms` repeats (A, B, transA, transB, alpha). */
   gemmSum(C: T, beta: number, ...terms: Array<T | boolean | number>): void;
 }
@@ -51,9 +54,11 @@ interface GemmOps {
 // ---- ops: lora -------------------------------------------------------------------------------
 interface LoraOps {
   /** Y = X·Wᵀ + scale·(Xa·Aᵀ)·Bᵀ (+ bias), XA = Xa·Aᵀ saved; Xa null means X. */
-  loraForward(Y: T, XA: T, X: T, Xa: T | null, W: T, A: T, B: T, bias: T | null, scale: number): void;
+  loraForward(Y: T, XA: T, X: T, Xa: T | null, W: T, A: T, B: T, bias: T | null, scale: number, compute: ComputeArg): void;
   /** dX = dY·W (+ scale·(dY·B)·A when dXa is null); dXa = scale·(dY·B)·A; dA, dB accumulate. */
-  loraBackward(dX: T | null, dXa: T | null, dA: T, dB: T, dY: T, Xa: T, XA: T, W: T, A: T, B: T, scale: number): void;
+  loraBackward(
+    dX: T | null, dXa: T | null, dA: T, dB: T, dY: T, Xa: T, XA: T, W: T, A: T, B: T, scale: number, compute: ComputeArg,
+  ): void;
 }
 
 // ---- ops: transformer (embedding, norms, rope, activations, dropout, cast) ------------------
@@ -100,6 +105,7 @@ interface LossOps {
   /** Cross-entropy of H·Wᵀ, chunkRows rows at a time (0 = automatic); dH overwritten, dW accumulated, either may be null. */
   linearCrossEntropy(
     losses: T, dH: T | null, dW: T | null, H: T, W: T, targets: T, ignoreIndex: number, gradScale: number, chunkRows: number,
+    compute: ComputeArg,
   ): void;
 }
 
@@ -171,17 +177,19 @@ interface GemmQuantOps {
    * scales f32 absmax per block) or int8 (codes i8 CB, scales f32 SCB per row). transW: op(W) = Wᵀ.
    */
   gemmQuant(C: T, X: T, format: 'nf4' | 'fp4' | 'int8', codes: T, scales: T, blocksize: number, rows: number, cols: number,
-    transW: boolean, alpha: number, beta: number): void;
+    transW: boolean, alpha: number, beta: number, compute: ComputeArg): void;
 }
 
 // ---- ops: LoRA on a quantized frozen weight (QLoRA) ------------------------------------------
 type QuantWeightArgs = [format: 'nf4' | 'fp4' | 'int8', codes: T, scales: T, blocksize: number, rows: number, cols: number];
 interface LoraQuantOps {
   /** loraForward with W [rows = N, cols = K] quantized (the six arguments of gemmQuant's W). */
-  loraForwardQuant(Y: T, XA: T, X: T, Xa: T | null, ...rest: [...QuantWeightArgs, A: T, B: T, bias: T | null, scale: number]): void;
+  loraForwardQuant(
+    Y: T, XA: T, X: T, Xa: T | null, ...rest: [...QuantWeightArgs, A: T, B: T, bias: T | null, scale: number, compute: ComputeArg]
+  ): void;
   /** loraBackward with W quantized. */
   loraBackwardQuant(dX: T | null, dXa: T | null, dA: T, dB: T, dY: T, Xa: T, XA: T,
-    ...rest: [...QuantWeightArgs, A: T, B: T, scale: number]): void;
+    ...rest: [...QuantWeightArgs, A: T, B: T, scale: number, compute: ComputeArg]): void;
 }
 
 // ---- ops: LLM.int8 matmul (int8 activations with outlier columns) ---------------------------

@@ -4,7 +4,8 @@ import * as path from 'path';
 import { Tensor, PeftkitError, ops, runtimeInfo } from '../src/index';
 import { assertClose, devices, makeRng, poisoned, randn } from './helpers/check';
 import {
-  GemmCase, TRANS, describe, describeSum, isaCases, refGemmSum, runCase, runSumCase, sumCases,
+  GemmCase, TRANS, describe, describeSum, isaCases, refGemmSum, roundingCases, runCase, runRoundingCase, runSumCase,
+  sumCases,
 } from './helpers/gemm_cases';
 
 const SHAPES: Array<[number, number, number]> = [
@@ -58,6 +59,30 @@ for (const device of devices()) {
         cases.push({ M: 70, N: 33, K: 300, transA, transB, a, b, c: 'bf16', beta: 1 });
       }
     checkCases(t, device, cases);
+  });
+
+  test(`${device}: bf16 compute matches float64 on the bf16-rounded operands, every layout`, (t) => {
+    const cases: GemmCase[] = [];
+    const compute = 'bf16' as const;
+    for (const [transA, transB] of TRANS) {
+      for (const [M, N, K] of SHAPES) {
+        cases.push({ M, N, K, transA, transB, compute });
+        cases.push({ M, N, K, transA, transB, compute, alpha: 0.5, beta: 1 });
+      }
+      // K past two kc slices of the pair kernel and odd, N past nc into a narrow panel, bf16 C.
+      cases.push({ M: 71, N: 517, K: 1031, transA, transB, compute, alpha: -0.75, beta: 0.5 });
+      cases.push({ M: 37, N: 517, K: 601, transA, transB, compute, c: 'bf16' });
+      // One operand stored bf16, the other rounded; the skinny LoRA shapes.
+      cases.push({ M: 33, N: 65, K: 129, transA, transB, compute, a: 'bf16' });
+      cases.push({ M: 33, N: 65, K: 129, transA, transB, compute, b: 'bf16', beta: 1 });
+      for (const [M, N, K] of [[300, 16, 600], [16, 530, 300], [530, 1, 600]]) cases.push({ M, N, K, transA, transB, compute });
+    }
+    checkCases(t, device, cases);
+  });
+
+  test(`${device}: bf16 compute rounds to nearest even (ties, near-ties), both operands`, (t) => {
+    const rng = makeRng(t);
+    for (const r of roundingCases()) t.is(runRoundingCase(rng, device, r.M, r.K, r.transA, r.transB, r.swap), null, JSON.stringify(r));
   });
 
   test(`${device}: skinny LoRA shapes (rank 16 as N, M or K; one row; one column)`, (t) => {
@@ -129,6 +154,9 @@ test('gemm rejects mismatched shapes and dtypes', (t) => {
   const I = Tensor.zeros([4, 5], { dtype: 'i32' });
   t.is(t.throws(() => ops.gemm(C, I, B, {}), { instanceOf: PeftkitError })?.code, 'E_DTYPE');
   t.is(t.throws(() => ops.gemm(C, A, {} as Tensor, {}), { instanceOf: PeftkitError })?.code, 'E_ARG');
+  const ec = t.throws(() => ops.gemm(C, A, B, { transA: true, compute: 'f16' as 'bf16' }), { instanceOf: PeftkitError });
+  t.is(ec?.code, 'E_ARG');
+  t.regex(ec!.message, /compute: expected 'f32' or 'bf16'/);
 });
 
 test('gemmSum rejects terms that do not fit C', (t) => {

@@ -58,6 +58,40 @@ for (const device of devices()) {
     });
   }
 
+  // bf16 compute (QLoRA's compute_dtype=bfloat16): X and the dequantized W are read rounded to
+  // bf16, so the reference is float64 on those roundings and the bound stays f32's.
+  for (const format of ['nf4', 'fp4', 'int8'] as Format[]) {
+    test(`gemmQuant ${format} bf16 compute matches float64 on the dequantized W and X rounded to bf16 (${device})`, (t) => {
+      const rng = makeRng(t);
+      for (const [M, rows, cols, bs] of SHAPES) {
+        const { q, deq } = quantWeight(rng, format, rows, cols, bs, device);
+        const wr = roundBf16(deq.toFloat32Array());
+        for (const transB of [true, false]) {
+          const K = transB ? cols : rows, N = transB ? rows : cols;
+          const x = randn(rng, M * K), c0 = randn(rng, M * N);
+          const what = `${format} M=${M} W=[${rows},${cols}] bs=${bs} transB=${transB}`;
+          for (const xDtype of ['f32', 'bf16'] as const) {
+            const X = Tensor.from(x, [M, K], { device, dtype: xDtype });
+            const C = Tensor.from(c0, [M, N], { device });
+            ops.gemmQuant(C, X, q, { transB, alpha: 0.75, beta: 0.5, compute: 'bf16' });
+            const got = C.toFloat32Array();
+            const e = relErr(got, reference(roundBf16(x), wr, c0, M, rows, cols, transB, 0.75, 0.5));
+            t.true(e <= 1e-5, `${what} X ${xDtype}: ${e}`);
+            if (K >= 16 && xDtype === 'f32') {
+              // Really rounded: against the unrounded operands the product is ~1e-3 off.
+              const exact = reference(x, deq.toFloat32Array(), c0, M, rows, cols, transB, 0.75, 0.5);
+              t.true(relErr(got, exact) > 1e-4, `${what}: equals the f32 product, nothing was rounded`);
+            }
+            X.dispose();
+            C.dispose();
+          }
+        }
+        disposeWeight(q);
+        deq.dispose();
+      }
+    });
+  }
+
   test(`gemmQuant alpha, beta accumulate and bf16 X (${device})`, async (t) => {
     const rng = makeRng(t);
     const [M, rows, cols, bs] = [23, 53, 171, 64];

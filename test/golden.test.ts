@@ -61,10 +61,11 @@ for (const name of ['llama', 'llama_tied', 'qwen2']) {
   });
 }
 
-test('bf16 base weights (f32 accumulation) stay within bf16 rounding of the PyTorch f32 run', (t) => {
+test('bf16 base weights and bf16 compute (f32 sums) stay within bf16 rounding of the PyTorch f32 run', (t) => {
   const dir = path.join(GOLDEN, 'llama');
   const exp = JSON.parse(fs.readFileSync(path.join(dir, 'expected.json'), 'utf8')) as Expected;
   const model = LlamaModel.load(dir, { dtype: 'bf16' });
+  t.is(model.compute, 'bf16');
   t.is(model.weight('model.layers.0.self_attn.q_proj.weight').dtype, 'bf16');
   t.is(model.weight('model.embed_tokens.weight').dtype, 'f32');
   const adapter = LoraAdapter.load(path.join(dir, 'adapter_in'), model.linearModules);

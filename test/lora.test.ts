@@ -203,6 +203,60 @@ for (const device of devices()) {
     });
   }
 
+  // bf16 compute: the base products read X (or dY) and W rounded to bf16, summed in f32; the
+  // rank-r products stay f32. So the reference is float64 on exactly those operands, and the
+  // bound stays f32's. Cases add one past a kc slice of the pair kernel (K = 1031, odd).
+  const BF16_CASES: Case[] = [...CASES, { lead: [37], K: 1031, N: 70, r: 16 }];
+  for (const wDtype of ['f32', 'bf16'] as const) {
+    test(`${device}: bf16 compute lora_forward/backward (W ${wDtype}) match float64 on the bf16-rounded base operands`, (t) => {
+      const rng = makeRng(t);
+      for (const c of BF16_CASES) {
+        const d = dimsOf(c);
+        const v = makeInputs(rng, c, wDtype);
+        const xr = roundBf16(v.x), wr = roundBf16(v.w);
+        const X = T(v.x, [...c.lead, c.K]), Xa = T(v.xa, [...c.lead, c.K]), W = T(v.w, [c.N, c.K], wDtype);
+        const A = T(v.a, [c.r, c.K]), B = T(v.b, [c.N, c.r]), bias = T(v.bias, [c.N]);
+        for (const dropout of [false, true]) {
+          const what = `${caseName(c)} dropout=${dropout}`;
+          const xa = dropout ? v.xa : v.x;
+          const Y = poisoned([...c.lead, c.N], device), XA = poisoned([...c.lead, c.r], device);
+          const opts = { scale: v.s, bias: dropout ? undefined : bias, dropoutInput: dropout ? Xa : undefined };
+          ops.loraForward(Y, XA, X, W, A, B, { ...opts, compute: 'bf16' });
+          const ref = refForward(xr, xa, wr, v.a, v.b, dropout ? null : v.bias, v.s, d);
+          const mag = refForward(abs(xr), abs(xa), abs(wr), abs(v.a), abs(v.b), dropout ? null : abs(v.bias), v.s, d);
+          assertCloseScaled(t, Y.toFloat32Array(), ref.y, mag.y, 1e-5, `Y ${what}`);
+          assertCloseScaled(t, XA.toFloat32Array(), ref.XA, mag.XA, 1e-5, `XA ${what}`);
+          if (c.K >= 16 && wDtype === 'f32') {
+            // The rounding really happens: on the unrounded operands Y is off by ~2⁻⁹ of the base term.
+            const f32 = refForward(v.x, xa, v.w, v.a, v.b, dropout ? null : v.bias, v.s, d);
+            const baseOnly = refForward(v.x, xa, v.w, v.a, new Float32Array(c.N * c.r), null, v.s, d).y;
+            let num = 0, den = 0;
+            const y = Y.toFloat32Array();
+            for (let i = 0; i < y.length; i++) (num += (y[i] - f32.y[i]) ** 2), (den += baseOnly[i] ** 2);
+            t.true(Math.sqrt(num / den) > 1e-4, `Y ${what}: equals the f32 product, the operands were not rounded`);
+          }
+
+          const dy = randn(rng, d.M * c.N), XAv = XA.toFloat32Array();
+          const dA0 = randn(rng, c.r * c.K), dB0 = randn(rng, c.N * c.r);
+          const dX = poisoned([...c.lead, c.K], device), dXa = dropout ? poisoned([...c.lead, c.K], device) : undefined;
+          const dA = T(dA0, [c.r, c.K]), dB = T(dB0, [c.N, c.r]);
+          ops.loraBackward(dX, dA, dB, T(dy, [...c.lead, c.N]), dropout ? Xa : X, XA, W, A, B,
+            { scale: v.s, dDropoutInput: dXa, compute: 'bf16' });
+          const low = refBackward(dy, xa, XAv, v.w, v.a, v.b, v.s, d);
+          const lowMag = refBackward(abs(dy), abs(xa), abs(XAv), abs(v.w), abs(v.a), abs(v.b), v.s, d);
+          const dyr = roundBf16(dy);
+          const base = refBackward(dyr, xa, XAv, wr, v.a, v.b, v.s, d).base;
+          const baseMag = refBackward(abs(dyr), abs(xa), abs(XAv), abs(wr), abs(v.a), abs(v.b), v.s, d).base;
+          const [e, m] = dropout ? [base, baseMag] : [add(base, low.low), add(baseMag, lowMag.low)];
+          assertCloseScaled(t, dX.toFloat32Array(), e, m, 1e-5, `dX ${what}`);
+          if (dXa) assertCloseScaled(t, dXa.toFloat32Array(), low.low, lowMag.low, 1e-5, `dXa ${what}`);
+          assertCloseScaled(t, dA.toFloat32Array(), add(dA0, low.dA), add(abs(dA0), lowMag.dA), 1e-5, `dA += ${what}`);
+          assertCloseScaled(t, dB.toFloat32Array(), add(dB0, low.dB), add(abs(dB0), lowMag.dB), 1e-5, `dB += ${what}`);
+        }
+      }
+    });
+  }
+
   // loss = Σ G⊙Y. Y is linear in each single coordinate of X, Xa, A and B, so a central
   // difference has no truncation error, only the f32 rounding of the forward (~1e-5 here with a
   // large eps): the tolerance can be tighter than the usual 1e-2 of finite differences.
@@ -318,6 +372,7 @@ for (const device of devices()) {
     expectError(fwd({ A: z([r, K], 'bf16') }), 'E_DTYPE', /lora_forward A/);
     expectError(fwd({ W: z([N, K], 'i32') }), 'E_DTYPE', /lora_forward W: expected dtype f32 or bf16/);
     expectError(fwd({}, { scale: NaN }), 'E_ARG', /scale/);
+    expectError(fwd({}, { compute: 'fp8' as 'bf16' }), 'E_ARG', /compute: expected 'f32' or 'bf16'/);
     expectError(fwd({ B: {} as Tensor }), 'E_ARG', /B: expected a Tensor/);
     const square = z([M, K]);
     expectError(() => ops.loraForward(square, XA, square, z([K, K]), A, z([K, r])), 'E_ARG', /Y and lora_forward X are the same tensor/);

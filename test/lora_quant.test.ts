@@ -67,6 +67,47 @@ for (const device of devices()) {
     }
   });
 
+  // bf16 compute: the quantized W must give what the dense path gives on the same values, i.e.
+  // loraForward/loraBackward with compute 'bf16' on the dequantized W (which rounds it the same way).
+  test(`${device}: bf16 compute loraForward / loraBackward with a quantized W equal bf16 compute on the dequantized W`, (t) => {
+    const rng = makeRng(t);
+    for (const format of FORMATS) {
+      for (const [M, N, K, r, bs] of SHAPES) {
+        for (const withDropout of [false, true]) {
+          const what = `${format} M=${M} N=${N} K=${K} r=${r} bs=${bs} dropout=${withDropout}`;
+          const { q, deq } = quantWeight(rng, format, N, K, bs, device);
+          const X = from(rng, [M, K], device), A = from(rng, [r, K], device, 0.1), B = from(rng, [N, r], device, 0.1);
+          const bias = withDropout ? undefined : from(rng, [N], device);
+          const Xa = withDropout ? from(rng, [M, K], device) : undefined;
+          const s = 1.25, compute = 'bf16' as const;
+          const out = (W: Tensor | QuantWeight) => {
+            const Y = poisoned([M, N], device), XA = poisoned([M, r], device);
+            ops.loraForward(Y, XA, X, W, A, B, { scale: s, bias, dropoutInput: Xa, compute });
+            return { Y, XA };
+          };
+          const fq = out(q), fr = out(deq);
+          t.true(relErr(fq.Y.toFloat32Array(), fr.Y.toFloat32Array()) <= 1e-5, `${what}: Y`);
+          t.true(relErr(fq.XA.toFloat32Array(), fr.XA.toFloat32Array()) <= 1e-5, `${what}: XA`);
+          const dY = from(rng, [M, N], device);
+          const back = (W: Tensor | QuantWeight, XA: Tensor) => {
+            const dX = poisoned([M, K], device), dXa = withDropout ? poisoned([M, K], device) : undefined;
+            const dA = Tensor.zeros([r, K], { device }), dB = Tensor.zeros([N, r], { device });
+            ops.loraBackward(dX, dA, dB, dY, Xa ?? X, XA, W, A, B, { scale: s, dDropoutInput: dXa, compute });
+            return { dX, dXa, dA, dB };
+          };
+          const bq = back(q, fq.XA), br = back(deq, fr.XA);
+          for (const k of ['dX', 'dXa', 'dA', 'dB'] as const) {
+            const a = bq[k], b = br[k];
+            if (!a || !b) continue;
+            t.true(relErr(a.toFloat32Array(), b.toFloat32Array()) <= 1e-5, `${what}: ${k}`);
+          }
+          for (const x of [fq.Y, fq.XA, fr.Y, fr.XA, X, A, B, dY, deq, bias, Xa, ...Object.values(bq), ...Object.values(br)]) x?.dispose();
+          disposeWeight(q);
+        }
+      }
+    }
+  });
+
   test(`${device}: a quantized W that does not fit is an error naming it`, (t) => {
     const rng = makeRng(t);
     const { q, deq } = quantWeight(rng, 'nf4', 6, 10, 64, device);

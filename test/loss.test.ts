@@ -120,10 +120,19 @@ for (const device of devices()) {
   });
 }
 
-/** float64 unfused LM head: logits = H·Wᵀ, cross-entropy, dH = G·W, dW = dW0 + Gᵀ·H. */
+/**
+ * float64 unfused LM head: logits = H·Wᵀ, cross-entropy, dH = G·W, dW = dW0 + Gᵀ·H. With
+ * bf16Compute, as the kernel computes it: H and W rounded to bf16 in all three products, and the
+ * logit gradient G (which the kernel forms in f32) rounded to f32 and then bf16 before dH, dW.
+ */
 function refLinearCrossEntropy(
   H: Float32Array, W: Float32Array, dW0: Float32Array, tg: Int32Array, N: number, C: number, V: number, scale: number,
+  bf16Compute = false,
 ): { loss: Float64Array; dH: Float64Array; dW: Float64Array } {
+  if (bf16Compute) {
+    H = roundBf16(H);
+    W = roundBf16(W);
+  }
   const logits = new Float64Array(N * V);
   for (let n = 0; n < N; n++)
     for (let v = 0; v < V; v++) {
@@ -131,7 +140,8 @@ function refLinearCrossEntropy(
       for (let c = 0; c < C; c++) s += H[n * C + c] * W[v * C + c];
       logits[n * V + v] = s;
     }
-  const { loss, grad } = refCrossEntropy(logits, tg, N, V, IGNORE, scale);
+  const { loss, grad: g64 } = refCrossEntropy(logits, tg, N, V, IGNORE, scale);
+  const grad = bf16Compute ? roundBf16(Float32Array.from(g64)) : g64;
   const dH = new Float64Array(N * C), dW = Float64Array.from(dW0);
   for (let n = 0; n < N; n++)
     for (let v = 0; v < V; v++) {
@@ -181,8 +191,41 @@ function linearCase(t: import('ava').ExecutionContext, device: Device, wdtype: '
   }
 }
 
+/**
+ * bf16 compute: losses come from f32 logits of the bf16-rounded H and W, so they keep f32's 1e-5.
+ * dH and dW multiply the bf16 rounding of the f32 logit gradient, which the float64 reference can
+ * only round from its own value: where the two straddle a rounding boundary (a few elements per
+ * case) one element differs by a bf16 ulp, ~1e-5 of the result. Hence 1e-4; not rounding the
+ * gradient (or H, W) would be ~1e-3 off, which the test also checks fails.
+ */
+function linearCaseBf16Compute(t: import('ava').ExecutionContext, device: Device, wdtype: 'f32' | 'bf16'): void {
+  const rng = makeRng(t);
+  for (const [N, C, V, chunkRows] of [...LCE_CASES, [40, 600, 257, 16] as [number, number, number, number]]) {
+    const h = randn(rng, N * C), w0 = randn(rng, V * C, 1 / Math.sqrt(C));
+    const w = wdtype === 'bf16' ? roundBf16(w0) : w0;
+    const dw0 = randn(rng, V * C, 0.01);
+    const tg = targetsWithIgnored(rng, N, V);
+    const scale = 1 / N;
+    const H = Tensor.from(h, [N, C], { device }), W = Tensor.from(w, [V, C], { device, dtype: wdtype });
+    const targets = Tensor.from(tg, [N], { device });
+    const losses = poisoned([N], device), dH = poisoned([N, C], device), dW = Tensor.from(dw0, [V, C], { device });
+    ops.linearCrossEntropy(losses, dH, dW, H, W, targets, { gradScale: scale, chunkRows, compute: 'bf16' });
+    const ref = refLinearCrossEntropy(h, w, dw0, tg, N, C, V, scale, true);
+    const what = `${wdtype} W, N=${N} C=${C} V=${V} chunkRows=${chunkRows}`;
+    assertClose(t, losses.toFloat32Array(), ref.loss, 1e-5, `loss ${what}`);
+    assertClose(t, dH.toFloat32Array(), ref.dH, 1e-4, `dH ${what}`);
+    assertClose(t, dW.toFloat32Array(), ref.dW, 1e-4, `dW (accumulated) ${what}`);
+    if (C >= 16 && V >= 16) {
+      const f32 = refLinearCrossEntropy(h, w, dw0, tg, N, C, V, scale);
+      t.true(relErr(dH.toFloat32Array(), f32.dH) > 1e-4, `dH ${what}: equals the f32 head, nothing was rounded`);
+    }
+  }
+}
+
 for (const device of devices()) {
   test(`${device}: linear cross-entropy matches the float64 unfused LM head (f32 W)`, (t) => linearCase(t, device, 'f32'));
+  test(`${device}: bf16 compute linear cross-entropy (f32 W) matches float64 on the rounded operands`, (t) => linearCaseBf16Compute(t, device, 'f32'));
+  test(`${device}: bf16 compute linear cross-entropy (bf16 W) matches float64 on the rounded operands`, (t) => linearCaseBf16Compute(t, device, 'bf16'));
   test(`${device}: linear cross-entropy matches the float64 unfused LM head (bf16 W)`, (t) => linearCase(t, device, 'bf16'));
 
   test(`${device}: linear cross-entropy over [B, T, C] hidden states, dH checked by finite differences`, (t) => {
@@ -252,6 +295,7 @@ test('cross-entropy rejects bad arguments with PeftkitError codes', async (t) =>
   t.is(code(() => ops.linearCrossEntropy(losses, null, Tensor.zeros([10, 6], { dtype: 'bf16' }), H, W, targets)), 'E_DTYPE');
   t.is(code(() => ops.linearCrossEntropy(losses, null, Tensor.zeros([6, 10]), H, W, targets)), 'E_SHAPE');
   t.is(code(() => ops.linearCrossEntropy(losses, null, null, H, W, targets, { chunkRows: -1 })), 'E_ARG');
+  t.is(code(() => ops.linearCrossEntropy(losses, null, null, H, W, targets, { compute: 'f16' as 'bf16' })), 'E_ARG');
   t.is(code(() => ops.linearCrossEntropy(losses, null, null, H, W, bad)), 'E_ARG');
   await t.throwsAsync(ops.crossEntropyAsync(losses, null, logits, bad), { instanceOf: PeftkitError, code: 'E_ARG' });
   // A target equal to ignoreIndex is fine wherever it lies.

@@ -49,6 +49,50 @@ function writeDequantizedFolder(src: string, qmodel: LlamaModel, out: string): v
   writeSafetensors(path.join(out, 'model.safetensors'), tensors);
 }
 
+/** 3 AdamW steps of the golden llama adapter on `model`: the losses and the final adapter. */
+function runGolden(model: LlamaModel, dir: string, exp: { input_ids: number[][]; labels: number[][]; hyper: { lr: number; betas: [number, number]; eps: number; weight_decay: number; steps: number } }) {
+  const B = exp.input_ids.length, T = exp.input_ids[0].length;
+  const batch = { inputIds: Int32Array.from(exp.input_ids.flat()), labels: Int32Array.from(exp.labels.flat()), B, T };
+  const h = exp.hyper;
+  const adapter = LoraAdapter.load(path.join(dir, 'adapter_in'), model.linearModules);
+  const trainer = new Trainer(model, adapter, {
+    maxRows: B * T, maxT: T, dropout: 0, maxGradNorm: 0, betas: h.betas, eps: h.eps, weightDecay: h.weight_decay,
+  });
+  const losses: number[] = [];
+  for (let s = 0; s < h.steps; s++) losses.push(trainer.step([batch], h.lr).loss);
+  const state = new Map(adapter.stateDict());
+  trainer.dispose();
+  adapter.dispose();
+  return { losses, state };
+}
+
+test('QLoRA with bf16 compute (compute_dtype=bfloat16) trains as bf16-compute LoRA on the dequantized weights', (t) => {
+  const dir = path.join(GOLDEN, 'llama');
+  const exp = JSON.parse(fs.readFileSync(path.join(dir, 'expected.json'), 'utf8'));
+  for (const quantize of ['nf4', 'int8'] as const) {
+    const qmodel = LlamaModel.load(dir, { quantize, dtype: 'bf16' });
+    t.true(qmodel.isQuantized);
+    t.is(qmodel.compute, 'bf16');
+    const refDir = path.join(tmp(), 'dequantized');
+    writeDequantizedFolder(dir, qmodel, refDir);
+    // The reference stores the dequantized weights in bf16, i.e. rounded as the quantized path reads them.
+    const ref = LlamaModel.load(refDir, { dtype: 'bf16' });
+    const q = runGolden(qmodel, dir, exp), r = runGolden(ref, dir, exp);
+    for (let s = 0; s < q.losses.length; s++) {
+      t.true(Math.abs(q.losses[s] - r.losses[s]) <= 1e-4 * Math.abs(r.losses[s]), `${quantize} step ${s}: qlora ${q.losses[s]} vs lora ${r.losses[s]}`);
+    }
+    let worst = 0;
+    for (const [n, v] of r.state) worst = Math.max(worst, relErr(q.state.get(n)!, v));
+    t.true(worst <= 1e-4, `${quantize}: worst adapter relative error ${worst.toExponential(2)}`);
+    // And it is not the f32-compute QLoRA run.
+    const f32 = LlamaModel.load(dir, { quantize });
+    const qf = runGolden(f32, dir, exp);
+    t.true(Math.abs(qf.losses[0] - q.losses[0]) > 1e-6 * q.losses[0], `${quantize}: bf16 compute gave the f32 loss ${q.losses[0]}`);
+    t.log(`${quantize}: bf16-compute qlora vs lora losses ${q.losses.join(', ')} / ${r.losses.join(', ')}; f32-compute ${qf.losses.join(', ')}`);
+    for (const m of [qmodel, ref, f32]) m.dispose();
+  }
+});
+
 test('QLoRA (nf4 + double quant at load) trains exactly as LoRA on the dequantized weights: 3 AdamW steps', (t) => {
   const dir = path.join(GOLDEN, 'llama');
   const exp = JSON.parse(fs.readFileSync(path.join(dir, 'expected.json'), 'utf8'));
@@ -119,7 +163,7 @@ test('QLoRA (nf4 + double quant at load) trains exactly as LoRA on the dequantiz
   ref.dispose();
 });
 
-test('train() with method qlora runs on a quantized base and lowers the loss; bf16 and a contradicting quantize are refused', async (t) => {
+test('train() with method qlora runs on a quantized base (f32 and bf16 compute) and lowers the loss; a contradicting quantize is refused', async (t) => {
   const dir = tmp();
   const model = path.join(dir, 'model');
   writeRandomModel(model, { hiddenSize: 32, numHeads: 4, numKvHeads: 2, numLayers: 2, seed: 5 });
@@ -135,19 +179,27 @@ test('train() with method qlora runs on a quantized base and lowers the loss; bf
   const first = losses.length ? losses[0] : NaN;
   t.true(Number.isFinite(result.finalLoss) && result.finalLoss < first, `loss ${first} -> ${result.finalLoss}`);
   t.true(fs.existsSync(path.join(dir, 'out', 'adapter_model.safetensors')));
-  t.throws(() => train({ ...common, out: path.join(dir, 'x'), method: 'qlora', bf16: true }), { instanceOf: PeftkitError, code: 'E_UNSUPPORTED' });
+  const bf16Losses: number[] = [];
+  const runBf16 = train({ ...common, out: path.join(dir, 'out-bf16'), method: 'qlora', bf16: true, steps: 12 });
+  runBf16.on('step', (e) => bf16Losses.push(e.loss));
+  const resultBf16 = await runBf16;
+  t.true(Number.isFinite(resultBf16.finalLoss) && resultBf16.finalLoss < bf16Losses[0], `bf16: loss ${bf16Losses[0]} -> ${resultBf16.finalLoss}`);
   t.throws(() => train({ ...common, out: path.join(dir, 'x'), method: 'qlora', quantize: 'int8' }), { instanceOf: PeftkitError, code: 'E_ARG' });
   t.throws(() => train({ ...common, out: path.join(dir, 'x'), method: 'dora' as never }), { instanceOf: PeftkitError, code: 'E_ARG' });
 });
 
-test('a quantized base refuses bf16 with E_UNSUPPORTED', (t) => {
+test('a quantized base loads with dtype bf16 (bf16 compute)', (t) => {
   const dir = tmp();
   const model = path.join(dir, 'model');
   writeRandomModel(model, { hiddenSize: 32, numHeads: 4, numKvHeads: 2, numLayers: 1, seed: 2 });
-  t.throws(() => LlamaModel.load(model, { quantize: 'nf4', dtype: 'bf16' }), { instanceOf: PeftkitError, code: 'E_UNSUPPORTED' });
+  const qb = LlamaModel.load(model, { quantize: 'nf4', dtype: 'bf16' });
+  t.true(qb.isQuantized && qb.compute === 'bf16');
+  qb.dispose();
   t.throws(() => LlamaModel.load(model, { quantize: 'nf3' as never }), { instanceOf: PeftkitError, code: 'E_ARG' });
   quantizeModel({ model, out: path.join(dir, 'bnb'), format: 'nf4' });
-  t.throws(() => LlamaModel.load(path.join(dir, 'bnb'), { dtype: 'bf16' }), { instanceOf: PeftkitError, code: 'E_UNSUPPORTED' });
+  const bnb = LlamaModel.load(path.join(dir, 'bnb'), { dtype: 'bf16' });
+  t.true(bnb.isQuantized && bnb.compute === 'bf16');
+  bnb.dispose();
   const m = LlamaModel.load(model, { quantize: 'int8' });
   t.true(m.isQuantized);
   m.dispose();

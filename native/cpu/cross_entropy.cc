@@ -73,8 +73,11 @@ void cross_entropy(float* losses, float* dlogits, const float* logits, const int
 
 void linear_cross_entropy(float* losses, float* dH, float* dW, const float* H, const void* W, DType w_dtype,
                           const int32_t* targets, int64_t N, int64_t C, int64_t V, int32_t ignore_index,
-                          float grad_scale, int64_t chunk_rows, float* scratch) {
+                          float grad_scale, int64_t chunk_rows, float* scratch, Compute compute) {
   const bool backward = dH || dW;
+  const auto op = [compute](const void* p, DType dt, int64_t ld, bool trans) {
+    return with_compute(MatRef{p, dt, ld, trans}, compute);
+  };
   for (int64_t r0 = 0; r0 < N; r0 += chunk_rows) {
     const int64_t rows = r0 + chunk_rows < N ? chunk_rows : N - r0;
     const float* Hc = H + r0 * C;
@@ -86,16 +89,14 @@ void linear_cross_entropy(float* losses, float* dH, float* dW, const float* H, c
       continue;
     }
     // logits[rows, V] = Hc·Wᵀ, then turned into grad_scale·(softmax - onehot) in place.
-    gemm(rows, V, C, 1.f, MatRef{Hc, DType::F32, C, false}, MatRef{W, w_dtype, C, true}, 0.f, scratch,
-         DType::F32, V);
+    gemm(rows, V, C, 1.f, op(Hc, DType::F32, C, false), op(W, w_dtype, C, true), 0.f, scratch, DType::F32, V);
     cross_entropy(losses + r0, backward ? scratch : nullptr, scratch, targets + r0, rows, V, ignore_index,
                   grad_scale);
     if (dW)  // dW[V, C] += dlogitsᵀ·Hc
-      gemm(V, C, rows, 1.f, MatRef{scratch, DType::F32, V, true}, MatRef{Hc, DType::F32, C, false}, 1.f, dW,
-           DType::F32, C);
+      gemm(V, C, rows, 1.f, op(scratch, DType::F32, V, true), op(Hc, DType::F32, C, false), 1.f, dW, DType::F32, C);
     if (dH)  // dHc[rows, C] = dlogits·W
-      gemm(rows, C, V, 1.f, MatRef{scratch, DType::F32, V, false}, MatRef{W, w_dtype, C, false}, 0.f,
-           dH + r0 * C, DType::F32, C);
+      gemm(rows, C, V, 1.f, op(scratch, DType::F32, V, false), op(W, w_dtype, C, false), 0.f, dH + r0 * C,
+           DType::F32, C);
   }
 }
 

@@ -6,7 +6,10 @@
 //     ir: mr rows ─ pack one mr×kc A micro-panel, alpha folded in (L1)
 //       jr: nr-column panels ─ micro-kernel: an mr×nr tile of C in registers
 // Operands reach the packing through PanelSources (gemm.h), so the terms of a sum share one
-// concatenated K and bf16 or quantized operands cost nothing to the kernels.
+// concatenated K and bf16 or quantized operands cost nothing to the kernels. bf16 compute is an
+// f32 operand marked round_bf16: its pack rounds it, and a single product whose operands are
+// both bf16 (stored or rounded) runs on the bf16 kernel where the CPU has one; an f32 operand
+// is never rounded unless marked.
 //
 // Shapes that would waste the tiles are turned around: when few rows and many columns fit the
 // tile badly (M = 16 with mr = 14), the transposed product Cᵀ = op(B)ᵀ·op(A)ᵀ is computed and
@@ -35,6 +38,13 @@ namespace {
 
 inline float widen(float v) { return v; }
 inline float widen(bf16 v) { return bf16_to_f32(v); }
+// An element as the GEMM reads it: widened, or rounded to bf16 first (ROUND: an f32 operand
+// with round_bf16, bf16 compute).
+template <bool ROUND, typename T>
+inline float value(T v) {
+  if constexpr (ROUND) return round_to_bf16(v);
+  else return widen(v);
+}
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // ---- The portable micro-kernel: plain C++ the compiler vectorizes for the baseline ISA -------
@@ -115,13 +125,20 @@ struct Problem {
   bool bf16;      // VDPBF16PS over bf16 k-pairs
   bool direct_a;  // A is read in place (f32, few column panels)
   int64_t kc, nc;
+  // f32 terms added to each C tile right after the last bf16 slice (bf16 compute beside f32
+  // terms, e.g. LoRA's rank-r term), from f32 panels holding their concatenated K (tail_k).
+  const PanelTerm* tail;
+  int ntail;
+  int64_t tail_k;
 };
 
 struct Scratch {
-  void* bblock;  // kc×nc B block: float, or bf16 pairs
-  void* apanel;  // mr×kc A micro-panel
-  float* tile;   // mr×nr, for tiles that cannot be written to C directly
-  float* acc;    // f32 sums of a bf16 C block across kc slices
+  void* bblock;   // kc×nc B block: float, or bf16 pairs
+  void* apanel;   // mr×kc A micro-panel
+  float* tile;    // mr×nr, for tiles that cannot be written to C directly
+  float* acc;     // f32 sums of a bf16 C block across kc slices
+  float* tail_b;  // tail_k×nc f32 B block of the tail terms
+  float* tail_a;  // mr×tail_k f32 A micro-panel of the tail terms
 };
 
 // Calls f(term, k0 in the term, length, offset in the slice) for each term inside [k0, k0+kc)
@@ -183,6 +200,31 @@ void pack_b_block(const Problem& p, const Scratch& s, int64_t pc, int64_t kc, in
   }
 }
 
+// The tail terms' B block (all their K at once) and A micro-panel, alpha folded into A.
+void pack_tail_b(const Problem& p, const Scratch& s, int64_t jc, int64_t nc) {
+  const GemmArch& a = *p.arch;
+  for (int64_t jr = 0; jr < nc; jr += a.nr) {
+    const int w = panel_width(a, nc - jr);
+    const int64_t nj = std::min<int64_t>(w, nc - jr);
+    int64_t off = 0;
+    for (int t = 0; t < p.ntail; t++) {
+      const PanelTerm& term = p.tail[t];
+      term.b.pack(s.tail_b + jr * p.tail_k + off * w, w, 0, term.K, jc + jr, nj, 1.f, term.b.ctx);
+      off += term.K;
+    }
+  }
+}
+
+void pack_tail_a(const Problem& p, const Scratch& s, int64_t ir, int64_t mr) {
+  const int MR = p.arch->mr;
+  int64_t off = 0;
+  for (int t = 0; t < p.ntail; t++) {
+    const PanelTerm& term = p.tail[t];
+    term.a.pack(s.tail_a + off * MR, MR, 0, term.K, ir, mr, term.alpha, term.a.ctx);
+    off += term.K;
+  }
+}
+
 void pack_a_panel(const Problem& p, const Scratch& s, int64_t pc, int64_t kc, int64_t ir, int64_t mr) {
   const int MR = p.arch->mr;
   if (p.bf16) {
@@ -207,12 +249,14 @@ void run_block(const Problem& p, const Scratch& s, int64_t m0, int64_t m1, int64
     const int64_t nc = std::min(p.nc, n1 - jc);
     for (int64_t pc = 0; pc < p.K; pc += p.kc) {
       const int64_t kc = std::min(p.kc, p.K - pc);
-      const bool first = pc == 0;
+      const bool first = pc == 0, tail = p.ntail > 0 && pc + kc == p.K;
       pack_b_block(p, s, pc, kc, jc, nc);
+      if (tail) pack_tail_b(p, s, jc, nc);
       for (int64_t ir = m0; ir < m1; ir += MR) {
         const int64_t mr = std::min<int64_t>(MR, m1 - ir);
         const bool direct = p.direct_a && mr == MR;
         if (!direct) pack_a_panel(p, s, pc, kc, ir, mr);
+        if (tail) pack_tail_a(p, s, ir, mr);
         for (int64_t jr = 0; jr < nc; jr += a.nr) {
           const int w = panel_width(a, nc - jr);
           const int64_t nj = std::min<int64_t>(w, nc - jr);
@@ -250,6 +294,8 @@ void run_block(const Problem& p, const Scratch& s, int64_t m0, int64_t m1, int64
               a.f32(kc, static_cast<const float*>(s.apanel), 1, MR, bp, w, dst, ldd, 1.f, beta_k);
             }
           }
+          // The f32 tail joins the tile while it is still in L1, before it is merged into C.
+          if (tail) a.f32(p.tail_k, s.tail_a, 1, MR, s.tail_b + jr * p.tail_k, w, dst, ldd, 1.f, 1.f);
           if (via_tile) merge(p, s.tile, w, mr, nj, ir, jc + jr, first ? p.beta : 1.f);
         }
       }
@@ -283,17 +329,17 @@ struct VecTerm {
   MatRef B;              // a K×N view: B(k, j) = trans ? data[j·ld + k] : data[k·ld + j]
 };
 
-template <typename T>
+template <bool ROUND, typename T>
 void gemv_rows(float* y, const float* x, const T* b, int64_t ld, int64_t K, int64_t j0, int64_t n) {
   for (int64_t k = 0; k < K; k++) {
     const float xk = x[k];
     const T* r = b + k * ld + j0;
-    for (int64_t j = 0; j < n; j++) y[j] += xk * widen(r[j]);
+    for (int64_t j = 0; j < n; j++) y[j] += xk * value<ROUND>(r[j]);
   }
 }
 
 // Four columns per pass: each load of x feeds four dot products.
-template <typename T>
+template <bool ROUND, typename T>
 void gemv_cols(float* y, const float* x, const T* b, int64_t ld, int64_t K, int64_t j0, int64_t n) {
   int64_t j = 0;
   for (; j + 4 <= n; j += 4) {
@@ -301,10 +347,10 @@ void gemv_cols(float* y, const float* x, const T* b, int64_t ld, int64_t K, int6
     float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
 #pragma omp simd reduction(+ : s0, s1, s2, s3)
     for (int64_t k = 0; k < K; k++) {
-      s0 += x[k] * widen(c0[k]);
-      s1 += x[k] * widen(c1[k]);
-      s2 += x[k] * widen(c2[k]);
-      s3 += x[k] * widen(c3[k]);
+      s0 += x[k] * value<ROUND>(c0[k]);
+      s1 += x[k] * value<ROUND>(c1[k]);
+      s2 += x[k] * value<ROUND>(c2[k]);
+      s3 += x[k] * value<ROUND>(c3[k]);
     }
     y[j] += s0;
     y[j + 1] += s1;
@@ -315,7 +361,7 @@ void gemv_cols(float* y, const float* x, const T* b, int64_t ld, int64_t K, int6
     const T* col = b + (j0 + j) * ld;
     float s = 0.f;
 #pragma omp simd reduction(+ : s)
-    for (int64_t k = 0; k < K; k++) s += x[k] * widen(col[k]);
+    for (int64_t k = 0; k < K; k++) s += x[k] * value<ROUND>(col[k]);
     y[j] += s;
   }
 }
@@ -323,14 +369,18 @@ void gemv_cols(float* y, const float* x, const T* b, int64_t ld, int64_t K, int6
 void gemv_range(float* y, const VecTerm& t, int64_t j0, int64_t n) {
   const int64_t K = int64_t(t.x.size());
   const MatRef& B = t.B;
-  if (B.dtype == DType::F32) {
+  if (B.dtype == DType::F32 && B.round_bf16) {
     const float* b = static_cast<const float*>(B.data);
-    if (B.trans) gemv_cols(y, t.x.data(), b, B.ld, K, j0, n);
-    else gemv_rows(y, t.x.data(), b, B.ld, K, j0, n);
+    if (B.trans) gemv_cols<true>(y, t.x.data(), b, B.ld, K, j0, n);
+    else gemv_rows<true>(y, t.x.data(), b, B.ld, K, j0, n);
+  } else if (B.dtype == DType::F32) {
+    const float* b = static_cast<const float*>(B.data);
+    if (B.trans) gemv_cols<false>(y, t.x.data(), b, B.ld, K, j0, n);
+    else gemv_rows<false>(y, t.x.data(), b, B.ld, K, j0, n);
   } else {
     const bf16* b = static_cast<const bf16*>(B.data);
-    if (B.trans) gemv_cols(y, t.x.data(), b, B.ld, K, j0, n);
-    else gemv_rows(y, t.x.data(), b, B.ld, K, j0, n);
+    if (B.trans) gemv_cols<false>(y, t.x.data(), b, B.ld, K, j0, n);
+    else gemv_rows<false>(y, t.x.data(), b, B.ld, K, j0, n);
   }
 }
 
@@ -360,7 +410,9 @@ void gemv_sum(int64_t N, const std::vector<VecTerm>& terms, float beta, void* C,
 
 float element(const MatRef& m, int64_t i, int64_t j) {
   const int64_t idx = m.trans ? j * m.ld + i : i * m.ld + j;
-  return m.dtype == DType::F32 ? static_cast<const float*>(m.data)[idx] : bf16_to_f32(static_cast<const bf16*>(m.data)[idx]);
+  if (m.dtype == DType::BF16) return bf16_to_f32(static_cast<const bf16*>(m.data)[idx]);
+  const float v = static_cast<const float*>(m.data)[idx];
+  return m.round_bf16 ? value<true>(v) : v;
 }
 
 MatRef flipped(MatRef m) {
@@ -378,7 +430,7 @@ void gemm_panels(int64_t M, int64_t N, const PanelTerm* terms, int nterms, float
   if (K == 0) return scale_c(M, N, beta, C, cdtype, ldc);
 
   const GemmArch& arch = gemm_arch();
-  Problem p{&arch, M, N, K, terms, nterms, beta, C, cdtype, ldc, false, false, false, arch.kc, arch.nc};
+  Problem p{&arch, M, N, K, terms, nterms, beta, C, cdtype, ldc, false, false, false, arch.kc, arch.nc, nullptr, 0, 0};
   std::vector<PanelTerm> swapped;
   if (tile_use(arch, N, M) > 1.15 * tile_use(arch, M, N)) {
     swapped.assign(terms, terms + nterms);
@@ -387,16 +439,26 @@ void gemm_panels(int64_t M, int64_t N, const PanelTerm* terms, int nterms, float
     std::swap(p.M, p.N);
     p.c_trans = true;
   }
-  p.bf16 = arch.bf16 && nterms == 1 && p.terms[0].a.pack_bf16_pairs && p.terms[0].b.pack_bf16_pairs;
+  // The bf16 kernel runs when the first term's operands are both bf16 (stored, or rounded under
+  // bf16 compute). Other terms then form the f32 tail (at most one f32 slice of K), so bf16
+  // compute beside an f32 term still writes C once; with a longer tail everything goes through
+  // the f32 kernel, bf16 values widened (the same products).
+  const bool lead_bf16 = arch.bf16 && p.terms[0].a.pack_bf16_pairs && p.terms[0].b.pack_bf16_pairs && p.terms[0].K > 0;
+  p.bf16 = lead_bf16 && (nterms == 1 || K - p.terms[0].K <= arch.kc);
   if (p.bf16) {
     p.kc = arch.kc_bf16;
     p.nc = arch.nc_bf16;
+    p.tail = p.terms + 1;
+    p.ntail = nterms - 1;
+    p.tail_k = K - p.terms[0].K;
+    p.K = p.terms[0].K;
+    p.nterms = 1;
   }
   // Equal kc slices: K = 576 as 288 + 288 rather than 256 + 256 + 64, whose short last slice
   // pays a full C-tile update for a quarter of the work.
   {
-    const int64_t slices = (K + p.kc - 1) / p.kc;
-    p.kc = std::min(p.kc, round_up((K + slices - 1) / slices, 16));
+    const int64_t slices = (p.K + p.kc - 1) / p.kc;
+    p.kc = std::min(p.kc, round_up((p.K + slices - 1) / slices, 16));
   }
   p.direct_a = !p.bf16 && p.N <= 2 * arch.nr;
   for (int t = 0; t < nterms; t++) p.direct_a = p.direct_a && p.terms[t].a.direct;
@@ -408,7 +470,7 @@ void gemm_panels(int64_t M, int64_t N, const PanelTerm* terms, int nterms, float
   // minimizes the largest block's multiply-adds plus its packing (~10 flops' worth per element).
   // bf16 C with several kc slices keeps f32 sums for a block's rows × nc: at most 8 MiB, so they
   // stay in cache (46 MiB for M = 5632 would go to DRAM, and be page-faulted in on every call).
-  const bool acc_mode = cdtype == DType::BF16 && K > p.kc;
+  const bool acc_mode = cdtype == DType::BF16 && p.K > p.kc;
   const int64_t um = (p.M + arch.mr - 1) / arch.mr, un = (p.N + arch.nr - 1) / arch.nr;
   const int64_t acc_units = std::max<int64_t>(1, (int64_t(8) << 20) / (4 * std::min(p.nc, p.N) * arch.mr));
   const int min_tm = acc_mode ? int((um + acc_units - 1) / acc_units) : 1;
@@ -426,13 +488,15 @@ void gemm_panels(int64_t M, int64_t N, const PanelTerm* terms, int nterms, float
   const int64_t m_max = (um + tm - 1) / tm * arch.mr, n_max = (un + tn - 1) / tn * arch.nr;
 
   // Per-thread scratch, sized to this problem.
-  const int64_t kc = std::min(p.kc, K), nc_max = std::min(p.nc, n_max);
+  const int64_t kc = std::min(p.kc, p.K), nc_max = std::min(p.nc, n_max);
   const size_t elem = p.bf16 ? sizeof(bf16) : sizeof(float), kc_alloc = size_t(round_up(kc, 2));
   const size_t b_bytes = round_up(kc_alloc * size_t(round_up(nc_max, arch.nr)) * elem, 64);
   const size_t a_bytes = round_up(kc_alloc * size_t(arch.mr) * elem, 64);
   const size_t t_bytes = round_up(size_t(arch.mr) * size_t(arch.nr) * sizeof(float), 64);
   const size_t c_bytes = acc_mode ? round_up(size_t(m_max) * size_t(round_up(nc_max, arch.vw)) * sizeof(float), 64) : 0;
-  const size_t per_thread = b_bytes + a_bytes + t_bytes + c_bytes;
+  const size_t tb_bytes = round_up(size_t(p.tail_k) * size_t(round_up(nc_max, arch.nr)) * sizeof(float), 64);
+  const size_t ta_bytes = round_up(size_t(p.tail_k) * size_t(arch.mr) * sizeof(float), 64);
+  const size_t per_thread = b_bytes + a_bytes + t_bytes + c_bytes + tb_bytes + ta_bytes;
   Buffer buf = alloc_bytes(per_thread * size_t(threads));
 
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
@@ -447,8 +511,10 @@ void gemm_panels(int64_t M, int64_t N, const PanelTerm* terms, int nterms, float
     const int th = 0;
 #endif
     unsigned char* base = buf.get() + per_thread * size_t(th);
+    unsigned char* tail = base + b_bytes + a_bytes + t_bytes + c_bytes;
     Scratch s{base, base + b_bytes, reinterpret_cast<float*>(base + b_bytes + a_bytes),
-              reinterpret_cast<float*>(base + b_bytes + a_bytes + t_bytes)};
+              reinterpret_cast<float*>(base + b_bytes + a_bytes + t_bytes), reinterpret_cast<float*>(tail),
+              reinterpret_cast<float*>(tail + tb_bytes)};
     run_block(p, s, m0, m1, n0, n1);
   }
 }

@@ -14,7 +14,9 @@ struct GemmTerm {
 
 // C[M,N] = Σ_t alpha_t·op(A_t)·op(B_t) + beta·C in ONE pass over C: the K ranges of the terms
 // are concatenated inside the packed panels (the "extend K by r" fusion of LoRA), so C is
-// written once and no concatenated operand is ever materialized.
+// written once and no concatenated operand is ever materialized. A first term whose operands
+// are both bf16 (stored, or rounded under bf16 compute) runs on the bf16 kernel where the CPU has
+// one, the other terms joining each C tile in f32 after it (gemm_panels).
 void gemm_sum(int64_t M, int64_t N, const GemmTerm* terms, int nterms, float beta, void* C, DType cdtype,
               int64_t ldc);
 
@@ -29,7 +31,9 @@ struct PanelSource {
   void (*pack)(float* dst, int64_t width, int64_t k0, int64_t kc, int64_t x0, int64_t nx, float scale,
                const void* ctx) = nullptr;
   // The same slice as bf16 k-pairs for VDPBF16PS: dst[(p·width + x)·2 + e] = X(k0 + 2p + e, x0 + x)
-  // for p < ceil(kc/2); entries past kc or nx are zero. Null when the values are not bf16.
+  // for p < ceil(kc/2); entries past kc or nx are zero. Null unless the values are bf16: stored
+  // bf16, or rounded to bf16 under bf16 compute (then `pack` rounds too, for CPUs without the
+  // bf16 kernel). gemm_panels runs the bf16 kernel only when both operands of its one term have it.
   void (*pack_bf16_pairs)(bf16* dst, int64_t width, int64_t k0, int64_t kc, int64_t x0, int64_t nx,
                           const void* ctx) = nullptr;
   const void* ctx = nullptr;
@@ -40,7 +44,8 @@ struct PanelSource {
 };
 
 // op(M) of a MatRef (f32 or bf16) as a K×X source: pass M as B, or M with trans flipped as A.
-// The source points at *m, which must outlive it.
+// An f32 MatRef with round_bf16 packs its bf16 roundings. The source points at *m, which must
+// outlive it.
 PanelSource matref_source(const MatRef* m);
 
 // One term of gemm_panels: alpha·op(A)·op(B) with a = op(A)ᵀ[K,M] and b = op(B)[K,N].

@@ -63,8 +63,46 @@ void bf16_pair_cols(bf16* dst, int64_t width, const bf16* src, int64_t ld, int64
   });
 }
 
+// bf16 compute: f32 rounded to bf16 (VCVTNE2PS2BF16, round to nearest even) as it is packed.
+// Only called where the bf16 kernel runs, so the CPU has AVX512-BF16.
+inline __mmask16 mask16_from(int64_t n) { return n <= 0 ? __mmask16(0) : mask16(n); }
+
+void f32_pair_cols(bf16* dst, int64_t width, const float* src, int64_t ld, int64_t kc, int64_t nx) {
+  const int64_t pairs = (kc + 1) / 2;
+  pack_transposed(reinterpret_cast<float*>(dst), width, pairs, nx, [&](int64_t x, int64_t p0) {
+    // 16 pairs are 32 floats; past kc they load as zero (an odd kc's last pair ends in a zero).
+    const float* s = src + x * ld + 2 * p0;
+    const int64_t left = kc - 2 * p0;
+    const __m512 lo = _mm512_maskz_loadu_ps(mask16_from(left), s);
+    const __m512 hi = _mm512_maskz_loadu_ps(mask16_from(left - 16), s + 16);
+    return _mm512_castsi512_ps((__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+  });
+}
+
+// X(k, x) = src[k·ld + x]: rows 2p and 2p + 1 are rounded 16 x at a time and interleaved into
+// 32-bit pairs (row 2p in the low half).
+void f32_pair_rows(bf16* dst, int64_t width, const float* src, int64_t ld, int64_t kc, int64_t nx) {
+  const int64_t pairs = (kc + 1) / 2;
+  for (int64_t p = 0; p < pairs; p++) {
+    const float* s0 = src + 2 * p * ld;
+    const bool second = 2 * p + 1 < kc;
+    int32_t* d = reinterpret_cast<int32_t*>(dst) + p * width;
+    for (int64_t x = 0; x < width; x += 16) {
+      const __mmask16 load = mask16_from(nx - x);
+      const __m256i e0 = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(load, s0 + x));
+      const __m256i e1 = second ? (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(load, s0 + ld + x))
+                                : _mm256_setzero_si256();
+      const __m512i pair =
+          _mm512_or_si512(_mm512_cvtepu16_epi32(e0), _mm512_slli_epi32(_mm512_cvtepu16_epi32(e1), 16));
+      _mm512_mask_storeu_epi32(d + x, mask16(width - x), pair);
+    }
+  }
+}
+
 }  // namespace
 
-GemmPackers gemm_packers_avx512() { return GemmPackers{f32_cols, bf16_cols, bf16_pair_cols}; }
+GemmPackers gemm_packers_avx512() {
+  return GemmPackers{f32_cols, bf16_cols, bf16_pair_cols, f32_pair_cols, f32_pair_rows};
+}
 
 }  // namespace pk::cpu

@@ -1,7 +1,8 @@
 // The GEMM with a quantized frozen weight (QLoRA's NF4/FP4, LLM.int8) as its B operand: panel
 // sources (gemm.h) that dequantize while they pack, so the full-precision weight never exists.
 // Each packed value is scale·v with v the exact f32 value dequantize_4bit / dequantize_int8_rowwise
-// would store, so the product is the f32 GEMM of the dequantized weight.
+// would store, so the product is the f32 GEMM of the dequantized weight. With round_bf16 (bf16
+// compute) v is rounded to bf16 first: into the f32 panel, or as bf16 k-pairs for VDPBF16PS.
 #include <algorithm>
 
 #include "gemm_quant.h"
@@ -18,6 +19,9 @@ struct QuantCtx {
   const float* table;  // 4-bit code values
   int shift;           // log2(blocksize)
 };
+
+// A dequantized value as the GEMM reads it.
+inline float value(float v, bool round) { return round ? round_to_bf16(v) : v; }
 
 int log2_of(int64_t v) {
   int s = 0;
@@ -45,7 +49,7 @@ void decode_4bit(float* out, int64_t stride, const QuantCtx& q, int64_t i, int64
     const int64_t seg_end = std::min(end, (b + 1) << q.shift);
     const float m = q.w->scales[b];
     float lut[16];
-    for (int c = 0; c < 16; c++) lut[c] = scale * (q.table[c] * m);
+    for (int c = 0; c < 16; c++) lut[c] = scale * value(q.table[c] * m, q.w->round_bf16);
     if (i & 1) {  // a run starting on a low nibble (blocks themselves start on a byte)
       *out = lut[packed[i >> 1] & 15];
       out += step;
@@ -96,7 +100,7 @@ void pack_int8_trans(float* dst, int64_t width, int64_t k0, int64_t kc, int64_t 
   for (int64_t x = 0; x < nx; x++) {
     const int8_t* row = cb + (x0 + x) * w.cols + k0;
     const float s = w.scales[x0 + x];
-    for (int64_t k = 0; k < kc; k++) dst[k * width + x] = scale * ((float(row[k]) * s) * kInv127);
+    for (int64_t k = 0; k < kc; k++) dst[k * width + x] = scale * value((float(row[k]) * s) * kInv127, w.round_bf16);
   }
   for (int64_t k = 0; k < kc; k++)
     for (int64_t x = nx; x < width; x++) dst[k * width + x] = 0.f;
@@ -109,8 +113,26 @@ void pack_int8_rows(float* dst, int64_t width, int64_t k0, int64_t kc, int64_t x
   for (int64_t k = 0; k < kc; k++, dst += width) {
     const int8_t* row = cb + (k0 + k) * w.cols + x0;
     const float s = w.scales[k0 + k];
-    for (int64_t x = 0; x < nx; x++) dst[x] = scale * ((float(row[x]) * s) * kInv127);
+    for (int64_t x = 0; x < nx; x++) dst[x] = scale * value((float(row[x]) * s) * kInv127, w.round_bf16);
     for (int64_t x = nx; x < width; x++) dst[x] = 0.f;
+  }
+}
+
+// bf16 k-pairs of the rounded values: 16 k at a time decoded into an f32 scratch panel by the
+// source's own f32 pack (which rounds), then interleaved; the rounded values are exact in bf16.
+template <void (*PACK)(float*, int64_t, int64_t, int64_t, int64_t, int64_t, float, const void*)>
+void pack_pairs(bf16* dst, int64_t width, int64_t k0, int64_t kc, int64_t x0, int64_t nx, const void* ctx) {
+  constexpr int64_t KB = 16, kMaxWidth = 64;  // panels are at most nr = 32 (B) or mr = 14 (A) wide
+  float tmp[KB * kMaxWidth];
+  for (int64_t kb = 0; kb < kc; kb += KB) {
+    const int64_t kn = std::min(KB, kc - kb);
+    PACK(tmp, width, k0 + kb, kn, x0, nx, 1.f, ctx);
+    bf16* d = dst + (kb / 2) * width * 2;
+    for (int64_t p = 0; p < (kn + 1) / 2; p++)
+      for (int64_t x = 0; x < width; x++) {
+        d[(p * width + x) * 2] = f32_to_bf16(tmp[2 * p * width + x]);
+        d[(p * width + x) * 2 + 1] = 2 * p + 1 < kn ? f32_to_bf16(tmp[(2 * p + 1) * width + x]) : bf16(0);
+      }
   }
 }
 
@@ -120,6 +142,10 @@ PanelSource quant_weight_source(const QuantWeight* w, bool trans) {
   const bool int8 = w->format == QuantFormat::INT8;
   PanelSource src;
   src.pack = int8 ? (trans ? pack_int8_trans : pack_int8_rows) : (trans ? pack_4bit_trans : pack_4bit_rows);
+  // Pairs only under bf16 compute: a bf16 A times an unrounded W stays an f32 product.
+  if (w->round_bf16)
+    src.pack_bf16_pairs = int8 ? (trans ? pack_pairs<pack_int8_trans> : pack_pairs<pack_int8_rows>)
+                               : (trans ? pack_pairs<pack_4bit_trans> : pack_pairs<pack_4bit_rows>);
   src.ctx = w;
   return src;
 }

@@ -1,6 +1,8 @@
 // QLoRA's fused LoRA on the CPU: lora.cc with the frozen weight quantized. The base term is a
 // panel source that decodes W while it packs (gemm_quant.h), so the forward is still ONE pass
-// over Y for [X | s·XA]·[W | B]ᵀ and the f32 W never exists in memory.
+// over Y for [X | s·XA]·[W | B]ᵀ and the f32 W never exists in memory. With bf16 compute X is
+// rounded and W decoded to rounded bf16 while packed: the base term runs on the bf16 kernel and
+// the f32 rank-r term joins each C tile after it, as in lora.cc.
 //
 // Shapes: X, Xa [M,K]; W [N,K] quantized; A [r,K]; B [N,r]; Y [M,N]; XA [M,r].
 #include <cstring>
@@ -23,8 +25,10 @@ PanelTerm f32_term(const MatRef* a_t, const MatRef* b, int64_t K, float alpha) {
 }  // namespace
 
 void lora_forward_quant(float* Y, float* XA, const float* X, const float* Xa, QuantWeight W, const float* A,
-                        const float* B, const float* bias, float s, int64_t M, int64_t N, int64_t K, int64_t r) {
+                        const float* B, const float* bias, float s, int64_t M, int64_t N, int64_t K, int64_t r,
+                        Compute compute) {
   if (M <= 0) return;
+  W.round_bf16 = compute == Compute::BF16;
   // XA[M,r] = Xa·Aᵀ, saved for the backward pass.
   gemm(M, r, K, 1.f, f32(Xa, K), f32(A, K, /*trans=*/true), 0.f, XA, DType::F32, r);
 
@@ -34,9 +38,9 @@ void lora_forward_quant(float* Y, float* XA, const float* X, const float* Xa, Qu
     for (int64_t i = 0; i < M; i++) std::memcpy(Y + i * N, bias, size_t(N) * sizeof(float));
     beta = 1.f;
   }
-  const MatRef x_t = f32(X, K, /*trans=*/true);    // op(X)ᵀ
-  const MatRef xa_t = f32(XA, r, /*trans=*/true);  // op(XA)ᵀ
-  const MatRef b_t = f32(B, r, /*trans=*/true);    // Bᵀ
+  const MatRef x_t = with_compute(f32(X, K, /*trans=*/true), compute);  // op(X)ᵀ
+  const MatRef xa_t = f32(XA, r, /*trans=*/true);                        // op(XA)ᵀ
+  const MatRef b_t = f32(B, r, /*trans=*/true);                          // Bᵀ
   const PanelTerm terms[2] = {
       {matref_source(&x_t), quant_weight_source(&W, /*trans=*/true), K, 1.f},  // X·Wᵀ
       f32_term(&xa_t, &b_t, r, s),                                             // s·XA·Bᵀ
@@ -46,13 +50,14 @@ void lora_forward_quant(float* Y, float* XA, const float* X, const float* Xa, Qu
 
 void lora_backward_quant(float* dX, float* dXa, float* dA, float* dB, const float* dY, const float* Xa,
                          const float* XA, QuantWeight W, const float* A, const float* B, float s, int64_t M,
-                         int64_t N, int64_t K, int64_t r, float* scratch) {
+                         int64_t N, int64_t K, int64_t r, float* scratch, Compute compute) {
   if (M <= 0) return;
+  W.round_bf16 = compute == Compute::BF16;
   // dYB[M,r] = dY·B.
   float* dYB = scratch;
   gemm(M, r, N, 1.f, f32(dY, N), f32(B, r), 0.f, dYB, DType::F32, r);
 
-  const MatRef dy_t = f32(dY, N, /*trans=*/true);
+  const MatRef dy_t = with_compute(f32(dY, N, /*trans=*/true), compute);
   if (dX && !dXa) {
     // Xa is X: [dY | s·dYB]·[W ; A] in one pass over dX.
     const MatRef dyb_t = f32(dYB, r, /*trans=*/true);

@@ -87,18 +87,21 @@ void cross_entropy(float* losses, float* dlogits, const float* logits, const int
 }
 
 // Per chunk of rows: logits = H·Wᵀ into scratch, softmax - onehot (times grad_scale) in place,
-// then dH = scratch·W and dW += scratchᵀ·H.
+// then dH = scratch·W and dW += scratchᵀ·H. bf16 compute rounds the operands of all three.
 void linear_cross_entropy(float* losses, float* dH, float* dW, const float* H, const void* W, DType w_dtype,
                           const int32_t* targets, int64_t N, int64_t C, int64_t V, int32_t ignore_index,
-                          float grad_scale, int64_t chunk_rows, float* scratch) {
+                          float grad_scale, int64_t chunk_rows, float* scratch, Compute compute) {
   if (chunk_rows <= 0) chunk_rows = N;
+  const auto op = [compute](const void* p, DType dt, int64_t ld, bool trans) {
+    return with_compute(operand(p, dt, ld, trans), compute);
+  };
   for (int64_t r0 = 0; r0 < N; r0 += chunk_rows) {
     const int64_t n = N - r0 < chunk_rows ? N - r0 : chunk_rows;
     const float* Hc = H + r0 * C;
-    gemm_f32(scratch, V, operand(Hc, C), operand(W, w_dtype, C, true), n, V, C, 1.f, false);
+    gemm_f32(scratch, V, op(Hc, DType::F32, C, false), op(W, w_dtype, C, true), n, V, C, 1.f, false);
     cross_entropy(losses ? losses + r0 : nullptr, scratch, scratch, targets + r0, n, V, ignore_index, grad_scale);
-    if (dH) gemm_f32(dH + r0 * C, C, operand(scratch, V), operand(W, w_dtype, C), n, C, V, 1.f, false);
-    if (dW) gemm_f32(dW, C, operand(scratch, V, true), operand(Hc, C), V, C, n, 1.f, true);
+    if (dH) gemm_f32(dH + r0 * C, C, op(scratch, DType::F32, V, false), op(W, w_dtype, C, false), n, C, V, 1.f, false);
+    if (dW) gemm_f32(dW, C, op(scratch, DType::F32, V, true), op(Hc, DType::F32, C, false), V, C, n, 1.f, true);
   }
 }
 

@@ -1,6 +1,8 @@
 // GEMM on the GPU: C = alpha·op(A)·op(B) + beta·C.
 // - Both operands bf16: tensor cores (WMMA bf16 16×16×16 fragments, f32 accumulation).
-// - Otherwise: a shared-memory tiled SGEMM on the CUDA cores, bf16 operands widened on load.
+// - Otherwise: a shared-memory tiled SGEMM on the CUDA cores, bf16 operands widened on load and
+//   f32 operands marked round_bf16 (bf16 compute) rounded on load, so the products are those of
+//   bf16 values (the tensor-core kernel takes stored bf16 only).
 // Both kernels stage 128×128 output tiles, load the next K slice into registers while the
 // current one is multiplied (double-buffered shared memory, one barrier per slice), and pad
 // every tile that overhangs M, N or K with zeros in shared memory, so any shape works.
@@ -41,14 +43,16 @@ static_assert(kBM == kBN, "the loaders below assume square tiles");
 // One K slice of op(A) (rows m, depth k) or of op(B)ᵀ (rows n, depth k), read in the order of
 // the operand's contiguous dimension so that neighbouring threads read neighbouring addresses.
 // kDepthContiguous: the k index is the fast one in memory (A not transposed, B transposed).
+// round: each value is rounded to bf16 (f32 operands with round_bf16).
 template <bool kDepthContiguous, typename T>
 __device__ __forceinline__ void load_slice(float (&r)[kLoads], const T* p, int64_t ld, int64_t rows, int64_t depth,
-                                           int64_t r0, int64_t k0) {
+                                           int64_t r0, int64_t k0, bool round) {
   for (int i = 0; i < kLoads; i++) {
     const int l = threadIdx.x + i * kThreads;
     const int rr = kDepthContiguous ? l / kBK : l % kBM, kk = kDepthContiguous ? l % kBK : l / kBM;
     const int64_t row = r0 + rr, k = k0 + kk;
-    r[i] = row < rows && k < depth ? widen(p[kDepthContiguous ? row * ld + k : k * ld + row]) : 0.f;
+    const float v = row < rows && k < depth ? widen(p[kDepthContiguous ? row * ld + k : k * ld + row]) : 0.f;
+    r[i] = round ? bf16_bits_to_f32(f32_to_bf16_bits(v)) : v;
   }
 }
 
@@ -64,8 +68,8 @@ __device__ __forceinline__ void store_slice(float (*s)[kBM + kPad], const float 
 // kTA / kTB: op(A) = Aᵀ / op(B) = Bᵀ. AT, BT: float or uint16_t (bf16 bits).
 template <bool kTA, bool kTB, typename AT, typename BT>
 __global__ void __launch_bounds__(kThreads)
-    sgemm_tiled(int64_t M, int64_t N, int64_t K, float alpha, const AT* A, int64_t lda, const BT* B, int64_t ldb,
-                float beta, void* C, DType cdtype, int64_t ldc) {
+    sgemm_tiled(int64_t M, int64_t N, int64_t K, float alpha, const AT* A, int64_t lda, bool round_a, const BT* B,
+                int64_t ldb, bool round_b, float beta, void* C, DType cdtype, int64_t ldc) {
   // Slices are stored k-major: As[k][m], Bs[k][n]. The padding keeps the transposing stores of
   // the loaders free of bank conflicts and the rows 16-byte aligned for float4 reads.
   __shared__ __align__(16) float As[2][kBK][kBM + kPad];
@@ -76,8 +80,8 @@ __global__ void __launch_bounds__(kThreads)
 
   float acc[8][8] = {};
   float ra[kLoads], rb[kLoads];
-  load_slice<!kTA>(ra, A, lda, M, K, m0, 0);
-  load_slice<kTB>(rb, B, ldb, N, K, n0, 0);
+  load_slice<!kTA>(ra, A, lda, M, K, m0, 0, round_a);
+  load_slice<kTB>(rb, B, ldb, N, K, n0, 0, round_b);
   store_slice<!kTA>(As[0], ra);
   store_slice<kTB>(Bs[0], rb);
   __syncthreads();
@@ -87,8 +91,8 @@ __global__ void __launch_bounds__(kThreads)
     const int cur = int(s & 1);
     const bool more = s + 1 < slices;
     if (more) {
-      load_slice<!kTA>(ra, A, lda, M, K, m0, (s + 1) * kBK);
-      load_slice<kTB>(rb, B, ldb, N, K, n0, (s + 1) * kBK);
+      load_slice<!kTA>(ra, A, lda, M, K, m0, (s + 1) * kBK, round_a);
+      load_slice<kTB>(rb, B, ldb, N, K, n0, (s + 1) * kBK, round_b);
     }
 #pragma unroll
     for (int k = 0; k < kBK; k++) {
@@ -129,7 +133,8 @@ void launch_sgemm(int64_t M, int64_t N, int64_t K, float alpha, const MatRef& A,
   const AT* a = static_cast<const AT*>(A.data);
   const BT* b = static_cast<const BT*>(B.data);
   auto go = [&](auto kernel) {
-    kernel<<<grid, kThreads, 0, stream()>>>(M, N, K, alpha, a, A.ld, b, B.ld, beta, C, cdtype, ldc);
+    kernel<<<grid, kThreads, 0, stream()>>>(M, N, K, alpha, a, A.ld, A.round_bf16 && A.dtype == DType::F32, b, B.ld,
+                                            B.round_bf16 && B.dtype == DType::F32, beta, C, cdtype, ldc);
   };
   if (!A.trans && !B.trans) go(sgemm_tiled<false, false, AT, BT>);
   if (!A.trans && B.trans) go(sgemm_tiled<false, true, AT, BT>);

@@ -1,7 +1,8 @@
 // The quantized-weight GEMM on the GPU: W is decoded a chunk of rows at a time by the quant.cu
 // kernels into a stream-ordered f32 temporary, and the f32 GEMM runs on each chunk. The
 // full-precision W never exists whole (a chunk is at most 16 MiB), and the values multiplied are
-// exactly the CPU's dequantized ones. A decode inside the GEMM's tile loads is left for later.
+// exactly the CPU's dequantized ones. A decode inside the GEMM's tile loads is left for later. bf16
+// compute (W.round_bf16) reads each chunk rounded, as any f32 operand marked round_bf16.
 #include <algorithm>
 #include <numeric>
 
@@ -56,10 +57,12 @@ void gemm_quant_chunked(int64_t M, int64_t N, int64_t K, float alpha, MatRef A, 
   for (int64_t r0 = 0; r0 < W.rows; r0 += rows) {
     const int64_t nr = std::min(rows, W.rows - r0);
     dequantize_rows(w, W, r0, nr);
+    MatRef wt = operand(w, W.cols, w_trans);
+    wt.round_bf16 = W.round_bf16;
     if (w_trans)  // W[N,K]: rows r0.. are C's columns r0..
-      gemm(M, nr, K, alpha, A, operand(w, W.cols, true), beta, C + r0, DType::F32, ldc);
+      gemm(M, nr, K, alpha, A, wt, beta, C + r0, DType::F32, ldc);
     else  // W[K,N]: rows r0.. are the reduction's k0..; the first chunk applies beta, the rest add
-      gemm(M, N, nr, alpha, skip_columns(A, r0), operand(w, W.cols), r0 == 0 ? beta : 1.f, C, DType::F32, ldc);
+      gemm(M, N, nr, alpha, skip_columns(A, r0), wt, r0 == 0 ? beta : 1.f, C, DType::F32, ldc);
   }
   check(cudaFreeAsync(w, stream()), "gemm_quant free");
 }

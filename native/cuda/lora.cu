@@ -1,7 +1,7 @@
 // LoRA on the GPU, composed from the GEMM launcher: the low-rank path costs M·r·(N+K) extra
 // multiply-adds next to the base M·N·K, so three GEMMs and an accumulate are close to a fused
 // kernel while W + s·B·A is never formed. Shapes: X, Xa [M,K]; W [N,K]; A [r,K]; B [N,r];
-// XA [M,r]; Y [M,N].
+// XA [M,r]; Y [M,N]. bf16 compute rounds X, dY and an f32 W in the base GEMM's loads.
 #include "common.cuh"
 #include "gemm.cuh"
 #include "lora.cuh"
@@ -29,9 +29,10 @@ void lora_forward_lowrank(float* Y, float* XA, const float* Xa, const float* A, 
 
 void lora_forward(float* Y, float* XA, const float* X, const float* Xa, const void* W, DType w_dtype,
                   const float* A, const float* B, const float* bias, float s, int64_t M, int64_t N, int64_t K,
-                  int64_t r) {
+                  int64_t r, Compute compute) {
   // Y = X·Wᵀ; XA = Xa·Aᵀ; Y += s·XA·Bᵀ.
-  gemm_f32(Y, N, operand(X, K), operand(W, w_dtype, K, true), M, N, K, 1.f, false);
+  gemm_f32(Y, N, with_compute(operand(X, K), compute), with_compute(operand(W, w_dtype, K, true), compute), M, N, K,
+           1.f, false);
   lora_forward_lowrank(Y, XA, Xa, A, B, bias, s, M, N, K, r);
 }
 
@@ -51,8 +52,10 @@ void lora_backward_lowrank(float* dX, float* dXa, float* dA, float* dB, const fl
 
 void lora_backward(float* dX, float* dXa, float* dA, float* dB, const float* dY, const float* Xa, const float* XA,
                    const void* W, DType w_dtype, const float* A, const float* B, float s, int64_t M, int64_t N,
-                   int64_t K, int64_t r, float* scratch) {
-  if (dX) gemm_f32(dX, K, operand(dY, N), operand(W, w_dtype, K), M, K, N, 1.f, false);
+                   int64_t K, int64_t r, float* scratch, Compute compute) {
+  if (dX)
+    gemm_f32(dX, K, with_compute(operand(dY, N), compute), with_compute(operand(W, w_dtype, K), compute), M, K, N,
+             1.f, false);
   lora_backward_lowrank(dX, dXa, dA, dB, dY, Xa, XA, A, B, s, M, N, K, r, scratch);
 }
 

@@ -32,17 +32,19 @@ int64_t check_product(const Tensor& C, const Tensor& A, const Tensor& B, bool tr
 MatRef matref(const Tensor& t, bool trans) { return MatRef{t.raw(), t.dtype, t.dim(1), trans}; }
 }  // namespace
 
-void gemm(const Tensor& C, const Tensor& A, const Tensor& B, bool transA, bool transB, float alpha, float beta) {
+void gemm(const Tensor& C, const Tensor& A, const Tensor& B, bool transA, bool transB, float alpha, float beta,
+          Compute compute) {
   expect_ndim(C, 2, "gemm C");
   expect_float(C, "gemm C");
   const int64_t K = check_product(C, A, B, transA, transB, "gemm");
   const int64_t M = C.dim(0), N = C.dim(1);
+  const MatRef a = with_compute(matref(A, transA), compute), b = with_compute(matref(B, transB), compute);
   if (C.device == Device::CPU) {
-    cpu::gemm(M, N, K, alpha, matref(A, transA), matref(B, transB), beta, C.raw(), C.dtype, N);
+    cpu::gemm(M, N, K, alpha, a, b, beta, C.raw(), C.dtype, N);
     return;
   }
 #ifdef PEFTKIT_CUDA
-  cuda::gemm(M, N, K, alpha, matref(A, transA), matref(B, transB), beta, C.raw(), C.dtype, N);
+  cuda::gemm(M, N, K, alpha, a, b, beta, C.raw(), C.dtype, N);
 #endif
 }
 

@@ -35,7 +35,8 @@ void check_quant_weight(const QuantWeightTensors& W) {
   expect_same_device(W.codes, W.scales, "W codes", "W scales");
 }
 
-void gemm_quant(const Tensor& C, const Tensor& X, const QuantWeightTensors& W, bool transW, float alpha, float beta) {
+void gemm_quant(const Tensor& C, const Tensor& X, const QuantWeightTensors& W, bool transW, float alpha, float beta,
+                Compute compute) {
   expect_ndim(C, 2, "gemmQuant C");
   expect_ndim(X, 2, "gemmQuant X");
   expect_dtype(C, DType::F32, "gemmQuant C");
@@ -50,8 +51,9 @@ void gemm_quant(const Tensor& C, const Tensor& X, const QuantWeightTensors& W, b
     fail("E_SHAPE", "gemmQuant X: expected " + std::to_string(K) + " columns (op(W) is [" + std::to_string(K) + ", " +
                         std::to_string(N) + "]), got " + X.describe());
   expect_shape(C, {M, N}, "gemmQuant C");
-  const MatRef A{X.raw(), X.dtype, K, false};
-  const QuantWeight q{W.format, W.codes.raw(), W.scales.data<float>(), W.blocksize, W.rows, W.cols};
+  const MatRef A = with_compute(MatRef{X.raw(), X.dtype, K, false}, compute);
+  const QuantWeight q{W.format, W.codes.raw(), W.scales.data<float>(), W.blocksize, W.rows, W.cols,
+                      compute == Compute::BF16};
   if (C.device == Device::CPU) return cpu::gemm_quant(M, N, K, alpha, A, q, transW, beta, C.data<float>(), N);
 #ifdef PEFTKIT_CUDA
   cuda::gemm_quant(M, N, K, alpha, A, q, transW, beta, C.data<float>(), N);

@@ -110,7 +110,7 @@ void expect_distinct(std::initializer_list<Arg> outputs, std::initializer_list<A
 }  // namespace
 
 void lora_forward(const Tensor& Y, const Tensor& XA, const Tensor& X, const Tensor& Xa, const Tensor& W,
-                  const Tensor& A, const Tensor& B, const Tensor& bias, float s) {
+                  const Tensor& A, const Tensor& B, const Tensor& bias, float s, Compute compute) {
   const Arg y{Y, "lora_forward Y"}, xa_out{XA, "lora_forward XA"}, x{X, "lora_forward X"},
       xa{Xa, "lora_forward Xa (dropoutInput)"}, w{W, "lora_forward W"}, a{A, "lora_forward A"}, b{B, "lora_forward B"},
       bi{bias, "lora_forward bias"};
@@ -132,17 +132,18 @@ void lora_forward(const Tensor& Y, const Tensor& XA, const Tensor& X, const Tens
   const float* bias_ptr = bi.present() ? bias.data<float>() : nullptr;
   if (Y.device == Device::CPU) {
     cpu::lora_forward(Y.data<float>(), XA.data<float>(), X.data<float>(), xa_ptr, W.raw(), W.dtype, A.data<float>(),
-                      B.data<float>(), bias_ptr, s, M, N, K, r);
+                      B.data<float>(), bias_ptr, s, M, N, K, r, compute);
     return;
   }
 #ifdef PEFTKIT_CUDA
   cuda::lora_forward(Y.data<float>(), XA.data<float>(), X.data<float>(), xa_ptr, W.raw(), W.dtype, A.data<float>(),
-                     B.data<float>(), bias_ptr, s, M, N, K, r);
+                     B.data<float>(), bias_ptr, s, M, N, K, r, compute);
 #endif
 }
 
 void lora_backward(const Tensor& dX, const Tensor& dXa, const Tensor& dA, const Tensor& dB, const Tensor& dY,
-                   const Tensor& Xa, const Tensor& XA, const Tensor& W, const Tensor& A, const Tensor& B, float s) {
+                   const Tensor& Xa, const Tensor& XA, const Tensor& W, const Tensor& A, const Tensor& B, float s,
+                   Compute compute) {
   const Arg dx{dX, "lora_backward dX"}, dxa{dXa, "lora_backward dXa (dDropoutInput)"}, da{dA, "lora_backward dA"},
       db{dB, "lora_backward dB"}, dy{dY, "lora_backward dY"}, xa{Xa, "lora_backward Xa"},
       xa_saved{XA, "lora_backward XA"}, w{W, "lora_backward W"}, a{A, "lora_backward A"}, b{B, "lora_backward B"};
@@ -167,18 +168,19 @@ void lora_backward(const Tensor& dX, const Tensor& dXa, const Tensor& dA, const 
   if (dA.device == Device::CPU) {
     cpu::lora_backward(dx_ptr, dxa_ptr, dA.data<float>(), dB.data<float>(), dY.data<float>(), Xa.data<float>(),
                        XA.data<float>(), W.raw(), W.dtype, A.data<float>(), B.data<float>(), s, M, N, K, r,
-                       scratch.data<float>());
+                       scratch.data<float>(), compute);
     return;
   }
 #ifdef PEFTKIT_CUDA
   cuda::lora_backward(dx_ptr, dxa_ptr, dA.data<float>(), dB.data<float>(), dY.data<float>(), Xa.data<float>(),
                       XA.data<float>(), W.raw(), W.dtype, A.data<float>(), B.data<float>(), s, M, N, K, r,
-                      scratch.data<float>());
+                      scratch.data<float>(), compute);
 #endif
 }
 
 void lora_forward_quant(const Tensor& Y, const Tensor& XA, const Tensor& X, const Tensor& Xa,
-                        const QuantWeightTensors& W, const Tensor& A, const Tensor& B, const Tensor& bias, float s) {
+                        const QuantWeightTensors& W, const Tensor& A, const Tensor& B, const Tensor& bias, float s,
+                        Compute compute) {
   const Arg y{Y, "lora_forward Y"}, xa_out{XA, "lora_forward XA"}, x{X, "lora_forward X"},
       xa{Xa, "lora_forward Xa (dropoutInput)"}, wc{W.codes, "lora_forward W codes"}, a{A, "lora_forward A"},
       b{B, "lora_forward B"}, bi{bias, "lora_forward bias"};
@@ -201,18 +203,18 @@ void lora_forward_quant(const Tensor& Y, const Tensor& XA, const Tensor& X, cons
   const QuantWeight q = kernel_weight(W);
   if (Y.device == Device::CPU) {
     cpu::lora_forward_quant(Y.data<float>(), XA.data<float>(), X.data<float>(), xa_ptr, q, A.data<float>(),
-                            B.data<float>(), bias_ptr, s, M, N, K, r);
+                            B.data<float>(), bias_ptr, s, M, N, K, r, compute);
     return;
   }
 #ifdef PEFTKIT_CUDA
   cuda::lora_forward_quant(Y.data<float>(), XA.data<float>(), X.data<float>(), xa_ptr, q, A.data<float>(),
-                           B.data<float>(), bias_ptr, s, M, N, K, r);
+                           B.data<float>(), bias_ptr, s, M, N, K, r, compute);
 #endif
 }
 
 void lora_backward_quant(const Tensor& dX, const Tensor& dXa, const Tensor& dA, const Tensor& dB, const Tensor& dY,
                          const Tensor& Xa, const Tensor& XA, const QuantWeightTensors& W, const Tensor& A,
-                         const Tensor& B, float s) {
+                         const Tensor& B, float s, Compute compute) {
   const Arg dx{dX, "lora_backward dX"}, dxa{dXa, "lora_backward dXa (dDropoutInput)"}, da{dA, "lora_backward dA"},
       db{dB, "lora_backward dB"}, dy{dY, "lora_backward dY"}, xa{Xa, "lora_backward Xa"},
       xa_saved{XA, "lora_backward XA"}, wc{W.codes, "lora_backward W codes"}, a{A, "lora_backward A"},
@@ -240,13 +242,13 @@ void lora_backward_quant(const Tensor& dX, const Tensor& dXa, const Tensor& dA, 
   if (dA.device == Device::CPU) {
     cpu::lora_backward_quant(dx_ptr, dxa_ptr, dA.data<float>(), dB.data<float>(), dY.data<float>(), Xa.data<float>(),
                              XA.data<float>(), q, A.data<float>(), B.data<float>(), s, M, N, K, r,
-                             scratch.data<float>());
+                             scratch.data<float>(), compute);
     return;
   }
 #ifdef PEFTKIT_CUDA
   cuda::lora_backward_quant(dx_ptr, dxa_ptr, dA.data<float>(), dB.data<float>(), dY.data<float>(), Xa.data<float>(),
                             XA.data<float>(), q, A.data<float>(), B.data<float>(), s, M, N, K, r,
-                            scratch.data<float>());
+                            scratch.data<float>(), compute);
 #endif
 }
 

@@ -76,7 +76,7 @@ void cross_entropy(const Tensor& losses, const Tensor& dlogits, const Tensor& lo
 
 void linear_cross_entropy(const Tensor& losses, const Tensor& dH, const Tensor& dW, const Tensor& H,
                           const Tensor& W, const Tensor& targets, int32_t ignore_index, float grad_scale,
-                          int64_t chunk_rows) {
+                          int64_t chunk_rows, Compute compute) {
   expect_dtype(H, DType::F32, "linear_cross_entropy H");
   if (H.ndim() < 1) fail("E_SHAPE", "linear_cross_entropy H: expected [..., C], got " + H.describe());
   expect_ndim(W, 2, "linear_cross_entropy W");
@@ -119,13 +119,13 @@ void linear_cross_entropy(const Tensor& losses, const Tensor& dH, const Tensor& 
   if (H.device == Device::CPU) {
     cpu::linear_cross_entropy(losses.data<float>(), dh, dw, H.data<float>(), W.raw(), W.dtype,
                               targets.data<int32_t>(), N, C, V, ignore_index, grad_scale, chunk_rows,
-                              scratch.data<float>());
+                              scratch.data<float>(), compute);
     return;
   }
 #ifdef PEFTKIT_CUDA
   cuda::linear_cross_entropy(losses.data<float>(), dh, dw, H.data<float>(), W.raw(), W.dtype,
                              targets.data<int32_t>(), N, C, V, ignore_index, grad_scale, chunk_rows,
-                             scratch.data<float>());
+                             scratch.data<float>(), compute);
 #endif
 }
 

@@ -60,6 +60,34 @@ static void check_gemm() {
       }
     }
   }
+  // bf16 compute: f32 operands marked round_bf16 are read as their bf16 roundings (one side may
+  // be stored bf16); the reference multiplies the rounded values.
+  for (auto& s : shapes) {
+    const int64_t M = s[0], N = s[1], K = s[2];
+    for (int combo = 0; combo < 8; combo++) {
+      const bool ta = combo & 1, tb = combo & 2, b16 = combo & 4;
+      const int64_t lda = ta ? M : K, ldb = tb ? K : N;
+      Vec a = randn(size_t(M * K)), b = randn(size_t(K * N));
+      if (b16) b = round_bf16(b);
+      auto bv = to_bf16(b);
+      pk::MatRef A{a.data(), pk::DType::F32, lda, ta, true};
+      pk::MatRef B{b16 ? static_cast<const void*>(bv.data()) : b.data(), b16 ? pk::DType::BF16 : pk::DType::F32, ldb, tb, true};
+      const Vec ar = round_bf16(a), br = round_bf16(b);
+      Ref prod(size_t(M * N));
+      for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++) {
+          double acc = 0;
+          for (int64_t k = 0; k < K; k++)
+            acc += double(ar[size_t(ta ? k * lda + i : i * lda + k)]) * br[size_t(tb ? j * ldb + k : k * ldb + j)];
+          prod[size_t(i * N + j)] = acc;
+        }
+      Vec C = poison(size_t(M * N));
+      pk::cuda::gemm(M, N, K, 1.f, A, B, 0.f, C.data(), pk::DType::F32, N);
+      expect("gemm bf16 compute M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K) +
+                 " ta=" + std::to_string(ta) + " tb=" + std::to_string(tb) + " b16=" + std::to_string(b16),
+             C, prod);
+    }
+  }
   // K = 0: C = beta·C.
   Vec a(4), b(4), C = {1, 2, 3, 4};
   pk::cuda::gemm(2, 2, 0, 1.f, {a.data(), pk::DType::F32, 1, false}, {b.data(), pk::DType::F32, 2, false}, 2.f, C.data(),
@@ -81,7 +109,7 @@ static void check_lora() {
     Vec A = randn(size_t(r * K)), B = randn(size_t(N * r)), bias = randn(static_cast<size_t>(N));
     Vec Y = poison(size_t(M * N)), XA = poison(size_t(M * r));
     pk::cuda::lora_forward(Y.data(), XA.data(), X.data(), Xa.data(), Wp, wdt, A.data(), B.data(),
-                           variant == 1 ? nullptr : bias.data(), s, M, N, K, r);
+                           variant == 1 ? nullptr : bias.data(), s, M, N, K, r, pk::Compute::F32);
     Ref xa(size_t(M * r)), y(size_t(M * N));
     for (int64_t i = 0; i < M; i++)
       for (int64_t q = 0; q < r; q++) {
@@ -103,7 +131,7 @@ static void check_lora() {
     Vec dY = randn(size_t(M * N)), dX = poison(size_t(M * K)), dXa = poison(size_t(M * K)), scratch = poison(size_t(M * r));
     Vec dA0 = randn(size_t(r * K)), dB0 = randn(size_t(N * r)), dA = dA0, dB = dB0;
     pk::cuda::lora_backward(dX.data(), dropout ? dXa.data() : nullptr, dA.data(), dB.data(), dY.data(), Xa.data(), XA.data(), Wp,
-                            wdt, A.data(), B.data(), s, M, N, K, r, scratch.data());
+                            wdt, A.data(), B.data(), s, M, N, K, r, scratch.data(), pk::Compute::F32);
     Ref dyb(size_t(M * r)), dx(size_t(M * K)), dxa(size_t(M * K)), da(size_t(r * K)), db(size_t(N * r));
     for (int64_t i = 0; i < M; i++)
       for (int64_t q = 0; q < r; q++) {
@@ -541,7 +569,8 @@ static void check_loss() {
         }
     Vec loss = poison(static_cast<size_t>(N)), dH = poison(size_t(N * C)), dW = dW0, scratch = poison(size_t(chunk * V));
     pk::cuda::linear_cross_entropy(loss.data(), dH.data(), dW.data(), H.data(), wbf ? static_cast<const void*>(Wb.data()) : W.data(),
-                                   wbf ? pk::DType::BF16 : pk::DType::F32, t.data(), N, C, V, ignore, 0.5f, chunk, scratch.data());
+                                   wbf ? pk::DType::BF16 : pk::DType::F32, t.data(), N, C, V, ignore, 0.5f, chunk, scratch.data(),
+                                   pk::Compute::F32);
     const std::string tag = wbf ? " (bf16 W)" : " (f32 W)";
     expect("linear_cross_entropy loss" + tag, loss, rloss);
     expect("linear_cross_entropy dH" + tag, dH, rdH);

@@ -198,25 +198,26 @@ void check_gemm_quant() {
 void check_lora_quant() {
   const int64_t M = 23, N = 31, K = 45, r = 4;
   const float s = 1.5f;
-  for (auto format : {pk::QuantFormat::NF4, pk::QuantFormat::INT8}) {
+  for (auto format : {pk::QuantFormat::NF4, pk::QuantFormat::INT8})
+  for (auto compute : {pk::Compute::F32, pk::Compute::BF16}) {
     const QuantFixture f(format, N, K, 32);
     const Vec X = randn(size_t(M * K)), A = randn(size_t(r * K)), B = randn(size_t(N * r)), bias = randn(size_t(N));
     // The quantized op must equal the f32 op on the dequantized W (itself checked in check_lora).
     Vec Yq = poison(size_t(M * N)), XAq = poison(size_t(M * r)), Y = poison(size_t(M * N)), XA = poison(size_t(M * r));
     pk::cuda::lora_forward_quant(Yq.data(), XAq.data(), X.data(), X.data(), f.q, A.data(), B.data(), bias.data(), s, M, N,
-                                 K, r);
+                                 K, r, compute);
     pk::cuda::lora_forward(Y.data(), XA.data(), X.data(), X.data(), f.w.data(), pk::DType::F32, A.data(), B.data(),
-                           bias.data(), s, M, N, K, r);
-    const std::string tag = std::string("lora_quant ") + format_name(format);
+                           bias.data(), s, M, N, K, r, compute);
+    const std::string tag = std::string("lora_quant ") + format_name(format) + (compute == pk::Compute::BF16 ? " bf16" : "");
     expect(tag + " Y", Yq, Ref(Y.begin(), Y.end()), 1e-6);
     expect(tag + " XA", XAq, Ref(XA.begin(), XA.end()), 1e-6);
     const Vec dY = randn(size_t(M * N)), dA0 = randn(size_t(r * K)), dB0 = randn(size_t(N * r));
     Vec dXq = poison(size_t(M * K)), dX = poison(size_t(M * K)), sq = poison(size_t(M * r)), sf = poison(size_t(M * r));
     Vec dAq = dA0, dBq = dB0, dA = dA0, dB = dB0;
     pk::cuda::lora_backward_quant(dXq.data(), nullptr, dAq.data(), dBq.data(), dY.data(), X.data(), XA.data(), f.q,
-                                  A.data(), B.data(), s, M, N, K, r, sq.data());
+                                  A.data(), B.data(), s, M, N, K, r, sq.data(), compute);
     pk::cuda::lora_backward(dX.data(), nullptr, dA.data(), dB.data(), dY.data(), X.data(), XA.data(), f.w.data(),
-                            pk::DType::F32, A.data(), B.data(), s, M, N, K, r, sf.data());
+                            pk::DType::F32, A.data(), B.data(), s, M, N, K, r, sf.data(), compute);
     expect(tag + " dX", dXq, Ref(dX.begin(), dX.end()), 1e-6);
     expect(tag + " dA", dAq, Ref(dA.begin(), dA.end()), 1e-6);
     expect(tag + " dB", dBq, Ref(dB.begin(), dB.end()), 1e-6);

@@ -7,6 +7,7 @@ import { PeftkitError } from '../errors';
 import { resolveDevice, Device, DeviceOption, Tensor } from '../tensor';
 import type { LinearModule } from '../peft/targets';
 import { ModelConfig, readModelConfig } from './config';
+import type { Compute } from '../ops/gemm';
 import type { QuantWeight } from '../ops/gemm_quant';
 import { applyInt8Threshold, checkInt8ThresholdOption } from './int8_threshold';
 import { disposeQuantWeight, linearModules, loadWeights, QuantizeFormat } from './weights';
@@ -17,12 +18,18 @@ export type LinearWeight = { W: Tensor } | { q: QuantWeight };
 export interface LoadModelOptions {
   /** Where the weights live and the math runs. Defaults to `'cpu'`. */
   device?: DeviceOption;
-  /** Storage of the frozen Linear weights: 'bf16' halves their memory (GEMMs accumulate in f32). Defaults to `'f32'`. */
+  /**
+   * 'bf16': the frozen Linear weights (and an untied lm_head) are stored in bf16, half their
+   * memory, and the model computes in bf16 as PyTorch's autocast does: every Linear and LM-head
+   * product reads its operands rounded to bf16 and sums in f32 (`compute`). Embeddings, norms,
+   * attention, activations, the loss and a LoRA adapter's rank-r products stay f32. Defaults to `'f32'`.
+   */
   dtype?: 'f32' | 'bf16';
   /**
    * Quantize the decoder layers' Linear weights at load, one tensor at a time (QLoRA: 'nf4').
    * A bitsandbytes folder is always kept quantized in its own format. Embeddings, norms, biases
-   * and lm_head stay f32. Not with dtype 'bf16'. Defaults to none.
+   * and lm_head stay unquantized. With dtype 'bf16' the products run in bf16 on the dequantized
+   * values rounded to bf16 (QLoRA's compute_dtype=bfloat16). Defaults to none.
    */
   quantize?: QuantizeFormat;
   /** 4-bit block size (32..4096, a power of two). Defaults to `64`. */
@@ -44,13 +51,18 @@ export class LlamaModel {
   readonly dir: string;
   readonly config: ModelConfig;
   readonly device: Device;
+  /** The precision of the Linear and LM-head products: 'bf16' when loaded with dtype 'bf16'. */
+  readonly compute: Compute;
   private readonly weights: Map<string, Tensor>;
   private readonly quantized: Map<string, QuantWeight>;
 
-  private constructor(dir: string, config: ModelConfig, device: Device, weights: Map<string, Tensor>, quantized: Map<string, QuantWeight>) {
+  private constructor(
+    dir: string, config: ModelConfig, device: Device, compute: Compute, weights: Map<string, Tensor>, quantized: Map<string, QuantWeight>,
+  ) {
     this.dir = dir;
     this.config = config;
     this.device = device;
+    this.compute = compute;
     this.weights = weights;
     this.quantized = quantized;
   }
@@ -61,7 +73,7 @@ export class LlamaModel {
     const device = resolveDevice(opts.device ?? 'cpu');
     checkInt8ThresholdOption(opts.int8Threshold, opts.quantize);
     const w = loadWeights(dir, config, device, { dtype: opts.dtype, quantize: opts.quantize, blocksize: opts.blocksize, doubleQuant: opts.doubleQuant });
-    const model = new LlamaModel(dir, config, device, w.dense, w.quantized);
+    const model = new LlamaModel(dir, config, device, opts.dtype === 'bf16' ? 'bf16' : 'f32', w.dense, w.quantized);
     try {
       applyInt8Threshold(w.quantized, opts.int8Threshold, dir);
     } catch (e) {

@@ -153,15 +153,16 @@ export class LlamaLoraForward {
     const W = 'q' in lw ? lw.q : lw.W;
     const bias = this.model.maybeWeight(`${p}.bias`);
     const lo = this.lora(l, suffix);
+    const compute = this.model.compute;
     if (!lo) {
-      if ('q' in lw) ops.gemmQuant(Y, X, lw.q, { transB: true });
-      else ops.gemm(Y, X, lw.W, { transB: true });
+      if ('q' in lw) ops.gemmQuant(Y, X, lw.q, { transB: true, compute });
+      else ops.gemm(Y, X, lw.W, { transB: true, compute });
       if (bias) ops.biasAdd(Y, bias);
       return;
     }
     const scale = this.adapter!.scaling;
     const dropoutInput = o.dropout > 0 ? this.dropped(X, o, site) : undefined;
-    ops.loraForward(Y, xa.get(suffix)!, X, W, lo.A, lo.B, { scale, bias, dropoutInput });
+    ops.loraForward(Y, xa.get(suffix)!, X, W, lo.A, lo.B, { scale, bias, dropoutInput, compute });
   }
 
   /** dX = ∂/∂X (overwritten; skipped when null); LoRA dA, dB accumulate. */
@@ -170,21 +171,22 @@ export class LlamaLoraForward {
     const lw = this.model.linear(`${p}.weight`);
     const W = 'q' in lw ? lw.q : lw.W;
     const lo = this.lora(l, suffix);
+    const compute = this.model.compute;
     if (!lo) {
-      if (dX && 'q' in lw) ops.gemmQuant(dX, dY, lw.q, { transB: false });
-      else if (dX && 'W' in lw) ops.gemm(dX, dY, lw.W);
+      if (dX && 'q' in lw) ops.gemmQuant(dX, dY, lw.q, { transB: false, compute });
+      else if (dX && 'W' in lw) ops.gemm(dX, dY, lw.W, { compute });
       return;
     }
     const scale = this.adapter!.scaling;
     if (o.dropout <= 0) {
-      ops.loraBackward(dX, lo.dA, lo.dB, dY, X, xa.get(suffix)!, W, lo.A, lo.B, { scale });
+      ops.loraBackward(dX, lo.dA, lo.dB, dY, X, xa.get(suffix)!, W, lo.A, lo.B, { scale, compute });
       return;
     }
     // Dropout: recompute the mask's output instead of keeping it; chain the low-rank input
     // gradient through the dropout backward and add it to the base path's dX.
     const Xa = this.dropped(X, o, site);
     const dXa = this.store.dxdrop.view(0, X.shape);
-    ops.loraBackward(dX, lo.dA, lo.dB, dY, Xa, xa.get(suffix)!, W, lo.A, lo.B, { scale, dDropoutInput: dXa });
+    ops.loraBackward(dX, lo.dA, lo.dB, dY, Xa, xa.get(suffix)!, W, lo.A, lo.B, { scale, dDropoutInput: dXa, compute });
     if (dX) {
       const dXin = this.store.dxdrop2.view(0, X.shape);
       ops.dropoutBackward(dXin, dXa, { p: o.dropout, seed: o.dropoutSeed, offset: site * this.siteStride });
@@ -324,7 +326,7 @@ export class LlamaLoraForward {
     const losses = s.losses.view(0, [rows]);
     const head = this.model.weight('lm_head.weight');
     const dhf = gradScale === null ? null : this.view(s.dh, rows, C);
-    ops.linearCrossEntropy(losses, dhf, null, hf, head, s.targets.view(0, [rows]), { gradScale: gradScale ?? 1 });
+    ops.linearCrossEntropy(losses, dhf, null, hf, head, s.targets.view(0, [rows]), { gradScale: gradScale ?? 1, compute: this.model.compute });
     let lossSum = 0;
     for (const v of losses.toFloat32Array()) lossSum += v;
     if (!Number.isFinite(lossSum)) throw new PeftkitError('E_NAN', `loss is ${lossSum}: the forward pass produced a non-finite value`);

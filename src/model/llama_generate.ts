@@ -104,13 +104,14 @@ export class KvGenerator {
     const lw = this.model.linear(`${p}.weight`);
     const bias = this.model.maybeWeight(`${p}.bias`);
     const lo = this.adapter?.layers.get(p);
+    const compute = this.model.compute;  // as in training, so a trained adapter sees the same products
     if (lo) {
       const xa = this.tmp([X.shape[0], lo.A.shape[0]]);
-      ops.loraForward(Y, xa, X, 'q' in lw ? lw.q : lw.W, lo.A, lo.B, { scale: this.adapter!.scaling, bias });
+      ops.loraForward(Y, xa, X, 'q' in lw ? lw.q : lw.W, lo.A, lo.B, { scale: this.adapter!.scaling, bias, compute });
       return;
     }
-    if ('q' in lw) ops.gemmQuant(Y, X, lw.q, { transB: true });
-    else ops.gemm(Y, X, lw.W, { transB: true });
+    if ('q' in lw) ops.gemmQuant(Y, X, lw.q, { transB: true, compute });
+    else ops.gemm(Y, X, lw.W, { transB: true, compute });
     if (bias) ops.biasAdd(Y, bias);
   }
 
@@ -162,8 +163,8 @@ export class KvGenerator {
     const logits = this.tmp([1, c.vocabSize]);
     const head = this.model.weight('lm_head.weight');
     const lo = this.adapter?.layers.get('lm_head');
-    if (lo) ops.loraForward(logits, this.tmp([1, lo.A.shape[0]]), hl, head, lo.A, lo.B, { scale: this.adapter!.scaling });
-    else ops.gemm(logits, hl, head, { transB: true });
+    if (lo) ops.loraForward(logits, this.tmp([1, lo.A.shape[0]]), hl, head, lo.A, lo.B, { scale: this.adapter!.scaling, compute: this.model.compute });
+    else ops.gemm(logits, hl, head, { transB: true, compute: this.model.compute });
     const out = logits.toFloat32Array();
     this.releaseTemps();
     return out;

@@ -65,7 +65,10 @@ export const isMatmulWeight = (name: string) => /_proj\.weight$/.test(name) || n
 export type QuantizeFormat = 'nf4' | 'fp4' | 'int8';
 
 export interface LoadWeightsOptions {
-  /** 'bf16' keeps the Linear weights in bf16 (half the memory; GEMMs accumulate in f32). Defaults to `'f32'`. */
+  /**
+   * 'bf16' keeps the Linear weights (and an untied lm_head) in bf16, half the memory; the model then
+   * computes in bf16 (LlamaModel.compute). Quantized Linear weights stay quantized. Defaults to `'f32'`.
+   */
   dtype?: 'f32' | 'bf16';
   /** Quantize the decoder layers' Linear weights at load (QLoRA: 'nf4'). Defaults to none. */
   quantize?: QuantizeFormat;
@@ -113,14 +116,13 @@ const isLayerLinearWeight = (name: string) => /_proj\.weight$/.test(name);
  * Reads every weight of the checkpoint. A bitsandbytes folder (4-bit or LLM.int8) keeps its
  * decoder-layer Linear weights quantized as stored; `quantize` quantizes an f32/bf16/f16 folder's
  * ones at load, one tensor at a time (the f32 copy is freed before the next is read).
- * Embeddings, norms, biases and lm_head stay f32.
+ * Embeddings, norms and biases stay f32; lm_head too, unless dtype 'bf16' (untied).
  */
 export function loadWeights(dir: string, config: ModelConfig, device: Device, o: LoadWeightsOptions = {}): LoadedWeights {
   const dtype = o.dtype ?? 'f32';
   if (o.quantize !== undefined && o.quantize !== 'nf4' && o.quantize !== 'fp4' && o.quantize !== 'int8') {
     throw new PeftkitError('E_ARG', `quantize: expected 'nf4', 'fp4' or 'int8', got ${JSON.stringify(o.quantize)}`);
   }
-  if (o.quantize && dtype === 'bf16') throw new PeftkitError('E_UNSUPPORTED', 'dtype bf16 with a quantized base is not supported (the frozen Linear weights are quantized; leave dtype f32)');
   const ck = new SafetensorsCheckpoint(dir);
   const out: LoadedWeights = { dense: new Map(), quantized: new Map() };
   try {
@@ -129,7 +131,6 @@ export function loadWeights(dir: string, config: ModelConfig, device: Device, o:
       const format = isMatmulWeight(name) ? detectQuantFormat(ck, prefix) : null;
       if (format && isLayerLinearWeight(name)) {
         // A bitsandbytes checkpoint stays quantized: its codes and (recovered f32) scales are the weight.
-        if (dtype === 'bf16') throw new PeftkitError('E_UNSUPPORTED', `${dir}: a bitsandbytes checkpoint loads quantized, so dtype bf16 is not supported (leave dtype f32)`);
         const q = format === 'int8' ? int8Weight(readInt8State(ck, prefix), device) : quant4Weight(readQuant4State(ck, prefix), device);
         if (q.shape.join() !== shape.join()) {
           disposeQuantWeight(q);

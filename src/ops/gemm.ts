@@ -1,6 +1,15 @@
 import { native } from '../native';
 import { Tensor } from '../tensor';
 
+/**
+ * The precision of a big product. `'f32'`: operands as stored (a bf16 operand is exact in f32).
+ * `'bf16'`: PyTorch autocast's bf16 matmul: f32 operands are rounded to bf16 (nearest even, as
+ * `.to(torch.bfloat16)`) while the GEMM packs them, products of bf16 values are summed in f32,
+ * and the result stays f32. On CPUs with AVX512-BF16 it runs on VDPBF16PS (about twice the f32
+ * rate); elsewhere the same rounded values go through the f32 kernels, so results agree.
+ */
+export type Compute = 'f32' | 'bf16';
+
 export interface GemmOptions {
   /** Use Aᵀ (A is stored [K, M]). Defaults to `false`. */
   transA?: boolean;
@@ -10,16 +19,19 @@ export interface GemmOptions {
   alpha?: number;
   /** `0` overwrites C without reading it; `1` accumulates. Defaults to `0`. */
   beta?: number;
+  /** {@link Compute}. Defaults to `'f32'`. */
+  compute?: Compute;
 }
 
 /** `C = alpha·op(A)·op(B) + beta·C`. A, B, C are 2-D, f32 or bf16 (bf16 accumulates in f32). */
 export function gemm(C: Tensor, A: Tensor, B: Tensor, o: GemmOptions = {}): void {
-  native.gemm(C.native, A.native, B.native, o.transA ?? false, o.transB ?? false, o.alpha ?? 1, o.beta ?? 0);
+  native.gemm(C.native, A.native, B.native, o.transA ?? false, o.transB ?? false, o.alpha ?? 1, o.beta ?? 0, o.compute ?? 'f32');
 }
 
 /** {@link gemm} on the thread pool. */
 export function gemmAsync(C: Tensor, A: Tensor, B: Tensor, o: GemmOptions = {}): Promise<void> {
-  return native.gemmAsync(C.native, A.native, B.native, o.transA ?? false, o.transB ?? false, o.alpha ?? 1, o.beta ?? 0);
+  return native.gemmAsync(C.native, A.native, B.native, o.transA ?? false, o.transB ?? false, o.alpha ?? 1, o.beta ?? 0,
+    o.compute ?? 'f32');
 }
 
 /** One product of {@link gemmSum}: `alpha·op(A)·op(B)`. */

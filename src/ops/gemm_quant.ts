@@ -1,6 +1,7 @@
 import { PeftkitError } from '../errors';
 import { native } from '../native';
 import { Tensor } from '../tensor';
+import type { Compute } from './gemm';
 
 /**
  * A frozen Linear weight W [out, in] (`shape`, row-major as a checkpoint stores it) kept quantized.
@@ -24,6 +25,11 @@ export interface GemmQuantOptions {
   alpha?: number;
   /** `0` overwrites C without reading it; `1` accumulates. Defaults to `0`. */
   beta?: number;
+  /**
+   * `'bf16'` (QLoRA's compute_dtype=bfloat16): X and the dequantized W are read rounded to bf16,
+   * products summed in f32 (see {@link Compute}); W is decoded straight into bf16 pairs. Defaults to `'f32'`.
+   */
+  compute?: Compute;
 }
 
 /** The six native arguments of a quantized weight: format, codes, scales, blocksize, rows, cols. */
@@ -36,7 +42,7 @@ export function quantWeightArgs(w: QuantWeight) {
 }
 
 function args(C: Tensor, X: Tensor, w: QuantWeight, o: GemmQuantOptions) {
-  return [C.native, X.native, ...quantWeightArgs(w), o.transB ?? true, o.alpha ?? 1, o.beta ?? 0] as const;
+  return [C.native, X.native, ...quantWeightArgs(w), o.transB ?? true, o.alpha ?? 1, o.beta ?? 0, o.compute ?? 'f32'] as const;
 }
 
 /**

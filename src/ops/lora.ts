@@ -1,5 +1,6 @@
 import { native } from '../native';
 import { Tensor } from '../tensor';
+import type { Compute } from './gemm';
 import { checkInt8Threshold, QuantWeight, quantWeightArgs } from './gemm_quant';
 
 export interface LoraForwardOptions {
@@ -13,11 +14,19 @@ export interface LoraForwardOptions {
    * `dDropoutInput`. Defaults to X itself (no dropout).
    */
   dropoutInput?: Tensor;
+  /**
+   * `'bf16'`: the base product `X·Wᵀ` runs in bf16 (X and an f32 W rounded while packed, a
+   * quantized W decoded to rounded bf16, f32 sums; see {@link Compute}); the rank-r products stay
+   * f32. Defaults to `'f32'`.
+   */
+  compute?: Compute;
 }
 
 export interface LoraBackwardOptions {
   /** The scale s the forward used. Defaults to `1`. */
   scale?: number;
+  /** `'bf16'`: the input gradient's base product `dY·W` runs in bf16; the rank-r products stay f32. Defaults to `'f32'`. */
+  compute?: Compute;
   /**
    * Set it when the forward had a `dropoutInput`: it receives (overwritten, shape of Xa) the
    * low-rank part of the input gradient, `scale·(dY·B)·A`, to chain through the dropout backward
@@ -42,24 +51,24 @@ export interface LoraBackwardOptions {
 export function loraForward(
   Y: Tensor, XA: Tensor, X: Tensor, W: Tensor | QuantWeight, A: Tensor, B: Tensor, o: LoraForwardOptions = {},
 ): void {
-  const xa = o.dropoutInput?.native ?? null, bias = o.bias?.native ?? null, s = o.scale ?? 1;
-  if (W instanceof Tensor) native.loraForward(Y.native, XA.native, X.native, xa, W.native, A.native, B.native, bias, s);
+  const xa = o.dropoutInput?.native ?? null, bias = o.bias?.native ?? null, s = o.scale ?? 1, c = o.compute ?? 'f32';
+  if (W instanceof Tensor) native.loraForward(Y.native, XA.native, X.native, xa, W.native, A.native, B.native, bias, s, c);
   else if (W.format === 'int8' && W.threshold !== undefined) {
     native.llmInt8Forward(Y.native, XA.native, X.native, xa, ...quantWeightArgs(W), checkInt8Threshold(W.threshold), A.native, B.native, bias, s);
-  } else native.loraForwardQuant(Y.native, XA.native, X.native, xa, ...quantWeightArgs(W), A.native, B.native, bias, s);
+  } else native.loraForwardQuant(Y.native, XA.native, X.native, xa, ...quantWeightArgs(W), A.native, B.native, bias, s, c);
 }
 
 /** {@link loraForward} on the thread pool. */
 export function loraForwardAsync(
   Y: Tensor, XA: Tensor, X: Tensor, W: Tensor | QuantWeight, A: Tensor, B: Tensor, o: LoraForwardOptions = {},
 ): Promise<void> {
-  const xa = o.dropoutInput?.native ?? null, bias = o.bias?.native ?? null, s = o.scale ?? 1;
-  if (W instanceof Tensor) return native.loraForwardAsync(Y.native, XA.native, X.native, xa, W.native, A.native, B.native, bias, s);
+  const xa = o.dropoutInput?.native ?? null, bias = o.bias?.native ?? null, s = o.scale ?? 1, c = o.compute ?? 'f32';
+  if (W instanceof Tensor) return native.loraForwardAsync(Y.native, XA.native, X.native, xa, W.native, A.native, B.native, bias, s, c);
   if (W.format === 'int8' && W.threshold !== undefined) {
     return native.llmInt8ForwardAsync(Y.native, XA.native, X.native, xa, ...quantWeightArgs(W), checkInt8Threshold(W.threshold),
       A.native, B.native, bias, s);
   }
-  return native.loraForwardQuantAsync(Y.native, XA.native, X.native, xa, ...quantWeightArgs(W), A.native, B.native, bias, s);
+  return native.loraForwardQuantAsync(Y.native, XA.native, X.native, xa, ...quantWeightArgs(W), A.native, B.native, bias, s, c);
 }
 
 /**
@@ -75,12 +84,12 @@ export function loraBackward(
   dX: Tensor | null, dA: Tensor, dB: Tensor, dY: Tensor, Xa: Tensor, XA: Tensor, W: Tensor | QuantWeight, A: Tensor,
   B: Tensor, o: LoraBackwardOptions = {},
 ): void {
-  const dx = dX?.native ?? null, dxa = o.dDropoutInput?.native ?? null, s = o.scale ?? 1;
+  const dx = dX?.native ?? null, dxa = o.dDropoutInput?.native ?? null, s = o.scale ?? 1, c = o.compute ?? 'f32';
   if (W instanceof Tensor) {
-    native.loraBackward(dx, dxa, dA.native, dB.native, dY.native, Xa.native, XA.native, W.native, A.native, B.native, s);
+    native.loraBackward(dx, dxa, dA.native, dB.native, dY.native, Xa.native, XA.native, W.native, A.native, B.native, s, c);
   } else {
     native.loraBackwardQuant(dx, dxa, dA.native, dB.native, dY.native, Xa.native, XA.native, ...quantWeightArgs(W),
-      A.native, B.native, s);
+      A.native, B.native, s, c);
   }
 }
 
@@ -89,11 +98,11 @@ export function loraBackwardAsync(
   dX: Tensor | null, dA: Tensor, dB: Tensor, dY: Tensor, Xa: Tensor, XA: Tensor, W: Tensor | QuantWeight, A: Tensor,
   B: Tensor, o: LoraBackwardOptions = {},
 ): Promise<void> {
-  const dx = dX?.native ?? null, dxa = o.dDropoutInput?.native ?? null, s = o.scale ?? 1;
+  const dx = dX?.native ?? null, dxa = o.dDropoutInput?.native ?? null, s = o.scale ?? 1, c = o.compute ?? 'f32';
   if (W instanceof Tensor) {
     return native.loraBackwardAsync(dx, dxa, dA.native, dB.native, dY.native, Xa.native, XA.native, W.native, A.native,
-      B.native, s);
+      B.native, s, c);
   }
   return native.loraBackwardQuantAsync(dx, dxa, dA.native, dB.native, dY.native, Xa.native, XA.native,
-    ...quantWeightArgs(W), A.native, B.native, s);
+    ...quantWeightArgs(W), A.native, B.native, s, c);
 }

@@ -1,5 +1,6 @@
 import { native } from '../native';
 import { Tensor } from '../tensor';
+import type { Compute } from './gemm';
 
 export interface CrossEntropyOptions {
   /** Rows whose target equals this get loss 0 and gradient 0. Defaults to `-100` (Hugging Face's label mask). */
@@ -17,6 +18,11 @@ export interface LinearCrossEntropyOptions extends CrossEntropyOptions {
    * 128 MiB of logits. Defaults to `0`.
    */
   chunkRows?: number;
+  /**
+   * `'bf16'`: the head's products (logits = H·Wᵀ, dH, dW) run in bf16 with f32 sums, as PyTorch's
+   * autocast runs lm_head (see {@link Compute}); softmax and loss stay f32. Defaults to `'f32'`.
+   */
+  compute?: Compute;
 }
 
 /**
@@ -54,7 +60,7 @@ export function linearCrossEntropy(
 ): void {
   native.linearCrossEntropy(
     losses.native, dH?.native ?? null, dW?.native ?? null, H.native, W.native, targets.native,
-    o.ignoreIndex ?? -100, o.gradScale ?? 1, o.chunkRows ?? 0,
+    o.ignoreIndex ?? -100, o.gradScale ?? 1, o.chunkRows ?? 0, o.compute ?? 'f32',
   );
 }
 
@@ -64,6 +70,6 @@ export function linearCrossEntropyAsync(
 ): Promise<void> {
   return native.linearCrossEntropyAsync(
     losses.native, dH?.native ?? null, dW?.native ?? null, H.native, W.native, targets.native,
-    o.ignoreIndex ?? -100, o.gradScale ?? 1, o.chunkRows ?? 0,
+    o.ignoreIndex ?? -100, o.gradScale ?? 1, o.chunkRows ?? 0, o.compute ?? 'f32',
   );
 }

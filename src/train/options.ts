@@ -101,7 +101,15 @@ export interface TrainOptions {
   activationCheckpointing?: boolean;
   /** Where to run. Defaults to `'cpu'`. */
   device?: DeviceOption;
-  /** Keep the frozen base's Linear weights in bf16 (half the memory; f32 accumulation; adapter and activations stay f32). Defaults to `false`. */
+  /**
+   * A bf16 base, as PyTorch's bf16 autocast computes it: the frozen Linear weights (and an untied
+   * lm_head) are stored in bf16, half their memory, and the Linear and LM-head products read
+   * their operands rounded to bf16 with f32 sums (VDPBF16PS on CPUs with AVX512-BF16, about twice
+   * the f32 rate). The adapter and its rank-r products, the optimizer, embeddings, norms,
+   * attention, activations and the loss stay f32. With a quantized base (`qlora`, `int8-lora`,
+   * `quantize`) the Linear weights stay quantized and are decoded to bf16 inside the GEMMs: QLoRA's
+   * compute_dtype=bfloat16. Defaults to `false`.
+   */
   bf16?: boolean;
   /** Write a progress record to the log every N steps. Defaults to `1`. */
   logEvery?: number;
@@ -135,7 +143,6 @@ function resolveQuantize(o: TrainOptions): { method: 'lora' | 'qlora' | 'int8-lo
     throw new PeftkitError('E_ARG', `quantize '${o.quantize}' contradicts method '${method}' (which quantizes to ${implied})`);
   }
   const quantize = o.quantize ?? implied;
-  if (quantize && o.bf16) throw new PeftkitError('E_UNSUPPORTED', `bf16 with a quantized base (${quantize}) is not supported: the frozen Linear weights are already quantized`);
   checkInt8ThresholdOption(o.int8Threshold, quantize);
   return { method, quantize };
 }

@@ -19,6 +19,8 @@ export interface GemmCase {
   c?: DT;
   alpha?: number;
   beta?: number;
+  /** 'bf16': f32 operands are read rounded to bf16 (bf16 compute). Defaults to 'f32'. */
+  compute?: 'f32' | 'bf16';
 }
 
 export const TRANS: ReadonlyArray<readonly [boolean, boolean]> = [
@@ -81,16 +83,68 @@ export function runCase(rng: Rng, device: Device, g: GemmCase): string | null {
   let C: Tensor, c0: Float32Array | null = null;
   if (beta === 0) C = poisoned([M, N], device, g.c ?? 'f32');
   else ({ x: c0, t: C } = operand(rng, M * N, [M, N], g.c ?? 'f32', device, tiny));
-  ops.gemm(C, A.t, B.t, { transA, transB, alpha, beta });
-  const want = refGemmSum([{ a: A.x, b: B.x, K, transA, transB, alpha }], c0, M, N, beta);
-  const fail = compare(C, want, g);
+  const compute = g.compute ?? 'f32';
+  ops.gemm(C, A.t, B.t, { transA, transB, alpha, beta, compute });
+  // bf16 compute: the reference multiplies the operands' bf16 roundings (exact in float64).
+  const seen = (x: Float32Array) => (compute === 'bf16' ? roundBf16(x) : x);
+  const want = refGemmSum([{ a: seen(A.x), b: seen(B.x), K, transA, transB, alpha }], c0, M, N, beta);
+  let fail = compare(C, want, g);
+  const anyF32 = (g.a ?? 'f32') === 'f32' || (g.b ?? 'f32') === 'f32';
+  if (!fail && compute === 'bf16' && anyF32 && (g.c ?? 'f32') === 'f32' && K >= 16 && M * N >= 8) {
+    // The rounding must really happen: against the unrounded operands the error is ~1e-3.
+    const unrounded = refGemmSum([{ a: A.x, b: B.x, K, transA, transB, alpha }], c0, M, N, beta);
+    const e = relErr(C.toFloat32Array(), unrounded);
+    if (!(e > 1e-4)) fail = `bf16 compute matches the unrounded product (relative error ${e.toExponential(3)}): not rounded`;
+  }
   for (const t of [A.t, B.t, C]) t.dispose();
   return fail;
 }
 
 export function describe(g: GemmCase): string {
   return `M=${g.M} N=${g.N} K=${g.K} transA=${g.transA} transB=${g.transB} A=${g.a ?? 'f32'} B=${g.b ?? 'f32'} ` +
-    `C=${g.c ?? 'f32'} alpha=${g.alpha ?? 1} beta=${g.beta ?? 0}`;
+    `C=${g.c ?? 'f32'} alpha=${g.alpha ?? 1} beta=${g.beta ?? 0} compute=${g.compute ?? 'f32'}`;
+}
+
+/**
+ * bf16 compute must round to nearest EVEN, as torch's `.to(torch.bfloat16)`: op(A) holds values
+ * exactly halfway between two bf16 neighbours (both parities), values just off a tie, and random
+ * values, and op(B) is the identity, so C must equal the bf16 rounding of op(A) bit for bit (and
+ * the same with the roles swapped, so both operands' packers are checked). Returns a failure
+ * message or null.
+ */
+export function runRoundingCase(rng: Rng, device: Device, M: number, K: number, transA: boolean, transB: boolean,
+  swap: boolean): string | null {
+  const x = new Float32Array(M * K);
+  const u = new Uint32Array(x.buffer);
+  for (let i = 0; i < x.length; i++) {
+    const top = (0x3f00 + rng.int(0, 0x200)) | (rng.next() < 0.5 ? 0x8000 : 0); // ±[0.5, 4)
+    const kind = i % 4; // 0: tie, 1: just below a tie, 2: just above, 3: random low bits
+    const low = kind === 0 ? 0x8000 : kind === 1 ? 0x7fff : kind === 2 ? 0x8001 : rng.int(0, 0x10000);
+    u[i] = ((top << 16) | low) >>> 0;
+  }
+  const eye = new Float32Array(K * K);
+  for (let k = 0; k < K; k++) eye[k * K + k] = 1;
+  // op(X) is [M, K] (swap: op(X)ᵀ, the B side [K, M]); the identity is the other operand.
+  const xt = new Float32Array(M * K);
+  for (let i = 0; i < M; i++) for (let k = 0; k < K; k++) xt[k * M + i] = x[i * K + k];
+  const C = poisoned(swap ? [K, M] : [M, K], device);
+  const I = Tensor.from(eye, [K, K], { device });
+  let X: Tensor;
+  if (!swap) {
+    X = Tensor.from(transA ? xt : x, transA ? [K, M] : [M, K], { device });
+    ops.gemm(C, X, I, { transA, transB, compute: 'bf16' });
+  } else {
+    // C [K, M] = I · op(B) with op(B) = xᵀ [K, M]: stored [K, M] (xt), or [M, K] (x) when transB.
+    X = Tensor.from(transB ? x : xt, transB ? [M, K] : [K, M], { device });
+    ops.gemm(C, I, X, { transA, transB, compute: 'bf16' });
+  }
+  const got = C.toFloat32Array();
+  for (const t of [C, I, X]) t.dispose();
+  const want = roundBf16(swap ? xt : x);
+  for (let i = 0; i < got.length; i++) {
+    if (!Object.is(got[i], want[i])) return `element ${i}: got ${got[i]}, expected bf16 round-to-nearest-even ${want[i]}`;
+  }
+  return null;
 }
 
 /** The project's bounds: f32 1e-5, bf16 1e-2 (relative, Frobenius). */
@@ -137,8 +191,28 @@ export function isaCases(): GemmCase[] {
       cases.push({ M, N, K, transA, transB, alpha: 2, beta: 0.5 });
     for (const [M, N, K] of [[200, 16, 300], [16, 300, 257], [300, 16, 257], [257, 300, 16]])
       cases.push({ M, N, K, transA, transB });
+    // bf16 compute: f32 operands rounded while packed (bf16 pairs, or widened back into f32
+    // panels where there is no bf16 kernel), across kc and nc, beside stored bf16, and M/N = 1.
+    const compute = 'bf16' as const;
+    cases.push({ M: 37, N: 45, K: 1031, transA, transB, compute });
+    cases.push({ M: 3, N: 4300, K: 301, transA, transB, compute, alpha: -0.5, beta: 1 });
+    cases.push({ M: 29, N: 33, K: 300, transA, transB, a: 'bf16', compute, c: 'bf16' });
+    cases.push({ M: 29, N: 33, K: 301, transA, transB, b: 'bf16', compute, beta: 0.5 });
+    for (const [M, N, K] of [[1, 37, 300], [37, 1, 300], [200, 16, 300], [16, 300, 257]])
+      cases.push({ M, N, K, transA, transB, compute, alpha: 2, beta: 0.5 });
   }
   return cases;
+}
+
+/** The round-to-nearest-even cases (runRoundingCase) for every layout and both operand roles. */
+export function roundingCases(): Array<{ M: number; K: number; transA: boolean; transB: boolean; swap: boolean }> {
+  const out = [];
+  for (const [transA, transB] of TRANS)
+    for (const swap of [false, true]) {
+      out.push({ M: 37, K: 67, transA, transB, swap });
+      out.push({ M: 3, K: 40, transA, transB, swap });
+    }
+  return out;
 }
 
 export interface SumCase {
@@ -198,5 +272,21 @@ export function sumCases(): SumCase[] {
     { M: 1, N: 300, terms: lora(257, 16), beta: 0.5 },
     { M: 300, N: 1, terms: lora(257, 16) },
     { M: 40, N: 50, terms: [{ K: 600, transA: true, transB: true, a: 'bf16', b: 'bf16', alpha: 1 }], c: 'bf16' },
+    // A bf16 first term (bf16 compute's base product) with f32 terms after it: on AVX512-BF16 the
+    // first runs on the pair kernel over kc slices and the others join each tile after its last
+    // slice; bf16 C keeps f32 sums between slices; M = 16 turns the product around; a tail longer
+    // than one f32 slice goes through the f32 kernel whole.
+    ...[[61, 530], [16, 300], [200, 16], [1, 300]].map(([M, N]) => ({ M, N, terms: bf16Lead(1031, 16), beta: 0.5 })),
+    { M: 37, N: 530, terms: bf16Lead(1031, 16), c: 'bf16' as DT, beta: 0.5 },
+    { M: 37, N: 70, terms: [{ ...bf16Lead(300, 16)[0] }, { K: 600, transA: true, transB: false, alpha: 0.5 }] },
+  ];
+}
+
+/** A stored-bf16 first term of K, then two f32 terms (r and 5 long). */
+function bf16Lead(K: number, r: number): SumCase['terms'] {
+  return [
+    { K, transA: false, transB: true, a: 'bf16', b: 'bf16', alpha: 1.5 },
+    { K: r, transA: false, transB: true, alpha: 2 },
+    { K: 5, transA: true, transB: false, alpha: -0.5 },
   ];
 }

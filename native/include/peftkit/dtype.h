@@ -49,4 +49,16 @@ inline bf16 f32_to_bf16(float f) {
   return bf16(u >> 16);
 }
 
+// bf16_to_f32(f32_to_bf16(f)) without a branch, so loops that round (bf16 compute) vectorize.
+inline float round_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  const uint32_t nearest = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  const uint32_t quiet_nan = (u | 0x00400000u) & 0xffff0000u;
+  const uint32_t r = (u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : nearest;
+  float out;
+  std::memcpy(&out, &r, 4);
+  return out;
+}
+
 }  // namespace pk

@@ -15,12 +15,28 @@ namespace pk {
 
 // A matrix operand of a GEMM: element (i, j) of op(M) is data[i*ld + j] when !trans and
 // data[j*ld + i] when trans. dtype is F32 or BF16 (bf16 storage, f32 accumulation).
+// round_bf16 (F32 only): the GEMM reads each element as its bf16 rounding (to nearest even,
+// torch's .to(torch.bfloat16)), done while the operand is packed, never as a separate pass.
+// With both operands bf16 (stored or rounded) the product is bf16 compute: exact products of
+// bf16 values summed in f32, on VDPBF16PS where the CPU has it.
 struct MatRef {
   const void* data = nullptr;
   DType dtype = DType::F32;
   int64_t ld = 0;
   bool trans = false;
+  bool round_bf16 = false;
 };
+
+// The precision the big products of a fused op run in (PyTorch autocast's sense): F32, or BF16 =
+// operands rounded to bf16, products accumulated in f32, results f32. Only where a kernel says so.
+enum class Compute : int { F32 = 0, BF16 = 1 };
+
+// m as an operand of a product run in `compute`: an f32 operand of a BF16 product is marked
+// round_bf16 (a bf16 one already is bf16); F32 leaves it as it is.
+inline MatRef with_compute(MatRef m, Compute compute) {
+  m.round_bf16 = compute == Compute::BF16 && m.dtype == DType::F32;
+  return m;
+}
 
 // One trainable tensor for the multi-tensor optimizer and norm kernels.
 struct ParamRef {
@@ -73,6 +89,8 @@ enum class Quant4Type : int { NF4 = 0, FP4 = 1 };
 //             f32 absmax [ceil(rows·cols / blocksize)] of blocks over the row-major flattening
 //             (already recovered from double quantization); W = code·absmax.
 //   INT8:     codes = i8 CB [rows, cols], scales = f32 SCB [rows]; W = f32(f32(CB·SCB)·f32(1/127)).
+// round_bf16: each dequantized value is read as its bf16 rounding (bf16 compute, QLoRA's
+// compute_dtype=bfloat16: bitsandbytes dequantizes to bf16 the same way), as MatRef.round_bf16.
 enum class QuantFormat : int { NF4 = 0, FP4 = 1, INT8 = 2 };
 struct QuantWeight {
   QuantFormat format = QuantFormat::NF4;
@@ -80,6 +98,7 @@ struct QuantWeight {
   const float* scales = nullptr;
   int64_t blocksize = 64;  // 4-bit only: a power of two
   int64_t rows = 0, cols = 0;
+  bool round_bf16 = false;
 };
 
 // Working memory of llm_int8_forward, on its device, given by the caller (ops/llm_int8.h sizes it).

@@ -20,6 +20,8 @@ void check_quant_weight(const QuantWeightTensors& W);
 // C = alpha·X·op(W) + beta·C, C f32 [M, N], X f32 or bf16 [M, K]: transW: op(W) = Wᵀ with W
 // [N, K] (forward); else op(W) = W with W [K, N] (input gradient). Equal to gemm on the
 // dequantized W.
-void gemm_quant(const Tensor& C, const Tensor& X, const QuantWeightTensors& W, bool transW, float alpha, float beta);
+// compute BF16: X (if f32) and the dequantized W are read rounded to bf16 (f32 sums).
+void gemm_quant(const Tensor& C, const Tensor& X, const QuantWeightTensors& W, bool transW, float alpha, float beta,
+                Compute compute);
 
 }  // namespace pk::ops

@@ -1,6 +1,7 @@
 #pragma once
 #include <cstdint>
 
+#include "../kernels.h"
 #include "../tensor.h"
 
 namespace pk::ops {
@@ -17,8 +18,9 @@ void cross_entropy(const Tensor& losses, const Tensor& dlogits, const Tensor& lo
 // formed chunk_rows rows at a time so N×V logits never exist (chunk_rows 0 picks a chunk of
 // about 32 MB of logits). losses and targets as in cross_entropy. dH (like H, overwritten) and
 // dW ([V, C] f32, accumulated) may each be empty when that gradient is not wanted.
+// compute BF16: the three products read their operands rounded to bf16 (the loss stays f32).
 void linear_cross_entropy(const Tensor& losses, const Tensor& dH, const Tensor& dW, const Tensor& H,
                           const Tensor& W, const Tensor& targets, int32_t ignore_index, float grad_scale,
-                          int64_t chunk_rows);
+                          int64_t chunk_rows, Compute compute);
 
 }  // namespace pk::ops
