@@ -372,8 +372,10 @@ for (const device of devices()) {
 
   test(`${device}: silu, gelu (tanh and erf) and swiglu forward/backward match float64`, (t) => {
     const rng = makeRng(t);
-    // The CPU kernels are within ~1e-7; CUDA builds with --use_fast_math (approximate exp/tanh).
-    const tol = device === 'cpu' ? 1e-6 : 1e-5;
+    // The project's f32 bar. Typical CPU errors are ~1e-7, but with a handful of elements one value
+    // in the tail of tanh (1 - tanh² cancels in f32) can carry the whole norm: 1.4e-6 at n = 7 was
+    // seen (seed 743861632). CUDA builds with --use_fast_math (approximate exp/tanh).
+    const tol = 1e-5;
     for (const n of SIZES) {
       const x = activationInputs(rng, n), up = randn(rng, n), dout = randn(rng, n);
       const X = from(x, [n]), U = from(up, [n]), G = from(dout, [n]);
