@@ -19,6 +19,8 @@ export interface NativeTensor {
   dispose(): void;
   view(offset: number, shape: number[]): NativeTensor;
   copyFrom(src: NativeTensor): void;
+  /** Fills the tensor from `bytes` bytes of `file` at `offset`, stored there as `srcDtype`; `what` names it in errors. */
+  readFile(file: string, offset: number, bytes: number, srcDtype: string, what: string): void;
 }
 
 export interface RuntimeInfo {

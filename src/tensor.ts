@@ -35,6 +35,16 @@ export interface MappedTensorOptions extends TensorOptions {
   dir?: string;
 }
 
+/** A tensor's bytes in a file: `bytes` bytes at `offset`, elements stored little-endian as `dtype`. */
+export interface FileRange {
+  file: string;
+  offset: number;
+  bytes: number;
+  dtype: DType;
+  /** Names the data in error messages (a checkpoint tensor). Defaults to `'tensor'`. */
+  what?: string;
+}
+
 export type TensorData = Float32Array | Int32Array | Uint16Array | Uint8Array | Int8Array | BigInt64Array | number[];
 
 /** Resolves 'auto' and rejects 'cuda' when it cannot work, with the reason. */
@@ -158,6 +168,23 @@ export class Tensor {
     return t;
   }
 
+  /**
+   * A new tensor of `shape` read from a file range without passing through JS memory. f32, bf16
+   * and f16 data become the tensor's `dtype` (f32 or bf16: widening is exact, rounding to bf16 is
+   * to nearest even); other dtypes are read as they are. Defaults: the data's own dtype ('f32'
+   * for f16 data).
+   */
+  static fromFile(src: FileRange, shape: readonly number[], opts: TensorOptions = {}): Tensor {
+    const t = Tensor.empty(shape, { ...opts, dtype: opts.dtype ?? (src.dtype === 'f16' ? 'f32' : src.dtype) });
+    try {
+      t.readFile(src);
+    } catch (e) {
+      t.dispose();
+      throw e;
+    }
+    return t;
+  }
+
   get shape(): number[] {
     return this.native.shape;
   }
@@ -213,6 +240,11 @@ export class Tensor {
    */
   view(offset: number, shape: readonly number[]): Tensor {
     return new Tensor(this.native.view(offset, checkShape(shape)));
+  }
+
+  /** Overwrites the contents with a file range (see {@link Tensor.fromFile}); its bytes must fill the tensor exactly. */
+  readFile(src: FileRange): void {
+    this.native.readFile(src.file, src.offset, src.bytes, src.dtype, src.what ?? 'tensor');
   }
 
   /** Copies `src` (same dtype and element count, any device) into this tensor. */
