@@ -1,15 +1,16 @@
 /**
  * The weights of a Llama-family checkpoint as engine tensors, named as in the checkpoint
- * (model.layers.0.self_attn.q_proj.weight, ...). Each tensor is read from disk, widened to f32
- * and copied to its device one at a time, so a checkpoint is never held twice in memory. Linear
- * weights may be kept quantized (QLoRA, LLM.int8): see loadWeights.
+ * (model.layers.0.self_attn.q_proj.weight, ...). Each tensor is read from disk straight into
+ * engine memory (converted natively to its storage dtype, never copied through the JS heap), one
+ * at a time, so a checkpoint is never held twice in memory. Linear weights may be kept quantized
+ * (QLoRA, LLM.int8): see loadWeights.
  */
 import { PeftkitError } from '../errors';
 import { Device, Tensor } from '../tensor';
 import type { ModelConfig } from './config';
 import { SafetensorsCheckpoint } from './safetensors';
 import {
-  dequantize4bit, dequantizeInt8, detectQuantFormat, quantize4bit, quantizeInt8Rowwise, readInt8State, readQuant4State, recoverAbsmax,
+  dequantize4bit, dequantizeInt8, detectQuantFormat, quantize4bitTensors, quantizeInt8Tensors, readInt8State, readQuant4State, recoverAbsmax,
 } from '../quant';
 import type { Int8State, Quant4State } from '../quant';
 import type { QuantWeight } from '../ops/gemm_quant';
@@ -61,11 +62,18 @@ export function expectedWeights(c: ModelConfig): Map<string, number[]> {
 /** Weights that GEMMs read (Linear layers and an untied head): these may be stored in bf16. */
 export const isMatmulWeight = (name: string) => /_proj\.weight$/.test(name) || name === 'lm_head.weight';
 
+/** The token embeddings and an untied head: large, frozen, and read only by a gather and the fused LM-head loss. */
+const isVocabWeight = (name: string) => name === 'model.embed_tokens.weight' || name === 'lm_head.weight';
+
 /** How the frozen decoder-layer Linear weights are kept in memory. */
 export type QuantizeFormat = 'nf4' | 'fp4' | 'int8';
 
 export interface LoadWeightsOptions {
-  /** 'bf16' keeps the Linear weights in bf16 (half the memory; GEMMs accumulate in f32). Defaults to `'f32'`. */
+  /**
+   * 'bf16' keeps the Linear weights, the embeddings and the head in bf16 (half the memory; GEMMs
+   * accumulate in f32). With 'f32', the embeddings and an untied head still stay bf16 when the
+   * checkpoint stores them so (exact: a bf16 value widens to the same f32). Defaults to `'f32'`.
+   */
   dtype?: 'f32' | 'bf16';
   /** Quantize the decoder layers' Linear weights at load (QLoRA: 'nf4'). Defaults to none. */
   quantize?: QuantizeFormat;
@@ -106,14 +114,27 @@ function int8Weight(s: Int8State, device: Device): QuantWeight {
   return { format: 'int8', cb, scb, shape: s.shape };
 }
 
+/** Quantizes a full-precision weight and frees it at once. */
+function quantizeAtLoad(w: Tensor, format: QuantizeFormat, o: LoadWeightsOptions): QuantWeight {
+  const shape = [w.shape[0], w.shape[1]] as [number, number];
+  try {
+    if (format === 'int8') return { format, ...quantizeInt8Tensors(w), shape };
+    const q = quantize4bitTensors(w, { quantType: format, blocksize: o.blocksize ?? 64, doubleQuant: o.doubleQuant ?? true });
+    return { format, ...q, blocksize: o.blocksize ?? 64, shape };
+  } finally {
+    w.dispose();
+  }
+}
+
 /** A decoder-layer Linear weight (lm_head, embeddings, norms and biases are never quantized). */
 const isLayerLinearWeight = (name: string) => /_proj\.weight$/.test(name);
 
 /**
  * Reads every weight of the checkpoint. A bitsandbytes folder (4-bit or LLM.int8) keeps its
  * decoder-layer Linear weights quantized as stored; `quantize` quantizes an f32/bf16/f16 folder's
- * ones at load, one tensor at a time (the f32 copy is freed before the next is read).
- * Embeddings, norms, biases and lm_head stay f32.
+ * ones at load, one tensor at a time (each full-precision weight is freed as soon as it is
+ * quantized, so at most one exists). Norms and biases are f32; embeddings and lm_head are bf16
+ * when the checkpoint stores them in bf16 or `dtype` is 'bf16', else f32.
  */
 export function loadWeights(dir: string, config: ModelConfig, device: Device, o: LoadWeightsOptions = {}): LoadedWeights {
   const dtype = o.dtype ?? 'f32';
@@ -151,16 +172,12 @@ export function loadWeights(dir: string, config: ModelConfig, device: Device, o:
       if (!ck.has(name)) {
         throw new PeftkitError('E_MISSING', `${dir}: checkpoint has no tensor '${name}' (expected ${shape.join('x')} for ${config.architecture})`);
       }
-      const f = ck.readFloat32(name, shape);
       if (o.quantize && isLayerLinearWeight(name)) {
-        const wshape = [shape[0], shape[1]] as [number, number];
-        const q = o.quantize === 'int8'
-          ? int8Weight(quantizeInt8Rowwise(f, { shape: wshape }), device)
-          : quant4Weight(quantize4bit(f, { quantType: o.quantize, blocksize: o.blocksize ?? 64, doubleQuant: o.doubleQuant ?? true, shape: wshape }), device);
-        out.quantized.set(name, q);
+        out.quantized.set(name, quantizeAtLoad(ck.readTensor(name, shape, { device }), o.quantize, o));
         continue;
       }
-      out.dense.set(name, Tensor.from(f, shape, { device, dtype: dtype === 'bf16' && isMatmulWeight(name) ? 'bf16' : 'f32' }));
+      const bf16 = (dtype === 'bf16' && (isMatmulWeight(name) || isVocabWeight(name))) || (isVocabWeight(name) && ck.info(name).dtype === 'BF16');
+      out.dense.set(name, ck.readTensor(name, shape, { device, dtype: bf16 ? 'bf16' : 'f32' }));
     }
   } catch (e) {
     for (const t of out.dense.values()) t.dispose();
