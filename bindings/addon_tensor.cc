@@ -19,7 +19,8 @@ Napi::Function TensorWrap::Define(Napi::Env env) {
                       InstanceMethod<&TensorWrap::Dispose>("dispose"),
                       InstanceMethod<&TensorWrap::View>("view"),
                       InstanceMethod<&TensorWrap::CopyFrom>("copyFrom"),
-                      InstanceMethod<&TensorWrap::ReadFile>("readFile")});
+                      InstanceMethod<&TensorWrap::ReadFile>("readFile"),
+                      InstanceMethod<&TensorWrap::Zero>("zero")});
 }
 
 static std::vector<int64_t> ReadShape(const Napi::Value& value) {
@@ -178,6 +179,18 @@ Napi::Value TensorWrap::ReadFile(const Napi::CallbackInfo& info) {
     if (offset < 0 || bytes < 0) pk::fail("E_ARG", "readFile: offset and bytes must be >= 0");
     pk::read_file_into(tensor_, file, uint64_t(offset), uint64_t(bytes), ParseDType(GetString(info, 3, "srcDtype")),
                        GetString(info, 4, "what"));
+  } catch (const pk::Error& e) {
+    throw MakeError(env, e.code, e.what());
+  }
+  return env.Undefined();
+}
+
+// zero(): every element 0, in place (no host buffer, so no garbage for the JS heap).
+Napi::Value TensorWrap::Zero(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (disposed()) throw MakeError(env, "E_DISPOSED", "zero: tensor was disposed");
+  try {
+    pk::zero_tensor(tensor_);
   } catch (const pk::Error& e) {
     throw MakeError(env, e.code, e.what());
   }

@@ -1,6 +1,6 @@
 import test from 'ava';
 import { Tensor, PeftkitError, runtimeInfo } from '../src/index';
-import { makeRng, randn } from './helpers/check';
+import { devices, makeRng, randn } from './helpers/check';
 
 test('f32 round trip is exact', (t) => {
   const rng = makeRng(t);
@@ -27,6 +27,22 @@ test('zeros are zero; sizes and dtypes are reported', (t) => {
   t.deepEqual([...(z.toArray() as Int32Array)], new Array(15).fill(0));
   t.is(z.nbytes, 60);
   t.is(z.device, 'cpu');
+});
+
+test('zero() clears a tensor in place, a view only its own elements', (t) => {
+  for (const device of devices()) {
+    const rng = makeRng(t);
+    const x = Tensor.from(randn(rng, 37), [37], { device });
+    const before = x.toFloat32Array();
+    x.view(5, [3, 4]).zero();
+    const after = x.toFloat32Array();
+    for (let i = 0; i < 37; i++) t.is(after[i], i >= 5 && i < 17 ? 0 : before[i], `${device} element ${i}`);
+    const b = Tensor.from(new Uint16Array(9).fill(0x7fc0), [9], { device, dtype: 'bf16' });
+    b.zero();
+    t.deepEqual([...(b.toArray() as Uint16Array)], new Array(9).fill(0));
+    x.dispose();
+    t.is(t.throws(() => x.zero(), { instanceOf: PeftkitError })?.code, 'E_DISPOSED');
+  }
 });
 
 test('bad arguments are PeftkitErrors with codes', (t) => {

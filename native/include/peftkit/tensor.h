@@ -105,6 +105,9 @@ void expect_ndim(const Tensor& t, int ndim, const char* what);
 void expect_same_device(const Tensor& a, const Tensor& b, const char* what_a, const char* what_b);
 std::string shape_str(const std::vector<int64_t>& shape);
 
+// Sets every byte of t to 0 (0.0 in every float dtype), on its device, without a host copy.
+void zero_tensor(const Tensor& t);
+
 // dst = src for tensors of equal dtype and element count (any devices).
 void copy_tensor(const Tensor& dst, const Tensor& src);
 
