@@ -94,3 +94,27 @@ test('views share memory and are bounds-checked; copyFrom copies', (t) => {
   x.dispose();
   t.deepEqual([...row1.toFloat32Array()], [9, 9, 9, 9], 'a view keeps the memory alive');
 });
+
+test('a view asked for again is the same handle (no new native handle per training step), until disposed', (t) => {
+  const x = Tensor.from(new Float32Array([0, 1, 2, 3, 4, 5, 6, 7]), [8]);
+  const a = x.view(2, [2, 3]);
+  t.is(x.view(2, [2, 3]), a);
+  t.not(x.view(2, [6]), a, 'another shape is another view');
+  t.not(x.view(1, [2, 3]), a, 'another offset is another view');
+  a.dispose();
+  const b = x.view(2, [2, 3]);
+  t.not(b, a, 'a disposed view is replaced');
+  t.deepEqual([...b.toFloat32Array()], [2, 3, 4, 5, 6, 7]);
+  // A KV cache asks for a new slot every token: only the recent views are remembered (an old
+  // one is handed out fresh), and handles already given out keep working.
+  const cache = Tensor.from(Float32Array.from({ length: 600 }, (_, i) => i), [600]);
+  const first = cache.view(0, [1]);
+  for (let i = 1; i < 500; i++) cache.view(i, [1]);
+  t.is(cache.view(499, [1]), cache.view(499, [1]));
+  t.not(cache.view(0, [1]), first, 'the oldest view was forgotten');
+  t.deepEqual([...first.toFloat32Array()], [0]);
+  cache.dispose();
+  x.dispose();
+  t.deepEqual([...b.toFloat32Array()], [2, 3, 4, 5, 6, 7], 'a view outlives its parent as before');
+  b.dispose();
+});
