@@ -10,9 +10,9 @@ import { Device, Tensor } from '../tensor';
 import type { ModelConfig } from './config';
 import { SafetensorsCheckpoint } from './safetensors';
 import {
-  dequantize4bit, dequantizeInt8, detectQuantFormat, quantize4bitTensors, quantizeInt8Tensors, readInt8State, readQuant4State, recoverAbsmax,
+  dequantize4bit, dequantizeInt8, detectQuantFormat, quantize4bitTensors, quantizeInt8Tensors, readInt8Meta, readInt8State, readQuant4Meta,
+  readQuant4State, recoverAbsmaxTensor,
 } from '../quant';
-import type { Int8State, Quant4State } from '../quant';
 import type { QuantWeight } from '../ops/gemm_quant';
 import type { LinearModule } from '../peft/targets';
 
@@ -100,16 +100,29 @@ export function disposeQuantWeight(q: QuantWeight): void {
   }
 }
 
-/** A host-side 4-bit state as engine tensors, with the f32 block scales recovered once from double quantization. */
-function quant4Weight(s: Quant4State, device: Device): QuantWeight {
-  const absmaxF32 = s.nested ? recoverAbsmax(s) : (s.absmax as Float32Array);
-  const packed = Tensor.from(s.packed, [s.packed.length], { dtype: 'u8', device });
-  const absmax = Tensor.from(absmaxF32, [absmaxF32.length], { device });
-  return { format: s.quantType, packed, absmax, blocksize: s.blocksize, shape: [s.shape[0], s.shape[1]] };
+/** Codes of a quantized weight read from the checkpoint straight into engine memory, as `shape`. */
+function readCodes(ck: SafetensorsCheckpoint, name: string, shape: number[], device: Device): Tensor {
+  const info = ck.info(name);
+  return Tensor.fromFile({ file: info.file, offset: info.begin, bytes: info.end - info.begin, dtype: info.dtype === 'I8' ? 'i8' : 'u8', what: `tensor '${name}'` }, shape, { device });
 }
 
-function int8Weight(s: Int8State, device: Device): QuantWeight {
-  const cb = Tensor.from(s.cb, s.shape, { dtype: 'i8', device });
+/** A bitsandbytes 4-bit weight as engine tensors, with the f32 block scales recovered once from double quantization. */
+function quant4Weight(ck: SafetensorsCheckpoint, prefix: string, device: Device): QuantWeight {
+  const s = readQuant4Meta(ck, prefix);
+  const n = s.shape.reduce((a, b) => a * b, 1);
+  const absmax = recoverAbsmaxTensor(s, device);
+  try {
+    const packed = readCodes(ck, s.packedName, [(n + 1) >> 1], device);
+    return { format: s.quantType, packed, absmax, blocksize: s.blocksize, shape: [s.shape[0], s.shape[1]] };
+  } catch (e) {
+    absmax.dispose();
+    throw e;
+  }
+}
+
+function int8Weight(ck: SafetensorsCheckpoint, prefix: string, device: Device): QuantWeight {
+  const s = readInt8Meta(ck, prefix);
+  const cb = readCodes(ck, s.cbName, s.shape, device);
   const scb = Tensor.from(s.scb, [s.scb.length], { device });
   return { format: 'int8', cb, scb, shape: s.shape };
 }
@@ -151,7 +164,7 @@ export function loadWeights(dir: string, config: ModelConfig, device: Device, o:
       if (format && isLayerLinearWeight(name)) {
         // A bitsandbytes checkpoint stays quantized: its codes and (recovered f32) scales are the weight.
         if (dtype === 'bf16') throw new PeftkitError('E_UNSUPPORTED', `${dir}: a bitsandbytes checkpoint loads quantized, so dtype bf16 is not supported (leave dtype f32)`);
-        const q = format === 'int8' ? int8Weight(readInt8State(ck, prefix), device) : quant4Weight(readQuant4State(ck, prefix), device);
+        const q = format === 'int8' ? int8Weight(ck, prefix, device) : quant4Weight(ck, prefix, device);
         if (q.shape.join() !== shape.join()) {
           disposeQuantWeight(q);
           throw new PeftkitError('E_SHAPE', `${dir}: quantized '${name}' stands for [${q.shape.join(', ')}], expected [${shape.join(', ')}]`);

@@ -196,15 +196,30 @@ export function validateQuant4State(s: Quant4State, where = 'state'): void {
 export function recoverAbsmax(s: Quant4State): Float32Array {
   validateQuant4State(s);
   if (!s.nested) return Float32Array.from(s.absmax);
-  const nested = s.nested;
-  const q = Tensor.from(s.absmax as Uint8Array, [s.absmax.length]);
-  const absmax2 = Tensor.from(nested.absmax, [nested.absmax.length]);
-  const out = Tensor.empty([s.absmax.length]);
+  const out = recoverAbsmaxTensor(s);
   try {
-    ops.doubleDequant(out, q, absmax2, nested.offset, nested.blocksize);
     return out.toFloat32Array();
   } finally {
-    for (const t of [q, absmax2, out]) t.dispose();
+    out.dispose();
+  }
+}
+
+/** The f32 block scales of a (checked) state as a tensor on `device`, recovered there from double quantization. */
+export function recoverAbsmaxTensor(s: Pick<Quant4State, 'absmax' | 'nested'>, device: Device = 'cpu'): Tensor {
+  if (!s.nested) return Tensor.from(s.absmax as Float32Array, [s.absmax.length], { device });
+  const nested = s.nested;
+  const q = Tensor.from(s.absmax as Uint8Array, [s.absmax.length], { device });
+  const absmax2 = Tensor.from(nested.absmax, [nested.absmax.length], { device });
+  const out = Tensor.empty([s.absmax.length], { device });
+  try {
+    ops.doubleDequant(out, q, absmax2, nested.offset, nested.blocksize);
+    return out;
+  } catch (e) {
+    out.dispose();
+    throw e;
+  } finally {
+    q.dispose();
+    absmax2.dispose();
   }
 }
 
