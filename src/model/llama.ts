@@ -16,12 +16,16 @@ export type LinearWeight = { W: Tensor } | { q: QuantWeight };
 export interface LoadModelOptions {
   /** Where the weights live and the math runs. Defaults to `'cpu'`. */
   device?: DeviceOption;
-  /** Storage of the frozen Linear weights: 'bf16' halves their memory (GEMMs accumulate in f32). Defaults to `'f32'`. */
+  /**
+   * Storage of the frozen Linear weights, embeddings and lm_head: 'bf16' halves their memory (GEMMs
+   * accumulate in f32). With 'f32', embeddings and lm_head stored in bf16 by the checkpoint stay
+   * bf16 (exact: they widen to the same f32). Defaults to `'f32'`.
+   */
   dtype?: 'f32' | 'bf16';
   /**
    * Quantize the decoder layers' Linear weights at load, one tensor at a time (QLoRA: 'nf4').
-   * A bitsandbytes folder is always kept quantized in its own format. Embeddings, norms, biases
-   * and lm_head stay f32. Not with dtype 'bf16'. Defaults to none.
+   * A bitsandbytes folder is always kept quantized in its own format. Norms and biases stay f32,
+   * embeddings and lm_head as `dtype` says. Not with dtype 'bf16'. Defaults to none.
    */
   quantize?: QuantizeFormat;
   /** 4-bit block size (32..4096, a power of two). Defaults to `64`. */
@@ -45,7 +49,10 @@ export class LlamaModel {
     this.quantized = quantized;
   }
 
-  /** Reads config.json and the safetensors weights (f32/bf16/f16 on disk, f32 in memory). */
+  /**
+   * Reads config.json and the safetensors weights (f32/bf16/f16 on disk; in memory f32, or bf16 as
+   * `dtype` says), each straight from disk into engine memory.
+   */
   static load(dir: string, opts: LoadModelOptions = {}): LlamaModel {
     const config = readModelConfig(dir);
     const device = resolveDevice(opts.device ?? 'cpu');

@@ -16,7 +16,7 @@ import { generateIds, GenerateOptions } from './llama_generate';
 export interface LoadOptions {
   /** Where the weights live and the math runs. Defaults to `'cpu'`. */
   device?: DeviceOption;
-  /** Storage of the frozen Linear weights. Defaults to `'f32'`. */
+  /** Storage of the frozen Linear weights, embeddings and lm_head (see LlamaModel.load). Defaults to `'f32'`. */
   dtype?: 'f32' | 'bf16';
   /** Quantize the decoder Linear weights at load (see LlamaModel.load). Defaults to none. */
   quantize?: 'nf4' | 'fp4' | 'int8';

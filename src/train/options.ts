@@ -90,7 +90,7 @@ export interface TrainOptions {
   activationCheckpointing?: boolean;
   /** Where to run. Defaults to `'cpu'`. */
   device?: DeviceOption;
-  /** Keep the frozen base's Linear weights in bf16 (half the memory; f32 accumulation; adapter and activations stay f32). Defaults to `false`. */
+  /** Keep the frozen base's Linear weights, embeddings and lm_head in bf16 (half the memory; f32 accumulation; adapter and activations stay f32). Defaults to `false`. */
   bf16?: boolean;
   /** Write a progress record to the log every N steps. Defaults to `1`. */
   logEvery?: number;
