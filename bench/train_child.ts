@@ -16,8 +16,8 @@ import { Trainer } from '../src/train/trainer';
 export const SHAPES: Record<string, Parameters<typeof writeRandomModel>[1]> = {
   smol135: { hiddenSize: 576, intermediateSize: 1536, numLayers: 30, numHeads: 9, numKvHeads: 3, vocabSize: 49152, ropeTheta: 100000 },
   tiny: { hiddenSize: 256, intermediateSize: 688, numLayers: 4, numHeads: 4, numKvHeads: 2, vocabSize: 4096, ropeTheta: 10000 },
-  // TinyLlama-1.1B: untied embeddings
-  tinyllama: { hiddenSize: 2048, intermediateSize: 5632, numLayers: 22, numHeads: 32, numKvHeads: 4, vocabSize: 32000, ropeTheta: 10000, tieWordEmbeddings: false },
+  // TinyLlama-1.1B: untied embeddings, stored in bf16 as the real checkpoint is
+  tinyllama: { hiddenSize: 2048, intermediateSize: 5632, numLayers: 22, numHeads: 32, numKvHeads: 4, vocabSize: 32000, ropeTheta: 10000, tieWordEmbeddings: false, dtype: 'bf16' },
 };
 
 /** Writes the random checkpoint of a benchmark shape into DIR/SHAPE. */

@@ -18,7 +18,9 @@ Napi::Function TensorWrap::Define(Napi::Env env) {
                       InstanceMethod<&TensorWrap::Write>("write"),
                       InstanceMethod<&TensorWrap::Dispose>("dispose"),
                       InstanceMethod<&TensorWrap::View>("view"),
-                      InstanceMethod<&TensorWrap::CopyFrom>("copyFrom")});
+                      InstanceMethod<&TensorWrap::CopyFrom>("copyFrom"),
+                      InstanceMethod<&TensorWrap::ReadFile>("readFile"),
+                      InstanceMethod<&TensorWrap::Zero>("zero")});
 }
 
 static std::vector<int64_t> ReadShape(const Napi::Value& value) {
@@ -161,6 +163,34 @@ Napi::Value TensorWrap::CopyFrom(const Napi::CallbackInfo& info) {
   try {
     if (disposed()) pk::fail("E_DISPOSED", "copyFrom: destination tensor was disposed");
     pk::copy_tensor(tensor_, GetTensor(info, 0, "copyFrom source"));
+  } catch (const pk::Error& e) {
+    throw MakeError(env, e.code, e.what());
+  }
+  return env.Undefined();
+}
+
+// readFile(file, offset, bytes, srcDtype, what): fills the tensor from a byte range of a file.
+Napi::Value TensorWrap::ReadFile(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  try {
+    if (disposed()) pk::fail("E_DISPOSED", "readFile: tensor was disposed");
+    const std::string file = GetString(info, 0, "file");
+    const int64_t offset = GetInt(info, 1, "offset"), bytes = GetInt(info, 2, "bytes");
+    if (offset < 0 || bytes < 0) pk::fail("E_ARG", "readFile: offset and bytes must be >= 0");
+    pk::read_file_into(tensor_, file, uint64_t(offset), uint64_t(bytes), ParseDType(GetString(info, 3, "srcDtype")),
+                       GetString(info, 4, "what"));
+  } catch (const pk::Error& e) {
+    throw MakeError(env, e.code, e.what());
+  }
+  return env.Undefined();
+}
+
+// zero(): every element 0, in place (no host buffer, so no garbage for the JS heap).
+Napi::Value TensorWrap::Zero(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (disposed()) throw MakeError(env, "E_DISPOSED", "zero: tensor was disposed");
+  try {
+    pk::zero_tensor(tensor_);
   } catch (const pk::Error& e) {
     throw MakeError(env, e.code, e.what());
   }

@@ -19,6 +19,10 @@ export interface NativeTensor {
   dispose(): void;
   view(offset: number, shape: number[]): NativeTensor;
   copyFrom(src: NativeTensor): void;
+  /** Fills the tensor from `bytes` bytes of `file` at `offset`, stored there as `srcDtype`; `what` names it in errors. */
+  readFile(file: string, offset: number, bytes: number, srcDtype: string, what: string): void;
+  /** Sets every element to 0 in place. */
+  zero(): void;
 }
 
 export interface RuntimeInfo {

@@ -12,6 +12,9 @@ export type Device = 'cpu' | 'cuda';
 /** Where to run: 'auto' means CUDA when the addon has it and a GPU is visible, else CPU. */
 export type DeviceOption = Device | 'auto';
 
+/** Views a tensor remembers (a KV cache's moving slots must not grow it without bound). */
+const VIEW_CACHE = 64;
+
 const DTYPE_BYTES: Record<DType, number> = { f32: 4, bf16: 2, f16: 2, i32: 4, i64: 8, u8: 1, i8: 1 };
 
 export interface TensorOptions {
@@ -33,6 +36,16 @@ export interface MappedTensorOptions extends TensorOptions {
    * `os.tmpdir()`.
    */
   dir?: string;
+}
+
+/** A tensor's bytes in a file: `bytes` bytes at `offset`, elements stored little-endian as `dtype`. */
+export interface FileRange {
+  file: string;
+  offset: number;
+  bytes: number;
+  dtype: DType;
+  /** Names the data in error messages (a checkpoint tensor). Defaults to `'tensor'`. */
+  what?: string;
 }
 
 export type TensorData = Float32Array | Int32Array | Uint16Array | Uint8Array | Int8Array | BigInt64Array | number[];
@@ -87,6 +100,8 @@ export function bf16ToF32(x: Uint16Array): Float32Array {
 export class Tensor {
   /** The addon's handle; pass it to native ops. */
   readonly native: NativeTensor;
+  /** Views handed out, by offset and shape (see view()). */
+  private views?: Map<string, Tensor>;
 
   private constructor(handle: NativeTensor) {
     this.native = handle;
@@ -119,7 +134,7 @@ export class Tensor {
 
   static zeros(shape: readonly number[], opts: TensorOptions = {}): Tensor {
     const t = Tensor.empty(shape, opts);
-    t.native.write(new ArrayBuffer(t.nbytes));
+    t.zero();
     return t;
   }
 
@@ -155,6 +170,23 @@ export class Tensor {
       );
     }
     t.native.write(view);
+    return t;
+  }
+
+  /**
+   * A new tensor of `shape` read from a file range without passing through JS memory. f32, bf16
+   * and f16 data become the tensor's `dtype` (f32 or bf16: widening is exact, rounding to bf16 is
+   * to nearest even); other dtypes are read as they are. Defaults: the data's own dtype ('f32'
+   * for f16 data).
+   */
+  static fromFile(src: FileRange, shape: readonly number[], opts: TensorOptions = {}): Tensor {
+    const t = Tensor.empty(shape, { ...opts, dtype: opts.dtype ?? (src.dtype === 'f16' ? 'f32' : src.dtype) });
+    try {
+      t.readFile(src);
+    } catch (e) {
+      t.dispose();
+      throw e;
+    }
     return t;
   }
 
@@ -212,7 +244,32 @@ export class Tensor {
    * KV-cache slot, a block of rows). Writes through either are seen by both.
    */
   view(offset: number, shape: readonly number[]): Tensor {
-    return new Tensor(this.native.view(offset, checkShape(shape)));
+    // The same view is handed out again: a training step asks for the same views of its buffers
+    // every time, and each new handle's native part is freed only by a finalizer that Node runs
+    // from the event loop, which a synchronous training loop never reaches. So without this,
+    // every step would leave its views' handles behind for good (and fragment the heap).
+    const key = `${offset}:${shape.join(',')}`;
+    const cache = (this.views ??= new Map());
+    const hit = cache.get(key);
+    if (hit && !hit.disposed) {
+      cache.delete(key); // most recently used goes last
+      cache.set(key, hit);
+      return hit;
+    }
+    const v = new Tensor(this.native.view(offset, checkShape(shape)));
+    cache.set(key, v);
+    if (cache.size > VIEW_CACHE) cache.delete(cache.keys().next().value!);
+    return v;
+  }
+
+  /** Sets every element to 0, in place on its device (no host buffer: nothing for the garbage collector). */
+  zero(): void {
+    this.native.zero();
+  }
+
+  /** Overwrites the contents with a file range (see {@link Tensor.fromFile}); its bytes must fill the tensor exactly. */
+  readFile(src: FileRange): void {
+    this.native.readFile(src.file, src.offset, src.bytes, src.dtype, src.what ?? 'tensor');
   }
 
   /** Copies `src` (same dtype and element count, any device) into this tensor. */
@@ -223,6 +280,7 @@ export class Tensor {
   /** Frees the memory now. Later use throws E_DISPOSED; running async ops finish safely. */
   dispose(): void {
     this.native.dispose();
+    this.views = undefined; // views handed out stay valid (they hold the memory) until disposed themselves
   }
 
   [Symbol.dispose](): void {

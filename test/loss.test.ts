@@ -294,6 +294,7 @@ test('cross-entropy rejects bad arguments with PeftkitError codes', async (t) =>
   t.is(code(() => ops.linearCrossEntropy(losses, H, null, H, W, targets)), 'E_ARG');
   t.is(code(() => ops.linearCrossEntropy(losses, null, Tensor.zeros([10, 6], { dtype: 'bf16' }), H, W, targets)), 'E_DTYPE');
   t.is(code(() => ops.linearCrossEntropy(losses, null, Tensor.zeros([6, 10]), H, W, targets)), 'E_SHAPE');
+  for (const dtype of ['f16', 'i32'] as const) t.is(code(() => ops.linearCrossEntropy(losses, null, null, H, Tensor.zeros([10, 6], { dtype }), targets)), 'E_DTYPE');
   t.is(code(() => ops.linearCrossEntropy(losses, null, null, H, W, targets, { chunkRows: -1 })), 'E_ARG');
   t.is(code(() => ops.linearCrossEntropy(losses, null, null, H, W, targets, { compute: 'f16' as 'bf16' })), 'E_ARG');
   t.is(code(() => ops.linearCrossEntropy(losses, null, null, H, W, bad)), 'E_ARG');

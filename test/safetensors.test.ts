@@ -2,9 +2,9 @@ import test from 'ava';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { PeftkitError } from '../src/index';
+import { PeftkitError, Tensor } from '../src/index';
 import { SafetensorsCheckpoint, SafetensorsFile, writeSafetensors } from '../src/model/safetensors';
-import { makeRng, randn } from './helpers/check';
+import { devices, makeRng, randn } from './helpers/check';
 
 function tmpdir(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-st-'));
@@ -95,4 +95,99 @@ test('corrupt files give errors naming the file and the field', (t) => {
   fs.writeFileSync(file, Buffer.concat([Buffer.from([5, 0, 0, 0, 0, 0, 0, 0]), Buffer.from('{"a":')]));
   t.regex(t.throws(() => new SafetensorsFile(file))!.message, /not valid JSON/);
   t.is(t.throws(() => new SafetensorsFile(path.join(dir, 'nope.safetensors')), { instanceOf: PeftkitError })?.code, 'E_IO');
+});
+
+// ---- native reads (SafetensorsCheckpoint.readTensor, Tensor.fromFile) --------------------------
+
+/** float64 value of IEEE half bits, from the format's definition. */
+function halfValue(h: number): number {
+  const s = h & 0x8000 ? -1 : 1, e = (h >> 10) & 0x1f, m = h & 0x3ff;
+  if (e === 31) return m ? NaN : s * Infinity;
+  return e === 0 ? s * m * 2 ** -24 : s * (1 + m / 1024) * 2 ** (e - 15);
+}
+
+/** float64 value of bf16 bits. */
+function bf16Value(h: number): number {
+  const s = h & 0x8000 ? -1 : 1, e = (h >> 7) & 0xff, m = h & 0x7f;
+  if (e === 255) return m ? NaN : s * Infinity;
+  return e === 0 ? s * m * 2 ** -133 : s * (1 + m / 128) * 2 ** (e - 127);
+}
+
+/** The bf16 nearest to a finite f32 (ties to the even mantissa), found by comparing neighbours in float64. */
+function nearestBf16(x: number): number {
+  const u = new Uint32Array(new Float32Array([x]).buffer)[0];
+  const lo = u >>> 16, hi = lo + 1; // truncation toward zero, and the next bf16 away from zero
+  const dLo = Math.abs(x - bf16Value(lo)), dHi = Math.abs(bf16Value(hi) - x);
+  return dLo < dHi || (dLo === dHi && (lo & 1) === 0) ? lo : hi;
+}
+
+const sameValues = (a: ArrayLike<number>, b: ArrayLike<number>) => {
+  for (let i = 0; i < b.length; i++) if (!Object.is(a[i], b[i]) && !(Number.isNaN(a[i]) && Number.isNaN(b[i]))) return `element ${i}: ${a[i]} vs ${b[i]}`;
+  return a.length === b.length ? null : `length ${a.length} vs ${b.length}`;
+};
+
+for (const device of devices()) {
+  test(`${device}: readTensor converts F32/BF16/F16 natively: every half, random bf16 bits, f32 rounded to bf16`, (t) => {
+    const rng = makeRng(t);
+    const dir = tmpdir();
+    const halves = Uint16Array.from({ length: 65536 }, (_, i) => i);
+    const bf = Uint16Array.from({ length: 4099 }, () => rng.int(0, 65536));
+    const f32 = randn(rng, 3001, 100);
+    f32[0] = -0;
+    f32[1] = Math.fround(1 + 2 ** -8); // a tie between two bf16: to the even one
+    f32[2] = Math.fround(1 + 3 * 2 ** -8);
+    writeSafetensors(path.join(dir, 'model.safetensors'), {
+      h: { dtype: 'F16', shape: [256, 256], data: halves },
+      b: { dtype: 'BF16', shape: [4099], data: bf },
+      f: { dtype: 'F32', shape: [3, 1000, 1], data: f32.subarray(0, 3000) },
+      i: { dtype: 'I32', shape: [2], data: new Int32Array([-7, 1 << 30]) },
+    });
+    const ck = new SafetensorsCheckpoint(dir);
+    const h = ck.readTensor('h', [256, 256], { device });
+    t.is(h.dtype, 'f32');
+    t.is(sameValues(h.toFloat32Array(), Array.from(halves, halfValue)), null, 'F16 -> f32');
+    const b = ck.readTensor('b', undefined, { device });
+    t.is(sameValues(b.toFloat32Array(), Array.from(bf, bf16Value)), null, 'BF16 -> f32');
+    const bb = ck.readTensor('b', [4099], { device, dtype: 'bf16' });
+    t.deepEqual(Array.from(bb.toArray() as Uint16Array), Array.from(bf), 'BF16 -> bf16 keeps the bits');
+    const f = ck.readTensor('f', [3, 1000, 1], { device });
+    t.deepEqual(f.shape, [3, 1000, 1]);
+    t.is(sameValues(f.toFloat32Array(), f32.subarray(0, 3000)), null, 'F32 -> f32');
+    const fb = ck.readTensor('f', undefined, { device, dtype: 'bf16' });
+    t.deepEqual(Array.from(fb.toArray() as Uint16Array), Array.from(f32.subarray(0, 3000), nearestBf16), 'F32 -> bf16 rounds to nearest even');
+    const i = ck.readTensor('i', [2], { device });
+    t.is(i.dtype, 'i32');
+    t.deepEqual(Array.from(i.toArray() as Int32Array), [-7, 1 << 30]);
+    for (const x of [h, b, bb, f, fb, i]) x.dispose();
+  });
+}
+
+test('native reads: a truncated file, a wrong byte length or a conversion that does not exist name the file and the tensor', (t) => {
+  const dir = tmpdir();
+  const file = path.join(dir, 'model.safetensors');
+  writeSafetensors(file, {
+    'model.embed_tokens.weight': { dtype: 'F32', shape: [64, 8], data: new Float32Array(512).fill(1) },
+    'x.ids': { dtype: 'I32', shape: [4], data: new Int32Array(4) },
+  });
+  const ck = new SafetensorsCheckpoint(dir);
+  const code = (fn: () => unknown) => t.throws(fn, { instanceOf: PeftkitError });
+  // Wrong shape asked for: refused before reading.
+  t.is(code(() => ck.readTensor('model.embed_tokens.weight', [8, 64]))?.code, 'E_SHAPE');
+  // Integer data cannot become a float tensor, nor float data bf16 -> i32.
+  let e = code(() => ck.readTensor('x.ids', [4], { dtype: 'f32' }));
+  t.is(e?.code, 'E_DTYPE');
+  t.true(e!.message.startsWith(file) && e!.message.includes("tensor 'x.ids'"), e!.message);
+  // A byte count that does not fill the tensor.
+  const info = ck.info('model.embed_tokens.weight');
+  e = code(() => Tensor.fromFile({ file, offset: info.begin, bytes: 100, dtype: 'f32', what: "tensor 'w'" }, [64, 8]));
+  t.is(e?.code, 'E_SHAPE');
+  t.regex(e!.message, /tensor 'w': 100 bytes of f32 data do not fill f32\[64, 8\]/);
+  // The file shrinks after its header was read: the read stops at the end and says where.
+  fs.truncateSync(file, info.begin + 1000);
+  e = code(() => ck.readTensor('model.embed_tokens.weight'));
+  t.is(e?.code, 'E_IO');
+  t.true(e!.message.startsWith(file), e!.message);
+  t.regex(e!.message, /tensor 'model.embed_tokens.weight': the file ends at byte \d+, inside the 2048 bytes of data/);
+  fs.rmSync(file);
+  t.is(code(() => ck.readTensor('model.embed_tokens.weight'))?.code, 'E_IO');
 });

@@ -1,6 +1,6 @@
 import test from 'ava';
 import { Tensor, PeftkitError, runtimeInfo } from '../src/index';
-import { makeRng, randn } from './helpers/check';
+import { devices, makeRng, randn } from './helpers/check';
 
 test('f32 round trip is exact', (t) => {
   const rng = makeRng(t);
@@ -27,6 +27,22 @@ test('zeros are zero; sizes and dtypes are reported', (t) => {
   t.deepEqual([...(z.toArray() as Int32Array)], new Array(15).fill(0));
   t.is(z.nbytes, 60);
   t.is(z.device, 'cpu');
+});
+
+test('zero() clears a tensor in place, a view only its own elements', (t) => {
+  for (const device of devices()) {
+    const rng = makeRng(t);
+    const x = Tensor.from(randn(rng, 37), [37], { device });
+    const before = x.toFloat32Array();
+    x.view(5, [3, 4]).zero();
+    const after = x.toFloat32Array();
+    for (let i = 0; i < 37; i++) t.is(after[i], i >= 5 && i < 17 ? 0 : before[i], `${device} element ${i}`);
+    const b = Tensor.from(new Uint16Array(9).fill(0x7fc0), [9], { device, dtype: 'bf16' });
+    b.zero();
+    t.deepEqual([...(b.toArray() as Uint16Array)], new Array(9).fill(0));
+    x.dispose();
+    t.is(t.throws(() => x.zero(), { instanceOf: PeftkitError })?.code, 'E_DISPOSED');
+  }
 });
 
 test('bad arguments are PeftkitErrors with codes', (t) => {
@@ -77,4 +93,28 @@ test('views share memory and are bounds-checked; copyFrom copies', (t) => {
   t.is(t.throws(() => y.copyFrom(x), { instanceOf: PeftkitError })?.code, 'E_SHAPE');
   x.dispose();
   t.deepEqual([...row1.toFloat32Array()], [9, 9, 9, 9], 'a view keeps the memory alive');
+});
+
+test('a view asked for again is the same handle (no new native handle per training step), until disposed', (t) => {
+  const x = Tensor.from(new Float32Array([0, 1, 2, 3, 4, 5, 6, 7]), [8]);
+  const a = x.view(2, [2, 3]);
+  t.is(x.view(2, [2, 3]), a);
+  t.not(x.view(2, [6]), a, 'another shape is another view');
+  t.not(x.view(1, [2, 3]), a, 'another offset is another view');
+  a.dispose();
+  const b = x.view(2, [2, 3]);
+  t.not(b, a, 'a disposed view is replaced');
+  t.deepEqual([...b.toFloat32Array()], [2, 3, 4, 5, 6, 7]);
+  // A KV cache asks for a new slot every token: only the recent views are remembered (an old
+  // one is handed out fresh), and handles already given out keep working.
+  const cache = Tensor.from(Float32Array.from({ length: 600 }, (_, i) => i), [600]);
+  const first = cache.view(0, [1]);
+  for (let i = 1; i < 500; i++) cache.view(i, [1]);
+  t.is(cache.view(499, [1]), cache.view(499, [1]));
+  t.not(cache.view(0, [1]), first, 'the oldest view was forgotten');
+  t.deepEqual([...first.toFloat32Array()], [0]);
+  cache.dispose();
+  x.dispose();
+  t.deepEqual([...b.toFloat32Array()], [2, 3, 4, 5, 6, 7], 'a view outlives its parent as before');
+  b.dispose();
 });

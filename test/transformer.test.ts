@@ -236,6 +236,28 @@ for (const device of devices()) {
     }
   });
 
+  test(`${device}: embedding forward from a bf16 table widens each row exactly`, (t) => {
+    const rng = makeRng(t);
+    for (const [V, C, idShape] of [[1, 1, [1]], [5, 7, [3]], [3, 129, [2, 9]], [17, 1, [4]], [31, 300, [7, 40]]] as Array<[number, number, number[]]>) {
+      const bits = f32ToBf16(randn(rng, V * C)), ids = randInts(rng, prod(idShape), 0, V);
+      const out = poisoned([...idShape, C], device);
+      ops.embeddingForward(out, from(ids, idShape), Tensor.from(bits, [V, C], { device, dtype: 'bf16' }));
+      // Reference: the bf16 bits widened in float64 by hand (sign, exponent, mantissa).
+      const widen = (h: number) => {
+        const e = (h >> 7) & 0xff, m = h & 0x7f, s = h & 0x8000 ? -1 : 1;
+        return e === 0 ? s * m * 2 ** -133 : s * (1 + m / 128) * 2 ** (e - 127);
+      };
+      const expected = new Float64Array(ids.length * C);
+      ids.forEach((id, n) => { for (let j = 0; j < C; j++) expected[n * C + j] = widen(bits[id * C + j]); });
+      t.deepEqual(Array.from(out.toFloat32Array()), Array.from(expected), `V=${V} C=${C} ids ${JSON.stringify(idShape)}`);
+    }
+    const ids = from(new Int32Array([0, 1]), [2]);
+    for (const dtype of ['f16', 'i32', 'u8'] as const) {
+      expectCode(t, () => ops.embeddingForward(zerosLike([2, 4]), ids, Tensor.zeros([3, 4], { device, dtype })), 'E_DTYPE', /embedding_forward table: expected dtype f32 or bf16/);
+    }
+    expectCode(t, () => ops.embeddingForward(Tensor.zeros([2, 4], { device, dtype: 'bf16' }), ids, Tensor.zeros([3, 4], { device, dtype: 'bf16' })), 'E_DTYPE', /out/);
+  });
+
   // ---- Normalization ---------------------------------------------------------------------------
 
   const NORM_SHAPES: number[][] = [[1, 1], [1, 7], [3, 1], [4, 129], [2, 3, 64], [64, 1000], [5]];

@@ -224,6 +224,18 @@ void copy_tensor(const Tensor& dst, const Tensor& src) {
 #endif
 }
 
+void zero_tensor(const Tensor& t) {
+  const size_t bytes = t.nbytes();
+  if (bytes == 0) return;
+  if (t.device == Device::CPU) {
+    std::memset(t.raw(), 0, bytes);
+    return;
+  }
+#ifdef PEFTKIT_CUDA
+  cuda::zero_device(t.raw(), bytes);
+#endif
+}
+
 std::string shape_str(const std::vector<int64_t>& shape) {
   std::ostringstream os;
   os << "[";

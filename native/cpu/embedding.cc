@@ -1,4 +1,4 @@
-// Token embedding lookup and its gradient. table is [V, C], ids [N] (checked to lie in [0, V)
+// Token embedding lookup and its gradient. table is [V, C] (f32, or bf16 for the lookup), ids [N] (checked to lie in [0, V)
 // by the op layer), out / dout [N, C].
 #include <cstring>
 
@@ -7,9 +7,21 @@
 
 namespace pk::cpu {
 
-void embedding_forward(float* out, const int32_t* ids, const float* table, int64_t N, int64_t C) {
+void embedding_forward(float* out, const int32_t* ids, const void* table, DType table_dtype, int64_t N, int64_t C) {
+  if (table_dtype == DType::BF16) {
+    const bf16* t = static_cast<const bf16*>(table);
 #pragma omp parallel for num_threads(threads_for(N * C)) schedule(static)
-  for (int64_t n = 0; n < N; n++) std::memcpy(out + n * C, table + int64_t(ids[n]) * C, size_t(C) * sizeof(float));
+    for (int64_t n = 0; n < N; n++) {
+      const bf16* src = t + int64_t(ids[n]) * C;
+      float* dst = out + n * C;
+#pragma omp simd
+      for (int64_t j = 0; j < C; j++) dst[j] = bf16_to_f32(src[j]);
+    }
+    return;
+  }
+  const float* t = static_cast<const float*>(table);
+#pragma omp parallel for num_threads(threads_for(N * C)) schedule(static)
+  for (int64_t n = 0; n < N; n++) std::memcpy(out + n * C, t + int64_t(ids[n]) * C, size_t(C) * sizeof(float));
 }
 
 // Repeated ids add into the same row, so rows cannot be split among threads. Columns can:

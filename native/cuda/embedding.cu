@@ -5,11 +5,15 @@
 namespace pk::cuda {
 
 namespace {
-// One block per token n: out[n, :] = table[ids[n], :].
-__global__ void embedding_gather(float* out, const int32_t* ids, const float* table, int64_t C) {
+__device__ __forceinline__ float widen(float x) { return x; }
+__device__ __forceinline__ float widen(uint16_t x) { return bf16_bits_to_f32(x); }
+
+// One block per token n: out[n, :] = table[ids[n], :] (T: float, or bf16 bits widened exactly).
+template <typename T>
+__global__ void embedding_gather(float* out, const int32_t* ids, const T* table, int64_t C) {
   const int64_t n = blockIdx.x;
-  const float* src = table + int64_t(ids[n]) * C;
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) out[n * C + c] = src[c];
+  const T* src = table + int64_t(ids[n]) * C;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) out[n * C + c] = widen(src[c]);
 }
 
 // One block per token n: dtable[ids[n], :] += dout[n, :]. Repeated ids meet in atomicAdd (the
@@ -23,9 +27,12 @@ __global__ void embedding_scatter_add(float* dtable, const float* dout, const in
 unsigned row_threads(int64_t C) { return C >= 256 ? 256u : unsigned((C + 31) / 32 * 32); }
 }  // namespace
 
-void embedding_forward(float* out, const int32_t* ids, const float* table, int64_t N, int64_t C) {
+void embedding_forward(float* out, const int32_t* ids, const void* table, DType table_dtype, int64_t N, int64_t C) {
   if (N * C == 0) return;
-  embedding_gather<<<unsigned(N), row_threads(C), 0, stream()>>>(out, ids, table, C);
+  if (table_dtype == DType::BF16)
+    embedding_gather<uint16_t><<<unsigned(N), row_threads(C), 0, stream()>>>(out, ids, static_cast<const uint16_t*>(table), C);
+  else
+    embedding_gather<float><<<unsigned(N), row_threads(C), 0, stream()>>>(out, ids, static_cast<const float*>(table), C);
   check_launch("embedding_forward");
 }
 

@@ -56,6 +56,8 @@ void prefetch(const void* p, size_t bytes, bool to_device) {
 
 void copy_h2d(void* dst, const void* src, size_t bytes) { check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "copy to device"); }
 
+void zero_device(void* p, size_t bytes) { check(cudaMemsetAsync(p, 0, bytes, stream()), "zero device memory"); }
+
 void copy_d2h(void* dst, const void* src, size_t bytes) { check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "copy to host"); }
 
 void copy_d2d(void* dst, const void* src, size_t bytes) {

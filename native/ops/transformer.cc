@@ -128,7 +128,10 @@ int64_t rope_batch(const char* op, const Tensor& x, const char* xname, const Ten
 
 void embedding_forward(const Tensor& out, const Tensor& ids, const Tensor& table) {
   const char* op = "embedding_forward";
-  expect_args(op, DType::F32, {{out, "out"}, {table, "table"}});
+  expect_args(op, DType::F32, {{out, "out"}});
+  if (table.dtype != DType::F32 && table.dtype != DType::BF16)
+    fail("E_DTYPE", named(op, "table") + ": expected dtype f32 or bf16, got " + table.describe());
+  expect_same_device(out, table, named(op, "out").c_str(), named(op, "table").c_str());
   expect_dtype(ids, DType::I32, named(op, "ids").c_str());
   expect_same_device(out, ids, named(op, "out").c_str(), named(op, "ids").c_str());
   expect_ndim(table, 2, named(op, "table").c_str());
@@ -137,7 +140,8 @@ void embedding_forward(const Tensor& out, const Tensor& ids, const Tensor& table
   want.push_back(C);
   expect_shape(out, want, named(op, "out").c_str());
   expect_ids_in_range(op, ids, V);
-  PK_ON_DEVICE(out.device, embedding_forward, out.data<float>(), ids.data<int32_t>(), table.data<float>(), ids.numel(), C);
+  PK_ON_DEVICE(out.device, embedding_forward, out.data<float>(), ids.data<int32_t>(), table.raw(), table.dtype,
+               ids.numel(), C);
 }
 
 void embedding_backward(const Tensor& dtable, const Tensor& dout, const Tensor& ids) {

@@ -173,11 +173,19 @@ static void check_embedding() {
     std::vector<int32_t> ids(N);
     for (auto& i : ids) i = int32_t(rng() % V);
     Vec table = randn(size_t(V * C)), out = poison(size_t(N * C));
-    pk::cuda::embedding_forward(out.data(), ids.data(), table.data(), N, C);
+    pk::cuda::embedding_forward(out.data(), ids.data(), table.data(), pk::DType::F32, N, C);
     Ref ref(size_t(N * C));
     for (int64_t n = 0; n < N; n++)
       for (int64_t c = 0; c < C; c++) ref[size_t(n * C + c)] = table[size_t(ids[size_t(n)] * C + c)];
     expect("embedding forward", out, ref, 0);
+    // A bf16 table widens exactly: the reference is the f32 gather of the rounded table.
+    const std::vector<pk::bf16> table16 = to_bf16(table);
+    const Vec rounded = round_bf16(table);
+    out = poison(size_t(N * C));
+    pk::cuda::embedding_forward(out.data(), ids.data(), table16.data(), pk::DType::BF16, N, C);
+    for (int64_t n = 0; n < N; n++)
+      for (int64_t c = 0; c < C; c++) ref[size_t(n * C + c)] = rounded[size_t(ids[size_t(n)] * C + c)];
+    expect("embedding forward bf16", out, ref, 0);
     Vec dout = randn(size_t(N * C)), d0 = randn(size_t(V * C)), dt = d0;
     pk::cuda::embedding_backward(dt.data(), dout.data(), ids.data(), N, C, V);
     Ref dref(d0.begin(), d0.end());

@@ -19,17 +19,19 @@ export interface LoadModelOptions {
   /** Where the weights live and the math runs. Defaults to `'cpu'`. */
   device?: DeviceOption;
   /**
-   * 'bf16': the frozen Linear weights (and an untied lm_head) are stored in bf16, half their
+   * 'bf16': the frozen Linear weights, embeddings and lm_head are stored in bf16, half their
    * memory, and the model computes in bf16 as PyTorch's autocast does: every Linear and LM-head
-   * product reads its operands rounded to bf16 and sums in f32 (`compute`). Embeddings, norms,
-   * attention, activations, the loss and a LoRA adapter's rank-r products stay f32. Defaults to `'f32'`.
+   * product reads its operands rounded to bf16 and sums in f32 (`compute`). Norms, attention,
+   * activations, the loss and a LoRA adapter's rank-r products stay f32. With 'f32', embeddings
+   * and lm_head stored in bf16 by the checkpoint stay bf16 (exact: they widen to the same f32).
+   * Defaults to `'f32'`.
    */
   dtype?: 'f32' | 'bf16';
   /**
    * Quantize the decoder layers' Linear weights at load, one tensor at a time (QLoRA: 'nf4').
-   * A bitsandbytes folder is always kept quantized in its own format. Embeddings, norms, biases
-   * and lm_head stay unquantized. With dtype 'bf16' the products run in bf16 on the dequantized
-   * values rounded to bf16 (QLoRA's compute_dtype=bfloat16). Defaults to none.
+   * A bitsandbytes folder is always kept quantized in its own format. Norms and biases stay f32,
+   * embeddings and lm_head as `dtype` says. With dtype 'bf16' the products run in bf16 on the
+   * dequantized values rounded to bf16 (QLoRA's compute_dtype=bfloat16). Defaults to none.
    */
   quantize?: QuantizeFormat;
   /** 4-bit block size (32..4096, a power of two). Defaults to `64`. */
@@ -67,7 +69,10 @@ export class LlamaModel {
     this.quantized = quantized;
   }
 
-  /** Reads config.json and the safetensors weights (f32/bf16/f16 on disk, f32 in memory). */
+  /**
+   * Reads config.json and the safetensors weights (f32/bf16/f16 on disk; in memory f32, or bf16 as
+   * `dtype` says), each straight from disk into engine memory.
+   */
   static load(dir: string, opts: LoadModelOptions = {}): LlamaModel {
     const config = readModelConfig(dir);
     const device = resolveDevice(opts.device ?? 'cpu');

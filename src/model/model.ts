@@ -17,8 +17,9 @@ export interface LoadOptions {
   /** Where the weights live and the math runs. Defaults to `'cpu'`. */
   device?: DeviceOption;
   /**
-   * 'bf16': the frozen Linear weights are stored in bf16 and the Linear and LM-head products run
-   * in bf16 with f32 sums, as PyTorch's bf16 autocast (see LlamaModel.load). Defaults to `'f32'`.
+   * 'bf16': the frozen Linear weights, embeddings and lm_head are stored in bf16 and the Linear and
+   * LM-head products run in bf16 with f32 sums, as PyTorch's bf16 autocast (see LlamaModel.load).
+   * Defaults to `'f32'`.
    */
   dtype?: 'f32' | 'bf16';
   /** Quantize the decoder Linear weights at load (see LlamaModel.load). Defaults to none. */

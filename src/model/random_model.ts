@@ -9,7 +9,8 @@ import { writeByteTokenizer } from '../data/byte_tokenizer';
 import { SeededRng } from '../train/rng';
 import { parseModelConfig } from './config';
 import { expectedWeights } from './weights';
-import { writeSafetensors } from './safetensors';
+import { f32ToBf16 } from '../tensor';
+import { TensorToWrite, writeSafetensors } from './safetensors';
 
 export interface RandomModelOptions {
   architecture?: 'LlamaForCausalLM' | 'Qwen2ForCausalLM' | 'MistralForCausalLM';
@@ -24,6 +25,8 @@ export interface RandomModelOptions {
   ropeTheta?: number;
   /** Write a byte-level tokenizer too. Defaults to `true`. */
   tokenizer?: boolean;
+  /** How the weights are stored (bf16 as real Llama checkpoints are: values rounded to nearest even). Defaults to `'f32'`. */
+  dtype?: 'f32' | 'bf16';
   /** Weights std multiplier (1 = HF-like 1/sqrt(fan_in)). Defaults to `1`. */
   scale?: number;
   seed?: number;
@@ -51,7 +54,7 @@ export function writeRandomModel(dir: string, o: RandomModelOptions = {}): Recor
     max_position_embeddings: 2048,
     hidden_act: 'silu',
     tie_word_embeddings: o.tieWordEmbeddings ?? true,
-    torch_dtype: 'float32',
+    torch_dtype: o.dtype === 'bf16' ? 'bfloat16' : 'float32',
     bos_token_id: tok?.bosId ?? 0,
     eos_token_id: tok?.eosId ?? 0,
   };
@@ -59,7 +62,7 @@ export function writeRandomModel(dir: string, o: RandomModelOptions = {}): Recor
   const config = parseModelConfig(cfg, path.join(dir, 'config.json'));
   const rng = new SeededRng(o.seed ?? 0);
   const scale = o.scale ?? 1;
-  const tensors: Record<string, { dtype: 'F32'; shape: number[]; data: Float32Array }> = {};
+  const tensors: Record<string, TensorToWrite> = {};
   for (const [name, shape] of expectedWeights(config)) {
     const n = shape.reduce((a, b) => a * b, 1);
     const data = new Float32Array(n);
@@ -69,7 +72,7 @@ export function writeRandomModel(dir: string, o: RandomModelOptions = {}): Recor
       const std = (name.includes('embed_tokens') || name === 'lm_head.weight' ? 0.5 : 1 / Math.sqrt(shape[1])) * scale;
       for (let i = 0; i < n; i++) data[i] = rng.normal() * std;
     }
-    tensors[name] = { dtype: 'F32', shape, data };
+    tensors[name] = o.dtype === 'bf16' ? { dtype: 'BF16', shape, data: f32ToBf16(data) } : { dtype: 'F32', shape, data };
   }
   writeSafetensors(path.join(dir, 'model.safetensors'), tensors);
   fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(cfg, null, 2) + '\n');

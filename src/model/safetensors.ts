@@ -8,6 +8,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { PeftkitError } from '../errors';
 import { writeFileAtomic } from '../io/atomic';
+import { DType, Tensor, TensorOptions } from '../tensor';
 
 export type SafetensorsDType = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
 
@@ -211,16 +212,36 @@ export class SafetensorsCheckpoint {
     return readRange(this.info(name));
   }
 
+  /**
+   * One tensor read from disk straight into engine memory (no copy in the JS heap), checked
+   * against the shape the caller expects. F32/BF16/F16 data is stored as `dtype` (f32 or bf16);
+   * integer data keeps its own type. Defaults: f32 for floating-point data.
+   */
+  readTensor(name: string, shape?: readonly number[], opts: TensorOptions = {}): Tensor {
+    const info = this.info(name);
+    checkShape(info, name, shape);
+    const dtype = ENGINE_DTYPE[info.dtype];
+    const where = `tensor '${name}'`;
+    if (!dtype) throw new PeftkitError('E_DTYPE', `${info.file}: ${where} is ${info.dtype}, which peftkit does not load into a tensor`);
+    const isFloat = dtype === 'f32' || dtype === 'bf16' || dtype === 'f16';
+    return Tensor.fromFile({ file: info.file, offset: info.begin, bytes: info.end - info.begin, dtype, what: where }, info.shape,
+      { device: opts.device, dtype: opts.dtype ?? (isFloat ? 'f32' : dtype) });
+  }
+
   /** One tensor as f32, checked against the shape the caller expects. */
   readFloat32(name: string, shape?: readonly number[]): Float32Array {
     const info = this.info(name);
-    if (shape && (shape.length !== info.shape.length || shape.some((d, i) => d !== info.shape[i]))) {
-      throw new PeftkitError(
-        'E_SHAPE',
-        `${info.file}: tensor '${name}' has shape [${info.shape.join(', ')}], expected [${shape.join(', ')}]`,
-      );
-    }
+    checkShape(info, name, shape);
     return toFloat32(readRange(info), info.dtype, `${info.file}: tensor '${name}'`);
+  }
+}
+
+/** The engine dtype a safetensors dtype loads as, where there is one. */
+const ENGINE_DTYPE: Partial<Record<SafetensorsDType, DType>> = { F32: 'f32', BF16: 'bf16', F16: 'f16', I32: 'i32', I64: 'i64', U8: 'u8', I8: 'i8', BOOL: 'u8' };
+
+function checkShape(info: TensorInfo, name: string, shape?: readonly number[]): void {
+  if (shape && (shape.length !== info.shape.length || shape.some((d, i) => d !== info.shape[i]))) {
+    throw new PeftkitError('E_SHAPE', `${info.file}: tensor '${name}' has shape [${info.shape.join(', ')}], expected [${shape.join(', ')}]`);
   }
 }
 

@@ -1,17 +1,18 @@
 /**
  * The weights of a Llama-family checkpoint as engine tensors, named as in the checkpoint
- * (model.layers.0.self_attn.q_proj.weight, ...). Each tensor is read from disk, widened to f32
- * and copied to its device one at a time, so a checkpoint is never held twice in memory. Linear
- * weights may be kept quantized (QLoRA, LLM.int8): see loadWeights.
+ * (model.layers.0.self_attn.q_proj.weight, ...). Each tensor is read from disk straight into
+ * engine memory (converted natively to its storage dtype, never copied through the JS heap), one
+ * at a time, so a checkpoint is never held twice in memory. Linear weights may be kept quantized
+ * (QLoRA, LLM.int8): see loadWeights.
  */
 import { PeftkitError } from '../errors';
 import { Device, Tensor } from '../tensor';
 import type { ModelConfig } from './config';
 import { SafetensorsCheckpoint } from './safetensors';
 import {
-  dequantize4bit, dequantizeInt8, detectQuantFormat, quantize4bit, quantizeInt8Rowwise, readInt8State, readQuant4State, recoverAbsmax,
+  dequantize4bit, dequantizeInt8, detectQuantFormat, quantize4bitTensors, quantizeInt8Tensors, readInt8Meta, readInt8State, readQuant4Meta,
+  readQuant4State, recoverAbsmaxTensor,
 } from '../quant';
-import type { Int8State, Quant4State } from '../quant';
 import type { QuantWeight } from '../ops/gemm_quant';
 import type { LinearModule } from '../peft/targets';
 
@@ -61,13 +62,18 @@ export function expectedWeights(c: ModelConfig): Map<string, number[]> {
 /** Weights that GEMMs read (Linear layers and an untied head): these may be stored in bf16. */
 export const isMatmulWeight = (name: string) => /_proj\.weight$/.test(name) || name === 'lm_head.weight';
 
+/** The token embeddings and an untied head: large, frozen, and read only by a gather and the fused LM-head loss. */
+const isVocabWeight = (name: string) => name === 'model.embed_tokens.weight' || name === 'lm_head.weight';
+
 /** How the frozen decoder-layer Linear weights are kept in memory. */
 export type QuantizeFormat = 'nf4' | 'fp4' | 'int8';
 
 export interface LoadWeightsOptions {
   /**
-   * 'bf16' keeps the Linear weights (and an untied lm_head) in bf16, half the memory; the model then
-   * computes in bf16 (LlamaModel.compute). Quantized Linear weights stay quantized. Defaults to `'f32'`.
+   * 'bf16' keeps the Linear weights, the embeddings and the head in bf16, half the memory; the model
+   * then computes in bf16 (LlamaModel.compute). Quantized Linear weights stay quantized. With 'f32',
+   * the embeddings and an untied head still stay bf16 when the checkpoint stores them so (exact: a
+   * bf16 value widens to the same f32). Defaults to `'f32'`.
    */
   dtype?: 'f32' | 'bf16';
   /** Quantize the decoder layers' Linear weights at load (QLoRA: 'nf4'). Defaults to none. */
@@ -95,18 +101,43 @@ export function disposeQuantWeight(q: QuantWeight): void {
   }
 }
 
-/** A host-side 4-bit state as engine tensors, with the f32 block scales recovered once from double quantization. */
-function quant4Weight(s: Quant4State, device: Device): QuantWeight {
-  const absmaxF32 = s.nested ? recoverAbsmax(s) : (s.absmax as Float32Array);
-  const packed = Tensor.from(s.packed, [s.packed.length], { dtype: 'u8', device });
-  const absmax = Tensor.from(absmaxF32, [absmaxF32.length], { device });
-  return { format: s.quantType, packed, absmax, blocksize: s.blocksize, shape: [s.shape[0], s.shape[1]] };
+/** Codes of a quantized weight read from the checkpoint straight into engine memory, as `shape`. */
+function readCodes(ck: SafetensorsCheckpoint, name: string, shape: number[], device: Device): Tensor {
+  const info = ck.info(name);
+  return Tensor.fromFile({ file: info.file, offset: info.begin, bytes: info.end - info.begin, dtype: info.dtype === 'I8' ? 'i8' : 'u8', what: `tensor '${name}'` }, shape, { device });
 }
 
-function int8Weight(s: Int8State, device: Device): QuantWeight {
-  const cb = Tensor.from(s.cb, s.shape, { dtype: 'i8', device });
+/** A bitsandbytes 4-bit weight as engine tensors, with the f32 block scales recovered once from double quantization. */
+function quant4Weight(ck: SafetensorsCheckpoint, prefix: string, device: Device): QuantWeight {
+  const s = readQuant4Meta(ck, prefix);
+  const n = s.shape.reduce((a, b) => a * b, 1);
+  const absmax = recoverAbsmaxTensor(s, device);
+  try {
+    const packed = readCodes(ck, s.packedName, [(n + 1) >> 1], device);
+    return { format: s.quantType, packed, absmax, blocksize: s.blocksize, shape: [s.shape[0], s.shape[1]] };
+  } catch (e) {
+    absmax.dispose();
+    throw e;
+  }
+}
+
+function int8Weight(ck: SafetensorsCheckpoint, prefix: string, device: Device): QuantWeight {
+  const s = readInt8Meta(ck, prefix);
+  const cb = readCodes(ck, s.cbName, s.shape, device);
   const scb = Tensor.from(s.scb, [s.scb.length], { device });
   return { format: 'int8', cb, scb, shape: s.shape };
+}
+
+/** Quantizes a full-precision weight and frees it at once. */
+function quantizeAtLoad(w: Tensor, format: QuantizeFormat, o: LoadWeightsOptions): QuantWeight {
+  const shape = [w.shape[0], w.shape[1]] as [number, number];
+  try {
+    if (format === 'int8') return { format, ...quantizeInt8Tensors(w), shape };
+    const q = quantize4bitTensors(w, { quantType: format, blocksize: o.blocksize ?? 64, doubleQuant: o.doubleQuant ?? true });
+    return { format, ...q, blocksize: o.blocksize ?? 64, shape };
+  } finally {
+    w.dispose();
+  }
 }
 
 /** A decoder-layer Linear weight (lm_head, embeddings, norms and biases are never quantized). */
@@ -115,8 +146,9 @@ const isLayerLinearWeight = (name: string) => /_proj\.weight$/.test(name);
 /**
  * Reads every weight of the checkpoint. A bitsandbytes folder (4-bit or LLM.int8) keeps its
  * decoder-layer Linear weights quantized as stored; `quantize` quantizes an f32/bf16/f16 folder's
- * ones at load, one tensor at a time (the f32 copy is freed before the next is read).
- * Embeddings, norms and biases stay f32; lm_head too, unless dtype 'bf16' (untied).
+ * ones at load, one tensor at a time (each full-precision weight is freed as soon as it is
+ * quantized, so at most one exists). Norms and biases are f32; embeddings and lm_head are bf16
+ * when the checkpoint stores them in bf16 or `dtype` is 'bf16', else f32.
  */
 export function loadWeights(dir: string, config: ModelConfig, device: Device, o: LoadWeightsOptions = {}): LoadedWeights {
   const dtype = o.dtype ?? 'f32';
@@ -131,7 +163,7 @@ export function loadWeights(dir: string, config: ModelConfig, device: Device, o:
       const format = isMatmulWeight(name) ? detectQuantFormat(ck, prefix) : null;
       if (format && isLayerLinearWeight(name)) {
         // A bitsandbytes checkpoint stays quantized: its codes and (recovered f32) scales are the weight.
-        const q = format === 'int8' ? int8Weight(readInt8State(ck, prefix), device) : quant4Weight(readQuant4State(ck, prefix), device);
+        const q = format === 'int8' ? int8Weight(ck, prefix, device) : quant4Weight(ck, prefix, device);
         if (q.shape.join() !== shape.join()) {
           disposeQuantWeight(q);
           throw new PeftkitError('E_SHAPE', `${dir}: quantized '${name}' stands for [${q.shape.join(', ')}], expected [${shape.join(', ')}]`);
@@ -152,16 +184,12 @@ export function loadWeights(dir: string, config: ModelConfig, device: Device, o:
       if (!ck.has(name)) {
         throw new PeftkitError('E_MISSING', `${dir}: checkpoint has no tensor '${name}' (expected ${shape.join('x')} for ${config.architecture})`);
       }
-      const f = ck.readFloat32(name, shape);
       if (o.quantize && isLayerLinearWeight(name)) {
-        const wshape = [shape[0], shape[1]] as [number, number];
-        const q = o.quantize === 'int8'
-          ? int8Weight(quantizeInt8Rowwise(f, { shape: wshape }), device)
-          : quant4Weight(quantize4bit(f, { quantType: o.quantize, blocksize: o.blocksize ?? 64, doubleQuant: o.doubleQuant ?? true, shape: wshape }), device);
-        out.quantized.set(name, q);
+        out.quantized.set(name, quantizeAtLoad(ck.readTensor(name, shape, { device }), o.quantize, o));
         continue;
       }
-      out.dense.set(name, Tensor.from(f, shape, { device, dtype: dtype === 'bf16' && isMatmulWeight(name) ? 'bf16' : 'f32' }));
+      const bf16 = (dtype === 'bf16' && (isMatmulWeight(name) || isVocabWeight(name))) || (isVocabWeight(name) && ck.info(name).dtype === 'BF16');
+      out.dense.set(name, ck.readTensor(name, shape, { device, dtype: bf16 ? 'bf16' : 'f32' }));
     }
   } catch (e) {
     for (const t of out.dense.values()) t.dispose();

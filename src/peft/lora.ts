@@ -133,8 +133,9 @@ export class LoraAdapter {
 
   zeroGrad(): void {
     for (const l of this.layers.values()) {
-      l.dA.write(new Float32Array(l.dA.numel));
-      l.dB.write(new Float32Array(l.dB.numel));
+      // In place: a host buffer per tensor would leave the whole gradient's size of garbage each step.
+      l.dA.zero();
+      l.dB.zero();
     }
   }
 

@@ -98,6 +98,12 @@ function bad(name: string, what: string): never {
 
 /** Reads tensor `name`, which must have `dtype` and `numel` elements (and `shape` when given). */
 function readTensor(src: TensorSource, name: string, dtype: SafetensorsDType, numel: number, shape?: number[]): Uint8Array {
+  checkTensor(src, name, dtype, numel, shape);
+  return src.readBytes(name);
+}
+
+/** Checks that tensor `name` exists with `dtype` and `numel` elements (and `shape` when given). */
+function checkTensor(src: TensorSource, name: string, dtype: SafetensorsDType, numel: number, shape?: number[]): void {
   if (!src.has(name)) throw new PeftkitError('E_MISSING', `${name}: tensor is missing`);
   const info = src.info(name);
   const got = info.shape.reduce((a, b) => a * b, 1);
@@ -105,7 +111,6 @@ function readTensor(src: TensorSource, name: string, dtype: SafetensorsDType, nu
   if (info.dtype !== dtype || !shapeOk) {
     bad(name, `expected ${dtype} ${shape ? `[${shape.join(', ')}]` : `with ${numel} elements`}, got ${info.dtype} [${info.shape.join(', ')}]`);
   }
-  return src.readBytes(name);
 }
 
 const f32 = (b: Uint8Array) => new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
@@ -142,8 +147,23 @@ function field<T>(name: string, key: string, obj: Record<string, unknown>, check
   }
 }
 
+/** A 4-bit weight's state without its codes, which stay in the checkpoint as tensor `packedName`. */
+export type Quant4Meta = Omit<Quant4State, 'packed'> & { packedName: string };
+
 /** Reads and checks every entry of a 4-bit weight under module `prefix`. */
 export function readQuant4State(src: TensorSource, prefix: string): Quant4State {
+  const { packedName, ...meta } = readQuant4Meta(src, prefix);
+  const packed = src.readBytes(packedName);
+  const state: Quant4State = { ...meta, packed: new Uint8Array(packed.buffer, packed.byteOffset, packed.byteLength) };
+  validateQuant4State(state, packedName);
+  return state;
+}
+
+/**
+ * Checks every entry of a 4-bit weight under module `prefix` and reads all but the codes (the
+ * bulk of it), so that a loader can read those straight into engine memory.
+ */
+export function readQuant4Meta(src: TensorSource, prefix: string): Quant4Meta {
   const w = `${modulePrefix(prefix)}.weight`;
   const type = detectQuantFormat(src, prefix);
   if (type !== 'nf4' && type !== 'fp4') {
@@ -162,7 +182,7 @@ export function readQuant4State(src: TensorSource, prefix: string): Quant4State 
   const nestedCount = nestedKeys.filter((k) => k in js).length;
   if (nestedCount !== 0 && nestedCount !== 3) bad(stateName, `fields ${nestedKeys.join(', ')} must all be present (double quantization) or all absent`);
 
-  const packed = readTensor(src, w, 'U8', (n + 1) >> 1);
+  checkTensor(src, w, 'U8', (n + 1) >> 1);
   expectCodeBook(src, `${w}.quant_map`, codeBook(type));
   let nested: NestedAbsmax | null = null;
   let absmax: Float32Array | Uint8Array;
@@ -182,13 +202,18 @@ export function readQuant4State(src: TensorSource, prefix: string): Quant4State 
   } else {
     absmax = f32(readTensor(src, `${w}.absmax`, 'F32', blocks, [blocks]));
   }
-  const state: Quant4State = { quantType, blocksize, shape, dtype, packed: new Uint8Array(packed), absmax, nested };
-  validateQuant4State(state, w);
-  return state;
+  return { quantType, blocksize, shape, dtype, absmax, nested, packedName: w };
 }
 
 /** Reads and checks the entries of an LLM.int8 weight under module `prefix`. */
 export function readInt8State(src: TensorSource, prefix: string): Int8State {
+  const { cbName, scb, shape } = readInt8Meta(src, prefix);
+  const cb = src.readBytes(cbName);
+  return { cb: new Int8Array(cb.buffer, cb.byteOffset, shape[0] * shape[1]), scb, shape };
+}
+
+/** An LLM.int8 weight's row scales and shape; its codes stay in the checkpoint as tensor `cbName`. */
+export function readInt8Meta(src: TensorSource, prefix: string): { cbName: string; scb: Float32Array; shape: [number, number] } {
   const p = modulePrefix(prefix);
   const w = `${p}.weight`;
   if (!src.has(w)) throw new PeftkitError('E_MISSING', `${w}: tensor is missing`);
@@ -197,12 +222,11 @@ export function readInt8State(src: TensorSource, prefix: string): Int8State {
     bad(w, `expected I8 [out, in], got ${info.dtype} [${info.shape.join(', ')}]`);
   }
   const [rows, cols] = info.shape;
-  const cb = src.readBytes(w);
   const scb = f32(readTensor(src, `${p}.SCB`, 'F32', rows, [rows]));
   // Absent in checkpoints older than the format flag; row layout (0) is the only one written since.
   if (src.has(`${p}.weight_format`)) {
     const fmt = readTensor(src, `${p}.weight_format`, 'U8', 1);
     if (fmt[0] !== 0) throw new PeftkitError('E_UNSUPPORTED', `${p}.weight_format: value ${fmt[0]} is a tiled GPU layout; only 0 (row-major) is supported`);
   }
-  return { cb: new Int8Array(cb.buffer, cb.byteOffset, rows * cols), scb, shape: [rows, cols] };
+  return { cbName: w, scb, shape: [rows, cols] };
 }

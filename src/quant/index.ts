@@ -5,15 +5,15 @@
  */
 export { DYNAMIC_SIGNED_CODE, FP4_CODE, NF4_CODE } from './codes';
 export {
-  quantize4bit, dequantize4bit, recoverAbsmax, validateQuant4State, QUANT_BLOCKSIZES, NESTED_BLOCKSIZE,
+  quantize4bit, quantize4bitTensors, dequantize4bit, recoverAbsmax, recoverAbsmaxTensor, validateQuant4State, QUANT_BLOCKSIZES, NESTED_BLOCKSIZE,
 } from './quant4';
-export type { Quant4State, Quant4Type, NestedAbsmax, Quantize4bitOptions, DequantizeOptions, TorchFloatDType } from './quant4';
-export { quantizeInt8Rowwise, dequantizeInt8, validateInt8State } from './int8';
+export type { Quant4State, Quant4Tensors, Quant4Type, NestedAbsmax, Quantize4bitOptions, DequantizeOptions, TorchFloatDType } from './quant4';
+export { quantizeInt8Rowwise, quantizeInt8Tensors, dequantizeInt8, validateInt8State } from './int8';
 export type { Int8State } from './int8';
 export {
-  quant4Entries, int8Entries, readQuant4State, readInt8State, detectQuantFormat, entriesReader, quantStateSuffix,
+  quant4Entries, int8Entries, readQuant4State, readQuant4Meta, readInt8State, readInt8Meta, detectQuantFormat, entriesReader, quantStateSuffix,
 } from './bnb_layout';
-export type { TensorSource } from './bnb_layout';
+export type { TensorSource, Quant4Meta } from './bnb_layout';
 export { quantizeBnb, readBnbWeight, dequantizeBnb, bnbEntries, bnbEntryNames, specOf, describeSpec } from './bnb_weight';
 export type { BnbSpec, BnbWeight, Quant4Spec } from './bnb_weight';
 export { quantizeModel, bnbQuantizationConfig } from './quantize_model';

@@ -48,6 +48,22 @@ export function quantizeInt8Rowwise(w: Float32Array | Tensor, o: { shape?: reado
   }
 }
 
+/** Row-wise int8 quantization of an f32 tensor [rows, cols] on its device, kept in engine memory. */
+export function quantizeInt8Tensors(w: Tensor): { cb: Tensor; scb: Tensor } {
+  if (!(w instanceof Tensor) || w.dtype !== 'f32') throw new PeftkitError('E_DTYPE', 'w: expected an f32 Tensor');
+  const shape = checkShape2d(w.shape, 'w.shape');
+  const cb = Tensor.empty(shape, { dtype: 'i8', device: w.device });
+  const scb = Tensor.empty([shape[0]], { device: w.device });
+  try {
+    ops.quantizeInt8Rowwise(cb, scb, w);
+    return { cb, scb };
+  } catch (e) {
+    cb.dispose();
+    scb.dispose();
+    throw e;
+  }
+}
+
 export function validateInt8State(s: Int8State, where = 'state'): void {
   if (typeof s !== 'object' || s === null) throw new PeftkitError('E_ARG', `${where}: expected an Int8State object`);
   const [rows, cols] = checkShape2d(s.shape, `${where}.shape`);

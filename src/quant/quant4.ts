@@ -124,6 +124,47 @@ export function quantize4bit(w: Float32Array | Tensor, o: Quantize4bitOptions = 
   }
 }
 
+/** A 4-bit weight as engine tensors: the packed codes and the f32 block scales the GEMM reads. */
+export interface Quant4Tensors {
+  packed: Tensor;
+  absmax: Tensor;
+}
+
+/**
+ * Quantizes an f32 tensor on its device, keeping the result in engine memory (no host-side
+ * state): loading a model quantizes each weight this way. With double quantization the block
+ * scales are the ones the 8-bit codes give back, exactly what loading the saved state gives.
+ */
+export function quantize4bitTensors(x: Tensor, o: Quantize4bitOptions = {}): Quant4Tensors {
+  const quantType = checkQuantType(o.quantType ?? 'nf4');
+  const blocksize = checkBlocksize(o.blocksize ?? 64);
+  const doubleQuant = o.doubleQuant ?? true;
+  if (typeof doubleQuant !== 'boolean') throw new PeftkitError('E_ARG', `doubleQuant: expected true or false, got ${JSON.stringify(doubleQuant)}`);
+  if (!(x instanceof Tensor) || x.dtype !== 'f32') throw new PeftkitError('E_DTYPE', 'x: expected an f32 Tensor');
+  const n = x.numel, device = x.device;
+  const packed = Tensor.empty([(n + 1) >> 1], { dtype: 'u8', device });
+  const absmax = Tensor.empty([blocks(n, blocksize)], { device });
+  try {
+    ops.quantize4bit(packed, absmax, x, blocksize, quantType);
+    if (doubleQuant) {
+      const q = Tensor.empty([absmax.numel], { dtype: 'u8', device });
+      const absmax2 = Tensor.empty([blocks(absmax.numel, NESTED_BLOCKSIZE)], { device });
+      try {
+        const offset = ops.doubleQuant(q, absmax2, absmax, NESTED_BLOCKSIZE);
+        ops.doubleDequant(absmax, q, absmax2, offset, NESTED_BLOCKSIZE);
+      } finally {
+        q.dispose();
+        absmax2.dispose();
+      }
+    }
+    return { packed, absmax };
+  } catch (e) {
+    packed.dispose();
+    absmax.dispose();
+    throw e;
+  }
+}
+
 /** Checks that the parts of a state fit together; `where` prefixes the messages. */
 export function validateQuant4State(s: Quant4State, where = 'state'): void {
   if (typeof s !== 'object' || s === null) throw new PeftkitError('E_ARG', `${where}: expected a Quant4State object`);
@@ -155,15 +196,30 @@ export function validateQuant4State(s: Quant4State, where = 'state'): void {
 export function recoverAbsmax(s: Quant4State): Float32Array {
   validateQuant4State(s);
   if (!s.nested) return Float32Array.from(s.absmax);
-  const nested = s.nested;
-  const q = Tensor.from(s.absmax as Uint8Array, [s.absmax.length]);
-  const absmax2 = Tensor.from(nested.absmax, [nested.absmax.length]);
-  const out = Tensor.empty([s.absmax.length]);
+  const out = recoverAbsmaxTensor(s);
   try {
-    ops.doubleDequant(out, q, absmax2, nested.offset, nested.blocksize);
     return out.toFloat32Array();
   } finally {
-    for (const t of [q, absmax2, out]) t.dispose();
+    out.dispose();
+  }
+}
+
+/** The f32 block scales of a (checked) state as a tensor on `device`, recovered there from double quantization. */
+export function recoverAbsmaxTensor(s: Pick<Quant4State, 'absmax' | 'nested'>, device: Device = 'cpu'): Tensor {
+  if (!s.nested) return Tensor.from(s.absmax as Float32Array, [s.absmax.length], { device });
+  const nested = s.nested;
+  const q = Tensor.from(s.absmax as Uint8Array, [s.absmax.length], { device });
+  const absmax2 = Tensor.from(nested.absmax, [nested.absmax.length], { device });
+  const out = Tensor.empty([s.absmax.length], { device });
+  try {
+    ops.doubleDequant(out, q, absmax2, nested.offset, nested.blocksize);
+    return out;
+  } catch (e) {
+    out.dispose();
+    throw e;
+  } finally {
+    q.dispose();
+    absmax2.dispose();
   }
 }
 

@@ -102,10 +102,10 @@ export interface TrainOptions {
   /** Where to run. Defaults to `'cpu'`. */
   device?: DeviceOption;
   /**
-   * A bf16 base, as PyTorch's bf16 autocast computes it: the frozen Linear weights (and an untied
-   * lm_head) are stored in bf16, half their memory, and the Linear and LM-head products read
+   * A bf16 base, as PyTorch's bf16 autocast computes it: the frozen Linear weights, embeddings and
+   * lm_head are stored in bf16, half their memory, and the Linear and LM-head products read
    * their operands rounded to bf16 with f32 sums (VDPBF16PS on CPUs with AVX512-BF16, about twice
-   * the f32 rate). The adapter and its rank-r products, the optimizer, embeddings, norms,
+   * the f32 rate). The adapter and its rank-r products, the optimizer, norms,
    * attention, activations and the loss stay f32. With a quantized base (`qlora`, `int8-lora`,
    * `quantize`) the Linear weights stay quantized and are decoded to bf16 inside the GEMMs: QLoRA's
    * compute_dtype=bfloat16. Defaults to `false`.

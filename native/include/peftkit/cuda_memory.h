@@ -16,6 +16,8 @@ void prefetch(const void* p, size_t bytes, bool to_device);
 void copy_h2d(void* dst, const void* src, size_t bytes);
 void copy_d2h(void* dst, const void* src, size_t bytes);
 void copy_d2d(void* dst, const void* src, size_t bytes);
+// Zeroes device bytes on the kernels' stream (ordered before the next kernel).
+void zero_device(void* p, size_t bytes);
 void synchronize();
 
 }  // namespace pk::cuda

@@ -61,4 +61,28 @@ inline float round_to_bf16(float f) {
   return out;
 }
 
+// IEEE half -> f32, exact (every half is an f32): subnormals are normalized, NaN keeps its payload.
+inline float f16_to_f32(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, u;
+  if (exp == 0x1fu) {
+    u = sign | 0x7f800000u | (man << 13);
+  } else if (exp != 0) {
+    u = sign | ((exp + 112u) << 23) | (man << 13);
+  } else if (man == 0) {
+    u = sign;
+  } else {
+    // A subnormal half: shift the mantissa up to its leading 1 and lower the exponent to match.
+    int e = 113;
+    while (!(man & 0x400u)) {
+      man <<= 1;
+      e--;
+    }
+    u = sign | (uint32_t(e) << 23) | ((man & 0x3ffu) << 13);
+  }
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
 }  // namespace pk

@@ -105,8 +105,20 @@ void expect_ndim(const Tensor& t, int ndim, const char* what);
 void expect_same_device(const Tensor& a, const Tensor& b, const char* what_a, const char* what_b);
 std::string shape_str(const std::vector<int64_t>& shape);
 
+// Sets every byte of t to 0 (0.0 in every float dtype), on its device, without a host copy.
+void zero_tensor(const Tensor& t);
+
 // dst = src for tensors of equal dtype and element count (any devices).
 void copy_tensor(const Tensor& dst, const Tensor& src);
+
+// Fills dst from `bytes` bytes of `file` starting at byte `offset`, where the file stores dst's
+// elements little-endian as `src_dtype` (a checkpoint tensor read straight into engine memory,
+// without a copy in the JS heap). F32/BF16/F16 are converted to an f32 or bf16 dst (widening is
+// exact; to bf16 rounds to nearest even); any other dtype must equal dst's. `what` names the
+// tensor in error messages (E_SHAPE for a byte count that does not fit dst, E_DTYPE for a
+// conversion that does not exist, E_IO for a file that cannot be read or ends early).
+void read_file_into(const Tensor& dst, const std::string& file, uint64_t offset, uint64_t bytes, DType src_dtype,
+                    const std::string& what);
 
 bool cuda_available();  // compiled with CUDA and a device is visible
 
