@@ -441,7 +441,12 @@ for (const device of devices()) {
       assertClose(t, A.toFloat32Array(), map64(a, (v, i) => v + b[i]), 1e-7, `add in place n=${n}`);
       const y = from(b, [n]);
       ops.axpy(y, from(a, [n]), alpha);
-      assertClose(t, y.toFloat32Array(), map64(a, (v, i) => f32(alpha) * v + b[i]), 1e-6, `axpy n=${n}`);
+      // Judged per element against the operands' magnitudes: α·a + b may cancel, so a norm-relative
+      // bound fails on one element (n = 1, seed 3113359563) while f32 rounding is all there is.
+      const got = y.toFloat32Array();
+      let worst = 0;
+      got.forEach((g, i) => { worst = Math.max(worst, Math.abs(g - (f32(alpha) * a[i] + b[i])) / (Math.abs(f32(alpha) * a[i]) + Math.abs(b[i]) + 1e-30)); });
+      t.true(worst <= 2 ** -22, `axpy n=${n}: error ${worst.toExponential(2)} of |α·a| + |b| (bound 2^-22: two f32 roundings)`);
 
       // f32 -> bf16 rounds to nearest even (ties and specials included); bf16 -> f32 is exact
       const x = randn(rng, n, 100);
