@@ -55,10 +55,12 @@ function main(): void {
     const child = path.join(__dirname, 'train_child.js');
     writeBenchModel(path.join(dir, shape), shape);
     const runs: Array<[string, boolean, string, 'f32' | 'bf16']> = shape === 'tinyllama'
-      ? [['peftkit QLoRA (nf4) + activation checkpointing', true, 'nf4', 'f32']]
+      ? [['peftkit QLoRA (nf4) + activation checkpointing', true, 'nf4', 'f32'],
+        ['peftkit QLoRA (nf4, bf16 compute) + activation checkpointing', true, 'nf4', 'bf16']]
       : [['peftkit f32', false, 'none', 'f32'], ['peftkit f32 + activation checkpointing', true, 'none', 'f32'],
         ['peftkit LoRA --bf16 (bf16 weights and compute)', false, 'none', 'bf16'],
-        ['peftkit QLoRA (nf4, f32 compute)', false, 'nf4', 'f32'], ['peftkit int8-LoRA (f32 compute)', false, 'int8', 'f32']];
+        ['peftkit QLoRA (nf4, f32 compute)', false, 'nf4', 'f32'], ['peftkit QLoRA (nf4, bf16 compute)', false, 'nf4', 'bf16'],
+        ['peftkit int8-LoRA (f32 compute)', false, 'int8', 'f32']];
     for (const [who, ckpt, quant, dtype] of runs) {
       const r = timed(process.execPath, [child, dir, shape, String(steps), String(B), String(T), ckpt ? '1' : '0', quant, dtype]);
       const m = JSON.parse(r.out.trim().split('\n').pop()!) as { tokensPerS: number; stepS: number };
