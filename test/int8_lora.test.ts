@@ -14,6 +14,7 @@ import { writeRandomModel } from '../src/model/random_model';
 import { quantizeModel } from '../src/quant';
 import { train } from '../src/train/train';
 import { relErr } from './helpers/check';
+import { countingTask } from './helpers/counting_task';
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-int8-'));
 const BIN = path.join(__dirname, '..', '..', 'bin', 'peftkit.js');
@@ -64,11 +65,7 @@ test('loadModel: int8Threshold goes on every int8 weight; other bases and bad va
 
 test('train() int8-lora with an LLM.int8 threshold lowers the loss; a non-int8 method or a bad value is refused', async (t) => {
   const dir = tmp();
-  const model = path.join(dir, 'model');
-  writeRandomModel(model, { hiddenSize: 32, numHeads: 4, numKvHeads: 2, numLayers: 2, seed: 5 });
-  const rows = Array.from({ length: 16 }, (_, i) => JSON.stringify({ text: `the number ${i % 4} comes before ${(i % 4) + 1}.` }));
-  const data = path.join(dir, 'train.jsonl');
-  fs.writeFileSync(data, rows.join('\n') + '\n');
+  const { model, data } = countingTask(dir);
   const common = { model, data, r: 4, alpha: 8, dropout: 0.1, targets: 'all-linear' as const, batchSize: 4, lr: 1e-2, maxLength: 32, seed: 1, shuffle: false };
   const losses: number[] = [];
   const run = train({ ...common, out: path.join(dir, 'out'), method: 'int8-lora', int8Threshold: 6, steps: 12 });

@@ -20,6 +20,7 @@ import type { QuantWeight } from '../src/ops/gemm_quant';
 import { Trainer } from '../src/train/trainer';
 import { train } from '../src/train/train';
 import { relErr } from './helpers/check';
+import { countingTask } from './helpers/counting_task';
 
 const GOLDEN = path.join(__dirname, '..', '..', 'test', 'golden');
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-qlora-'));
@@ -111,22 +112,8 @@ test('QLoRA (nf4 + double quant at load) trains exactly as LoRA on the dequantiz
   const ref = LlamaModel.load(refDir);
   t.false(ref.isQuantized);
 
-  const B = exp.input_ids.length, T = exp.input_ids[0].length;
-  const batch = { inputIds: Int32Array.from(exp.input_ids.flat()), labels: Int32Array.from(exp.labels.flat()), B, T };
   const h = exp.hyper;
-  const run = (model: LlamaModel) => {
-    const adapter = LoraAdapter.load(path.join(dir, 'adapter_in'), model.linearModules);
-    const trainer = new Trainer(model, adapter, {
-      maxRows: B * T, maxT: T, dropout: 0, maxGradNorm: 0, betas: h.betas, eps: h.eps, weightDecay: h.weight_decay,
-    });
-    const losses: number[] = [];
-    for (let s = 0; s < h.steps; s++) losses.push(trainer.step([batch], h.lr).loss);
-    const state = new Map(adapter.stateDict());
-    trainer.dispose();
-    adapter.dispose();
-    return { losses, state };
-  };
-  const q = run(qmodel), r = run(ref);
+  const q = runGolden(qmodel, dir, exp), r = runGolden(ref, dir, exp);
   for (let s = 0; s < h.steps; s++) {
     t.true(Math.abs(q.losses[s] - r.losses[s]) <= 1e-4 * Math.abs(r.losses[s]), `step ${s}: qlora ${q.losses[s]} vs lora ${r.losses[s]}`);
   }
@@ -165,11 +152,7 @@ test('QLoRA (nf4 + double quant at load) trains exactly as LoRA on the dequantiz
 
 test('train() with method qlora runs on a quantized base (f32 and bf16 compute) and lowers the loss; a contradicting quantize is refused', async (t) => {
   const dir = tmp();
-  const model = path.join(dir, 'model');
-  writeRandomModel(model, { hiddenSize: 32, numHeads: 4, numKvHeads: 2, numLayers: 2, seed: 5 });
-  const rows = Array.from({ length: 16 }, (_, i) => JSON.stringify({ text: `the number ${i % 4} comes before ${(i % 4) + 1}.` }));
-  const data = path.join(dir, 'train.jsonl');
-  fs.writeFileSync(data, rows.join('\n') + '\n');
+  const { model, data } = countingTask(dir);
   const common = { model, data, r: 4, alpha: 8, dropout: 0, targets: 'all-linear' as const, batchSize: 4, lr: 1e-2, maxLength: 32, seed: 1, shuffle: false };
   const losses: number[] = [];
   const run = train({ ...common, out: path.join(dir, 'out'), method: 'qlora', steps: 12 });

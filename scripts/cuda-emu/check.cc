@@ -110,13 +110,8 @@ static void check_lora() {
     Vec Y = poison(size_t(M * N)), XA = poison(size_t(M * r));
     pk::cuda::lora_forward(Y.data(), XA.data(), X.data(), Xa.data(), Wp, wdt, A.data(), B.data(),
                            variant == 1 ? nullptr : bias.data(), s, M, N, K, r, pk::Compute::F32);
-    Ref xa(size_t(M * r)), y(size_t(M * N));
-    for (int64_t i = 0; i < M; i++)
-      for (int64_t q = 0; q < r; q++) {
-        double acc = 0;
-        for (int64_t k = 0; k < K; k++) acc += double(Xa[size_t(i * K + k)]) * A[size_t(q * K + k)];
-        xa[size_t(i * r + q)] = acc;
-      }
+    const Ref xa = ref_xa(Xa, A, M, K, r);
+    Ref y(size_t(M * N));
     for (int64_t i = 0; i < M; i++)
       for (int64_t j = 0; j < N; j++) {
         double acc = variant == 1 ? 0 : bias[size_t(j)];
@@ -692,13 +687,8 @@ static void check_llm_int8() {
       pk::cuda::llm_int8_forward(Y.data(), lora ? XA.data() : nullptr, X.data(), Xa.data(), w, threshold,
                                  lora ? A.data() : nullptr, lora ? B.data() : nullptr, bias.data(), s, M, N, K,
                                  lora ? r : 0, sc);
-      Ref y(size_t(M * N)), xa(size_t(M * r));
-      for (int64_t i = 0; i < M; i++)
-        for (int64_t q = 0; q < r; q++) {
-          double acc = 0;
-          for (int64_t k = 0; k < K; k++) acc += double(Xa[size_t(i * K + k)]) * A[size_t(q * K + k)];
-          xa[size_t(i * r + q)] = acc;
-        }
+      Ref y(size_t(M * N));
+      const Ref xa = ref_xa(Xa, A, M, K, r);
       for (int64_t i = 0; i < M; i++)
         for (int64_t j = 0; j < N; j++) {
           double acc = 0, f = 0;

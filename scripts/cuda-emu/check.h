@@ -59,3 +59,15 @@ inline void expect_true(const std::string& what, bool ok) {
     printf("FAIL %s\n", what.c_str());
   }
 }
+
+// XA = Xa·Aᵀ [M,r] in float64: the low-rank input of every LoRA check.
+inline Ref ref_xa(const Vec& Xa, const Vec& A, int64_t M, int64_t K, int64_t r) {
+  Ref xa(size_t(M * r));
+  for (int64_t i = 0; i < M; i++)
+    for (int64_t q = 0; q < r; q++) {
+      double acc = 0;
+      for (int64_t k = 0; k < K; k++) acc += double(Xa[size_t(i * K + k)]) * A[size_t(q * K + k)];
+      xa[size_t(i * r + q)] = acc;
+    }
+  return xa;
+}
