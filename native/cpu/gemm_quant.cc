@@ -118,8 +118,8 @@ void pack_int8_rows(float* dst, int64_t width, int64_t k0, int64_t kc, int64_t x
   }
 }
 
-// bf16 k-pairs of the rounded values: 16 k at a time decoded into an f32 scratch panel by the
-// source's own f32 pack (which rounds), then interleaved; the rounded values are exact in bf16.
+// bf16 k-pairs of the rounded int8 values: 16 k at a time decoded into an f32 scratch panel by
+// the source's own f32 pack (which rounds), then interleaved; the rounded values are exact in bf16.
 template <void (*PACK)(float*, int64_t, int64_t, int64_t, int64_t, int64_t, float, const void*)>
 void pack_pairs(bf16* dst, int64_t width, int64_t k0, int64_t kc, int64_t x0, int64_t nx, const void* ctx) {
   constexpr int64_t KB = 16, kMaxWidth = 64;  // panels are at most nr = 32 (B) or mr = 14 (A) wide
@@ -136,6 +136,77 @@ void pack_pairs(bf16* dst, int64_t width, int64_t k0, int64_t kc, int64_t x0, in
   }
 }
 
+// ---- 4-bit straight to bf16 k-pairs (bf16 compute) -------------------------------------------
+// Per block a 16-entry table of the rounded values as bf16 (exact: they are bf16 already), so a
+// code becomes its bf16 without an f32 panel in between.
+struct Bf16Lut {
+  bf16 v[16];
+  void fill(const QuantCtx& q, int64_t block) {
+    const float m = q.w->scales[block];
+    for (int c = 0; c < 16; c++) v[c] = f32_to_bf16(round_to_bf16(q.table[c] * m));
+  }
+};
+
+inline uint8_t nibble(const uint8_t* packed, int64_t i) {
+  const uint8_t byte = packed[i >> 1];
+  return (i & 1) ? byte & 15 : byte >> 4;  // the first element in the high nibble
+}
+
+// B = Wᵀ (the forward X·Wᵀ): panel column x is a run of weight row x0 + x along k, so k-pair p
+// is elements (2p, 2p+1) of the run. When the run starts on a byte, each byte is one pair.
+void pack_4bit_trans_pairs(bf16* dst, int64_t width, int64_t k0, int64_t kc, int64_t x0, int64_t nx, const void* ctx) {
+  const QuantCtx q = ctx_of(ctx);
+  const uint8_t* packed = static_cast<const uint8_t*>(q.w->codes);
+  const int64_t npairs = (kc + 1) / 2, pair_stride = 2 * width;
+  Bf16Lut lut;
+  for (int64_t x = 0; x < nx; x++) {
+    const int64_t start = (x0 + x) * q.w->cols + k0;
+    bf16* out = dst + 2 * x;
+    int64_t k = 0;
+    while (k < kc) {
+      const int64_t b = (start + k) >> q.shift;
+      const int64_t seg = std::min(kc, ((b + 1) << q.shift) - start);
+      lut.fill(q, b);
+      if (((start | k) & 1) == 0) {
+        // Byte-aligned with k even: whole bytes are whole pairs while two elements remain.
+        const uint8_t* p = packed + ((start + k) >> 1);
+        for (; k + 1 < seg; k += 2, p++) {
+          bf16* o = out + (k >> 1) * pair_stride;
+          o[0] = lut.v[*p >> 4];
+          o[1] = lut.v[*p & 15];
+        }
+      }
+      for (; k < seg; k++) out[(k >> 1) * pair_stride + (k & 1)] = lut.v[nibble(packed, start + k)];
+    }
+    if (kc & 1) out[(npairs - 1) * pair_stride + 1] = bf16(0);
+  }
+  for (int64_t p = 0; p < npairs; p++)
+    for (int64_t x = nx; x < width; x++) dst[(p * width + x) * 2] = dst[(p * width + x) * 2 + 1] = bf16(0);
+}
+
+// B = W (the input gradient dY·W): k-pair p is weight rows k0 + 2p and k0 + 2p + 1, each decoded
+// along x into every other bf16 of the pair row.
+void pack_4bit_rows_pairs(bf16* dst, int64_t width, int64_t k0, int64_t kc, int64_t x0, int64_t nx, const void* ctx) {
+  const QuantCtx q = ctx_of(ctx);
+  const uint8_t* packed = static_cast<const uint8_t*>(q.w->codes);
+  const int64_t npairs = (kc + 1) / 2;
+  Bf16Lut lut;
+  for (int64_t k = 0; k < 2 * npairs; k++) {
+    bf16* out = dst + (k >> 1) * 2 * width + (k & 1);
+    int64_t x = 0;
+    if (k < kc) {
+      const int64_t start = (k0 + k) * q.w->cols + x0;
+      while (x < nx) {
+        const int64_t b = (start + x) >> q.shift;
+        const int64_t seg = std::min(nx, ((b + 1) << q.shift) - start);
+        lut.fill(q, b);
+        for (; x < seg; x++) out[2 * x] = lut.v[nibble(packed, start + x)];
+      }
+    }
+    for (; x < width; x++) out[2 * x] = bf16(0);  // panel padding, and the pad row of an odd kc
+  }
+}
+
 }  // namespace
 
 PanelSource quant_weight_source(const QuantWeight* w, bool trans) {
@@ -145,7 +216,7 @@ PanelSource quant_weight_source(const QuantWeight* w, bool trans) {
   // Pairs only under bf16 compute: a bf16 A times an unrounded W stays an f32 product.
   if (w->round_bf16)
     src.pack_bf16_pairs = int8 ? (trans ? pack_pairs<pack_int8_trans> : pack_pairs<pack_int8_rows>)
-                               : (trans ? pack_pairs<pack_4bit_trans> : pack_pairs<pack_4bit_rows>);
+                               : (trans ? pack_4bit_trans_pairs : pack_4bit_rows_pairs);
   src.ctx = w;
   return src;
 }
