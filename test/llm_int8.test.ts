@@ -103,8 +103,8 @@ for (const device of devices()) {
     for (const [M, , K] of [...SHAPES, [1, 1, 1] as [number, number, number]]) {
       for (const threshold of [...THRESHOLDS, 0.5]) {
         const x = plantedActivations(rng, M, K, 3);
-        x[rng.int(0, M * K)] = 6;  // exactly on the threshold: an outlier (>=)
-        if (M > 2) x.fill(0, K, 2 * K);  // an all-zero row
+        if (M > 2) x.fill(0, K, 2 * K);  // an all-zero row (it may wipe the planted outliers out)
+        x[rng.int(0, K)] = 6;  // exactly on the threshold, in row 0 (never zeroed): an outlier (>=)
         const X = Tensor.from(x, [M, K], { device });
         const CA = Tensor.from(new Int8Array(M * K).fill(0x55), [M, K], { dtype: 'i8', device });
         const SCA = poisoned([M], device);
