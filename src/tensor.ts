@@ -242,21 +242,27 @@ export class Tensor {
   /**
    * A tensor of `shape` that starts `offset` elements into this one and shares its memory (a
    * KV-cache slot, a block of rows). Writes through either are seen by both.
+   *
+   * The same offset and shape give the same handle again (the last 64 views are remembered), so
+   * a view is shared: dispose() it only where no other code uses that view; otherwise leave it
+   * to the garbage collector. A view keeps the memory alive after its parent is disposed.
    */
   view(offset: number, shape: readonly number[]): Tensor {
-    // The same view is handed out again: a training step asks for the same views of its buffers
-    // every time, and each new handle's native part is freed only by a finalizer that Node runs
-    // from the event loop, which a synchronous training loop never reaches. So without this,
-    // every step would leave its views' handles behind for good (and fragment the heap).
-    const key = `${offset}:${shape.join(',')}`;
+    // Why shared: a training step asks for the same views of its buffers every time, and each
+    // new handle's native part is freed only by a finalizer that Node runs from the event loop,
+    // which a synchronous training loop never reaches. So without this, every step would leave
+    // its views' handles behind for good (and fragment the heap).
+    const dims = checkShape(shape);
+    if (typeof offset !== 'number') throw new PeftkitError('E_ARG', `view offset: expected an element index, got ${JSON.stringify(offset)}`);
+    const key = `${offset}:${dims.join(',')}`;
     const cache = (this.views ??= new Map());
     const hit = cache.get(key);
+    cache.delete(key); // (re)inserted below: the most recently used goes last
     if (hit && !hit.disposed) {
-      cache.delete(key); // most recently used goes last
       cache.set(key, hit);
       return hit;
     }
-    const v = new Tensor(this.native.view(offset, checkShape(shape)));
+    const v = new Tensor(this.native.view(offset, dims));
     cache.set(key, v);
     if (cache.size > VIEW_CACHE) cache.delete(cache.keys().next().value!);
     return v;

@@ -432,8 +432,11 @@ test('merge errors name the file, field or module; a failed merge leaves the out
   t.notThrows(() => mergeAdapter({ model: nested128, adapter: f.adapterDir, out: path.join(f.dir, 'dense128'), dtype: 'f32' }), 'it can still be merged dense');
 
   err({ dtype: 'f16' as never }, 'E_ARG', /dtype: expected f32 or bf16, got 'f16'/);
-  err({ out: f.bnb }, 'E_ARG', /out: must differ from the base model folder/);
-  err({ out: f.adapterDir }, 'E_ARG', /out: must differ from the adapter folder/);
+  err({ out: f.bnb }, 'E_ARG', /out: .* is the base model folder/);
+  err({ out: f.adapterDir }, 'E_ARG', /out: .* is the adapter folder/);
+  // A folder holding an input would be replaced whole, deleting that input.
+  err({ out: path.dirname(f.bnb) }, 'E_ARG', /out: .* holds the base model folder/);
+  err({ out: path.dirname(f.adapterDir), model: f.bnb }, 'E_ARG', /out: .* holds the (base model|adapter) folder/);
   err({ model: path.join(f.dir, 'nothing') }, 'E_IO', /nothing[/\\]config\.json: cannot read/);
   t.deepEqual(fs.readdirSync(out), ['keep.txt'], 'the output folder is untouched');
   t.deepEqual(fs.readdirSync(f.dir).filter((n) => n.includes('.tmp')), [], 'no temporary folder is left behind');

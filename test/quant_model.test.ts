@@ -275,7 +275,8 @@ test('quantizeModel int8 and fp4: layouts, copied biases, and errors', (t) => {
   err(() => quantizeModel({ model: path.join(src, 'fp4'), out: path.join(src, 'again'), format: 'nf4' }), 'E_UNSUPPORTED', /already quantized/);
   err(() => quantizeModel({ model, out: path.join(src, 'x'), format: 'int4' as never }), 'E_ARG', /format: expected 'nf4', 'fp4' or 'int8'/);
   err(() => quantizeModel({ model, out: path.join(src, 'x'), format: 'nf4', blocksize: 100 }), 'E_ARG', /blocksize: expected one of/);
-  err(() => quantizeModel({ model, out: model, format: 'nf4' }), 'E_ARG', /out: must differ/);
+  err(() => quantizeModel({ model, out: model, format: 'nf4' }), 'E_ARG', /out: .* is the model folder/);
+  err(() => quantizeModel({ model, out: path.dirname(model), format: 'nf4' }), 'E_ARG', /out: .* holds the model folder/);
   err(() => quantizeModel({ model: path.join(src, 'nothing'), out: path.join(src, 'x'), format: 'nf4' }), 'E_IO', /config\.json: cannot read/);
   t.false(fs.existsSync(path.join(src, 'x')), 'a failed run leaves no output folder');
   // a checkpoint missing a Linear weight

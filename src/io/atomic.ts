@@ -5,6 +5,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
+import { PeftkitError } from '../errors';
 
 function tempName(file: string): string {
   return path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${Date.now().toString(36)}.tmp`);
@@ -51,4 +52,26 @@ export function writeDirAtomic(dir: string, fill: (tmpDir: string) => void): voi
   }
   fs.renameSync(tmp, dir);
   if (old) fs.rmSync(old, { recursive: true, force: true });
+}
+
+/**
+ * Refuses an output folder that is one of the inputs or holds one of them: writeDirAtomic
+ * replaces the whole output folder, which would delete an input inside it. Symlinks are
+ * resolved where the paths exist.
+ */
+export function checkOutputFolder(out: string, inputs: Record<string, string>): void {
+  const real = (p: string) => {
+    try {
+      return fs.realpathSync(p);
+    } catch {
+      return path.resolve(p);
+    }
+  };
+  const o = real(out);
+  for (const [name, input] of Object.entries(inputs)) {
+    const rel = path.relative(o, real(input));
+    if (rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel))) {
+      throw new PeftkitError('E_ARG', `out: ${out} ${rel === '' ? 'is' : 'holds'} the ${name} folder ${input}; writing it would replace that folder — choose another output folder`);
+    }
+  }
 }

@@ -12,6 +12,7 @@
  */
 import * as path from 'path';
 import { PeftkitError } from '../errors';
+import { checkOutputFolder } from '../io/atomic';
 import { parseModelConfig, ModelConfig } from '../model/config';
 import { readConfigJson, writeModelFolder } from '../model/hf_folder';
 import { SafetensorsCheckpoint, TensorToWrite } from '../model/safetensors';
@@ -203,8 +204,7 @@ export function mergeAdapter(o: MergeOptions): MergeResult {
     if (typeof o[k] !== 'string' || o[k] === '') throw new PeftkitError('E_ARG', `${k}: expected a folder path, got ${JSON.stringify(o[k])}`);
   }
   if (o.dtype !== undefined && o.dtype !== 'f32' && o.dtype !== 'bf16') throw new PeftkitError('E_ARG', `dtype: expected f32 or bf16, got '${String(o.dtype)}'`);
-  if (path.resolve(o.out) === path.resolve(o.model)) throw new PeftkitError('E_ARG', 'out: must differ from the base model folder');
-  if (path.resolve(o.out) === path.resolve(o.adapter)) throw new PeftkitError('E_ARG', 'out: must differ from the adapter folder');
+  checkOutputFolder(o.out, { 'base model': o.model, adapter: o.adapter });
   const raw = readConfigJson(o.model);
   const config = parseModelConfig(raw, path.join(o.model, 'config.json'));
   const ck = new SafetensorsCheckpoint(o.model);

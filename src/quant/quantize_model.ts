@@ -6,6 +6,7 @@
  */
 import * as path from 'path';
 import { PeftkitError } from '../errors';
+import { checkOutputFolder } from '../io/atomic';
 import { parseModelConfig } from '../model/config';
 import { readConfigJson, writeModelFolder } from '../model/hf_folder';
 import { SafetensorsCheckpoint, SafetensorsDType, TensorToWrite } from '../model/safetensors';
@@ -69,7 +70,7 @@ export function quantizeModel(o: QuantizeModelOptions): QuantizeModelResult {
   if (o.format !== 'nf4' && o.format !== 'fp4' && o.format !== 'int8') {
     throw new PeftkitError('E_ARG', `format: expected 'nf4', 'fp4' or 'int8', got ${JSON.stringify(o.format)}`);
   }
-  if (path.resolve(o.model) === path.resolve(o.out)) throw new PeftkitError('E_ARG', 'out: must differ from the model folder');
+  checkOutputFolder(o.out, { model: o.model });
   const format = o.format;
   const blocksize = checkBlocksize(o.blocksize ?? 64);
   const doubleQuant = o.doubleQuant ?? true;
