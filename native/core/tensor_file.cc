@@ -11,6 +11,7 @@
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #define PEFTKIT_HAS_PREAD 1
 #endif
@@ -65,10 +66,14 @@ void read_exact(int fd, void* dst, uint64_t offset, uint64_t bytes, const std::s
     const ssize_t r = ::pread(fd, static_cast<char*>(dst) + done, want, off_t(offset + done));
     if (r < 0 && errno == EINTR) continue;
     if (r < 0) fail("E_IO", file + ": " + what + ": cannot read (" + std::strerror(errno) + ")");
-    if (r == 0)
-      fail("E_IO", file + ": " + what + ": the file ends at byte " + std::to_string(offset + done) + ", inside the " +
+    if (r == 0) {
+      // The real end (the offset may lie past it), for a message that says where the data stops.
+      struct stat st;
+      const uint64_t end = ::fstat(fd, &st) == 0 ? uint64_t(st.st_size) : offset + done;
+      fail("E_IO", file + ": " + what + ": the file ends at byte " + std::to_string(end) + ", inside the " +
                        std::to_string(bytes) + " bytes of data at offset " + std::to_string(offset) +
                        " (truncated file?)");
+    }
     done += uint64_t(r);
   }
 }

@@ -2,7 +2,7 @@
 // the blocked GEMM. bf16 is widened to f32 here, so the f32 micro-kernels never see it. An f32
 // operand with round_bf16 (bf16 compute) is rounded here too: to bf16 k-pairs for VDPBF16PS, or,
 // where the CPU has no bf16 kernel, to bf16 values widened back into the f32 panel, so every CPU
-// computes the same products of bf16 values.
+// computes the same products of bf16 values (subnormals aside: VDPBF16PS flushes them to zero).
 #include "gemm.h"
 #include "gemm_kernels.h"
 

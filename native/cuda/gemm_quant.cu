@@ -54,6 +54,11 @@ void gemm_quant_chunked(int64_t M, int64_t N, int64_t K, float alpha, MatRef A, 
   float* w = nullptr;
   check(cudaMallocAsync(reinterpret_cast<void**>(&w), size_t(std::min(rows, W.rows) * W.cols) * sizeof(float), stream()),
         "gemm_quant alloc");
+  // Freed on the way out, also when a launch below fails and check() throws.
+  struct Release {
+    float* p;
+    ~Release() { cudaFreeAsync(p, stream()); }
+  } release{w};
   for (int64_t r0 = 0; r0 < W.rows; r0 += rows) {
     const int64_t nr = std::min(rows, W.rows - r0);
     dequantize_rows(w, W, r0, nr);
@@ -64,7 +69,6 @@ void gemm_quant_chunked(int64_t M, int64_t N, int64_t K, float alpha, MatRef A, 
     else  // W[K,N]: rows r0.. are the reduction's k0..; the first chunk applies beta, the rest add
       gemm(M, N, nr, alpha, skip_columns(A, r0), wt, r0 == 0 ? beta : 1.f, C, DType::F32, ldc);
   }
-  check(cudaFreeAsync(w, stream()), "gemm_quant free");
 }
 
 void gemm_quant(int64_t M, int64_t N, int64_t K, float alpha, MatRef A, QuantWeight W, bool w_trans, float beta,
