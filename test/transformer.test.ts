@@ -5,7 +5,7 @@ import * as path from 'path';
 import { Tensor, PeftkitError, ops, f32ToBf16, runtimeInfo } from '../src/index';
 import type { Device } from '../src/index';
 import type { Llama3RopeScaling } from '../src/ops/transformer';
-import { assertClose, devices, makeRng, poisoned, randInts, randn, roundBf16 } from './helpers/check';
+import { assertClose, devices, makeRng, poisoned, randInts, randn, roundBf16, centralDifferences } from './helpers/check';
 import type { Rng } from './helpers/check';
 import { CHILD_DROPOUT, pointwiseInputs } from './helpers/pointwise_child';
 
@@ -549,18 +549,11 @@ for (const device of devices()) {
     ops.rmsnormBackward(dx, dw, dh, f.X, f.W, f.rstd);
 
     const h = 1e-2;
-    const numeric = (v: Float32Array, which: 0 | 1 | 2) =>
-      Float64Array.from({ length: v.length }, (_, i) => {
-        const plus = Float32Array.from(v), minus = Float32Array.from(v);
-        plus[i] += h;
-        minus[i] -= h;
-        const args = (p: Float32Array): [Float32Array, Float32Array, Float32Array] =>
-          which === 0 ? [p, w, u] : which === 1 ? [x, p, u] : [x, w, p];
-        return (forward(...args(plus)).loss - forward(...args(minus)).loss) / (2 * h);
-      });
-    assertClose(t, dx.toFloat32Array(), numeric(x, 0), 1e-2, 'dx');
-    assertClose(t, dw.toFloat32Array(), numeric(w, 1), 1e-2, 'dw');
-    assertClose(t, du.toFloat32Array(), numeric(u, 2), 1e-2, 'du');
+    const numeric = (which: 0 | 1 | 2) =>
+      centralDifferences((a: Float32Array, b: Float32Array, c: Float32Array) => forward(a, b, c).loss, [x, w, u], which, h);
+    assertClose(t, dx.toFloat32Array(), numeric(0), 1e-2, 'dx');
+    assertClose(t, dw.toFloat32Array(), numeric(1), 1e-2, 'dw');
+    assertClose(t, du.toFloat32Array(), numeric(2), 1e-2, 'du');
   });
 
   test(`${device}: gradients of Σ G·gelu(layernorm(x, w, b)) match finite differences`, (t) => {
@@ -583,18 +576,11 @@ for (const device of devices()) {
       ops.geluBackward(dz, from(G, [N, C]), f.z, { approximate });
       ops.layernormBackward(dx, dw, db, dz, f.X, f.W, f.mean, f.rstd);
       const h = 1e-2;
-      const numeric = (v: Float32Array, which: 0 | 1 | 2) =>
-        Float64Array.from({ length: v.length }, (_, i) => {
-          const plus = Float32Array.from(v), minus = Float32Array.from(v);
-          plus[i] += h;
-          minus[i] -= h;
-          const args = (p: Float32Array): [Float32Array, Float32Array, Float32Array] =>
-            which === 0 ? [p, w, b] : which === 1 ? [x, p, b] : [x, w, p];
-          return (forward(...args(plus)).loss - forward(...args(minus)).loss) / (2 * h);
-        });
-      assertClose(t, dx.toFloat32Array(), numeric(x, 0), 1e-2, `dx (${approximate})`);
-      assertClose(t, dw.toFloat32Array(), numeric(w, 1), 1e-2, `dw (${approximate})`);
-      assertClose(t, db.toFloat32Array(), numeric(b, 2), 1e-2, `db (${approximate})`);
+      const numeric = (which: 0 | 1 | 2) =>
+        centralDifferences((a: Float32Array, c: Float32Array, d: Float32Array) => forward(a, c, d).loss, [x, w, b], which, h);
+      assertClose(t, dx.toFloat32Array(), numeric(0), 1e-2, `dx (${approximate})`);
+      assertClose(t, dw.toFloat32Array(), numeric(1), 1e-2, `dw (${approximate})`);
+      assertClose(t, db.toFloat32Array(), numeric(2), 1e-2, `db (${approximate})`);
     }
   });
 

@@ -96,3 +96,18 @@ export function roundBf16(x: Float32Array): Float32Array {
   }
   return new Float32Array(u.buffer);
 }
+
+/**
+ * Central differences of `loss` with respect to input `which` of `inputs`, one element at a time
+ * (step h): the finite-difference side of the composite gradient checks.
+ */
+export function centralDifferences<A extends Float32Array[]>(loss: (...inputs: A) => number, inputs: A, which: number, h: number): Float64Array {
+  const v = inputs[which];
+  return Float64Array.from({ length: v.length }, (_, i) => {
+    const plus = Float32Array.from(v), minus = Float32Array.from(v);
+    plus[i] += h;
+    minus[i] -= h;
+    const at = (p: Float32Array) => inputs.map((x, j) => (j === which ? p : x)) as A;
+    return (loss(...at(plus)) - loss(...at(minus))) / (2 * h);
+  });
+}
