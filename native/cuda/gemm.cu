@@ -1,8 +1,9 @@
 // GEMM on the GPU: C = alpha·op(A)·op(B) + beta·C.
-// - Both operands bf16: tensor cores (WMMA bf16 16×16×16 fragments, f32 accumulation).
-// - Otherwise: a shared-memory tiled SGEMM on the CUDA cores, bf16 operands widened on load and
-//   f32 operands marked round_bf16 (bf16 compute) rounded on load, so the products are those of
-//   bf16 values (the tensor-core kernel takes stored bf16 only).
+// - Both operands bf16 values — stored bf16, or f32 marked round_bf16 (bf16 compute), rounded
+//   to bf16 as they are loaded: tensor cores (WMMA bf16 16×16×16 fragments, f32 accumulation),
+//   from compute capability 8.0.
+// - Otherwise (an exact f32 operand, or an older GPU): a shared-memory tiled SGEMM on the CUDA
+//   cores, bf16 operands widened on load and round_bf16 operands rounded on load.
 // Both kernels stage 128×128 output tiles, load the next K slice into registers while the
 // current one is multiplied (double-buffered shared memory, one barrier per slice), and pad
 // every tile that overhangs M, N or K with zeros in shared memory, so any shape works.
@@ -157,11 +158,24 @@ constexpr int kWSliceElems = kWBM * kWDepthLd > kWBK * kWWideLd ? kWBM * kWDepth
 constexpr int kWChunks = kWBM * kWBK / 8 / kThreads;  // 16-byte chunks of each operand per thread
 static_assert(kWBM == kWBN, "the loaders below assume square tiles");
 
+// Eight consecutive elements as bf16 bits packed in a uint4; f32 sources are rounded (RNE).
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  return uint32_t(f32_to_bf16_bits(lo)) | uint32_t(f32_to_bf16_bits(hi)) << 16;
+}
+__device__ __forceinline__ uint4 load_chunk8(const uint16_t* p) { return *reinterpret_cast<const uint4*>(p); }
+__device__ __forceinline__ uint4 load_chunk8(const float* p) {
+  const float4 lo = *reinterpret_cast<const float4*>(p), hi = *reinterpret_cast<const float4*>(p + 4);
+  return make_uint4(pack_bf16x2(lo.x, lo.y), pack_bf16x2(lo.z, lo.w), pack_bf16x2(hi.x, hi.y), pack_bf16x2(hi.z, hi.w));
+}
+__device__ __forceinline__ uint32_t bf16_bits(uint16_t h) { return h; }
+__device__ __forceinline__ uint32_t bf16_bits(float f) { return f32_to_bf16_bits(f); }
+
 // A 128×32 slice of an operand as chunks of 8 consecutive elements along its contiguous
 // dimension. kDepthContiguous: k is the fast index in memory. Chunks that overhang the
-// matrix are filled with zeros; a chunk is one 16-byte load when it is whole and aligned.
-template <bool kDepthContiguous>
-__device__ __forceinline__ void load_wslice(uint4 (&r)[kWChunks], const uint16_t* p, int64_t ld, int64_t rows,
+// matrix are filled with zeros; a chunk is one or two 16-byte loads when it is whole and
+// aligned (vec).
+template <bool kDepthContiguous, typename T>
+__device__ __forceinline__ void load_wslice(uint4 (&r)[kWChunks], const T* p, int64_t ld, int64_t rows,
                                             int64_t depth, int64_t r0, int64_t k0, bool vec) {
 #pragma unroll
   for (int i = 0; i < kWChunks; i++) {
@@ -174,13 +188,13 @@ __device__ __forceinline__ void load_wslice(uint4 (&r)[kWChunks], const uint16_t
     const int64_t left = inner_n - in;
     const int valid = o >= outer_n || left <= 0 ? 0 : left >= 8 ? 8 : int(left);
     if (valid == 8 && vec) {
-      r[i] = *reinterpret_cast<const uint4*>(p + o * ld + in);
+      r[i] = load_chunk8(p + o * ld + in);
       continue;
     }
     uint32_t w[4] = {0, 0, 0, 0};
 #pragma unroll
     for (int e = 0; e < 8; e++)
-      if (e < valid) w[e / 2] |= uint32_t(p[o * ld + in + e]) << (16 * (e % 2));
+      if (e < valid) w[e / 2] |= bf16_bits(p[o * ld + in + e]) << (16 * (e % 2));
     r[i] = make_uint4(w[0], w[1], w[2], w[3]);
   }
 }
@@ -196,10 +210,11 @@ __device__ __forceinline__ void store_wslice(uint16_t* s, const uint4 (&r)[kWChu
   }
 }
 
-template <bool kTA, bool kTB>
+// AT, BT: uint16_t (stored bf16) or float (rounded to bf16 as it is loaded).
+template <bool kTA, bool kTB, typename AT, typename BT>
 __global__ void __launch_bounds__(kThreads, 2)
-    gemm_bf16_wmma(int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A, int64_t lda, bool a_vec,
-                   const uint16_t* B, int64_t ldb, bool b_vec, float beta, void* C, DType cdtype, int64_t ldc) {
+    gemm_bf16_wmma(int64_t M, int64_t N, int64_t K, float alpha, const AT* A, int64_t lda, bool a_vec, const BT* B,
+                   int64_t ldb, bool b_vec, float beta, void* C, DType cdtype, int64_t ldc) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
   using LayoutA = typename std::conditional<kTA, wmma::col_major, wmma::row_major>::type;
   using LayoutB = typename std::conditional<kTB, wmma::col_major, wmma::row_major>::type;
@@ -288,21 +303,26 @@ bool tensor_cores_bf16() {
   return major >= 8;
 }
 
+// 16-byte loads need every chunk start aligned: the base and each row start.
+template <typename T>
+bool vector_loads(const T* p, int64_t ld) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0 && (ld * int64_t(sizeof(T))) % 16 == 0;
+}
+
+template <typename AT, typename BT>
 void launch_wmma(int64_t M, int64_t N, int64_t K, float alpha, const MatRef& A, const MatRef& B, float beta,
                  void* C, DType cdtype, int64_t ldc) {
   const dim3 grid(blocks_for(M, kWBM), blocks_for(N, kWBN));
-  const uint16_t* a = static_cast<const uint16_t*>(A.data);
-  const uint16_t* b = static_cast<const uint16_t*>(B.data);
-  // 16-byte loads need every chunk start aligned: the base and each row start.
-  const bool a_vec = reinterpret_cast<uintptr_t>(a) % 16 == 0 && A.ld % 8 == 0;
-  const bool b_vec = reinterpret_cast<uintptr_t>(b) % 16 == 0 && B.ld % 8 == 0;
+  const AT* a = static_cast<const AT*>(A.data);
+  const BT* b = static_cast<const BT*>(B.data);
+  const bool a_vec = vector_loads(a, A.ld), b_vec = vector_loads(b, B.ld);
   auto go = [&](auto kernel) {
     kernel<<<grid, kThreads, 0, stream()>>>(M, N, K, alpha, a, A.ld, a_vec, b, B.ld, b_vec, beta, C, cdtype, ldc);
   };
-  if (!A.trans && !B.trans) go(gemm_bf16_wmma<false, false>);
-  if (!A.trans && B.trans) go(gemm_bf16_wmma<false, true>);
-  if (A.trans && !B.trans) go(gemm_bf16_wmma<true, false>);
-  if (A.trans && B.trans) go(gemm_bf16_wmma<true, true>);
+  if (!A.trans && !B.trans) go(gemm_bf16_wmma<false, false, AT, BT>);
+  if (!A.trans && B.trans) go(gemm_bf16_wmma<false, true, AT, BT>);
+  if (A.trans && !B.trans) go(gemm_bf16_wmma<true, false, AT, BT>);
+  if (A.trans && B.trans) go(gemm_bf16_wmma<true, true, AT, BT>);
 }
 
 }  // namespace
@@ -312,9 +332,17 @@ void gemm(int64_t M, int64_t N, int64_t K, float alpha, MatRef A, MatRef B, floa
   if (M == 0 || N == 0) return;
   if (blocks_for(N, kBN) > 65535) fail("E_ARG", "gemm: N = " + std::to_string(N) + " is too large for the CUDA grid");
   const bool a_bf16 = A.dtype == DType::BF16, b_bf16 = B.dtype == DType::BF16;
-  if (a_bf16 && b_bf16 && tensor_cores_bf16())
-    launch_wmma(M, N, K, alpha, A, B, beta, C, cdtype, ldc);
-  else if (!a_bf16 && !b_bf16)
+  // Tensor cores when both operands are bf16 values (stored, or f32 read rounded).
+  if ((a_bf16 || A.round_bf16) && (b_bf16 || B.round_bf16) && tensor_cores_bf16()) {
+    if (a_bf16 && b_bf16)
+      launch_wmma<uint16_t, uint16_t>(M, N, K, alpha, A, B, beta, C, cdtype, ldc);
+    else if (a_bf16)
+      launch_wmma<uint16_t, float>(M, N, K, alpha, A, B, beta, C, cdtype, ldc);
+    else if (b_bf16)
+      launch_wmma<float, uint16_t>(M, N, K, alpha, A, B, beta, C, cdtype, ldc);
+    else
+      launch_wmma<float, float>(M, N, K, alpha, A, B, beta, C, cdtype, ldc);
+  } else if (!a_bf16 && !b_bf16)
     launch_sgemm<float, float>(M, N, K, alpha, A, B, beta, C, cdtype, ldc);
   else if (a_bf16 && !b_bf16)
     launch_sgemm<uint16_t, float>(M, N, K, alpha, A, B, beta, C, cdtype, ldc);

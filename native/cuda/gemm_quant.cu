@@ -1,8 +1,9 @@
 // The quantized-weight GEMM on the GPU: W is decoded a chunk of rows at a time by the quant.cu
-// kernels into a stream-ordered f32 temporary, and the f32 GEMM runs on each chunk. The
-// full-precision W never exists whole (a chunk is at most 16 MiB), and the values multiplied are
-// exactly the CPU's dequantized ones. A decode inside the GEMM's tile loads is left for later. bf16
-// compute (W.round_bf16) reads each chunk rounded, as any f32 operand marked round_bf16.
+// kernels into a stream-ordered temporary, and the GEMM runs on each chunk. The full-precision W
+// never exists whole (a chunk is at most 16 MiB), and the values multiplied are exactly the CPU's
+// dequantized ones: f32 for f32 compute; for bf16 compute (W.round_bf16) their bf16 roundings,
+// decoded straight into a bf16 chunk, so that with A also bf16 the product takes the tensor cores
+// (gemm.cu). A decode inside the GEMM's tile loads is left for later.
 #include <algorithm>
 #include <numeric>
 
@@ -15,17 +16,21 @@ namespace pk::cuda {
 
 namespace {
 
-constexpr int64_t kChunkElems = int64_t(4) << 20;  // 16 MiB of f32
+constexpr int64_t kChunkBytes = int64_t(16) << 20;
 
-// Decodes rows [r0, r0 + rows) of W into w[rows, W.cols].
-void dequantize_rows(float* w, const QuantWeight& W, int64_t r0, int64_t rows) {
+// The chunk's element type: bf16 compute multiplies bf16 roundings, so it stores them.
+DType chunk_dtype(const QuantWeight& W) { return W.round_bf16 ? DType::BF16 : DType::F32; }
+
+// Decodes rows [r0, r0 + rows) of W into w[rows, W.cols] (of chunk_dtype(W)).
+void dequantize_rows(void* w, const QuantWeight& W, int64_t r0, int64_t rows) {
   const int64_t e0 = r0 * W.cols, n = rows * W.cols;
+  const DType dt = chunk_dtype(W);
   if (W.format == QuantFormat::INT8) {
-    dequantize_int8_rowwise(w, DType::F32, static_cast<const int8_t*>(W.codes) + e0, W.scales + r0, rows, W.cols);
+    dequantize_int8_rowwise(w, dt, static_cast<const int8_t*>(W.codes) + e0, W.scales + r0, rows, W.cols);
     return;
   }
   // e0 is a multiple of the block size (chunk_rows below), so of 2: whole bytes, whole blocks.
-  dequantize_4bit(w, DType::F32, static_cast<const uint8_t*>(W.codes) + e0 / 2, W.scales + e0 / W.blocksize, n,
+  dequantize_4bit(w, dt, static_cast<const uint8_t*>(W.codes) + e0 / 2, W.scales + e0 / W.blocksize, n,
                   W.blocksize, W.format == QuantFormat::FP4 ? Quant4Type::FP4 : Quant4Type::NF4);
 }
 
@@ -51,19 +56,19 @@ void gemm_quant_chunked(int64_t M, int64_t N, int64_t K, float alpha, MatRef A, 
   if (M <= 0 || N <= 0) return;
   if (W.rows * W.cols == 0) return gemm(M, N, K, alpha, A, operand(static_cast<const float*>(nullptr), 1), beta, C, DType::F32, ldc);
   const int64_t rows = chunk_rows(W, chunk_elems);
-  float* w = nullptr;
-  check(cudaMallocAsync(reinterpret_cast<void**>(&w), size_t(std::min(rows, W.rows) * W.cols) * sizeof(float), stream()),
-        "gemm_quant alloc");
+  const DType dt = chunk_dtype(W);
+  const size_t elem = dt == DType::F32 ? 4 : 2;
+  void* w = nullptr;
+  check(cudaMallocAsync(&w, size_t(std::min(rows, W.rows) * W.cols) * elem, stream()), "gemm_quant alloc");
   // Freed on the way out, also when a launch below fails and check() throws.
   struct Release {
-    float* p;
+    void* p;
     ~Release() { cudaFreeAsync(p, stream()); }
   } release{w};
   for (int64_t r0 = 0; r0 < W.rows; r0 += rows) {
     const int64_t nr = std::min(rows, W.rows - r0);
     dequantize_rows(w, W, r0, nr);
-    MatRef wt = operand(w, W.cols, w_trans);
-    wt.round_bf16 = W.round_bf16;
+    const MatRef wt = operand(w, dt, W.cols, w_trans);
     if (w_trans)  // W[N,K]: rows r0.. are C's columns r0..
       gemm(M, nr, K, alpha, A, wt, beta, C + r0, DType::F32, ldc);
     else  // W[K,N]: rows r0.. are the reduction's k0..; the first chunk applies beta, the rest add
@@ -73,7 +78,7 @@ void gemm_quant_chunked(int64_t M, int64_t N, int64_t K, float alpha, MatRef A, 
 
 void gemm_quant(int64_t M, int64_t N, int64_t K, float alpha, MatRef A, QuantWeight W, bool w_trans, float beta,
                 float* C, int64_t ldc) {
-  gemm_quant_chunked(M, N, K, alpha, A, W, w_trans, beta, C, ldc, kChunkElems);
+  gemm_quant_chunked(M, N, K, alpha, A, W, w_trans, beta, C, ldc, kChunkBytes / (W.round_bf16 ? 2 : 4));
 }
 
 }  // namespace pk::cuda

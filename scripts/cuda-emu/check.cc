@@ -60,31 +60,39 @@ static void check_gemm() {
       }
     }
   }
-  // bf16 compute: f32 operands marked round_bf16 are read as their bf16 roundings (one side may
-  // be stored bf16); the reference multiplies the rounded values.
+  // bf16 compute: f32 operands marked round_bf16 are read as their bf16 roundings (either side
+  // may be stored bf16 instead); the reference multiplies the rounded values. From sm_80 these
+  // take the tensor cores, f32 sides rounded as they are loaded: padded leading dimensions and
+  // an offset base now and then run their scalar-load paths.
   for (auto& s : shapes) {
     const int64_t M = s[0], N = s[1], K = s[2];
-    for (int combo = 0; combo < 8; combo++) {
-      const bool ta = combo & 1, tb = combo & 2, b16 = combo & 4;
-      const int64_t lda = ta ? M : K, ldb = tb ? K : N;
-      Vec a = randn(size_t(M * K)), b = randn(size_t(K * N));
+    for (int combo = 0; combo < 16; combo++) {
+      const bool ta = combo & 1, tb = combo & 2, a16 = combo & 4, b16 = combo & 8;
+      const int64_t pad = combo % 3 == 0 ? 4 : 0, off = combo % 5 == 1 ? 1 : 0;
+      const int64_t lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad;
+      Vec a = randn(size_t(off + (ta ? K : M) * lda)), b = randn(size_t(off + (tb ? N : K) * ldb));
+      if (a16) a = round_bf16(a);
       if (b16) b = round_bf16(b);
-      auto bv = to_bf16(b);
-      pk::MatRef A{a.data(), pk::DType::F32, lda, ta, true};
-      pk::MatRef B{b16 ? static_cast<const void*>(bv.data()) : b.data(), b16 ? pk::DType::BF16 : pk::DType::F32, ldb, tb, true};
+      auto av = to_bf16(a), bv = to_bf16(b);
+      pk::MatRef A{a16 ? static_cast<const void*>(av.data() + off) : a.data() + off,
+                   a16 ? pk::DType::BF16 : pk::DType::F32, lda, ta, !a16};
+      pk::MatRef B{b16 ? static_cast<const void*>(bv.data() + off) : b.data() + off,
+                   b16 ? pk::DType::BF16 : pk::DType::F32, ldb, tb, !b16};
       const Vec ar = round_bf16(a), br = round_bf16(b);
       Ref prod(size_t(M * N));
       for (int64_t i = 0; i < M; i++)
         for (int64_t j = 0; j < N; j++) {
           double acc = 0;
           for (int64_t k = 0; k < K; k++)
-            acc += double(ar[size_t(ta ? k * lda + i : i * lda + k)]) * br[size_t(tb ? j * ldb + k : k * ldb + j)];
+            acc += double(ar[size_t(off + (ta ? k * lda + i : i * lda + k))]) *
+                   br[size_t(off + (tb ? j * ldb + k : k * ldb + j))];
           prod[size_t(i * N + j)] = acc;
         }
       Vec C = poison(size_t(M * N));
       pk::cuda::gemm(M, N, K, 1.f, A, B, 0.f, C.data(), pk::DType::F32, N);
       expect("gemm bf16 compute M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K) +
-                 " ta=" + std::to_string(ta) + " tb=" + std::to_string(tb) + " b16=" + std::to_string(b16),
+                 " ta=" + std::to_string(ta) + " tb=" + std::to_string(tb) + " a16=" + std::to_string(a16) +
+                 " b16=" + std::to_string(b16),
              C, prod);
     }
   }
