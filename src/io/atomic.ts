@@ -55,6 +55,19 @@ export function writeDirAtomic(dir: string, fill: (tmpDir: string) => void): voi
 }
 
 /**
+ * Removes the temporaries a killed writer left in `dir` (files and folders named as
+ * writeFileAtomic / writeDirAtomic name them: a leading dot and a `.tmp` mark), so a resumed run
+ * does not pile them up. Only for a folder no other writer is using. Returns the names removed.
+ */
+export function removeLeftoverTemps(dir: string): string[] {
+  if (!fs.existsSync(dir)) return [];
+  const temp = /^\..+(\.\d+\.[0-9a-z]+\.tmp|\.tmp-[A-Za-z0-9]{6}(\.old)?)$/;
+  const removed = fs.readdirSync(dir).filter((name) => temp.test(name));
+  for (const name of removed) fs.rmSync(path.join(dir, name), { recursive: true, force: true });
+  return removed;
+}
+
+/**
  * Refuses an output folder that is one of the inputs or holds one of them: writeDirAtomic
  * replaces the whole output folder, which would delete an input inside it. Symlinks are
  * resolved where the paths exist.

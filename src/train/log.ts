@@ -4,6 +4,7 @@
  * eval_perplexity. A resumed run truncates the log back to its checkpoint step.
  */
 import * as fs from 'fs';
+import { writeFileAtomic } from '../io/atomic';
 
 export interface TrainRecord {
   step: number;
@@ -36,7 +37,8 @@ export class TrainLog {
   constructor(file: string, keepUpToStep?: number) {
     this.file = file;
     const kept = keepUpToStep === undefined ? [] : readLog(file).filter((r) => r.step <= keepUpToStep);
-    fs.writeFileSync(file, kept.map((r) => JSON.stringify(r) + '\n').join(''));
+    // Atomic: a run killed while it rewrites the log must not lose the records it keeps.
+    writeFileAtomic(file, [kept.map((r) => JSON.stringify(r) + '\n').join('')]);
     this.fd = fs.openSync(file, 'a');
   }
 

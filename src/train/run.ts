@@ -8,6 +8,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { BatchIterator, Dataset, evalBatches, Example, loadDataset, loadTokenizer, readRows, Tokenizer } from '../data';
 import { PeftkitError } from '../errors';
+import { removeLeftoverTemps } from '../io/atomic';
 import { LlamaModel } from '../model/llama';
 import { LoraAdapter } from '../peft/lora';
 import { defaultLoraConfig } from '../peft/lora_config';
@@ -92,6 +93,9 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
   checkVocab(data.eval, model.config.vocabSize);
   const padId = tok?.padId ?? 0;
 
+  // A run killed while writing a checkpoint or the adapter leaves temporaries beside them.
+  removeLeftoverTemps(o.out);
+  removeLeftoverTemps(path.join(o.out, 'checkpoints'));
   const resumeDir = o.resume ? findCheckpoint(o.resume) : null;
   const resumed: TrainerState | null = resumeDir ? readTrainerState(resumeDir) : null;
   const adapterSource = resumeDir ?? o.adapter;
