@@ -5,6 +5,7 @@
  * at a time, so a checkpoint is never held twice in memory. Linear weights may be kept quantized
  * (QLoRA, LLM.int8): see loadWeights.
  */
+import * as path from 'path';
 import { PeftkitError } from '../errors';
 import { Device, Tensor } from '../tensor';
 import type { ModelConfig } from './config';
@@ -57,6 +58,21 @@ export function expectedWeights(c: ModelConfig): Map<string, number[]> {
   w.set('model.norm.weight', [c.hiddenSize]);
   if (!c.tieWordEmbeddings) w.set('lm_head.weight', [c.vocabSize, c.hiddenSize]);
   return w;
+}
+
+/**
+ * Refuses a config.json whose num_hidden_layers the checkpoint does not hold, before anything
+ * walks the layers: a corrupt count in the millions would otherwise build millions of names first.
+ * The layer norm is probed because it is never quantized.
+ */
+export function checkLayerCount(ck: SafetensorsCheckpoint, config: ModelConfig, configFile: string): void {
+  const probe = `model.layers.${config.numLayers - 1}.input_layernorm.weight`;
+  if (!ck.has(probe)) {
+    throw new PeftkitError(
+      'E_MISSING',
+      `${configFile}: num_hidden_layers is ${config.numLayers}, but ${ck.source} has no layer ${config.numLayers - 1} (no tensor '${probe}')`,
+    );
+  }
 }
 
 /** Weights that GEMMs read (Linear layers and an untied head): these may be stored in bf16. */
@@ -156,6 +172,7 @@ export function loadWeights(dir: string, config: ModelConfig, device: Device, o:
     throw new PeftkitError('E_ARG', `quantize: expected 'nf4', 'fp4' or 'int8', got ${JSON.stringify(o.quantize)}`);
   }
   const ck = new SafetensorsCheckpoint(dir);
+  checkLayerCount(ck, config, path.join(dir, 'config.json'));
   const out: LoadedWeights = { dense: new Map(), quantized: new Map() };
   try {
     for (const [name, shape] of expectedWeights(config)) {
@@ -166,7 +183,7 @@ export function loadWeights(dir: string, config: ModelConfig, device: Device, o:
         const q = format === 'int8' ? int8Weight(ck, prefix, device) : quant4Weight(ck, prefix, device);
         if (q.shape.join() !== shape.join()) {
           disposeQuantWeight(q);
-          throw new PeftkitError('E_SHAPE', `${dir}: quantized '${name}' stands for [${q.shape.join(', ')}], expected [${shape.join(', ')}]`);
+          throw new PeftkitError('E_SHAPE', `${ck.source}: quantized '${name}' stands for [${q.shape.join(', ')}], expected [${shape.join(', ')}]`);
         }
         out.quantized.set(name, q);
         continue;
@@ -176,13 +193,13 @@ export function loadWeights(dir: string, config: ModelConfig, device: Device, o:
         const t = format === 'int8' ? dequantizeInt8(readInt8State(ck, prefix), { dtype, device }) : dequantize4bit(readQuant4State(ck, prefix), { dtype, device });
         if (t.shape.join() !== shape.join()) {
           t.dispose();
-          throw new PeftkitError('E_SHAPE', `${dir}: quantized '${name}' stands for [${t.shape.join(', ')}], expected [${shape.join(', ')}]`);
+          throw new PeftkitError('E_SHAPE', `${ck.source}: quantized '${name}' stands for [${t.shape.join(', ')}], expected [${shape.join(', ')}]`);
         }
         out.dense.set(name, t);
         continue;
       }
       if (!ck.has(name)) {
-        throw new PeftkitError('E_MISSING', `${dir}: checkpoint has no tensor '${name}' (expected ${shape.join('x')} for ${config.architecture})`);
+        throw new PeftkitError('E_MISSING', `${ck.source}: checkpoint has no tensor '${name}' (expected ${shape.join('x')} for ${config.architecture} as config.json describes it)`);
       }
       if (o.quantize && isLayerLinearWeight(name)) {
         out.quantized.set(name, quantizeAtLoad(ck.readTensor(name, shape, { device }), o.quantize, o));
@@ -194,6 +211,8 @@ export function loadWeights(dir: string, config: ModelConfig, device: Device, o:
   } catch (e) {
     for (const t of out.dense.values()) t.dispose();
     for (const q of out.quantized.values()) disposeQuantWeight(q);
+    // A shape that disagrees may be the config's fault as much as the checkpoint's: name both.
+    if (e instanceof PeftkitError && e.code === 'E_SHAPE') throw new PeftkitError('E_SHAPE', `${e.message} (the expected shape comes from ${path.join(dir, 'config.json')})`);
     throw e;
   }
   return out;

@@ -16,7 +16,7 @@ import { checkOutputFolder } from '../io/atomic';
 import { parseModelConfig, ModelConfig } from '../model/config';
 import { readConfigJson, writeModelFolder } from '../model/hf_folder';
 import { SafetensorsCheckpoint, TensorToWrite } from '../model/safetensors';
-import { expectedWeights, isMatmulWeight, linearModules } from '../model/weights';
+import { checkLayerCount, expectedWeights, isMatmulWeight, linearModules } from '../model/weights';
 import * as ops from '../ops';
 import { detectQuantFormat } from '../quant/bnb_layout';
 import { BnbWeight, bnbEntries, bnbEntryNames, dequantizeBnb, describeSpec, QuantFormat, quantizeBnb, readBnbWeight, specOf } from '../quant/bnb_weight';
@@ -208,6 +208,7 @@ export function mergeAdapter(o: MergeOptions): MergeResult {
   const raw = readConfigJson(o.model);
   const config = parseModelConfig(raw, path.join(o.model, 'config.json'));
   const ck = new SafetensorsCheckpoint(o.model);
+  checkLayerCount(ck, config, path.join(o.model, 'config.json'));
   const baseFormat = baseQuantFormat(ck, config);
   const written = o.dtype ?? (baseFormat ? 'quantized' : 'f32');
   const adapter = LoraAdapter.load(o.adapter, linearModules(config));

@@ -1,0 +1,2 @@
+import type { FuzzCase } from './fuzz_case';
+export const BNB_CASES: Record<string, FuzzCase> = {};
