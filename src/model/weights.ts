@@ -102,6 +102,8 @@ export interface LoadWeightsOptions {
 
 /** The frozen weights: f32/bf16 tensors, and the Linear weights kept quantized. */
 export interface LoadedWeights {
+  /** The file the weights were listed in (model.safetensors, or the index of a sharded checkpoint). */
+  source: string;
   dense: Map<string, Tensor>;
   quantized: Map<string, QuantWeight>;
 }
@@ -173,7 +175,7 @@ export function loadWeights(dir: string, config: ModelConfig, device: Device, o:
   }
   const ck = new SafetensorsCheckpoint(dir);
   checkLayerCount(ck, config, path.join(dir, 'config.json'));
-  const out: LoadedWeights = { dense: new Map(), quantized: new Map() };
+  const out: LoadedWeights = { source: ck.source, dense: new Map(), quantized: new Map() };
   try {
     for (const [name, shape] of expectedWeights(config)) {
       const prefix = name.replace(/\.weight$/, '');

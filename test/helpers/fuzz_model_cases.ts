@@ -3,7 +3,9 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { loadModel, quantizeModel, writeRandomModel } from '../../src/index';
 import { SafetensorsCheckpoint, TensorToWrite, writeSafetensors } from '../../src/model/safetensors';
-import { damageJsonFile, damageSafetensors, expectNoOutput, FuzzRng, mutateJson, oddValueFor, outcome, ODD_VALUES } from './fuzz';
+import {
+  damageJsonFile, damageSafetensors, expectNoOutput, FuzzRng, mutateJson, oddValueFor, outcome, ODD_VALUES, readSafetensorsParts, writeSafetensorsParts,
+} from './fuzz';
 import { FuzzCase, generateSome } from './fuzz_case';
 
 /** A tiny untied Llama: every tensor kind a loader reads, small enough to load in milliseconds. */
@@ -26,11 +28,25 @@ function loadAndGenerate(dir: string, files: string[]): string {
   });
 }
 
+/** A NaN or an infinity written into the data of one weight (the header stays valid). */
+function poisonWeight(file: string, rng: FuzzRng): string {
+  const p = readSafetensorsParts(file);
+  const name = rng.pick(Object.keys(p.header).filter((k) => k !== '__metadata__'));
+  const [begin, end] = (p.header[name] as { data_offsets: [number, number] }).data_offsets;
+  const i = rng.int(0, (end - begin) / 4);
+  const v = rng.pick([NaN, Infinity, -Infinity, 3e38]);
+  p.data.writeFloatLE(v, begin + 4 * i);
+  writeSafetensorsParts(file, p);
+  return `'${name}'[${i}] = ${v}`;
+}
+
 const safetensors: FuzzCase = {
   setup: (dir) => writeTinyModel(path.join(dir, 'model')),
   run(rng, dir, log) {
     const model = path.join(dir, 'model');
-    log(damageSafetensors(path.join(model, 'model.safetensors'), rng));
+    const file = path.join(model, 'model.safetensors');
+    if (rng.chance(0.1)) log(poisonWeight(file, rng));
+    else log(damageSafetensors(file, rng));
     return loadAndGenerate(model, ['model.safetensors']);
   },
 };
