@@ -33,7 +33,8 @@ function bad(file: string, what: string): never {
 
 /** `__metadata__` is a string-to-string map (the format says so, and other readers refuse anything else). */
 function checkMetadata(file: string, v: unknown): Record<string, string> {
-  if (v === null || typeof v !== 'object' || Array.isArray(v)) bad(file, `__metadata__ is ${JSON.stringify(v)}, expected an object of strings`);
+  if (v === null) return {}; // other readers take null as "no metadata"
+  if (typeof v !== 'object' || Array.isArray(v)) bad(file, `__metadata__ is ${JSON.stringify(v)}, expected an object of strings`);
   for (const [k, x] of Object.entries(v)) {
     if (typeof x !== 'string') bad(file, `__metadata__.${k} is ${JSON.stringify(x)}, expected a string`);
   }

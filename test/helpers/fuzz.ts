@@ -75,6 +75,11 @@ export const ODD_VALUES: readonly unknown[] = [
   'float32', 'bfloat16', [], [1], [0, 0], [-1, 5], [1, 2, 3], ['x'], {}, { a: 1 },
 ];
 
+/** One of ODD_VALUES, copied (a shared array damaged in place later would alias, even cycle). */
+export function oddValue(rng: FuzzRng): unknown {
+  return structuredClone(rng.pick(ODD_VALUES));
+}
+
 /** A value near `v`: the same type pushed out of range, or one of ODD_VALUES. */
 export function oddValueFor(v: unknown, rng: FuzzRng): unknown {
   if (typeof v === 'number' && rng.chance(0.5)) {
@@ -90,7 +95,7 @@ export function oddValueFor(v: unknown, rng: FuzzRng): unknown {
     return a;
   }
   if (typeof v === 'string' && rng.chance(0.3)) return rng.pick([v.toUpperCase(), v.slice(0, -1), `${v}x`, v.replace(/\d+/, '9')]);
-  return rng.pick(ODD_VALUES);
+  return oddValue(rng);
 }
 
 type Json = Record<string, unknown> | unknown[];
@@ -118,7 +123,7 @@ export function mutateJson(doc: Json, rng: FuzzRng): string {
   const box = getPath(doc, at) as Record<string, unknown> | unknown[];
   const keys = Object.keys(box);
   if (keys.length === 0) {
-    (box as Record<string, unknown>)[rng.pick(['x', 'r', 'shape'])] = rng.pick(ODD_VALUES);
+    (box as Record<string, unknown>)[rng.pick(['x', 'r', 'shape'])] = oddValue(rng);
     return `added a field at ${at.join('.')}`;
   }
   const key = rng.pick(keys);

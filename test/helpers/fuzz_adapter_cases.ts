@@ -10,7 +10,7 @@ import { linearModules } from '../../src/model/weights';
 import { LoraAdapter } from '../../src/peft/lora';
 import { defaultLoraConfig } from '../../src/peft/lora_config';
 import { runTraining } from '../../src/train/run';
-import { damageJsonFile, damageSafetensors, expectNoOutput, FuzzRng, FuzzViolation, mutateJson, oddValueFor, outcome, ODD_VALUES } from './fuzz';
+import { damageJsonFile, damageSafetensors, expectNoOutput, FuzzRng, FuzzViolation, mutateJson, oddValueFor, outcome } from './fuzz';
 import { editTensors } from './fuzz_bnb_cases';
 import { expectComplete, FuzzCase, generateSome } from './fuzz_case';
 import { writeTinyModel } from './fuzz_model_cases';

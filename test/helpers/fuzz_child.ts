@@ -44,6 +44,7 @@ for (let i = 0; i < Number(itersArg); i++) {
   } catch (e) {
     const msg = e instanceof FuzzViolation ? e.message : `the case itself threw: ${(e as Error).stack ?? String(e)}`;
     say(`FAIL ${msg}\nEND`);
+    fs.rmSync(root, { recursive: true, force: true });
     process.exit(1);
   }
 }

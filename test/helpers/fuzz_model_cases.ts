@@ -4,7 +4,7 @@ import * as path from 'path';
 import { loadModel, quantizeModel, writeRandomModel } from '../../src/index';
 import { SafetensorsCheckpoint, TensorToWrite, writeSafetensors } from '../../src/model/safetensors';
 import {
-  damageJsonFile, damageSafetensors, expectNoOutput, FuzzRng, mutateJson, oddValueFor, outcome, ODD_VALUES, readSafetensorsParts, writeSafetensorsParts,
+  damageJsonFile, damageSafetensors, expectNoOutput, FuzzRng, FuzzViolation, mutateJson, oddValue, oddValueFor, outcome, readSafetensorsParts, writeSafetensorsParts,
 } from './fuzz';
 import { FuzzCase, generateSome } from './fuzz_case';
 
@@ -123,7 +123,7 @@ export function damageConfig(cfg: Record<string, unknown>, rng: FuzzRng): string
       high_freq_factor: rng.pick([4, 1, 0, -4, 1e300, undefined]),
       original_max_position_embeddings: rng.pick([8192, 16, 0, -1, 2.5, 1e300, undefined]),
     };
-    if (rng.chance(0.2)) cfg.rope_scaling = rng.pick(ODD_VALUES);
+    if (rng.chance(0.2)) cfg.rope_scaling = oddValue(rng);
     return `rope_scaling = ${JSON.stringify(cfg.rope_scaling)}`;
   }
   const key = rng.pick(CONFIG_FIELDS);
@@ -165,4 +165,32 @@ const config: FuzzCase = {
   },
 };
 
-export const MODEL_CASES: Record<string, FuzzCase> = { safetensors, sharded, config };
+/** tokenizer.json and tokenizer_config.json (special tokens, chat template) of a model folder. */
+const tokenizer: FuzzCase = {
+  setup: (dir) => writeTinyModel(path.join(dir, 'model'), { tokenizer: true }),
+  run(rng, dir, log) {
+    const model = path.join(dir, 'model');
+    const name = rng.pick(['tokenizer.json', 'tokenizer_config.json']);
+    const file = path.join(model, name);
+    if (name === 'tokenizer_config.json' && rng.chance(0.5)) {
+      const cfg = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
+      const key = rng.pick(['bos_token', 'eos_token', 'pad_token', 'unk_token', 'chat_template', 'added_tokens_decoder', 'add_bos_token']);
+      cfg[key] = key === 'chat_template' ? rng.pick<unknown>(['{{', '{% for m in messages %}{{ m.content }}', '{{ raise_exception("no") }}', '{{ messages[99].content }}', [], [{ name: 'default' }], 5]) : oddValueFor(cfg[key], rng);
+      fs.writeFileSync(file, JSON.stringify(cfg));
+      log(`${name}: ${key} = ${JSON.stringify(cfg[key])}`);
+    } else {
+      log(damageJsonFile(file, rng));
+    }
+    return outcome(['tokenizer.json', 'tokenizer_config.json'], () => {
+      const m = loadModel(model);
+      try {
+        const g = m.generate(rng.pick(['hello', 'Ünïcödé 🙂']), { maxNewTokens: 3, temperature: 0, chat: rng.chance(0.5) });
+        if (typeof g.text !== 'string') throw new FuzzViolation(`generate returned text ${String(g.text)}`);
+      } finally {
+        m.dispose();
+      }
+    });
+  },
+};
+
+export const MODEL_CASES: Record<string, FuzzCase> = { safetensors, sharded, config, tokenizer };
