@@ -138,6 +138,18 @@ export function parseModelConfig(cfg: Json, file = 'config.json'): ModelConfig {
     }
   }
 
+  // Weights quantized another way (GPTQ, AWQ...) are stored under other tensor names: say so, rather than "tensor missing".
+  const qc = cfg.quantization_config;
+  if (qc !== undefined && qc !== null) {
+    if (typeof qc !== 'object' || Array.isArray(qc)) {
+      throw new PeftkitError('E_CONFIG', `${file}: field "quantization_config" is ${JSON.stringify(qc)}, expected an object (bitsandbytes' BitsAndBytesConfig)`);
+    }
+    const method = (qc as Json).quant_method;
+    if (method !== undefined && method !== 'bitsandbytes') {
+      throw new PeftkitError('E_UNSUPPORTED', `${file}: quantization_config.quant_method ${JSON.stringify(method)} is not supported (peftkit reads bitsandbytes 4-bit and 8-bit checkpoints)`);
+    }
+  }
+
   let slidingWindow: number | null = null;
   if (architecture === 'Qwen2ForCausalLM') {
     if (cfg.use_sliding_window === true) slidingWindow = field<number>(file, cfg, 'sliding_window', 'int');

@@ -203,11 +203,19 @@ export function loadWeights(dir: string, config: ModelConfig, device: Device, o:
       if (!ck.has(name)) {
         throw new PeftkitError('E_MISSING', `${ck.source}: checkpoint has no tensor '${name}' (expected ${shape.join('x')} for ${config.architecture} as config.json describes it)`);
       }
+      const stored = ck.info(name);
+      if (isMatmulWeight(name) && (stored.dtype === 'I8' || stored.dtype === 'U8')) {
+        throw new PeftkitError(
+          'E_MISSING',
+          `${stored.file}: tensor '${name}' holds ${stored.dtype} codes but no quantization state: expected '${prefix}.SCB' (LLM.int8) ` +
+            `or '${name}.quant_state.bitsandbytes__nf4' / '__fp4' (4-bit) beside it`,
+        );
+      }
       if (o.quantize && isLayerLinearWeight(name)) {
         out.quantized.set(name, quantizeAtLoad(ck.readTensor(name, shape, { device }), o.quantize, o));
         continue;
       }
-      const bf16 = (dtype === 'bf16' && (isMatmulWeight(name) || isVocabWeight(name))) || (isVocabWeight(name) && ck.info(name).dtype === 'BF16');
+      const bf16 = (dtype === 'bf16' && (isMatmulWeight(name) || isVocabWeight(name))) || (isVocabWeight(name) && stored.dtype === 'BF16');
       out.dense.set(name, ck.readTensor(name, shape, { device, dtype: bf16 ? 'bf16' : 'f32' }));
     }
   } catch (e) {
