@@ -36,12 +36,12 @@ export interface Dataset {
   stats: { train: DatasetStats; eval: DatasetStats };
 }
 
-/** Splits off the last ceil(fraction * n) items. */
-export function splitTail<T>(items: readonly T[], fraction: number): { head: T[]; tail: T[] } {
+/** Splits off the last ceil(fraction * n) items; `file` (where the items came from) prefixes the messages. */
+export function splitTail<T>(items: readonly T[], fraction: number, file?: string): { head: T[]; tail: T[] } {
   if (!(fraction > 0 && fraction < 1)) throw new PeftkitError('E_ARG', `evalSplit is ${fraction}, expected a fraction between 0 and 1 (exclusive)`);
   const nTail = Math.ceil(fraction * items.length);
   if (nTail >= items.length) {
-    throw new PeftkitError('E_DATA', `evalSplit ${fraction} of ${items.length} rows leaves no training rows, expected more rows or a smaller fraction`);
+    throw new PeftkitError('E_DATA', `${file ? `${file}: ` : ''}evalSplit ${fraction} of ${items.length} rows leaves no training rows, expected more rows or a smaller fraction`);
   }
   return { head: items.slice(0, items.length - nTail), tail: items.slice(items.length - nTail) };
 }
@@ -67,7 +67,7 @@ export function loadDataset(trainFile: string, tokenizer: Tokenizer, options: Da
   let trainRows = readRows(trainFile);
   let evalRows = options.evalFile !== undefined ? readRows(options.evalFile) : [];
   if (options.evalSplit !== undefined) {
-    const { head, tail } = splitTail(trainRows, options.evalSplit);
+    const { head, tail } = splitTail(trainRows, options.evalSplit, trainFile);
     trainRows = head;
     evalRows = tail;
   }

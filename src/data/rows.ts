@@ -123,7 +123,8 @@ function parseIds(v: unknown, key: string, source: RowSource, allowIgnore: boole
     const x = v[i];
     const ok = Number.isInteger(x) && ((x as number) >= 0 || (allowIgnore && x === IGNORE_INDEX)) && (x as number) <= 0x7fffffff;
     if (!ok) {
-      bad(source, `${key}[${i}] is ${show(x)}, expected a non-negative integer token id${allowIgnore ? ' or -100' : ''}`);
+      const tooBig = Number.isInteger(x) && (x as number) > 0x7fffffff;
+      bad(source, `${key}[${i}] is ${show(x)}, expected a non-negative integer token id${tooBig ? ' below 2^31' : ''}${allowIgnore ? ' or -100' : ''}`);
     }
   }
   return v as number[];

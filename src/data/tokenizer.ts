@@ -86,8 +86,12 @@ export class Tokenizer {
   private readonly hf: HfTokenizer;
   private readonly template: Template | null;
   private readonly templateVars: Json;
+  /** Where the chat template was read from, for messages. */
+  private readonly templateFile: string;
 
-  constructor(tokenizerJson: Json, tokenizerConfig: Json, opts: { dir?: string; chatTemplate?: string | null; specialTokensMap?: Json } = {}) {
+  constructor(
+    tokenizerJson: Json, tokenizerConfig: Json, opts: { dir?: string; chatTemplate?: string | null; chatTemplateFile?: string; specialTokensMap?: Json } = {},
+  ) {
     this.dir = opts.dir ?? '';
     const cfgFile = path.join(this.dir, 'tokenizer_config.json');
     const map = opts.specialTokensMap ?? {};
@@ -115,15 +119,18 @@ export class Tokenizer {
     this.bosId = id('bos_token', this.bosToken);
     this.eosId = id('eos_token', this.eosToken);
     this.padId = id('pad_token', this.padToken) ?? this.eosId;
-    this.vocabSize = this.hf.get_vocab(true).size;
+    this.vocabSize = this.guard('list its vocabulary', () => this.hf.get_vocab(true).size);
+    // A probe, so that a damaged pipeline fails at load rather than in the middle of a dataset.
+    this.decode(this.encode('a b'));
 
     this.chatTemplate = opts.chatTemplate !== undefined ? opts.chatTemplate : pickChatTemplate(tokenizerConfig.chat_template, cfgFile);
+    this.templateFile = opts.chatTemplateFile ?? cfgFile;
     this.template = null;
     if (this.chatTemplate !== null) {
       try {
         this.template = new Template(this.chatTemplate);
       } catch (e) {
-        throw new PeftkitError('E_CONFIG', `${cfgFile}: chat_template does not parse (${(e as Error).message})`);
+        throw new PeftkitError('E_CONFIG', `${this.templateFile}: chat_template does not parse (${(e as Error).message})`);
       }
     }
     // What transformers hands every template besides messages: the special tokens by name.
@@ -136,12 +143,25 @@ export class Tokenizer {
 
   /** Token ids of `text`. */
   encode(text: string, opts: EncodeTextOptions = {}): number[] {
-    return this.hf.encode(text, { add_special_tokens: opts.addSpecialTokens ?? true }).ids;
+    return this.guard('encode text', () => this.hf.encode(text, { add_special_tokens: opts.addSpecialTokens ?? true }).ids);
   }
 
   decode(ids: ArrayLike<number>, opts: DecodeOptions = {}): string {
     if (ids.length === 0) return '';
-    return this.hf.decode(Array.from(ids), { skip_special_tokens: opts.skipSpecialTokens ?? false });
+    return this.guard('decode ids', () => this.hf.decode(Array.from(ids), { skip_special_tokens: opts.skipSpecialTokens ?? false }));
+  }
+
+  /**
+   * The tokenizer library builds from a damaged tokenizer.json without complaint and fails only
+   * when used, with a TypeError: such failures name the file instead.
+   */
+  private guard<T>(what: string, fn: () => T): T {
+    try {
+      return fn();
+    } catch (e) {
+      if (e instanceof PeftkitError) throw e;
+      throw new PeftkitError('E_CONFIG', `${path.join(this.dir, 'tokenizer.json')}: the tokenizer cannot ${what} (${(e as Error).message}); is the file damaged?`);
+    }
   }
 
   tokenToId(token: string): number | undefined {
@@ -174,7 +194,7 @@ export class Tokenizer {
         documents: null,
       });
     } catch (e) {
-      throw new PeftkitError('E_DATA', `chat template failed: ${(e as Error).message}`);
+      throw new PeftkitError('E_DATA', `chat template failed: ${(e as Error).message} (the template of ${this.templateFile})`);
     }
   }
 }
@@ -191,7 +211,11 @@ export function loadTokenizer(dir: string): Tokenizer {
   const mapFile = path.join(dir, 'special_tokens_map.json');
   const specialTokensMap = fs.existsSync(mapFile) ? readJson(mapFile, 'the special tokens map') : {};
   let chatTemplate = pickChatTemplate(cfg.chat_template, cfgFile);
+  let chatTemplateFile = cfgFile;
   const jinjaFile = path.join(dir, 'chat_template.jinja');
-  if (chatTemplate === null && fs.existsSync(jinjaFile)) chatTemplate = fs.readFileSync(jinjaFile, 'utf8');
-  return new Tokenizer(tokJson, cfg, { dir, chatTemplate, specialTokensMap });
+  if (chatTemplate === null && fs.existsSync(jinjaFile)) {
+    chatTemplate = fs.readFileSync(jinjaFile, 'utf8');
+    chatTemplateFile = jinjaFile;
+  }
+  return new Tokenizer(tokJson, cfg, { dir, chatTemplate, chatTemplateFile, specialTokensMap });
 }

@@ -50,16 +50,39 @@ export interface ModelConfig {
 
 type Json = Record<string, unknown>;
 
-function field<T>(file: string, cfg: Json, key: string, kind: 'int' | 'number' | 'bool', dflt?: T): T {
+/** What a field must be: a positive integer, true/false, or a number the engine computes with in f32. */
+type FieldKind = 'int' | 'bool' | 'positive' | 'nonneg';
+
+/** The largest finite f32: a float field beyond it would reach the kernels as Infinity. */
+const F32_MAX = 3.4028234663852886e38;
+
+const EXPECTED: Record<FieldKind, string> = {
+  int: 'a positive integer',
+  bool: 'true or false',
+  positive: 'a finite number > 0',
+  nonneg: 'a finite number >= 0',
+};
+
+function fieldOk(v: unknown, kind: FieldKind): boolean {
+  switch (kind) {
+    case 'bool':
+      return typeof v === 'boolean';
+    case 'int':
+      return Number.isSafeInteger(v) && (v as number) > 0;
+    case 'positive':
+      return typeof v === 'number' && v > 0 && v <= F32_MAX;
+    case 'nonneg':
+      return typeof v === 'number' && v >= 0 && v <= F32_MAX;
+  }
+}
+
+function field<T>(file: string, cfg: Json, key: string, kind: FieldKind, dflt?: T, where = ''): T {
   const v = cfg[key];
   if (v === undefined || v === null) {
     if (dflt !== undefined) return dflt;
-    throw new PeftkitError('E_CONFIG', `${file}: field "${key}" is missing (expected ${kind === 'int' ? 'a positive integer' : kind === 'bool' ? 'true or false' : 'a number'})`);
+    throw new PeftkitError('E_CONFIG', `${file}: field "${where}${key}" is missing (expected ${EXPECTED[kind]})`);
   }
-  const ok = kind === 'bool' ? typeof v === 'boolean' : kind === 'int' ? Number.isInteger(v) && (v as number) > 0 : typeof v === 'number' && Number.isFinite(v);
-  if (!ok) {
-    throw new PeftkitError('E_CONFIG', `${file}: field "${key}" is ${JSON.stringify(v)}, expected ${kind === 'int' ? 'a positive integer' : kind === 'bool' ? 'true or false' : 'a finite number'}`);
-  }
+  if (!fieldOk(v, kind)) throw new PeftkitError('E_CONFIG', `${file}: field "${where}${key}" is ${JSON.stringify(v)}, expected ${EXPECTED[kind]}`);
   return v as T;
 }
 
@@ -87,19 +110,43 @@ export function parseModelConfig(cfg: Json, file = 'config.json'): ModelConfig {
   if (act !== 'silu') throw new PeftkitError('E_UNSUPPORTED', `${file}: hidden_act "${String(act)}" is not supported (expected "silu")`);
 
   let ropeScaling: RopeScalingConfig | null = null;
-  const rs = cfg.rope_scaling as Json | null | undefined;
-  if (rs) {
-    const type = rs.rope_type ?? rs.type;
+  const rs = cfg.rope_scaling;
+  if (rs !== undefined && rs !== null) {
+    if (typeof rs !== 'object' || Array.isArray(rs)) {
+      throw new PeftkitError('E_CONFIG', `${file}: field "rope_scaling" is ${JSON.stringify(rs)}, expected an object such as {"rope_type": "llama3", ...} or null`);
+    }
+    const r = rs as Json;
+    const type = r.rope_type ?? r.type;
     if (type === 'default') ropeScaling = null;
     else if (type === 'llama3') {
+      const at = 'rope_scaling.';
       ropeScaling = {
-        factor: field<number>(file, rs, 'factor', 'number'),
-        lowFreqFactor: field<number>(file, rs, 'low_freq_factor', 'number', 1),
-        highFreqFactor: field<number>(file, rs, 'high_freq_factor', 'number', 4),
-        originalMaxPositionEmbeddings: field<number>(file, rs, 'original_max_position_embeddings', 'int', 8192),
+        factor: field<number>(file, r, 'factor', 'positive', undefined, at),
+        lowFreqFactor: field<number>(file, r, 'low_freq_factor', 'positive', 1, at),
+        highFreqFactor: field<number>(file, r, 'high_freq_factor', 'positive', 4, at),
+        originalMaxPositionEmbeddings: field<number>(file, r, 'original_max_position_embeddings', 'int', 8192, at),
       };
+      // llama3 scaling blends between the two wavelengths: divides by their difference.
+      if (!(ropeScaling.lowFreqFactor < ropeScaling.highFreqFactor)) {
+        throw new PeftkitError(
+          'E_CONFIG',
+          `${file}: field "rope_scaling.low_freq_factor" is ${ropeScaling.lowFreqFactor}, expected it below "rope_scaling.high_freq_factor" (${ropeScaling.highFreqFactor})`,
+        );
+      }
     } else {
       throw new PeftkitError('E_UNSUPPORTED', `${file}: rope_scaling type ${JSON.stringify(type)} is not supported (supported: llama3, default)`);
+    }
+  }
+
+  // Weights quantized another way (GPTQ, AWQ...) are stored under other tensor names: say so, rather than "tensor missing".
+  const qc = cfg.quantization_config;
+  if (qc !== undefined && qc !== null) {
+    if (typeof qc !== 'object' || Array.isArray(qc)) {
+      throw new PeftkitError('E_CONFIG', `${file}: field "quantization_config" is ${JSON.stringify(qc)}, expected an object (bitsandbytes' BitsAndBytesConfig)`);
+    }
+    const method = (qc as Json).quant_method;
+    if (method !== undefined && method !== 'bitsandbytes') {
+      throw new PeftkitError('E_UNSUPPORTED', `${file}: quantization_config.quant_method ${JSON.stringify(method)} is not supported (peftkit reads bitsandbytes 4-bit and 8-bit checkpoints)`);
     }
   }
 
@@ -121,8 +168,8 @@ export function parseModelConfig(cfg: Json, file = 'config.json'): ModelConfig {
     numKvHeads,
     headDim,
     vocabSize: field<number>(file, cfg, 'vocab_size', 'int'),
-    rmsNormEps: field<number>(file, cfg, 'rms_norm_eps', 'number', 1e-6),
-    ropeTheta: field<number>(file, cfg, 'rope_theta', 'number', 10000),
+    rmsNormEps: field<number>(file, cfg, 'rms_norm_eps', 'nonneg', 1e-6),
+    ropeTheta: field<number>(file, cfg, 'rope_theta', 'positive', 10000),
     ropeScaling,
     tieWordEmbeddings: field<boolean>(file, cfg, 'tie_word_embeddings', 'bool', false),
     qkvBias: architecture === 'Qwen2ForCausalLM' ? true : attentionBias,

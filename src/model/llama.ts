@@ -51,6 +51,8 @@ export interface LoadModelOptions {
 
 export class LlamaModel {
   readonly dir: string;
+  /** The file the weights came from (model.safetensors, or the index of a sharded checkpoint), for messages. */
+  readonly source: string;
   readonly config: ModelConfig;
   readonly device: Device;
   /** The precision of the Linear and LM-head products: 'bf16' when loaded with dtype 'bf16'. */
@@ -59,9 +61,10 @@ export class LlamaModel {
   private readonly quantized: Map<string, QuantWeight>;
 
   private constructor(
-    dir: string, config: ModelConfig, device: Device, compute: Compute, weights: Map<string, Tensor>, quantized: Map<string, QuantWeight>,
+    dir: string, source: string, config: ModelConfig, device: Device, compute: Compute, weights: Map<string, Tensor>, quantized: Map<string, QuantWeight>,
   ) {
     this.dir = dir;
+    this.source = source;
     this.config = config;
     this.device = device;
     this.compute = compute;
@@ -78,7 +81,7 @@ export class LlamaModel {
     const device = resolveDevice(opts.device ?? 'cpu');
     checkInt8ThresholdOption(opts.int8Threshold, opts.quantize);
     const w = loadWeights(dir, config, device, { dtype: opts.dtype, quantize: opts.quantize, blocksize: opts.blocksize, doubleQuant: opts.doubleQuant });
-    const model = new LlamaModel(dir, config, device, opts.dtype === 'bf16' ? 'bf16' : 'f32', w.dense, w.quantized);
+    const model = new LlamaModel(dir, w.source, config, device, opts.dtype === 'bf16' ? 'bf16' : 'f32', w.dense, w.quantized);
     try {
       applyInt8Threshold(w.quantized, opts.int8Threshold, dir);
     } catch (e) {

@@ -329,7 +329,10 @@ export class LlamaLoraForward {
     ops.linearCrossEntropy(losses, dhf, null, hf, head, s.targets.view(0, [rows]), { gradScale: gradScale ?? 1, compute: this.model.compute });
     let lossSum = 0;
     for (const v of losses.toFloat32Array()) lossSum += v;
-    if (!Number.isFinite(lossSum)) throw new PeftkitError('E_NAN', `loss is ${lossSum}: the forward pass produced a non-finite value`);
+    if (!Number.isFinite(lossSum)) {
+      const adapter = this.adapter?.source ? ` or in the adapter ${this.adapter.source}` : '';
+      throw new PeftkitError('E_NAN', `loss is ${lossSum}: the forward pass produced a non-finite value (a weight in ${this.model.source}${adapter} holds NaN or Infinity, or the activations overflowed)`);
+    }
     if (gradScale === null || dhf === null) return { lossSum, tokens };
 
     const dx = this.view(s.dx, rows, C);

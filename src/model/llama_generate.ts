@@ -38,6 +38,7 @@ export function generateIds(model: LlamaModel, prompt: readonly number[], o: Gen
     const out: number[] = [];
     let logits = g.feed(prompt);
     for (let i = 0; i < (o.maxNewTokens ?? 64); i++) {
+      checkFinite(model, logits, i, o.adapter ?? null);
       const next = sample(logits, o.temperature ?? 0.7, o.topP ?? 0.95, rng);
       out.push(next);
       if (stop.has(next)) break;
@@ -46,6 +47,19 @@ export function generateIds(model: LlamaModel, prompt: readonly number[], o: Gen
     return out;
   } finally {
     g.dispose();
+  }
+}
+
+/** NaN or infinite logits would sample garbage silently: they come from non-finite weights. */
+function checkFinite(model: LlamaModel, logits: Float32Array, generated: number, adapter: LoraAdapter | null): void {
+  for (let i = 0; i < logits.length; i++) {
+    if (!Number.isFinite(logits[i])) {
+      throw new PeftkitError(
+        'E_NAN',
+        `generate: logit ${i} is ${logits[i]} after ${generated} generated token(s): a weight in ${model.source}` +
+          `${adapter ? ` or in the adapter${adapter.source ? ` ${adapter.source}` : ''}` : ''} holds NaN or Infinity, or the activations overflowed`,
+      );
+    }
   }
 }
 

@@ -76,6 +76,12 @@ export class Model {
       ids = o.chat
         ? this.tokenizer.encode(this.tokenizer.applyChatTemplate([{ role: 'user', content: prompt }], { addGenerationPrompt: true }), { addSpecialTokens: false })
         : this.tokenizer.encode(prompt);
+      const tokFile = path.join(this.llama.dir, 'tokenizer.json');
+      if (ids.length === 0) throw new PeftkitError('E_ARG', `generate: the prompt encodes to no tokens with ${tokFile} (an empty prompt, or a tokenizer without a BOS)`);
+      const outside = ids.find((id) => !(id >= 0 && id < this.config.vocabSize));
+      if (outside !== undefined) {
+        throw new PeftkitError('E_CONFIG', `${tokFile}: encodes the prompt to token id ${outside}, outside the model's vocabulary [0, ${this.config.vocabSize}) from config.json`);
+      }
     } else {
       ids = [...prompt];
     }

@@ -31,6 +31,28 @@ function bad(file: string, what: string): never {
   throw new PeftkitError('E_FORMAT', `${file}: ${what}`);
 }
 
+/** `__metadata__` is a string-to-string map (the format says so, and other readers refuse anything else). */
+function checkMetadata(file: string, v: unknown): Record<string, string> {
+  if (v === null) return {}; // other readers take null as "no metadata"
+  if (typeof v !== 'object' || Array.isArray(v)) bad(file, `__metadata__ is ${JSON.stringify(v)}, expected an object of strings`);
+  for (const [k, x] of Object.entries(v)) {
+    if (typeof x !== 'string') bad(file, `__metadata__.${k} is ${JSON.stringify(x)}, expected a string`);
+  }
+  return v as Record<string, string>;
+}
+
+/** Two tensors sharing bytes would alias each other's data: a corrupt or hand-edited header. */
+function checkNoOverlap(file: string, tensors: ReadonlyMap<string, TensorInfo>): void {
+  const spans = [...tensors].filter(([, t]) => t.end > t.begin).sort((a, b) => a[1].begin - b[1].begin);
+  for (let i = 1; i < spans.length; i++) {
+    const [prev, p] = spans[i - 1];
+    const [name, t] = spans[i];
+    if (t.begin < p.end) {
+      bad(file, `tensor '${name}' (bytes ${t.begin}..${t.end} of the file) overlaps tensor '${prev}' (bytes ${p.begin}..${p.end}), expected disjoint data_offsets`);
+    }
+  }
+}
+
 /** One .safetensors file: its header, read eagerly; tensor bytes read on demand. */
 export class SafetensorsFile {
   readonly file: string;
@@ -68,7 +90,7 @@ export class SafetensorsFile {
       let metadata: Record<string, string> = {};
       for (const [name, v] of Object.entries(header)) {
         if (name === '__metadata__') {
-          metadata = (v ?? {}) as Record<string, string>;
+          metadata = checkMetadata(file, v);
           continue;
         }
         const e = v as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
@@ -91,6 +113,7 @@ export class SafetensorsFile {
         if (dataStart + en > size) bad(file, `tensor '${name}': data ends at byte ${dataStart + en}, past the end of the file (${size})`);
         tensors.set(name, { dtype, shape, begin: dataStart + b, end: dataStart + en, file });
       }
+      checkNoOverlap(file, tensors);
       this.tensors = tensors;
       this.metadata = metadata;
     } finally {
@@ -162,6 +185,8 @@ function f16ToF32(h: number): number {
 /** A checkpoint: one model.safetensors, or shards listed by model.safetensors.index.json. */
 export class SafetensorsCheckpoint {
   readonly dir: string;
+  /** The file that lists the tensors (the .safetensors file, or the index of a sharded checkpoint), for messages. */
+  readonly source: string;
   readonly tensors: ReadonlyMap<string, TensorInfo>;
 
   constructor(dir: string, single = 'model.safetensors') {
@@ -170,19 +195,14 @@ export class SafetensorsCheckpoint {
     const one = path.join(dir, single);
     const tensors = new Map<string, TensorInfo>();
     if (fs.existsSync(index)) {
-      let map: Record<string, string>;
-      try {
-        map = (JSON.parse(fs.readFileSync(index, 'utf8')) as { weight_map?: Record<string, string> }).weight_map ?? bad(index, 'no "weight_map" object');
-      } catch (e) {
-        if (e instanceof PeftkitError) throw e;
-        bad(index, `not valid JSON (${(e as Error).message})`);
-      }
+      this.source = index;
       const shards = new Map<string, SafetensorsFile>();
-      for (const [name, shard] of Object.entries(map)) {
-        if (typeof shard !== 'string') bad(index, `weight_map['${name}'] is not a file name`);
+      for (const [name, shard] of Object.entries(readWeightMap(index))) {
         let f = shards.get(shard);
         if (!f) {
-          f = new SafetensorsFile(path.join(dir, shard));
+          const file = path.join(dir, shard);
+          if (!fs.existsSync(file)) throw new PeftkitError('E_IO', `${index}: weight_map lists shard ${shard} (for '${name}'), but ${file} does not exist`);
+          f = new SafetensorsFile(file);
           shards.set(shard, f);
         }
         const info = f.tensors.get(name);
@@ -190,6 +210,7 @@ export class SafetensorsCheckpoint {
         tensors.set(name, info);
       }
     } else if (fs.existsSync(one)) {
+      this.source = one;
       for (const [k, v] of new SafetensorsFile(one).tensors) tensors.set(k, v);
     } else {
       throw new PeftkitError('E_IO', `${dir}: neither ${single} nor ${single}.index.json found`);
@@ -203,7 +224,7 @@ export class SafetensorsCheckpoint {
 
   info(name: string): TensorInfo {
     const t = this.tensors.get(name);
-    if (!t) throw new PeftkitError('E_MISSING', `${this.dir}: checkpoint has no tensor '${name}'`);
+    if (!t) throw new PeftkitError('E_MISSING', `${this.source}: checkpoint has no tensor '${name}'`);
     return t;
   }
 
@@ -234,6 +255,29 @@ export class SafetensorsCheckpoint {
     checkShape(info, name, shape);
     return toFloat32(readRange(info), info.dtype, `${info.file}: tensor '${name}'`);
   }
+}
+
+/** The weight_map of a sharded checkpoint's index: tensor name -> shard file name in the same folder. */
+function readWeightMap(index: string): Record<string, string> {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(fs.readFileSync(index, 'utf8'));
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code) throw new PeftkitError('E_IO', `${index}: cannot read (${code})`);
+    bad(index, `not valid JSON (${(e as Error).message})`);
+  }
+  const map = (doc as { weight_map?: unknown } | null)?.weight_map;
+  if (typeof doc !== 'object' || doc === null || Array.isArray(doc) || typeof map !== 'object' || map === null || Array.isArray(map)) {
+    bad(index, 'expected a JSON object with a "weight_map" object {tensor name: shard file}');
+  }
+  for (const [name, shard] of Object.entries(map)) {
+    // Shards sit beside the index: a path elsewhere is a corrupt (or hostile) index.
+    if (typeof shard !== 'string' || path.basename(shard) !== shard || shard.includes('\\') || !shard.endsWith('.safetensors')) {
+      bad(index, `weight_map['${name}'] is ${JSON.stringify(shard)}, expected the file name of a .safetensors shard in the same folder`);
+    }
+  }
+  return map as Record<string, string>;
 }
 
 /** The engine dtype a safetensors dtype loads as, where there is one. */

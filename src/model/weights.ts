@@ -5,6 +5,7 @@
  * at a time, so a checkpoint is never held twice in memory. Linear weights may be kept quantized
  * (QLoRA, LLM.int8): see loadWeights.
  */
+import * as path from 'path';
 import { PeftkitError } from '../errors';
 import { Device, Tensor } from '../tensor';
 import type { ModelConfig } from './config';
@@ -59,6 +60,21 @@ export function expectedWeights(c: ModelConfig): Map<string, number[]> {
   return w;
 }
 
+/**
+ * Refuses a config.json whose num_hidden_layers the checkpoint does not hold, before anything
+ * walks the layers: a corrupt count in the millions would otherwise build millions of names first.
+ * The layer norm is probed because it is never quantized.
+ */
+export function checkLayerCount(ck: SafetensorsCheckpoint, config: ModelConfig, configFile: string): void {
+  const probe = `model.layers.${config.numLayers - 1}.input_layernorm.weight`;
+  if (!ck.has(probe)) {
+    throw new PeftkitError(
+      'E_MISSING',
+      `${configFile}: num_hidden_layers is ${config.numLayers}, but ${ck.source} has no layer ${config.numLayers - 1} (no tensor '${probe}')`,
+    );
+  }
+}
+
 /** Weights that GEMMs read (Linear layers and an untied head): these may be stored in bf16. */
 export const isMatmulWeight = (name: string) => /_proj\.weight$/.test(name) || name === 'lm_head.weight';
 
@@ -86,6 +102,8 @@ export interface LoadWeightsOptions {
 
 /** The frozen weights: f32/bf16 tensors, and the Linear weights kept quantized. */
 export interface LoadedWeights {
+  /** The file the weights were listed in (model.safetensors, or the index of a sharded checkpoint). */
+  source: string;
   dense: Map<string, Tensor>;
   quantized: Map<string, QuantWeight>;
 }
@@ -156,7 +174,8 @@ export function loadWeights(dir: string, config: ModelConfig, device: Device, o:
     throw new PeftkitError('E_ARG', `quantize: expected 'nf4', 'fp4' or 'int8', got ${JSON.stringify(o.quantize)}`);
   }
   const ck = new SafetensorsCheckpoint(dir);
-  const out: LoadedWeights = { dense: new Map(), quantized: new Map() };
+  checkLayerCount(ck, config, path.join(dir, 'config.json'));
+  const out: LoadedWeights = { source: ck.source, dense: new Map(), quantized: new Map() };
   try {
     for (const [name, shape] of expectedWeights(config)) {
       const prefix = name.replace(/\.weight$/, '');
@@ -166,7 +185,7 @@ export function loadWeights(dir: string, config: ModelConfig, device: Device, o:
         const q = format === 'int8' ? int8Weight(ck, prefix, device) : quant4Weight(ck, prefix, device);
         if (q.shape.join() !== shape.join()) {
           disposeQuantWeight(q);
-          throw new PeftkitError('E_SHAPE', `${dir}: quantized '${name}' stands for [${q.shape.join(', ')}], expected [${shape.join(', ')}]`);
+          throw new PeftkitError('E_SHAPE', `${ck.source}: quantized '${name}' stands for [${q.shape.join(', ')}], expected [${shape.join(', ')}]`);
         }
         out.quantized.set(name, q);
         continue;
@@ -176,24 +195,34 @@ export function loadWeights(dir: string, config: ModelConfig, device: Device, o:
         const t = format === 'int8' ? dequantizeInt8(readInt8State(ck, prefix), { dtype, device }) : dequantize4bit(readQuant4State(ck, prefix), { dtype, device });
         if (t.shape.join() !== shape.join()) {
           t.dispose();
-          throw new PeftkitError('E_SHAPE', `${dir}: quantized '${name}' stands for [${t.shape.join(', ')}], expected [${shape.join(', ')}]`);
+          throw new PeftkitError('E_SHAPE', `${ck.source}: quantized '${name}' stands for [${t.shape.join(', ')}], expected [${shape.join(', ')}]`);
         }
         out.dense.set(name, t);
         continue;
       }
       if (!ck.has(name)) {
-        throw new PeftkitError('E_MISSING', `${dir}: checkpoint has no tensor '${name}' (expected ${shape.join('x')} for ${config.architecture})`);
+        throw new PeftkitError('E_MISSING', `${ck.source}: checkpoint has no tensor '${name}' (expected ${shape.join('x')} for ${config.architecture} as config.json describes it)`);
+      }
+      const stored = ck.info(name);
+      if (isMatmulWeight(name) && (stored.dtype === 'I8' || stored.dtype === 'U8')) {
+        throw new PeftkitError(
+          'E_MISSING',
+          `${stored.file}: tensor '${name}' holds ${stored.dtype} codes but no quantization state: expected '${prefix}.SCB' (LLM.int8) ` +
+            `or '${name}.quant_state.bitsandbytes__nf4' / '__fp4' (4-bit) beside it`,
+        );
       }
       if (o.quantize && isLayerLinearWeight(name)) {
         out.quantized.set(name, quantizeAtLoad(ck.readTensor(name, shape, { device }), o.quantize, o));
         continue;
       }
-      const bf16 = (dtype === 'bf16' && (isMatmulWeight(name) || isVocabWeight(name))) || (isVocabWeight(name) && ck.info(name).dtype === 'BF16');
+      const bf16 = (dtype === 'bf16' && (isMatmulWeight(name) || isVocabWeight(name))) || (isVocabWeight(name) && stored.dtype === 'BF16');
       out.dense.set(name, ck.readTensor(name, shape, { device, dtype: bf16 ? 'bf16' : 'f32' }));
     }
   } catch (e) {
     for (const t of out.dense.values()) t.dispose();
     for (const q of out.quantized.values()) disposeQuantWeight(q);
+    // A shape that disagrees may be the config's fault as much as the checkpoint's: name both.
+    if (e instanceof PeftkitError && e.code === 'E_SHAPE') throw new PeftkitError('E_SHAPE', `${e.message} (the expected shape comes from ${path.join(dir, 'config.json')})`);
     throw e;
   }
   return out;

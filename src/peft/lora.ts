@@ -35,10 +35,13 @@ const tensorName = (module: string, which: 'A' | 'B') => `base_model.model.${mod
 export class LoraAdapter {
   readonly config: LoraConfig;
   readonly layers: ReadonlyMap<string, LoraLayer>;
+  /** The adapter_model.safetensors it was loaded from (null for a new adapter), for messages. */
+  readonly source: string | null;
 
-  private constructor(config: LoraConfig, layers: Map<string, LoraLayer>) {
+  private constructor(config: LoraConfig, layers: Map<string, LoraLayer>, source: string | null = null) {
     this.config = config;
     this.layers = layers;
+    this.source = source;
   }
 
   /** lora_alpha / r (or / sqrt(r) with rsLoRA). */
@@ -85,6 +88,8 @@ export class LoraAdapter {
         if (!m) throw new PeftkitError('E_UNSUPPORTED', `${file}: tensor '${name}' is not a LoRA A/B weight (only plain LoRA adapters are supported)`);
         if (!byName.has(m[1])) throw new PeftkitError('E_CONFIG', `${file}: tensor '${name}' is for module '${m[1]}', which this model does not have`);
         if (m[2] === 'A') wanted.set(m[1], name);
+        // A B without its A would be dropped silently: the adapter would load without that layer.
+        else if (!ck.has(name.replace('.lora_B', '.lora_A'))) throw new PeftkitError('E_MISSING', `${file}: '${name}' has no matching '${name.replace('.lora_B', '.lora_A')}'`);
       }
       for (const mod of modules) {
         const name = wanted.get(mod.name);
@@ -93,8 +98,8 @@ export class LoraAdapter {
         if (!ck.has(bName)) throw new PeftkitError('E_MISSING', `${file}: '${name}' has no matching '${bName}'`);
         const r = ck.info(name).shape[0];
         if (r !== config.r) throw new PeftkitError('E_CONFIG', `${file}: '${name}' has rank ${r} but adapter_config.json says r=${config.r}`);
-        const a = ck.readFloat32(name, [r, mod.inFeatures]);
-        const b = ck.readFloat32(bName, [mod.outFeatures, r]);
+        const a = checkFinite(file, name, ck.readFloat32(name, [r, mod.inFeatures]));
+        const b = checkFinite(file, bName, ck.readFloat32(bName, [mod.outFeatures, r]));
         layers.set(mod.name, LoraAdapter.layer(mod, r, a, b, opts.device ?? 'cpu'));
       }
     } catch (e) {
@@ -102,7 +107,7 @@ export class LoraAdapter {
       throw e;
     }
     if (layers.size === 0) throw new PeftkitError('E_FORMAT', `${file}: holds no LoRA weights`);
-    return new LoraAdapter(config, layers);
+    return new LoraAdapter(config, layers, file);
   }
 
   private static layer(m: LinearModule, r: number, a: Float32Array, b: Float32Array, device: Device): LoraLayer {
@@ -162,12 +167,20 @@ export class LoraAdapter {
   /** Overwrites A and B from another adapter folder with the same modules and ranks (resume). */
   loadWeightsFrom(dir: string): void {
     const ck = new SafetensorsCheckpoint(dir, 'adapter_model.safetensors');
-    for (const p of this.parameters()) p.param.write(ck.readFloat32(p.name, p.param.shape));
+    for (const p of this.parameters()) p.param.write(checkFinite(ck.source, p.name, ck.readFloat32(p.name, p.param.shape)));
   }
 
   dispose(): void {
     for (const l of this.layers.values()) LoraAdapter.disposeLayer(l);
   }
+}
+
+/** A NaN or an infinity in saved LoRA weights would poison every output: refused at load, with its place. */
+function checkFinite(file: string, name: string, v: Float32Array): Float32Array {
+  for (let i = 0; i < v.length; i++) {
+    if (!Number.isFinite(v[i])) throw new PeftkitError('E_FORMAT', `${file}: tensor '${name}' element ${i} is ${v[i]}, expected finite values`);
+  }
+  return v;
 }
 
 export function isAdapterDir(dir: string): boolean {

@@ -94,7 +94,8 @@ export function parseLoraConfig(raw: Record<string, unknown>, file = 'adapter_co
   const r = raw.r ?? c.r;
   if (!Number.isInteger(r) || (r as number) < 1) fail(file, 'r', r, 'a positive integer');
   const alpha = raw.lora_alpha ?? c.lora_alpha;
-  if (typeof alpha !== 'number' || !Number.isFinite(alpha)) fail(file, 'lora_alpha', alpha, 'a number');
+  // The scaling reaches the kernels as an f32: a larger alpha would arrive as Infinity.
+  if (typeof alpha !== 'number' || !(Math.abs(alpha) <= 3.4028234663852886e38)) fail(file, 'lora_alpha', alpha, 'a finite number');
   const dropout = raw.lora_dropout ?? 0;
   if (typeof dropout !== 'number' || dropout < 0 || dropout >= 1) fail(file, 'lora_dropout', dropout, 'a number in [0, 1)');
   const tm = raw.target_modules;

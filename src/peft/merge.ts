@@ -16,7 +16,7 @@ import { checkOutputFolder } from '../io/atomic';
 import { parseModelConfig, ModelConfig } from '../model/config';
 import { readConfigJson, writeModelFolder } from '../model/hf_folder';
 import { SafetensorsCheckpoint, TensorToWrite } from '../model/safetensors';
-import { expectedWeights, isMatmulWeight, linearModules } from '../model/weights';
+import { checkLayerCount, expectedWeights, isMatmulWeight, linearModules } from '../model/weights';
 import * as ops from '../ops';
 import { detectQuantFormat } from '../quant/bnb_layout';
 import { BnbWeight, bnbEntries, bnbEntryNames, dequantizeBnb, describeSpec, QuantFormat, quantizeBnb, readBnbWeight, specOf } from '../quant/bnb_weight';
@@ -78,10 +78,23 @@ function dequantizedArray(q: BnbWeight): Float32Array {
   }
 }
 
-/** W + scaling·B·A, computed in place in `w` (an f32 CPU tensor [out, in]) and returned as an array. */
-function addDelta(w: Tensor, l: LoraLayer, scaling: number): Float32Array {
-  ops.gemm(w, l.B, l.A, { alpha: scaling, beta: 1 });
-  return w.toFloat32Array();
+/**
+ * W + scaling·B·A, computed in place in `w` (an f32 CPU tensor [out, in]) and returned as an
+ * array. A sum that overflows f32 would be written as a model that yields NaN: refused here.
+ */
+function addDelta(w: Tensor, l: LoraLayer, adapter: LoraAdapter): Float32Array {
+  ops.gemm(w, l.B, l.A, { alpha: adapter.scaling, beta: 1 });
+  const out = w.toFloat32Array();
+  for (let i = 0; i < out.length; i++) {
+    if (!Number.isFinite(out[i])) {
+      throw new PeftkitError(
+        'E_NAN',
+        `${adapter.source ?? 'adapter'}: merging into '${l.module}.weight' gives ${out[i]} at element ${i}: ` +
+          `scaling ${adapter.scaling} × B·A (or the base weight) is out of f32 range, expected an adapter whose delta is finite`,
+      );
+    }
+  }
+  return out;
 }
 
 function denseEntry(w: Float32Array, shape: readonly number[], dtype: 'f32' | 'bf16'): TensorToWrite {
@@ -129,7 +142,7 @@ function mergeRequantized(ck: SafetensorsCheckpoint, config: ModelConfig, adapte
       const w = dequantizeBnb(q);
       let merged: Float32Array;
       try {
-        merged = addDelta(w, l, adapter.scaling);
+        merged = addDelta(w, l, adapter);
       } finally {
         w.dispose();
       }
@@ -144,7 +157,7 @@ function mergeRequantized(ck: SafetensorsCheckpoint, config: ModelConfig, adapte
       const src = denseSource(l.module, config);
       const w = readDense(ck, src, shape);
       try {
-        r.tensors[`${l.module}.weight`] = denseEntry(addDelta(w, l, adapter.scaling), shape, ck.info(src).dtype === 'BF16' ? 'bf16' : 'f32');
+        r.tensors[`${l.module}.weight`] = denseEntry(addDelta(w, l, adapter), shape, ck.info(src).dtype === 'BF16' ? 'bf16' : 'f32');
       } finally {
         w.dispose();
       }
@@ -172,7 +185,7 @@ function mergeDense(ck: SafetensorsCheckpoint, config: ModelConfig, adapter: Lor
     }
     const w = q ? dequantizeBnb(q) : readDense(ck, denseSource(module, config), [shape[0], shape[1]]);
     try {
-      r.tensors[name] = denseEntry(addDelta(w, l, adapter.scaling), shape, dtype);
+      r.tensors[name] = denseEntry(addDelta(w, l, adapter), shape, dtype);
     } finally {
       w.dispose();
     }
@@ -208,6 +221,7 @@ export function mergeAdapter(o: MergeOptions): MergeResult {
   const raw = readConfigJson(o.model);
   const config = parseModelConfig(raw, path.join(o.model, 'config.json'));
   const ck = new SafetensorsCheckpoint(o.model);
+  checkLayerCount(ck, config, path.join(o.model, 'config.json'));
   const baseFormat = baseQuantFormat(ck, config);
   const written = o.dtype ?? (baseFormat ? 'quantized' : 'f32');
   const adapter = LoraAdapter.load(o.adapter, linearModules(config));

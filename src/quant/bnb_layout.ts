@@ -25,6 +25,8 @@ import {
 
 /** What the reader needs of a checkpoint: SafetensorsCheckpoint has it, and so does entriesReader(). */
 export interface TensorSource {
+  /** The file the tensors come from, named in messages (SafetensorsCheckpoint has it). */
+  readonly source?: string;
   has(name: string): boolean;
   info(name: string): { dtype: SafetensorsDType; shape: number[] };
   readBytes(name: string): Uint8Array;
@@ -96,6 +98,11 @@ function bad(name: string, what: string): never {
   throw new PeftkitError('E_FORMAT', `${name}: ${what}`);
 }
 
+/** A tensor's name for messages, after its file when the source has one. */
+function label(src: TensorSource, name: string): string {
+  return src.source ? `${src.source}: ${name}` : name;
+}
+
 /** Reads tensor `name`, which must have `dtype` and `numel` elements (and `shape` when given). */
 function readTensor(src: TensorSource, name: string, dtype: SafetensorsDType, numel: number, shape?: number[]): Uint8Array {
   checkTensor(src, name, dtype, numel, shape);
@@ -104,35 +111,46 @@ function readTensor(src: TensorSource, name: string, dtype: SafetensorsDType, nu
 
 /** Checks that tensor `name` exists with `dtype` and `numel` elements (and `shape` when given). */
 function checkTensor(src: TensorSource, name: string, dtype: SafetensorsDType, numel: number, shape?: number[]): void {
-  if (!src.has(name)) throw new PeftkitError('E_MISSING', `${name}: tensor is missing`);
+  if (!src.has(name)) throw new PeftkitError('E_MISSING', `${label(src, name)}: tensor is missing`);
   const info = src.info(name);
   const got = info.shape.reduce((a, b) => a * b, 1);
   const shapeOk = shape ? info.shape.length === shape.length && info.shape.every((d, i) => d === shape[i]) : got === numel;
   if (info.dtype !== dtype || !shapeOk) {
-    bad(name, `expected ${dtype} ${shape ? `[${shape.join(', ')}]` : `with ${numel} elements`}, got ${info.dtype} [${info.shape.join(', ')}]`);
+    bad(label(src, name), `expected ${dtype} ${shape ? `[${shape.join(', ')}]` : `with ${numel} elements`}, got ${info.dtype} [${info.shape.join(', ')}]`);
   }
 }
 
 const f32 = (b: Uint8Array) => new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
 
+/**
+ * Absolute maxima (block scales, row scales): a NaN, an infinity or a negative value is
+ * corruption that would flow into every product that reads the weight, so it is refused here.
+ */
+function checkMaxima(src: TensorSource, name: string, v: Float32Array): Float32Array {
+  for (let i = 0; i < v.length; i++) {
+    if (!(v[i] >= 0 && v[i] !== Infinity)) bad(label(src, name), `element ${i} is ${v[i]}, expected finite absolute maxima (>= 0)`);
+  }
+  return v;
+}
+
 function expectCodeBook(src: TensorSource, name: string, want: Float32Array): void {
   const got = readTensor(src, name, 'F32', want.length, [want.length]);
   if (!Buffer.from(got).equals(Buffer.from(bytesOf(want)))) {
-    throw new PeftkitError('E_UNSUPPORTED', `${name}: this code book differs from bitsandbytes' standard one, which is the only one supported`);
+    throw new PeftkitError('E_UNSUPPORTED', `${label(src, name)}: this code book differs from bitsandbytes' standard one, which is the only one supported`);
   }
 }
 
 /** The quant state JSON of `name` as an object. */
 function readStateJson(src: TensorSource, name: string): Record<string, unknown> {
   const info = src.info(name);
-  if (info.dtype !== 'U8' || info.shape.length !== 1) bad(name, `expected a 1-D U8 tensor of UTF-8 JSON, got ${info.dtype} [${info.shape.join(', ')}]`);
+  if (info.dtype !== 'U8' || info.shape.length !== 1) bad(label(src, name), `expected a 1-D U8 tensor of UTF-8 JSON, got ${info.dtype} [${info.shape.join(', ')}]`);
   let obj: unknown;
   try {
     obj = JSON.parse(Buffer.from(src.readBytes(name)).toString('utf8'));
   } catch (e) {
-    bad(name, `not valid JSON (${(e as Error).message})`);
+    bad(label(src, name), `not valid JSON (${(e as Error).message})`);
   }
-  if (typeof obj !== 'object' || obj === null || Array.isArray(obj)) bad(name, 'JSON is not an object');
+  if (typeof obj !== 'object' || obj === null || Array.isArray(obj)) bad(label(src, name), 'JSON is not an object');
   return obj as Record<string, unknown>;
 }
 
@@ -167,40 +185,42 @@ export function readQuant4Meta(src: TensorSource, prefix: string): Quant4Meta {
   const w = `${modulePrefix(prefix)}.weight`;
   const type = detectQuantFormat(src, prefix);
   if (type !== 'nf4' && type !== 'fp4') {
-    throw new PeftkitError('E_MISSING', `${w}.${quantStateSuffix('nf4')} (or __fp4): tensor is missing, so ${w} is not a bitsandbytes 4-bit weight`);
+    throw new PeftkitError('E_MISSING', `${label(src, `${w}.${quantStateSuffix('nf4')}`)} (or __fp4): tensor is missing, so ${w} is not a bitsandbytes 4-bit weight`);
   }
   const stateName = `${w}.${quantStateSuffix(type)}`;
   const js = readStateJson(src, stateName);
-  const quantType = field(stateName, 'quant_type', js, checkQuantType);
-  if (quantType !== type) bad(stateName, `field "quant_type" is '${quantType}' but the tensor name says '${type}'`);
-  const blocksize = field(stateName, 'blocksize', js, checkBlocksize);
-  const dtype = field(stateName, 'dtype', js, checkTorchDType);
-  const shape = field(stateName, 'shape', js, (v, what) => (shapeNumel(v, what), [...(v as number[])]));
+  const at = label(src, stateName);
+  const quantType = field(at, 'quant_type', js, checkQuantType);
+  if (quantType !== type) bad(at, `field "quant_type" is '${quantType}' but the tensor name says '${type}'`);
+  const blocksize = field(at, 'blocksize', js, checkBlocksize);
+  const dtype = field(at, 'dtype', js, checkTorchDType);
+  const shape = field(at, 'shape', js, (v, what) => (shapeNumel(v, what), [...(v as number[])]));
   const n = shapeNumel(shape);
   const blocks = Math.ceil(n / blocksize);
   const nestedKeys = ['nested_blocksize', 'nested_dtype', 'nested_offset'];
   const nestedCount = nestedKeys.filter((k) => k in js).length;
-  if (nestedCount !== 0 && nestedCount !== 3) bad(stateName, `fields ${nestedKeys.join(', ')} must all be present (double quantization) or all absent`);
+  if (nestedCount !== 0 && nestedCount !== 3) bad(at, `fields ${nestedKeys.join(', ')} must all be present (double quantization) or all absent`);
 
   checkTensor(src, w, 'U8', (n + 1) >> 1);
   expectCodeBook(src, `${w}.quant_map`, codeBook(type));
   let nested: NestedAbsmax | null = null;
   let absmax: Float32Array | Uint8Array;
   if (nestedCount === 3) {
-    const nestedBlocksize = field(stateName, 'nested_blocksize', js, checkBlocksize);
-    field(stateName, 'nested_dtype', js, (v, what) => {
+    const nestedBlocksize = field(at, 'nested_blocksize', js, checkBlocksize);
+    field(at, 'nested_dtype', js, (v, what) => {
       if (v !== 'float32') throw new PeftkitError('E_FORMAT', `${what}: expected 'float32', got ${JSON.stringify(v)}`);
     });
-    const offset = field(stateName, 'nested_offset', js, (v, what) => {
+    const offset = field(at, 'nested_offset', js, (v, what) => {
       if (typeof v !== 'number' || !Number.isFinite(v)) throw new PeftkitError('E_FORMAT', `${what}: expected a finite number, got ${JSON.stringify(v)}`);
       return Math.fround(v);
     });
     absmax = readTensor(src, `${w}.absmax`, 'U8', blocks, [blocks]);
-    const absmax2 = f32(readTensor(src, `${w}.nested_absmax`, 'F32', Math.ceil(blocks / nestedBlocksize), [Math.ceil(blocks / nestedBlocksize)]));
+    const nb2 = Math.ceil(blocks / nestedBlocksize);
+    const absmax2 = checkMaxima(src, `${w}.nested_absmax`, f32(readTensor(src, `${w}.nested_absmax`, 'F32', nb2, [nb2])));
     expectCodeBook(src, `${w}.nested_quant_map`, DYNAMIC_SIGNED_CODE);
     nested = { absmax: absmax2, blocksize: nestedBlocksize, offset, dtype: 'float32' };
   } else {
-    absmax = f32(readTensor(src, `${w}.absmax`, 'F32', blocks, [blocks]));
+    absmax = checkMaxima(src, `${w}.absmax`, f32(readTensor(src, `${w}.absmax`, 'F32', blocks, [blocks])));
   }
   return { quantType, blocksize, shape, dtype, absmax, nested, packedName: w };
 }
@@ -216,17 +236,17 @@ export function readInt8State(src: TensorSource, prefix: string): Int8State {
 export function readInt8Meta(src: TensorSource, prefix: string): { cbName: string; scb: Float32Array; shape: [number, number] } {
   const p = modulePrefix(prefix);
   const w = `${p}.weight`;
-  if (!src.has(w)) throw new PeftkitError('E_MISSING', `${w}: tensor is missing`);
+  if (!src.has(w)) throw new PeftkitError('E_MISSING', `${label(src, w)}: tensor is missing`);
   const info = src.info(w);
   if (info.dtype !== 'I8' || info.shape.length !== 2 || !info.shape.every((d) => d > 0)) {
-    bad(w, `expected I8 [out, in], got ${info.dtype} [${info.shape.join(', ')}]`);
+    bad(label(src, w), `expected I8 [out, in], got ${info.dtype} [${info.shape.join(', ')}]`);
   }
   const [rows, cols] = info.shape;
-  const scb = f32(readTensor(src, `${p}.SCB`, 'F32', rows, [rows]));
+  const scb = checkMaxima(src, `${p}.SCB`, f32(readTensor(src, `${p}.SCB`, 'F32', rows, [rows])));
   // Absent in checkpoints older than the format flag; row layout (0) is the only one written since.
   if (src.has(`${p}.weight_format`)) {
     const fmt = readTensor(src, `${p}.weight_format`, 'U8', 1);
-    if (fmt[0] !== 0) throw new PeftkitError('E_UNSUPPORTED', `${p}.weight_format: value ${fmt[0]} is a tiled GPU layout; only 0 (row-major) is supported`);
+    if (fmt[0] !== 0) throw new PeftkitError('E_UNSUPPORTED', `${label(src, `${p}.weight_format`)}: value ${fmt[0]} is a tiled GPU layout; only 0 (row-major) is supported`);
   }
   return { cbName: w, scb, shape: [rows, cols] };
 }

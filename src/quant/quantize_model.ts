@@ -10,7 +10,7 @@ import { checkOutputFolder } from '../io/atomic';
 import { parseModelConfig } from '../model/config';
 import { readConfigJson, writeModelFolder } from '../model/hf_folder';
 import { SafetensorsCheckpoint, SafetensorsDType, TensorToWrite } from '../model/safetensors';
-import { layerLinears } from '../model/weights';
+import { checkLayerCount, layerLinears } from '../model/weights';
 import { BnbSpec, bnbEntries, QuantFormat, quantizeBnb } from './bnb_weight';
 import { checkBlocksize, checkTorchDType, TorchFloatDType } from './quant4';
 
@@ -83,6 +83,7 @@ export function quantizeModel(o: QuantizeModelOptions): QuantizeModelResult {
   }
   const config = parseModelConfig(raw, path.join(o.model, 'config.json'));
   const ck = new SafetensorsCheckpoint(o.model);
+  checkLayerCount(ck, config, path.join(o.model, 'config.json'));
 
   const targets = new Map<string, [number, number]>();
   for (let l = 0; l < config.numLayers; l++) {

@@ -77,11 +77,37 @@ export function findCheckpoint(dirOrOut: string): string {
 
 export function readTrainerState(dir: string): TrainerState {
   const file = path.join(dir, 'trainer_state.json');
+  let raw: unknown;
   try {
-    return JSON.parse(fs.readFileSync(file, 'utf8')) as TrainerState;
+    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
   } catch (e) {
     throw new PeftkitError('E_FORMAT', `${file}: cannot read the trainer state (${(e as Error).message})`);
   }
+  const bad = (what: string): never => {
+    throw new PeftkitError('E_FORMAT', `${file}: ${what}`);
+  };
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) bad('expected a JSON object');
+  const s = raw as Record<string, unknown>;
+  const int = (o: Record<string, unknown>, key: string, min: number, where = key) => {
+    if (!Number.isSafeInteger(o[key]) || (o[key] as number) < min) bad(`field "${where}" is ${JSON.stringify(o[key])}, expected an integer >= ${min}`);
+    return o[key] as number;
+  };
+  const pos = s.position;
+  if (typeof pos !== 'object' || pos === null || Array.isArray(pos)) bad(`field "position" is ${JSON.stringify(pos)}, expected {"epoch", "index"}`);
+  const p = pos as Record<string, unknown>;
+  const fp = s.fingerprint;
+  if (typeof fp !== 'object' || fp === null || Array.isArray(fp)) bad(`field "fingerprint" is ${JSON.stringify(fp)}, expected an object`);
+  const elapsedS = s.elapsedS;
+  if (typeof elapsedS !== 'number' || !(elapsedS >= 0) || !Number.isFinite(elapsedS)) bad(`field "elapsedS" is ${JSON.stringify(elapsedS)}, expected a finite number >= 0`);
+  return {
+    step: int(s, 'step', 0),
+    totalSteps: int(s, 'totalSteps', 1),
+    position: { epoch: int(p, 'epoch', 0, 'position.epoch'), index: int(p, 'index', 0, 'position.index') },
+    seed: int(s, 'seed', 0),
+    elapsedS: elapsedS as number,
+    tokensSeen: int(s, 'tokensSeen', 0),
+    fingerprint: fp as Record<string, unknown>,
+  };
 }
 
 /** Restores adapter weights and optimizer moments from a checkpoint folder. */
@@ -95,21 +121,35 @@ export function restoreCheckpoint(dir: string, adapter: LoraAdapter, optimizer: 
     if (stored !== (mAbsmax ? 'U8' : 'F32')) {
       throw new PeftkitError(
         'E_ARG',
-        `resume: ${dir} holds ${stored === 'U8' ? '8-bit' : 'f32'} optimizer moments for ${p.name}, but optim '${optimizer.optim}' keeps ` +
+        `resume: ${ck.source} holds ${stored === 'U8' ? '8-bit' : 'f32'} optimizer moments for ${p.name}, but optim '${optimizer.optim}' keeps ` +
           `${mAbsmax ? '8-bit' : 'f32'} ones for it; resume with the optim the checkpoint was written with`,
       );
     }
     if (mAbsmax && vAbsmax) {
       optimizer.m[i].write(readCodes(ck, `exp_avg.${p.name}`, p.param.shape));
       optimizer.v[i].write(readCodes(ck, `exp_avg_sq.${p.name}`, p.param.shape));
-      mAbsmax.write(ck.readFloat32(`exp_avg_absmax.${p.name}`, mAbsmax.shape));
-      vAbsmax.write(ck.readFloat32(`exp_avg_sq_absmax.${p.name}`, vAbsmax.shape));
+      mAbsmax.write(readMoment(ck, `exp_avg_absmax.${p.name}`, mAbsmax.shape, 0));
+      vAbsmax.write(readMoment(ck, `exp_avg_sq_absmax.${p.name}`, vAbsmax.shape, 0));
     } else {
-      optimizer.m[i].write(ck.readFloat32(`exp_avg.${p.name}`, p.param.shape));
-      optimizer.v[i].write(ck.readFloat32(`exp_avg_sq.${p.name}`, p.param.shape));
+      optimizer.m[i].write(readMoment(ck, `exp_avg.${p.name}`, p.param.shape, -Infinity));
+      optimizer.v[i].write(readMoment(ck, `exp_avg_sq.${p.name}`, p.param.shape, 0));
     }
   });
   optimizer.step = state.step;
+}
+
+/**
+ * An f32 optimizer state, finite and >= `min` (second moments and block maxima are never
+ * negative): a NaN here would turn the adapter into NaN at the first step, then be saved.
+ */
+function readMoment(ck: SafetensorsCheckpoint, name: string, shape: readonly number[], min: number): Float32Array {
+  const v = ck.readFloat32(name, shape);
+  for (let i = 0; i < v.length; i++) {
+    if (!Number.isFinite(v[i]) || v[i] < min) {
+      throw new PeftkitError('E_FORMAT', `${ck.info(name).file}: tensor '${name}' element ${i} is ${v[i]}, expected finite values${min === 0 ? ' >= 0' : ''}`);
+    }
+  }
+  return v;
 }
 
 function readCodes(ck: SafetensorsCheckpoint, name: string, shape: readonly number[]): Uint8Array {

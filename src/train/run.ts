@@ -6,7 +6,8 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { BatchIterator, Dataset, evalBatches, Example, loadDataset, loadTokenizer, readRows, Tokenizer } from '../data';
+import { BatchIterator, Dataset, evalBatches, Example, IGNORE_INDEX, loadDataset, loadTokenizer, readRows, splitTail, Tokenizer } from '../data';
+import type { Batch } from '../data';
 import { PeftkitError } from '../errors';
 import { removeLeftoverTemps } from '../io/atomic';
 import { LlamaModel } from '../model/llama';
@@ -60,12 +61,9 @@ function loadData(o: ResolvedTrainOptions, tok: Tokenizer | null): Dataset {
   if (tok) {
     return loadDataset(o.data, tok, { maxLength: o.maxLength, maskPrompt: o.maskPrompt, assistantOnly: o.maskPrompt, evalFile: o.evalData, evalSplit: o.evalSplit });
   }
-  const train = pretokenizedOnly(o.data, o.maxLength);
+  let train = pretokenizedOnly(o.data, o.maxLength);
   let evalEx = o.evalData ? pretokenizedOnly(o.evalData, o.maxLength) : [];
-  if (o.evalSplit !== undefined) {
-    const n = Math.ceil(train.length * o.evalSplit);
-    evalEx = train.splice(train.length - n, n);
-  }
+  if (o.evalSplit !== undefined) ({ head: train, tail: evalEx } = splitTail(train, o.evalSplit, o.data));
   const stats = (e: Example[]) => ({ examples: e.length }) as unknown as Dataset['stats']['train'];
   return { train, eval: evalEx, stats: { train: stats(train), eval: stats(evalEx) } };
 }
@@ -77,98 +75,127 @@ function checkVocab(examples: readonly Example[], vocab: number): void {
         throw new PeftkitError('E_DATA', `${e.source.file}:${e.source.line}: token id ${id} is outside the model's vocabulary [0, ${vocab})`);
       }
     }
+    // Labels are the loss's targets: one outside the vocabulary has no logit to score.
+    for (const id of e.labels) {
+      if (id !== IGNORE_INDEX && (!Number.isInteger(id) || id < 0 || id >= vocab)) {
+        throw new PeftkitError('E_DATA', `${e.source.file}:${e.source.line}: label ${id} is outside the model's vocabulary [0, ${vocab}), expected a token id or -100`);
+      }
+    }
+  }
+}
+
+/** One optimizer step; a data error names the rows of the step (file:line), since the trainer sees only batches. */
+function stepNaming(trainer: Trainer, window: Batch[], lr: number, examples: readonly Example[]): ReturnType<Trainer['step']> {
+  try {
+    return trainer.step(window, lr);
+  } catch (e) {
+    if (!(e instanceof PeftkitError) || e.code !== 'E_DATA') throw e;
+    const rows = [...new Set(window.flatMap((b) => b.examples).map((i) => `${examples[i].source.file}:${examples[i].source.line}`))];
+    throw new PeftkitError('E_DATA', `${rows.slice(0, 8).join(', ')}${rows.length > 8 ? ', ...' : ''}: ${e.message}`);
   }
 }
 
 export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainResult {
   const o = resolveTrainOptions(options);
   const emit = hooks.onEvent ?? (() => {});
-  fs.mkdirSync(o.out, { recursive: true });
-
   const model = LlamaModel.load(o.model, { device: o.device, dtype: o.bf16 ? 'bf16' : 'f32', quantize: o.quantize, int8Threshold: o.int8Threshold });
-  const tok = fs.existsSync(path.join(o.model, 'tokenizer.json')) ? loadTokenizer(o.model) : null;
-  const data = loadData(o, tok);
-  if (data.train.length === 0) throw new PeftkitError('E_DATA', `${o.data}: no training rows`);
-  checkVocab(data.train, model.config.vocabSize);
-  checkVocab(data.eval, model.config.vocabSize);
-  const padId = tok?.padId ?? 0;
+  // Everything holding engine memory or a file is released however the run ends, bad input included.
+  const owned: Array<{ dispose(): void }> = [model];
+  const own = <T extends { dispose(): void }>(r: T): T => (owned.push(r), r);
+  try {
+    const tok = fs.existsSync(path.join(o.model, 'tokenizer.json')) ? loadTokenizer(o.model) : null;
+    const data = loadData(o, tok);
+    if (data.train.length === 0) throw new PeftkitError('E_DATA', `${o.data}: no training rows`);
+    checkVocab(data.train, model.config.vocabSize);
+    checkVocab(data.eval, model.config.vocabSize);
+    const padId = tok?.padId ?? 0;
 
-  // A run killed while writing a checkpoint or the adapter leaves temporaries beside them.
-  removeLeftoverTemps(o.out);
-  removeLeftoverTemps(path.join(o.out, 'checkpoints'));
-  const resumeDir = o.resume ? findCheckpoint(o.resume) : null;
-  const resumed: TrainerState | null = resumeDir ? readTrainerState(resumeDir) : null;
-  const adapterSource = resumeDir ?? o.adapter;
-  const adapter = adapterSource
-    ? LoraAdapter.load(adapterSource, model.linearModules, { device: model.device })
-    : LoraAdapter.create(
-        model.linearModules,
-        defaultLoraConfig({
-          r: o.r, lora_alpha: o.alpha, lora_dropout: o.dropout, target_modules: o.targets, use_rslora: o.rslora,
-          init_lora_weights: o.initLoraWeights, base_model_name_or_path: path.resolve(o.model),
-        }),
-        { seed: o.seed, device: model.device },
-      );
+    // A run killed while writing a checkpoint or the adapter leaves temporaries beside them.
+    removeLeftoverTemps(o.out);
+    removeLeftoverTemps(path.join(o.out, 'checkpoints'));
+    const resumeDir = o.resume ? findCheckpoint(o.resume) : null;
+    const resumed: TrainerState | null = resumeDir ? readTrainerState(resumeDir) : null;
+    const adapterSource = resumeDir ?? o.adapter;
+    const adapter = own(adapterSource
+      ? LoraAdapter.load(adapterSource, model.linearModules, { device: model.device })
+      : LoraAdapter.create(
+          model.linearModules,
+          defaultLoraConfig({
+            r: o.r, lora_alpha: o.alpha, lora_dropout: o.dropout, target_modules: o.targets, use_rslora: o.rslora,
+            init_lora_weights: o.initLoraWeights, base_model_name_or_path: path.resolve(o.model),
+          }),
+          { seed: o.seed, device: model.device },
+        ));
 
-  const batches = new BatchIterator(data.train, { batchSize: o.batchSize, padId, shuffle: o.shuffle, seed: o.seed, packing: o.packing, maxLength: o.maxLength });
-  const totalSteps = o.steps ?? Math.max(1, Math.ceil(((o.epochs ?? 1) * batches.batchesPerEpoch) / o.gradAccum));
-  // A loop, not Math.max(...): spreading 100k+ lengths would overflow the call stack.
-  let longest = 1;
-  for (const e of [...data.train, ...data.eval]) longest = Math.max(longest, e.inputIds.length);
-  longest = Math.min(o.maxLength, longest);
-  const maxT = o.packing ? o.maxLength : longest;
-  const fingerprint = { model: path.resolve(o.model), data: path.resolve(o.data), batchSize: o.batchSize, gradAccum: o.gradAccum, seed: o.seed, packing: o.packing, maxLength: o.maxLength, shuffle: o.shuffle };
-  if (resumed) {
-    for (const [k, v] of Object.entries(fingerprint)) {
-      if (JSON.stringify(resumed.fingerprint[k]) !== JSON.stringify(v)) {
-        throw new PeftkitError('E_ARG', `resume: '${k}' was ${JSON.stringify(resumed.fingerprint[k])} in the checkpoint's run but is ${JSON.stringify(v)} now`);
+    const batches = new BatchIterator(data.train, { batchSize: o.batchSize, padId, shuffle: o.shuffle, seed: o.seed, packing: o.packing, maxLength: o.maxLength });
+    const totalSteps = o.steps ?? Math.max(1, Math.ceil(((o.epochs ?? 1) * batches.batchesPerEpoch) / o.gradAccum));
+    // A loop, not Math.max(...): spreading 100k+ lengths would overflow the call stack.
+    let longest = 1;
+    for (const e of [...data.train, ...data.eval]) longest = Math.max(longest, e.inputIds.length);
+    longest = Math.min(o.maxLength, longest);
+    const maxT = o.packing ? o.maxLength : longest;
+    const fingerprint = { model: path.resolve(o.model), data: path.resolve(o.data), batchSize: o.batchSize, gradAccum: o.gradAccum, seed: o.seed, packing: o.packing, maxLength: o.maxLength, shuffle: o.shuffle };
+    if (resumed && resumeDir) {
+      for (const [k, v] of Object.entries(fingerprint)) {
+        if (JSON.stringify(resumed.fingerprint[k]) !== JSON.stringify(v)) {
+          throw new PeftkitError(
+            'E_ARG',
+            `resume: '${k}' was ${JSON.stringify(resumed.fingerprint[k])} in the checkpoint's run (${path.join(resumeDir, 'trainer_state.json')}) but is ${JSON.stringify(v)} now`,
+          );
+        }
       }
     }
-  }
 
-  const trainer = new Trainer(model, adapter, {
-    maxRows: o.batchSize * maxT, maxT, dropout: adapter.config.lora_dropout, maxGradNorm: o.maxGradNorm,
-    activationCheckpointing: o.activationCheckpointing, seed: o.seed, betas: o.betas, eps: o.eps, weightDecay: o.weightDecay,
-    optim: o.optim, pagedDir: o.pagedDir,
-  });
-  const logFile = path.join(o.out, 'train_log.jsonl');
-  const lossCurve = path.join(o.out, 'loss_curve.svg');
-  let step = 0;
-  let elapsedBefore = 0;
-  let tokensSeen = 0;
-  if (resumed && resumeDir) {
-    restoreCheckpoint(resumeDir, adapter, trainer.optimizer, resumed);
-    batches.seek(resumed.position);
-    step = resumed.step;
-    elapsedBefore = resumed.elapsedS;
-    tokensSeen = resumed.tokensSeen;
-  }
-  const log = new TrainLog(logFile, resumed ? step : undefined);
-  const t0 = Date.now();
-  const elapsed = () => elapsedBefore + (Date.now() - t0) / 1000;
-  const state = (): TrainerState => ({ step, totalSteps, position: batches.position, seed: o.seed, elapsedS: elapsed(), tokensSeen, fingerprint });
-  const checkpoint = () => {
-    const dir = saveCheckpoint(o.out, adapter, trainer.optimizer, state());
-    writeLossCurve(lossCurve, readLog(logFile));
-    emit({ type: 'checkpoint', step, dir });
-  };
-  let evalLoss: number | null = null;
-  const evaluate = () => {
-    if (!data.eval.length) return;
-    const r = trainer.evaluate(evalBatches(data.eval, { batchSize: o.batchSize, padId }));
-    evalLoss = r.loss;
-    log.append({ step, eval_loss: r.loss, eval_perplexity: Math.exp(r.loss), elapsed_s: elapsed() });
-    emit({ type: 'eval', step, loss: r.loss, perplexity: Math.exp(r.loss) });
-  };
+    const trainer = own(new Trainer(model, adapter, {
+      maxRows: o.batchSize * maxT, maxT, dropout: adapter.config.lora_dropout, maxGradNorm: o.maxGradNorm,
+      activationCheckpointing: o.activationCheckpointing, seed: o.seed, betas: o.betas, eps: o.eps, weightDecay: o.weightDecay,
+      optim: o.optim, pagedDir: o.pagedDir,
+    }));
+    const logFile = path.join(o.out, 'train_log.jsonl');
+    const lossCurve = path.join(o.out, 'loss_curve.svg');
+    let step = 0;
+    let elapsedBefore = 0;
+    let tokensSeen = 0;
+    if (resumed && resumeDir) {
+      restoreCheckpoint(resumeDir, adapter, trainer.optimizer, resumed);
+      try {
+        batches.seek(resumed.position);
+      } catch (e) {
+        if (!(e instanceof PeftkitError)) throw e;
+        throw new PeftkitError(e.code, `${path.join(resumeDir, 'trainer_state.json')}: ${e.message}`);
+      }
+      step = resumed.step;
+      elapsedBefore = resumed.elapsedS;
+      tokensSeen = resumed.tokensSeen;
+    }
+    // Created only now, so that bad input found above leaves no output folder behind.
+    fs.mkdirSync(o.out, { recursive: true });
+    const log = new TrainLog(logFile, resumed ? step : undefined);
+    owned.push({ dispose: () => log.close() });
+    const t0 = Date.now();
+    const elapsed = () => elapsedBefore + (Date.now() - t0) / 1000;
+    const state = (): TrainerState => ({ step, totalSteps, position: batches.position, seed: o.seed, elapsedS: elapsed(), tokensSeen, fingerprint });
+    const checkpoint = () => {
+      const dir = saveCheckpoint(o.out, adapter, trainer.optimizer, state());
+      writeLossCurve(lossCurve, readLog(logFile));
+      emit({ type: 'checkpoint', step, dir });
+    };
+    let evalLoss: number | null = null;
+    const evaluate = () => {
+      if (!data.eval.length) return;
+      const r = trainer.evaluate(evalBatches(data.eval, { batchSize: o.batchSize, padId }));
+      evalLoss = r.loss;
+      log.append({ step, eval_loss: r.loss, eval_perplexity: Math.exp(r.loss), elapsed_s: elapsed() });
+      emit({ type: 'eval', step, loss: r.loss, perplexity: Math.exp(r.loss) });
+    };
 
-  emit({
-    type: 'start', totalSteps, startStep: step, trainExamples: data.train.length, evalExamples: data.eval.length,
-    trainableParams: adapter.parameters().reduce((a, p) => a + p.param.numel, 0), device: model.device,
-  });
-  let finalLoss = NaN;
-  const runStart = elapsed();
-  const tokensAtStart = tokensSeen;
-  try {
+    emit({
+      type: 'start', totalSteps, startStep: step, trainExamples: data.train.length, evalExamples: data.eval.length,
+      trainableParams: adapter.parameters().reduce((a, p) => a + p.param.numel, 0), device: model.device,
+    });
+    let finalLoss = NaN;
+    const runStart = elapsed();
+    const tokensAtStart = tokensSeen;
     while (step < totalSteps) {
       if (hooks.shouldStop?.()) {
         checkpoint();
@@ -177,7 +204,7 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
       const window = Array.from({ length: o.gradAccum }, () => batches.nextBatch());
       const lr = lrAt(step, { schedule: o.schedule, lr: o.lr, warmupSteps: o.warmupSteps, totalSteps });
       const ts = Date.now();
-      const r = trainer.step(window, lr);
+      const r = stepNaming(trainer, window, lr, data.train);
       step++;
       tokensSeen += r.inputTokens;
       finalLoss = r.loss;
@@ -201,9 +228,6 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
       tokensPerS: (tokensSeen - tokensAtStart) / Math.max(1e-9, el - runStart),
     };
   } finally {
-    log.close();
-    trainer.dispose();
-    adapter.dispose();
-    model.dispose();
+    for (const r of owned.reverse()) r.dispose();
   }
 }

@@ -68,7 +68,8 @@ export class Trainer {
     const maxNorm = this.o.maxGradNorm ?? 1;
     const gradNorm = maxNorm > 0 ? ops.clipGradNorm(grads, maxNorm) : ops.gradNorm(grads);
     if (!Number.isFinite(gradNorm)) {
-      throw new PeftkitError('E_NAN', `gradient norm is ${gradNorm} at step ${stepNo}: stopping before the adapter is corrupted (lower the learning rate?)`);
+      const loaded = this.adapter.source ? `, or the adapter loaded from ${this.adapter.source} holds values too large` : '';
+      throw new PeftkitError('E_NAN', `gradient norm is ${gradNorm} at step ${stepNo}: stopping before the adapter is corrupted (lower the learning rate?${loaded})`);
     }
     this.optimizer.update(lr);
     return { loss: lossSum / tokens, gradNorm, tokens, inputTokens };
