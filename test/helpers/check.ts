@@ -15,18 +15,24 @@ export interface Rng {
   int(lo: number, hi: number): number;
 }
 
-/** mulberry32 + Box-Muller; the seed is fresh each run unless PEFTKIT_TEST_SEED is set. */
-export function makeRng(t?: ExecutionContext, seed?: number): Rng {
-  let s = seed ?? (process.env.PEFTKIT_TEST_SEED ? Number(process.env.PEFTKIT_TEST_SEED) : (Math.random() * 2 ** 32) >>> 0);
-  const start = s;
-  t?.log(`seed ${start} (replay with PEFTKIT_TEST_SEED=${start})`);
-  const next = () => {
+/** mulberry32: uniform numbers in [0, 1), the same sequence for the same seed on every machine. */
+export function mulberry32(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
     s = (s + 0x6d2b79f5) >>> 0;
     let x = s;
     x = Math.imul(x ^ (x >>> 15), x | 1);
     x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
     return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
   };
+}
+
+/** mulberry32 + Box-Muller; the seed is fresh each run unless PEFTKIT_TEST_SEED is set. */
+export function makeRng(t?: ExecutionContext, seed?: number): Rng {
+  const s = seed ?? (process.env.PEFTKIT_TEST_SEED ? Number(process.env.PEFTKIT_TEST_SEED) : (Math.random() * 2 ** 32) >>> 0);
+  const start = s;
+  t?.log(`seed ${start} (replay with PEFTKIT_TEST_SEED=${start})`);
+  const next = mulberry32(s);
   return {
     seed: start,
     next,

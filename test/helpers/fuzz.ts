@@ -15,6 +15,7 @@ import { spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { PeftkitError } from '../../src/index';
+import { mulberry32 } from './check';
 
 export interface FuzzRng {
   /** uniform in [0, 1) */
@@ -25,16 +26,9 @@ export interface FuzzRng {
   chance(p: number): boolean;
 }
 
-/** mulberry32: the same sequence for the same seed on every machine. */
+/** A seeded draw (mulberry32): the same sequence for the same seed on every machine. */
 export function fuzzRng(seed: number): FuzzRng {
-  let s = seed >>> 0;
-  const next = () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let x = s;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
+  const next = mulberry32(seed);
   const int = (lo: number, hi: number) => lo + Math.floor(next() * (hi - lo));
   return { next, int, pick: (items) => items[int(0, items.length)], chance: (p) => next() < p };
 }
