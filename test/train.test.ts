@@ -92,3 +92,24 @@ test('bad options and bad data fail with clear errors', async (t) => {
   const e3 = await t.throwsAsync(train({ model: path.join(tmp(), 'none'), data, out, steps: 1 }).result, { instanceOf: PeftkitError });
   t.regex(e3!.message, /config\.json/);
 });
+
+test('rows with nothing to learn from (prompt past maxLength, label only at position 0) are skipped with a warning naming them', async (t) => {
+  const { model } = fixture();
+  const data = path.join(tmp(), 'mixed.jsonl');
+  const rows = [
+    { prompt: 'a prompt far longer than the sixteen tokens allowed here, so that its completion is cut away', completion: ' lost' },
+    { input_ids: [5, 6, 7], labels: [5, -100, -100] }, // the label at position 0 is never a target
+    ...Array.from({ length: 6 }, (_, i) => ({ prompt: `q${i}`, completion: ` a${i}` })),
+  ];
+  fs.writeFileSync(data, rows.map((r) => JSON.stringify(r)).join('\n') + '\n');
+  const warnings: string[] = [];
+  let examples = 0;
+  const run = train({ model, data, out: path.join(tmp(), 'out'), batchSize: 1, maxLength: 16, steps: 8, shuffle: false });
+  run.on('warning', (e) => warnings.push(e.message));
+  run.on('start', (e) => (examples = e.trainExamples));
+  const result = await run;
+  t.is(result.steps, 8, 'the run did not stop at the rows that teach nothing');
+  t.is(examples, 6);
+  t.is(warnings.length, 1);
+  t.regex(warnings[0], /^2 rows skipped, no label token to learn from after truncation to maxLength 16 .*mixed\.jsonl:1, .*mixed\.jsonl:2$/);
+});

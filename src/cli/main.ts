@@ -88,6 +88,7 @@ async function cmdTrain(args: string[]): Promise<number> {
   run.on('step', (e) => progress.step(e));
   run.on('eval', (e) => progress.line(`eval at step ${e.step}: loss ${e.loss.toFixed(4)}, perplexity ${e.perplexity.toFixed(2)}`));
   run.on('checkpoint', (e) => progress.line(`checkpoint: ${e.dir}`));
+  run.on('warning', (e) => progress.line(`warning: ${e.message}`));
   try {
     const r = await run;
     progress.stop();

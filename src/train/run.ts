@@ -21,6 +21,7 @@ import { lrAt } from './schedule';
 import { Trainer } from './trainer';
 
 export type TrainEvent =
+  | { type: 'warning'; message: string }
   | { type: 'start'; totalSteps: number; startStep: number; trainExamples: number; evalExamples: number; trainableParams: number; device: string }
   | { type: 'step'; step: number; totalSteps: number; loss: number; lr: number; gradNorm: number; tokensPerS: number; elapsedS: number; etaS: number }
   | { type: 'eval'; step: number; loss: number; perplexity: number }
@@ -84,6 +85,25 @@ function checkVocab(examples: readonly Example[], vocab: number): void {
   }
 }
 
+/**
+ * Drops the rows that have no label token past their first position (the loss predicts token
+ * t+1 from t, so a label at position 0 is never a target): a prompt longer than maxLength, a
+ * completion truncated away, a chat without an assistant turn. They cost compute and teach
+ * nothing, and a step made only of them would have no loss at all, stopping a long run midway.
+ * Returns a warning naming them, or null; no trainable row left at all is an error.
+ */
+function skipUntrainable(data: { train: Example[]; eval: Example[] }, o: { data: string; maxLength: number }): string | null {
+  const trainable = (e: Example) => e.labels.some((l, t) => t > 0 && l !== IGNORE_INDEX);
+  const dropped = [...data.train, ...data.eval].filter((e) => !trainable(e));
+  if (!dropped.length) return null;
+  data.train = data.train.filter(trainable);
+  data.eval = data.eval.filter(trainable);
+  const where = dropped.slice(0, 5).map((e) => `${e.source.file}:${e.source.line}`).join(', ') + (dropped.length > 5 ? ', ...' : '');
+  const why = `no label token to learn from after truncation to maxLength ${o.maxLength} (a prompt longer than that, a completion cut away, or no assistant turn)`;
+  if (!data.train.length) throw new PeftkitError('E_DATA', `${o.data}: no training row has a label token: ${why}: ${where}`);
+  return `${dropped.length} row${dropped.length > 1 ? 's' : ''} skipped, ${why}: ${where}`;
+}
+
 /** One optimizer step; a data error names the rows of the step (file:line), since the trainer sees only batches. */
 function stepNaming(trainer: Trainer, window: Batch[], lr: number, examples: readonly Example[]): ReturnType<Trainer['step']> {
   try {
@@ -108,6 +128,8 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
     if (data.train.length === 0) throw new PeftkitError('E_DATA', `${o.data}: no training rows`);
     checkVocab(data.train, model.config.vocabSize);
     checkVocab(data.eval, model.config.vocabSize);
+    const skipped = skipUntrainable(data, o);
+    if (skipped) emit({ type: 'warning', message: skipped });
     const padId = tok?.padId ?? 0;
 
     // A run killed while writing a checkpoint or the adapter leaves temporaries beside them.
