@@ -25,6 +25,11 @@
         ["target_arch=='x64'", {
           "dependencies": ["peftkit_avx2", "peftkit_avx512"],
           "defines": ["PEFTKIT_X86"]
+        }],
+        # NEON is in the arm64 base ISA: its files need no flags of their own.
+        ["target_arch=='arm64'", {
+          "sources": ["<!@(node scripts/sources.js neon)"],
+          "defines": ["PEFTKIT_ARM64"]
         }]
       ]
     }
