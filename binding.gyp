@@ -12,6 +12,11 @@
       "target_name": "peftkit",
       "sources": ["<!@(node scripts/sources.js generic)"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      # No implicit fused multiply-adds in the portable code: x86-64 has no FMA without -mfma,
+      # so this changes nothing there, and arm64 (FMA in its base ISA) rounds the same way
+      # (dequantization and norm backward results are specified to the f32 rounding step).
+      # SIMD files write their FMAs explicitly.
+      "cflags": ["-ffp-contract=off"],
       "libraries": ["-fopenmp"],
       # Node dlcloses an addon when the last worker using it exits; libgomp would go with it
       # while its idle team threads (made on libuv pool threads) still run its code: segfault.
@@ -20,20 +25,32 @@
         ["target_arch=='x64'", {
           "dependencies": ["peftkit_avx2", "peftkit_avx512"],
           "defines": ["PEFTKIT_X86"]
+        }],
+        # NEON is in the arm64 base ISA: its files need no flags of their own.
+        ["target_arch=='arm64'", {
+          "sources": ["<!@(node scripts/sources.js neon)"],
+          "defines": ["PEFTKIT_ARM64"]
         }]
       ]
-    },
-    {
-      "target_name": "peftkit_avx2",
-      "type": "static_library",
-      "sources": ["<!@(node scripts/sources.js avx2)"],
-      "cflags": ["-mavx2", "-mfma", "-mf16c"]
-    },
-    {
-      "target_name": "peftkit_avx512",
-      "type": "static_library",
-      "sources": ["<!@(node scripts/sources.js avx512)"],
-      "cflags": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512bf16"]
     }
+  ],
+  # The x86 ISA libraries exist only on x64: other compilers reject their -m flags.
+  "conditions": [
+    ["target_arch=='x64'", {
+      "targets": [
+        {
+          "target_name": "peftkit_avx2",
+          "type": "static_library",
+          "sources": ["<!@(node scripts/sources.js avx2)"],
+          "cflags": ["-mavx2", "-mfma", "-mf16c"]
+        },
+        {
+          "target_name": "peftkit_avx512",
+          "type": "static_library",
+          "sources": ["<!@(node scripts/sources.js avx512)"],
+          "cflags": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512bf16"]
+        }
+      ]
+    }]
   ]
 }

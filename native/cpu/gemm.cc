@@ -1,5 +1,6 @@
 // The CPU GEMM: a GotoBLAS/BLIS-style blocked driver over register-blocked micro-kernels
-// (gemm_avx512.cc, gemm_avx2.cc, or the portable one below, picked once from CPUID).
+// (gemm_avx512.cc, gemm_avx2.cc, gemm_neon.cc on arm64, or the portable one below, picked once
+// from CPUID).
 //
 // C is cut into blocks that threads take dynamically (gemm_panels); each block runs, outermost first:
 //   jc: nc columns ─ pc: kc rows of the concatenated K ─ pack the kc×nc B block (L2/L3)
@@ -89,6 +90,9 @@ const GemmArch& gemm_arch() {
       return a;
     }
     if (cpu_isa() == Isa::Avx2) return gemm_arch_avx2();
+#endif
+#if defined(PEFTKIT_ARM64)
+    if (cpu_isa() == Isa::Neon) return gemm_arch_neon();
 #endif
     return GemmArch{"portable", kPortableMR, kPortableNR, kPortableVW, 256, 2048, portable_kernel, nullptr, 0, 0, {}};
   }();

@@ -51,5 +51,7 @@ const GemmArch& gemm_arch();
 GemmArch gemm_arch_avx512();
 GemmPackers gemm_packers_avx512();
 GemmArch gemm_arch_avx2();
+// Defined in gemm_neon.cc (arm64 builds only).
+GemmArch gemm_arch_neon();
 
 }  // namespace pk::cpu

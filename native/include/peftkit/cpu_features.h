@@ -14,7 +14,7 @@ struct CpuFeatures {
 
 const CpuFeatures& cpu_features();
 // The ISA the f32 GEMM dispatches to: "amx-bf16", "avx512", "avx2", "neon" or "portable".
-// PEFTKIT_ISA=portable|avx2|avx512 caps it (for tests and benchmarks of the lower paths).
+// PEFTKIT_ISA=portable|neon|avx2|avx512 caps it (for tests and benchmarks of the lower paths).
 const char* cpu_isa_name();
 enum class Isa : int { Portable = 0, Neon = 1, Avx2 = 2, Avx512 = 3 };
 Isa cpu_isa();
