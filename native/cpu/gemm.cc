@@ -115,6 +115,22 @@ Buffer alloc_bytes(size_t bytes) {
   return Buffer(static_cast<unsigned char*>(p));
 }
 
+// gemm_panels' packing buffers, kept per calling thread and grown as needed. They are megabytes,
+// and a fresh block per call is a fresh mapping (tensor.cc sets glibc's mmap threshold to 1 MiB)
+// page-faulted in on every call: ~85k faults per SmolLM2-135M training step. Per thread, so
+// concurrent callers (workers, the libuv pool) never share one; freed when the thread exits.
+unsigned char* thread_scratch(size_t bytes) {
+  thread_local Buffer buf;
+  thread_local size_t capacity = 0;
+  if (bytes > capacity) {
+    buf.reset();
+    capacity = 0;
+    buf = alloc_bytes(bytes);
+    capacity = bytes;
+  }
+  return buf.get();
+}
+
 // ---- The blocked product ----------------------------------------------------------------------
 struct Problem {
   const GemmArch* arch;
@@ -501,7 +517,7 @@ void gemm_panels(int64_t M, int64_t N, const PanelTerm* terms, int nterms, float
   const size_t tb_bytes = round_up(size_t(p.tail_k) * size_t(round_up(nc_max, arch.nr)) * sizeof(float), 64);
   const size_t ta_bytes = round_up(size_t(p.tail_k) * size_t(arch.mr) * sizeof(float), 64);
   const size_t per_thread = b_bytes + a_bytes + t_bytes + c_bytes + tb_bytes + ta_bytes;
-  Buffer buf = alloc_bytes(per_thread * size_t(threads));
+  unsigned char* const scratch = thread_scratch(per_thread * size_t(threads));
 
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
   for (int blk = 0; blk < tm * tn; blk++) {
@@ -514,7 +530,7 @@ void gemm_panels(int64_t M, int64_t N, const PanelTerm* terms, int nterms, float
 #else
     const int th = 0;
 #endif
-    unsigned char* base = buf.get() + per_thread * size_t(th);
+    unsigned char* base = scratch + per_thread * size_t(th);
     unsigned char* tail = base + b_bytes + a_bytes + t_bytes + c_bytes;
     Scratch s{base, base + b_bytes, reinterpret_cast<float*>(base + b_bytes + a_bytes),
               reinterpret_cast<float*>(base + b_bytes + a_bytes + t_bytes), reinterpret_cast<float*>(tail),
