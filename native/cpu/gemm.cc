@@ -117,7 +117,7 @@ Buffer alloc_bytes(size_t bytes) {
 
 // gemm_panels' packing buffers, kept per calling thread and grown as needed. They are megabytes,
 // and a fresh block per call is a fresh mapping (tensor.cc sets glibc's mmap threshold to 1 MiB)
-// page-faulted in on every call: ~85k faults per SmolLM2-135M training step. Per thread, so
+// page-faulted in on every call: ~42k faults per SmolLM2-135M training step. Per thread, so
 // concurrent callers (workers, the libuv pool) never share one; freed when the thread exits.
 unsigned char* thread_scratch(size_t bytes) {
   thread_local Buffer buf;
