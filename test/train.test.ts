@@ -113,3 +113,14 @@ test('rows with nothing to learn from (prompt past maxLength, label only at posi
   t.is(warnings.length, 1);
   t.regex(warnings[0], /^2 rows skipped, no label token to learn from after truncation to maxLength 16 .*mixed\.jsonl:1, .*mixed\.jsonl:2$/);
 });
+
+test('saveTotalLimit keeps the newest N checkpoints, and the run resumes from them', async (t) => {
+  const { model, data } = fixture();
+  const out = path.join(tmp(), 'limited');
+  await train({ ...common, model, data, out, steps: 6, saveEvery: 1, saveTotalLimit: 2 });
+  t.deepEqual(fs.readdirSync(path.join(out, 'checkpoints')).sort(), ['step-4', 'step-5']);
+  const result = await train({ ...common, model, data, out, steps: 7, resume: out, saveEvery: 1, saveTotalLimit: 2 });
+  t.is(result.steps, 7);
+  t.deepEqual(fs.readdirSync(path.join(out, 'checkpoints')).sort(), ['step-5', 'step-6']);
+  t.throws(() => train({ model, data, out, saveTotalLimit: -1 }), { instanceOf: PeftkitError, message: /saveTotalLimit/ });
+});

@@ -19,7 +19,7 @@ const USAGE = `usage:
       [--r 8] [--alpha 16] [--dropout 0.05] [--targets q_proj,v_proj | all-linear] [--rslora]
       [--adapter DIR] [--steps N | --epochs N] [--batch-size 4] [--grad-accum 1] [--lr 2e-4]
       [--optim adamw|adamw8bit|paged_adamw|paged_adamw8bit] [--paged-dir DIR] [--weight-decay 0] [--schedule constant|linear|cosine] [--warmup-steps 0] [--max-grad-norm 1]
-      [--max-length 2048] [--packing] [--no-mask-prompt] [--no-shuffle] [--seed 0] [--save-every N]
+      [--max-length 2048] [--packing] [--no-mask-prompt] [--no-shuffle] [--seed 0] [--save-every N] [--save-total-limit N]
       [--eval-every N] [--resume DIR] [--activation-checkpointing] [--bf16] [--device cpu|cuda|auto]
   peftkit train                      (no model and no data: a one-minute demo on a tiny model)
   peftkit generate --model DIR [--adapter DIR] [--quantize nf4|fp4|int8] [--int8-threshold T] --prompt TEXT [--max-new-tokens 64] [--temperature 0.7]
@@ -54,7 +54,7 @@ async function cmdTrain(args: string[]): Promise<number> {
       lr: { type: 'string' }, 'weight-decay': { type: 'string' }, schedule: { type: 'string' }, 'warmup-steps': { type: 'string' },
       'max-grad-norm': { type: 'string' }, 'max-length': { type: 'string' }, packing: { type: 'boolean' },
       'no-mask-prompt': { type: 'boolean' }, 'no-shuffle': { type: 'boolean' }, seed: { type: 'string' },
-      'save-every': { type: 'string' }, 'eval-every': { type: 'string' }, resume: { type: 'string' },
+      'save-every': { type: 'string' }, 'save-total-limit': { type: 'string' }, 'eval-every': { type: 'string' }, resume: { type: 'string' },
       'activation-checkpointing': { type: 'boolean' }, device: { type: 'string' }, bf16: { type: 'boolean' },
       optim: { type: 'string' }, 'paged-dir': { type: 'string' }, quantize: { type: 'string' },
       'int8-threshold': { type: 'string' },
@@ -72,7 +72,7 @@ async function cmdTrain(args: string[]): Promise<number> {
     schedule: v.schedule as TrainOptions['schedule'], warmupSteps: num('warmup-steps', v['warmup-steps']),
     maxGradNorm: num('max-grad-norm', v['max-grad-norm']), maxLength: num('max-length', v['max-length']), packing: v.packing,
     maskPrompt: v['no-mask-prompt'] ? false : undefined, shuffle: v['no-shuffle'] ? false : undefined, seed: num('seed', v.seed),
-    saveEvery: num('save-every', v['save-every']), evalEvery: num('eval-every', v['eval-every']), resume: v.resume,
+    saveEvery: num('save-every', v['save-every']), saveTotalLimit: num('save-total-limit', v['save-total-limit']), evalEvery: num('eval-every', v['eval-every']), resume: v.resume,
     activationCheckpointing: v['activation-checkpointing'], device: v.device as TrainOptions['device'], bf16: v.bf16,
     optim: v.optim as TrainOptions['optim'], pagedDir: v['paged-dir'],
   };

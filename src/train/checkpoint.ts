@@ -63,6 +63,18 @@ function optimizerTensors(optimizer: AdamW): Record<string, TensorToWrite> {
   return out;
 }
 
+/**
+ * Deletes all but the newest `keep` complete checkpoints under `out/checkpoints` (keep > 0).
+ * Called after a checkpoint is complete, so a kill mid-way never leaves fewer than `keep`.
+ */
+export function pruneCheckpoints(out: string, keep: number): void {
+  const root = path.join(out, 'checkpoints');
+  if (!fs.existsSync(root)) return;
+  const steps = fs.readdirSync(root).map((d) => /^step-(\d+)$/.exec(d)).filter((m): m is RegExpExecArray => !!m)
+    .sort((a, b) => Number(b[1]) - Number(a[1]));
+  for (const m of steps.slice(keep)) fs.rmSync(path.join(root, m[0]), { recursive: true, force: true });
+}
+
 /** The newest complete checkpoint under an output folder, or the folder itself if it is one. */
 export function findCheckpoint(dirOrOut: string): string {
   if (fs.existsSync(path.join(dirOrOut, 'trainer_state.json'))) return dirOrOut;

@@ -93,6 +93,11 @@ export interface TrainOptions {
   maskPrompt?: boolean;
   /** Save a checkpoint every N steps (0 = only at the end). Defaults to `0`. */
   saveEvery?: number;
+  /**
+   * Keep only the newest N checkpoints under `out/checkpoints` (transformers' save_total_limit):
+   * older ones are deleted once a newer one is complete. 0 = keep all. Defaults to `0`.
+   */
+  saveTotalLimit?: number;
   /** Evaluate every N steps (0 = only at the end, when there is eval data). Defaults to `0`. */
   evalEvery?: number;
   /** Resume from a checkpoint folder, or from the latest checkpoint under an output folder. Defaults to none. */
@@ -204,6 +209,7 @@ export function resolveTrainOptions(o: TrainOptions): ResolvedTrainOptions {
     packing: o.packing ?? false,
     maskPrompt: o.maskPrompt ?? true,
     saveEvery: positiveInt('saveEvery', o.saveEvery, 0, true),
+    saveTotalLimit: positiveInt('saveTotalLimit', o.saveTotalLimit, 0, true),
     evalEvery: positiveInt('evalEvery', o.evalEvery, 0, true),
     activationCheckpointing: o.activationCheckpointing ?? false,
     device: o.device ?? 'cpu',

@@ -13,7 +13,7 @@ import { removeLeftoverTemps } from '../io/atomic';
 import { LlamaModel } from '../model/llama';
 import { LoraAdapter } from '../peft/lora';
 import { defaultLoraConfig } from '../peft/lora_config';
-import { findCheckpoint, readTrainerState, restoreCheckpoint, saveCheckpoint, TrainerState } from './checkpoint';
+import { findCheckpoint, pruneCheckpoints, readTrainerState, restoreCheckpoint, saveCheckpoint, TrainerState } from './checkpoint';
 import { TrainLog, readLog } from './log';
 import { writeLossCurve } from './loss_curve';
 import { ResolvedTrainOptions, resolveTrainOptions, TrainOptions } from './options';
@@ -199,6 +199,7 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
     const state = (): TrainerState => ({ step, totalSteps, position: batches.position, seed: o.seed, elapsedS: elapsed(), tokensSeen, fingerprint });
     const checkpoint = () => {
       const dir = saveCheckpoint(o.out, adapter, trainer.optimizer, state());
+      if (o.saveTotalLimit > 0) pruneCheckpoints(o.out, o.saveTotalLimit);
       writeLossCurve(lossCurve, readLog(logFile));
       emit({ type: 'checkpoint', step, dir });
     };
