@@ -118,6 +118,21 @@ test('loadTokenizer: missing or broken files name the file', (t) => {
   dataError(t, () => loadTokenizer(dir), /tokenizer_config\.json: chat_template does not parse/, 'E_CONFIG');
 });
 
+test('loadTokenizer: a vocabulary without an unk token loads; text outside it is an error naming the file', (t) => {
+  // A DNA-style WordLevel tokenizer: nothing but its four letters, no unk token.
+  const dir = tmpDir();
+  writeFile(dir, 'tokenizer.json', JSON.stringify({
+    version: '1.0', truncation: null, padding: null, added_tokens: [], normalizer: null,
+    pre_tokenizer: { type: 'Split', pattern: { String: '' }, behavior: 'Isolated', invert: false },
+    post_processor: null, decoder: null,
+    model: { type: 'WordLevel', vocab: { A: 0, C: 1, G: 2, T: 3 }, unk_token: null },
+  }));
+  writeFile(dir, 'tokenizer_config.json', '{}');
+  const tok = loadTokenizer(dir);
+  t.deepEqual(tok.encode('GATTACA', { addSpecialTokens: false }), [2, 0, 3, 3, 0, 1, 0]);
+  dataError(t, () => tok.encode('GATXACA'), /tokenizer\.json: "GATXACA" has pieces outside the vocabulary, and the tokenizer has no unk token/);
+});
+
 test('loadTokenizer: AddedToken objects, pad falls back to EOS, special_tokens_map, template list and chat_template.jinja', (t) => {
   const dir = tmpDir();
   const info = writeByteTokenizer(dir);

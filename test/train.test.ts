@@ -117,10 +117,22 @@ test('rows with nothing to learn from (prompt past maxLength, label only at posi
 test('saveTotalLimit keeps the newest N checkpoints, and the run resumes from them', async (t) => {
   const { model, data } = fixture();
   const out = path.join(tmp(), 'limited');
+  // A later checkpoint left by another run in the same folder is not this run's to prune, and
+  // never makes it prune the checkpoint it just wrote.
+  fs.mkdirSync(path.join(out, 'checkpoints', 'step-300'), { recursive: true });
   await train({ ...common, model, data, out, steps: 6, saveEvery: 1, saveTotalLimit: 2 });
-  t.deepEqual(fs.readdirSync(path.join(out, 'checkpoints')).sort(), ['step-4', 'step-5']);
+  t.deepEqual(fs.readdirSync(path.join(out, 'checkpoints')).sort(), ['step-300', 'step-4', 'step-5']);
+  fs.rmSync(path.join(out, 'checkpoints', 'step-300'), { recursive: true });
   const result = await train({ ...common, model, data, out, steps: 7, resume: out, saveEvery: 1, saveTotalLimit: 2 });
   t.is(result.steps, 7);
   t.deepEqual(fs.readdirSync(path.join(out, 'checkpoints')).sort(), ['step-5', 'step-6']);
   t.throws(() => train({ model, data, out, saveTotalLimit: -1 }), { instanceOf: PeftkitError, message: /saveTotalLimit/ });
+});
+
+test('a paged optimizer creates its pagedDir, also inside a new output folder', async (t) => {
+  const { model, data } = fixture();
+  const out = path.join(tmp(), 'paged-out');
+  const result = await train({ ...common, model, data, out, steps: 2, optim: 'paged_adamw', pagedDir: path.join(out, 'paged') });
+  t.is(result.steps, 2);
+  t.true(fs.existsSync(path.join(out, 'paged')));
 });

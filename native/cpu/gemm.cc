@@ -115,11 +115,25 @@ Buffer alloc_bytes(size_t bytes) {
   return Buffer(static_cast<unsigned char*>(p));
 }
 
-// gemm_panels' packing buffers, kept per calling thread and grown as needed. They are megabytes,
-// and a fresh block per call is a fresh mapping (tensor.cc sets glibc's mmap threshold to 1 MiB)
-// page-faulted in on every call: ~42k faults per SmolLM2-135M training step. Per thread, so
-// concurrent callers (workers, the libuv pool) never share one; freed when the thread exits.
-unsigned char* thread_scratch(size_t bytes) {
+// gemm_panels' packing buffers, kept per calling thread and grown as needed, up to a cap. They
+// are megabytes, and a fresh block per call is a fresh mapping (tensor.cc sets glibc's mmap
+// threshold to 1 MiB) page-faulted in on every call: ~42k faults per SmolLM2-135M training step.
+// Per thread, so concurrent callers (workers, the libuv pool) never share one; freed when the
+// thread exits. Beyond the cap (many threads, huge panels) a call allocates its own, as before,
+// so an idle thread never holds more than the cap.
+constexpr size_t kKeptScratch = size_t(64) << 20;
+
+struct Scratchpad {
+  Buffer owned;  // this call's own buffer, when it is above the cap
+  unsigned char* data;
+};
+
+Scratchpad thread_scratch(size_t bytes) {
+  if (bytes > kKeptScratch) {
+    Buffer b = alloc_bytes(bytes);
+    unsigned char* p = b.get();
+    return {std::move(b), p};
+  }
   thread_local Buffer buf;
   thread_local size_t capacity = 0;
   if (bytes > capacity) {
@@ -128,7 +142,7 @@ unsigned char* thread_scratch(size_t bytes) {
     buf = alloc_bytes(bytes);
     capacity = bytes;
   }
-  return buf.get();
+  return {nullptr, buf.get()};
 }
 
 // ---- The blocked product ----------------------------------------------------------------------
@@ -517,7 +531,8 @@ void gemm_panels(int64_t M, int64_t N, const PanelTerm* terms, int nterms, float
   const size_t tb_bytes = round_up(size_t(p.tail_k) * size_t(round_up(nc_max, arch.nr)) * sizeof(float), 64);
   const size_t ta_bytes = round_up(size_t(p.tail_k) * size_t(arch.mr) * sizeof(float), 64);
   const size_t per_thread = b_bytes + a_bytes + t_bytes + c_bytes + tb_bytes + ta_bytes;
-  unsigned char* const scratch = thread_scratch(per_thread * size_t(threads));
+  const Scratchpad pad = thread_scratch(per_thread * size_t(threads));
+  unsigned char* const scratch = pad.data;
 
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
   for (int blk = 0; blk < tm * tn; blk++) {

@@ -121,7 +121,10 @@ export class Tokenizer {
     this.padId = id('pad_token', this.padToken) ?? this.eosId;
     this.vocabSize = this.guard('list its vocabulary', () => this.hf.get_vocab(true).size);
     // A probe, so that a damaged pipeline fails at load rather than in the middle of a dataset.
-    this.decode(this.encode('a b'));
+    // Decoding known ids rather than encode's output: a vocabulary without "a" and without an
+    // unk token (characters, DNA) is a working tokenizer that cannot encode the probe text.
+    this.guard('encode text', () => this.hf.encode('a b', { add_special_tokens: true }));
+    this.decode(Array.from({ length: Math.min(this.vocabSize, 4) }, (_, i) => i));
 
     this.chatTemplate = opts.chatTemplate !== undefined ? opts.chatTemplate : pickChatTemplate(tokenizerConfig.chat_template, cfgFile);
     this.templateFile = opts.chatTemplateFile ?? cfgFile;
@@ -143,7 +146,13 @@ export class Tokenizer {
 
   /** Token ids of `text`. */
   encode(text: string, opts: EncodeTextOptions = {}): number[] {
-    return this.guard('encode text', () => this.hf.encode(text, { add_special_tokens: opts.addSpecialTokens ?? true }).ids);
+    const ids = this.guard('encode text', () => this.hf.encode(text, { add_special_tokens: opts.addSpecialTokens ?? true }).ids);
+    // The library yields undefined for a piece outside a vocabulary that has no unk token
+    // (where the Rust tokenizers raise "missing unk token").
+    if (ids.some((id) => !Number.isInteger(id))) {
+      throw new PeftkitError('E_DATA', `${path.join(this.dir, 'tokenizer.json')}: ${JSON.stringify(text.length > 40 ? text.slice(0, 40) + '…' : text)} has pieces outside the vocabulary, and the tokenizer has no unk token to map them to`);
+    }
+    return ids;
   }
 
   decode(ids: ArrayLike<number>, opts: DecodeOptions = {}): string {

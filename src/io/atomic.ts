@@ -55,16 +55,22 @@ export function writeDirAtomic(dir: string, fill: (tmpDir: string) => void): voi
 }
 
 /**
- * Removes the temporaries a killed writer left in `dir` (files and folders named as
- * writeFileAtomic / writeDirAtomic name them: a leading dot and a `.tmp` mark), so a resumed run
- * does not pile them up. Only for a folder no other writer is using. Returns the names removed.
+ * Cleans up after a killed writer in `dir` (files and folders named as writeFileAtomic /
+ * writeDirAtomic name them: a leading dot and a `.tmp` mark), so a resumed run does not pile
+ * them up. A folder's complete old copy, moved aside when the kill came between writeDirAtomic's
+ * two renames, goes back in place instead. Only for a folder no other writer is using. Returns
+ * the names removed or restored.
  */
 export function removeLeftoverTemps(dir: string): string[] {
   if (!fs.existsSync(dir)) return [];
   const temp = /^\..+(\.\d+\.[0-9a-z]+\.tmp|\.tmp-[A-Za-z0-9]{6}(\.old)?)$/;
-  const removed = fs.readdirSync(dir).filter((name) => temp.test(name));
-  for (const name of removed) fs.rmSync(path.join(dir, name), { recursive: true, force: true });
-  return removed;
+  const names = fs.readdirSync(dir).filter((name) => temp.test(name));
+  for (const name of names) {
+    const moved = /^\.(.+)\.tmp-[A-Za-z0-9]{6}\.old$/.exec(name);
+    if (moved && !fs.existsSync(path.join(dir, moved[1]))) fs.renameSync(path.join(dir, name), path.join(dir, moved[1]));
+    else fs.rmSync(path.join(dir, name), { recursive: true, force: true });
+  }
+  return names;
 }
 
 /**

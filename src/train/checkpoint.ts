@@ -64,13 +64,16 @@ function optimizerTensors(optimizer: AdamW): Record<string, TensorToWrite> {
 }
 
 /**
- * Deletes all but the newest `keep` complete checkpoints under `out/checkpoints` (keep > 0).
- * Called after a checkpoint is complete, so a kill mid-way never leaves fewer than `keep`.
+ * Deletes all but the newest `keep` checkpoints up to step `current` (the one just completed)
+ * under `out/checkpoints` (keep > 0). Checkpoints past `current` (left by another run in the
+ * same folder) are not this run's to delete. Called after `current` is complete, so a kill
+ * mid-way never leaves fewer than `keep`.
  */
-export function pruneCheckpoints(out: string, keep: number): void {
+export function pruneCheckpoints(out: string, keep: number, current: number): void {
   const root = path.join(out, 'checkpoints');
   if (!fs.existsSync(root)) return;
-  const steps = fs.readdirSync(root).map((d) => /^step-(\d+)$/.exec(d)).filter((m): m is RegExpExecArray => !!m)
+  const steps = fs.readdirSync(root).map((d) => /^step-(\d+)$/.exec(d))
+    .filter((m): m is RegExpExecArray => !!m && Number(m[1]) <= current)
     .sort((a, b) => Number(b[1]) - Number(a[1]));
   for (const m of steps.slice(keep)) fs.rmSync(path.join(root, m[0]), { recursive: true, force: true });
 }

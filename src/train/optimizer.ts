@@ -10,6 +10,7 @@
  * All but `adamw` skip, for that step, a tensor whose gradient holds a NaN or an infinity
  * (`skipped` counts them) instead of letting it corrupt the quantized state.
  */
+import * as fs from 'fs';
 import * as os from 'os';
 import { PeftkitError } from '../errors';
 import * as ops from '../ops';
@@ -69,6 +70,7 @@ export class AdamW {
       // f32 moments and block maxima in the other. A LoRA model has hundreds of tensors.
       const device = params[0]?.param.device ?? 'cpu';
       const dir = cfg.pagedDir ?? os.tmpdir();
+      fs.mkdirSync(dir, { recursive: true });
       let nCodes = 0;
       let nFloats = 0;
       params.forEach((p, i) => {

@@ -199,7 +199,7 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
     const state = (): TrainerState => ({ step, totalSteps, position: batches.position, seed: o.seed, elapsedS: elapsed(), tokensSeen, fingerprint });
     const checkpoint = () => {
       const dir = saveCheckpoint(o.out, adapter, trainer.optimizer, state());
-      if (o.saveTotalLimit > 0) pruneCheckpoints(o.out, o.saveTotalLimit);
+      if (o.saveTotalLimit > 0) pruneCheckpoints(o.out, o.saveTotalLimit, step);
       writeLossCurve(lossCurve, readLog(logFile));
       emit({ type: 'checkpoint', step, dir });
     };
