@@ -40,6 +40,12 @@ struct CodesCtx {
   int64_t ld;
 };
 
+// A panel's columns nx..width are zero (PanelSource's contract).
+void zero_columns(float* dst, int64_t width, int64_t kc, int64_t nx) {
+  for (int64_t k = 0; k < kc; k++)
+    for (int64_t x = nx; x < width; x++) dst[k * width + x] = 0.f;
+}
+
 void pack_codes(float* dst, int64_t width, int64_t k0, int64_t kc, int64_t x0, int64_t nx, float scale,
                 const void* ctx) {
   const CodesCtx& c = *static_cast<const CodesCtx*>(ctx);
@@ -47,15 +53,7 @@ void pack_codes(float* dst, int64_t width, int64_t k0, int64_t kc, int64_t x0, i
     const int8_t* row = c.codes + (x0 + x) * c.ld + k0;
     for (int64_t k = 0; k < kc; k++) dst[k * width + x] = scale * float(row[k]);
   }
-  for (int64_t k = 0; k < kc; k++)
-    for (int64_t x = nx; x < width; x++) dst[k * width + x] = 0.f;
-}
-
-PanelSource codes_source(const CodesCtx* c) {
-  PanelSource s;
-  s.pack = pack_codes;
-  s.ctx = c;
-  return s;
+  zero_columns(dst, width, kc, nx);
 }
 
 // The outlier columns of a row-major matrix [rows, ld] as a K×X operand X(k, x) = M[x, cols[k]]:
@@ -81,14 +79,14 @@ void pack_gather(float* dst, int64_t width, int64_t k0, int64_t kc, int64_t x0, 
       for (int64_t k = 0; k < kc; k++) dst[k * width + x] = scale * row[cols[k]];
     }
   }
-  for (int64_t k = 0; k < kc; k++)
-    for (int64_t x = nx; x < width; x++) dst[k * width + x] = 0.f;
+  zero_columns(dst, width, kc, nx);
 }
 
-PanelSource gather_source(const GatherCtx* g) {
+// A source whose panels `pack` writes from `ctx` (which must outlive it).
+PanelSource panel_source(decltype(PanelSource::pack) pack, const void* ctx) {
   PanelSource s;
-  s.pack = pack_gather;
-  s.ctx = g;
+  s.pack = pack;
+  s.ctx = ctx;
   return s;
 }
 
@@ -157,7 +155,7 @@ void llm_int8_forward(float* Y, float* XA, const float* X, const float* Xa, Quan
   for (int64_t ch = 0; ch < chunks; ch++) {
     const int64_t k0 = ch * kLlmInt8ExactK, kc = std::min(kLlmInt8ExactK, K - k0);
     const CodesCtx a{scratch.ca + k0, K}, b{cb + k0, K};
-    const PanelTerm term{codes_source(&a), codes_source(&b), kc, 1.f};
+    const PanelTerm term{panel_source(pack_codes, &a), panel_source(pack_codes, &b), kc, 1.f};
     gemm_panels(M, N, &term, 1, 0.f, Y, DType::F32, N);
     if (ch == chunks - 1) break;
     int32_t* acc = scratch.acc;
@@ -188,7 +186,7 @@ void llm_int8_forward(float* Y, float* XA, const float* X, const float* Xa, Quan
   const MatRef b_t = f32(B, r, /*trans=*/true);    // Bᵀ
   PanelTerm terms[2];
   int nterms = 0;
-  if (n_out > 0) terms[nterms++] = PanelTerm{gather_source(&xo), gather_source(&wo), n_out, 1.f};  // X_O·Wdq_Oᵀ
+  if (n_out > 0) terms[nterms++] = PanelTerm{panel_source(pack_gather, &xo), panel_source(pack_gather, &wo), n_out, 1.f};  // X_O·Wdq_Oᵀ
   if (r > 0) terms[nterms++] = PanelTerm{matref_source(&xa_t), matref_source(&b_t), r, s};      // s·XA·Bᵀ
   if (nterms > 0) gemm_panels(M, N, terms, nterms, 1.f, Y, DType::F32, N);
 }
