@@ -18,8 +18,9 @@ const BIN = path.join(__dirname, '..', '..', 'bin', 'peftkit.js');
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-kill-'));
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-// ~30 ms a step with its checkpoint here: the kill (≤ 4 checkpoints + 150 ms in) lands mid-run.
-const STEPS = 24;
+// 5-30 ms a step with its checkpoint here: the kill (≤ 4 checkpoints + 60 ms in) lands mid-run,
+// with room for a machine several times faster.
+const STEPS = 80;
 const hyper = { r: 4, alpha: 8, dropout: 0.1, targets: 'all-linear' as const, batchSize: 2, lr: 5e-3, maxLength: 48, seed: 7 };
 const cliHyper = [
   '--r', '4', '--alpha', '8', '--dropout', '0.1', '--targets', 'all-linear', '--batch-size', '2', '--lr', '5e-3',
@@ -62,7 +63,7 @@ test('a run killed with SIGKILL at a random moment resumes to the uninterrupted 
   for (let round = 0; round < 2; round++) {
     const out = path.join(tmp(), 'out');
     const afterStep = 1 + Math.floor(Math.random() * 4);
-    const delayMs = Math.floor(Math.random() * 150);
+    const delayMs = Math.floor(Math.random() * 60);
     const moment = `killed ${delayMs} ms after checkpoint ${afterStep}`;
     t.is(await killedRun(model, data, out, afterStep, delayMs), 'SIGKILL', `the run was still going when ${moment}`);
     t.false(fs.existsSync(path.join(out, 'adapter_model.safetensors')), `no final adapter before the resume, ${moment}`);
