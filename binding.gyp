@@ -23,7 +23,7 @@
       "ldflags": ["-Wl,-z,nodelete"],
       "conditions": [
         ["target_arch=='x64'", {
-          "dependencies": ["peftkit_avx2", "peftkit_avx512"],
+          "dependencies": ["peftkit_avx2", "peftkit_avx512", "peftkit_amx"],
           "defines": ["PEFTKIT_X86"]
         }],
         # NEON is in the arm64 base ISA: its files need no flags of their own.
@@ -49,6 +49,13 @@
           "type": "static_library",
           "sources": ["<!@(node scripts/sources.js avx512)"],
           "cflags": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512bf16"]
+        },
+        {
+          "target_name": "peftkit_amx",
+          "type": "static_library",
+          "sources": ["<!@(node scripts/sources.js amx)"],
+          "cflags": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512bf16",
+                     "-mamx-tile", "-mamx-bf16"]
         }
       ]
     }]

@@ -6,7 +6,7 @@
 #      loader prefers to the CPU build),
 #   3. fails unless that addon sees the GPU (otherwise the tests would quietly run on cpu only),
 #   4. runs npm test: every kernel test loops over devices(), so each runs on cpu and on cuda,
-#   5. runs npm run bench:kernels.
+#   5. runs npm run bench:kernels (and, on an AMX host, the GEMM rows again without AMX).
 # Optional: scripts/gpu-check.sh --sanitize also runs the test files under compute-sanitizer
 # (memcheck), which finds out-of-bounds and misaligned accesses; it takes several minutes more.
 # The device machine is offline: node_modules must travel with the tree (run's `carry`).
@@ -42,6 +42,15 @@ timeout 200 npm test
 
 step "kernel benchmarks"
 timeout 100 npm run bench:kernels
+
+# GPU hosts are often AMX CPUs (Sapphire Rapids and later): then the tests above ran the AMX
+# GEMM kernel on the tiles, and this gives the bf16 GEMM without it, for the AMX ratio.
+step "AMX: bf16 GEMM with the tiles off (PEFTKIT_ISA=avx512), when the host has them"
+if node -e "process.exit(require('./dist/src/index').runtimeInfo().amxBf16 ? 0 : 1)"; then
+  PEFTKIT_ISA=avx512 timeout 90 npm run bench:kernels -- gemm
+else
+  echo "no AMX on this host"
+fi
 
 if [ "$sanitize" = 1 ]; then
   step "compute-sanitizer memcheck over the test files"

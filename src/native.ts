@@ -26,7 +26,10 @@ export interface NativeTensor {
 }
 
 export interface RuntimeInfo {
-  /** The SIMD path the CPU kernels use: 'avx512', 'avx512+amx-bf16', 'avx2', 'neon' or 'portable'. */
+  /**
+   * The SIMD path the CPU kernels use: 'avx512', 'avx512+amx-bf16', 'avx2', 'neon' or 'portable'
+   * ('avx512+amx-bf16-emulated' under PEFTKIT_ISA=amx-emulated, a test mode).
+   */
   cpuIsa: string;
   avx2: boolean;
   avx512: boolean;

@@ -100,18 +100,32 @@ for (const device of devices()) {
 }
 
 // The ISA is read once per process, so the lower paths run in child processes; the native ISA
-// runs there too on one thread, where one thread's columns exceed nc on any machine.
-const CHILDREN: Array<{ isa?: 'portable' | 'avx2'; threads: number }> = [
+// runs there too on one thread, where one thread's columns exceed nc on any machine. The AMX
+// kernel runs on the tile model (amx-emulated) wherever the CPU has the AVX512-BF16 it builds
+// on; on a CPU with AMX the native child runs it on the tiles, and an avx512 child keeps the
+// VDPBF16PS kernel tested.
+type Child = { isa?: 'portable' | 'avx2' | 'avx512' | 'amx-emulated'; threads: number };
+const CHILDREN: Child[] = [
   { isa: 'portable', threads: 1 },
   { isa: 'avx2', threads: 2 },
   { threads: 1 },
+  { isa: 'amx-emulated', threads: 2 },
+  { isa: 'avx512', threads: 2 },
 ];
+function childRuns(isa: Child['isa']): string | null {
+  const info = runtimeInfo();
+  if (isa === 'avx2' && !info.avx2) return 'this CPU has no AVX2';
+  if (isa === 'amx-emulated' && !info.avx512bf16) return 'the AMX kernel builds on AVX512-BF16, which this CPU lacks';
+  if (isa === 'avx512' && !info.amxBf16) return 'the native child runs AVX-512 here';
+  return null;
+}
 for (const { isa, threads } of CHILDREN) {
   const name = isa ?? 'native';
   test(`the ${name} GEMM path passes the case table (child process, ${threads} thread${threads > 1 ? 's' : ''})`, (t) => {
     const info = runtimeInfo();
-    if (isa === 'avx2' && !info.avx2) {
-      t.pass('this CPU has no AVX2');
+    const skip = childRuns(isa);
+    if (skip) {
+      t.pass(skip);
       return;
     }
     const env: NodeJS.ProcessEnv = { ...process.env, PEFTKIT_NUM_THREADS: String(threads) };
@@ -122,7 +136,7 @@ for (const { isa, threads } of CHILDREN) {
     t.log(r.stdout.trim());
     t.is(r.status, 0, `${r.stdout}\n${r.stderr}`);
     const out = JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}') as { isa?: string; cases?: number };
-    t.is(out.isa, isa ?? info.cpuIsa);
+    t.is(out.isa, isa === 'amx-emulated' ? 'avx512+amx-bf16-emulated' : isa ?? info.cpuIsa);
     t.true((out.cases ?? 0) >= isaCases().length);
   });
 }

@@ -70,6 +70,16 @@ Isa detect_isa(const CpuFeatures& f) {
   return best;
 }
 
+Amx detect_amx(const CpuFeatures& f, Isa isa) {
+  if (isa != Isa::Avx512 || !f.avx512_bf16) return Amx::None;
+  const char* cap = std::getenv("PEFTKIT_ISA");
+  if (cap && !std::strcmp(cap, "amx-emulated")) return Amx::Emulated;
+  if (cap && (!std::strcmp(cap, "avx512") || !std::strcmp(cap, "avx2") || !std::strcmp(cap, "portable") ||
+              !std::strcmp(cap, "neon")))
+    return Amx::None;
+  return f.amx_bf16 ? Amx::Hardware : Amx::None;
+}
+
 }  // namespace
 
 const CpuFeatures& cpu_features() {
@@ -82,9 +92,17 @@ Isa cpu_isa() {
   return isa;
 }
 
+Amx cpu_amx() {
+  static const Amx amx = detect_amx(cpu_features(), cpu_isa());
+  return amx;
+}
+
 const char* cpu_isa_name() {
   switch (cpu_isa()) {
-    case Isa::Avx512: return cpu_features().amx_bf16 ? "avx512+amx-bf16" : "avx512";
+    case Isa::Avx512:
+      return cpu_amx() == Amx::Hardware   ? "avx512+amx-bf16"
+             : cpu_amx() == Amx::Emulated ? "avx512+amx-bf16-emulated"
+                                          : "avx512";
     case Isa::Avx2: return "avx2";
     case Isa::Neon: return "neon";
     default: return "portable";

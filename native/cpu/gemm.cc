@@ -87,6 +87,8 @@ const GemmArch& gemm_arch() {
       GemmArch a = gemm_arch_avx512();
       a.pack = gemm_packers_avx512();
       if (!cpu_features().avx512_bf16) a.bf16 = nullptr;
+      if (cpu_amx() == Amx::Hardware) return gemm_arch_amx(a);
+      if (cpu_amx() == Amx::Emulated) return gemm_arch_amx_emulated(a);
       return a;
     }
     if (cpu_isa() == Isa::Avx2) return gemm_arch_avx2();
@@ -164,6 +166,8 @@ struct Problem {
   const PanelTerm* tail;
   int ntail;
   int64_t tail_k;
+  int mr = 0;       // rows of an A micro-panel: the f32 tile's, or the bf16 kernel's (a multiple)
+  int k_align = 2;  // panels hold kc rounded up to this
 };
 
 struct Scratch {
@@ -172,7 +176,8 @@ struct Scratch {
   float* tile;    // mr×nr, for tiles that cannot be written to C directly
   float* acc;     // f32 sums of a bf16 C block across kc slices
   float* tail_b;  // tail_k×nc f32 B block of the tail terms
-  float* tail_a;  // mr×tail_k f32 A micro-panel of the tail terms
+  float* tail_a;  // mr×tail_k f32 A micro-panel of the tail terms, in strips of the f32 tile's rows
+  bf16* apairs;   // the A micro-panel as k-pairs, before GemmArch::bf16_a_layout
 };
 
 // Calls f(term, k0 in the term, length, offset in the slice) for each term inside [k0, k0+kc)
@@ -224,7 +229,10 @@ void pack_b_block(const Problem& p, const Scratch& s, int64_t pc, int64_t kc, in
     const int64_t nj = std::min<int64_t>(w, nc - jr);
     if (p.bf16) {
       const PanelSource& b = p.terms[0].b;
-      b.pack_bf16_pairs(static_cast<bf16*>(s.bblock) + jr * round_up(kc, 2), w, pc, kc, jc + jr, nj, b.ctx);
+      bf16* panel = static_cast<bf16*>(s.bblock) + jr * round_up(kc, p.k_align);
+      b.pack_bf16_pairs(panel, w, pc, kc, jc + jr, nj, b.ctx);
+      const int64_t pairs = (kc + 1) / 2, padded = round_up(kc, p.k_align) / 2;
+      std::fill(panel + pairs * w * 2, panel + padded * w * 2, bf16(0));
       continue;
     }
     float* panel = static_cast<float*>(s.bblock) + jr * kc;
@@ -249,21 +257,27 @@ void pack_tail_b(const Problem& p, const Scratch& s, int64_t jc, int64_t nc) {
   }
 }
 
+// In strips of the f32 tile's rows, for a bf16 tile taller than it (AMX).
 void pack_tail_a(const Problem& p, const Scratch& s, int64_t ir, int64_t mr) {
   const int MR = p.arch->mr;
-  int64_t off = 0;
-  for (int t = 0; t < p.ntail; t++) {
-    const PanelTerm& term = p.tail[t];
-    term.a.pack(s.tail_a + off * MR, MR, 0, term.K, ir, mr, term.alpha, term.a.ctx);
-    off += term.K;
+  for (int64_t h = 0; h < mr; h += MR) {
+    int64_t off = 0;
+    for (int t = 0; t < p.ntail; t++) {
+      const PanelTerm& term = p.tail[t];
+      term.a.pack(s.tail_a + h * p.tail_k + off * MR, MR, 0, term.K, ir + h, std::min<int64_t>(MR, mr - h),
+                  term.alpha, term.a.ctx);
+      off += term.K;
+    }
   }
 }
 
 void pack_a_panel(const Problem& p, const Scratch& s, int64_t pc, int64_t kc, int64_t ir, int64_t mr) {
-  const int MR = p.arch->mr;
+  const int MR = p.mr;
   if (p.bf16) {
     const PanelSource& a = p.terms[0].a;
-    a.pack_bf16_pairs(static_cast<bf16*>(s.apanel), MR, pc, kc, ir, mr, a.ctx);
+    const GemmBf16ALayout layout = p.arch->bf16_a_layout;
+    a.pack_bf16_pairs(layout ? s.apairs : static_cast<bf16*>(s.apanel), MR, pc, kc, ir, mr, a.ctx);
+    if (layout) layout(static_cast<bf16*>(s.apanel), s.apairs, kc, MR);
     return;
   }
   float* panel = static_cast<float*>(s.apanel);
@@ -275,7 +289,7 @@ void pack_a_panel(const Problem& p, const Scratch& s, int64_t pc, int64_t kc, in
 // Runs the product for rows [m0, m1) and columns [n0, n1) of C, in one thread.
 void run_block(const Problem& p, const Scratch& s, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   const GemmArch& a = *p.arch;
-  const int MR = a.mr;
+  const int MR = p.mr;
   // bf16 C is written once, after the last kc slice: partial sums stay f32 in between.
   const bool acc_mode = p.cdtype == DType::BF16 && p.K > p.kc;
   const int64_t ld_acc = round_up(std::min(p.nc, n1 - n0), a.vw);
@@ -313,7 +327,7 @@ void run_block(const Problem& p, const Scratch& s, int64_t m0, int64_t m1, int64
             via_tile = true;
           }
           if (p.bf16) {
-            const bf16* bp = static_cast<const bf16*>(s.bblock) + jr * round_up(kc, 2);
+            const bf16* bp = static_cast<const bf16*>(s.bblock) + jr * round_up(kc, p.k_align);
             a.bf16(kc, static_cast<const bf16*>(s.apanel), bp, w, dst, ldd, p.terms[0].alpha, beta_k);
           } else {
             const float* bp = static_cast<const float*>(s.bblock) + jr * kc;
@@ -329,7 +343,12 @@ void run_block(const Problem& p, const Scratch& s, int64_t m0, int64_t m1, int64
             }
           }
           // The f32 tail joins the tile while it is still in L1, before it is merged into C.
-          if (tail) a.f32(p.tail_k, s.tail_a, 1, MR, s.tail_b + jr * p.tail_k, w, dst, ldd, 1.f, 1.f);
+          // In strips of the f32 tile's rows: a bf16 tile may be taller (AMX). A strip past the
+          // last row writes only into the tile it is merged from, which has MR rows.
+          if (tail)
+            for (int64_t h = 0; h < mr; h += a.mr)
+              a.f32(p.tail_k, s.tail_a + h * p.tail_k, 1, a.mr, s.tail_b + jr * p.tail_k, w, dst + h * ldd, ldd, 1.f,
+                    1.f);
           if (via_tile) merge(p, s.tile, w, mr, nj, ir, jc + jr, first ? p.beta : 1.f);
         }
       }
@@ -464,7 +483,8 @@ void gemm_panels(int64_t M, int64_t N, const PanelTerm* terms, int nterms, float
   if (K == 0) return scale_c(M, N, beta, C, cdtype, ldc);
 
   const GemmArch& arch = gemm_arch();
-  Problem p{&arch, M, N, K, terms, nterms, beta, C, cdtype, ldc, false, false, false, arch.kc, arch.nc, nullptr, 0, 0};
+  Problem p{&arch, M, N, K, terms, nterms, beta, C, cdtype, ldc, false, false, false, arch.kc, arch.nc, nullptr, 0, 0,
+            arch.mr, 2};
   std::vector<PanelTerm> swapped;
   if (tile_use(arch, N, M) > 1.15 * tile_use(arch, M, N)) {
     swapped.assign(terms, terms + nterms);
@@ -487,12 +507,14 @@ void gemm_panels(int64_t M, int64_t N, const PanelTerm* terms, int nterms, float
     p.tail_k = K - p.terms[0].K;
     p.K = p.terms[0].K;
     p.nterms = 1;
+    p.mr = arch.mr_bf16 ? arch.mr_bf16 : arch.mr;
+    p.k_align = arch.k_align_bf16;
   }
   // Equal kc slices: K = 576 as 288 + 288 rather than 256 + 256 + 64, whose short last slice
   // pays a full C-tile update for a quarter of the work.
   {
     const int64_t slices = (p.K + p.kc - 1) / p.kc;
-    p.kc = std::min(p.kc, round_up((p.K + slices - 1) / slices, 16));
+    p.kc = std::min(p.kc, round_up((p.K + slices - 1) / slices, std::max(16, p.k_align)));
   }
   p.direct_a = !p.bf16 && p.N <= 2 * arch.nr;
   for (int t = 0; t < nterms; t++) p.direct_a = p.direct_a && p.terms[t].a.direct;
@@ -505,8 +527,8 @@ void gemm_panels(int64_t M, int64_t N, const PanelTerm* terms, int nterms, float
   // bf16 C with several kc slices keeps f32 sums for a block's rows × nc: at most 8 MiB, so they
   // stay in cache (46 MiB for M = 5632 would go to DRAM, and be page-faulted in on every call).
   const bool acc_mode = cdtype == DType::BF16 && p.K > p.kc;
-  const int64_t um = (p.M + arch.mr - 1) / arch.mr, un = (p.N + arch.nr - 1) / arch.nr;
-  const int64_t acc_units = std::max<int64_t>(1, (int64_t(8) << 20) / (4 * std::min(p.nc, p.N) * arch.mr));
+  const int64_t um = (p.M + p.mr - 1) / p.mr, un = (p.N + arch.nr - 1) / arch.nr;
+  const int64_t acc_units = std::max<int64_t>(1, (int64_t(8) << 20) / (4 * std::min(p.nc, p.N) * p.mr));
   const int min_tm = acc_mode ? int((um + acc_units - 1) / acc_units) : 1;
   const int64_t flops = 2 * p.M * p.N * K;
   const int threads = flops < (int64_t(1) << 20) ? 1 : num_threads();
@@ -515,29 +537,30 @@ void gemm_panels(int64_t M, int64_t N, const PanelTerm* terms, int nterms, float
   double best = -1;
   for (int m = min_tm; m <= blocks; m++) {
     const int n = blocks / m;
-    const double mb = double((um + m - 1) / m * arch.mr), nb = double((un + n - 1) / n * arch.nr);
+    const double mb = double((um + m - 1) / m * p.mr), nb = double((un + n - 1) / n * arch.nr);
     const double cost = 2 * mb * nb + 10 * (mb + nb);
     if (best < 0 || cost < best) best = cost, tm = m, tn = n;
   }
-  const int64_t m_max = (um + tm - 1) / tm * arch.mr, n_max = (un + tn - 1) / tn * arch.nr;
+  const int64_t m_max = (um + tm - 1) / tm * p.mr, n_max = (un + tn - 1) / tn * arch.nr;
 
   // Per-thread scratch, sized to this problem.
   const int64_t kc = std::min(p.kc, p.K), nc_max = std::min(p.nc, n_max);
-  const size_t elem = p.bf16 ? sizeof(bf16) : sizeof(float), kc_alloc = size_t(round_up(kc, 2));
+  const size_t elem = p.bf16 ? sizeof(bf16) : sizeof(float), kc_alloc = size_t(round_up(kc, p.k_align));
   const size_t b_bytes = round_up(kc_alloc * size_t(round_up(nc_max, arch.nr)) * elem, 64);
-  const size_t a_bytes = round_up(kc_alloc * size_t(arch.mr) * elem, 64);
-  const size_t t_bytes = round_up(size_t(arch.mr) * size_t(arch.nr) * sizeof(float), 64);
+  const size_t a_bytes = round_up(kc_alloc * size_t(p.mr) * elem, 64);
+  const size_t ap_bytes = p.bf16 && arch.bf16_a_layout ? a_bytes : 0;
+  const size_t t_bytes = round_up(size_t(p.mr) * size_t(arch.nr) * sizeof(float), 64);
   const size_t c_bytes = acc_mode ? round_up(size_t(m_max) * size_t(round_up(nc_max, arch.vw)) * sizeof(float), 64) : 0;
   const size_t tb_bytes = round_up(size_t(p.tail_k) * size_t(round_up(nc_max, arch.nr)) * sizeof(float), 64);
-  const size_t ta_bytes = round_up(size_t(p.tail_k) * size_t(arch.mr) * sizeof(float), 64);
-  const size_t per_thread = b_bytes + a_bytes + t_bytes + c_bytes + tb_bytes + ta_bytes;
+  const size_t ta_bytes = round_up(size_t(p.tail_k) * size_t(p.mr) * sizeof(float), 64);
+  const size_t per_thread = b_bytes + a_bytes + t_bytes + c_bytes + tb_bytes + ta_bytes + ap_bytes;
   const Scratchpad pad = thread_scratch(per_thread * size_t(threads));
   unsigned char* const scratch = pad.data;
 
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
   for (int blk = 0; blk < tm * tn; blk++) {
     const int64_t bi = blk / tn, bj = blk % tn;
-    const int64_t m0 = std::min(p.M, um * bi / tm * arch.mr), m1 = std::min(p.M, um * (bi + 1) / tm * arch.mr);
+    const int64_t m0 = std::min(p.M, um * bi / tm * p.mr), m1 = std::min(p.M, um * (bi + 1) / tm * p.mr);
     const int64_t n0 = std::min(p.N, un * bj / tn * arch.nr), n1 = std::min(p.N, un * (bj + 1) / tn * arch.nr);
     if (m0 >= m1 || n0 >= n1) continue;
 #ifdef _OPENMP
@@ -549,7 +572,7 @@ void gemm_panels(int64_t M, int64_t N, const PanelTerm* terms, int nterms, float
     unsigned char* tail = base + b_bytes + a_bytes + t_bytes + c_bytes;
     Scratch s{base, base + b_bytes, reinterpret_cast<float*>(base + b_bytes + a_bytes),
               reinterpret_cast<float*>(base + b_bytes + a_bytes + t_bytes), reinterpret_cast<float*>(tail),
-              reinterpret_cast<float*>(tail + tb_bytes)};
+              reinterpret_cast<float*>(tail + tb_bytes), reinterpret_cast<bf16*>(tail + tb_bytes + ta_bytes)};
     run_block(p, s, m0, m1, n0, n1);
   }
 }

@@ -32,6 +32,10 @@ struct GemmPackers {
   void (*f32_pair_rows)(bf16* dst, int64_t width, const float* src, int64_t ld, int64_t kc, int64_t nx);
 };
 
+// Rearranges a bf16 A micro-panel from k-pairs (src[(p·mr + i)·2 + e], p < ceil(kc/2)) into the
+// layout a bf16 kernel reads, zero-padding k up to GemmArch::k_align_bf16.
+using GemmBf16ALayout = void (*)(bf16* dst, const bf16* src, int64_t kc, int mr);
+
 struct GemmArch {
   const char* name;
   int mr, nr, vw;  // register tile mr×nr; panel widths are multiples of vw up to nr
@@ -42,6 +46,13 @@ struct GemmArch {
   GemmBf16Kernel bf16;  // null where the CPU has no AVX512-BF16
   int64_t kc_bf16, nc_bf16;
   GemmPackers pack;
+  // The bf16 kernel's own tile, where it is not the f32 one (AMX): mr_bf16 rows, a multiple of
+  // mr (0: mr), so the f32 kernel can add a tail term to a bf16 tile in mr-row strips; its panels
+  // hold k padded to a multiple of k_align_bf16 (B panels zero-filled by the driver, A panels by
+  // bf16_a_layout, which null means the kernel reads the k-pair layout itself).
+  int mr_bf16 = 0;
+  int k_align_bf16 = 2;
+  GemmBf16ALayout bf16_a_layout = nullptr;
 };
 
 // The set this CPU runs, chosen once from cpu_isa() (gemm.cc).
@@ -51,6 +62,11 @@ const GemmArch& gemm_arch();
 GemmArch gemm_arch_avx512();
 GemmPackers gemm_packers_avx512();
 GemmArch gemm_arch_avx2();
+// The AVX-512 set with its bf16 products on AMX tiles (gemm_amx.cc), or on a software model of
+// the tiles (gemm_amx_emulated_avx512.cc: PEFTKIT_ISA=amx-emulated, so the AMX kernel's panel
+// layouts and tile programs are tested on CPUs without AMX).
+GemmArch gemm_arch_amx(GemmArch avx512);
+GemmArch gemm_arch_amx_emulated(GemmArch avx512);
 // Defined in gemm_neon.cc (arm64 builds only).
 GemmArch gemm_arch_neon();
 
