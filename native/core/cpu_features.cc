@@ -51,7 +51,7 @@ CpuFeatures detect() {
   if (a7 >= 1) __cpuid_count(7, 1, a71, b71, c71, d71);
   f.avx512_bf16 = f.avx512 && (a71 & (1u << 5));
   const bool amx_cpu = (d7 & (1u << 22)) && (d7 & (1u << 24));  // AMX-BF16 + AMX-TILE
-  f.amx_bf16 = amx_cpu && ((xcr0 >> 17) & 3) == 3 && request_amx();
+  f.amx_bf16 = amx_cpu && ((xcr0 >> 17) & 3) == 3;
 #elif defined(__aarch64__)
   f.neon = true;
 #endif
@@ -77,7 +77,12 @@ Amx detect_amx(const CpuFeatures& f, Isa isa) {
   if (cap && (!std::strcmp(cap, "avx512") || !std::strcmp(cap, "avx2") || !std::strcmp(cap, "portable") ||
               !std::strcmp(cap, "neon")))
     return Amx::None;
-  return f.amx_bf16 ? Amx::Hardware : Amx::None;
+  // Asked for only when the tiles will be used: once granted, Linux refuses this process any
+  // later sigaltstack too small for the tile state.
+#if defined(__x86_64__) || defined(_M_X64)
+  if (f.amx_bf16 && request_amx()) return Amx::Hardware;
+#endif
+  return Amx::None;
 }
 
 }  // namespace

@@ -7,9 +7,11 @@
 // faults on, as an abort naming the fault: palette 1 only, reserved bytes zero, a tile used
 // beyond its configured shape, TDPBF16PS operands whose shapes disagree (A's columns / 4 must be
 // B's rows, C and A the same rows, C and B the same columns) or that alias. TDPBF16PS is modelled
-// as the SDM writes it: per k-pair two products of bf16 values (exact in f32) added to the f32
-// accumulator in turn, rounding to nearest even, bf16 inputs and f32 results that are subnormal
-// taken as zero (DAZ / FTZ).
+// on the SDM's pseudo-code (which is more specific than the intrinsics guide's): per row of C,
+// even and odd products accumulate in two f32 lanes per column over all k-pairs of the
+// instruction (FMA, round to nearest even), then the two lanes are added and the sum added to C;
+// inputs and results that are subnormal are taken as zero (DAZ / FTZ). Hardware may still sum in
+// another order within those rules: the tests compare with tolerances, never bit for bit.
 #include <immintrin.h>
 
 #include <cmath>
@@ -106,16 +108,15 @@ void emu_dp(int c, int a, int b) {
   if (tiles.rows[c] != tiles.rows[a]) fault("tdpbf16ps: C and A rows differ", c);
   const int K = tiles.colsb[a] / 4, N = tiles.colsb[c] / 4;
   for (int m = 0; m < tiles.rows[c]; m++) {
-    float* acc = reinterpret_cast<float*>(tiles.data[c][m]);
+    float even[16] = {}, odd[16] = {};
     for (int k = 0; k < K; k++)
       for (int n = 0; n < N; n++) {
         const unsigned char *ap = tiles.data[a][m] + 4 * k, *bp = tiles.data[b][k] + 4 * n;
-        // volatile: each product rounded to f32 and added on its own, never fused.
-        volatile float p0 = bf16_daz(ap) * bf16_daz(bp);
-        acc[n] = ftz(acc[n] + p0);
-        volatile float p1 = bf16_daz(ap + 2) * bf16_daz(bp + 2);
-        acc[n] = ftz(acc[n] + p1);
+        even[n] = ftz(std::fma(bf16_daz(ap), bf16_daz(bp), even[n]));
+        odd[n] = ftz(std::fma(bf16_daz(ap + 2), bf16_daz(bp + 2), odd[n]));
       }
+    float* acc = reinterpret_cast<float*>(tiles.data[c][m]);
+    for (int n = 0; n < N; n++) acc[n] = ftz(ftz(acc[n]) + ftz(even[n] + odd[n]));
   }
 }
 

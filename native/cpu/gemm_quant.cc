@@ -122,7 +122,7 @@ void pack_int8_rows(float* dst, int64_t width, int64_t k0, int64_t kc, int64_t x
 // the source's own f32 pack (which rounds), then interleaved; the rounded values are exact in bf16.
 template <void (*PACK)(float*, int64_t, int64_t, int64_t, int64_t, int64_t, float, const void*)>
 void pack_pairs(bf16* dst, int64_t width, int64_t k0, int64_t kc, int64_t x0, int64_t nx, const void* ctx) {
-  constexpr int64_t KB = 16, kMaxWidth = 64;  // panels are at most nr = 32 (B) or mr = 14 (A) wide
+  constexpr int64_t KB = 16, kMaxWidth = 64;  // panels are at most nr = 32 (B) or mr = 28 (A, AMX) wide
   float tmp[KB * kMaxWidth];
   for (int64_t kb = 0; kb < kc; kb += KB) {
     const int64_t kn = std::min(KB, kc - kb);

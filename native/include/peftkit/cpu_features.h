@@ -8,7 +8,7 @@ struct CpuFeatures {
   bool avx2_fma = false;
   bool avx512 = false;       // F + BW + DQ + VL
   bool avx512_bf16 = false;  // VDPBF16PS
-  bool amx_bf16 = false;     // tiles usable (CPUID and the OS granted XTILEDATA)
+  bool amx_bf16 = false;     // AMX-BF16 + AMX-TILE, and the OS manages the tile state (XCR0)
   bool neon = false;
 };
 
