@@ -273,6 +273,42 @@ test('cross-entropy async twins give the sync results', async (t) => {
   assertClose(t, logits.toFloat32Array(), ref2.grad, 1e-5, 'async CE gradient in place');
 });
 
+// The host logits chunk is kept per calling thread between calls: what a call leaves there (even
+// NaN) must not reach the next call, and concurrent calls on the thread pool must not share it.
+test('linear cross-entropy reuses its scratch safely: after a NaN call, across shapes, concurrently', async (t) => {
+  const rng = makeRng(t);
+  const run = (N: number, C: number, V: number, chunkRows: number, nan = false) => {
+    const h = nan ? new Float32Array(N * C).fill(NaN) : randn(rng, N * C), w = randn(rng, V * C, 1 / Math.sqrt(C));
+    const tg = targetsWithIgnored(rng, N, V);
+    const args = { H: Tensor.from(h, [N, C]), W: Tensor.from(w, [V, C]), targets: Tensor.from(tg, [N]) };
+    const losses = poisoned([N]), dH = poisoned([N, C]);
+    const ref = () => refLinearCrossEntropy(h, w, new Float32Array(V * C), tg, N, C, V, 1 / N);
+    return { ...args, losses, dH, ref, what: `N=${N} C=${C} V=${V} chunkRows=${chunkRows}`, o: { gradScale: 1 / N, chunkRows } };
+  };
+  const check = (c: ReturnType<typeof run>, how: string) => {
+    const r = c.ref();
+    assertClose(t, c.losses.toFloat32Array(), r.loss, 1e-5, `loss ${how} ${c.what}`);
+    assertClose(t, c.dH.toFloat32Array(), r.dH, 1e-5, `dH ${how} ${c.what}`);
+  };
+  // A large chunk of NaN logits, then smaller and equal chunks that reuse the same memory.
+  const poison = run(64, 8, 997, 0, true);
+  ops.linearCrossEntropy(poison.losses, poison.dH, null, poison.H, poison.W, poison.targets, poison.o);
+  t.true(poison.losses.toFloat32Array().some((x) => Number.isNaN(x)), 'NaN hidden states give NaN losses');
+  for (const [N, C, V, chunkRows] of [[5, 7, 31, 0], [64, 8, 997, 0], [30, 3, 1000, 7]]) {
+    const c = run(N, C, V, chunkRows);
+    ops.linearCrossEntropy(c.losses, c.dH, null, c.H, c.W, c.targets, c.o);
+    check(c, 'after a NaN call');
+  }
+  // Several at once on the pool (each thread its own scratch), one on this thread meanwhile.
+  const cases = [run(40, 16, 513, 0), run(17, 5, 2049, 3), run(64, 12, 301, 0), run(9, 33, 4099, 0)];
+  const pending = cases.map((c) => ops.linearCrossEntropyAsync(c.losses, c.dH, null, c.H, c.W, c.targets, c.o));
+  const here = run(50, 10, 777, 0);
+  ops.linearCrossEntropy(here.losses, here.dH, null, here.H, here.W, here.targets, here.o);
+  await Promise.all(pending);
+  cases.forEach((c) => check(c, 'concurrent async'));
+  check(here, 'sync beside async calls');
+});
+
 test('cross-entropy rejects bad arguments with PeftkitError codes', async (t) => {
   const code = (f: () => unknown) => t.throws(f, { instanceOf: PeftkitError })?.code;
   const logits = Tensor.zeros([4, 10]), losses = Tensor.zeros([4]), targets = Tensor.from(new Int32Array([1, -100, 3, 0]), [4]);
