@@ -1,8 +1,11 @@
 import test from 'ava';
-import { Tensor, PeftkitError, ops } from '../src/index';
+import { spawnSync } from 'child_process';
+import * as path from 'path';
+import { Tensor, PeftkitError, ops, runtimeInfo } from '../src/index';
 import type { Device } from '../src/index';
 import { assertClose, devices, makeRng, poisoned, randn, relErr, roundBf16 } from './helpers/check';
 import type { Rng } from './helpers/check';
+import { CE_CHILD_IGNORE, crossEntropyInputs } from './helpers/cross_entropy_child';
 
 const IGNORE = -100;
 
@@ -307,6 +310,36 @@ test('linear cross-entropy reuses its scratch safely: after a NaN call, across s
   await Promise.all(pending);
   cases.forEach((c) => check(c, 'concurrent async'));
   check(here, 'sync beside async calls');
+});
+
+// The softmax passes have portable, AVX2 and AVX-512 builds (the pointwise table), picked once
+// per process; a child per ISA (PEFTKIT_ISA caps it) checks every path this CPU has.
+test('cpu: every ISA path of the cross-entropy matches float64', (t) => {
+  const info = runtimeInfo();
+  const isas = ['portable', ...(info.avx2 ? ['avx2'] : []), ...(info.avx512 ? ['avx512'] : [])];
+  const seed = makeRng(t).int(0, 2 ** 31);
+  const inputs = crossEntropyInputs(seed);
+  const refs = inputs.map(({ N, V, logits, targets, scale }) => refCrossEntropy(logits, targets, N, V, CE_CHILD_IGNORE, scale));
+  for (const isa of isas) {
+    const child = spawnSync(process.execPath, [path.join(__dirname, 'helpers', 'cross_entropy_child.js'), String(seed)], {
+      env: { ...process.env, PEFTKIT_ISA: isa },
+      encoding: 'utf8',
+    });
+    t.is(child.status, 0, `${isa} child failed: ${child.stderr}`);
+    if (child.status !== 0) continue;
+    const result = JSON.parse(child.stdout) as { isa: string; cases: Array<Record<string, string>> };
+    t.true(result.isa.startsWith(isa), `PEFTKIT_ISA=${isa} ran ${result.isa}`);
+    const f32 = (b64: string) => {
+      const b = Buffer.from(b64, 'base64');
+      return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
+    };
+    result.cases.forEach((c, i) => {
+      const what = `${isa} N=${inputs[i].N} V=${inputs[i].V}`;
+      assertClose(t, f32(c.losses), refs[i].loss, 1e-5, `loss ${what}`);
+      assertClose(t, f32(c.lossOnly), refs[i].loss, 1e-5, `loss only ${what}`);
+      assertClose(t, f32(c.grad), refs[i].grad, 1e-5, `gradient in place ${what}`);
+    });
+  }
 });
 
 test('cross-entropy rejects bad arguments with PeftkitError codes', async (t) => {
