@@ -1,8 +1,11 @@
 import test from 'ava';
-import { Tensor, PeftkitError, ops } from '../src/index';
+import { spawnSync } from 'child_process';
+import * as path from 'path';
+import { Tensor, PeftkitError, ops, runtimeInfo } from '../src/index';
 import type { Device } from '../src/index';
 import { assertClose, devices, makeRng, poisoned, randn, relErr, roundBf16 } from './helpers/check';
 import type { Rng } from './helpers/check';
+import { CE_CHILD_IGNORE, crossEntropyInputs } from './helpers/cross_entropy_child';
 
 const IGNORE = -100;
 
@@ -271,6 +274,72 @@ test('cross-entropy async twins give the sync results', async (t) => {
   const ref2 = refCrossEntropy(x, tg, N, V, IGNORE, 1);
   assertClose(t, losses2.toFloat32Array(), ref2.loss, 1e-5, 'async CE loss');
   assertClose(t, logits.toFloat32Array(), ref2.grad, 1e-5, 'async CE gradient in place');
+});
+
+// The host logits chunk is kept per calling thread between calls: what a call leaves there (even
+// NaN) must not reach the next call, and concurrent calls on the thread pool must not share it.
+test('linear cross-entropy reuses its scratch safely: after a NaN call, across shapes, concurrently', async (t) => {
+  const rng = makeRng(t);
+  const run = (N: number, C: number, V: number, chunkRows: number, nan = false) => {
+    const h = nan ? new Float32Array(N * C).fill(NaN) : randn(rng, N * C), w = randn(rng, V * C, 1 / Math.sqrt(C));
+    const tg = targetsWithIgnored(rng, N, V);
+    const args = { H: Tensor.from(h, [N, C]), W: Tensor.from(w, [V, C]), targets: Tensor.from(tg, [N]) };
+    const losses = poisoned([N]), dH = poisoned([N, C]);
+    const ref = () => refLinearCrossEntropy(h, w, new Float32Array(V * C), tg, N, C, V, 1 / N);
+    return { ...args, losses, dH, ref, what: `N=${N} C=${C} V=${V} chunkRows=${chunkRows}`, o: { gradScale: 1 / N, chunkRows } };
+  };
+  const check = (c: ReturnType<typeof run>, how: string) => {
+    const r = c.ref();
+    assertClose(t, c.losses.toFloat32Array(), r.loss, 1e-5, `loss ${how} ${c.what}`);
+    assertClose(t, c.dH.toFloat32Array(), r.dH, 1e-5, `dH ${how} ${c.what}`);
+  };
+  // A large chunk of NaN logits, then smaller and equal chunks that reuse the same memory.
+  const poison = run(64, 8, 997, 0, true);
+  ops.linearCrossEntropy(poison.losses, poison.dH, null, poison.H, poison.W, poison.targets, poison.o);
+  t.true(poison.losses.toFloat32Array().some((x) => Number.isNaN(x)), 'NaN hidden states give NaN losses');
+  for (const [N, C, V, chunkRows] of [[5, 7, 31, 0], [64, 8, 997, 0], [30, 3, 1000, 7]]) {
+    const c = run(N, C, V, chunkRows);
+    ops.linearCrossEntropy(c.losses, c.dH, null, c.H, c.W, c.targets, c.o);
+    check(c, 'after a NaN call');
+  }
+  // Several at once on the pool (each thread its own scratch), one on this thread meanwhile.
+  const cases = [run(40, 16, 513, 0), run(17, 5, 2049, 3), run(64, 12, 301, 0), run(9, 33, 4099, 0)];
+  const pending = cases.map((c) => ops.linearCrossEntropyAsync(c.losses, c.dH, null, c.H, c.W, c.targets, c.o));
+  const here = run(50, 10, 777, 0);
+  ops.linearCrossEntropy(here.losses, here.dH, null, here.H, here.W, here.targets, here.o);
+  await Promise.all(pending);
+  cases.forEach((c) => check(c, 'concurrent async'));
+  check(here, 'sync beside async calls');
+});
+
+// The softmax passes have portable, AVX2 and AVX-512 builds (the pointwise table), picked once
+// per process; a child per ISA (PEFTKIT_ISA caps it) checks every path this CPU has.
+test('cpu: every ISA path of the cross-entropy matches float64', (t) => {
+  const info = runtimeInfo();
+  const isas = ['portable', ...(info.avx2 ? ['avx2'] : []), ...(info.avx512 ? ['avx512'] : [])];
+  const seed = makeRng(t).int(0, 2 ** 31);
+  const inputs = crossEntropyInputs(seed);
+  const refs = inputs.map(({ N, V, logits, targets, scale }) => refCrossEntropy(logits, targets, N, V, CE_CHILD_IGNORE, scale));
+  for (const isa of isas) {
+    const child = spawnSync(process.execPath, [path.join(__dirname, 'helpers', 'cross_entropy_child.js'), String(seed)], {
+      env: { ...process.env, PEFTKIT_ISA: isa },
+      encoding: 'utf8',
+    });
+    t.is(child.status, 0, `${isa} child failed: ${child.stderr}`);
+    if (child.status !== 0) continue;
+    const result = JSON.parse(child.stdout) as { isa: string; cases: Array<Record<string, string>> };
+    t.true(result.isa.startsWith(isa), `PEFTKIT_ISA=${isa} ran ${result.isa}`);
+    const f32 = (b64: string) => {
+      const b = Buffer.from(b64, 'base64');
+      return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
+    };
+    result.cases.forEach((c, i) => {
+      const what = `${isa} N=${inputs[i].N} V=${inputs[i].V}`;
+      assertClose(t, f32(c.losses), refs[i].loss, 1e-5, `loss ${what}`);
+      assertClose(t, f32(c.lossOnly), refs[i].loss, 1e-5, `loss only ${what}`);
+      assertClose(t, f32(c.grad), refs[i].grad, 1e-5, `gradient in place ${what}`);
+    });
+  }
 });
 
 test('cross-entropy rejects bad arguments with PeftkitError codes', async (t) => {

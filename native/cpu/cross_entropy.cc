@@ -6,17 +6,15 @@
 // and the probabilities exist only once, in the gradient buffer (which may be the logits).
 #include <cmath>
 #include <cstring>
-#include <limits>
 
 #include "gemm.h"
 #include "peftkit/kernels.h"
 #include "peftkit/parallel.h"
+#include "pointwise_table.h"
 
 namespace pk::cpu {
 
 namespace {
-
-#include "exp_approx.h"
 
 // Partial sums of at most this many exps stay in f32 (lanes of a vector register); the row
 // total is kept in double, so a 150k vocabulary loses nothing to the order of additions.
@@ -30,34 +28,17 @@ void row(float* loss, float* d, const float* x, int32_t target, int64_t V, int32
     if (d) std::memset(d, 0, size_t(V) * sizeof(float));
     return;
   }
-  float m = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : m)
-  for (int64_t j = 0; j < V; j++) m = x[j] > m ? x[j] : m;
+  const PointwiseTable& pw = pointwise();
+  const float m = pw.max(x, V);
   const float xt = x[target];  // read before d (maybe x) is overwritten
 
   double sum = 0.0;
-  for (int64_t j0 = 0; j0 < V; j0 += kSumBlock) {
-    const int64_t j1 = j0 + kSumBlock < V ? j0 + kSumBlock : V;
-    float s = 0.f;
-    if (d) {
-#pragma omp simd reduction(+ : s)
-      for (int64_t j = j0; j < j1; j++) {
-        const float e = exp_nonpositive(x[j] - m);
-        d[j] = e;
-        s += e;
-      }
-    } else {
-#pragma omp simd reduction(+ : s)
-      for (int64_t j = j0; j < j1; j++) s += exp_nonpositive(x[j] - m);
-    }
-    sum += double(s);
-  }
+  for (int64_t j0 = 0; j0 < V; j0 += kSumBlock)
+    sum += double(pw.exp_shifted_sum(d ? d + j0 : nullptr, x + j0, j0 + kSumBlock < V ? kSumBlock : V - j0, m));
   // (m - xt) first: for logits near ±1e4 the large parts cancel exactly before log(sum) is added.
   *loss = float((double(m) - double(xt)) + std::log(sum));
   if (!d) return;
-  const float k = float(double(grad_scale) / sum);
-#pragma omp simd
-  for (int64_t j = 0; j < V; j++) d[j] *= k;
+  pw.scale(d, V, float(double(grad_scale) / sum));
   d[target] -= grad_scale;
 }
 

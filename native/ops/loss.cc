@@ -45,6 +45,31 @@ void expect_rows(const Tensor& losses, const Tensor& targets, const std::vector<
   expect_same_device(ref, losses, op, "losses");
 }
 
+// linear_cross_entropy's automatic chunk: 2^25 floats (128 MiB) of logits. Taller chunks keep the
+// two GEMMs of a chunk efficient (measured at N=1024, V=49152, C=576 on 2 cores: 32 MiB chunks
+// 0.94 s, 128 MiB 0.76 s, all rows 0.73 s; again with the current GEMM, f32: 64 MiB 0.84 s,
+// 128 MiB 0.79 s; bf16 compute ~0.41 s either way), while memory stays bounded for any N.
+constexpr int64_t kChunkFloats = int64_t(1) << 25;
+
+// The host logits chunk of linear_cross_entropy, kept per calling thread and grown as needed,
+// up to a cap. A fresh 128 MiB block per call is a fresh mapping (tensor.cc sets glibc's mmap
+// threshold to 1 MiB) page-faulted in on every call: ~32k faults, ~40 ms of a SmolLM2-135M
+// training step. Per thread, so concurrent callers (workers, the libuv pool) never share one;
+// freed when the thread exits. The cap is the automatic chunk, so the default never allocates
+// after the first call; a caller asking for a taller chunk gets its own block, as before.
+constexpr size_t kKeptLogitsBytes = size_t(kChunkFloats) * sizeof(float);
+
+Tensor host_logits_scratch(int64_t rows, int64_t V) {
+  const size_t bytes = size_t(rows) * size_t(V) * sizeof(float);
+  if (bytes > kKeptLogitsBytes) return Tensor::empty({rows, V}, DType::F32, Device::CPU);
+  thread_local Tensor kept;
+  if (!kept.storage || kept.nbytes() < bytes) {
+    kept = Tensor();  // the old block goes before the new one comes
+    kept = Tensor::empty({rows, V}, DType::F32, Device::CPU);
+  }
+  return kept;
+}
+
 }  // namespace
 
 void cross_entropy(const Tensor& losses, const Tensor& dlogits, const Tensor& logits, const Tensor& targets,
@@ -107,22 +132,19 @@ void linear_cross_entropy(const Tensor& losses, const Tensor& dH, const Tensor& 
   const int64_t N = targets.numel();  // the rows of H, also when C == 0
   expect_targets_in_range(targets, V, ignore_index);
   if (N == 0) return;
-  // Automatic: 2^25 floats (128 MiB) of logits per chunk. Taller chunks keep the two GEMMs of a
-  // chunk efficient (measured at N=1024, V=49152, C=576 on 2 cores: 32 MiB chunks 0.94 s, 128 MiB
-  // 0.76 s, all rows 0.73 s), while memory stays bounded for any N.
-  constexpr int64_t kChunkFloats = int64_t(1) << 25;
   if (chunk_rows == 0) chunk_rows = kChunkFloats / V > 1 ? kChunkFloats / V : 1;
   if (chunk_rows > N) chunk_rows = N;
-  Tensor scratch = Tensor::empty({chunk_rows, V}, DType::F32, H.device);
   float* dh = dH.storage ? dH.data<float>() : nullptr;
   float* dw = dW.storage ? dW.data<float>() : nullptr;
   if (H.device == Device::CPU) {
+    const Tensor scratch = host_logits_scratch(chunk_rows, V);
     cpu::linear_cross_entropy(losses.data<float>(), dh, dw, H.data<float>(), W.raw(), W.dtype,
                               targets.data<int32_t>(), N, C, V, ignore_index, grad_scale, chunk_rows,
                               scratch.data<float>(), compute);
     return;
   }
 #ifdef PEFTKIT_CUDA
+  const Tensor scratch = Tensor::empty({chunk_rows, V}, DType::F32, H.device);
   cuda::linear_cross_entropy(losses.data<float>(), dh, dw, H.data<float>(), W.raw(), W.dtype,
                              targets.data<int32_t>(), N, C, V, ignore_index, grad_scale, chunk_rows,
                              scratch.data<float>(), compute);

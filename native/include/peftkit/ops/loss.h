@@ -16,7 +16,7 @@ void cross_entropy(const Tensor& losses, const Tensor& dlogits, const Tensor& lo
 
 // The LM head fused with its loss: logits = H·Wᵀ for H [..., C] f32 and W [V, C] f32 or bf16,
 // formed chunk_rows rows at a time so N×V logits never exist (chunk_rows 0 picks a chunk of
-// about 32 MB of logits). losses and targets as in cross_entropy. dH (like H, overwritten) and
+// about 128 MiB of logits). losses and targets as in cross_entropy. dH (like H, overwritten) and
 // dW ([V, C] f32, accumulated) may each be empty when that gradient is not wanted.
 // compute BF16: the three products read their operands rounded to bf16 (the loss stays f32).
 void linear_cross_entropy(const Tensor& losses, const Tensor& dH, const Tensor& dW, const Tensor& H,
