@@ -20,16 +20,17 @@ using GemmBf16Kernel = void (*)(int64_t kc, const bf16* a, const bf16* b, int w,
 
 // Packers for the transposing layouts, where X(k, x) = src[x·ld + k] (each x a contiguous run of
 // k): dst[k·width + x] = scale·X(k, x) for k < kc, x < nx, zero for nx <= x < width. The pair
-// forms write bf16 k-pairs, dst[(p·width + x)·2 + e] = X(2p + e, x), zero past kc; the f32 ones
-// round to nearest even on the way (bf16 compute; they need AVX512-BF16, and are only called
-// where the bf16 kernel runs), for the transposing layout and for X(k, x) = src[k·ld + x]
-// (rows). A null entry leaves the job to the portable loops in gemm_pack.cc.
+// forms write bf16 k-pairs, dst[(p·width + x)·2 + e] = X(2p + e, x), zero past kc, for the
+// transposing layout and for X(k, x) = src[k·ld + x] (rows); the f32 ones round to nearest even
+// on the way (bf16 compute; they need AVX512-BF16, and are only called where the bf16 kernel
+// runs). A null entry leaves the job to the portable loops in gemm_pack.cc.
 struct GemmPackers {
   void (*f32_cols)(float* dst, int64_t width, const float* src, int64_t ld, int64_t kc, int64_t nx, float scale);
   void (*bf16_cols)(float* dst, int64_t width, const bf16* src, int64_t ld, int64_t kc, int64_t nx, float scale);
   void (*bf16_pair_cols)(bf16* dst, int64_t width, const bf16* src, int64_t ld, int64_t kc, int64_t nx);
   void (*f32_pair_cols)(bf16* dst, int64_t width, const float* src, int64_t ld, int64_t kc, int64_t nx);
   void (*f32_pair_rows)(bf16* dst, int64_t width, const float* src, int64_t ld, int64_t kc, int64_t nx);
+  void (*bf16_pair_rows)(bf16* dst, int64_t width, const bf16* src, int64_t ld, int64_t kc, int64_t nx);
 };
 
 // Rearranges a bf16 A micro-panel from k-pairs (src[(p·mr + i)·2 + e], p < ceil(kc/2)) into the

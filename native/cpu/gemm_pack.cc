@@ -113,8 +113,9 @@ void pack_pairs(bf16* dst, int64_t width, int64_t k0, int64_t kc, int64_t x0, in
 void pack_bf16_pairs(bf16* dst, int64_t width, int64_t k0, int64_t kc, int64_t x0, int64_t nx, const void* ctx) {
   const MatRef& m = *static_cast<const MatRef*>(ctx);
   const GemmPackers& simd = gemm_arch().pack;
-  if (m.trans && simd.bf16_pair_cols)
-    return simd.bf16_pair_cols(dst, width, static_cast<const bf16*>(m.data) + x0 * m.ld + k0, m.ld, kc, nx);
+  const bf16* data = static_cast<const bf16*>(m.data);
+  if (m.trans && simd.bf16_pair_cols) return simd.bf16_pair_cols(dst, width, data + x0 * m.ld + k0, m.ld, kc, nx);
+  if (!m.trans && simd.bf16_pair_rows) return simd.bf16_pair_rows(dst, width, data + k0 * m.ld + x0, m.ld, kc, nx);
   pack_pairs<bf16>(dst, width, k0, kc, x0, nx, m);
 }
 

@@ -99,10 +99,29 @@ void f32_pair_rows(bf16* dst, int64_t width, const float* src, int64_t ld, int64
   }
 }
 
+// The same interleave for stored bf16 rows (dY·W with a bf16 W): no rounding, only the zero
+// extension that places row 2p + 1 in the high half.
+void bf16_pair_rows(bf16* dst, int64_t width, const bf16* src, int64_t ld, int64_t kc, int64_t nx) {
+  const int64_t pairs = (kc + 1) / 2;
+  for (int64_t p = 0; p < pairs; p++) {
+    const bf16* s0 = src + 2 * p * ld;
+    const bool second = 2 * p + 1 < kc;
+    int32_t* d = reinterpret_cast<int32_t*>(dst) + p * width;
+    for (int64_t x = 0; x < width; x += 16) {
+      const __mmask16 load = mask16_from(nx - x);
+      const __m256i e0 = _mm256_maskz_loadu_epi16(load, s0 + x);
+      const __m256i e1 = second ? _mm256_maskz_loadu_epi16(load, s0 + ld + x) : _mm256_setzero_si256();
+      const __m512i pair =
+          _mm512_or_si512(_mm512_cvtepu16_epi32(e0), _mm512_slli_epi32(_mm512_cvtepu16_epi32(e1), 16));
+      _mm512_mask_storeu_epi32(d + x, mask16(width - x), pair);
+    }
+  }
+}
+
 }  // namespace
 
 GemmPackers gemm_packers_avx512() {
-  return GemmPackers{f32_cols, bf16_cols, bf16_pair_cols, f32_pair_cols, f32_pair_rows};
+  return GemmPackers{f32_cols, bf16_cols, bf16_pair_cols, f32_pair_cols, f32_pair_rows, bf16_pair_rows};
 }
 
 }  // namespace pk::cpu
