@@ -79,19 +79,17 @@ void f32_pair_cols(bf16* dst, int64_t width, const float* src, int64_t ld, int64
   });
 }
 
-// X(k, x) = src[k·ld + x]: rows 2p and 2p + 1 are rounded 16 x at a time and interleaved into
-// 32-bit pairs (row 2p in the low half).
-void f32_pair_rows(bf16* dst, int64_t width, const float* src, int64_t ld, int64_t kc, int64_t nx) {
+// X(k, x) = src[k·ld + x]: rows 2p and 2p + 1 are read 16 x at a time as bf16 (ROW(k, x, mask))
+// and interleaved into 32-bit pairs (row 2p in the low half); an odd kc's last pair ends in zero.
+template <typename Row>
+__attribute__((always_inline)) inline void pack_pair_rows(bf16* dst, int64_t width, int64_t kc, int64_t nx, Row row) {
   const int64_t pairs = (kc + 1) / 2;
   for (int64_t p = 0; p < pairs; p++) {
-    const float* s0 = src + 2 * p * ld;
     const bool second = 2 * p + 1 < kc;
     int32_t* d = reinterpret_cast<int32_t*>(dst) + p * width;
     for (int64_t x = 0; x < width; x += 16) {
       const __mmask16 load = mask16_from(nx - x);
-      const __m256i e0 = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(load, s0 + x));
-      const __m256i e1 = second ? (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(load, s0 + ld + x))
-                                : _mm256_setzero_si256();
+      const __m256i e0 = row(2 * p, x, load), e1 = second ? row(2 * p + 1, x, load) : _mm256_setzero_si256();
       const __m512i pair =
           _mm512_or_si512(_mm512_cvtepu16_epi32(e0), _mm512_slli_epi32(_mm512_cvtepu16_epi32(e1), 16));
       _mm512_mask_storeu_epi32(d + x, mask16(width - x), pair);
@@ -99,23 +97,17 @@ void f32_pair_rows(bf16* dst, int64_t width, const float* src, int64_t ld, int64
   }
 }
 
-// The same interleave for stored bf16 rows (dY·W with a bf16 W): no rounding, only the zero
-// extension that places row 2p + 1 in the high half.
+// f32 rows, rounded (VCVTNEPS2BF16).
+void f32_pair_rows(bf16* dst, int64_t width, const float* src, int64_t ld, int64_t kc, int64_t nx) {
+  pack_pair_rows(dst, width, kc, nx, [&](int64_t k, int64_t x, __mmask16 load) {
+    return (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(load, src + k * ld + x));
+  });
+}
+
+// Stored bf16 rows (dY·W with a bf16 W).
 void bf16_pair_rows(bf16* dst, int64_t width, const bf16* src, int64_t ld, int64_t kc, int64_t nx) {
-  const int64_t pairs = (kc + 1) / 2;
-  for (int64_t p = 0; p < pairs; p++) {
-    const bf16* s0 = src + 2 * p * ld;
-    const bool second = 2 * p + 1 < kc;
-    int32_t* d = reinterpret_cast<int32_t*>(dst) + p * width;
-    for (int64_t x = 0; x < width; x += 16) {
-      const __mmask16 load = mask16_from(nx - x);
-      const __m256i e0 = _mm256_maskz_loadu_epi16(load, s0 + x);
-      const __m256i e1 = second ? _mm256_maskz_loadu_epi16(load, s0 + ld + x) : _mm256_setzero_si256();
-      const __m512i pair =
-          _mm512_or_si512(_mm512_cvtepu16_epi32(e0), _mm512_slli_epi32(_mm512_cvtepu16_epi32(e1), 16));
-      _mm512_mask_storeu_epi32(d + x, mask16(width - x), pair);
-    }
-  }
+  pack_pair_rows(dst, width, kc, nx,
+                 [&](int64_t k, int64_t x, __mmask16 load) { return _mm256_maskz_loadu_epi16(load, src + k * ld + x); });
 }
 
 }  // namespace
