@@ -25,6 +25,18 @@ test('usage errors exit 2, failures exit 1 with one line', (t) => {
   t.regex(r3.stderr, /--r: expected a number, got 'four'/);
 });
 
+test('--help anywhere prints the usage; --version prints the package version', (t) => {
+  for (const args of [['--help'], ['train', '--help'], ['merge', '-h']]) {
+    const r = run(args);
+    t.is(r.status, 0, args.join(' '));
+    t.regex(r.stdout, /^usage:\n {2}peftkit train --model DIR/, args.join(' '));
+  }
+  const v = run(['--version']);
+  t.is(v.status, 0);
+  const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', 'package.json'), 'utf8')) as { version: string };
+  t.is(v.stdout, `peftkit ${pkg.version}\n`);
+});
+
 test('train, generate with the adapter, and merge from the command line', (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-cli-'));
   const model = path.join(dir, 'model');

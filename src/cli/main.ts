@@ -2,6 +2,7 @@
  * The `peftkit` command: train, generate, merge. Option names follow PEFT / transformers /
  * MLX-LM. Exit code 0 on success, 1 with a one-line reason on error, 2 on bad usage.
  */
+import * as fs from 'fs';
 import * as path from 'path';
 import { parseArgs } from 'util';
 import { PeftkitError } from '../errors';
@@ -158,10 +159,30 @@ async function cmdQuantize(args: string[]): Promise<number> {
   return 0;
 }
 
+/** The version in peftkit's package.json (two folders up from src/cli, three from dist/src/cli). */
+function version(): string {
+  for (let dir = __dirname; ; dir = path.dirname(dir)) {
+    const file = path.join(dir, 'package.json');
+    if (fs.existsSync(file)) {
+      const pkg = JSON.parse(fs.readFileSync(file, 'utf8')) as { name?: string; version?: string };
+      if (pkg.name === 'peftkit') return pkg.version ?? 'unknown';
+    }
+    if (path.dirname(dir) === dir) return 'unknown';
+  }
+}
+
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
+  // `peftkit train --help` and the like: the usage, not an unknown-option error.
+  if (cmd && rest.some((a) => a === '--help' || a === '-h')) {
+    process.stdout.write(USAGE + '\n');
+    return 0;
+  }
   try {
     switch (cmd) {
+      case '--version': case '-V': case 'version':
+        process.stdout.write(`peftkit ${version()}\n`);
+        return 0;
       case 'train': return await cmdTrain(rest);
       case 'generate': return await cmdGenerate(rest);
       case 'merge': return await cmdMerge(rest);
