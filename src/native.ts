@@ -236,7 +236,9 @@ function load(): NativeAddon {
     throw new PeftkitError(
       'E_ADDON',
       `could not load the peftkit native addon from ${root}: ${(e as Error).message}. ` +
-        'Run `npm install` (it builds the addon with node-gyp when no prebuild fits this platform).',
+        'Its install script builds it with node-gyp when no prebuild fits this platform: run `npm rebuild peftkit` ' +
+        '(`npm install` in a clone of the repository), with install scripts allowed for peftkit ' +
+        '(not under --ignore-scripts).',
     );
   }
   addon.setErrorClass(PeftkitError);

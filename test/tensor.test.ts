@@ -1,4 +1,7 @@
 import test from 'ava';
+import { spawnSync } from 'child_process';
+import * as os from 'os';
+import * as path from 'path';
 import { Tensor, PeftkitError, runtimeInfo } from '../src/index';
 import { devices, makeRng, randn } from './helpers/check';
 
@@ -117,4 +120,20 @@ test('a view asked for again is the same handle (no new native handle per traini
   x.dispose();
   t.deepEqual([...b.toFloat32Array()], [2, 3, 4, 5, 6, 7], 'a view outlives its parent as before');
   b.dispose();
+});
+
+test('an addon that cannot be loaded is an E_ADDON error that says how to build it', (t) => {
+  // A child process: this one has its addon loaded already.
+  const index = path.join(__dirname, '..', 'src', 'index.js');
+  const script = `try { require(${JSON.stringify(index)}).runtimeInfo(); console.log('loaded'); } ` +
+    `catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message })); }`;
+  const r = spawnSync(process.execPath, ['-e', script], {
+    encoding: 'utf8',
+    env: { ...process.env, PEFTKIT_ADDON: path.join(os.tmpdir(), 'no-such-peftkit.node') },
+  });
+  t.is(r.status, 0, r.stderr);
+  const out = JSON.parse(r.stdout) as { code: string; message: string };
+  t.is(out.code, 'E_ADDON');
+  t.regex(out.message, /no-such-peftkit\.node/);
+  t.regex(out.message, /npm rebuild peftkit/);
 });
