@@ -37,15 +37,6 @@ namespace pk::cpu {
 
 namespace {
 
-inline float widen(float v) { return v; }
-inline float widen(bf16 v) { return bf16_to_f32(v); }
-// An element as the GEMM reads it: widened, or rounded to bf16 first (ROUND: an f32 operand
-// with round_bf16, bf16 compute).
-template <bool ROUND, typename T>
-inline float value(T v) {
-  if constexpr (ROUND) return round_to_bf16(v);
-  else return widen(v);
-}
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // ---- The portable micro-kernel: plain C++ the compiler vectorizes for the baseline ISA -------
@@ -387,7 +378,7 @@ void gemv_rows(float* y, const float* x, const T* b, int64_t ld, int64_t K, int6
   for (int64_t k = 0; k < K; k++) {
     const float xk = x[k];
     const T* r = b + k * ld + j0;
-    for (int64_t j = 0; j < n; j++) y[j] += xk * value<ROUND>(r[j]);
+    for (int64_t j = 0; j < n; j++) y[j] += xk * operand_value<ROUND>(r[j]);
   }
 }
 
@@ -400,10 +391,10 @@ void gemv_cols(float* y, const float* x, const T* b, int64_t ld, int64_t K, int6
     float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
 #pragma omp simd reduction(+ : s0, s1, s2, s3)
     for (int64_t k = 0; k < K; k++) {
-      s0 += x[k] * value<ROUND>(c0[k]);
-      s1 += x[k] * value<ROUND>(c1[k]);
-      s2 += x[k] * value<ROUND>(c2[k]);
-      s3 += x[k] * value<ROUND>(c3[k]);
+      s0 += x[k] * operand_value<ROUND>(c0[k]);
+      s1 += x[k] * operand_value<ROUND>(c1[k]);
+      s2 += x[k] * operand_value<ROUND>(c2[k]);
+      s3 += x[k] * operand_value<ROUND>(c3[k]);
     }
     y[j] += s0;
     y[j + 1] += s1;
@@ -414,7 +405,7 @@ void gemv_cols(float* y, const float* x, const T* b, int64_t ld, int64_t K, int6
     const T* col = b + (j0 + j) * ld;
     float s = 0.f;
 #pragma omp simd reduction(+ : s)
-    for (int64_t k = 0; k < K; k++) s += x[k] * value<ROUND>(col[k]);
+    for (int64_t k = 0; k < K; k++) s += x[k] * operand_value<ROUND>(col[k]);
     y[j] += s;
   }
 }
@@ -465,7 +456,7 @@ float element(const MatRef& m, int64_t i, int64_t j) {
   const int64_t idx = m.trans ? j * m.ld + i : i * m.ld + j;
   if (m.dtype == DType::BF16) return bf16_to_f32(static_cast<const bf16*>(m.data)[idx]);
   const float v = static_cast<const float*>(m.data)[idx];
-  return m.round_bf16 ? value<true>(v) : v;
+  return m.round_bf16 ? operand_value<true>(v) : v;
 }
 
 MatRef flipped(MatRef m) {

@@ -1,9 +1,21 @@
 // CPU-internal GEMM entry points beyond the op table, for kernels that build on GEMM
 // (fused LoRA, the fused LM-head loss). Not part of the public engine API.
 #pragma once
+#include <type_traits>
+
 #include "peftkit/kernels.h"
 
 namespace pk::cpu {
+
+// An operand element as the GEMM reads it: bf16 widened to f32, or (ROUND: an f32 operand
+// marked round_bf16, bf16 compute) rounded to bf16 first.
+template <bool ROUND, typename T>
+inline float operand_value(T v) {
+  static_assert(!ROUND || std::is_same_v<T, float>, "only f32 operands are rounded");
+  if constexpr (ROUND) return round_to_bf16(v);
+  else if constexpr (std::is_same_v<T, bf16>) return bf16_to_f32(v);
+  else return v;
+}
 
 // One product of a sum: alpha·op(A)[M,K]·op(B)[K,N].
 struct GemmTerm {

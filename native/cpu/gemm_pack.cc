@@ -10,15 +10,6 @@ namespace pk::cpu {
 
 namespace {
 
-inline float widen(float v) { return v; }
-inline float widen(bf16 v) { return bf16_to_f32(v); }
-
-// An element as the GEMM reads it: widened, or rounded to bf16 first (ROUND, f32 only).
-template <bool ROUND, typename T>
-inline float value(T v) {
-  if constexpr (ROUND) return round_to_bf16(v);
-  else return widen(v);
-}
 
 inline bf16 to_bf16(bf16 v) { return v; }
 inline bf16 to_bf16(float v) { return f32_to_bf16(v); }
@@ -29,7 +20,7 @@ void pack_rows(float* dst, int64_t width, int64_t k0, int64_t kc, int64_t x0, in
                const MatRef& m) {
   const T* src = static_cast<const T*>(m.data) + k0 * m.ld + x0;
   for (int64_t k = 0; k < kc; k++, src += m.ld, dst += width) {
-    for (int64_t x = 0; x < nx; x++) dst[x] = scale * value<ROUND>(src[x]);
+    for (int64_t x = 0; x < nx; x++) dst[x] = scale * operand_value<ROUND>(src[x]);
     for (int64_t x = nx; x < width; x++) dst[x] = 0.f;
   }
 }
@@ -46,7 +37,7 @@ void pack_cols(float* dst, int64_t width, int64_t k0, int64_t kc, int64_t x0, in
     float* d = dst + kb * width;
     for (int64_t x = 0; x < nx; x++) {
       const T* s = src + x * m.ld + kb;
-      for (int64_t k = 0; k < kn; k++) d[k * width + x] = scale * value<ROUND>(s[k]);
+      for (int64_t k = 0; k < kn; k++) d[k * width + x] = scale * operand_value<ROUND>(s[k]);
     }
     for (int64_t k = 0; k < kn; k++)
       for (int64_t x = nx; x < width; x++) d[k * width + x] = 0.f;

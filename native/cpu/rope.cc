@@ -34,11 +34,15 @@ void rope_table(float* cos, float* sin, const int32_t* positions, int64_t T, int
   }
 }
 
+namespace {
+
 // Each (b, t, h) row is one head of D values; cos/sin row t is shared by every b and h.
 // `omp simd` vectorizes without a runtime alias check: with out == x every element is read
 // before it is written and no iteration reads what another writes (i and i + half differ).
-void rope_forward(float* out, const float* x, const float* cos, const float* sin, int64_t B, int64_t T, int64_t H,
-                  int64_t D) {
+// INVERSE rotates by -angle (sin negated, exactly), the transpose of the rotation: the backward.
+template <bool INVERSE>
+void rotate(float* out, const float* x, const float* cos, const float* sin, int64_t B, int64_t T, int64_t H,
+            int64_t D) {
   const int64_t half = D / 2, rows = B * T * H;
 #pragma omp parallel for num_threads(threads_for(rows * D)) schedule(static)
   for (int64_t r = 0; r < rows; r++) {
@@ -49,31 +53,23 @@ void rope_forward(float* out, const float* x, const float* cos, const float* sin
     float* o = out + r * D;
 #pragma omp simd
     for (int64_t i = 0; i < half; i++) {
-      const float x1 = xr[i], x2 = xr[i + half];
-      o[i] = x1 * c[i] - x2 * s[i];
-      o[i + half] = x2 * c[i] + x1 * s[i];
+      const float x1 = xr[i], x2 = xr[i + half], si = INVERSE ? -s[i] : s[i];
+      o[i] = x1 * c[i] - x2 * si;
+      o[i + half] = x2 * c[i] + x1 * si;
     }
   }
 }
 
-// The transpose of the rotation, i.e. the rotation by -angle.
+}  // namespace
+
+void rope_forward(float* out, const float* x, const float* cos, const float* sin, int64_t B, int64_t T, int64_t H,
+                  int64_t D) {
+  rotate<false>(out, x, cos, sin, B, T, H, D);
+}
+
 void rope_backward(float* dx, const float* dout, const float* cos, const float* sin, int64_t B, int64_t T,
                    int64_t H, int64_t D) {
-  const int64_t half = D / 2, rows = B * T * H;
-#pragma omp parallel for num_threads(threads_for(rows * D)) schedule(static)
-  for (int64_t r = 0; r < rows; r++) {
-    const int64_t t = (r / H) % T;
-    const float* c = cos + t * half;
-    const float* s = sin + t * half;
-    const float* d = dout + r * D;
-    float* g = dx + r * D;
-#pragma omp simd
-    for (int64_t i = 0; i < half; i++) {
-      const float d1 = d[i], d2 = d[i + half];
-      g[i] = d1 * c[i] + d2 * s[i];
-      g[i + half] = d2 * c[i] - d1 * s[i];
-    }
-  }
+  rotate<true>(dx, dout, cos, sin, B, T, H, D);
 }
 
 }  // namespace pk::cpu
