@@ -8,6 +8,7 @@
 #include <cmath>
 #include <vector>
 
+#include "peftkit/adamw_scalars.h"
 #include "peftkit/kernels.h"
 #include "peftkit/parallel.h"
 
@@ -49,15 +50,11 @@ class FlatBlocks {
   std::vector<int64_t> start_;  // start_[i]: flat index of tensor i's first element
 };
 
-// AdamW's f32 scalars for one step.
-struct Coeffs {
-  float step_size, bc2_sqrt, w1, b2, w2, eps;
-};
 
 // One span of one tensor, in torch.optim.AdamW's order of f32 operations: p·(1 - lr·wd), then
 // m.lerp_(g, 1 - b1), v·b2 + (1 - b2)·g·g, p + (-step_size·m) / (sqrt(v)/sqrt(bc2) + eps).
 void update(float* __restrict p, float* __restrict m, float* __restrict v, const float* __restrict g, int64_t n,
-            const Coeffs& k, float decay) {
+            const AdamWScalars& k, float decay) {
   const float step = -k.step_size, bc2_sqrt = k.bc2_sqrt, w1 = k.w1, b2 = k.b2, w2 = k.w2, eps = k.eps;
   if (w1 < 0.5f) {  // torch's lerp: m + w·(g - m) for w < 0.5, else g - (g - m)·(1 - w)
 #pragma omp simd
@@ -69,7 +66,7 @@ void update(float* __restrict p, float* __restrict m, float* __restrict v, const
       v[j] = vj;
     }
   } else {
-    const float w1c = 1.f - w1;
+    const float w1c = k.w1c;
 #pragma omp simd
     for (int64_t j = 0; j < n; j++) {
       const float mj = g[j] - (g[j] - m[j]) * w1c;
@@ -84,16 +81,7 @@ void update(float* __restrict p, float* __restrict m, float* __restrict v, const
 }  // namespace
 
 void adamw(const ParamRef* params, int64_t count, AdamWHyper h) {
-  // The scalars as torch.optim.AdamW forms them: in double from Python floats, then rounded
-  // to f32 where they meet the f32 tensors.
-  const double t = double(h.step);
-  Coeffs k;
-  k.step_size = float(h.lr / (1.0 - std::pow(h.beta1, t)));
-  k.bc2_sqrt = float(std::sqrt(1.0 - std::pow(h.beta2, t)));
-  k.w1 = float(1.0 - h.beta1);
-  k.b2 = float(h.beta2);
-  k.w2 = float(1.0 - h.beta2);
-  k.eps = float(h.eps);
+  const AdamWScalars k = adamw_scalars(h);
   const FlatBlocks blocks(params, count);
   const int64_t nb = blocks.count();
 #pragma omp parallel for schedule(static) num_threads(blocks.threads()) if (nb > 1)

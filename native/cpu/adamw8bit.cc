@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "peftkit/dynamic_maps.h"
+#include "peftkit/adamw_scalars.h"
 #include "peftkit/kernels.h"
 #include "peftkit/parallel.h"
 
@@ -25,28 +26,10 @@ struct Item {
   int64_t tensor, lo, hi;
 };
 
-// AdamW's f32 scalars for one step, formed as adamw.cc forms them.
-struct Coeffs {
-  float step_size, bc2_sqrt, w1, w1c, b2, w2, eps;
-};
-
-Coeffs coeffs(const AdamWHyper& h) {
-  const double t = double(h.step);
-  Coeffs k;
-  k.step_size = float(h.lr / (1.0 - std::pow(h.beta1, t)));
-  k.bc2_sqrt = float(std::sqrt(1.0 - std::pow(h.beta2, t)));
-  k.w1 = float(1.0 - h.beta1);
-  k.w1c = 1.f - k.w1;
-  k.b2 = float(h.beta2);
-  k.w2 = float(1.0 - h.beta2);
-  k.eps = float(h.eps);
-  return k;
-}
-
 // AdamW over n elements in torch.optim.AdamW's order of f32 operations, the same as adamw.cc:
 // m.lerp_(g, 1 - b1), v·b2 + (1 - b2)·g·g, p·(1 - lr·wd) + (-step_size·m) / (sqrt(v)/sqrt(bc2) + eps).
 void update(float* __restrict p, float* __restrict m, float* __restrict v, const float* __restrict g, int64_t n,
-            const Coeffs& k, float decay) {
+            const AdamWScalars& k, float decay) {
   const float step = -k.step_size, bc2_sqrt = k.bc2_sqrt, w1 = k.w1, w1c = k.w1c, b2 = k.b2, w2 = k.w2, eps = k.eps;
   if (w1 < 0.5f) {  // torch's lerp: m + w·(g - m) for w < 0.5, else g - (g - m)·(1 - w)
 #pragma omp simd
@@ -146,7 +129,7 @@ bool all_finite(const float* g, int64_t n) {
 }
 
 // Blocks of [lo, hi): lo is a multiple of kBlock, hi one too or the tensor's end.
-void update_8bit(const AdamW8bitRef& r, int64_t lo, int64_t hi, const Coeffs& k, float decay) {
+void update_8bit(const AdamW8bitRef& r, int64_t lo, int64_t hi, const AdamWScalars& k, float decay) {
   const CodeIndex &six = signed_index(), &uix = unsigned_index();
   float m[kBlock], v[kBlock];
   for (int64_t b0 = lo; b0 < hi; b0 += kBlock) {
@@ -201,7 +184,7 @@ int64_t adamw8bit(const AdamW8bitRef* params, int64_t count, AdamWHyper h) {
   std::vector<uint8_t> ok(size_t(count), 1);
   for (int64_t i = 0; i < ni; i++) ok[size_t(items[size_t(i)].tensor)] &= item_ok[size_t(i)];
 
-  const Coeffs k = coeffs(h);
+  const AdamWScalars k = adamw_scalars(h);
 #pragma omp parallel for schedule(static) num_threads(threads) if (ni > 1)
   for (int64_t i = 0; i < ni; i++) {
     const Item& it = items[size_t(i)];

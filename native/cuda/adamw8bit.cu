@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common.cuh"
+#include "peftkit/adamw_scalars.h"
 #include "peftkit/dynamic_maps.h"
 #include "peftkit/kernels.h"
 
@@ -18,8 +19,8 @@ namespace {
 constexpr int kThreads = int(kAdamW8bitBlock);
 constexpr int64_t kMaxGrid = int64_t(1) << 30;  // blocks per launch (gridDim.x allows 2^31 - 1)
 
-struct Coeffs {
-  float step_size, bc2_sqrt, w1, w1c, b2, w2, eps;
+// The step's scalars (adamw_scalars.h) and lr, for each tensor's 1 - lr·weight_decay.
+struct Coeffs : AdamWScalars {
   double lr;
 };
 
@@ -127,15 +128,8 @@ int64_t adamw8bit(const AdamW8bitRef* params, int64_t count, AdamWHyper h) {
   const int64_t total = first.back();
   if (total == 0) return 0;
 
-  const double t = double(h.step);
   Coeffs k;
-  k.step_size = float(h.lr / (1.0 - std::pow(h.beta1, t)));
-  k.bc2_sqrt = float(std::sqrt(1.0 - std::pow(h.beta2, t)));
-  k.w1 = float(1.0 - h.beta1);
-  k.w1c = 1.f - k.w1;
-  k.b2 = float(h.beta2);
-  k.w2 = float(1.0 - h.beta2);
-  k.eps = float(h.eps);
+  static_cast<AdamWScalars&>(k) = adamw_scalars(h);
   k.lr = h.lr;
   Maps maps;
   std::memcpy(maps.signed_map, kDynamicSigned256, sizeof maps.signed_map);
