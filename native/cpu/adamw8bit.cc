@@ -171,7 +171,7 @@ int64_t adamw8bit(const AdamW8bitRef* params, int64_t count, AdamWHyper h) {
     for (int64_t lo = 0; lo < params[t].n; lo += kItem)
       items.push_back(Item{t, lo, lo + kItem < params[t].n ? lo + kItem : params[t].n});
   const int64_t ni = int64_t(items.size());
-  const int threads = int(ni < num_threads() ? (ni > 0 ? ni : 1) : num_threads());
+  [[maybe_unused]] const int threads = int(ni < num_threads() ? (ni > 0 ? ni : 1) : num_threads());
 
   // A non-finite gradient anywhere in a tensor skips the whole tensor, so every item is checked
   // before any is updated.
