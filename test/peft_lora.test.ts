@@ -79,6 +79,9 @@ test('save/load round trip is exact; merged == unmerged within 1e-4', (t) => {
   const out = path.join(tmp(), 'adapter');
   adapter.save(out);
   t.deepEqual(fs.readdirSync(out).sort(), ['adapter_config.json', 'adapter_model.safetensors']);
+  // "all-linear" is written out as the module names it chose, as PEFT does.
+  const written = JSON.parse(fs.readFileSync(path.join(out, 'adapter_config.json'), 'utf8')) as { target_modules: unknown };
+  t.deepEqual(written.target_modules, ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']);
   const back = LoraAdapter.load(out, model.linearModules);
   t.deepEqual(back.stateDict(), adapter.stateDict());
   t.is(back.scaling, adapter.scaling);

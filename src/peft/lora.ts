@@ -54,7 +54,12 @@ export class LoraAdapter {
     const rng = new SeededRng(opts.seed ?? 0);
     const r = config.r;
     const layers = new Map<string, LoraLayer>();
-    for (const m of selectTargets(modules, config.target_modules, config.exclude_modules, config.layers_to_transform)) {
+    const chosen = selectTargets(modules, config.target_modules, config.exclude_modules, config.layers_to_transform);
+    // PEFT writes "all-linear" out as the names it chose, and servers that check an adapter's
+    // target_modules against the modules they support (vLLM) expect names: the chosen modules'
+    // short names, which select the same modules beside exclude_modules / layers_to_transform.
+    if (config.target_modules === 'all-linear') config = { ...config, target_modules: [...new Set(chosen.map((m) => m.name.split('.').pop()!))] };
+    for (const m of chosen) {
       const a = new Float32Array(r * m.inFeatures);
       const b = new Float32Array(m.outFeatures * r);
       if (config.init_lora_weights === 'gaussian') {
