@@ -31,6 +31,9 @@ struct GemmPackers {
   void (*f32_pair_cols)(bf16* dst, int64_t width, const float* src, int64_t ld, int64_t kc, int64_t nx);
   void (*f32_pair_rows)(bf16* dst, int64_t width, const float* src, int64_t ld, int64_t kc, int64_t nx);
   void (*bf16_pair_rows)(bf16* dst, int64_t width, const bf16* src, int64_t ld, int64_t kc, int64_t nx);
+  // The rows layout into f32 panels, dst[k·width + x] = scale·X(k, x) (bf16 widened).
+  void (*f32_rows)(float* dst, int64_t width, const float* src, int64_t ld, int64_t kc, int64_t nx, float scale);
+  void (*bf16_rows)(float* dst, int64_t width, const bf16* src, int64_t ld, int64_t kc, int64_t nx, float scale);
 };
 
 // Rearranges a bf16 A micro-panel from k-pairs (src[(p·mr + i)·2 + e], p < ceil(kc/2)) into the

@@ -53,14 +53,16 @@ void pack_f32(float* dst, int64_t width, int64_t k0, int64_t kc, int64_t x0, int
     if (m.trans) pack_cols<float, true>(dst, width, k0, kc, x0, nx, scale, m);
     else pack_rows<float, true>(dst, width, k0, kc, x0, nx, scale, m);
   } else if (m.dtype == DType::F32) {
-    const float* cols = static_cast<const float*>(m.data) + x0 * m.ld + k0;
-    if (m.trans && simd.f32_cols) simd.f32_cols(dst, width, cols, m.ld, kc, nx, scale);
+    const float* data = static_cast<const float*>(m.data);
+    if (m.trans && simd.f32_cols) simd.f32_cols(dst, width, data + x0 * m.ld + k0, m.ld, kc, nx, scale);
     else if (m.trans) pack_cols<float>(dst, width, k0, kc, x0, nx, scale, m);
+    else if (simd.f32_rows) simd.f32_rows(dst, width, data + k0 * m.ld + x0, m.ld, kc, nx, scale);
     else pack_rows<float>(dst, width, k0, kc, x0, nx, scale, m);
   } else {
-    const bf16* cols = static_cast<const bf16*>(m.data) + x0 * m.ld + k0;
-    if (m.trans && simd.bf16_cols) simd.bf16_cols(dst, width, cols, m.ld, kc, nx, scale);
+    const bf16* data = static_cast<const bf16*>(m.data);
+    if (m.trans && simd.bf16_cols) simd.bf16_cols(dst, width, data + x0 * m.ld + k0, m.ld, kc, nx, scale);
     else if (m.trans) pack_cols<bf16>(dst, width, k0, kc, x0, nx, scale, m);
+    else if (simd.bf16_rows) simd.bf16_rows(dst, width, data + k0 * m.ld + x0, m.ld, kc, nx, scale);
     else pack_rows<bf16>(dst, width, k0, kc, x0, nx, scale, m);
   }
 }

@@ -18,6 +18,7 @@ namespace {
 
 inline __mmask16 mask16(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1); }
 inline __mmask32 mask32(int64_t n) { return n >= 32 ? __mmask32(0xFFFFFFFFu) : __mmask32((1u << n) - 1); }
+inline __mmask16 mask16_from(int64_t n) { return n <= 0 ? __mmask16(0) : mask16(n); }
 
 // dst[k·width + x] (32-bit units) = LOAD(x, k0) lane k - k0, 16 x by 16 k at a time; LOAD(x, k0)
 // returns the 16 values of source row x from k0 (zero past the end), rows past nx are zero.
@@ -63,9 +64,32 @@ void bf16_pair_cols(bf16* dst, int64_t width, const bf16* src, int64_t ld, int64
   });
 }
 
+// X(k, x) = src[k·ld + x] (B of dY·W, W stored [out, in]): a scaled copy of each k's run of x,
+// 16 at a time, zero past nx.
+template <typename Load>
+__attribute__((always_inline)) inline void pack_rows(float* dst, int64_t width, int64_t kc, int64_t nx, Load load) {
+  for (int64_t k = 0; k < kc; k++)
+    for (int64_t x = 0; x < width; x += 16)
+      _mm512_mask_storeu_ps(dst + k * width + x, mask16(width - x), load(k, x, mask16_from(nx - x)));
+}
+
+void f32_rows(float* dst, int64_t width, const float* src, int64_t ld, int64_t kc, int64_t nx, float scale) {
+  const __m512 vs = _mm512_set1_ps(scale);
+  pack_rows(dst, width, kc, nx, [&](int64_t k, int64_t x, __mmask16 m) {
+    return _mm512_mul_ps(vs, _mm512_maskz_loadu_ps(m, src + k * ld + x));
+  });
+}
+
+void bf16_rows(float* dst, int64_t width, const bf16* src, int64_t ld, int64_t kc, int64_t nx, float scale) {
+  const __m512 vs = _mm512_set1_ps(scale);
+  pack_rows(dst, width, kc, nx, [&](int64_t k, int64_t x, __mmask16 m) {
+    const __m256i h = _mm256_maskz_loadu_epi16(m, src + k * ld + x);
+    return _mm512_mul_ps(vs, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+  });
+}
+
 // bf16 compute: f32 rounded to bf16 (VCVTNE2PS2BF16, round to nearest even) as it is packed.
 // Only called where the bf16 kernel runs, so the CPU has AVX512-BF16.
-inline __mmask16 mask16_from(int64_t n) { return n <= 0 ? __mmask16(0) : mask16(n); }
 
 void f32_pair_cols(bf16* dst, int64_t width, const float* src, int64_t ld, int64_t kc, int64_t nx) {
   const int64_t pairs = (kc + 1) / 2;
@@ -113,7 +137,7 @@ void bf16_pair_rows(bf16* dst, int64_t width, const bf16* src, int64_t ld, int64
 }  // namespace
 
 GemmPackers gemm_packers_avx512() {
-  return GemmPackers{f32_cols, bf16_cols, bf16_pair_cols, f32_pair_cols, f32_pair_rows, bf16_pair_rows};
+  return GemmPackers{f32_cols, bf16_cols, bf16_pair_cols, f32_pair_cols, f32_pair_rows, bf16_pair_rows, f32_rows, bf16_rows};
 }
 
 }  // namespace pk::cpu
