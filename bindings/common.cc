@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "addon_tensor.h"
+#include "peftkit/async_order.h"
 
 namespace pkb {
 
@@ -106,7 +107,9 @@ class OpWorker : public Napi::AsyncWorker {
 
   void Execute() override {
     try {
+      order_.begin();
       result_ = work_();
+      order_.end();
     } catch (const pk::Error& e) {
       code_ = e.code;
       SetError(e.what());
@@ -125,6 +128,7 @@ class OpWorker : public Napi::AsyncWorker {
 
  private:
   Work work_;
+  pk::AsyncOrder order_;  // made on the JS thread, with the worker
   Napi::Promise::Deferred deferred_;
   double result_ = NAN;
   std::string code_;
@@ -155,15 +159,14 @@ void DefineOp(Napi::Env env, Napi::Object exports, const char* name, Prepare pre
   exports.Set(async_name, Napi::Function::New(env, [prepare](const Napi::CallbackInfo& info) -> Napi::Value {
                 // An async op never throws: bad arguments reject its Promise like a failed kernel.
                 Napi::Env env = info.Env();
-                Work work;
+                OpWorker* worker;
                 try {
-                  work = prepare(info);
+                  worker = new OpWorker(env, prepare(info));
                 } catch (const pk::Error& e) {
                   auto d = Napi::Promise::Deferred::New(env);
                   d.Reject(MakeError(env, e.code, e.what()).Value());
                   return d.Promise();
                 }
-                auto* worker = new OpWorker(env, std::move(work));
                 Napi::Promise p = worker->Promise();
                 worker->Queue();
                 return p;

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <vector>
 
+#include "adamw_element.cuh"
 #include "common.cuh"
 #include "peftkit/adamw_scalars.h"
 #include "peftkit/dynamic_maps.h"
@@ -39,13 +40,6 @@ __device__ int64_t tensor_of(const int64_t* first, int64_t count, int64_t b) {
     else hi = mid;
   }
   return lo;
-}
-
-__device__ __forceinline__ void adamw_element(float& p, float& m, float& v, float g, const Coeffs& k, float decay) {
-  m = k.w1 < 0.5f ? __fadd_rn(m, __fmul_rn(k.w1, __fsub_rn(g, m))) : __fsub_rn(g, __fmul_rn(__fsub_rn(g, m), k.w1c));
-  v = __fadd_rn(__fmul_rn(v, k.b2), __fmul_rn(__fmul_rn(k.w2, g), g));
-  const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(v), k.bc2_sqrt), k.eps);
-  p = __fadd_rn(__fmul_rn(p, decay), __fdiv_rn(__fmul_rn(-k.step_size, m), denom));
 }
 
 // As the CPU's encode: the nearest code is the number of midpoints between codes (exact in

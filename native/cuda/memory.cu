@@ -41,8 +41,15 @@ void* malloc_managed(size_t bytes) {
 }
 
 void prefetch(const void* p, size_t bytes, bool to_device) {
-  int device = cudaCpuDeviceId;
-  if (to_device) check(cudaGetDevice(&device), "prefetch: current device");
+  // Prefetching needs a GPU that can access managed memory concurrently with the host; where it
+  // cannot (Windows, WSL, some virtualized GPUs) the driver migrates pages on demand instead, so
+  // the prefetch is a hint to drop, not an error to raise.
+  int current = 0;
+  check(cudaGetDevice(&current), "prefetch: current device");
+  int concurrent = 0;
+  check(cudaDeviceGetAttribute(&concurrent, cudaDevAttrConcurrentManagedAccess, current), "prefetch: device attributes");
+  if (!concurrent) return;
+  const int device = to_device ? current : cudaCpuDeviceId;
 #if CUDART_VERSION >= 13000
   // CUDA 13 takes a location (the form 12.x called cudaMemPrefetchAsync_v2).
   cudaMemLocation loc{};
@@ -64,6 +71,21 @@ void copy_d2d(void* dst, const void* src, size_t bytes) {
   check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream()), "copy on device");
 }
 
-void synchronize() { check(cudaStreamSynchronize(cudaStreamPerThread), "synchronize"); }
+void synchronize() { check(cudaStreamSynchronize(stream()), "synchronize"); }
+
+void* record_event() {
+  cudaEvent_t e = nullptr;
+  check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "create an event");
+  const cudaError_t r = cudaEventRecord(e, stream());
+  if (r != cudaSuccess) {
+    cudaEventDestroy(e);
+    check(r, "record an event");
+  }
+  return e;
+}
+
+void wait_event(void* event) { check(cudaStreamWaitEvent(stream(), static_cast<cudaEvent_t>(event), 0), "wait for an event"); }
+
+void destroy_event(void* event) { cudaEventDestroy(static_cast<cudaEvent_t>(event)); }
 
 }  // namespace pk::cuda

@@ -3,26 +3,20 @@
 // well under a millisecond per step.
 #include <cmath>
 
+#include "adamw_element.cuh"
 #include "common.cuh"
 #include "peftkit/kernels.h"
 
 namespace pk::cuda {
 
 namespace {
-// PyTorch's AdamW order of operations (decoupled decay first; denom = sqrt(v)/sqrt(bc2) + eps),
-// with IEEE-rounded sqrt and division so --use_fast_math does not approximate the update.
-__global__ void adamw_kernel(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1,
-                             float beta2, float eps, float weight_decay, float step_size, float bc2_sqrt) {
+__global__ void adamw_kernel(float* p, const float* g, float* m, float* v, int64_t n, AdamWScalars k, float decay) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const float gi = g[i];
-    float pi = p[i] * (1.f - lr * weight_decay);
-    const float mi = beta1 * m[i] + (1.f - beta1) * gi;
-    const float vi = beta2 * v[i] + (1.f - beta2) * gi * gi;
-    const float denom = __fdiv_rn(__fsqrt_rn(vi), bc2_sqrt) + eps;
-    pi -= step_size * __fdiv_rn(mi, denom);
+    float pi = p[i], mi = m[i], vi = v[i];
+    adamw_element(pi, mi, vi, g[i], k, decay);
+    p[i] = pi;
     m[i] = mi;
     v[i] = vi;
-    p[i] = pi;
   }
 }
 
@@ -47,14 +41,12 @@ unsigned reduce_blocks(int64_t n) {
 }  // namespace
 
 void adamw(const ParamRef* params, int64_t count, AdamWHyper h) {
-  const double bc1 = 1.0 - std::pow(double(h.beta1), double(h.step));
-  const double bc2 = 1.0 - std::pow(double(h.beta2), double(h.step));
-  const float step_size = float(double(h.lr) / bc1), bc2_sqrt = float(std::sqrt(bc2));
+  const AdamWScalars k = adamw_scalars(h);
   for (int64_t t = 0; t < count; t++) {
     const ParamRef& pr = params[t];
     if (pr.n == 0) continue;
-    adamw_kernel<<<elt_blocks(pr.n), kEltThreads, 0, stream()>>>(pr.param, pr.grad, pr.m, pr.v, pr.n, h.lr, h.beta1,
-                                                                 h.beta2, h.eps, pr.weight_decay, step_size, bc2_sqrt);
+    const float decay = float(1.0 - h.lr * double(pr.weight_decay));  // as adamw.cc
+    adamw_kernel<<<elt_blocks(pr.n), kEltThreads, 0, stream()>>>(pr.param, pr.grad, pr.m, pr.v, pr.n, k, decay);
     check_launch("adamw");
   }
 }

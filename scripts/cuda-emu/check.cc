@@ -618,7 +618,14 @@ static void check_optim() {
   Ref rp1, rm1, rv1, rp2, rm2, rv2;
   reference(p1, g1, m1, v1, 0.01, rp1, rm1, rv1);
   reference(p2, g2, m2, v2, 0.0, rp2, rm2, rv2);
+  // The CPU's AdamW on copies: the two take the same f32 operations, so the same bits.
+  Vec cp1 = p1, cm1 = m1, cv1 = v1;
+  const pk::ParamRef cpu_ref{cp1.data(), g1.data(), cm1.data(), cv1.data(), n1, 0.01f};
+  pk::cpu::adamw(&cpu_ref, 1, h);
   pk::cuda::adamw(refs, 3, h);
+  expect("adamw param == CPU", p1, Ref(cp1.begin(), cp1.end()), 0);
+  expect("adamw m == CPU", m1, Ref(cm1.begin(), cm1.end()), 0);
+  expect("adamw v == CPU", v1, Ref(cv1.begin(), cv1.end()), 0);
   expect("adamw param", p1, rp1);
   expect("adamw m", m1, rm1);
   expect("adamw v", v1, rv1);

@@ -23,14 +23,15 @@ for cu in "$root"/native/cuda/*.cu; do
   name="$(basename "$cu" .cu)"
   [ "$name" = memory ] && continue  # device memory: the checks use host memory directly
   python3 "$here/translate.py" "$cu" > "$out/$name.cc"
-  if [ ! -f "$out/$name.o" ] || [ "$out/$name.cc" -nt "$out/$name.o" ] || [ "$root/native/cuda/common.cuh" -nt "$out/$name.o" ] \
-     || [ "$here/include/emu.h" -nt "$out/$name.o" ]; then
+  stale=0
+  for dep in "$out/$name.cc" "$root"/native/cuda/*.cuh "$here/include/emu.h"; do [ "$dep" -nt "$out/$name.o" ] && stale=1; done
+  if [ ! -f "$out/$name.o" ] || [ "$stale" = 1 ]; then
     g++ "${flags[@]}" -c "$out/$name.cc" -o "$out/$name.o"
   fi
   objs+=("$out/$name.o")
 done
-# The CPU kernels the quantization checks compare bytes with (single-threaded: no OpenMP).
-for cc in core/parallel cpu/quant_4bit cpu/quant_8bit_dynamic cpu/quant_int8 cpu/adamw8bit; do
+# The CPU kernels the quantization and optimizer checks compare bits with (single-threaded: no OpenMP).
+for cc in core/parallel cpu/quant_4bit cpu/quant_8bit_dynamic cpu/quant_int8 cpu/adamw8bit cpu/adamw; do
   name="cpu_$(basename "$cc")"
   if [ ! -f "$out/$name.o" ] || [ "$root/native/$cc.cc" -nt "$out/$name.o" ]; then
     g++ "${flags[@]}" -I"$root/native/cpu" -c "$root/native/$cc.cc" -o "$out/$name.o"

@@ -18,6 +18,12 @@ void copy_d2h(void* dst, const void* src, size_t bytes);
 void copy_d2d(void* dst, const void* src, size_t bytes);
 // Zeroes device bytes on the kernels' stream (ordered before the next kernel).
 void zero_device(void* p, size_t bytes);
+// Waits for the calling thread's stream; a kernel fault surfaces here as E_CUDA.
 void synchronize();
+// An event recorded on the calling thread's stream (for AsyncOrder); another thread's stream
+// waits for it with wait_event. Destroying it while a wait is pending is allowed.
+void* record_event();
+void wait_event(void* event);
+void destroy_event(void* event);
 
 }  // namespace pk::cuda
