@@ -136,3 +136,16 @@ test('a paged optimizer creates its pagedDir, also inside a new output folder', 
   t.is(result.steps, 2);
   t.true(fs.existsSync(path.join(out, 'paged')));
 });
+
+test('epochs with gradAccum not dividing the batches: each row once per epoch, the last step of an epoch shorter (as transformers)', async (t) => {
+  const { model } = fixture();
+  // Rows of distinct lengths 2..6: the tokens trained on tell which rows a run saw.
+  const data = path.join(tmp(), 'five.jsonl');
+  fs.writeFileSync(data, [2, 3, 4, 5, 6].map((n) => JSON.stringify({ input_ids: Array.from({ length: n }, (_, i) => 10 + i) })).join('\n') + '\n');
+  for (const epochs of [1, 2]) {
+    const result = await train({ model, data, out: path.join(tmp(), `e${epochs}`), epochs, batchSize: 1, gradAccum: 2, shuffle: false });
+    t.is(result.steps, 3 * epochs, 'ceil(5 batches / 2) steps per epoch');
+    const last = readLog(result.logFile).filter((r) => 'loss' in r).pop() as { tokens: number };
+    t.is(last.tokens, 20 * epochs, `epochs ${epochs}: every row exactly ${epochs} time(s)`);
+  }
+});
