@@ -83,6 +83,7 @@ test('bad options and bad data fail with clear errors', async (t) => {
   const out = path.join(tmp(), 'x');
   t.throws(() => train({ model, data, out, r: 0 }), { instanceOf: PeftkitError, message: /r: expected a positive integer/ });
   t.throws(() => train({ model, data, out, steps: 2, epochs: 1 }), { message: /steps and epochs/ });
+  t.throws(() => train({ model, data, out, steps: 1, evalData: data, evalSplit: 0.5 }), { instanceOf: PeftkitError, message: /evalData and evalSplit/ });
   const e1 = await t.throwsAsync(train({ model, data, out, steps: 1, targets: ['nope_proj'] }).result, { instanceOf: PeftkitError });
   t.regex(e1!.message, /'nope_proj' matches no module/);
   const bad = path.join(tmp(), 'bad.jsonl');
