@@ -195,6 +195,24 @@ test('tools and extra message keys reach the template; absent tools are none, as
   t.is(k.applyChatTemplate([{ role: 'user', content: 'q' }]), 'user:q;');
 });
 
+test('an assistant turn that only calls tools (content null or absent, the OpenAI format) is a valid, trained turn', (t) => {
+  const k = byteTokenizer({
+    chatTemplate: "{% for m in messages %}{{ m['role'] }}:{% if m['content'] %}{{ m['content'] }}{% endif %}{% for c in m['tool_calls'] or [] %}<call {{ c['function']['name'] }}>{% endfor %};{% endfor %}" +
+      "{% if add_generation_prompt %}assistant:{% endif %}",
+  });
+  const call = '[{"type": "function", "function": {"name": "calc", "arguments": {"x": 2}}}]';
+  const rows = parseRows([
+    `{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": ${call}}, {"role": "tool", "content": "4"}, {"role": "assistant", "content": "a"}]}`,
+    `{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": null, "tool_calls": ${call}}]}`,
+  ].join('\n'), 'd.jsonl');
+  const first = encodeRow(rows[0], k);
+  t.is(k.decode(first.inputIds), 'user:q;assistant:<call calc>;tool:4;assistant:a;');
+  t.is(k.decode(first.labels.filter((l) => l !== ignore)), '<call calc>;a;');
+  t.is(k.decode(encodeRow(rows[1], k).labels.filter((l) => l !== ignore)), '<call calc>;');
+  dataError(t, () => parseRows('{"messages": [{"role": "assistant", "content": null}]}', 'd.jsonl'), /^d\.jsonl:1: messages\[0\]\.content is null, expected a string$/);
+  dataError(t, () => parseRows('{"messages": [{"role": "assistant", "tool_calls": []}]}', 'd.jsonl'), /content is missing, expected a string \(or null beside a non-empty "tool_calls" list\)/);
+});
+
 // ---------- rows ----------
 
 test('rows: every shape from JSONL, blank lines skipped, line numbers kept, mixed shapes allowed', (t) => {
