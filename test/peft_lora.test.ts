@@ -89,7 +89,12 @@ test('save/load round trip is exact; merged == unmerged within 1e-4', (t) => {
   const unmerged = logits(model, back, ids);
   t.deepEqual(logits(model, adapter, ids), unmerged);
   const mergedDir = path.join(tmp(), 'merged');
+  // A base saved by transformers 5, which writes "dtype" where older versions wrote "torch_dtype".
+  const cfgFile = path.join(dir, 'config.json');
+  fs.writeFileSync(cfgFile, JSON.stringify({ ...JSON.parse(fs.readFileSync(cfgFile, 'utf8')), dtype: 'bfloat16' }));
   mergeAdapter({ model: dir, adapter: out, out: mergedDir });
+  const mergedCfg = JSON.parse(fs.readFileSync(path.join(mergedDir, 'config.json'), 'utf8')) as Record<string, unknown>;
+  t.deepEqual([mergedCfg.torch_dtype, mergedCfg.dtype], ['float32', 'float32'], 'the dtype keys say what was written');
   const merged = LlamaModel.load(mergedDir);
   const e = relErr(logits(merged, null, ids), unmerged);
   t.true(e <= 1e-4, `merged vs unmerged: ${e.toExponential(2)}`);
@@ -111,7 +116,12 @@ test('a LoRA on lm_head: generation applies it (== merged), training refuses it 
   const ids = batch.inputIds.subarray(0, batch.T);
   const unmerged = logits(model, adapter, ids);
   const mergedDir = path.join(tmp(), 'merged');
+  // A base saved by transformers 5, which writes "dtype" where older versions wrote "torch_dtype".
+  const cfgFile = path.join(dir, 'config.json');
+  fs.writeFileSync(cfgFile, JSON.stringify({ ...JSON.parse(fs.readFileSync(cfgFile, 'utf8')), dtype: 'bfloat16' }));
   mergeAdapter({ model: dir, adapter: out, out: mergedDir });
+  const mergedCfg = JSON.parse(fs.readFileSync(path.join(mergedDir, 'config.json'), 'utf8')) as Record<string, unknown>;
+  t.deepEqual([mergedCfg.torch_dtype, mergedCfg.dtype], ['float32', 'float32'], 'the dtype keys say what was written');
   const merged = LlamaModel.load(mergedDir);
   const e = relErr(logits(merged, null, ids), unmerged);
   t.true(e <= 1e-4, `merged vs unmerged with a LoRA on lm_head: ${e.toExponential(2)}`);
