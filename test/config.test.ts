@@ -94,5 +94,6 @@ test('adapter configs from PEFT load; unsupported features are refused by name',
   t.regex(e!.message, /"use_dora"/);
   t.regex(t.throws(() => parseLoraConfig({ ...peftWritten, r: 0 }))!.message, /"r" is 0, expected a positive integer/);
   t.regex(t.throws(() => parseLoraConfig({ ...peftWritten, target_modules: [] }))!.message, /"target_modules"/);
+  t.is(parseLoraConfig({ ...peftWritten, target_modules: '.*\\.(q_proj|v_proj)', exclude_modules: '.*layers\\.0\\..*' }).target_modules, '.*\\.(q_proj|v_proj)');
   t.regex(t.throws(() => parseLoraConfig({ ...peftWritten, peft_type: 'IA3' }))!.message, /"peft_type" = "IA3" is not supported/);
 });

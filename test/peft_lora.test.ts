@@ -173,3 +173,24 @@ test('targets that match nothing, and adapters for another model, are errors', (
   a.dispose();
   model.dispose();
 });
+
+test('target_modules as a regular expression (PEFT: a full match on the module name): created, saved and loaded', (t) => {
+  const { model } = setup(t);
+  const config = defaultLoraConfig({ r: 2, target_modules: 'model\\.layers\\.1\\.self_attn\\.(q|v)_proj' });
+  const a = LoraAdapter.create(model.linearModules, config);
+  t.deepEqual([...a.layers.keys()], ['model.layers.1.self_attn.q_proj', 'model.layers.1.self_attn.v_proj']);
+  const out = path.join(tmp(), 'regex');
+  a.save(out);
+  const back = LoraAdapter.load(out, model.linearModules);
+  t.is(back.config.target_modules, config.target_modules, 'written and read back as the string it was');
+  t.deepEqual([...back.layers.keys()], [...a.layers.keys()]);
+  const excluded = LoraAdapter.create(model.linearModules, defaultLoraConfig({ r: 2, target_modules: '.*_proj', exclude_modules: '.*\\.(mlp|layers\\.0)\\..*' }));
+  t.deepEqual([...excluded.layers.keys()], ['q', 'k', 'v', 'o'].map((p) => `model.layers.1.self_attn.${p}_proj`));
+  // As a regular expression 'q_proj' matches no whole module name (in a list it is a suffix match).
+  t.regex(t.throws(() => LoraAdapter.create(model.linearModules, defaultLoraConfig({ target_modules: 'q_proj' })), { instanceOf: PeftkitError })!.message,
+    /target_modules "q_proj" \(a regular expression, matched against whole module names such as 'model\.layers\.0\.self_attn\.q_proj'\) leaves no module/);
+  t.regex(t.throws(() => LoraAdapter.create(model.linearModules, defaultLoraConfig({ target_modules: '(q_proj' })), { instanceOf: PeftkitError })!.message,
+    /target_modules "\(q_proj" is not a regular expression/);
+  for (const x of [a, back, excluded]) x.dispose();
+  model.dispose();
+});
