@@ -79,10 +79,12 @@ function continuation(tok: Tokenizer, prefixText: string, prefixIds: readonly nu
 /**
  * Splits a rendered conversation at the boundaries of the trained spans and encodes it. A span
  * [start, end) is given by two renderings that must be prefixes of the full one: the
- * conversation before the trained turn(s) with the generation prompt, and through them. The
- * whole text is encoded once and cut where the encodings of its prefixes end (so the ids are
- * those of the whole conversation, as at inference); if a token merges across a boundary, every
- * piece is encoded on its own instead, which keeps the labels exactly on the trained text.
+ * conversation before the trained turn(s) with the generation prompt, and through them. The ids
+ * are those of the whole conversation, as at inference: the pieces encoded on their own when
+ * they add up to it (the usual case), else the whole text's ids cut where the encodings of its
+ * prefixes end (a SentencePiece-style tokenizer prepends "▁" to each piece encoded alone). If a
+ * token merges across a boundary, the pieces encoded on their own are kept, which keeps the
+ * labels exactly on the trained text.
  */
 function encodeSpans(tok: Tokenizer, full: string, spans: Array<[string, string]>): Piece[] {
   const cuts: Array<{ at: number; train: boolean }> = [];
@@ -101,22 +103,24 @@ function encodeSpans(tok: Tokenizer, full: string, spans: Array<[string, string]
   }
   cuts.push({ at: full.length, train: false });
   const encode = (from: number, to: number) => tok.encode(full.slice(from, to), { addSpecialTokens: false });
+  let start = 0;
+  const piecewise: Piece[] = [];
+  for (const c of cuts) {
+    if (c.at > start) piecewise.push({ ids: encode(start, c.at), train: c.train });
+    start = Math.max(start, c.at);
+  }
   const whole = encode(0, full.length);
+  // The usual case (byte-level tokenizers, boundaries at special tokens or newlines): the pieces
+  // are the whole text's tokens already.
+  if (startsWith(whole, piecewise.flatMap((p) => p.ids)) && whole.length === piecewise.reduce((n, p) => n + p.ids.length, 0)) return piecewise;
   const pieces: Piece[] = [];
   let from = 0;
   let fromToken = 0;
   for (const cut of cuts) {
     if (cut.at <= from) continue;
     const upTo = cut.at === full.length ? whole : encode(0, cut.at);
-    if (!startsWith(whole, upTo) || upTo.length < fromToken) {
-      // A token spans a boundary: encode piece by piece.
-      let start = 0;
-      return cuts.flatMap((c) => {
-        const piece = c.at > start ? [{ ids: encode(start, c.at), train: c.train }] : [];
-        start = Math.max(start, c.at);
-        return piece;
-      });
-    }
+    // A token spans this boundary: keep the pieces encoded on their own.
+    if (!startsWith(whole, upTo) || upTo.length < fromToken) return piecewise;
     pieces.push({ ids: whole.slice(fromToken, upTo.length), train: cut.train });
     from = cut.at;
     fromToken = upTo.length;
