@@ -150,3 +150,14 @@ test('epochs with gradAccum not dividing the batches: each row once per epoch, t
     t.is(last.tokens, 20 * epochs, `epochs ${epochs}: every row exactly ${epochs} time(s)`);
   }
 });
+
+test('resume refuses options that change which rows train: evalSplit, maskPrompt', async (t) => {
+  const { model, data } = fixture();
+  const out = path.join(tmp(), 'fp');
+  await train({ ...common, model, data, out, steps: 2, saveEvery: 1 });
+  const e1 = await t.throwsAsync(train({ ...common, model, data, out, steps: 3, resume: out, evalSplit: 0.25 }).result, { instanceOf: PeftkitError });
+  t.regex(e1!.message, /resume: 'evalSplit' was null in the checkpoint's run .* but is 0\.25 now/);
+  const e2 = await t.throwsAsync(train({ ...common, model, data, out, steps: 3, resume: out, maskPrompt: false }).result, { instanceOf: PeftkitError });
+  t.regex(e2!.message, /resume: 'maskPrompt' was true in the checkpoint's run .* but is false now/);
+  t.is((await train({ ...common, model, data, out, steps: 3, resume: out })).steps, 3);
+});

@@ -170,10 +170,15 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
     for (const e of [...data.train, ...data.eval]) longest = Math.max(longest, e.inputIds.length);
     longest = Math.min(o.maxLength, longest);
     const maxT = o.packing ? o.maxLength : longest;
-    const fingerprint = { model: path.resolve(o.model), data: path.resolve(o.data), batchSize: o.batchSize, gradAccum: o.gradAccum, seed: o.seed, packing: o.packing, maxLength: o.maxLength, shuffle: o.shuffle };
+    // evalSplit and maskPrompt decide which rows train (the split, the rows skipped for no label).
+    const fingerprint = {
+      model: path.resolve(o.model), data: path.resolve(o.data), batchSize: o.batchSize, gradAccum: o.gradAccum, seed: o.seed, packing: o.packing,
+      maxLength: o.maxLength, shuffle: o.shuffle, evalSplit: o.evalSplit ?? null, maskPrompt: o.maskPrompt,
+    };
     if (resumed && resumeDir) {
       for (const [k, v] of Object.entries(fingerprint)) {
-        if (JSON.stringify(resumed.fingerprint[k]) !== JSON.stringify(v)) {
+        // A key the checkpoint does not record was not checked when it was written (an older peftkit).
+        if (k in resumed.fingerprint && JSON.stringify(resumed.fingerprint[k]) !== JSON.stringify(v)) {
           throw new PeftkitError(
             'E_ARG',
             `resume: '${k}' was ${JSON.stringify(resumed.fingerprint[k])} in the checkpoint's run (${path.join(resumeDir, 'trainer_state.json')}) but is ${JSON.stringify(v)} now`,
