@@ -33,6 +33,24 @@ test('Llama 3.x rope scaling and Qwen2 biases', (t) => {
   t.is(m.slidingWindow, 4096);
 });
 
+test('transformers 5 configs: rope_theta and rope_type under rope_parameters', (t) => {
+  const { rope_theta: _theta, torch_dtype: _dtype, ...v5 } = smol;
+  const plain = parseModelConfig({ ...v5, dtype: 'bfloat16', rope_parameters: { rope_theta: 500000, rope_type: 'default' } });
+  t.is(plain.ropeTheta, 500000);
+  t.is(plain.ropeScaling, null);
+  t.is(plain.torchDtype, 'bfloat16');
+  const l3 = parseModelConfig({
+    ...v5, rope_parameters: { rope_theta: 500000, rope_type: 'llama3', factor: 32, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 },
+  });
+  t.is(l3.ropeTheta, 500000);
+  t.deepEqual(l3.ropeScaling, { factor: 32, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 8192 });
+  t.is(parseModelConfig({ ...smol, rope_parameters: { rope_type: 'default' } }).ropeTheta, 100000, 'a theta only at the top level still counts');
+  t.regex(t.throws(() => parseModelConfig({ ...v5, rope_parameters: { rope_theta: 1e4, rope_type: 'yarn', factor: 4 } }))!.message, /rope_parameters type "yarn" is not supported/);
+  t.regex(t.throws(() => parseModelConfig({ ...v5, rope_parameters: { rope_theta: 1e4, partial_rotary_factor: 0.5 } }))!.message, /partial_rotary_factor/);
+  t.regex(t.throws(() => parseModelConfig({ ...v5, rope_parameters: { full_attention: { rope_theta: 1e6 }, sliding_attention: { rope_theta: 1e4 } } }))!.message, /per layer type/);
+  t.regex(t.throws(() => parseModelConfig({ ...v5, rope_parameters: { rope_theta: -1 } }))!.message, /"rope_parameters\.rope_theta" is -1/);
+});
+
 test('unsupported or broken configs name the field', (t) => {
   const e1 = t.throws(() => parseModelConfig({ ...smol, architectures: ['GPT2LMHeadModel'] }), { instanceOf: PeftkitError });
   t.is(e1?.code, 'E_UNSUPPORTED');
@@ -76,5 +94,6 @@ test('adapter configs from PEFT load; unsupported features are refused by name',
   t.regex(e!.message, /"use_dora"/);
   t.regex(t.throws(() => parseLoraConfig({ ...peftWritten, r: 0 }))!.message, /"r" is 0, expected a positive integer/);
   t.regex(t.throws(() => parseLoraConfig({ ...peftWritten, target_modules: [] }))!.message, /"target_modules"/);
+  t.is(parseLoraConfig({ ...peftWritten, target_modules: '.*\\.(q_proj|v_proj)', exclude_modules: '.*layers\\.0\\..*' }).target_modules, '.*\\.(q_proj|v_proj)');
   t.regex(t.throws(() => parseLoraConfig({ ...peftWritten, peft_type: 'IA3' }))!.message, /"peft_type" = "IA3" is not supported/);
 });

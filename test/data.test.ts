@@ -195,6 +195,24 @@ test('tools and extra message keys reach the template; absent tools are none, as
   t.is(k.applyChatTemplate([{ role: 'user', content: 'q' }]), 'user:q;');
 });
 
+test('an assistant turn that only calls tools (content null or absent, the OpenAI format) is a valid, trained turn', (t) => {
+  const k = byteTokenizer({
+    chatTemplate: "{% for m in messages %}{{ m['role'] }}:{% if m['content'] %}{{ m['content'] }}{% endif %}{% for c in m['tool_calls'] or [] %}<call {{ c['function']['name'] }}>{% endfor %};{% endfor %}" +
+      "{% if add_generation_prompt %}assistant:{% endif %}",
+  });
+  const call = '[{"type": "function", "function": {"name": "calc", "arguments": {"x": 2}}}]';
+  const rows = parseRows([
+    `{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": ${call}}, {"role": "tool", "content": "4"}, {"role": "assistant", "content": "a"}]}`,
+    `{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": null, "tool_calls": ${call}}]}`,
+  ].join('\n'), 'd.jsonl');
+  const first = encodeRow(rows[0], k);
+  t.is(k.decode(first.inputIds), 'user:q;assistant:<call calc>;tool:4;assistant:a;');
+  t.is(k.decode(first.labels.filter((l) => l !== ignore)), '<call calc>;a;');
+  t.is(k.decode(encodeRow(rows[1], k).labels.filter((l) => l !== ignore)), '<call calc>;');
+  dataError(t, () => parseRows('{"messages": [{"role": "assistant", "content": null}]}', 'd.jsonl'), /^d\.jsonl:1: messages\[0\]\.content is null, expected a string$/);
+  dataError(t, () => parseRows('{"messages": [{"role": "assistant", "tool_calls": []}]}', 'd.jsonl'), /content is missing, expected a string \(or null beside a non-empty "tool_calls" list\)/);
+});
+
 // ---------- rows ----------
 
 test('rows: every shape from JSONL, blank lines skipped, line numbers kept, mixed shapes allowed', (t) => {
@@ -286,6 +304,58 @@ test('prompt/completion rows: -100 exactly over the prompt tokens, unless maskPr
   t.is(p[0], tok.bosId!);
   const all = encodeRow(row, tok, { maskPrompt: false });
   t.deepEqual(all.labels, all.inputIds);
+});
+
+/**
+ * A tokenizer shaped like Llama 2's / TinyLlama's / Mistral's legacy tokenizer.json: BPE over
+ * characters, a normalizer that prepends "▁" to every input and turns spaces into "▁", BOS from
+ * the post-processor, and a [INST] chat template.
+ */
+function sentencePieceTokenizer(): Tokenizer {
+  const dir = tmpDir();
+  const specials = ['<unk>', '<s>', '</s>'];
+  const vocab: Record<string, number> = {};
+  for (const t of [...specials, ...'▁ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz:?[]/.,']) vocab[t] = Object.keys(vocab).length;
+  const merges = [['▁', 'P'], ['▁P', 'a'], ['r', 'i'], ['▁Pa', 'ri'], ['▁Pari', 's']];
+  for (const [a, b] of merges) vocab[a + b] = Object.keys(vocab).length;
+  const added = specials.map((content, id) => ({ id, content, special: true, normalized: false, lstrip: false, rstrip: false, single_word: false }));
+  fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify({
+    version: '1.0', truncation: null, padding: null, added_tokens: added,
+    normalizer: { type: 'Sequence', normalizers: [{ type: 'Prepend', prepend: '▁' }, { type: 'Replace', pattern: { String: ' ' }, content: '▁' }] },
+    pre_tokenizer: null,
+    post_processor: {
+      type: 'TemplateProcessing', single: [{ SpecialToken: { id: '<s>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }], pair: [],
+      special_tokens: { '<s>': { id: '<s>', ids: [1], tokens: ['<s>'] } },
+    },
+    decoder: { type: 'Sequence', decoders: [{ type: 'Replace', pattern: { String: '▁' }, content: ' ' }, { type: 'Fuse' }, { type: 'Strip', content: ' ', start: 1, stop: 0 }] },
+    model: { type: 'BPE', dropout: null, unk_token: '<unk>', continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: true, byte_fallback: false, vocab, merges: merges.map((m) => m.join(' ')) },
+  }));
+  fs.writeFileSync(path.join(dir, 'tokenizer_config.json'), JSON.stringify({
+    bos_token: '<s>', eos_token: '</s>', unk_token: '<unk>',
+    chat_template: "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}{% else %}{{ ' ' + m['content'] + ' ' + eos_token }}{% endif %}{% endfor %}",
+  }));
+  return loadTokenizer(dir);
+}
+
+test('a completion reads as it follows its prompt: no extra "▁" token from a SentencePiece-style tokenizer (as TRL encodes prompt + completion)', (t) => {
+  const sp = sentencePieceTokenizer();
+  const tokens = (ids: number[]) => ids.map((id) => sp.idToToken(id));
+  const trained = (ex: Example) => tokens(ex.labels.filter((l) => l !== ignore));
+  t.deepEqual(tokens(sp.encode(' Paris', { addSpecialTokens: false })), ['▁', '▁Paris'], 'the fixture prepends "▁" to any input');
+
+  const ex = encodeRow({ kind: 'prompt_completion', prompt: 'Answer:', completion: ' Paris', source: src }, sp);
+  t.deepEqual(ex.inputIds, [...sp.encode('Answer: Paris'), sp.eosId!]);
+  t.deepEqual(trained(ex), ['▁Paris', '</s>']);
+  t.deepEqual(ex.labels.slice(0, sp.encode('Answer:').length), sp.encode('Answer:').map(() => ignore));
+
+  const messages = [{ role: 'user' as const, content: 'Answer?' }, { role: 'assistant' as const, content: 'Paris' }];
+  const chat = encodeRow({ kind: 'messages', messages, tools: null, source: src }, sp);
+  t.deepEqual(chat.inputIds, sp.encode(sp.applyChatTemplate(messages), { addSpecialTokens: false }), 'the ids of the whole conversation');
+  t.deepEqual(trained(chat), ['▁Paris', '▁', '</s>']);
+
+  // A merge across the boundary (byte-level "Ġ" + "the"): the completion is encoded on its own, labels exactly on it.
+  const merged = encodeRow({ kind: 'prompt_completion', prompt: 'Say ', completion: 'the', source: src }, tok);
+  t.deepEqual(merged.labels.filter((l) => l !== ignore), [...tok.encode('the', { addSpecialTokens: false }), tok.eosId!]);
 });
 
 test('messages rows: loss exactly on each assistant turn and its end-of-turn markup', (t) => {

@@ -1,8 +1,12 @@
 /** Generation with a KV cache against PyTorch's full-sequence logits (test/golden). */
 import test from 'ava';
 import * as fs from 'fs';
+import * as os from 'os';
 import * as path from 'path';
+import { PeftkitError } from '../src/errors';
 import { LlamaModel } from '../src/model/llama';
+import { loadModel } from '../src/model/model';
+import { writeRandomModel } from '../src/model/random_model';
 import { generateIds, KvGenerator, sample } from '../src/model/llama_generate';
 import { LoraAdapter } from '../src/peft/lora';
 import { SeededRng } from '../src/train/rng';
@@ -49,4 +53,31 @@ test('sampling: greedy at temperature 0, top-p keeps the nucleus, seeded', (t) =
   t.deepEqual([...seen].sort(), [1, 3], 'top-p 0.8 keeps only the two near-equal best tokens');
   const r1 = new SeededRng(3), r2 = new SeededRng(3);
   t.deepEqual(Array.from({ length: 20 }, () => sample(logits, 2, 1, r1)), Array.from({ length: 20 }, () => sample(logits, 2, 1, r2)));
+});
+
+test('generate() stops at every end-of-sequence id the folder names: tokenizer, config.json list, generation_config.json', (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-gen-'));
+  const cfg = writeRandomModel(dir, { hiddenSize: 32, numLayers: 1, numHeads: 2, seed: 5 });
+  const greedy = { maxNewTokens: 6, temperature: 0 };
+  const free = loadModel(dir);
+  const ids = free.generate('Hi', { ...greedy, stopTokens: [] }).ids;
+  free.dispose();
+  t.is(ids.length, 6);
+  const first = ids[0];
+  const stopsAtFirst = (what: string) => {
+    const m = loadModel(dir);
+    t.deepEqual(m.generate('Hi', greedy).ids, [first], what);
+    m.dispose();
+  };
+  // Llama 3.x Instruct style: a list in config.json beside the tokenizer's own eos_token.
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ ...cfg, eos_token_id: [cfg.eos_token_id, first] }));
+  stopsAtFirst('config.json eos_token_id list');
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(cfg));
+  fs.writeFileSync(path.join(dir, 'generation_config.json'), JSON.stringify({ bos_token_id: cfg.bos_token_id, eos_token_id: [cfg.eos_token_id, first] }));
+  stopsAtFirst('generation_config.json eos_token_id list');
+  fs.writeFileSync(path.join(dir, 'generation_config.json'), '{"eos_token_id": "x"}');
+  const m = loadModel(dir);
+  const e = t.throws(() => m.generate('Hi', greedy), { instanceOf: PeftkitError });
+  t.regex(e!.message, /generation_config\.json: field "eos_token_id" is "x"/);
+  m.dispose();
 });

@@ -89,7 +89,12 @@ test('save/load round trip is exact; merged == unmerged within 1e-4', (t) => {
   const unmerged = logits(model, back, ids);
   t.deepEqual(logits(model, adapter, ids), unmerged);
   const mergedDir = path.join(tmp(), 'merged');
+  // A base saved by transformers 5, which writes "dtype" where older versions wrote "torch_dtype".
+  const cfgFile = path.join(dir, 'config.json');
+  fs.writeFileSync(cfgFile, JSON.stringify({ ...JSON.parse(fs.readFileSync(cfgFile, 'utf8')), dtype: 'bfloat16' }));
   mergeAdapter({ model: dir, adapter: out, out: mergedDir });
+  const mergedCfg = JSON.parse(fs.readFileSync(path.join(mergedDir, 'config.json'), 'utf8')) as Record<string, unknown>;
+  t.deepEqual([mergedCfg.torch_dtype, mergedCfg.dtype], ['float32', 'float32'], 'the dtype keys say what was written');
   const merged = LlamaModel.load(mergedDir);
   const e = relErr(logits(merged, null, ids), unmerged);
   t.true(e <= 1e-4, `merged vs unmerged: ${e.toExponential(2)}`);
@@ -111,7 +116,12 @@ test('a LoRA on lm_head: generation applies it (== merged), training refuses it 
   const ids = batch.inputIds.subarray(0, batch.T);
   const unmerged = logits(model, adapter, ids);
   const mergedDir = path.join(tmp(), 'merged');
+  // A base saved by transformers 5, which writes "dtype" where older versions wrote "torch_dtype".
+  const cfgFile = path.join(dir, 'config.json');
+  fs.writeFileSync(cfgFile, JSON.stringify({ ...JSON.parse(fs.readFileSync(cfgFile, 'utf8')), dtype: 'bfloat16' }));
   mergeAdapter({ model: dir, adapter: out, out: mergedDir });
+  const mergedCfg = JSON.parse(fs.readFileSync(path.join(mergedDir, 'config.json'), 'utf8')) as Record<string, unknown>;
+  t.deepEqual([mergedCfg.torch_dtype, mergedCfg.dtype], ['float32', 'float32'], 'the dtype keys say what was written');
   const merged = LlamaModel.load(mergedDir);
   const e = relErr(logits(merged, null, ids), unmerged);
   t.true(e <= 1e-4, `merged vs unmerged with a LoRA on lm_head: ${e.toExponential(2)}`);
@@ -161,5 +171,26 @@ test('targets that match nothing, and adapters for another model, are errors', (
   const other = model.linearModules.filter((m) => !m.name.includes('layers.1.'));
   t.regex(t.throws(() => LoraAdapter.load(out, other), { instanceOf: PeftkitError })!.message, /module 'model.layers.1.self_attn.q_proj', which this model does not have/);
   a.dispose();
+  model.dispose();
+});
+
+test('target_modules as a regular expression (PEFT: a full match on the module name): created, saved and loaded', (t) => {
+  const { model } = setup(t);
+  const config = defaultLoraConfig({ r: 2, target_modules: 'model\\.layers\\.1\\.self_attn\\.(q|v)_proj' });
+  const a = LoraAdapter.create(model.linearModules, config);
+  t.deepEqual([...a.layers.keys()], ['model.layers.1.self_attn.q_proj', 'model.layers.1.self_attn.v_proj']);
+  const out = path.join(tmp(), 'regex');
+  a.save(out);
+  const back = LoraAdapter.load(out, model.linearModules);
+  t.is(back.config.target_modules, config.target_modules, 'written and read back as the string it was');
+  t.deepEqual([...back.layers.keys()], [...a.layers.keys()]);
+  const excluded = LoraAdapter.create(model.linearModules, defaultLoraConfig({ r: 2, target_modules: '.*_proj', exclude_modules: '.*\\.(mlp|layers\\.0)\\..*' }));
+  t.deepEqual([...excluded.layers.keys()], ['q', 'k', 'v', 'o'].map((p) => `model.layers.1.self_attn.${p}_proj`));
+  // As a regular expression 'q_proj' matches no whole module name (in a list it is a suffix match).
+  t.regex(t.throws(() => LoraAdapter.create(model.linearModules, defaultLoraConfig({ target_modules: 'q_proj' })), { instanceOf: PeftkitError })!.message,
+    /target_modules "q_proj" \(a regular expression, matched against whole module names such as 'model\.layers\.0\.self_attn\.q_proj'\) leaves no module/);
+  t.regex(t.throws(() => LoraAdapter.create(model.linearModules, defaultLoraConfig({ target_modules: '(q_proj' })), { instanceOf: PeftkitError })!.message,
+    /target_modules "\(q_proj" is not a regular expression/);
+  for (const x of [a, back, excluded]) x.dispose();
   model.dispose();
 });

@@ -83,6 +83,7 @@ test('bad options and bad data fail with clear errors', async (t) => {
   const out = path.join(tmp(), 'x');
   t.throws(() => train({ model, data, out, r: 0 }), { instanceOf: PeftkitError, message: /r: expected a positive integer/ });
   t.throws(() => train({ model, data, out, steps: 2, epochs: 1 }), { message: /steps and epochs/ });
+  t.throws(() => train({ model, data, out, steps: 1, evalData: data, evalSplit: 0.5 }), { instanceOf: PeftkitError, message: /evalData and evalSplit/ });
   const e1 = await t.throwsAsync(train({ model, data, out, steps: 1, targets: ['nope_proj'] }).result, { instanceOf: PeftkitError });
   t.regex(e1!.message, /'nope_proj' matches no module/);
   const bad = path.join(tmp(), 'bad.jsonl');
@@ -135,4 +136,28 @@ test('a paged optimizer creates its pagedDir, also inside a new output folder', 
   const result = await train({ ...common, model, data, out, steps: 2, optim: 'paged_adamw', pagedDir: path.join(out, 'paged') });
   t.is(result.steps, 2);
   t.true(fs.existsSync(path.join(out, 'paged')));
+});
+
+test('epochs with gradAccum not dividing the batches: each row once per epoch, the last step of an epoch shorter (as transformers)', async (t) => {
+  const { model } = fixture();
+  // Rows of distinct lengths 2..6: the tokens trained on tell which rows a run saw.
+  const data = path.join(tmp(), 'five.jsonl');
+  fs.writeFileSync(data, [2, 3, 4, 5, 6].map((n) => JSON.stringify({ input_ids: Array.from({ length: n }, (_, i) => 10 + i) })).join('\n') + '\n');
+  for (const epochs of [1, 2]) {
+    const result = await train({ model, data, out: path.join(tmp(), `e${epochs}`), epochs, batchSize: 1, gradAccum: 2, shuffle: false });
+    t.is(result.steps, 3 * epochs, 'ceil(5 batches / 2) steps per epoch');
+    const last = readLog(result.logFile).filter((r) => 'loss' in r).pop() as { tokens: number };
+    t.is(last.tokens, 20 * epochs, `epochs ${epochs}: every row exactly ${epochs} time(s)`);
+  }
+});
+
+test('resume refuses options that change which rows train: evalSplit, maskPrompt', async (t) => {
+  const { model, data } = fixture();
+  const out = path.join(tmp(), 'fp');
+  await train({ ...common, model, data, out, steps: 2, saveEvery: 1 });
+  const e1 = await t.throwsAsync(train({ ...common, model, data, out, steps: 3, resume: out, evalSplit: 0.25 }).result, { instanceOf: PeftkitError });
+  t.regex(e1!.message, /resume: 'evalSplit' was null in the checkpoint's run .* but is 0\.25 now/);
+  const e2 = await t.throwsAsync(train({ ...common, model, data, out, steps: 3, resume: out, maskPrompt: false }).result, { instanceOf: PeftkitError });
+  t.regex(e2!.message, /resume: 'maskPrompt' was true in the checkpoint's run .* but is false now/);
+  t.is((await train({ ...common, model, data, out, steps: 3, resume: out })).steps, 3);
 });

@@ -59,19 +59,35 @@ function withEos(ids: number[], eos: number): number[] {
   return ids.length > 0 && ids[ids.length - 1] === eos ? ids : [...ids, eos];
 }
 
+const startsWith = (ids: readonly number[], prefix: readonly number[]) => prefix.length <= ids.length && prefix.every((id, i) => ids[i] === id);
+
 /**
- * Splits a rendered conversation at the boundaries of the trained spans and encodes each piece.
- * A span [start, end) is given by two renderings that must be prefixes of the full one: the
- * conversation before the trained turn(s) with the generation prompt, and through them. Encoding
- * piece by piece (rather than the whole text and counting prefix tokens, as MLX-LM does) keeps the
- * labels exactly on the trained text even when a token could merge across a boundary; chat
- * templates put special tokens there, so the ids equal encoding the whole text in practice.
+ * `text`'s ids as they follow `prefixText` (encoded as `prefixIds`): the tail of the encoding of
+ * prefixText + text when that starts with prefixIds, as TRL tokenizes a prompt and its
+ * completion together. Encoded alone, a text may differ from how it reads after its prefix: a
+ * SentencePiece-style tokenizer (Llama 2, Mistral, TinyLlama: a "▁" prepended to every input)
+ * would put an extra "▁" token at its start, which the model would then learn to emit. When a
+ * token merges across the boundary (the prefix's ids are not a prefix of the whole's), the text
+ * is encoded alone, so the labels stay exactly on it.
+ */
+function continuation(tok: Tokenizer, prefixText: string, prefixIds: readonly number[], text: string, addSpecialTokens: boolean): number[] {
+  const whole = tok.encode(prefixText + text, { addSpecialTokens });
+  if (startsWith(whole, prefixIds)) return whole.slice(prefixIds.length);
+  return tok.encode(text, { addSpecialTokens: false });
+}
+
+/**
+ * Splits a rendered conversation at the boundaries of the trained spans and encodes it. A span
+ * [start, end) is given by two renderings that must be prefixes of the full one: the
+ * conversation before the trained turn(s) with the generation prompt, and through them. The ids
+ * are those of the whole conversation, as at inference: the pieces encoded on their own when
+ * they add up to it (the usual case), else the whole text's ids cut where the encodings of its
+ * prefixes end (a SentencePiece-style tokenizer prepends "▁" to each piece encoded alone). If a
+ * token merges across a boundary, the pieces encoded on their own are kept, which keeps the
+ * labels exactly on the trained text.
  */
 function encodeSpans(tok: Tokenizer, full: string, spans: Array<[string, string]>): Piece[] {
-  const pieces: Piece[] = [];
-  const encode = (from: number, to: number, train: boolean) => {
-    if (to > from) pieces.push({ ids: tok.encode(full.slice(from, to), { addSpecialTokens: false }), train });
-  };
+  const cuts: Array<{ at: number; train: boolean }> = [];
   let at = 0;
   for (const [before, through] of spans) {
     if (!full.startsWith(before) || !full.startsWith(through) || before.length < at || through.length < before.length) {
@@ -82,11 +98,33 @@ function encodeSpans(tok: Tokenizer, full: string, spans: Array<[string, string]
           'expected a prefix-stable template, or set assistantOnly/maskPrompt to false to train on everything',
       );
     }
-    encode(at, before.length, false);
-    encode(before.length, through.length, true);
+    cuts.push({ at: before.length, train: false }, { at: through.length, train: true });
     at = through.length;
   }
-  encode(at, full.length, false);
+  cuts.push({ at: full.length, train: false });
+  const encode = (from: number, to: number) => tok.encode(full.slice(from, to), { addSpecialTokens: false });
+  let start = 0;
+  const piecewise: Piece[] = [];
+  for (const c of cuts) {
+    if (c.at > start) piecewise.push({ ids: encode(start, c.at), train: c.train });
+    start = Math.max(start, c.at);
+  }
+  const whole = encode(0, full.length);
+  // The usual case (byte-level tokenizers, boundaries at special tokens or newlines): the pieces
+  // are the whole text's tokens already.
+  if (startsWith(whole, piecewise.flatMap((p) => p.ids)) && whole.length === piecewise.reduce((n, p) => n + p.ids.length, 0)) return piecewise;
+  const pieces: Piece[] = [];
+  let from = 0;
+  let fromToken = 0;
+  for (const cut of cuts) {
+    if (cut.at <= from) continue;
+    const upTo = cut.at === full.length ? whole : encode(0, cut.at);
+    // A token spans this boundary: keep the pieces encoded on their own.
+    if (!startsWith(whole, upTo) || upTo.length < fromToken) return piecewise;
+    pieces.push({ ids: whole.slice(fromToken, upTo.length), train: cut.train });
+    from = cut.at;
+    fromToken = upTo.length;
+  }
   return pieces;
 }
 
@@ -114,7 +152,7 @@ function encodeUnchecked(row: DataRow, tok: Tokenizer, opts: EncodeOptions): { i
     case 'prompt_completion': {
       const eos = needEos(tok);
       const prompt = tok.encode(row.prompt, { addSpecialTokens: true });
-      const completion = withEos(tok.encode(row.completion, { addSpecialTokens: false }), eos);
+      const completion = withEos(continuation(tok, row.prompt, prompt, row.completion, true), eos);
       return concat([
         { ids: prompt, train: opts.maskPrompt === false },
         { ids: completion, train: true },

@@ -26,10 +26,14 @@ export interface RowSource {
 export const CHAT_ROLES = ['system', 'user', 'assistant', 'tool'] as const;
 export type ChatRole = (typeof CHAT_ROLES)[number];
 
-/** One chat turn. Extra keys (name, tool_calls, tool_call_id...) are kept and reach the chat template. */
+/**
+ * One chat turn. Extra keys (name, tool_calls, tool_call_id...) are kept and reach the chat
+ * template. `content` is a string, or null / absent in an assistant turn that makes tool calls
+ * (the OpenAI format), as the chat templates of tool-calling models expect.
+ */
 export interface ChatMessage {
   role: ChatRole;
-  content: string;
+  content: string | null;
   [extra: string]: unknown;
 }
 
@@ -104,8 +108,9 @@ function parseMessages(v: unknown, key: string, source: RowSource): ChatMessage[
     if (!CHAT_ROLES.includes(msg.role as ChatRole)) {
       bad(source, `${key}[${i}].role is ${show(msg.role)}, expected one of ${CHAT_ROLES.map((r) => `"${r}"`).join(', ')}`);
     }
-    if (typeof msg.content !== 'string') {
-      bad(source, `${key}[${i}].content is ${typeName(msg.content)}, expected a string`);
+    const toolCalls = Array.isArray(msg.tool_calls) && msg.tool_calls.length > 0;
+    if (typeof msg.content !== 'string' && !(toolCalls && (msg.content === null || msg.content === undefined))) {
+      bad(source, `${key}[${i}].content is ${typeName(msg.content)}, expected a string${msg.tool_calls !== undefined ? ' (or null beside a non-empty "tool_calls" list)' : ''}`);
     }
     return { ...msg } as ChatMessage;
   });

@@ -42,7 +42,7 @@ export interface ModelConfig {
   maxPositionEmbeddings: number;
   /** Mistral/Qwen2 sliding window when it is in effect, else null (then training longer than it is refused). */
   slidingWindow: number | null;
-  /** The dtype the weights were saved in (torch_dtype), informational. */
+  /** The dtype the weights were saved in (torch_dtype, or dtype as transformers 5 writes it), informational. */
   torchDtype: string | null;
   bosTokenId: number | null;
   eosTokenId: number | number[] | null;
@@ -109,17 +109,33 @@ export function parseModelConfig(cfg: Json, file = 'config.json'): ModelConfig {
   const act = cfg.hidden_act ?? 'silu';
   if (act !== 'silu') throw new PeftkitError('E_UNSUPPORTED', `${file}: hidden_act "${String(act)}" is not supported (expected "silu")`);
 
+  // transformers 5 writes every RoPE setting under "rope_parameters" (rope_theta and rope_type
+  // included) and neither "rope_theta" nor "rope_scaling": read there first, or the theta would
+  // silently fall back to the default.
+  const rp = cfg.rope_parameters;
+  const ropeKey = rp !== undefined && rp !== null ? 'rope_parameters' : 'rope_scaling';
+  const rs = cfg[ropeKey];
+  if (rs !== undefined && rs !== null && (typeof rs !== 'object' || Array.isArray(rs))) {
+    throw new PeftkitError('E_CONFIG', `${file}: field "${ropeKey}" is ${JSON.stringify(rs)}, expected an object such as {"rope_type": "llama3", ...} or null`);
+  }
+  const rope = (rs ?? null) as Json | null;
+  const ropeTheta = rope !== null && ropeKey === 'rope_parameters' && rope.rope_theta !== undefined && rope.rope_theta !== null
+    ? field<number>(file, rope, 'rope_theta', 'positive', undefined, `${ropeKey}.`)
+    : field<number>(file, cfg, 'rope_theta', 'positive', 10000);
   let ropeScaling: RopeScalingConfig | null = null;
-  const rs = cfg.rope_scaling;
-  if (rs !== undefined && rs !== null) {
-    if (typeof rs !== 'object' || Array.isArray(rs)) {
-      throw new PeftkitError('E_CONFIG', `${file}: field "rope_scaling" is ${JSON.stringify(rs)}, expected an object such as {"rope_type": "llama3", ...} or null`);
+  if (rope !== null) {
+    const r = rope;
+    const at = `${ropeKey}.`;
+    const type = r.rope_type ?? r.type ?? (ropeKey === 'rope_parameters' ? 'default' : undefined);
+    const partial = r.partial_rotary_factor;
+    if (partial !== undefined && partial !== null && partial !== 1) {
+      throw new PeftkitError('E_UNSUPPORTED', `${file}: field "${at}partial_rotary_factor" is ${JSON.stringify(partial)}; only 1 (RoPE over the whole head) is supported`);
     }
-    const r = rs as Json;
-    const type = r.rope_type ?? r.type;
+    if (ropeKey === 'rope_parameters' && r.rope_type === undefined && r.rope_theta === undefined && Object.values(r).some((v) => typeof v === 'object' && v !== null)) {
+      throw new PeftkitError('E_UNSUPPORTED', `${file}: field "rope_parameters" holds one set per layer type (${Object.keys(r).join(', ')}); only one RoPE for every layer is supported`);
+    }
     if (type === 'default') ropeScaling = null;
     else if (type === 'llama3') {
-      const at = 'rope_scaling.';
       ropeScaling = {
         factor: field<number>(file, r, 'factor', 'positive', undefined, at),
         lowFreqFactor: field<number>(file, r, 'low_freq_factor', 'positive', 1, at),
@@ -130,11 +146,11 @@ export function parseModelConfig(cfg: Json, file = 'config.json'): ModelConfig {
       if (!(ropeScaling.lowFreqFactor < ropeScaling.highFreqFactor)) {
         throw new PeftkitError(
           'E_CONFIG',
-          `${file}: field "rope_scaling.low_freq_factor" is ${ropeScaling.lowFreqFactor}, expected it below "rope_scaling.high_freq_factor" (${ropeScaling.highFreqFactor})`,
+          `${file}: field "${at}low_freq_factor" is ${ropeScaling.lowFreqFactor}, expected it below "${at}high_freq_factor" (${ropeScaling.highFreqFactor})`,
         );
       }
     } else {
-      throw new PeftkitError('E_UNSUPPORTED', `${file}: rope_scaling type ${JSON.stringify(type)} is not supported (supported: llama3, default)`);
+      throw new PeftkitError('E_UNSUPPORTED', `${file}: ${ropeKey} type ${JSON.stringify(type)} is not supported (supported: llama3, default)`);
     }
   }
 
@@ -169,7 +185,7 @@ export function parseModelConfig(cfg: Json, file = 'config.json'): ModelConfig {
     headDim,
     vocabSize: field<number>(file, cfg, 'vocab_size', 'int'),
     rmsNormEps: field<number>(file, cfg, 'rms_norm_eps', 'nonneg', 1e-6),
-    ropeTheta: field<number>(file, cfg, 'rope_theta', 'positive', 10000),
+    ropeTheta,
     ropeScaling,
     tieWordEmbeddings: field<boolean>(file, cfg, 'tie_word_embeddings', 'bool', false),
     qkvBias: architecture === 'Qwen2ForCausalLM' ? true : attentionBias,
@@ -177,7 +193,7 @@ export function parseModelConfig(cfg: Json, file = 'config.json'): ModelConfig {
     mlpBias: architecture === 'LlamaForCausalLM' ? field<boolean>(file, cfg, 'mlp_bias', 'bool', false) : false,
     maxPositionEmbeddings: field<number>(file, cfg, 'max_position_embeddings', 'int', 2048),
     slidingWindow,
-    torchDtype: typeof cfg.torch_dtype === 'string' ? cfg.torch_dtype : null,
+    torchDtype: typeof cfg.torch_dtype === 'string' ? cfg.torch_dtype : typeof cfg.dtype === 'string' ? cfg.dtype : null,
     bosTokenId: typeof cfg.bos_token_id === 'number' ? cfg.bos_token_id : null,
     eosTokenId: (typeof cfg.eos_token_id === 'number' || Array.isArray(cfg.eos_token_id) ? cfg.eos_token_id : null) as number | number[] | null,
   };

@@ -10,6 +10,7 @@ import { PeftkitError } from '../errors';
 import { LoraAdapter } from '../peft/lora';
 import type { DeviceOption } from '../tensor';
 import type { ModelConfig } from './config';
+import { readGenerationEosIds } from './generation_config';
 import { LlamaModel } from './llama';
 import { generateIds, GenerateOptions } from './llama_generate';
 
@@ -85,10 +86,21 @@ export class Model {
     } else {
       ids = [...prompt];
     }
-    const stopTokens = o.stopTokens ?? [this.tokenizer?.eosId ?? this.config.eosTokenId].flat().filter((x): x is number => typeof x === 'number');
+    const stopTokens = o.stopTokens ?? this.eosIds();
     const out = generateIds(this.llama, ids, { ...o, stopTokens, adapter: this.adapterFor(o.adapter) });
     const text = this.tokenizer ? this.tokenizer.decode(out.filter((t) => !stopTokens.includes(t)), { skipSpecialTokens: true }) : '';
     return { text, ids: out };
+  }
+
+  /**
+   * Where generation stops by default: every end-of-sequence id the folder names, in the
+   * tokenizer (eos_token), config.json and generation_config.json (a list for chat models:
+   * Llama 3.x Instruct ends its turns with <|eot_id|>, which its base eos_token is not). As
+   * MLX-LM does; transformers reads generation_config.json, falling back to config.json.
+   */
+  eosIds(): number[] {
+    const ids = [this.tokenizer?.eosId ?? null, this.config.eosTokenId, readGenerationEosIds(this.llama.dir)].flat();
+    return [...new Set(ids.filter((x): x is number => typeof x === 'number'))];
   }
 
   dispose(): void {

@@ -20,9 +20,14 @@ export interface LoraConfig {
   lora_alpha: number;
   /** Dropout on the LoRA input. Defaults to `0`. */
   lora_dropout: number;
-  /** Module names (suffix match, as PEFT) or "all-linear" (every Linear but lm_head). Defaults to `['q_proj', 'v_proj']` for Llama-family models. */
-  target_modules: string[] | 'all-linear';
-  exclude_modules: string[] | null;
+  /**
+   * Module names (suffix match, as PEFT), "all-linear" (every Linear but lm_head), or any other
+   * string: a regular expression the full module name must match whole (PEFT's re.fullmatch).
+   * Defaults to `['q_proj', 'v_proj']` for Llama-family models.
+   */
+  target_modules: string[] | string;
+  /** Module names (suffix match) or a regular expression (full match) left out, as PEFT. */
+  exclude_modules: string[] | string | null;
   /** Defaults to `false`. */
   use_rslora: boolean;
   /** true: A kaiming-uniform(a=√5), B zeros; 'gaussian': A normal(0, 1/r), B zeros; false: both random (debug). Defaults to `true`. */
@@ -99,7 +104,9 @@ export function parseLoraConfig(raw: Record<string, unknown>, file = 'adapter_co
   const dropout = raw.lora_dropout ?? 0;
   if (typeof dropout !== 'number' || dropout < 0 || dropout >= 1) fail(file, 'lora_dropout', dropout, 'a number in [0, 1)');
   const tm = raw.target_modules;
-  if (!(tm === 'all-linear' || (isStrList(tm) && tm.length > 0))) fail(file, 'target_modules', tm, 'a non-empty list of module names or "all-linear"');
+  if (!((typeof tm === 'string' && tm !== '') || (isStrList(tm) && tm.length > 0))) {
+    fail(file, 'target_modules', tm, 'a non-empty list of module names, "all-linear" or a regular expression');
+  }
   const init = raw.init_lora_weights ?? true;
   if (!(typeof init === 'boolean' || init === 'gaussian')) unsupported(file, 'init_lora_weights', init, 'true, false or "gaussian"');
   const bias = raw.bias ?? 'none';
@@ -113,7 +120,7 @@ export function parseLoraConfig(raw: Record<string, unknown>, file = 'adapter_co
   const mts = raw.modules_to_save ?? null;
   if (mts !== null && !(isStrList(mts) && mts.length === 0)) unsupported(file, 'modules_to_save', mts, 'only null');
   const ex = raw.exclude_modules ?? null;
-  if (ex !== null && !isStrList(ex)) fail(file, 'exclude_modules', ex, 'a list of module names or null');
+  if (ex !== null && !isStrList(ex) && typeof ex !== 'string') fail(file, 'exclude_modules', ex, 'a list of module names, a regular expression or null');
   const ltt = raw.layers_to_transform ?? null;
   const ltts = typeof ltt === 'number' ? [ltt] : ltt;
   if (ltts !== null && !(Array.isArray(ltts) && ltts.every((x) => Number.isInteger(x) && x >= 0))) fail(file, 'layers_to_transform', ltt, 'a layer index, a list of them, or null');
@@ -125,8 +132,8 @@ export function parseLoraConfig(raw: Record<string, unknown>, file = 'adapter_co
     r: r as number,
     lora_alpha: alpha,
     lora_dropout: dropout,
-    target_modules: tm === 'all-linear' ? 'all-linear' : [...(tm as string[])],
-    exclude_modules: ex as string[] | null,
+    target_modules: typeof tm === 'string' ? tm : [...(tm as string[])],
+    exclude_modules: ex as string[] | string | null,
     use_rslora: raw.use_rslora === true,
     init_lora_weights: init as boolean | 'gaussian',
     layers_to_transform: ltts as number[] | null,

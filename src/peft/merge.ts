@@ -235,6 +235,8 @@ export function mergeAdapter(o: MergeOptions): MergeResult {
   if (written !== 'quantized') {
     delete outConfig.quantization_config;
     outConfig.torch_dtype = written === 'bf16' ? 'bfloat16' : 'float32';
+    // transformers 5 names it "dtype" (and reads that first): both must say what was written.
+    if ('dtype' in outConfig) outConfig.dtype = outConfig.torch_dtype;
   }
   // A LoRA on a tied head changes the head alone: the merged model keeps its own copy.
   if (m.untied) outConfig.tie_word_embeddings = false;

@@ -172,6 +172,8 @@ export function resolveTrainOptions(o: TrainOptions): ResolvedTrainOptions {
     if (typeof o[k] !== 'string' || !o[k]) throw new PeftkitError('E_ARG', `${k}: expected a path`);
   }
   if (o.steps !== undefined && o.epochs !== undefined) throw new PeftkitError('E_ARG', 'steps and epochs were both given; expected one');
+  // Checked here for every data kind: pre-tokenized data (no tokenizer) never reaches loadDataset's check.
+  if (o.evalData !== undefined && o.evalSplit !== undefined) throw new PeftkitError('E_ARG', 'evalData and evalSplit were both given; expected one');
   const { method, quantize } = resolveQuantize(o);
   const schedule = o.schedule ?? 'constant';
   if (!['constant', 'linear', 'cosine'].includes(schedule)) throw new PeftkitError('E_ARG', `schedule: expected constant, linear or cosine, got '${schedule}'`);

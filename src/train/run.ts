@@ -115,6 +115,18 @@ function stepNaming(trainer: Trainer, window: Batch[], lr: number, examples: rea
   }
 }
 
+/**
+ * The micro-batches of one optimizer step: up to `gradAccum` of them, ending early at the end
+ * of an epoch (as transformers' Trainer steps on an epoch's leftover batches), so an epoch's
+ * rows are never mixed into a step with the next epoch's and `epochs: 1` sees each row once.
+ */
+function nextWindow(batches: BatchIterator, gradAccum: number): Batch[] {
+  const first = batches.nextBatch();
+  const window = [first];
+  while (window.length < gradAccum && batches.position.epoch === first.position.epoch) window.push(batches.nextBatch());
+  return window;
+}
+
 export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainResult {
   const o = resolveTrainOptions(options);
   const emit = hooks.onEvent ?? (() => {});
@@ -150,16 +162,23 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
         ));
 
     const batches = new BatchIterator(data.train, { batchSize: o.batchSize, padId, shuffle: o.shuffle, seed: o.seed, packing: o.packing, maxLength: o.maxLength });
-    const totalSteps = o.steps ?? Math.max(1, Math.ceil(((o.epochs ?? 1) * batches.batchesPerEpoch) / o.gradAccum));
+    // As transformers counts them: an epoch's last window may hold fewer than gradAccum batches.
+    const stepsPerEpoch = Math.ceil(batches.batchesPerEpoch / o.gradAccum);
+    const totalSteps = o.steps ?? Math.max(1, Math.ceil((o.epochs ?? 1) * stepsPerEpoch));
     // A loop, not Math.max(...): spreading 100k+ lengths would overflow the call stack.
     let longest = 1;
     for (const e of [...data.train, ...data.eval]) longest = Math.max(longest, e.inputIds.length);
     longest = Math.min(o.maxLength, longest);
     const maxT = o.packing ? o.maxLength : longest;
-    const fingerprint = { model: path.resolve(o.model), data: path.resolve(o.data), batchSize: o.batchSize, gradAccum: o.gradAccum, seed: o.seed, packing: o.packing, maxLength: o.maxLength, shuffle: o.shuffle };
+    // evalSplit and maskPrompt decide which rows train (the split, the rows skipped for no label).
+    const fingerprint = {
+      model: path.resolve(o.model), data: path.resolve(o.data), batchSize: o.batchSize, gradAccum: o.gradAccum, seed: o.seed, packing: o.packing,
+      maxLength: o.maxLength, shuffle: o.shuffle, evalSplit: o.evalSplit ?? null, maskPrompt: o.maskPrompt,
+    };
     if (resumed && resumeDir) {
       for (const [k, v] of Object.entries(fingerprint)) {
-        if (JSON.stringify(resumed.fingerprint[k]) !== JSON.stringify(v)) {
+        // A key the checkpoint does not record was not checked when it was written (an older peftkit).
+        if (k in resumed.fingerprint && JSON.stringify(resumed.fingerprint[k]) !== JSON.stringify(v)) {
           throw new PeftkitError(
             'E_ARG',
             `resume: '${k}' was ${JSON.stringify(resumed.fingerprint[k])} in the checkpoint's run (${path.join(resumeDir, 'trainer_state.json')}) but is ${JSON.stringify(v)} now`,
@@ -224,7 +243,7 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
         checkpoint();
         throw new PeftkitError('E_ABORTED', `training stopped at step ${step}; resume with resume: '${o.out}'`);
       }
-      const window = Array.from({ length: o.gradAccum }, () => batches.nextBatch());
+      const window = nextWindow(batches, o.gradAccum);
       const lr = lrAt(step, { schedule: o.schedule, lr: o.lr, warmupSteps: o.warmupSteps, totalSteps });
       const ts = Date.now();
       const r = stepNaming(trainer, window, lr, data.train);
