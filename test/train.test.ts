@@ -55,6 +55,20 @@ test('train() runs in a worker, writes a PEFT adapter, a log and a loss curve; t
   m.dispose();
 });
 
+test('an AbortSignal aborted before train() starts rejects at once, and nothing is written', async (t) => {
+  const { model, data } = fixture();
+  const out = path.join(tmp(), 'never');
+  const ctrl = new AbortController();
+  ctrl.abort();
+  let started = false;
+  const run = train({ ...common, model, data, out, steps: 8, signal: ctrl.signal });
+  run.on('start', () => (started = true));
+  const err = await t.throwsAsync(run.result, { instanceOf: PeftkitError });
+  t.is(err?.code, 'E_ABORTED');
+  t.false(started);
+  t.false(fs.existsSync(out));
+});
+
 test('a stopped run resumes from its checkpoint to the same adapter as an uninterrupted run', async (t) => {
   const { model, data } = fixture();
   const straight = path.join(tmp(), 'straight');

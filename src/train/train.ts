@@ -29,11 +29,15 @@ export class TrainRun extends EventEmitter implements PromiseLike<TrainResult> {
     resolveTrainOptions(plain); // bad options fail here, in the caller's stack
     const shared = new SharedArrayBuffer(4);
     this.stopFlag = new Int32Array(shared);
-    const worker = new Worker(path.join(__dirname, 'worker.js'), { workerData: { options: plain, stop: shared } });
-    if (signal) {
-      if (signal.aborted) this.abort();
-      else signal.addEventListener('abort', () => this.abort(), { once: true });
+    // An already aborted signal stops the run before it starts, as fetch() does: no model is
+    // loaded and nothing is written.
+    if (signal?.aborted) {
+      this.result = Promise.reject(new PeftkitError('E_ABORTED', 'training aborted before it started (the AbortSignal was already aborted)'));
+      this.result.catch(() => {});
+      return;
     }
+    const worker = new Worker(path.join(__dirname, 'worker.js'), { workerData: { options: plain, stop: shared } });
+    signal?.addEventListener('abort', () => this.abort(), { once: true });
     this.result = new Promise<TrainResult>((resolve, reject) => {
       let settled = false;
       worker.on('message', (m: { kind: string; event?: TrainEvent; result?: TrainResult; code?: string; message?: string }) => {
