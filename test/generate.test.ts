@@ -10,7 +10,7 @@ import { writeRandomModel } from '../src/model/random_model';
 import { generateIds, KvGenerator, sample } from '../src/model/llama_generate';
 import { LoraAdapter } from '../src/peft/lora';
 import { SeededRng } from '../src/train/rng';
-import { relErr } from './helpers/check';
+import { makeRng, relErr } from './helpers/check';
 
 const GOLDEN = path.join(__dirname, '..', '..', 'test', 'golden');
 
@@ -53,6 +53,36 @@ test('sampling: greedy at temperature 0, top-p keeps the nucleus, seeded', (t) =
   t.deepEqual([...seen].sort(), [1, 3], 'top-p 0.8 keeps only the two near-equal best tokens');
   const r1 = new SeededRng(3), r2 = new SeededRng(3);
   t.deepEqual(Array.from({ length: 20 }, () => sample(logits, 2, 1, r1)), Array.from({ length: 20 }, () => sample(logits, 2, 1, r2)));
+});
+
+test('top-p sampling picks exactly what sorting the whole vocabulary would', (t) => {
+  // The straightforward sampler: every token sorted by probability, the nucleus its prefix.
+  const reference = (logits: Float32Array, temperature: number, topP: number, rng: SeededRng): number => {
+    let best = 0;
+    for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
+    const probs = Float64Array.from(logits, (l) => Math.exp((l - logits[best]) / temperature));
+    const sum = probs.reduce((a, b) => a + b, 0);
+    const order = Array.from(probs.keys()).sort((a, b) => probs[b] - probs[a]);
+    let kept = 0;
+    let mass = 0;
+    while (kept < order.length && (kept === 0 || mass < topP * sum)) mass += probs[order[kept++]];
+    let u = rng.next() * mass;
+    for (let i = 0; i < kept; i++) {
+      u -= probs[order[i]];
+      if (u <= 0) return order[i];
+    }
+    return order[kept - 1];
+  };
+  const rng = makeRng(t);
+  for (const V of [1, 7, 1000, 32000]) {
+    for (const [temperature, topP] of [[1, 0.9], [0.7, 0.95], [1.5, 0.5], [1, 1], [0.2, 0.99]]) {
+      // Peaked, flat and tied logits.
+      const logits = Float32Array.from({ length: V }, (_, i) => (i % 5 === 0 ? 3 : Math.round(rng.normal() * 4) / 2));
+      const seed = rng.int(0, 2 ** 31);
+      const a = new SeededRng(seed), b = new SeededRng(seed);
+      for (let k = 0; k < 20; k++) t.is(sample(logits, temperature, topP, a), reference(logits, temperature, topP, b), `V=${V} T=${temperature} p=${topP}`);
+    }
+  }
 });
 
 test('generate() stops at every end-of-sequence id the folder names: tokenizer, config.json list, generation_config.json', (t) => {
