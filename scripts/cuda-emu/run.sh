@@ -22,7 +22,9 @@ objs=()
 for cu in "$root"/native/cuda/*.cu; do
   name="$(basename "$cu" .cu)"
   [ "$name" = memory ] && continue  # device memory: the checks use host memory directly
-  python3 "$here/translate.py" "$cu" > "$out/$name.cc"
+  # Rewritten only when the translation changed, so an unchanged file is not compiled again.
+  python3 "$here/translate.py" "$cu" > "$out/$name.cc.new"
+  if cmp -s "$out/$name.cc.new" "$out/$name.cc"; then rm "$out/$name.cc.new"; else mv "$out/$name.cc.new" "$out/$name.cc"; fi
   stale=0
   for dep in "$out/$name.cc" "$root"/native/cuda/*.cuh "$here/include/emu.h"; do [ "$dep" -nt "$out/$name.o" ] && stale=1; done
   if [ ! -f "$out/$name.o" ] || [ "$stale" = 1 ]; then
