@@ -297,6 +297,13 @@ __global__ void __launch_bounds__(kThreadsAttn)
 }
 
 // Features per lane, rounded up to a power of two: 1, 2, 4 or 8 (D up to 256).
+// Heads and batch are grid dimensions y and z, at most 65535 each.
+void check_grid(int64_t B, int64_t H) {
+  if (B > 65535 || H > 65535)
+    fail("E_ARG", "attention: batch " + std::to_string(B) + " x heads " + std::to_string(H) +
+                      " exceeds the CUDA kernels' 65535 per grid dimension");
+}
+
 int features_per_lane(int64_t D) {
   if (D > 256) fail("E_ARG", "attention: head dim D = " + std::to_string(D) + " exceeds the CUDA kernels' 256");
   return D <= 32 ? 1 : D <= 64 ? 2 : D <= 128 ? 4 : 8;
@@ -306,6 +313,7 @@ template <int kDPL>
 void launch_forward(float* out, float* lse, const float* q, const float* k, const float* v, int64_t B,
                     const AttnShape& sh) {
   const size_t bytes = sizeof(float) * (size_t(kBlockRows) * sh.D + size_t(kTile) * (sh.D + 1) + size_t(kTile) * sh.D);
+  check_grid(B, sh.Hq);
   allow_shared(attention_fwd_kernel<kDPL>, bytes, "attention_forward shared memory");
   const dim3 grid(blocks_for(sh.Tq, kBlockRows), unsigned(sh.Hq), unsigned(B));
   attention_fwd_kernel<kDPL><<<grid, kThreadsAttn, bytes, stream()>>>(out, lse, q, k, v, sh);
@@ -315,6 +323,7 @@ void launch_forward(float* out, float* lse, const float* q, const float* k, cons
 template <int kDPL>
 void launch_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k, const float* v,
                      const float* out, const float* lse, int64_t B, const AttnShape& sh) {
+  check_grid(B, sh.Hq);
   if (sh.Tq > 0) {
     const size_t bytes = sizeof(float) * (2 * size_t(kBlockRows) * sh.D + 2 * size_t(kTile) * (sh.D + 1));
     allow_shared(attention_dq_kernel<kDPL>, bytes, "attention_backward dq shared memory");

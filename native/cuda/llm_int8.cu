@@ -122,6 +122,9 @@ void llm_int8_forward(float* Y, float* XA, const float* X, const float* Xa, Quan
                       const float* A, const float* B, const float* bias, float s, int64_t M, int64_t N, int64_t K,
                       int64_t r, LlmInt8Scratch scratch) {
   if (M <= 0 || N <= 0) return;
+  if ((N + kTile - 1) / kTile > 65535)  // column tiles are grid dimension y
+    fail("E_ARG", "llm_int8_forward: N = " + std::to_string(N) + " exceeds the CUDA kernel's " +
+                      std::to_string(65535 * kTile) + " output features");
   if (r > 0) gemm_f32(XA, r, operand(Xa, K), operand(A, K, /*trans=*/true), M, r, K, 1.f, false);  // XA = Xa·Aᵀ
   quantize_int8_vectorwise(scratch.ca, scratch.sca, scratch.outlier, X, M, K, threshold);
   const dim3 grid(unsigned((M + kTile - 1) / kTile), unsigned((N + kTile - 1) / kTile));
