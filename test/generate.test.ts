@@ -9,6 +9,7 @@ import { loadModel } from '../src/model/model';
 import { writeRandomModel } from '../src/model/random_model';
 import { generateIds, KvGenerator, sample } from '../src/model/llama_generate';
 import { LoraAdapter } from '../src/peft/lora';
+import { defaultLoraConfig } from '../src/peft/lora_config';
 import { SeededRng } from '../src/train/rng';
 import { makeRng, relErr } from './helpers/check';
 
@@ -110,4 +111,27 @@ test('generate() stops at every end-of-sequence id the folder names: tokenizer, 
   const e = t.throws(() => m.generate('Hi', greedy), { instanceOf: PeftkitError });
   t.regex(e!.message, /generation_config\.json: field "eos_token_id" is "x"/);
   m.dispose();
+});
+
+test('generate() with an adapter folder reads it again when it has been written again', (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-gen-'));
+  writeRandomModel(dir, { hiddenSize: 32, numLayers: 1, numHeads: 2, seed: 6 });
+  const model = loadModel(dir);
+  const adapterDir = path.join(dir, 'adapter');
+  const save = (seed: number) => {
+    const a = LoraAdapter.create(model.llama.linearModules, defaultLoraConfig({ r: 4, lora_alpha: 64, target_modules: ['q_proj', 'v_proj', 'o_proj'] }), { seed });
+    for (const l of a.layers.values()) l.B.write(Float32Array.from({ length: l.B.numel }, (_, i) => Math.sin(seed * 7 + i)));
+    a.save(adapterDir);
+    return a;
+  };
+  const opts = { maxNewTokens: 6, temperature: 0, stopTokens: [] as number[] };
+  const first = save(1);
+  const fromFirst = model.generate([1, 2, 3], { ...opts, adapter: adapterDir }).ids;
+  t.deepEqual(fromFirst, model.generate([1, 2, 3], { ...opts, adapter: first }).ids);
+  const second = save(2);
+  const fromSecond = model.generate([1, 2, 3], { ...opts, adapter: adapterDir }).ids;
+  t.deepEqual(fromSecond, model.generate([1, 2, 3], { ...opts, adapter: second }).ids, 'the rewritten folder is used');
+  t.notDeepEqual(fromSecond, fromFirst, 'the two adapters generate differently');
+  for (const a of [first, second]) a.dispose();
+  model.dispose();
 });

@@ -46,7 +46,8 @@ export interface Generation {
 export class Model {
   readonly llama: LlamaModel;
   readonly tokenizer: Tokenizer | null;
-  private readonly adapters = new Map<string, LoraAdapter>();
+  // Adapters loaded from folders, with the state of their files when loaded.
+  private readonly adapters = new Map<string, { adapter: LoraAdapter; stamp: string }>();
 
   constructor(llama: LlamaModel, tokenizer: Tokenizer | null) {
     this.llama = llama;
@@ -61,12 +62,23 @@ export class Model {
     if (!a) return null;
     if (a instanceof LoraAdapter) return a;
     const key = path.resolve(a);
-    let loaded = this.adapters.get(key);
-    if (!loaded) {
-      loaded = LoraAdapter.load(a, this.llama.linearModules, { device: this.llama.device });
-      this.adapters.set(key, loaded);
-    }
-    return loaded;
+    // A folder written again (training on into it, an atomic save: a new inode) is read again.
+    const stamp = ['adapter_config.json', 'adapter_model.safetensors']
+      .map((f) => {
+        try {
+          const st = fs.statSync(path.join(key, f));
+          return `${st.ino}:${st.size}:${st.mtimeMs}`;
+        } catch {
+          return '-';
+        }
+      })
+      .join('|');
+    const cached = this.adapters.get(key);
+    if (cached && cached.stamp === stamp) return cached.adapter;
+    const adapter = LoraAdapter.load(a, this.llama.linearModules, { device: this.llama.device });
+    cached?.adapter.dispose();
+    this.adapters.set(key, { adapter, stamp });
+    return adapter;
   }
 
   /** Continues a prompt (text, or token ids) with a KV cache. */
@@ -104,7 +116,7 @@ export class Model {
   }
 
   dispose(): void {
-    for (const a of this.adapters.values()) a.dispose();
+    for (const a of this.adapters.values()) a.adapter.dispose();
     this.adapters.clear();
     this.llama.dispose();
   }
