@@ -287,3 +287,20 @@ test('quantizeModel int8 and fp4: layouts, copied biases, and errors', (t) => {
   writeSafetensors(path.join(broken, 'model.safetensors'), tensors);
   err(() => quantizeModel({ model: broken, out: path.join(src, 'x'), format: 'nf4' }), 'E_MISSING', /q_proj\.weight/);
 });
+
+test('quantizeModel from a Hugging Face hub snapshot (every file a symlink to a blob) copies the tokenizer and generation files', (t) => {
+  const dir = tmp();
+  const blobs = path.join(dir, 'blobs');
+  writeRandomModel(blobs, { numLayers: 1, hiddenSize: 32, numHeads: 2, seed: 4 });
+  fs.writeFileSync(path.join(blobs, 'generation_config.json'), '{"do_sample": false}\n');
+  const snapshot = path.join(dir, 'snapshot');
+  fs.mkdirSync(snapshot);
+  for (const f of fs.readdirSync(blobs)) fs.symlinkSync(path.join(blobs, f), path.join(snapshot, f));
+  const out = path.join(dir, 'q');
+  quantizeModel({ model: snapshot, out, format: 'nf4' });
+  t.deepEqual(fs.readdirSync(out).sort(), fs.readdirSync(blobs).sort());
+  for (const f of ['generation_config.json', 'tokenizer.json', 'tokenizer_config.json']) {
+    t.false(fs.lstatSync(path.join(out, f)).isSymbolicLink(), `${f} is a copy, not a link into the cache`);
+    t.deepEqual(fs.readFileSync(path.join(out, f)), fs.readFileSync(path.join(blobs, f)), f);
+  }
+});
