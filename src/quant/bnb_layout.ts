@@ -14,6 +14,7 @@
  *   <prefix>.weight  I8 [out, in];  <prefix>.SCB  F32 [out];  <prefix>.weight_format  U8 [] = 0 (rows)
  */
 import { PeftkitError } from '../errors';
+import { DTYPE_BYTES } from '../model/safetensors';
 import type { SafetensorsDType, TensorToWrite } from '../model/safetensors';
 import { DYNAMIC_SIGNED_CODE, FP4_CODE, NF4_CODE } from './codes';
 import type { Int8State } from './int8';
@@ -120,6 +121,23 @@ function checkTensor(src: TensorSource, name: string, dtype: SafetensorsDType, n
   }
 }
 
+/**
+ * Storage dtypes bitsandbytes packs 4-bit codes into (bnb_4bit_quant_storage; FSDP-QLoRA uses
+ * bfloat16 so that the packed weights shard like the others): the bytes are the same codes, two a
+ * byte, whatever dtype the tensor is labelled with.
+ */
+const QUANT_STORAGE_DTYPES: readonly SafetensorsDType[] = ['U8', 'I8', 'BF16', 'F16', 'F32'];
+
+/** Checks the packed codes of a 4-bit weight of `n` elements: ceil(n/2) bytes in a quant storage dtype. */
+function checkPackedCodes(src: TensorSource, name: string, n: number): void {
+  if (!src.has(name)) throw new PeftkitError('E_MISSING', `${label(src, name)}: tensor is missing`);
+  const info = src.info(name);
+  const bytes = info.shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[info.dtype];
+  if (!QUANT_STORAGE_DTYPES.includes(info.dtype) || bytes !== (n + 1) >> 1) {
+    bad(label(src, name), `expected ${(n + 1) >> 1} bytes of packed 4-bit codes (U8, or the BF16/F16/F32/I8 of bnb_4bit_quant_storage), got ${info.dtype} [${info.shape.join(', ')}]`);
+  }
+}
+
 const f32 = (b: Uint8Array) => new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
 
 /**
@@ -201,7 +219,7 @@ export function readQuant4Meta(src: TensorSource, prefix: string): Quant4Meta {
   const nestedCount = nestedKeys.filter((k) => k in js).length;
   if (nestedCount !== 0 && nestedCount !== 3) bad(at, `fields ${nestedKeys.join(', ')} must all be present (double quantization) or all absent`);
 
-  checkTensor(src, w, 'U8', (n + 1) >> 1);
+  checkPackedCodes(src, w, n);
   expectCodeBook(src, `${w}.quant_map`, codeBook(type));
   let nested: NestedAbsmax | null = null;
   let absmax: Float32Array | Uint8Array;
