@@ -50,7 +50,9 @@ test('4-bit layout: names, dtypes, shapes and quant state JSON as bitsandbytes s
     const stateKey = `${p}.weight.quant_state.bitsandbytes__${quantType}`;
     t.deepEqual(Object.keys(e).sort(), [...Object.keys(want), stateKey].sort());
     for (const [k, [dtype, shape]] of Object.entries(want)) t.deepEqual([e[k].dtype, [...e[k].shape]], [dtype, shape], k);
-    t.is(hexOf(e[`${p}.weight.quant_map`].data), hexOf(quantType === 'nf4' ? NF4_CODE : FP4_CODE));
+    // bitsandbytes' fp4 table comes from a Python list whose -0 is the integer 0: +0.0 at code 8.
+    const bnbFp4 = Float32Array.from(FP4_CODE, (v, i) => (i === 8 ? 0 : v));
+    t.is(hexOf(e[`${p}.weight.quant_map`].data), hexOf(quantType === 'nf4' ? NF4_CODE : bnbFp4));
     if (doubleQuant) t.is(hexOf(e[`${p}.weight.nested_quant_map`].data), hexOf(DYNAMIC_SIGNED_CODE));
     const text = Buffer.from(e[stateKey].data as Uint8Array).toString('utf8');
     t.deepEqual([e[stateKey].dtype, [...e[stateKey].shape]], ['U8', [Buffer.byteLength(text)]]);
@@ -132,6 +134,12 @@ test('layout reader: every inconsistency is an error naming the tensor and the f
   const oldNestedMap = Float32Array.from(DYNAMIC_SIGNED_CODE);
   oldNestedMap[0] = -1;
   fails({ ...good, [`${w}.nested_quant_map`]: { dtype: 'F32', shape: [256], data: oldNestedMap } }, 'E_UNSUPPORTED', /nested_quant_map: this code book differs/);
+  // fp4's code 8 is +0.0 in bitsandbytes' checkpoints and -0.0 in the published table: both are the fp4 code book.
+  const fp4 = quant4Entries(p, quantize4bit(new Float32Array(700).map((_, i) => Math.sin(i)), { quantType: 'fp4', blocksize: 64, shape: [7, 100] }));
+  for (const zero of [0, -0]) {
+    const map = Float32Array.from(FP4_CODE, (v, i) => (i === 8 ? zero : v));
+    t.notThrows(() => readQuant4State(entriesReader({ ...fp4, [`${w}.quant_map`]: { dtype: 'F32', shape: [16], data: map } }), p), `fp4 code 8 = ${Object.is(zero, -0) ? '-0' : '+0'}`);
+  }
   const { [key]: _s, ...noState } = good;
   fails(noState, 'E_MISSING', /bitsandbytes__nf4 \(or __fp4\): tensor is missing/);
 

@@ -51,9 +51,13 @@ export function entriesReader(entries: Record<string, TensorToWrite>): TensorSou
 }
 
 export const quantStateSuffix = (t: Quant4Type) => `quant_state.bitsandbytes__${t}`;
-const codeBook = (t: Quant4Type) => (t === 'nf4' ? NF4_CODE : FP4_CODE);
+/**
+ * The fp4 quant_map as bitsandbytes stores it: its table is built from a Python list whose `-0`
+ * is the integer 0, so code 8 (sign bit, magnitude 0) holds +0.0 there, not FP4_CODE's -0.0.
+ */
+const BNB_FP4_QUANT_MAP = FP4_CODE.map((v, i) => (i === 8 ? 0 : v));
+const codeBook = (t: Quant4Type) => (t === 'nf4' ? NF4_CODE : BNB_FP4_QUANT_MAP);
 const modulePrefix = (prefix: string) => prefix.replace(/\.$/, '');
-const bytesOf = (a: ArrayBufferView) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 
 /** The entries of a 4-bit weight under module `prefix`, named as bitsandbytes names them. */
 export function quant4Entries(prefix: string, s: Quant4State): Record<string, TensorToWrite> {
@@ -152,8 +156,9 @@ function checkMaxima(src: TensorSource, name: string, v: Float32Array): Float32A
 }
 
 function expectCodeBook(src: TensorSource, name: string, want: Float32Array): void {
-  const got = readTensor(src, name, 'F32', want.length, [want.length]);
-  if (!Buffer.from(got).equals(Buffer.from(bytesOf(want)))) {
+  const got = f32(readTensor(src, name, 'F32', want.length, [want.length]));
+  // By value: -0.0 and +0.0 both dequantize to zero (fp4's code 8 is stored either way).
+  if (!got.every((v, i) => v === want[i])) {
     throw new PeftkitError('E_UNSUPPORTED', `${label(src, name)}: this code book differs from bitsandbytes' standard one, which is the only one supported`);
   }
 }
