@@ -3,7 +3,7 @@ import test from 'ava';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { removeLeftoverTemps, writeDirAtomic, writeFileAtomic } from '../src/io/atomic';
+import { MAX_WRITE_BYTES, removeLeftoverTemps, writeDirAtomic, writeFileAtomic } from '../src/io/atomic';
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-atomic-'));
 
@@ -39,4 +39,27 @@ test('writeFileAtomic and writeDirAtomic leave no temporaries and replace whole'
   }), { message: 'fill failed' });
   t.deepEqual(fs.readdirSync(dir).sort(), ['d', 'f.json'], 'a failed fill leaves the old folder and no temporary');
   t.deepEqual(fs.readdirSync(path.join(dir, 'd')), ['y']);
+});
+
+test('writeFileAtomic writes a buffer larger than one write call takes (Node refuses 2 GiB at once) in pieces, every byte in order', (t) => {
+  const dir = tmp();
+  const realFs = require('fs') as typeof fs; // the module object itself, which the writer's calls go through
+  const write = realFs.writeSync;
+  const lengths: number[] = [];
+  const spy = (...args: unknown[]) => {
+    if (typeof args[1] !== 'string') lengths.push(typeof args[3] === 'number' ? args[3] : (args[1] as ArrayBufferView).byteLength);
+    return (write as (...a: unknown[]) => number)(...args);
+  };
+  const big = new Float32Array(1000).map((_, i) => i * 0.5 - 3);
+  const view = new Uint8Array(big.buffer, 6, 3001); // unaligned, not the whole buffer
+  realFs.writeSync = spy as typeof fs.writeSync;
+  try {
+    writeFileAtomic(path.join(dir, 'f.bin'), ['head', view, big], 7);
+  } finally {
+    realFs.writeSync = write;
+  }
+  t.true(lengths.length > 0 && lengths.every((n) => n <= 7), `write lengths up to ${Math.max(...lengths)}`);
+  const want = Buffer.concat([Buffer.from('head'), Buffer.from(view), Buffer.from(big.buffer)]);
+  t.deepEqual(fs.readFileSync(path.join(dir, 'f.bin')), want);
+  t.true(MAX_WRITE_BYTES <= 2 ** 31 - 1, 'the default fits one fs.writeSync');
 });

@@ -444,3 +444,34 @@ test('merge errors name the file, field or module; a failed merge leaves the out
   t.deepEqual(fs.readdirSync(out), ['keep.txt'], 'the output folder is untouched');
   t.deepEqual(fs.readdirSync(f.dir).filter((n) => n.includes('.tmp')), [], 'no temporary folder is left behind');
 });
+
+test('a 4-bit base packed in bfloat16 (bnb_4bit_quant_storage, as FSDP-QLoRA saves it) loads as the uint8 one and merges keeping its storage dtype', (t) => {
+  const rng = makeRng(t);
+  const c: Case = { name: 'nf4', format: 'nf4', lora: { r: 2, lora_alpha: 4, target_modules: ['q_proj', 'down_proj'] } };
+  const f = fixture(t, c, rng);
+  const bf = path.join(f.dir, 'bnb-bf16');
+  fs.cpSync(f.bnb, bf, { recursive: true });
+  const ck = new SafetensorsCheckpoint(f.bnb);
+  const tensors: Record<string, TensorToWrite> = {};
+  for (const [name, info] of ck.tensors) {
+    const data = ck.readBytes(name);
+    // the same bytes, labelled as bitsandbytes labels them with quant_storage=torch.bfloat16: [(n+1)/4, 1]
+    tensors[name] = /_proj\.weight$/.test(name) ? { dtype: 'BF16', shape: [data.byteLength / 2, 1], data } : { dtype: info.dtype, shape: info.shape, data };
+  }
+  writeSafetensors(path.join(bf, 'model.safetensors'), tensors);
+  const cfg = JSON.parse(fs.readFileSync(path.join(f.bnb, 'config.json'), 'utf8'));
+  cfg.quantization_config.bnb_4bit_quant_storage = 'bfloat16';
+  fs.writeFileSync(path.join(bf, 'config.json'), JSON.stringify(cfg));
+
+  t.deepEqual(logits(bf, f.adapterDir, f.prompts), logits(f.bnb, f.adapterDir, f.prompts));
+  const mergedU8 = path.join(f.dir, 'merged-u8'), mergedBf = path.join(f.dir, 'merged-bf16');
+  mergeAdapter({ model: f.bnb, adapter: f.adapterDir, out: mergedU8 });
+  mergeAdapter({ model: bf, adapter: f.adapterDir, out: mergedBf });
+  const a = new SafetensorsCheckpoint(mergedU8), b = new SafetensorsCheckpoint(mergedBf);
+  t.deepEqual([...b.tensors.keys()].sort(), [...a.tensors.keys()].sort());
+  for (const name of a.tensors.keys()) {
+    t.is(hexOf(b.readBytes(name)), hexOf(a.readBytes(name)), name);
+    const want = /_proj\.weight$/.test(name) ? ['BF16', tensors[name].shape] : [a.info(name).dtype, a.info(name).shape];
+    t.deepEqual([b.info(name).dtype, b.info(name).shape], want, name);
+  }
+});

@@ -50,7 +50,9 @@ test('4-bit layout: names, dtypes, shapes and quant state JSON as bitsandbytes s
     const stateKey = `${p}.weight.quant_state.bitsandbytes__${quantType}`;
     t.deepEqual(Object.keys(e).sort(), [...Object.keys(want), stateKey].sort());
     for (const [k, [dtype, shape]] of Object.entries(want)) t.deepEqual([e[k].dtype, [...e[k].shape]], [dtype, shape], k);
-    t.is(hexOf(e[`${p}.weight.quant_map`].data), hexOf(quantType === 'nf4' ? NF4_CODE : FP4_CODE));
+    // bitsandbytes' fp4 table comes from a Python list whose -0 is the integer 0: +0.0 at code 8.
+    const bnbFp4 = Float32Array.from(FP4_CODE, (v, i) => (i === 8 ? 0 : v));
+    t.is(hexOf(e[`${p}.weight.quant_map`].data), hexOf(quantType === 'nf4' ? NF4_CODE : bnbFp4));
     if (doubleQuant) t.is(hexOf(e[`${p}.weight.nested_quant_map`].data), hexOf(DYNAMIC_SIGNED_CODE));
     const text = Buffer.from(e[stateKey].data as Uint8Array).toString('utf8');
     t.deepEqual([e[stateKey].dtype, [...e[stateKey].shape]], ['U8', [Buffer.byteLength(text)]]);
@@ -115,7 +117,7 @@ test('layout reader: every inconsistency is an error naming the tensor and the f
   fails(withJson({ ...state, blocksize: 48 }), 'E_FORMAT', /bitsandbytes__nf4: field "blocksize": expected one of 32, 64/);
   fails(withJson({ ...state, quant_type: 'fp4' }), 'E_FORMAT', /field "quant_type" is 'fp4' but the tensor name says 'nf4'/);
   fails(withJson({ ...state, dtype: 'int8' }), 'E_FORMAT', /field "dtype": expected 'float32', 'bfloat16' or 'float16'/);
-  fails(withJson({ ...state, shape: [7, 101] }), 'E_FORMAT', /m\.q_proj\.weight: expected U8 with 354 elements, got U8 \[350, 1\]/);
+  fails(withJson({ ...state, shape: [7, 101] }), 'E_FORMAT', /m\.q_proj\.weight: expected 354 bytes of packed 4-bit codes .*, got U8 \[350, 1\]/);
   fails(withJson({ ...state, shape: 'big' }), 'E_FORMAT', /field "shape": expected a list of positive integers/);
   const { blocksize: _b, ...noBlocksize } = state;
   fails(withJson(noBlocksize), 'E_FORMAT', /field "blocksize" is missing/);
@@ -132,6 +134,12 @@ test('layout reader: every inconsistency is an error naming the tensor and the f
   const oldNestedMap = Float32Array.from(DYNAMIC_SIGNED_CODE);
   oldNestedMap[0] = -1;
   fails({ ...good, [`${w}.nested_quant_map`]: { dtype: 'F32', shape: [256], data: oldNestedMap } }, 'E_UNSUPPORTED', /nested_quant_map: this code book differs/);
+  // fp4's code 8 is +0.0 in bitsandbytes' checkpoints and -0.0 in the published table: both are the fp4 code book.
+  const fp4 = quant4Entries(p, quantize4bit(new Float32Array(700).map((_, i) => Math.sin(i)), { quantType: 'fp4', blocksize: 64, shape: [7, 100] }));
+  for (const zero of [0, -0]) {
+    const map = Float32Array.from(FP4_CODE, (v, i) => (i === 8 ? zero : v));
+    t.notThrows(() => readQuant4State(entriesReader({ ...fp4, [`${w}.quant_map`]: { dtype: 'F32', shape: [16], data: map } }), p), `fp4 code 8 = ${Object.is(zero, -0) ? '-0' : '+0'}`);
+  }
   const { [key]: _s, ...noState } = good;
   fails(noState, 'E_MISSING', /bitsandbytes__nf4 \(or __fp4\): tensor is missing/);
 
@@ -286,4 +294,21 @@ test('quantizeModel int8 and fp4: layouts, copied biases, and errors', (t) => {
   for (const [name, info] of orig.tensors) if (name !== `${p}.weight`) tensors[name] = { dtype: info.dtype, shape: info.shape, data: orig.readBytes(name) };
   writeSafetensors(path.join(broken, 'model.safetensors'), tensors);
   err(() => quantizeModel({ model: broken, out: path.join(src, 'x'), format: 'nf4' }), 'E_MISSING', /q_proj\.weight/);
+});
+
+test('quantizeModel from a Hugging Face hub snapshot (every file a symlink to a blob) copies the tokenizer and generation files', (t) => {
+  const dir = tmp();
+  const blobs = path.join(dir, 'blobs');
+  writeRandomModel(blobs, { numLayers: 1, hiddenSize: 32, numHeads: 2, seed: 4 });
+  fs.writeFileSync(path.join(blobs, 'generation_config.json'), '{"do_sample": false}\n');
+  const snapshot = path.join(dir, 'snapshot');
+  fs.mkdirSync(snapshot);
+  for (const f of fs.readdirSync(blobs)) fs.symlinkSync(path.join(blobs, f), path.join(snapshot, f));
+  const out = path.join(dir, 'q');
+  quantizeModel({ model: snapshot, out, format: 'nf4' });
+  t.deepEqual(fs.readdirSync(out).sort(), fs.readdirSync(blobs).sort());
+  for (const f of ['generation_config.json', 'tokenizer.json', 'tokenizer_config.json']) {
+    t.false(fs.lstatSync(path.join(out, f)).isSymbolicLink(), `${f} is a copy, not a link into the cache`);
+    t.deepEqual(fs.readFileSync(path.join(out, f)), fs.readFileSync(path.join(blobs, f)), f);
+  }
 });

@@ -11,14 +11,23 @@ function tempName(file: string): string {
   return path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${Date.now().toString(36)}.tmp`);
 }
 
-/** Writes the chunks in order, then renames into place. */
-export function writeFileAtomic(file: string, chunks: ReadonlyArray<string | ArrayBufferView>): void {
+/** Bytes handed to one fs.writeSync: Node refuses a buffer of 2 GiB or more in one call (a large model's embeddings in f32). */
+export const MAX_WRITE_BYTES = 1 << 30;
+
+/** Writes all of `c`, `maxWrite` bytes at most a call. */
+function writeAll(fd: number, c: ArrayBufferView, maxWrite: number): void {
+  const bytes = new Uint8Array(c.buffer, c.byteOffset, c.byteLength);
+  for (let done = 0; done < bytes.length;) done += fs.writeSync(fd, bytes, done, Math.min(bytes.length - done, maxWrite));
+}
+
+/** Writes the chunks in order, then renames into place; `maxWrite` is the most bytes written a call. */
+export function writeFileAtomic(file: string, chunks: ReadonlyArray<string | ArrayBufferView>, maxWrite = MAX_WRITE_BYTES): void {
   const tmp = tempName(file);
   const fd = fs.openSync(tmp, 'w');
   try {
     for (const c of chunks) {
       if (typeof c === 'string') fs.writeSync(fd, c);
-      else fs.writeSync(fd, c as NodeJS.ArrayBufferView);
+      else writeAll(fd, c, maxWrite);
     }
     fs.fsyncSync(fd);
   } catch (e) {

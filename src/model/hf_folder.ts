@@ -40,8 +40,11 @@ export function writeModelFolder(out: string, f: ModelFolder): void {
   writeDirAtomic(out, (tmp) => {
     writeSafetensors(path.join(tmp, 'model.safetensors'), f.tensors);
     fs.writeFileSync(path.join(tmp, 'config.json'), JSON.stringify(f.config, null, 2) + '\n');
-    for (const e of fs.readdirSync(f.source, { withFileTypes: true })) {
-      if (e.isFile() && e.name !== 'config.json' && !WEIGHT_FILE.test(e.name)) fs.copyFileSync(path.join(f.source, e.name), path.join(tmp, e.name));
+    for (const name of fs.readdirSync(f.source)) {
+      if (name === 'config.json' || WEIGHT_FILE.test(name)) continue;
+      // stat follows symlinks: a Hugging Face hub snapshot folder holds nothing but links to its blobs.
+      const from = path.join(f.source, name);
+      if (fs.statSync(from, { throwIfNoEntry: false })?.isFile()) fs.copyFileSync(from, path.join(tmp, name));
     }
   });
 }

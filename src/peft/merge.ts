@@ -148,8 +148,11 @@ function mergeRequantized(ck: SafetensorsCheckpoint, config: ModelConfig, adapte
       }
       const q2 = quantizeBnb(merged, shape, spec);
       r.requantizationError = Math.max(r.requantizationError, relDiff(dequantizedArray(q2), merged));
+      const stored = ck.info(`${l.module}.weight`);
       for (const n of bnbEntryNames(l.module)) delete r.tensors[n];
       Object.assign(r.tensors, bnbEntries(l.module, q2));
+      // Codes packed in another storage dtype (bnb_4bit_quant_storage, which config.json keeps) stay in it: same bytes, same label.
+      if (q.format !== 'int8' && stored.dtype !== 'U8') r.tensors[`${l.module}.weight`] = { ...r.tensors[`${l.module}.weight`], dtype: stored.dtype, shape: stored.shape };
       r.requantized++;
       r.specs.add(describeSpec(spec));
     } else {

@@ -14,6 +14,7 @@
  *   <prefix>.weight  I8 [out, in];  <prefix>.SCB  F32 [out];  <prefix>.weight_format  U8 [] = 0 (rows)
  */
 import { PeftkitError } from '../errors';
+import { DTYPE_BYTES } from '../model/safetensors';
 import type { SafetensorsDType, TensorToWrite } from '../model/safetensors';
 import { DYNAMIC_SIGNED_CODE, FP4_CODE, NF4_CODE } from './codes';
 import type { Int8State } from './int8';
@@ -50,9 +51,13 @@ export function entriesReader(entries: Record<string, TensorToWrite>): TensorSou
 }
 
 export const quantStateSuffix = (t: Quant4Type) => `quant_state.bitsandbytes__${t}`;
-const codeBook = (t: Quant4Type) => (t === 'nf4' ? NF4_CODE : FP4_CODE);
+/**
+ * The fp4 quant_map as bitsandbytes stores it: its table is built from a Python list whose `-0`
+ * is the integer 0, so code 8 (sign bit, magnitude 0) holds +0.0 there, not FP4_CODE's -0.0.
+ */
+const BNB_FP4_QUANT_MAP = FP4_CODE.map((v, i) => (i === 8 ? 0 : v));
+const codeBook = (t: Quant4Type) => (t === 'nf4' ? NF4_CODE : BNB_FP4_QUANT_MAP);
 const modulePrefix = (prefix: string) => prefix.replace(/\.$/, '');
-const bytesOf = (a: ArrayBufferView) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 
 /** The entries of a 4-bit weight under module `prefix`, named as bitsandbytes names them. */
 export function quant4Entries(prefix: string, s: Quant4State): Record<string, TensorToWrite> {
@@ -120,6 +125,23 @@ function checkTensor(src: TensorSource, name: string, dtype: SafetensorsDType, n
   }
 }
 
+/**
+ * Storage dtypes bitsandbytes packs 4-bit codes into (bnb_4bit_quant_storage; FSDP-QLoRA uses
+ * bfloat16 so that the packed weights shard like the others): the bytes are the same codes, two a
+ * byte, whatever dtype the tensor is labelled with.
+ */
+const QUANT_STORAGE_DTYPES: readonly SafetensorsDType[] = ['U8', 'I8', 'BF16', 'F16', 'F32'];
+
+/** Checks the packed codes of a 4-bit weight of `n` elements: ceil(n/2) bytes in a quant storage dtype. */
+function checkPackedCodes(src: TensorSource, name: string, n: number): void {
+  if (!src.has(name)) throw new PeftkitError('E_MISSING', `${label(src, name)}: tensor is missing`);
+  const info = src.info(name);
+  const bytes = info.shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[info.dtype];
+  if (!QUANT_STORAGE_DTYPES.includes(info.dtype) || bytes !== (n + 1) >> 1) {
+    bad(label(src, name), `expected ${(n + 1) >> 1} bytes of packed 4-bit codes (U8, or the BF16/F16/F32/I8 of bnb_4bit_quant_storage), got ${info.dtype} [${info.shape.join(', ')}]`);
+  }
+}
+
 const f32 = (b: Uint8Array) => new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
 
 /**
@@ -134,8 +156,9 @@ function checkMaxima(src: TensorSource, name: string, v: Float32Array): Float32A
 }
 
 function expectCodeBook(src: TensorSource, name: string, want: Float32Array): void {
-  const got = readTensor(src, name, 'F32', want.length, [want.length]);
-  if (!Buffer.from(got).equals(Buffer.from(bytesOf(want)))) {
+  const got = f32(readTensor(src, name, 'F32', want.length, [want.length]));
+  // By value: -0.0 and +0.0 both dequantize to zero (fp4's code 8 is stored either way).
+  if (!got.every((v, i) => v === want[i])) {
     throw new PeftkitError('E_UNSUPPORTED', `${label(src, name)}: this code book differs from bitsandbytes' standard one, which is the only one supported`);
   }
 }
@@ -201,7 +224,7 @@ export function readQuant4Meta(src: TensorSource, prefix: string): Quant4Meta {
   const nestedCount = nestedKeys.filter((k) => k in js).length;
   if (nestedCount !== 0 && nestedCount !== 3) bad(at, `fields ${nestedKeys.join(', ')} must all be present (double quantization) or all absent`);
 
-  checkTensor(src, w, 'U8', (n + 1) >> 1);
+  checkPackedCodes(src, w, n);
   expectCodeBook(src, `${w}.quant_map`, codeBook(type));
   let nested: NestedAbsmax | null = null;
   let absmax: Float32Array | Uint8Array;
