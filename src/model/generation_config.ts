@@ -6,20 +6,14 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { PeftkitError } from '../errors';
+import { readJsonObject } from '../io/json_file';
 
 /** eos_token_id of `<dir>/generation_config.json` as a list (empty when the file or the field is absent). */
 export function readGenerationEosIds(dir: string): number[] {
   const file = path.join(dir, 'generation_config.json');
   if (!fs.existsSync(file)) return [];
-  let cfg: unknown;
-  try {
-    cfg = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new PeftkitError(code ? 'E_IO' : 'E_CONFIG', `${file}: ${code ? `cannot read (${code})` : `not valid JSON (${(e as Error).message})`}`);
-  }
-  if (typeof cfg !== 'object' || cfg === null || Array.isArray(cfg)) throw new PeftkitError('E_CONFIG', `${file}: not a JSON object`);
-  const eos = (cfg as Record<string, unknown>).eos_token_id;
+  const cfg = readJsonObject(file);
+  const eos = cfg.eos_token_id;
   if (eos === undefined || eos === null) return [];
   const ids = Array.isArray(eos) ? eos : [eos];
   if (!ids.every((id) => Number.isSafeInteger(id) && (id as number) >= 0)) {

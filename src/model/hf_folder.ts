@@ -5,8 +5,8 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { PeftkitError } from '../errors';
 import { writeDirAtomic } from '../io/atomic';
+import { readJsonObject } from '../io/json_file';
 import { TensorToWrite, writeSafetensors } from './safetensors';
 
 /** Weight files of any framework: never copied, since the new model.safetensors replaces them. */
@@ -14,16 +14,7 @@ const WEIGHT_FILE = /(\.safetensors|\.safetensors\.index\.json|\.bin|\.bin\.inde
 
 /** config.json of `dir` as a plain object, every key kept (unlike parseModelConfig). */
 export function readConfigJson(dir: string): Record<string, unknown> {
-  const file = path.join(dir, 'config.json');
-  let cfg: unknown;
-  try {
-    cfg = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new PeftkitError(code ? 'E_IO' : 'E_CONFIG', `${file}: ${code ? `cannot read (${code})` : `not valid JSON (${(e as Error).message})`}`);
-  }
-  if (typeof cfg !== 'object' || cfg === null || Array.isArray(cfg)) throw new PeftkitError('E_CONFIG', `${file}: not a JSON object`);
-  return cfg as Record<string, unknown>;
+  return readJsonObject(path.join(dir, 'config.json'));
 }
 
 export interface ModelFolder {
