@@ -287,6 +287,13 @@ test('quantizeModel int8 and fp4: layouts, copied biases, and errors', (t) => {
   err(() => quantizeModel({ model, out: path.dirname(model), format: 'nf4' }), 'E_ARG', /out: .* holds the model folder/);
   err(() => quantizeModel({ model: path.join(src, 'nothing'), out: path.join(src, 'x'), format: 'nf4' }), 'E_IO', /config\.json: cannot read/);
   t.false(fs.existsSync(path.join(src, 'x')), 'a failed run leaves no output folder');
+  // "quantization_config": null (written by some exporters) means not quantized, as when loading.
+  const nullQ = path.join(src, 'null-q');
+  fs.cpSync(model, nullQ, { recursive: true });
+  const plainCfg = JSON.parse(fs.readFileSync(path.join(nullQ, 'config.json'), 'utf8'));
+  fs.writeFileSync(path.join(nullQ, 'config.json'), JSON.stringify({ ...plainCfg, quantization_config: null }));
+  quantizeModel({ model: nullQ, out: path.join(src, 'null-q-nf4'), format: 'nf4' });
+  t.is(JSON.parse(fs.readFileSync(path.join(src, 'null-q-nf4', 'config.json'), 'utf8')).quantization_config.bnb_4bit_quant_type, 'nf4');
   // a checkpoint missing a Linear weight
   const broken = path.join(src, 'broken');
   fs.cpSync(model, broken, { recursive: true });

@@ -78,7 +78,7 @@ export function quantizeModel(o: QuantizeModelOptions): QuantizeModelResult {
   const computeDtype = checkTorchDType(o.computeDtype ?? 'float32', 'computeDtype');
 
   const raw = readConfigJson(o.model);
-  if (raw.quantization_config !== undefined) {
+  if (raw.quantization_config !== undefined && raw.quantization_config !== null) {
     throw new PeftkitError('E_UNSUPPORTED', `${path.join(o.model, 'config.json')}: the model is already quantized (quantization_config is set)`);
   }
   const config = parseModelConfig(raw, path.join(o.model, 'config.json'));
