@@ -72,11 +72,10 @@ Isa detect_isa(const CpuFeatures& f) {
 
 Amx detect_amx(const CpuFeatures& f, Isa isa) {
   if (isa != Isa::Avx512 || !f.avx512_bf16) return Amx::None;
+  // Lower caps already left the ISA below AVX-512; of the caps, only avx512 turns the tiles off.
   const char* cap = std::getenv("PEFTKIT_ISA");
   if (cap && !std::strcmp(cap, "amx-emulated")) return Amx::Emulated;
-  if (cap && (!std::strcmp(cap, "avx512") || !std::strcmp(cap, "avx2") || !std::strcmp(cap, "portable") ||
-              !std::strcmp(cap, "neon")))
-    return Amx::None;
+  if (cap && !std::strcmp(cap, "avx512")) return Amx::None;
   // Asked for only when the tiles will be used: once granted, Linux refuses this process any
   // later sigaltstack too small for the tile state.
 #if defined(__x86_64__) || defined(_M_X64)
