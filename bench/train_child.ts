@@ -9,8 +9,8 @@ import * as path from 'path';
 import { LlamaModel } from '../src/model/llama';
 import { writeRandomModel } from '../src/model/random_model';
 import { LoraAdapter } from '../src/peft/lora';
-import { defaultLoraConfig } from '../src/peft/lora_config';
-import { SeededRng } from '../src/train/rng';
+import { defaultLoraConfig } from '../src/peft/lora/config';
+import { SeededRng } from '../src/util/rng';
 import { Trainer } from '../src/train/trainer';
 
 export const SHAPES: Record<string, Parameters<typeof writeRandomModel>[1]> = {

@@ -12,7 +12,7 @@ import { readModelConfig } from '../src/model/config';
 import { SafetensorsCheckpoint, SafetensorsFile } from '../src/model/safetensors';
 import { linearModules } from '../src/model/weights';
 import { LoraAdapter } from '../src/peft/lora';
-import { defaultLoraConfig } from '../src/peft/lora_config';
+import { defaultLoraConfig } from '../src/peft/lora/config';
 import { runTraining } from '../src/train/run';
 import { readSafetensorsParts, writeSafetensorsParts } from './helpers/fuzz';
 import { editTensors } from './helpers/fuzz_bnb_cases';

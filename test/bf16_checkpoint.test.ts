@@ -8,12 +8,12 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { LlamaModel } from '../src/model/llama';
-import { LlamaLoraForward } from '../src/model/llama_forward';
+import { LlamaForward } from '../src/model/llama_forward';
 import { generateIds, KvGenerator } from '../src/model/llama_generate';
 import { writeRandomModel } from '../src/model/random_model';
 import { SafetensorsCheckpoint, TensorToWrite, writeSafetensors } from '../src/model/safetensors';
 import { LoraAdapter } from '../src/peft/lora';
-import { defaultLoraConfig } from '../src/peft/lora_config';
+import { defaultLoraConfig } from '../src/peft/lora/config';
 import { makeRng, relErr } from './helpers/check';
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-bf16ck-'));
@@ -53,7 +53,7 @@ for (const tied of [false, true]) {
       const run = (m: LlamaModel) => {
         const ad = LoraAdapter.create(m.linearModules, cfg, { seed: 11 });
         for (const l of ad.layers.values()) l.B.write(Float32Array.from({ length: l.B.numel }, (_, i) => Math.cos(i) * 0.05));
-        const f = new LlamaLoraForward(m, ad, B * T, T, false);
+        const f = new LlamaForward(m, ad, B * T, T, false);
         ad.zeroGrad();
         const r = f.run({ inputIds: ids, labels, B, T }, { dropout: 0, dropoutSeed: 0 }, 1 / 10);
         const grads = ad.parameters().map((p) => p.grad.toFloat32Array());

@@ -11,7 +11,7 @@ import * as path from 'path';
 import { LlamaModel } from '../src/model/llama';
 import { writeRandomModel } from '../src/model/random_model';
 import { LoraAdapter } from '../src/peft/lora';
-import { defaultLoraConfig } from '../src/peft/lora_config';
+import { defaultLoraConfig } from '../src/peft/lora/config';
 import { Trainer } from '../src/train/trainer';
 import { makeRng, relErr } from './helpers/check';
 

@@ -8,7 +8,7 @@ import { readModelConfig } from '../src/model/config';
 import { writeRandomModel } from '../src/model/random_model';
 import { linearModules } from '../src/model/weights';
 import { LoraAdapter } from '../src/peft/lora';
-import { defaultLoraConfig } from '../src/peft/lora_config';
+import { defaultLoraConfig } from '../src/peft/lora/config';
 
 const BIN = path.join(__dirname, '..', '..', 'bin', 'peftkit.js');
 const run = (args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', timeout: 120_000 });

@@ -4,7 +4,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { PeftkitError } from '../src/index';
 import { parseModelConfig } from '../src/model/config';
-import { defaultLoraConfig, loraScaling, parseLoraConfig, readLoraConfig, writeLoraConfig } from '../src/peft/lora_config';
+import { defaultLoraConfig, loraScaling, parseLoraConfig, readLoraConfig, writeLoraConfig } from '../src/peft/lora/config';
 
 const smol = {
   architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_size: 576, intermediate_size: 1536,

@@ -5,12 +5,12 @@ import * as os from 'os';
 import * as path from 'path';
 import { PeftkitError } from '../src/errors';
 import { LlamaModel } from '../src/model/llama';
-import { loadModel } from '../src/model/model';
+import { loadModel } from '../src/inference/model';
 import { writeRandomModel } from '../src/model/random_model';
 import { generateIds, KvGenerator, sample } from '../src/model/llama_generate';
 import { LoraAdapter } from '../src/peft/lora';
-import { defaultLoraConfig } from '../src/peft/lora_config';
-import { SeededRng } from '../src/train/rng';
+import { defaultLoraConfig } from '../src/peft/lora/config';
+import { SeededRng } from '../src/util/rng';
 import { makeRng, relErr } from './helpers/check';
 
 const GOLDEN = path.join(__dirname, '..', '..', 'test', 'golden');

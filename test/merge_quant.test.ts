@@ -16,7 +16,7 @@ import { writeRandomModel } from '../src/model/random_model';
 import { SafetensorsCheckpoint, TensorToWrite, writeSafetensors } from '../src/model/safetensors';
 import { linearModules } from '../src/model/weights';
 import { LoraAdapter } from '../src/peft/lora';
-import { defaultLoraConfig, LoraConfig } from '../src/peft/lora_config';
+import { defaultLoraConfig, LoraConfig } from '../src/peft/lora/config';
 import { mergeAdapter, MergeResult } from '../src/peft/merge';
 import { dequantize4bit, dequantizeInt8, DYNAMIC_SIGNED_CODE, quantizeModel, readBnbWeight, recoverAbsmax } from '../src/quant/index';
 import type { BnbWeight, Int8State, Quant4State } from '../src/quant/index';

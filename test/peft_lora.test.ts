@@ -6,10 +6,10 @@ import * as path from 'path';
 import { PeftkitError } from '../src/index';
 import { LlamaModel } from '../src/model/llama';
 import { KvGenerator } from '../src/model/llama_generate';
-import { LlamaLoraForward } from '../src/model/llama_forward';
+import { LlamaForward } from '../src/model/llama_forward';
 import { writeRandomModel } from '../src/model/random_model';
 import { LoraAdapter } from '../src/peft/lora';
-import { defaultLoraConfig } from '../src/peft/lora_config';
+import { defaultLoraConfig } from '../src/peft/lora/config';
 import { mergeAdapter } from '../src/peft/merge';
 import { Trainer } from '../src/train/trainer';
 import { makeRng, relErr } from './helpers/check';
@@ -130,7 +130,7 @@ test('a LoRA on lm_head: generation applies it (== merged), training refuses it 
   vOnly.layers.get('model.layers.0.self_attn.v_proj')!.B.write(adapter.layers.get('model.layers.0.self_attn.v_proj')!.B.toFloat32Array());
   vOnly.layers.get('model.layers.1.self_attn.v_proj')!.B.write(adapter.layers.get('model.layers.1.self_attn.v_proj')!.B.toFloat32Array());
   t.true(relErr(logits(model, vOnly, ids), unmerged) > 1e-3, 'the lm_head LoRA changes the logits');
-  const err = t.throws(() => new LlamaLoraForward(model, adapter, batch.B * batch.T, batch.T));
+  const err = t.throws(() => new LlamaForward(model, adapter, batch.B * batch.T, batch.T));
   t.is((err as { code?: string }).code, 'E_UNSUPPORTED');
   t.regex(err!.message, /lm_head/);
   for (const x of [merged, model]) x.dispose();
@@ -144,7 +144,7 @@ test('activation checkpointing and LoRA dropout: same gradients as without / mas
   const grads = (ckpt: boolean, dropout: number, seed: number) => {
     const a = LoraAdapter.create(model.linearModules, cfg, { seed: 5 });
     for (const l of a.layers.values()) l.B.write(Float32Array.from({ length: l.B.numel }, (_, i) => Math.sin(i) * 0.1));
-    const f = new LlamaLoraForward(model, a, batch.B * batch.T, batch.T, ckpt);
+    const f = new LlamaForward(model, a, batch.B * batch.T, batch.T, ckpt);
     a.zeroGrad();
     f.run(batch, { dropout, dropoutSeed: seed }, 1 / 20);
     const g = a.parameters().map((p) => p.grad.toFloat32Array());

@@ -9,7 +9,7 @@ import { LlamaModel } from '../src/model/llama';
 import { writeRandomModel } from '../src/model/random_model';
 import { SafetensorsCheckpoint } from '../src/model/safetensors';
 import { LoraAdapter } from '../src/peft/lora';
-import { defaultLoraConfig } from '../src/peft/lora_config';
+import { defaultLoraConfig } from '../src/peft/lora/config';
 import { dequantize4bit, dequantizeInt8, quantize4bit, quantizeInt8Rowwise } from '../src/quant';
 import { Trainer } from '../src/train/trainer';
 

@@ -6,7 +6,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { loadModel } from '../model/model';
+import { loadModel } from '../inference/model';
 import { writeRandomModel } from '../model/random_model';
 import { train } from '../train/train';
 

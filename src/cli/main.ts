@@ -6,7 +6,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { parseArgs } from 'util';
 import { PeftkitError } from '../errors';
-import { loadModel, LoadOptions } from '../model/model';
+import { loadModel, LoadOptions } from '../inference/model';
 import { mergeAdapter } from '../peft/merge';
 import { quantizeModel } from '../quant';
 import { train } from '../train/train';
@@ -16,7 +16,7 @@ import { Progress } from './progress';
 
 const USAGE = `usage:
   peftkit train --model DIR --data FILE --out DIR [--eval-data FILE | --eval-split F]
-      [--method lora|qlora|int8-lora] [--quantize nf4|fp4|int8] [--int8-threshold T]
+      [--method lora|qlora|int8-lora|dora|ia3|ln|bitfit] [--quantize nf4|fp4|int8] [--int8-threshold T]
       [--r 8] [--alpha 16] [--dropout 0.05] [--targets q_proj,v_proj | all-linear] [--rslora]
       [--adapter DIR] [--steps N | --epochs N] [--batch-size 4] [--grad-accum 1] [--lr 2e-4]
       [--optim adamw|adamw8bit|paged_adamw|paged_adamw8bit] [--paged-dir DIR] [--weight-decay 0] [--schedule constant|linear|cosine] [--warmup-steps 0] [--max-grad-norm 1]

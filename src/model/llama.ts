@@ -5,15 +5,14 @@
  */
 import { PeftkitError } from '../errors';
 import { resolveDevice, Device, DeviceOption, Tensor } from '../tensor';
-import type { LinearModule } from '../peft/targets';
+import type { LinearModule, LinearWeight } from './sites';
 import { ModelConfig, readModelConfig } from './config';
 import type { Compute } from '../ops/gemm';
 import type { QuantWeight } from '../ops/gemm_quant';
 import { applyInt8Threshold, checkInt8ThresholdOption } from './int8_threshold';
 import { disposeQuantWeight, linearModules, loadWeights, QuantizeFormat } from './weights';
 
-/** A frozen Linear weight: an f32/bf16 tensor, or kept quantized (QLoRA, LLM.int8). */
-export type LinearWeight = { W: Tensor } | { q: QuantWeight };
+export type { LinearWeight } from './sites';
 
 export interface LoadModelOptions {
   /** Where the weights live and the math runs. Defaults to `'cpu'`. */

@@ -2,14 +2,15 @@
  * Text generation with a KV cache: the prompt runs through the model once (prefill), then
  * one token at a time, each step attending to the cached keys and values of every earlier
  * position. Sampling: greedy at temperature 0, else temperature + nucleus (top-p), seeded.
- * An adapter, when given, is applied unmerged (LoRA beside the frozen base).
+ * An adapter, when given, is applied unmerged through its sites (the same layer code as training).
  */
 import { PeftkitError } from '../errors';
 import * as ops from '../ops';
-import type { LoraAdapter } from '../peft/lora';
 import { Tensor } from '../tensor';
-import { SeededRng } from '../train/rng';
+import { SeededRng } from '../util/rng';
 import type { LlamaModel } from './llama';
+import { LayerActs, LlamaLayers, PassOptions } from './llama_layer';
+import type { ModelAdapter } from './sites';
 
 export interface GenerateOptions {
   /** Tokens to generate at most. Defaults to `64`. */
@@ -22,11 +23,9 @@ export interface GenerateOptions {
   seed?: number;
   /** Stop at any of these token ids (the model's EOS by default). */
   stopTokens?: number[];
-  /** A LoRA adapter to apply. Defaults to none (the base model). */
-  adapter?: LoraAdapter | null;
+  /** An adapter (any method) to apply unmerged. Defaults to none (the base model). */
+  adapter?: ModelAdapter | null;
 }
-
-const LINEARS = ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj', 'self_attn.o_proj', 'mlp.gate_proj', 'mlp.up_proj', 'mlp.down_proj'];
 
 /** Runs a prompt and continues it; returns the new token ids (not the prompt). */
 export function generateIds(model: LlamaModel, prompt: readonly number[], o: GenerateOptions = {}): number[] {
@@ -51,7 +50,7 @@ export function generateIds(model: LlamaModel, prompt: readonly number[], o: Gen
 }
 
 /** NaN or infinite logits would sample garbage silently: they come from non-finite weights. */
-function checkFinite(model: LlamaModel, logits: Float32Array, generated: number, adapter: LoraAdapter | null): void {
+function checkFinite(model: LlamaModel, logits: Float32Array, generated: number, adapter: ModelAdapter | null): void {
   for (let i = 0; i < logits.length; i++) {
     if (!Number.isFinite(logits[i])) {
       throw new PeftkitError(
@@ -111,16 +110,16 @@ export function sample(logits: Float32Array, temperature: number, topP: number, 
 /** The model with its KV cache, fed tokens chunk by chunk (batch size 1). */
 export class KvGenerator {
   private readonly model: LlamaModel;
-  private readonly adapter: LoraAdapter | null;
+  private readonly layers: LlamaLayers;
   private readonly maxT: number;
   private readonly k: Tensor[] = [];
   private readonly v: Tensor[] = [];
   private readonly bufs: Tensor[] = [];
   private pos = 0;
 
-  constructor(model: LlamaModel, maxT: number, adapter: LoraAdapter | null) {
+  constructor(model: LlamaModel, maxT: number, adapter: ModelAdapter | null) {
     this.model = model;
-    this.adapter = adapter;
+    this.layers = new LlamaLayers(model, adapter);
     this.maxT = maxT;
     model.checkSequenceLength(maxT);
     const c = model.config;
@@ -136,22 +135,6 @@ export class KvGenerator {
     return t;
   }
 
-  private linear(l: number, suffix: string, Y: Tensor, X: Tensor): void {
-    const p = `model.layers.${l}.${suffix}`;
-    const lw = this.model.linear(`${p}.weight`);
-    const bias = this.model.maybeWeight(`${p}.bias`);
-    const lo = this.adapter?.layers.get(p);
-    const compute = this.model.compute;  // as in training, so a trained adapter sees the same products
-    if (lo) {
-      const xa = this.tmp([X.shape[0], lo.A.shape[0]]);
-      ops.loraForward(Y, xa, X, 'q' in lw ? lw.q : lw.W, lo.A, lo.B, { scale: this.adapter!.scaling, bias, compute });
-      return;
-    }
-    if ('q' in lw) ops.gemmQuant(Y, X, lw.q, { transB: true, compute });
-    else ops.gemm(Y, X, lw.W, { transB: true, compute });
-    if (bias) ops.biasAdd(Y, bias);
-  }
-
   /** Appends tokens to the context; returns the logits after the last one. */
   feed(tokens: readonly number[]): Float32Array {
     const c = this.model.config;
@@ -160,48 +143,32 @@ export class KvGenerator {
     const C = c.hiddenSize, D = c.headDim, QD = c.numHeads * D, KD = c.numKvHeads * D, F = c.intermediateSize;
     const ids = this.tmp([n], 'i32');
     ids.write(Int32Array.from(tokens));
-    const x = this.tmp([n, C]);
+    let x = this.tmp([n, C]);
+    let xNext = this.tmp([n, C]);
     ops.embeddingForward(x, ids, this.model.weight('model.embed_tokens.weight'));
     const pos = this.tmp([n], 'i32');
     pos.write(Int32Array.from({ length: n }, (_, i) => this.pos + i));
-    const cos = this.tmp([n, D / 2]), sin = this.tmp([n, D / 2]);
-    ops.ropeTable(cos, sin, pos, { theta: c.ropeTheta, scaling: c.ropeScaling });
-    const h = this.tmp([n, C]), rstd = this.tmp([n]), q = this.tmp([n, QD]), att = this.tmp([n, QD]), lse = this.tmp([c.numHeads * n]);
-    const o = this.tmp([n, C]), g = this.tmp([n, F]), u = this.tmp([n, F]), act = this.tmp([n, F]);
-    const Tk = this.pos + n;
+    const rope = { cos: this.tmp([n, D / 2]), sin: this.tmp([n, D / 2]) };
+    ops.ropeTable(rope.cos, rope.sin, pos, { theta: c.ropeTheta, scaling: c.ropeScaling });
+    const pass: PassOptions = { dropout: 0, dropoutSeed: 0, siteStride: 0, weightsFixed: true };
+    const a: LayerActs = {
+      h1: this.tmp([n, C]), rstd1: this.tmp([n]), q: this.tmp([n, QD]), k: this.tmp([n, KD]), v: this.tmp([n, KD]),
+      att: this.tmp([n, QD]), lse: this.tmp([c.numHeads * n]), x2: this.tmp([n, C]), h2: this.tmp([n, C]), rstd2: this.tmp([n]),
+      g: this.tmp([n, F]), u: this.tmp([n, F]), act: this.tmp([n, F]),
+    };
     for (let l = 0; l < c.numLayers; l++) {
-      const p = `model.layers.${l}.`;
-      ops.rmsnormForward(h, rstd, x, this.model.weight(`${p}input_layernorm.weight`), { eps: c.rmsNormEps });
-      this.linear(l, LINEARS[0], q, h);
       // New keys and values go straight into their cache slots.
-      const kNew = this.k[l].view(this.pos * KD, [n, KD]);
-      const vNew = this.v[l].view(this.pos * KD, [n, KD]);
-      this.linear(l, LINEARS[1], kNew, h);
-      this.linear(l, LINEARS[2], vNew, h);
-      const q4 = q.view(0, [1, n, c.numHeads, D]);
-      const k4 = kNew.view(0, [1, n, c.numKvHeads, D]);
-      ops.ropeForward(q4, q4, cos, sin);
-      ops.ropeForward(k4, k4, cos, sin);
-      ops.attentionForward(att.view(0, [1, n, c.numHeads, D]), lse.view(0, [1, c.numHeads, n]), q4,
-        this.k[l].view(0, [1, Tk, c.numKvHeads, D]), this.v[l].view(0, [1, Tk, c.numKvHeads, D]), { scale: 1 / Math.sqrt(D) });
-      this.linear(l, LINEARS[3], o, att);
-      ops.add(x, x, o);
-      ops.rmsnormForward(h, rstd, x, this.model.weight(`${p}post_attention_layernorm.weight`), { eps: c.rmsNormEps });
-      this.linear(l, LINEARS[4], g, h);
-      this.linear(l, LINEARS[5], u, h);
-      ops.swigluForward(act, g, u);
-      this.linear(l, LINEARS[6], o, act);
-      ops.add(x, x, o);
+      a.k = this.k[l].view(this.pos * KD, [n, KD]);
+      a.v = this.v[l].view(this.pos * KD, [n, KD]);
+      this.layers.forward(l, x, xNext, a, 1, n, rope, pass, { k: this.k[l], v: this.v[l], pos: this.pos });
+      [x, xNext] = [xNext, x];
     }
     this.pos += n;
     const last = x.view((n - 1) * C, [1, C]);
     const hl = this.tmp([1, C]);
-    ops.rmsnormForward(hl, this.tmp([1]), last, this.model.weight('model.norm.weight'), { eps: c.rmsNormEps });
+    ops.rmsnormForward(hl, this.tmp([1]), last, this.layers.norm('model.norm').w, { eps: c.rmsNormEps });
     const logits = this.tmp([1, c.vocabSize]);
-    const head = this.model.weight('lm_head.weight');
-    const lo = this.adapter?.layers.get('lm_head');
-    if (lo) ops.loraForward(logits, this.tmp([1, lo.A.shape[0]]), hl, head, lo.A, lo.B, { scale: this.adapter!.scaling, compute: this.model.compute });
-    else ops.gemm(logits, hl, head, { transB: true, compute: this.model.compute });
+    this.layers.linearForward('lm_head', logits, hl, pass, 0);
     const out = logits.toFloat32Array();
     this.releaseTemps();
     return out;
@@ -214,6 +181,7 @@ export class KvGenerator {
 
   dispose(): void {
     this.releaseTemps();
+    this.layers.dispose();
     for (const t of [...this.k, ...this.v]) t.dispose();
   }
 }

@@ -6,7 +6,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { writeByteTokenizer } from '../data/byte_tokenizer';
-import { SeededRng } from '../train/rng';
+import { SeededRng } from '../util/rng';
 import { parseModelConfig } from './config';
 import { expectedWeights } from './weights';
 import { f32ToBf16 } from '../tensor';

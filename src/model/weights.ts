@@ -15,7 +15,7 @@ import {
   readQuant4State, recoverAbsmaxTensor,
 } from '../quant';
 import type { QuantWeight } from '../ops/gemm_quant';
-import type { LinearModule } from '../peft/targets';
+import type { LinearModule } from './sites';
 
 /** The Linear layers of one decoder layer: [suffix, out, in, hasBias]. */
 export function layerLinears(c: ModelConfig): Array<[string, number, number, boolean]> {

@@ -1,6 +1,7 @@
 /**
- * mergeAdapter: folds a LoRA adapter into its base weights (W' = W + scaling·B·A) and writes a
- * complete Hugging Face model folder that loads without peft.
+ * mergeAdapter: folds an adapter into its base weights (each method's merge: LoRA W + s·B·A,
+ * DoRA's rescaled W', IA3's scaled rows or columns, LN tuning's norms, BitFit's biases) and
+ * writes a complete Hugging Face model folder that loads without peft.
  *
  * A bitsandbytes base (NF4/FP4 with or without double quantization, LLM.int8) is merged as PEFT's
  * merge_and_unload merges into a quantized model: each adapted weight is dequantized, the delta
@@ -20,8 +21,9 @@ import { checkLayerCount, expectedWeights, isMatmulWeight, linearModules } from 
 import * as ops from '../ops';
 import { detectQuantFormat } from '../quant/bnb_layout';
 import { BnbWeight, bnbEntries, bnbEntryNames, dequantizeBnb, describeSpec, QuantFormat, quantizeBnb, readBnbWeight, specOf } from '../quant/bnb_weight';
-import { f32ToBf16, Tensor } from '../tensor';
-import { LoraAdapter, LoraLayer } from './lora';
+import { f32ToBf16 } from '../tensor';
+import type { MergeEdit } from './method';
+import { loadAdapter } from './registry';
 
 export interface MergeOptions {
   /** Base model folder: f32/bf16/f16 weights, or a bitsandbytes-quantized folder. */
@@ -78,25 +80,6 @@ function dequantizedArray(q: BnbWeight): Float32Array {
   }
 }
 
-/**
- * W + scaling·B·A, computed in place in `w` (an f32 CPU tensor [out, in]) and returned as an
- * array. A sum that overflows f32 would be written as a model that yields NaN: refused here.
- */
-function addDelta(w: Tensor, l: LoraLayer, adapter: LoraAdapter): Float32Array {
-  ops.gemm(w, l.B, l.A, { alpha: adapter.scaling, beta: 1 });
-  const out = w.toFloat32Array();
-  for (let i = 0; i < out.length; i++) {
-    if (!Number.isFinite(out[i])) {
-      throw new PeftkitError(
-        'E_NAN',
-        `${adapter.source ?? 'adapter'}: merging into '${l.module}.weight' gives ${out[i]} at element ${i}: ` +
-          `scaling ${adapter.scaling} × B·A (or the base weight) is out of f32 range, expected an adapter whose delta is finite`,
-      );
-    }
-  }
-  return out;
-}
-
 function denseEntry(w: Float32Array, shape: readonly number[], dtype: 'f32' | 'bf16'): TensorToWrite {
   return dtype === 'bf16' ? { dtype: 'BF16', shape: [...shape], data: f32ToBf16(w) } : { dtype: 'F32', shape: [...shape], data: w };
 }
@@ -120,82 +103,101 @@ function readQuantized(ck: SafetensorsCheckpoint, module: string, shape: readonl
   return q;
 }
 
-/** Where a module's unquantized weight is stored: a tied head reads the embeddings. */
-function denseSource(module: string, config: ModelConfig): string {
-  return module === 'lm_head' && config.tieWordEmbeddings ? 'model.embed_tokens.weight' : `${module}.weight`;
+/** Where a tensor is stored unquantized: a tied head reads the embeddings. */
+function denseSource(name: string, config: ModelConfig): string {
+  return name === 'lm_head.weight' && config.tieWordEmbeddings ? 'model.embed_tokens.weight' : name;
 }
 
-/** An unquantized weight [out, in] as an f32 CPU tensor. */
-function readDense(ck: SafetensorsCheckpoint, name: string, shape: [number, number]): Tensor {
-  return Tensor.from(ck.readFloat32(name, shape), shape);
+/** An edit applied, with a merged value that is finite everywhere (else E_NAN naming the tensor). */
+function applyEdit(e: MergeEdit, base: Float32Array | null, source: string): Float32Array {
+  const out = e.apply(base);
+  for (let i = 0; i < out.length; i++) {
+    if (!Number.isFinite(out[i])) {
+      throw new PeftkitError('E_NAN', `${source}: merging into '${e.tensor}' gives ${out[i]} at element ${i}, expected an adapter whose merged weights are finite`);
+    }
+  }
+  return out;
 }
 
-/** Every tensor of the base copied byte for byte, but the adapted weights: dequantized, merged and requantized as they were. */
-function mergeRequantized(ck: SafetensorsCheckpoint, config: ModelConfig, adapter: LoraAdapter): MergedTensors {
+const isMatmul = (name: string) => /\.weight$/.test(name) && isMatmulWeight(name);
+
+/** Every tensor of the base copied byte for byte, but the edited ones: quantized weights dequantized, edited and requantized as they were. */
+function mergeRequantized(ck: SafetensorsCheckpoint, config: ModelConfig, edits: MergeEdit[], source: string): MergedTensors {
   const r: MergedTensors = { tensors: {}, merged: [], untied: false, requantized: 0, requantizationError: 0, specs: new Set() };
   for (const [name, info] of ck.tensors) r.tensors[name] = { dtype: info.dtype, shape: info.shape, data: ck.readBytes(name) };
-  for (const l of adapter.layers.values()) {
-    const shape: [number, number] = [l.outFeatures, l.inFeatures];
-    const q = readQuantized(ck, l.module, shape);
+  for (const e of edits) {
+    const module = e.tensor.replace(/\.weight$/, '');
+    const q = isMatmul(e.tensor) ? readQuantized(ck, module, e.shape) : null;
     if (q) {
-      const spec = specOf(q, `${ck.dir}: ${l.module}.weight`);
-      const w = dequantizeBnb(q);
-      let merged: Float32Array;
-      try {
-        merged = addDelta(w, l, adapter);
-      } finally {
-        w.dispose();
-      }
-      const q2 = quantizeBnb(merged, shape, spec);
+      const spec = specOf(q, `${ck.dir}: ${e.tensor}`);
+      const merged = applyEdit(e, dequantizedArray(q), source);
+      const q2 = quantizeBnb(merged, e.shape as [number, number], spec);
       r.requantizationError = Math.max(r.requantizationError, relDiff(dequantizedArray(q2), merged));
-      const stored = ck.info(`${l.module}.weight`);
-      for (const n of bnbEntryNames(l.module)) delete r.tensors[n];
-      Object.assign(r.tensors, bnbEntries(l.module, q2));
+      const stored = ck.info(e.tensor);
+      for (const n of bnbEntryNames(module)) delete r.tensors[n];
+      Object.assign(r.tensors, bnbEntries(module, q2));
       // Codes packed in another storage dtype (bnb_4bit_quant_storage, which config.json keeps) stay in it: same bytes, same label.
-      if (q.format !== 'int8' && stored.dtype !== 'U8') r.tensors[`${l.module}.weight`] = { ...r.tensors[`${l.module}.weight`], dtype: stored.dtype, shape: stored.shape };
+      if (q.format !== 'int8' && stored.dtype !== 'U8') r.tensors[e.tensor] = { ...r.tensors[e.tensor], dtype: stored.dtype, shape: stored.shape };
       r.requantized++;
       r.specs.add(describeSpec(spec));
     } else {
-      // Stored unquantized (lm_head, or a module bitsandbytes skipped): BF16 stays BF16, the rest is written F32.
-      const src = denseSource(l.module, config);
-      const w = readDense(ck, src, shape);
-      try {
-        r.tensors[`${l.module}.weight`] = denseEntry(addDelta(w, l, adapter), shape, ck.info(src).dtype === 'BF16' ? 'bf16' : 'f32');
-      } finally {
-        w.dispose();
-      }
-      r.untied ||= src !== `${l.module}.weight`;
+      // Stored unquantized (norms, biases, lm_head, a module bitsandbytes skipped): BF16 stays BF16, the rest is written F32.
+      const src = denseSource(e.tensor, config);
+      const present = ck.has(src);
+      if (!present && e.ifPresent) continue;
+      const base = present ? ck.readFloat32(src, e.shape) : null;
+      r.tensors[e.tensor] = denseEntry(applyEdit(e, base, source), e.shape, present && ck.info(src).dtype === 'BF16' ? 'bf16' : 'f32');
+      r.untied ||= src !== e.tensor;
     }
-    r.merged.push(`${l.module}.weight`);
+    r.merged.push(e.tensor);
   }
   return r;
 }
 
-/** The model's weights, dequantized where the base is quantized, merged, in `dtype`. */
-function mergeDense(ck: SafetensorsCheckpoint, config: ModelConfig, adapter: LoraAdapter, dtype: 'f32' | 'bf16'): MergedTensors {
+/** The model's tensors, dequantized where the base is quantized, edited, in `dtype`. */
+function mergeDense(ck: SafetensorsCheckpoint, config: ModelConfig, edits: MergeEdit[], dtype: 'f32' | 'bf16', source: string): MergedTensors {
   const r: MergedTensors = { tensors: {}, merged: [], untied: false, requantized: 0, requantizationError: 0, specs: new Set() };
-  const layers = new Map([...adapter.layers.values()].map((l) => [`${l.module}.weight`, l]));
+  const byTensor = new Map(edits.map((e) => [e.tensor, e]));
   const weights = expectedWeights(config);
-  const head = layers.get('lm_head.weight');
-  if (head && config.tieWordEmbeddings) weights.set('lm_head.weight', [config.vocabSize, config.hiddenSize]);
+  if (byTensor.has('lm_head.weight') && config.tieWordEmbeddings) weights.set('lm_head.weight', [config.vocabSize, config.hiddenSize]);
+  for (const e of edits) if (!weights.has(e.tensor) && !e.ifPresent) weights.set(e.tensor, e.shape);
   for (const [name, shape] of weights) {
-    const module = name.replace(/\.weight$/, '');
-    const l = layers.get(name);
-    const q = isMatmulWeight(name) ? readQuantized(ck, module, shape) : null;
-    if (!l) {
-      r.tensors[name] = denseEntry(q ? dequantizedArray(q) : ck.readFloat32(name, shape), shape, dtype);
+    const q = isMatmul(name) ? readQuantized(ck, name.replace(/\.weight$/, ''), shape) : null;
+    const src = denseSource(name, config);
+    const base = q ? dequantizedArray(q) : ck.has(src) ? ck.readFloat32(src, shape) : null;
+    const e = byTensor.get(name);
+    if (!e) {
+      r.tensors[name] = denseEntry(base!, shape, dtype);
       continue;
     }
-    const w = q ? dequantizeBnb(q) : readDense(ck, denseSource(module, config), [shape[0], shape[1]]);
-    try {
-      r.tensors[name] = denseEntry(addDelta(w, l, adapter), shape, dtype);
-    } finally {
-      w.dispose();
-    }
-    r.untied ||= !q && denseSource(module, config) !== name;
+    r.tensors[name] = denseEntry(applyEdit(e, base, source), shape, dtype);
+    r.untied ||= !q && src !== name;
     r.merged.push(name);
   }
   return r;
+}
+
+/**
+ * Biases the merge created where the base had none (BitFit on Llama): transformers' Llama adds
+ * biases by group (attention_bias: q, k, v, o; mlp_bias: gate, up, down), so the group's other
+ * biases are written as zeros and the flag is set. Other architectures cannot hold them.
+ */
+function declareNewBiases(m: MergedTensors, ck: SafetensorsCheckpoint, config: ModelConfig, out: Record<string, unknown>, adapterDir: string): void {
+  const created = m.merged.filter((n) => n.endsWith('.bias') && !ck.has(n));
+  if (!created.length) return;
+  const groups = { attention_bias: ['q_proj', 'k_proj', 'v_proj', 'o_proj'], mlp_bias: ['gate_proj', 'up_proj', 'down_proj'] };
+  for (const [flag, mods] of Object.entries(groups)) {
+    if (!created.some((n) => mods.some((mod) => n.endsWith(`.${mod}.bias`)))) continue;
+    if (config.architecture !== 'LlamaForCausalLM') {
+      throw new PeftkitError('E_UNSUPPORTED', `${adapterDir}: merging adds biases (${created.slice(0, 3).join(', ')}...) that ${config.architecture} cannot hold; keep the adapter unmerged`);
+    }
+    out[flag] = true;
+    for (const [name, shape] of expectedWeights({ ...config, qkvBias: true, oBias: true, mlpBias: true })) {
+      if (name.endsWith('.bias') && mods.some((mod) => name.endsWith(`.${mod}.bias`)) && !m.tensors[name]) {
+        m.tensors[name] = { dtype: 'F32', shape: [...shape], data: new Float32Array(shape[0]) };
+      }
+    }
+  }
 }
 
 /** The format of the first quantized Linear weight of the base, or null. */
@@ -227,10 +229,12 @@ export function mergeAdapter(o: MergeOptions): MergeResult {
   checkLayerCount(ck, config, path.join(o.model, 'config.json'));
   const baseFormat = baseQuantFormat(ck, config);
   const written = o.dtype ?? (baseFormat ? 'quantized' : 'f32');
-  const adapter = LoraAdapter.load(o.adapter, linearModules(config));
+  const adapter = loadAdapter(o.adapter, config);
   let m: MergedTensors;
   try {
-    m = written === 'quantized' ? mergeRequantized(ck, config, adapter) : mergeDense(ck, config, adapter, written);
+    const edits = adapter.mergeEdits();
+    const source = adapter.source ?? o.adapter;
+    m = written === 'quantized' ? mergeRequantized(ck, config, edits, source) : mergeDense(ck, config, edits, written, source);
   } finally {
     adapter.dispose();
   }
@@ -243,6 +247,7 @@ export function mergeAdapter(o: MergeOptions): MergeResult {
   }
   // A LoRA on a tied head changes the head alone: the merged model keeps its own copy.
   if (m.untied) outConfig.tie_word_embeddings = false;
+  declareNewBiases(m, ck, config, outConfig, o.adapter);
   writeModelFolder(o.out, { source: o.model, config: outConfig, tensors: m.tensors });
   return {
     out: o.out,

@@ -7,12 +7,9 @@
  */
 import { PeftkitError } from '../errors';
 
-export interface LinearModule {
-  /** Full module name, e.g. "model.layers.0.self_attn.q_proj". */
-  name: string;
-  inFeatures: number;
-  outFeatures: number;
-}
+import type { LinearModule } from '../model/sites';
+
+export type { LinearModule } from '../model/sites';
 
 function matches(moduleName: string, target: string): boolean {
   return moduleName === target || moduleName.endsWith(`.${target}`);

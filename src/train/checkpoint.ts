@@ -10,7 +10,7 @@ import type { DataPosition } from '../data';
 import { PeftkitError } from '../errors';
 import { writeDirAtomic, writeFileAtomic } from '../io/atomic';
 import { SafetensorsCheckpoint, TensorToWrite, readRange, writeSafetensors } from '../model/safetensors';
-import type { LoraAdapter } from '../peft/lora';
+import type { PeftMethod } from '../peft/method';
 import type { AdamW } from './optimizer';
 
 export interface TrainerState {
@@ -28,7 +28,7 @@ export interface TrainerState {
 
 export const checkpointDir = (out: string, step: number) => path.join(out, 'checkpoints', `step-${step}`);
 
-export function saveCheckpoint(out: string, adapter: LoraAdapter, optimizer: AdamW, state: TrainerState): string {
+export function saveCheckpoint(out: string, adapter: PeftMethod, optimizer: AdamW, state: TrainerState): string {
   const dir = checkpointDir(out, state.step);
   writeDirAtomic(dir, (tmp) => {
     adapter.writeFiles(tmp);
@@ -126,7 +126,7 @@ export function readTrainerState(dir: string): TrainerState {
 }
 
 /** Restores adapter weights and optimizer moments from a checkpoint folder. */
-export function restoreCheckpoint(dir: string, adapter: LoraAdapter, optimizer: AdamW, state: TrainerState): void {
+export function restoreCheckpoint(dir: string, adapter: PeftMethod, optimizer: AdamW, state: TrainerState): void {
   adapter.loadWeightsFrom(dir);
   const ck = new SafetensorsCheckpoint(dir, 'optimizer.safetensors');
   optimizer.params.forEach((p, i) => {

@@ -14,7 +14,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import { PeftkitError } from '../errors';
 import * as ops from '../ops';
-import type { TrainableParam } from '../peft/lora';
+import type { TrainableParam } from '../peft/method';
 import { Tensor } from '../tensor';
 import { OPTIM_NAMES, OptimName } from './options';
 
@@ -117,12 +117,12 @@ export class AdamW {
     const o = { step: this.step, lr, betas: this.cfg.betas, eps: this.cfg.eps };
     const wd = this.cfg.weightDecay;
     if (this.optim === 'adamw') {
-      ops.adamw(this.params.map((p, i) => ({ param: p.param, grad: p.grad, m: this.m[i], v: this.v[i], weightDecay: wd })), o);
+      ops.adamw(this.params.map((p, i) => ({ param: p.param, grad: p.grad, m: this.m[i], v: this.v[i], weightDecay: p.decay === false ? 0 : wd })), o);
       return;
     }
     this.skipped += ops.adamw8bit(
       this.params.map((p, i) => ({
-        param: p.param, grad: p.grad, m: this.m[i], v: this.v[i], mAbsmax: this.mAbsmax[i], vAbsmax: this.vAbsmax[i], weightDecay: wd,
+        param: p.param, grad: p.grad, m: this.m[i], v: this.v[i], mAbsmax: this.mAbsmax[i], vAbsmax: this.vAbsmax[i], weightDecay: p.decay === false ? 0 : wd,
       })),
       o,
     );

@@ -10,6 +10,10 @@ import type { ScheduleName } from './schedule';
 
 /** The optimizers, by transformers' `optim` names (src/train/optimizer.ts). */
 export type OptimName = 'adamw' | 'adamw8bit' | 'paged_adamw' | 'paged_adamw8bit';
+
+/** `train --method` values: the adapter methods, and LoRA's presets on a quantized base. */
+export type MethodName = 'lora' | 'qlora' | 'int8-lora' | 'dora' | 'ia3' | 'ln' | 'bitfit';
+export const METHOD_NAMES: readonly MethodName[] = ['lora', 'qlora', 'int8-lora', 'dora', 'ia3', 'ln', 'bitfit'];
 export const OPTIM_NAMES: readonly OptimName[] = ['adamw', 'adamw8bit', 'paged_adamw', 'paged_adamw8bit'];
 
 export interface TrainOptions {
@@ -26,9 +30,13 @@ export interface TrainOptions {
   /**
    * Adapter method: `'lora'` on the base as stored; `'qlora'`: LoRA on a base whose decoder Linear
    * weights are quantized to NF4 with double quantization at load; `'int8-lora'`: the same with
-   * LLM.int8 row-wise weights. Defaults to `'lora'`.
+   * LLM.int8 row-wise weights; `'dora'`: LoRA with PEFT's weight decomposition (use_dora);
+   * `'ia3'`: PEFT's IA3 vectors on k_proj, v_proj and down_proj's input; `'ln'`: PEFT's LN_TUNING,
+   * the RMSNorm scales; `'bitfit'`: the Linear biases (added at zero where the base has none).
+   * Every method but the LoRA presets works on any base storage (`quantize`). With `adapter` or
+   * `resume`, the folder's method is used and a different `method` is refused. Defaults to `'lora'`.
    */
-  method?: 'lora' | 'qlora' | 'int8-lora';
+  method?: MethodName;
   /**
    * Quantize the frozen decoder Linear weights at load ('nf4', 'fp4' or 'int8'; `method` qlora
    * implies 'nf4', int8-lora 'int8'). A bitsandbytes model folder is always used quantized as
@@ -49,7 +57,7 @@ export interface TrainOptions {
   r?: number;
   /** LoRA alpha (scaling = alpha / r). Defaults to `16`. */
   alpha?: number;
-  /** LoRA dropout. Defaults to `0.05`. */
+  /** LoRA dropout. Defaults to `0.05` (`0` with `dora`, which does not implement dropout yet). */
   dropout?: number;
   /** Target modules by name, or 'all-linear'. Defaults to `['q_proj', 'v_proj']` (PEFT's Llama default). */
   targets?: string[] | 'all-linear';
@@ -132,13 +140,13 @@ export interface TrainOptions {
 export type ResolvedTrainOptions = Required<Omit<TrainOptions, 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize' | 'int8Threshold'>> &
   Pick<TrainOptions, 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize' | 'int8Threshold'>;
 
-const METHOD_QUANT = { lora: undefined, qlora: 'nf4', 'int8-lora': 'int8' } as const;
+const METHOD_QUANT = { lora: undefined, qlora: 'nf4', 'int8-lora': 'int8', dora: undefined, ia3: undefined, ln: undefined, bitfit: undefined } as const;
 
 /** The quantization a method and a `quantize` option ask for together. */
-function resolveQuantize(o: TrainOptions): { method: 'lora' | 'qlora' | 'int8-lora'; quantize: TrainOptions['quantize'] } {
+function resolveQuantize(o: TrainOptions): { method: MethodName; quantize: TrainOptions['quantize'] } {
   const method = o.method ?? 'lora';
   if (!Object.prototype.hasOwnProperty.call(METHOD_QUANT, method)) {
-    throw new PeftkitError('E_ARG', `method: expected lora, qlora or int8-lora, got '${String(method)}'`);
+    throw new PeftkitError('E_ARG', `method: expected one of ${METHOD_NAMES.join(', ')}, got '${String(method)}'`);
   }
   if (o.quantize !== undefined && o.quantize !== 'nf4' && o.quantize !== 'fp4' && o.quantize !== 'int8') {
     throw new PeftkitError('E_ARG', `quantize: expected nf4, fp4 or int8, got '${String(o.quantize)}'`);
@@ -175,6 +183,7 @@ export function resolveTrainOptions(o: TrainOptions): ResolvedTrainOptions {
   // Checked here for every data kind: pre-tokenized data (no tokenizer) never reaches loadDataset's check.
   if (o.evalData !== undefined && o.evalSplit !== undefined) throw new PeftkitError('E_ARG', 'evalData and evalSplit were both given; expected one');
   const { method, quantize } = resolveQuantize(o);
+  if (method === 'dora' && o.dropout !== undefined && o.dropout > 0) throw new PeftkitError('E_UNSUPPORTED', `dropout: DoRA with dropout ${o.dropout} is not implemented; use dropout 0 with method dora`);
   const schedule = o.schedule ?? 'constant';
   if (!['constant', 'linear', 'cosine'].includes(schedule)) throw new PeftkitError('E_ARG', `schedule: expected constant, linear or cosine, got '${schedule}'`);
   const targets = o.targets ?? ['q_proj', 'v_proj'];
@@ -190,7 +199,7 @@ export function resolveTrainOptions(o: TrainOptions): ResolvedTrainOptions {
     quantize,
     r: positiveInt('r', o.r, 8),
     alpha: num('alpha', o.alpha, 16, -1e9, 1e9),
-    dropout: num('dropout', o.dropout, 0.05, 0, 0.99),
+    dropout: num('dropout', o.dropout, method === 'dora' ? 0 : 0.05, 0, 0.99),
     targets,
     rslora: o.rslora ?? false,
     initLoraWeights: o.initLoraWeights ?? true,

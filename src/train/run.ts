@@ -11,8 +11,7 @@ import type { Batch } from '../data';
 import { PeftkitError } from '../errors';
 import { removeLeftoverTemps } from '../io/atomic';
 import { LlamaModel } from '../model/llama';
-import { LoraAdapter } from '../peft/lora';
-import { defaultLoraConfig } from '../peft/lora_config';
+import { adapterMethodOf, AdapterMethod, createAdapter, loadAdapter } from '../peft/registry';
 import { findCheckpoint, pruneCheckpoints, readTrainerState, restoreCheckpoint, saveCheckpoint, TrainerState } from './checkpoint';
 import { TrainLog, readLog } from './log';
 import { writeLossCurve } from './loss_curve';
@@ -150,16 +149,21 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
     const resumeDir = o.resume ? findCheckpoint(o.resume) : null;
     const resumed: TrainerState | null = resumeDir ? readTrainerState(resumeDir) : null;
     const adapterSource = resumeDir ?? o.adapter;
+    const method: AdapterMethod = o.method === 'qlora' || o.method === 'int8-lora' ? 'lora' : o.method;
+    if (adapterSource && options.method !== undefined) {
+      const held = adapterMethodOf(adapterSource);
+      if (held !== method) {
+        throw new PeftkitError('E_ARG', `method: '${options.method}' was asked for, but ${path.join(adapterSource, 'adapter_config.json')} holds a ${held} adapter (the adapter's config wins: leave method out)`);
+      }
+    }
     const adapter = own(adapterSource
-      ? LoraAdapter.load(adapterSource, model.linearModules, { device: model.device })
-      : LoraAdapter.create(
-          model.linearModules,
-          defaultLoraConfig({
-            r: o.r, lora_alpha: o.alpha, lora_dropout: o.dropout, target_modules: o.targets, use_rslora: o.rslora,
-            init_lora_weights: o.initLoraWeights, base_model_name_or_path: path.resolve(o.model),
-          }),
-          { seed: o.seed, device: model.device },
-        ));
+      ? loadAdapter(adapterSource, model.config, { device: model.device })
+      : createAdapter(method, model, {
+          targets: options.targets === undefined && method !== 'lora' && method !== 'dora' ? undefined : o.targets,
+          lora: { r: o.r, lora_alpha: o.alpha, lora_dropout: o.dropout, use_rslora: o.rslora, init_lora_weights: o.initLoraWeights },
+          baseModel: path.resolve(o.model),
+          seed: o.seed,
+        }));
 
     const batches = new BatchIterator(data.train, { batchSize: o.batchSize, padId, shuffle: o.shuffle, seed: o.seed, packing: o.packing, maxLength: o.maxLength });
     // As transformers counts them: an epoch's last window may hold fewer than gradAccum batches.
@@ -188,7 +192,7 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
     }
 
     const trainer = own(new Trainer(model, adapter, {
-      maxRows: o.batchSize * maxT, maxT, dropout: adapter.config.lora_dropout, maxGradNorm: o.maxGradNorm,
+      maxRows: o.batchSize * maxT, maxT, dropout: adapter.dropout, maxGradNorm: o.maxGradNorm,
       activationCheckpointing: o.activationCheckpointing, seed: o.seed, betas: o.betas, eps: o.eps, weightDecay: o.weightDecay,
       optim: o.optim, pagedDir: o.pagedDir,
     }));

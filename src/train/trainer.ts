@@ -6,10 +6,10 @@
  */
 import { PeftkitError } from '../errors';
 import type { Batch } from '../model/llama_forward';
-import { LlamaLoraForward } from '../model/llama_forward';
+import { LlamaForward } from '../model/llama_forward';
 import type { LlamaModel } from '../model/llama';
 import * as ops from '../ops';
-import type { LoraAdapter } from '../peft/lora';
+import type { PeftMethod } from '../peft/method';
 import { AdamW, AdamWConfig } from './optimizer';
 
 export interface StepResult {
@@ -27,8 +27,8 @@ export interface TrainerOptions extends AdamWConfig {
   /** Largest B·T of any micro-batch, and the longest T. */
   maxRows: number;
   maxT: number;
-  /** LoRA dropout (from the adapter config). */
-  dropout: number;
+  /** Dropout of the adapter's dropout sites (LoRA's lora_dropout). Defaults to the adapter's own (`adapter.dropout`). */
+  dropout?: number;
   /** Clip the global gradient norm to this; 0 turns clipping off. Defaults to `1`. */
   maxGradNorm?: number;
   activationCheckpointing?: boolean;
@@ -37,15 +37,15 @@ export interface TrainerOptions extends AdamWConfig {
 }
 
 export class Trainer {
-  readonly forward: LlamaLoraForward;
+  readonly forward: LlamaForward;
   readonly optimizer: AdamW;
   private readonly o: TrainerOptions;
-  private readonly adapter: LoraAdapter;
+  private readonly adapter: PeftMethod;
 
-  constructor(model: LlamaModel, adapter: LoraAdapter, o: TrainerOptions) {
+  constructor(model: LlamaModel, adapter: PeftMethod, o: TrainerOptions) {
     this.o = o;
     this.adapter = adapter;
-    this.forward = new LlamaLoraForward(model, adapter, o.maxRows, o.maxT, o.activationCheckpointing ?? false);
+    this.forward = new LlamaForward(model, adapter, o.maxRows, o.maxT, o.activationCheckpointing ?? false);
     this.optimizer = new AdamW(adapter.parameters(), o);
   }
 
@@ -60,7 +60,7 @@ export class Trainer {
     const stepNo = this.optimizer.step + 1;
     for (const [i, b] of window.entries()) {
       const seed = ((this.o.seed ?? 0) * 1000003 + stepNo * 131 + i) >>> 0;
-      const r = this.forward.run(b, { dropout: this.o.dropout, dropoutSeed: seed }, 1 / tokens);
+      const r = this.forward.run(b, { dropout: this.o.dropout ?? this.adapter.dropout, dropoutSeed: seed }, 1 / tokens);
       lossSum += r.lossSum;
       inputTokens += b.B * b.T;
     }

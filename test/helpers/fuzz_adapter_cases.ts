@@ -8,7 +8,7 @@ import { loadModel, mergeAdapter } from '../../src/index';
 import { readModelConfig } from '../../src/model/config';
 import { linearModules } from '../../src/model/weights';
 import { LoraAdapter } from '../../src/peft/lora';
-import { defaultLoraConfig } from '../../src/peft/lora_config';
+import { defaultLoraConfig } from '../../src/peft/lora/config';
 import { runTraining } from '../../src/train/run';
 import { damageJsonFile, damageSafetensors, expectNoOutput, FuzzRng, FuzzViolation, mutateJson, oddValueFor, outcome } from './fuzz';
 import { editTensors } from './fuzz_bnb_cases';

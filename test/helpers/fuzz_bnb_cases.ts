@@ -10,7 +10,7 @@ import { readModelConfig } from '../../src/model/config';
 import { SafetensorsFile, TensorToWrite, writeSafetensors } from '../../src/model/safetensors';
 import { linearModules } from '../../src/model/weights';
 import { LoraAdapter } from '../../src/peft/lora';
-import { defaultLoraConfig } from '../../src/peft/lora_config';
+import { defaultLoraConfig } from '../../src/peft/lora/config';
 import { damageJsonFile, damageSafetensors, expectNoOutput, FuzzRng, mutateJson, oddValueFor, outcome } from './fuzz';
 import { expectComplete, FuzzCase, generateSome } from './fuzz_case';
 import { writeTinyModel } from './fuzz_model_cases';

@@ -1,18 +1,19 @@
 /**
  * loadModel(): a Hugging Face model folder ready for generation, with its tokenizer when the
  * folder has one. `generate` takes text or token ids and an optional adapter (a PEFT folder or
- * a loaded LoraAdapter).
+ * a loaded adapter of any method).
  */
 import * as fs from 'fs';
 import * as path from 'path';
 import { loadTokenizer, Tokenizer } from '../data/tokenizer';
 import { PeftkitError } from '../errors';
-import { LoraAdapter } from '../peft/lora';
+import type { PeftMethod } from '../peft/method';
+import { loadAdapter } from '../peft/registry';
 import type { DeviceOption } from '../tensor';
-import type { ModelConfig } from './config';
-import { readGenerationEosIds } from './generation_config';
-import { LlamaModel } from './llama';
-import { generateIds, GenerateOptions } from './llama_generate';
+import type { ModelConfig } from '../model/config';
+import { readGenerationEosIds } from '../model/generation_config';
+import { LlamaModel } from '../model/llama';
+import { generateIds, GenerateOptions } from '../model/llama_generate';
 
 export interface LoadOptions {
   /** Where the weights live and the math runs. Defaults to `'cpu'`. */
@@ -31,7 +32,7 @@ export interface LoadOptions {
 
 export interface ModelGenerateOptions extends Omit<GenerateOptions, 'adapter'> {
   /** A PEFT adapter folder or a loaded adapter to apply. Defaults to none. */
-  adapter?: string | LoraAdapter | null;
+  adapter?: string | PeftMethod | null;
   /** Render a text prompt through the chat template as one user message. Defaults to `false`. */
   chat?: boolean;
 }
@@ -47,7 +48,7 @@ export class Model {
   readonly llama: LlamaModel;
   readonly tokenizer: Tokenizer | null;
   // Adapters loaded from folders, with the state of their files when loaded.
-  private readonly adapters = new Map<string, { adapter: LoraAdapter; stamp: string }>();
+  private readonly adapters = new Map<string, { adapter: PeftMethod; stamp: string }>();
 
   constructor(llama: LlamaModel, tokenizer: Tokenizer | null) {
     this.llama = llama;
@@ -58,9 +59,9 @@ export class Model {
     return this.llama.config;
   }
 
-  private adapterFor(a: ModelGenerateOptions['adapter']): LoraAdapter | null {
+  private adapterFor(a: ModelGenerateOptions['adapter']): PeftMethod | null {
     if (!a) return null;
-    if (a instanceof LoraAdapter) return a;
+    if (typeof a !== 'string') return a;
     const key = path.resolve(a);
     // A folder written again (training on into it, an atomic save: a new inode) is read again.
     const stamp = ['adapter_config.json', 'adapter_model.safetensors']
@@ -75,7 +76,7 @@ export class Model {
       .join('|');
     const cached = this.adapters.get(key);
     if (cached && cached.stamp === stamp) return cached.adapter;
-    const adapter = LoraAdapter.load(a, this.llama.linearModules, { device: this.llama.device });
+    const adapter = loadAdapter(a, this.llama.config, { device: this.llama.device });
     cached?.adapter.dispose();
     this.adapters.set(key, { adapter, stamp });
     return adapter;

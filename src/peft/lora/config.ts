@@ -4,8 +4,8 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { PeftkitError } from '../errors';
-import { writeFileAtomic } from '../io/atomic';
+import { PeftkitError } from '../../errors';
+import { writeFileAtomic } from '../../io/atomic';
 
 export interface LoraConfig {
   peft_type: 'LORA';
@@ -35,11 +35,14 @@ export interface LoraConfig {
   /** Only "none" is supported. */
   bias: 'none';
   fan_in_fan_out: false;
-  use_dora: false;
+  /** DoRA (weight-decomposed LoRA): a learned magnitude per output row. Defaults to `false`. */
+  use_dora: boolean;
   modules_to_save: string[] | null;
   layers_to_transform: number[] | null;
   layers_pattern: string | null;
+  /** Per-module ranks: a key (module name or regular expression, PEFT's matching) → r. Defaults to `{}`. */
   rank_pattern: Record<string, number>;
+  /** Per-module alphas, matched as rank_pattern. Defaults to `{}`. */
   alpha_pattern: Record<string, number>;
   /** True in saved adapters (PEFT writes it so). */
   inference_mode: boolean;
@@ -71,6 +74,18 @@ export function defaultLoraConfig(over: Partial<LoraConfig> = {}): LoraConfig {
     inference_mode: false,
     ...over,
   };
+}
+
+/**
+ * The value of the first key of a rank_pattern / alpha_pattern that matches `module` as PEFT
+ * matches them: the key equals the name, or as a regular expression it matches the name's end
+ * after a dot (".*\.key$"); undefined when none does.
+ */
+export function patternValue(pattern: Record<string, number>, module: string): number | undefined {
+  for (const [key, v] of Object.entries(pattern)) {
+    if (key === module || new RegExp(`^(?:.*\\.)?(?:${key})$`).test(module)) return v;
+  }
+  return undefined;
 }
 
 /** lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA. */
@@ -111,11 +126,22 @@ export function parseLoraConfig(raw: Record<string, unknown>, file = 'adapter_co
   if (!(typeof init === 'boolean' || init === 'gaussian')) unsupported(file, 'init_lora_weights', init, 'true, false or "gaussian"');
   const bias = raw.bias ?? 'none';
   if (bias !== 'none') unsupported(file, 'bias', bias, 'only "none"');
-  if (raw.use_dora === true) unsupported(file, 'use_dora', true, 'DoRA is not implemented');
+  if (raw.use_dora !== undefined && typeof raw.use_dora !== 'boolean') fail(file, 'use_dora', raw.use_dora, 'true or false');
   if (raw.fan_in_fan_out === true) unsupported(file, 'fan_in_fan_out', true, 'Llama-family Linear layers are not Conv1D');
+  const patterns: Record<'rank_pattern' | 'alpha_pattern', Record<string, number>> = { rank_pattern: {}, alpha_pattern: {} };
   for (const k of ['rank_pattern', 'alpha_pattern'] as const) {
-    const v = raw[k];
-    if (v !== undefined && v !== null && (typeof v !== 'object' || Object.keys(v as object).length > 0)) unsupported(file, k, v, 'per-module ranks are not implemented');
+    const v = raw[k] ?? {};
+    if (typeof v !== 'object' || Array.isArray(v)) fail(file, k, v, 'an object of module pattern → number');
+    for (const [key, x] of Object.entries(v as Record<string, unknown>)) {
+      const ok = k === 'rank_pattern' ? Number.isInteger(x) && (x as number) >= 1 : typeof x === 'number' && Math.abs(x) <= 3.4028234663852886e38;
+      if (!ok) fail(file, `${k}.${key}`, x, k === 'rank_pattern' ? 'a positive integer' : 'a finite number');
+      try {
+        new RegExp(key);
+      } catch {
+        fail(file, `${k}.${key}`, key, 'a module name or a regular expression');
+      }
+      patterns[k][key] = x as number;
+    }
   }
   const mts = raw.modules_to_save ?? null;
   if (mts !== null && !(isStrList(mts) && mts.length === 0)) unsupported(file, 'modules_to_save', mts, 'only null');
@@ -135,6 +161,9 @@ export function parseLoraConfig(raw: Record<string, unknown>, file = 'adapter_co
     target_modules: typeof tm === 'string' ? tm : [...(tm as string[])],
     exclude_modules: ex as string[] | string | null,
     use_rslora: raw.use_rslora === true,
+    use_dora: raw.use_dora === true,
+    rank_pattern: patterns.rank_pattern,
+    alpha_pattern: patterns.alpha_pattern,
     init_lora_weights: init as boolean | 'gaussian',
     layers_to_transform: ltts as number[] | null,
     layers_pattern: typeof raw.layers_pattern === 'string' ? raw.layers_pattern : null,

@@ -1,0 +1,119 @@
+/**
+ * DoRA (Liu et al. 2024) at one Linear, as PEFT computes it: the LoRA-updated weight
+ * W' = W + s·B·A is split into a direction and a learned magnitude m [out],
+ *
+ *   Y = (m / ‖W'‖) ⊙ (X·Wᵀ + s·X·Aᵀ·Bᵀ) + b,      ‖W'‖ the norm of each output row of W',
+ *
+ * with ‖W'‖ detached (no gradient through it; PEFT's section 4.3 choice, which is what makes it
+ * cheap). Z = X·Wᵀ + s·X·Aᵀ·Bᵀ is LoRA's fused product without the bias, kept for the backward:
+ * dZ = dY ⊙ g, dm = Σ_rows(dY ⊙ Z) / ‖W'‖, with g = m / ‖W'‖. The norm is computed once a forward,
+ * in f32, from the dequantized base (so a quantized base works as PEFT's does); in generation
+ * once a generator.
+ */
+import { PeftkitError } from '../../errors';
+import type { LlamaModel } from '../../model/llama';
+import { baseWeightF32, BaseLinear, LinearModule, Scratch, SiteCall } from '../../model/sites';
+import * as ops from '../../ops';
+import { Device, Tensor } from '../../tensor';
+import { LoraLayer } from '../lora/layer';
+
+/** PEFT's saved name of a module's magnitude vector. */
+export const doraMagnitudeName = (module: string) => `base_model.model.${module}.lora_magnitude_vector`;
+
+export class DoraLayer extends LoraLayer {
+  readonly m: Tensor;
+  readonly dm: Tensor;
+  /** ‖W + s·B·A‖ per row, as of the last forward (host copy: it divides on the host). */
+  private norms: Float32Array | null = null;
+  private g: Tensor;
+  private dg: Tensor;
+  private zStore: Tensor | null = null;
+  /** The generator's scratch the cached norm belongs to (weights fixed while it lives). */
+  private normFor: WeakRef<Scratch> | null = null;
+
+  constructor(mod: LinearModule, r: number, scaling: number, a: Float32Array, b: Float32Array, m: Float32Array, device: Device) {
+    super(mod, r, scaling, a, b, device);
+    this.m = Tensor.from(m, [mod.outFeatures], { device });
+    this.dm = Tensor.zeros([mod.outFeatures], { device });
+    this.g = Tensor.zeros([mod.outFeatures], { device });
+    this.dg = Tensor.zeros([mod.outFeatures], { device });
+  }
+
+  /** A new DoRA layer: m = ‖W + s·B·A‖ per row, so the layer starts as LoRA's (PEFT's init). */
+  static init(mod: LinearModule, r: number, scaling: number, a: Float32Array, b: Float32Array, model: LlamaModel, device: Device): DoraLayer {
+    const layer = new DoraLayer(mod, r, scaling, a, b, new Float32Array(mod.outFeatures), device);
+    const base: BaseLinear = { module: mod.name, weight: model.linear(`${mod.name}.weight`), bias: undefined, compute: model.compute };
+    const scratch = new Scratch(device);
+    try {
+      layer.m.write(layer.weightNorms(base, scratch));
+    } finally {
+      scratch.dispose();
+    }
+    return layer;
+  }
+
+  /** ‖W + s·B·A‖ of each output row, in f32 from the f32 (dequantized) base. */
+  private weightNorms(base: BaseLinear, scratch: Scratch): Float32Array {
+    const W = scratch.get(3, [this.outFeatures, this.inFeatures]);
+    baseWeightF32(base, W);
+    ops.gemm(W, this.B, this.A, { alpha: this.scaling, beta: 1 });
+    const n = scratch.get(4, [this.outFeatures]);
+    ops.rowNorms(n, W);
+    return n.toFloat32Array();
+  }
+
+  /** The merged weight's DoRA rescaling in place: W' ⊙ m / ‖W'‖ per row (`w` holds W' = W + s·B·A). */
+  rescaleMerged(w: Float32Array): void {
+    const m = this.m.toFloat32Array();
+    for (let o = 0; o < this.outFeatures; o++) {
+      let ss = 0;
+      for (let i = 0; i < this.inFeatures; i++) ss += w[o * this.inFeatures + i] ** 2;
+      const g = m[o] / Math.sqrt(ss);
+      for (let i = 0; i < this.inFeatures; i++) w[o * this.inFeatures + i] *= g;
+    }
+  }
+
+  private z(rows: number): Tensor {
+    if (!this.zStore || this.zStore.numel < rows * this.outFeatures) {
+      this.zStore?.dispose();
+      this.zStore = Tensor.empty([rows * this.outFeatures], { device: this.m.device });
+    }
+    return this.zStore.view(0, [rows, this.outFeatures]);
+  }
+
+  override forward(Y: Tensor, X: Tensor, base: BaseLinear, call: SiteCall): void {
+    if (call.dropout > 0) {
+      throw new PeftkitError('E_UNSUPPORTED', `DoRA with lora_dropout > 0 is not implemented (module ${this.module}); train DoRA with dropout 0`);
+    }
+    if (!(call.weightsFixed && this.normFor?.deref() === call.scratch && this.norms)) {
+      this.norms = this.weightNorms(base, call.scratch);
+      this.normFor = call.weightsFixed ? new WeakRef(call.scratch) : null;
+      const m = this.m.toFloat32Array();
+      this.g.write(m.map((v, o) => v / this.norms![o]));
+    }
+    const Z = this.z(X.shape[0]);
+    this.lowRankForward(Z, X, base, call, false);
+    ops.mulCols(Y, Z, this.g);
+    if (base.bias) ops.biasAdd(Y, base.bias);
+  }
+
+  override backward(dX: Tensor | null, dY: Tensor, X: Tensor, base: BaseLinear, call: SiteCall): void {
+    const Z = this.z(X.shape[0]);
+    const dZ = call.scratch.get(5, dY.shape);
+    this.dg.zero();
+    ops.mulColsBackward(dZ, this.dg, dY, Z, this.g);
+    // dm = dg / ‖W'‖, accumulated (the norm is a constant to the gradient).
+    const dg = this.dg.toFloat32Array();
+    const dm = this.dm.toFloat32Array();
+    for (let o = 0; o < dm.length; o++) dm[o] += dg[o] / this.norms![o];
+    this.dm.write(dm);
+    this.lowRankBackward(dX, dZ, X, base, call);
+  }
+
+  override dispose(): void {
+    super.dispose();
+    for (const t of [this.m, this.dm, this.g, this.dg]) t.dispose();
+    this.zStore?.dispose();
+    this.zStore = null;
+  }
+}

@@ -1,0 +1,91 @@
+/**
+ * The methods by name: `peftkit train --method NAME` creates one, and an adapter folder's
+ * adapter_config.json (its peft_type, and use_dora for DoRA) picks the one that loads it. A new
+ * method is a folder under src/peft/ and one entry here.
+ */
+import * as path from 'path';
+import { PeftkitError } from '../errors';
+import type { ModelConfig } from '../model/config';
+import type { LlamaModel } from '../model/llama';
+import { linearModules } from '../model/weights';
+import type { Device } from '../tensor';
+import { BitFitAdapter, defaultBitFitConfig } from './bitfit/adapter';
+import { defaultIa3Config, Ia3Adapter } from './ia3/adapter';
+import { defaultLnTuningConfig, LnTuningAdapter } from './ln_tuning/adapter';
+import { defaultLoraConfig, LoraAdapter, LoraConfig } from './lora';
+import { PeftMethod, readAdapterConfigJson } from './method';
+
+/** The adapter methods `train()` can create (`qlora` / `int8-lora` are LoRA on a quantized base). */
+export type AdapterMethod = 'lora' | 'dora' | 'ia3' | 'ln' | 'bitfit';
+export const ADAPTER_METHODS: readonly AdapterMethod[] = ['lora', 'dora', 'ia3', 'ln', 'bitfit'];
+
+/** What a new adapter is made from: the LoRA settings, and the targets of any method. */
+export interface CreateAdapterOptions {
+  /** Modules (or norms, for `ln`) to adapt. Defaults to each method's PEFT default. */
+  targets?: string[] | 'all-linear';
+  /** LoRA / DoRA settings (r, lora_alpha, lora_dropout, use_rslora, init_lora_weights). */
+  lora?: Partial<LoraConfig>;
+  /** IA3: the targets whose input is scaled. Defaults to `['down_proj']`. */
+  feedforwardModules?: string[];
+  /** Recorded in adapter_config.json. */
+  baseModel?: string | null;
+  seed?: number;
+}
+
+export function createAdapter(method: AdapterMethod, model: LlamaModel, o: CreateAdapterOptions = {}): PeftMethod {
+  const base = { base_model_name_or_path: o.baseModel ?? null };
+  const targets = o.targets === 'all-linear' ? undefined : o.targets;
+  switch (method) {
+    case 'lora':
+    case 'dora':
+      return LoraAdapter.create(
+        model.linearModules,
+        defaultLoraConfig({ ...o.lora, ...(o.targets ? { target_modules: o.targets } : {}), use_dora: method === 'dora', ...base }),
+        { seed: o.seed, device: model.device, model },
+      );
+    case 'ia3':
+      return Ia3Adapter.create(model.config, defaultIa3Config({ ...(targets ? { target_modules: targets } : {}), ...(o.feedforwardModules ? { feedforward_modules: o.feedforwardModules } : {}), ...base }), { device: model.device });
+    case 'ln':
+      return LnTuningAdapter.create(model, defaultLnTuningConfig({ ...(targets ? { target_modules: targets } : {}), ...base }));
+    case 'bitfit':
+      return BitFitAdapter.create(model, defaultBitFitConfig({ ...(o.targets ? { target_modules: o.targets } : {}), ...base }));
+    default:
+      throw new PeftkitError('E_ARG', `method: expected one of ${ADAPTER_METHODS.join(', ')}, got '${String(method)}'`);
+  }
+}
+
+/** The method an adapter folder holds, from its adapter_config.json. */
+export function adapterMethodOf(dir: string): AdapterMethod {
+  const raw = readAdapterConfigJson(dir);
+  const file = path.join(dir, 'adapter_config.json');
+  switch (raw.peft_type) {
+    case 'LORA':
+      return raw.use_dora === true ? 'dora' : 'lora';
+    case 'IA3':
+      return 'ia3';
+    case 'LN_TUNING':
+      return 'ln';
+    case 'BITFIT':
+      return 'bitfit';
+    default:
+      if (typeof raw.peft_type === 'string') {
+        throw new PeftkitError('E_UNSUPPORTED', `${file}: "peft_type" = ${JSON.stringify(raw.peft_type)} is not supported by peftkit (it reads LORA, IA3, LN_TUNING and BITFIT adapters)`);
+      }
+      throw new PeftkitError('E_CONFIG', `${file}: "peft_type" is ${JSON.stringify(raw.peft_type)}, expected "LORA", "IA3", "LN_TUNING" or "BITFIT"`);
+  }
+}
+
+/** Loads any adapter folder peftkit reads, for a model of this config. */
+export function loadAdapter(dir: string, config: ModelConfig, opts: { device?: Device } = {}): PeftMethod {
+  switch (adapterMethodOf(dir)) {
+    case 'lora':
+    case 'dora':
+      return LoraAdapter.load(dir, linearModules(config), opts);
+    case 'ia3':
+      return Ia3Adapter.load(dir, config, opts);
+    case 'ln':
+      return LnTuningAdapter.load(dir, config, opts);
+    case 'bitfit':
+      return BitFitAdapter.load(dir, config, opts);
+  }
+}
