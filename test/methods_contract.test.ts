@@ -1,0 +1,127 @@
+/**
+ * The contract every method keeps, one row per (method × base storage × device), as PEFT's own
+ * test matrix: identity at init where the method is the identity, save → load exact, adapter off
+ * = base outputs, merged = unmerged (dense merges of f32 bases), only the method's parameters
+ * change, the loss falls, generation with the KV cache = the full forward. A new method is one row.
+ */
+import test from 'ava';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { runtimeInfo } from '../src/index';
+import { LlamaModel } from '../src/model/llama';
+import { KvGenerator } from '../src/model/llama_generate';
+import { writeRandomModel } from '../src/model/random_model';
+import type { ModelAdapter } from '../src/model/sites';
+import { mergeAdapter } from '../src/peft/merge';
+import type { PeftMethod } from '../src/peft/method';
+import { AdapterMethod, createAdapter, loadAdapter } from '../src/peft/registry';
+import { Trainer } from '../src/train/trainer';
+import { makeRng, relErr } from './helpers/check';
+
+type Storage = 'f32' | 'bf16' | 'nf4' | 'int8';
+interface Row {
+  method: AdapterMethod;
+  /** The method is the identity when new (LoRA: B = 0; DoRA: m = ‖W‖; IA3: ones; LN: the base's scales; BitFit: zero or base biases). */
+  identityAtInit: boolean;
+}
+
+const ROWS: Row[] = [
+  { method: 'lora', identityAtInit: true },
+  { method: 'dora', identityAtInit: true },
+  { method: 'ia3', identityAtInit: true },
+  { method: 'ln', identityAtInit: true },
+  { method: 'bitfit', identityAtInit: true },
+];
+const STORAGES: Storage[] = ['f32', 'bf16', 'nf4', 'int8'];
+const DEVICES = ['cpu', 'cuda'] as const;
+
+const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-contract-'));
+
+function logits(model: LlamaModel, adapter: ModelAdapter | null, ids: readonly number[]): Float32Array {
+  const g = new KvGenerator(model, ids.length, adapter);
+  try {
+    return g.feed(ids);
+  } finally {
+    g.dispose();
+  }
+}
+
+function load(dir: string, storage: Storage, device: 'cpu' | 'cuda'): LlamaModel {
+  return LlamaModel.load(dir, { device, dtype: storage === 'bf16' ? 'bf16' : 'f32', quantize: storage === 'nf4' || storage === 'int8' ? storage : undefined });
+}
+
+for (const row of ROWS) {
+  for (const storage of STORAGES) {
+    for (const device of DEVICES) {
+      const title = `${row.method} on a ${storage} base (${device})`;
+      if (device === 'cuda' && !runtimeInfo().cudaAvailable) {
+        test.skip(`${title}: no CUDA device on this machine (scripts/gpu-check.sh runs this row on a GPU)`, () => {});
+        continue;
+      }
+      test(title, (t) => {
+        const rng = makeRng(t as never);
+        const dir = tmp();
+        // Qwen2 has q/k/v biases (BitFit replaces them); the tied Llama has none (BitFit adds them).
+        const arch = rng.int(0, 2) === 0 ? 'Qwen2ForCausalLM' : 'LlamaForCausalLM';
+        writeRandomModel(dir, { architecture: arch, hiddenSize: 64, intermediateSize: 96, numHeads: 4, numKvHeads: 2, numLayers: 2, tieWordEmbeddings: arch === 'LlamaForCausalLM', seed: rng.seed });
+        t.log(`${arch}, seed ${rng.seed}`);
+        const model = load(dir, storage, device);
+        const V = model.config.vocabSize;
+        const B = 2, T = 10;
+        const inputIds = Int32Array.from({ length: B * T }, () => rng.int(0, V));
+        const batch = { inputIds, labels: inputIds.slice(), B, T };
+        const ids = Array.from(inputIds.subarray(0, T));
+        const adapter = createAdapter(row.method, model, { targets: row.method === 'lora' || row.method === 'dora' ? 'all-linear' : undefined, lora: { r: 4, lora_alpha: 8, lora_dropout: 0 }, seed: rng.seed });
+        const owned: Array<{ dispose(): void }> = [adapter, model];
+        try {
+          const base = logits(model, null, ids);
+          // Identity at init.
+          if (row.identityAtInit) {
+            const e = relErr(logits(model, adapter, ids), base);
+            t.true(e <= (storage === 'f32' ? 1e-6 : 2e-3), `a new adapter changes the outputs by ${e.toExponential(2)}`);
+          }
+          // Training: the loss falls; only the adapter's tensors change (the base weights are frozen).
+          const frozenBefore = [...model.entries()].map(([n, w]) => [n, w.toFloat32Array()] as const);
+          const trainer = new Trainer(model, adapter, { maxRows: B * T, maxT: T, dropout: 0, maxGradNorm: 1 });
+          owned.push(trainer);
+          const before = adapter.parameters().map((p) => p.param.toFloat32Array());
+          const losses = [0, 1, 2, 3, 4].map(() => trainer.step([batch], 3e-2).loss);
+          t.true(losses[4] < losses[0], `loss ${losses.map((l) => l.toFixed(4)).join(' → ')}`);
+          adapter.parameters().forEach((p, i) => t.true(relErr(p.param.toFloat32Array(), before[i]) > 0, `${p.name} trained`));
+          for (const [n, w] of frozenBefore) t.deepEqual(model.weight(n).toFloat32Array(), w, `${n} is frozen`);
+          const trained = logits(model, adapter, ids);
+          t.true(relErr(trained, base) > 1e-4, 'training moved the outputs');
+          // Adapter off: the base's outputs, exactly.
+          t.deepEqual(logits(model, null, ids), base, 'without the adapter the base model is untouched');
+          // Generation with the KV cache, token by token = one prefill of the whole prompt.
+          const g = new KvGenerator(model, T, adapter);
+          owned.push(g);
+          let last: Float32Array = new Float32Array(0);
+          for (let i = 0; i < T; i++) last = g.feed([ids[i]]);
+          const e = relErr(last, trained);
+          t.true(e <= 1e-5, `cached token-by-token vs prefill logits: ${e.toExponential(2)}`);
+          // Save → load exact.
+          const saved = path.join(dir, 'adapter');
+          adapter.save(saved);
+          const back = loadAdapter(saved, model.config, { device });
+          owned.push(back);
+          t.is(back.peftType, adapter.peftType);
+          t.deepEqual(back.stateDict(), adapter.stateDict(), 'save/load round trip is exact');
+          t.deepEqual(logits(model, back, ids), trained, 'the loaded adapter gives the same outputs');
+          // Merged = unmerged (a dense f32 merge: no requantization in the comparison).
+          if (storage === 'f32') {
+            const merged = mergeAdapter({ model: dir, adapter: saved, out: path.join(dir, 'merged') });
+            const mm = LlamaModel.load(merged.out, { device });
+            owned.push(mm);
+            const e = relErr(logits(mm, null, ids), trained);
+            t.true(e <= 1e-5, `merged vs unmerged: ${e.toExponential(2)}`);
+          }
+        } finally {
+          for (const r of owned.reverse()) r.dispose();
+          fs.rmSync(dir, { recursive: true, force: true });
+        }
+      });
+    }
+  }
+}
