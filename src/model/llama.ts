@@ -27,6 +27,12 @@ export interface LoadModelOptions {
    */
   dtype?: 'f32' | 'bf16';
   /**
+   * The precision of the Linear and LM-head products, when it should differ from `dtype`: f32
+   * weights with `'bf16'` compute are full fine-tuning's f32 masters under bf16 autocast.
+   * Defaults to `dtype`.
+   */
+  compute?: Compute;
+  /**
    * Quantize the decoder layers' Linear weights at load, one tensor at a time (QLoRA: 'nf4').
    * A bitsandbytes folder is always kept quantized in its own format. Norms and biases stay f32,
    * embeddings and lm_head as `dtype` says. With dtype 'bf16' the products run in bf16 on the
@@ -80,7 +86,7 @@ export class LlamaModel {
     const device = resolveDevice(opts.device ?? 'cpu');
     checkInt8ThresholdOption(opts.int8Threshold, opts.quantize);
     const w = loadWeights(dir, config, device, { dtype: opts.dtype, quantize: opts.quantize, blocksize: opts.blocksize, doubleQuant: opts.doubleQuant });
-    const model = new LlamaModel(dir, w.source, config, device, opts.dtype === 'bf16' ? 'bf16' : 'f32', w.dense, w.quantized);
+    const model = new LlamaModel(dir, w.source, config, device, opts.compute ?? (opts.dtype === 'bf16' ? 'bf16' : 'f32'), w.dense, w.quantized);
     try {
       applyInt8Threshold(w.quantized, opts.int8Threshold, dir);
     } catch (e) {

@@ -178,17 +178,20 @@ export class LlamaForward {
 
     const rope = this.rope(b.T);
     const xs = s.x.map((t) => this.view(t, rows, C));
-    ops.embeddingForward(xs[0], ids, this.model.weight('model.embed_tokens.weight'));
+    const emb = this.adapter?.embedding?.();
+    ops.embeddingForward(xs[0], ids, emb?.weight ?? this.model.weight('model.embed_tokens.weight'));
     for (let l = 0; l < c.numLayers; l++) this.layers.forward(l, xs[l], xs[l + 1], this.acts(l, rows), b.B, b.T, rope, pass);
     const hf = this.view(s.hf, rows, C);
     const rstdf = s.rstdf.view(0, [rows]);
     const nf = this.layers.norm('model.norm');
     ops.rmsnormForward(hf, rstdf, xs[c.numLayers], nf.w, { eps: c.rmsNormEps });
     const losses = s.losses.view(0, [rows]);
-    const head = this.model.weight('lm_head.weight');
+    const headSite = this.adapter?.head?.();
+    const head = headSite?.weight ?? this.model.weight('lm_head.weight');
     const d = this.grads(rows);
     const dhf = gradScale === null ? null : d.dh;
-    ops.linearCrossEntropy(losses, dhf, null, hf, head, s.targets.view(0, [rows]), { gradScale: gradScale ?? 1, compute: this.model.compute });
+    const dHead = gradScale === null ? null : headSite?.grad ?? null;
+    ops.linearCrossEntropy(losses, dhf, dHead, hf, head, s.targets.view(0, [rows]), { gradScale: gradScale ?? 1, compute: this.model.compute });
     let lossSum = 0;
     for (const v of losses.toFloat32Array()) lossSum += v;
     if (!Number.isFinite(lossSum)) {
@@ -202,8 +205,9 @@ export class LlamaForward {
     for (let l = c.numLayers - 1; l >= 0; l--) {
       const a = this.acts(l, rows);
       if (this.checkpointing) this.layers.forward(l, xs[l], d.dtmp, a, b.B, b.T, rope, pass);
-      this.layers.backward(l, xs[l], a, dx, d, b.B, b.T, rope, pass, l > 0);
+      this.layers.backward(l, xs[l], a, dx, d, b.B, b.T, rope, pass, l > 0 || !!emb?.grad);
     }
+    if (emb?.grad) ops.embeddingBackward(emb.grad, dx, ids);
     return { lossSum, tokens };
   }
 

@@ -145,7 +145,7 @@ export class KvGenerator {
     ids.write(Int32Array.from(tokens));
     let x = this.tmp([n, C]);
     let xNext = this.tmp([n, C]);
-    ops.embeddingForward(x, ids, this.model.weight('model.embed_tokens.weight'));
+    ops.embeddingForward(x, ids, this.layers.adapter?.embedding?.()?.weight ?? this.model.weight('model.embed_tokens.weight'));
     const pos = this.tmp([n], 'i32');
     pos.write(Int32Array.from({ length: n }, (_, i) => this.pos + i));
     const rope = { cos: this.tmp([n, D / 2]), sin: this.tmp([n, D / 2]) };
@@ -168,7 +168,9 @@ export class KvGenerator {
     const hl = this.tmp([1, C]);
     ops.rmsnormForward(hl, this.tmp([1]), last, this.layers.norm('model.norm').w, { eps: c.rmsNormEps });
     const logits = this.tmp([1, c.vocabSize]);
-    this.layers.linearForward('lm_head', logits, hl, pass, 0);
+    const head = this.layers.adapter?.head?.();
+    if (head) ops.gemm(logits, hl, head.weight, { transB: true, compute: this.model.compute });
+    else this.layers.linearForward('lm_head', logits, hl, pass, 0);
     const out = logits.toFloat32Array();
     this.releaseTemps();
     return out;

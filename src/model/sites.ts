@@ -121,11 +121,17 @@ export interface LinearSite {
   backward(dX: Tensor | null, dY: Tensor, X: Tensor, base: BaseLinear, call: SiteCall): void;
 }
 
-/** A method at one RMSNorm: the scale to use, and where its gradient goes (null: frozen). */
+/**
+ * A method at a weight the forward uses whole — an RMSNorm's scale, the embedding table, the LM
+ * head: the tensor to use, and where its gradient accumulates (null: frozen).
+ */
 export interface NormSite {
   readonly weight: Tensor;
   readonly grad: Tensor | null;
 }
+
+/** The embedding table or the LM head, when a method trains (or replaces) it. */
+export type WeightSite = NormSite;
 
 /** The hooks an adapter gives the model. Every method implements this (src/peft). */
 export interface ModelAdapter {
@@ -133,6 +139,10 @@ export interface ModelAdapter {
   linear(module: string): LinearSite | undefined;
   /** The site at an RMSNorm, by module name ("model.layers.0.input_layernorm", "model.norm"). */
   norm(module: string): NormSite | undefined;
+  /** The token embeddings, when the method trains them (full fine-tuning). */
+  embedding?(): WeightSite | undefined;
+  /** The LM head (the embeddings when tied), when the method trains it; its gradient comes from the fused loss. */
+  head?(): WeightSite | undefined;
   /** The file the adapter was loaded from (null for a new one), for messages. */
   readonly source: string | null;
 }

@@ -3,6 +3,7 @@
  * adapter_config.json (its peft_type, and use_dora for DoRA) picks the one that loads it. A new
  * method is a folder under src/peft/ and one entry here.
  */
+import * as fs from 'fs';
 import * as path from 'path';
 import { PeftkitError } from '../errors';
 import type { ModelConfig } from '../model/config';
@@ -10,14 +11,15 @@ import type { LlamaModel } from '../model/llama';
 import { linearModules } from '../model/weights';
 import type { Device } from '../tensor';
 import { BitFitAdapter, defaultBitFitConfig } from './bitfit/adapter';
+import { FullFineTune } from './full/adapter';
 import { defaultIa3Config, Ia3Adapter } from './ia3/adapter';
 import { defaultLnTuningConfig, LnTuningAdapter } from './ln_tuning/adapter';
 import { defaultLoraConfig, LoraAdapter, LoraConfig } from './lora';
 import { PeftMethod, readAdapterConfigJson } from './method';
 
 /** The adapter methods `train()` can create (`qlora` / `int8-lora` are LoRA on a quantized base). */
-export type AdapterMethod = 'lora' | 'dora' | 'ia3' | 'ln' | 'bitfit';
-export const ADAPTER_METHODS: readonly AdapterMethod[] = ['lora', 'dora', 'ia3', 'ln', 'bitfit'];
+export type AdapterMethod = 'lora' | 'dora' | 'ia3' | 'ln' | 'bitfit' | 'full';
+export const ADAPTER_METHODS: readonly AdapterMethod[] = ['lora', 'dora', 'ia3', 'ln', 'bitfit', 'full'];
 
 /** What a new adapter is made from: the LoRA settings, and the targets of any method. */
 export interface CreateAdapterOptions {
@@ -27,6 +29,8 @@ export interface CreateAdapterOptions {
   lora?: Partial<LoraConfig>;
   /** IA3: the targets whose input is scaled. Defaults to `['down_proj']`. */
   feedforwardModules?: string[];
+  /** Full fine-tuning: a regular expression naming the weights that train. Defaults to every weight. */
+  trainable?: string;
   /** Recorded in adapter_config.json. */
   baseModel?: string | null;
   seed?: number;
@@ -49,13 +53,19 @@ export function createAdapter(method: AdapterMethod, model: LlamaModel, o: Creat
       return LnTuningAdapter.create(model, defaultLnTuningConfig({ ...(targets ? { target_modules: targets } : {}), ...base }));
     case 'bitfit':
       return BitFitAdapter.create(model, defaultBitFitConfig({ ...(o.targets ? { target_modules: o.targets } : {}), ...base }));
+    case 'full':
+      return new FullFineTune(model, { peft_type: 'FULL', trainable: o.trainable ?? null });
     default:
       throw new PeftkitError('E_ARG', `method: expected one of ${ADAPTER_METHODS.join(', ')}, got '${String(method)}'`);
   }
 }
 
-/** The method an adapter folder holds, from its adapter_config.json. */
+/**
+ * The method an adapter folder holds, from its adapter_config.json; a model folder (config.json,
+ * no adapter_config.json: what full fine-tuning writes) is 'full'.
+ */
 export function adapterMethodOf(dir: string): AdapterMethod {
+  if (!fs.existsSync(path.join(dir, 'adapter_config.json')) && fs.existsSync(path.join(dir, 'config.json'))) return 'full';
   const raw = readAdapterConfigJson(dir);
   const file = path.join(dir, 'adapter_config.json');
   switch (raw.peft_type) {
@@ -87,5 +97,7 @@ export function loadAdapter(dir: string, config: ModelConfig, opts: { device?: D
       return LnTuningAdapter.load(dir, config, opts);
     case 'bitfit':
       return BitFitAdapter.load(dir, config, opts);
+    case 'full':
+      throw new PeftkitError('E_ARG', `${dir}: is a model folder (full fine-tuning's output), not an adapter: load it as the model`);
   }
 }

@@ -12,8 +12,8 @@ import type { ScheduleName } from './schedule';
 export type OptimName = 'adamw' | 'adamw8bit' | 'paged_adamw' | 'paged_adamw8bit';
 
 /** `train --method` values: the adapter methods, and LoRA's presets on a quantized base. */
-export type MethodName = 'lora' | 'qlora' | 'int8-lora' | 'dora' | 'ia3' | 'ln' | 'bitfit';
-export const METHOD_NAMES: readonly MethodName[] = ['lora', 'qlora', 'int8-lora', 'dora', 'ia3', 'ln', 'bitfit'];
+export type MethodName = 'lora' | 'qlora' | 'int8-lora' | 'dora' | 'ia3' | 'ln' | 'bitfit' | 'full';
+export const METHOD_NAMES: readonly MethodName[] = ['lora', 'qlora', 'int8-lora', 'dora', 'ia3', 'ln', 'bitfit', 'full'];
 export const OPTIM_NAMES: readonly OptimName[] = ['adamw', 'adamw8bit', 'paged_adamw', 'paged_adamw8bit'];
 
 export interface TrainOptions {
@@ -32,8 +32,10 @@ export interface TrainOptions {
    * weights are quantized to NF4 with double quantization at load; `'int8-lora'`: the same with
    * LLM.int8 row-wise weights; `'dora'`: LoRA with PEFT's weight decomposition (use_dora);
    * `'ia3'`: PEFT's IA3 vectors on k_proj, v_proj and down_proj's input; `'ln'`: PEFT's LN_TUNING,
-   * the RMSNorm scales; `'bitfit'`: the Linear biases (added at zero where the base has none).
-   * Every method but the LoRA presets works on any base storage (`quantize`). With `adapter` or
+   * the RMSNorm scales; `'bitfit'`: the Linear biases (added at zero where the base has none);
+   * `'full'`: full fine-tuning, every weight (or those `trainable` names) on f32 masters, written
+   * out as a whole model folder. Every adapter method works on any base storage (`quantize`);
+   * `'full'` needs a dense base. With `adapter` or
    * `resume`, the folder's method is used and a different `method` is refused. Defaults to `'lora'`.
    */
   method?: MethodName;
@@ -53,6 +55,8 @@ export interface TrainOptions {
    * `llm_int8_threshold` is set; see the README).
    */
   int8Threshold?: number;
+  /** Full fine-tuning: a regular expression; only the weights whose checkpoint name it matches train. Defaults to every weight. */
+  trainable?: string;
   /** LoRA rank. Defaults to `8`. */
   r?: number;
   /** LoRA alpha (scaling = alpha / r). Defaults to `16`. */
@@ -137,10 +141,10 @@ export interface TrainOptions {
   pagedDir?: string;
 }
 
-export type ResolvedTrainOptions = Required<Omit<TrainOptions, 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize' | 'int8Threshold'>> &
-  Pick<TrainOptions, 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize' | 'int8Threshold'>;
+export type ResolvedTrainOptions = Required<Omit<TrainOptions, 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize' | 'int8Threshold' | 'trainable'>> &
+  Pick<TrainOptions, 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize' | 'int8Threshold' | 'trainable'>;
 
-const METHOD_QUANT = { lora: undefined, qlora: 'nf4', 'int8-lora': 'int8', dora: undefined, ia3: undefined, ln: undefined, bitfit: undefined } as const;
+const METHOD_QUANT = { lora: undefined, qlora: 'nf4', 'int8-lora': 'int8', dora: undefined, ia3: undefined, ln: undefined, bitfit: undefined, full: undefined } as const;
 
 /** The quantization a method and a `quantize` option ask for together. */
 function resolveQuantize(o: TrainOptions): { method: MethodName; quantize: TrainOptions['quantize'] } {
@@ -156,6 +160,8 @@ function resolveQuantize(o: TrainOptions): { method: MethodName; quantize: Train
     throw new PeftkitError('E_ARG', `quantize '${o.quantize}' contradicts method '${method}' (which quantizes to ${implied})`);
   }
   const quantize = o.quantize ?? implied;
+  if (method === 'full' && quantize) throw new PeftkitError('E_ARG', `quantize: full fine-tuning trains every weight in f32, so it cannot use a '${quantize}' base`);
+  if (method !== 'full' && o.trainable !== undefined) throw new PeftkitError('E_ARG', `trainable: only for method full (got method '${method}')`);
   checkInt8ThresholdOption(o.int8Threshold, quantize);
   return { method, quantize };
 }

@@ -129,7 +129,21 @@ function nextWindow(batches: BatchIterator, gradAccum: number): Batch[] {
 export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainResult {
   const o = resolveTrainOptions(options);
   const emit = hooks.onEvent ?? (() => {});
-  const model = LlamaModel.load(o.model, { device: o.device, dtype: o.bf16 ? 'bf16' : 'f32', quantize: o.quantize, int8Threshold: o.int8Threshold });
+  // The method comes from the folder being continued (its config wins), else from the options.
+  const resumeDir = o.resume ? findCheckpoint(o.resume) : null;
+  const adapterSource = resumeDir ?? o.adapter;
+  const asked: AdapterMethod = o.method === 'qlora' || o.method === 'int8-lora' ? 'lora' : o.method;
+  const method = adapterSource ? adapterMethodOf(adapterSource) : asked;
+  if (adapterSource && options.method !== undefined && method !== asked) {
+    throw new PeftkitError('E_ARG', `method: '${options.method}' was asked for, but ${adapterSource} holds a ${method} ${method === 'full' ? 'model' : 'adapter'} (its config wins: leave method out)`);
+  }
+  if (method === 'full' && path.resolve(o.out) === path.resolve(o.model)) throw new PeftkitError('E_ARG', `out: full fine-tuning writes a whole model folder; it must not be the model folder it reads (${o.model})`);
+  if (method === 'full' && o.adapter) throw new PeftkitError('E_ARG', `adapter: full fine-tuning starts from the model; to go on from a fine-tuned model, give its folder as model`);
+  // Full fine-tuning keeps f32 masters; bf16 is then the products' precision alone.
+  const full = method === 'full';
+  const model = LlamaModel.load(o.model, {
+    device: o.device, dtype: o.bf16 && !full ? 'bf16' : 'f32', compute: o.bf16 ? 'bf16' : 'f32', quantize: o.quantize, int8Threshold: o.int8Threshold,
+  });
   // Everything holding engine memory or a file is released however the run ends, bad input included.
   const owned: Array<{ dispose(): void }> = [model];
   const own = <T extends { dispose(): void }>(r: T): T => (owned.push(r), r);
@@ -146,17 +160,11 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
     // A run killed while writing a checkpoint or the adapter leaves temporaries beside them.
     removeLeftoverTemps(o.out);
     removeLeftoverTemps(path.join(o.out, 'checkpoints'));
-    const resumeDir = o.resume ? findCheckpoint(o.resume) : null;
     const resumed: TrainerState | null = resumeDir ? readTrainerState(resumeDir) : null;
-    const adapterSource = resumeDir ?? o.adapter;
-    const method: AdapterMethod = o.method === 'qlora' || o.method === 'int8-lora' ? 'lora' : o.method;
-    if (adapterSource && options.method !== undefined) {
-      const held = adapterMethodOf(adapterSource);
-      if (held !== method) {
-        throw new PeftkitError('E_ARG', `method: '${options.method}' was asked for, but ${path.join(adapterSource, 'adapter_config.json')} holds a ${held} adapter (the adapter's config wins: leave method out)`);
-      }
-    }
-    const adapter = own(adapterSource
+    // Full fine-tuning's checkpoints are model folders: the weights come back in restoreCheckpoint.
+    const adapter = own(full
+      ? createAdapter('full', model, { trainable: o.trainable })
+      : adapterSource
       ? loadAdapter(adapterSource, model.config, { device: model.device })
       : createAdapter(method, model, {
           targets: options.targets === undefined && method !== 'lora' && method !== 'dora' ? undefined : o.targets,
