@@ -16,7 +16,7 @@ import { Progress } from './progress';
 
 const USAGE = `usage:
   peftkit train --model DIR --data FILE --out DIR [--eval-data FILE | --eval-split F]
-      [--method lora|qlora|int8-lora|dora|ia3|ln|bitfit] [--quantize nf4|fp4|int8] [--int8-threshold T]
+      [--method lora|qlora|int8-lora|dora|ia3|ln|bitfit|diff|full] [--trainable REGEX] [--diff-density D] [--diff-prune-step N] [--quantize nf4|fp4|int8] [--int8-threshold T]
       [--r 8] [--alpha 16] [--dropout 0.05] [--targets q_proj,v_proj | all-linear] [--rslora]
       [--adapter DIR] [--steps N | --epochs N] [--batch-size 4] [--grad-accum 1] [--lr 2e-4]
       [--optim adamw|adamw8bit|paged_adamw|paged_adamw8bit] [--paged-dir DIR] [--weight-decay 0] [--schedule constant|linear|cosine] [--warmup-steps 0] [--max-grad-norm 1]
@@ -58,7 +58,7 @@ async function cmdTrain(args: string[]): Promise<number> {
       'save-every': { type: 'string' }, 'save-total-limit': { type: 'string' }, 'eval-every': { type: 'string' }, resume: { type: 'string' },
       'activation-checkpointing': { type: 'boolean' }, device: { type: 'string' }, bf16: { type: 'boolean' },
       optim: { type: 'string' }, 'paged-dir': { type: 'string' }, quantize: { type: 'string' },
-      'int8-threshold': { type: 'string' },
+      'int8-threshold': { type: 'string' }, trainable: { type: 'string' }, 'diff-density': { type: 'string' }, 'diff-prune-step': { type: 'string' },
     },
   });
   if (!v.model && !v.data) return runDemo(v.out);
@@ -75,7 +75,8 @@ async function cmdTrain(args: string[]): Promise<number> {
     maskPrompt: v['no-mask-prompt'] ? false : undefined, shuffle: v['no-shuffle'] ? false : undefined, seed: num('seed', v.seed),
     saveEvery: num('save-every', v['save-every']), saveTotalLimit: num('save-total-limit', v['save-total-limit']), evalEvery: num('eval-every', v['eval-every']), resume: v.resume,
     activationCheckpointing: v['activation-checkpointing'], device: v.device as TrainOptions['device'], bf16: v.bf16,
-    optim: v.optim as TrainOptions['optim'], pagedDir: v['paged-dir'],
+    optim: v.optim as TrainOptions['optim'], pagedDir: v['paged-dir'], trainable: v.trainable,
+    diffDensity: num('diff-density', v['diff-density']), diffPruneStep: num('diff-prune-step', v['diff-prune-step']),
   };
   const progress = new Progress();
   const ctrl = new AbortController();

@@ -56,6 +56,10 @@ export interface PeftMethod extends ModelAdapter {
   writeFiles(dir: string): void;
   /** Overwrites the trainable tensors from an adapter folder of the same layout (resume). */
   loadWeightsFrom(dir: string): void;
+  /** Called after the backward of a step, before clipping: a method may constrain its gradients. */
+  prepareGrads?(): void;
+  /** Called after the optimizer update of step `step` (0-based): a method may constrain or prune its parameters. */
+  afterUpdate?(step: number): void;
   /** The base tensors a merge changes and how; throws E_UNSUPPORTED where the method has no merge. */
   mergeEdits(): MergeEdit[];
   dispose(): void;

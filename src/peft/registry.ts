@@ -11,6 +11,7 @@ import type { LlamaModel } from '../model/llama';
 import { linearModules } from '../model/weights';
 import type { Device } from '../tensor';
 import { BitFitAdapter, defaultBitFitConfig } from './bitfit/adapter';
+import { defaultDiffConfig, DiffAdapter } from './diff/adapter';
 import { FullFineTune } from './full/adapter';
 import { defaultIa3Config, Ia3Adapter } from './ia3/adapter';
 import { defaultLnTuningConfig, LnTuningAdapter } from './ln_tuning/adapter';
@@ -18,8 +19,8 @@ import { defaultLoraConfig, LoraAdapter, LoraConfig } from './lora';
 import { PeftMethod, readAdapterConfigJson } from './method';
 
 /** The adapter methods `train()` can create (`qlora` / `int8-lora` are LoRA on a quantized base). */
-export type AdapterMethod = 'lora' | 'dora' | 'ia3' | 'ln' | 'bitfit' | 'full';
-export const ADAPTER_METHODS: readonly AdapterMethod[] = ['lora', 'dora', 'ia3', 'ln', 'bitfit', 'full'];
+export type AdapterMethod = 'lora' | 'dora' | 'ia3' | 'ln' | 'bitfit' | 'diff' | 'full';
+export const ADAPTER_METHODS: readonly AdapterMethod[] = ['lora', 'dora', 'ia3', 'ln', 'bitfit', 'diff', 'full'];
 
 /** What a new adapter is made from: the LoRA settings, and the targets of any method. */
 export interface CreateAdapterOptions {
@@ -31,6 +32,8 @@ export interface CreateAdapterOptions {
   feedforwardModules?: string[];
   /** Full fine-tuning: a regular expression naming the weights that train. Defaults to every weight. */
   trainable?: string;
+  /** Diff pruning: the fraction of each δ kept (density) and the step after which it is pruned. Defaults to 0.005 and 0. */
+  diff?: { density?: number; pruneStep?: number };
   /** Recorded in adapter_config.json. */
   baseModel?: string | null;
   seed?: number;
@@ -53,6 +56,11 @@ export function createAdapter(method: AdapterMethod, model: LlamaModel, o: Creat
       return LnTuningAdapter.create(model, defaultLnTuningConfig({ ...(targets ? { target_modules: targets } : {}), ...base }));
     case 'bitfit':
       return BitFitAdapter.create(model, defaultBitFitConfig({ ...(o.targets ? { target_modules: o.targets } : {}), ...base }));
+    case 'diff':
+      return DiffAdapter.create(model.config, defaultDiffConfig({
+        ...(targets ? { target_modules: targets } : {}), ...(o.diff?.density !== undefined ? { density: o.diff.density } : {}),
+        ...(o.diff?.pruneStep !== undefined ? { prune_step: o.diff.pruneStep } : {}), ...base,
+      }), { device: model.device });
     case 'full':
       return new FullFineTune(model, { peft_type: 'FULL', trainable: o.trainable ?? null });
     default:
@@ -77,11 +85,13 @@ export function adapterMethodOf(dir: string): AdapterMethod {
       return 'ln';
     case 'BITFIT':
       return 'bitfit';
+    case 'DIFF':
+      return 'diff';
     default:
       if (typeof raw.peft_type === 'string') {
-        throw new PeftkitError('E_UNSUPPORTED', `${file}: "peft_type" = ${JSON.stringify(raw.peft_type)} is not supported by peftkit (it reads LORA, IA3, LN_TUNING and BITFIT adapters)`);
+        throw new PeftkitError('E_UNSUPPORTED', `${file}: "peft_type" = ${JSON.stringify(raw.peft_type)} is not supported by peftkit (it reads LORA, IA3, LN_TUNING, BITFIT and DIFF adapters)`);
       }
-      throw new PeftkitError('E_CONFIG', `${file}: "peft_type" is ${JSON.stringify(raw.peft_type)}, expected "LORA", "IA3", "LN_TUNING" or "BITFIT"`);
+      throw new PeftkitError('E_CONFIG', `${file}: "peft_type" is ${JSON.stringify(raw.peft_type)}, expected "LORA", "IA3", "LN_TUNING", "BITFIT" or "DIFF"`);
   }
 }
 
@@ -97,6 +107,8 @@ export function loadAdapter(dir: string, config: ModelConfig, opts: { device?: D
       return LnTuningAdapter.load(dir, config, opts);
     case 'bitfit':
       return BitFitAdapter.load(dir, config, opts);
+    case 'diff':
+      return DiffAdapter.load(dir, config, opts);
     case 'full':
       throw new PeftkitError('E_ARG', `${dir}: is a model folder (full fine-tuning's output), not an adapter: load it as the model`);
   }

@@ -12,8 +12,8 @@ import type { ScheduleName } from './schedule';
 export type OptimName = 'adamw' | 'adamw8bit' | 'paged_adamw' | 'paged_adamw8bit';
 
 /** `train --method` values: the adapter methods, and LoRA's presets on a quantized base. */
-export type MethodName = 'lora' | 'qlora' | 'int8-lora' | 'dora' | 'ia3' | 'ln' | 'bitfit' | 'full';
-export const METHOD_NAMES: readonly MethodName[] = ['lora', 'qlora', 'int8-lora', 'dora', 'ia3', 'ln', 'bitfit', 'full'];
+export type MethodName = 'lora' | 'qlora' | 'int8-lora' | 'dora' | 'ia3' | 'ln' | 'bitfit' | 'diff' | 'full';
+export const METHOD_NAMES: readonly MethodName[] = ['lora', 'qlora', 'int8-lora', 'dora', 'ia3', 'ln', 'bitfit', 'diff', 'full'];
 export const OPTIM_NAMES: readonly OptimName[] = ['adamw', 'adamw8bit', 'paged_adamw', 'paged_adamw8bit'];
 
 export interface TrainOptions {
@@ -33,6 +33,7 @@ export interface TrainOptions {
    * LLM.int8 row-wise weights; `'dora'`: LoRA with PEFT's weight decomposition (use_dora);
    * `'ia3'`: PEFT's IA3 vectors on k_proj, v_proj and down_proj's input; `'ln'`: PEFT's LN_TUNING,
    * the RMSNorm scales; `'bitfit'`: the Linear biases (added at zero where the base has none);
+   * `'diff'`: diff pruning, a sparse difference δ on the targeted weights (`diffDensity`);
    * `'full'`: full fine-tuning, every weight (or those `trainable` names) on f32 masters, written
    * out as a whole model folder. Every adapter method works on any base storage (`quantize`);
    * `'full'` needs a dense base. With `adapter` or
@@ -57,6 +58,10 @@ export interface TrainOptions {
   int8Threshold?: number;
   /** Full fine-tuning: a regular expression; only the weights whose checkpoint name it matches train. Defaults to every weight. */
   trainable?: string;
+  /** Diff pruning: the fraction of each δ kept at pruning, in (0, 1]. Defaults to `0.005`. */
+  diffDensity?: number;
+  /** Diff pruning: the optimizer step (0-based) after which δ is pruned. Defaults to a tenth of the run's steps. */
+  diffPruneStep?: number;
   /** LoRA rank. Defaults to `8`. */
   r?: number;
   /** LoRA alpha (scaling = alpha / r). Defaults to `16`. */
@@ -141,10 +146,10 @@ export interface TrainOptions {
   pagedDir?: string;
 }
 
-export type ResolvedTrainOptions = Required<Omit<TrainOptions, 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize' | 'int8Threshold' | 'trainable'>> &
-  Pick<TrainOptions, 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize' | 'int8Threshold' | 'trainable'>;
+export type ResolvedTrainOptions = Required<Omit<TrainOptions, 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize' | 'int8Threshold' | 'trainable' | 'diffDensity' | 'diffPruneStep'>> &
+  Pick<TrainOptions, 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize' | 'int8Threshold' | 'trainable' | 'diffDensity' | 'diffPruneStep'>;
 
-const METHOD_QUANT = { lora: undefined, qlora: 'nf4', 'int8-lora': 'int8', dora: undefined, ia3: undefined, ln: undefined, bitfit: undefined, full: undefined } as const;
+const METHOD_QUANT = { lora: undefined, qlora: 'nf4', 'int8-lora': 'int8', dora: undefined, ia3: undefined, ln: undefined, bitfit: undefined, diff: undefined, full: undefined } as const;
 
 /** The quantization a method and a `quantize` option ask for together. */
 function resolveQuantize(o: TrainOptions): { method: MethodName; quantize: TrainOptions['quantize'] } {
@@ -205,6 +210,8 @@ export function resolveTrainOptions(o: TrainOptions): ResolvedTrainOptions {
     quantize,
     r: positiveInt('r', o.r, 8),
     alpha: num('alpha', o.alpha, 16, -1e9, 1e9),
+    diffDensity: o.diffDensity === undefined ? undefined : num('diffDensity', o.diffDensity, 0.005, 1e-9, 1),
+    diffPruneStep: o.diffPruneStep === undefined ? undefined : positiveInt('diffPruneStep', o.diffPruneStep, 0, true),
     dropout: num('dropout', o.dropout, method === 'dora' ? 0 : 0.05, 0, 0.99),
     targets,
     rslora: o.rslora ?? false,

@@ -161,18 +161,6 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
     removeLeftoverTemps(o.out);
     removeLeftoverTemps(path.join(o.out, 'checkpoints'));
     const resumed: TrainerState | null = resumeDir ? readTrainerState(resumeDir) : null;
-    // Full fine-tuning's checkpoints are model folders: the weights come back in restoreCheckpoint.
-    const adapter = own(full
-      ? createAdapter('full', model, { trainable: o.trainable })
-      : adapterSource
-      ? loadAdapter(adapterSource, model.config, { device: model.device })
-      : createAdapter(method, model, {
-          targets: options.targets === undefined && method !== 'lora' && method !== 'dora' ? undefined : o.targets,
-          lora: { r: o.r, lora_alpha: o.alpha, lora_dropout: o.dropout, use_rslora: o.rslora, init_lora_weights: o.initLoraWeights },
-          baseModel: path.resolve(o.model),
-          seed: o.seed,
-        }));
-
     const batches = new BatchIterator(data.train, { batchSize: o.batchSize, padId, shuffle: o.shuffle, seed: o.seed, packing: o.packing, maxLength: o.maxLength });
     // As transformers counts them: an epoch's last window may hold fewer than gradAccum batches.
     const stepsPerEpoch = Math.ceil(batches.batchesPerEpoch / o.gradAccum);
@@ -182,6 +170,19 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
     for (const e of [...data.train, ...data.eval]) longest = Math.max(longest, e.inputIds.length);
     longest = Math.min(o.maxLength, longest);
     const maxT = o.packing ? o.maxLength : longest;
+    // Full fine-tuning's checkpoints are model folders: the weights come back in restoreCheckpoint.
+    const adapter = own(full
+      ? createAdapter('full', model, { trainable: o.trainable })
+      : adapterSource
+      ? loadAdapter(adapterSource, model.config, { device: model.device })
+      : createAdapter(method, model, {
+          targets: options.targets === undefined && method !== 'lora' && method !== 'dora' ? undefined : o.targets,
+          lora: { r: o.r, lora_alpha: o.alpha, lora_dropout: o.dropout, use_rslora: o.rslora, init_lora_weights: o.initLoraWeights },
+          diff: { density: o.diffDensity, pruneStep: o.diffPruneStep ?? Math.floor(totalSteps / 10) },
+          baseModel: path.resolve(o.model),
+          seed: o.seed,
+        }));
+
     // evalSplit and maskPrompt decide which rows train (the split, the rows skipped for no label).
     const fingerprint = {
       model: path.resolve(o.model), data: path.resolve(o.data), batchSize: o.batchSize, gradAccum: o.gradAccum, seed: o.seed, packing: o.packing,

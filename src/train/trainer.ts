@@ -64,6 +64,8 @@ export class Trainer {
       lossSum += r.lossSum;
       inputTokens += b.B * b.T;
     }
+    // A method may constrain its gradients first (diff pruning: pruned entries get none), so clipping sees what will be applied.
+    this.adapter.prepareGrads?.();
     const grads = this.optimizer.params.map((p) => p.grad);
     const maxNorm = this.o.maxGradNorm ?? 1;
     const gradNorm = maxNorm > 0 ? ops.clipGradNorm(grads, maxNorm) : ops.gradNorm(grads);
@@ -72,6 +74,7 @@ export class Trainer {
       throw new PeftkitError('E_NAN', `gradient norm is ${gradNorm} at step ${stepNo}: stopping before the adapter is corrupted (lower the learning rate?${loaded})`);
     }
     this.optimizer.update(lr);
+    this.adapter.afterUpdate?.(this.optimizer.step - 1);
     return { loss: lossSum / tokens, gradNorm, tokens, inputTokens };
   }
 
