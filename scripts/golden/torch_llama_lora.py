@@ -25,7 +25,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 OUT = os.path.join(ROOT, "test", "golden")
 
 # ---- safetensors (no Python package on the dev machines; the format is 30 lines) ---------------
-DT = {torch.float32: ("F32", 4), torch.int32: ("I32", 4)}
+DT = {torch.float32: ("F32", 4), torch.int32: ("I32", 4), torch.int64: ("I64", 8)}
 
 
 def save_safetensors(path, tensors, metadata=None):

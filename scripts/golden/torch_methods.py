@@ -12,6 +12,9 @@ safetensors writer, the llama3 rope frequencies, rotate_half and rmsnorm are imp
                                                             method in lora, dora, ia3, ln_tuning, bitfit
     llama_lora_patterns/...                                 LoRA with rank_pattern, alpha_pattern, use_rslora
 
+(torch_full_diff.py, a sibling importing from this one, adds <arch>_full, llama_full_trainable and
+<arch>_diff: full fine-tuning and diff pruning on the same models and micro-batches.)
+
 Models (hidden 48, intermediate 136, 2 layers, 4 heads, 2 kv heads, head_dim 12, vocab 97, seeds
 4321.. so they differ from the old fixtures): llama has rope_theta 500000 with llama3 rope scaling
 (factor 8, low 1, high 4, original_max_position_embeddings 16) and rms_norm_eps 1e-6; llama_tied has
