@@ -15,23 +15,29 @@ import { writeRandomModel } from '../src/model/random_model';
 import type { ModelAdapter } from '../src/model/sites';
 import { mergeAdapter } from '../src/peft/merge';
 import type { PeftMethod } from '../src/peft/method';
-import { AdapterMethod, createAdapter, loadAdapter } from '../src/peft/registry';
+import { AdapterMethod, createAdapter, CreateAdapterOptions, loadAdapter } from '../src/peft/registry';
 import { Trainer } from '../src/train/trainer';
 import { makeRng, relErr } from './helpers/check';
 
 type Storage = 'f32' | 'bf16' | 'nf4' | 'int8';
 interface Row {
   method: AdapterMethod;
+  /** A name for a variant of the method (its extra options). */
+  variant?: string;
+  options?: CreateAdapterOptions;
   /** The method is the identity when new (LoRA: B = 0; DoRA: m = ‖W‖; IA3: ones; LN: the base's scales; BitFit: zero or base biases). */
   identityAtInit: boolean;
 }
 
 const ROWS: Row[] = [
   { method: 'lora', identityAtInit: true },
+  { method: 'lora', variant: 'bias all + modules_to_save', identityAtInit: true, options: { lora: { bias: 'all', modules_to_save: ['embed_tokens', 'lm_head'] } } },
+  { method: 'lora', variant: 'rank_pattern + alpha_pattern + rsLoRA', identityAtInit: true, options: { lora: { rank_pattern: { down_proj: 2 }, alpha_pattern: { v_proj: 4 }, use_rslora: true } } },
   { method: 'dora', identityAtInit: true },
   { method: 'ia3', identityAtInit: true },
   { method: 'ln', identityAtInit: true },
   { method: 'bitfit', identityAtInit: true },
+  { method: 'diff', identityAtInit: true, options: { diff: { density: 0.1, pruneStep: 2 } } },
 ];
 const STORAGES: Storage[] = ['f32', 'bf16', 'nf4', 'int8'];
 const DEVICES = ['cpu', 'cuda'] as const;
@@ -54,7 +60,7 @@ function load(dir: string, storage: Storage, device: 'cpu' | 'cuda'): LlamaModel
 for (const row of ROWS) {
   for (const storage of STORAGES) {
     for (const device of DEVICES) {
-      const title = `${row.method} on a ${storage} base (${device})`;
+      const title = `${row.method}${row.variant ? ` (${row.variant})` : ''} on a ${storage} base (${device})`;
       if (device === 'cuda' && !runtimeInfo().cudaAvailable) {
         test.skip(`${title}: no CUDA device on this machine (scripts/gpu-check.sh runs this row on a GPU)`, () => {});
         continue;
@@ -72,7 +78,7 @@ for (const row of ROWS) {
         const inputIds = Int32Array.from({ length: B * T }, () => rng.int(0, V));
         const batch = { inputIds, labels: inputIds.slice(), B, T };
         const ids = Array.from(inputIds.subarray(0, T));
-        const adapter = createAdapter(row.method, model, { targets: row.method === 'lora' || row.method === 'dora' ? 'all-linear' : undefined, lora: { r: 4, lora_alpha: 8, lora_dropout: 0 }, seed: rng.seed });
+        const adapter = createAdapter(row.method, model, { targets: row.method === 'lora' || row.method === 'dora' ? 'all-linear' : undefined, lora: { r: 4, lora_alpha: 8, lora_dropout: 0, ...row.options?.lora }, diff: row.options?.diff, seed: rng.seed });
         const owned: Array<{ dispose(): void }> = [adapter, model];
         try {
           const base = logits(model, null, ids);

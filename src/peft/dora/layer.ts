@@ -94,7 +94,8 @@ export class DoraLayer extends LoraLayer {
     const Z = this.z(X.shape[0]);
     this.lowRankForward(Z, X, base, call, false);
     ops.mulCols(Y, Z, this.g);
-    if (base.bias) ops.biasAdd(Y, base.bias);
+    const bias = this.biasOf(base);
+    if (bias) ops.biasAdd(Y, bias);
   }
 
   override backward(dX: Tensor | null, dY: Tensor, X: Tensor, base: BaseLinear, call: SiteCall): void {
@@ -107,6 +108,7 @@ export class DoraLayer extends LoraLayer {
     const dm = this.dm.toFloat32Array();
     for (let o = 0; o < dm.length; o++) dm[o] += dg[o] / this.norms![o];
     this.dm.write(dm);
+    if (this.bias) ops.biasBackward(this.bias.db, dY);
     this.lowRankBackward(dX, dZ, X, base, call);
   }
 

@@ -9,7 +9,8 @@ import * as path from 'path';
 import { PeftkitError } from '../../errors';
 import type { LlamaModel } from '../../model/llama';
 import { SafetensorsCheckpoint, writeSafetensors } from '../../model/safetensors';
-import type { LinearModule, ModelAdapter, NormSite } from '../../model/sites';
+import type { LinearModule, ModelAdapter, NormSite, WeightSite } from '../../model/sites';
+import { BiasLayer } from '../bitfit/adapter';
 import * as ops from '../../ops';
 import { Device, Tensor } from '../../tensor';
 import { SeededRng } from '../../util/rng';
@@ -23,6 +24,27 @@ export type { TrainableParam } from '../method';
 export { LoraLayer } from './layer';
 
 const tensorName = (module: string, which: 'A' | 'B') => `base_model.model.${module}.lora_${which}.weight`;
+const biasName = (module: string) => `base_model.model.${module}.bias`;
+/** modules_to_save copies: PEFT saves them under the module's own name. */
+const EMBED = 'model.embed_tokens', HEAD = 'lm_head';
+const savedName = (module: string) => `base_model.model.${module}.weight`;
+
+/** What trains beside the low-rank layers: biases (bias "all"/"lora_only") and modules_to_save copies. */
+interface Extras {
+  /** Trained biases of modules without a LoRA layer (bias "all"). */
+  biases: Map<string, BiasLayer>;
+  embed: (WeightSite & { grad: Tensor }) | null;
+  head: (WeightSite & { grad: Tensor }) | null;
+}
+
+const noExtras = (): Extras => ({ biases: new Map(), embed: null, head: null });
+
+function copySite(v: Float32Array, shape: number[], device: Device): WeightSite & { grad: Tensor } {
+  return { weight: Tensor.from(v, shape, { device }), grad: Tensor.zeros(shape, { device }) };
+}
+
+/** Whether modules_to_save names `module` (suffix match, as PEFT). */
+const saves = (config: LoraConfig, short: 'embed_tokens' | 'lm_head') => (config.modules_to_save ?? []).some((m) => m.split('.').pop() === short);
 
 /** Rank and scaling of one module: rank_pattern / alpha_pattern override the config's r / lora_alpha. */
 function moduleRank(config: LoraConfig, module: string): { r: number; scaling: number } {
@@ -38,10 +60,13 @@ export class LoraAdapter implements PeftMethod, ModelAdapter {
   /** The adapter_model.safetensors it was loaded from (null for a new adapter), for messages. */
   readonly source: string | null;
 
-  private constructor(config: LoraConfig, layers: Map<string, LoraLayer>, source: string | null = null) {
+  private readonly extras: Extras;
+
+  private constructor(config: LoraConfig, layers: Map<string, LoraLayer>, source: string | null = null, extras: Extras = noExtras()) {
     this.config = config;
     this.layers = layers;
     this.source = source;
+    this.extras = extras;
   }
 
   /** lora_alpha / r (or / sqrt(r) with rsLoRA): the scaling of modules without a pattern. */
@@ -53,8 +78,16 @@ export class LoraAdapter implements PeftMethod, ModelAdapter {
     return this.config.lora_dropout;
   }
 
-  linear(module: string): LoraLayer | undefined {
-    return this.layers.get(module);
+  linear(module: string): LoraLayer | BiasLayer | undefined {
+    return this.layers.get(module) ?? this.extras.biases.get(module);
+  }
+
+  embedding(): WeightSite | undefined {
+    return this.extras.embed ?? undefined;
+  }
+
+  head(): WeightSite | undefined {
+    return this.extras.head ?? undefined;
   }
 
   norm(): NormSite | undefined {
@@ -73,7 +106,10 @@ export class LoraAdapter implements PeftMethod, ModelAdapter {
     // target_modules against the modules they support (vLLM) expect names: the chosen modules'
     // short names, which select the same modules beside exclude_modules / layers_to_transform.
     if (config.target_modules === 'all-linear') config = { ...config, target_modules: [...new Set(chosen.map((m) => m.name.split('.').pop()!))] };
-    if (config.use_dora && !opts.model) throw new Error('internal: a new DoRA adapter needs the model (its magnitude is the base weights\' norm)');
+    if ((config.use_dora || config.bias !== 'none' || config.modules_to_save) && !opts.model) {
+      throw new Error('internal: a new DoRA adapter, trained biases or modules_to_save need the model (they start from its weights)');
+    }
+    const extras = noExtras();
     try {
       for (const m of chosen) {
         const { r, scaling } = moduleRank(config, m.name);
@@ -96,11 +132,25 @@ export class LoraAdapter implements PeftMethod, ModelAdapter {
           : new LoraLayer(m, r, scaling, a, b, device);
         layers.set(m.name, layer);
       }
+      const model = opts.model;
+      const device = opts.device ?? 'cpu';
+      if (model && config.bias !== 'none') {
+        for (const m of modules) {
+          const b = model.maybeWeight(`${m.name}.bias`);
+          if (!b) continue;
+          const l = layers.get(m.name);
+          if (l) l.trainBias(b.toFloat32Array());
+          else if (config.bias === 'all') extras.biases.set(m.name, new BiasLayer(m, b.toFloat32Array(), device));
+        }
+      }
+      if (model && saves(config, 'embed_tokens')) extras.embed = copySite(model.weight(`${EMBED}.weight`).toFloat32Array(), model.weight(`${EMBED}.weight`).shape, device);
+      if (model && saves(config, HEAD)) extras.head = copySite(model.weight(`${HEAD}.weight`).toFloat32Array(), model.weight(`${HEAD}.weight`).shape, device);
     } catch (e) {
       for (const l of layers.values()) l.dispose();
+      disposeExtras(extras);
       throw e;
     }
-    return new LoraAdapter(config, layers);
+    return new LoraAdapter(config, layers, null, extras);
   }
 
   /** Loads a PEFT adapter folder and checks it against the model's modules. */
@@ -111,10 +161,17 @@ export class LoraAdapter implements PeftMethod, ModelAdapter {
     const file = path.join(dir, 'adapter_model.safetensors');
     const layers = new Map<string, LoraLayer>();
     const device = opts.device ?? 'cpu';
+    const extras = noExtras();
     try {
       // Check every tensor's name first, then load in the model's module order.
       const wanted = new Map<string, string>();
+      const head = byName.get(HEAD)!;
+      const extraShapes = new Map<string, number[]>();
+      for (const m of modules) extraShapes.set(biasName(m.name), [m.outFeatures]);
+      if (saves(config, 'embed_tokens')) extraShapes.set(savedName(EMBED), [head.outFeatures, head.inFeatures]);
+      if (saves(config, HEAD)) extraShapes.set(savedName(HEAD), [head.outFeatures, head.inFeatures]);
       for (const name of ck.tensors.keys()) {
+        if (extraShapes.has(name) && (config.bias !== 'none' || !name.endsWith('.bias'))) continue;
         const mag = /^base_model\.model\.(.+)\.lora_magnitude_vector(?:\.weight)?$/.exec(name);
         if (mag) {
           if (!config.use_dora) throw new PeftkitError('E_CONFIG', `${file}: tensor '${name}' is a DoRA magnitude, but adapter_config.json does not set "use_dora": true`);
@@ -150,12 +207,29 @@ export class LoraAdapter implements PeftMethod, ModelAdapter {
           layers.set(mod.name, new LoraLayer(mod, r, scaling, a, b, device));
         }
       }
+      // The extras are read by name; a bias of a module with a LoRA layer is that layer's.
+      for (const [name, shape] of extraShapes) {
+        if (!ck.has(name)) {
+          if (name.endsWith('.bias')) continue;
+          throw new PeftkitError('E_MISSING', `${file}: adapter_config.json's modules_to_save needs '${name}'`);
+        }
+        const v = checkFinite(file, name, ck.readFloat32(name, shape));
+        if (name === savedName(EMBED)) extras.embed = copySite(v, shape, device);
+        else if (name === savedName(HEAD)) extras.head = copySite(v, shape, device);
+        else {
+          const module = name.slice('base_model.model.'.length, -'.bias'.length);
+          const l = layers.get(module);
+          if (l) l.trainBias(v);
+          else extras.biases.set(module, new BiasLayer(byName.get(module)!, v, device));
+        }
+      }
     } catch (e) {
       for (const l of layers.values()) l.dispose();
+      disposeExtras(extras);
       throw e;
     }
     if (layers.size === 0) throw new PeftkitError('E_FORMAT', `${file}: holds no LoRA weights`);
-    return new LoraAdapter(config, layers, file);
+    return new LoraAdapter(config, layers, file, extras);
   }
 
   /** Trainable tensors in a fixed order (module order, A before B, then DoRA's magnitude). */
@@ -165,7 +239,11 @@ export class LoraAdapter implements PeftMethod, ModelAdapter {
       out.push({ name: tensorName(l.module, 'A'), param: l.A, grad: l.dA });
       out.push({ name: tensorName(l.module, 'B'), param: l.B, grad: l.dB });
       if (l instanceof DoraLayer) out.push({ name: doraMagnitudeName(l.module), param: l.m, grad: l.dm });
+      if (l.bias) out.push({ name: biasName(l.module), param: l.bias.b, grad: l.bias.db, decay: false });
     }
+    for (const b of this.extras.biases.values()) out.push({ name: biasName(b.module.name), param: b.b, grad: b.db, decay: false });
+    if (this.extras.embed) out.push({ name: savedName(EMBED), param: this.extras.embed.weight, grad: this.extras.embed.grad });
+    if (this.extras.head) out.push({ name: savedName(HEAD), param: this.extras.head.weight, grad: this.extras.head.grad });
     return out;
   }
 
@@ -199,7 +277,7 @@ export class LoraAdapter implements PeftMethod, ModelAdapter {
 
   /** W' = W + s·B·A (DoRA: m ⊙ (W + s·B·A) / ‖W + s·B·A‖ per row), as PEFT's merge. */
   mergeEdits(): MergeEdit[] {
-    return [...this.layers.values()].map((l) => ({
+    const edits: MergeEdit[] = [...this.layers.values()].map((l) => ({
       tensor: `${l.module}.weight`,
       shape: [l.outFeatures, l.inFeatures],
       apply: (w) => {
@@ -207,10 +285,18 @@ export class LoraAdapter implements PeftMethod, ModelAdapter {
         return mergeLoraLayer(l, w, this.source);
       },
     }));
+    // Trained biases and module copies replace the base's.
+    const replace = (tensor: string, t: Tensor): MergeEdit => ({ tensor, shape: t.shape, apply: () => t.toFloat32Array() });
+    for (const l of this.layers.values()) if (l.bias) edits.push(replace(`${l.module}.bias`, l.bias.b));
+    for (const b of this.extras.biases.values()) edits.push(replace(`${b.module.name}.bias`, b.b));
+    if (this.extras.embed) edits.push(replace(`${EMBED}.weight`, this.extras.embed.weight));
+    if (this.extras.head) edits.push(replace(`${HEAD}.weight`, this.extras.head.weight));
+    return edits;
   }
 
   dispose(): void {
     for (const l of this.layers.values()) l.dispose();
+    disposeExtras(this.extras);
   }
 }
 
@@ -237,6 +323,17 @@ function mergeLoraLayer(l: LoraLayer, w: Float32Array, source: string | null): F
     return out;
   } finally {
     t.dispose();
+  }
+}
+
+function disposeExtras(e: Extras): void {
+  for (const b of e.biases.values()) {
+    b.b.dispose();
+    b.db.dispose();
+  }
+  for (const s of [e.embed, e.head]) {
+    s?.weight.dispose();
+    s?.grad.dispose();
   }
 }
 

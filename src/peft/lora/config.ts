@@ -32,11 +32,20 @@ export interface LoraConfig {
   use_rslora: boolean;
   /** true: A kaiming-uniform(a=√5), B zeros; 'gaussian': A normal(0, 1/r), B zeros; false: both random (debug). Defaults to `true`. */
   init_lora_weights: boolean | 'gaussian';
-  /** Only "none" is supported. */
-  bias: 'none';
+  /**
+   * Which biases train beside LoRA, as PEFT: 'none'; 'lora_only' (the existing biases of the
+   * adapted modules); 'all' (every existing Linear bias). Saved as base_model.model.<module>.bias.
+   * Defaults to `'none'`.
+   */
+  bias: 'none' | 'all' | 'lora_only';
   fan_in_fan_out: false;
   /** DoRA (weight-decomposed LoRA): a learned magnitude per output row. Defaults to `false`. */
   use_dora: boolean;
+  /**
+   * Whole modules trained as copies beside the adapter (PEFT's ModulesToSaveWrapper): 'embed_tokens'
+   * and/or 'lm_head' (new tokens, a new head); a copied head of a tied model is its own (untied).
+   * Saved as base_model.model.<module>.weight. Defaults to `null`.
+   */
   modules_to_save: string[] | null;
   layers_to_transform: number[] | null;
   layers_pattern: string | null;
@@ -49,6 +58,9 @@ export interface LoraConfig {
 }
 
 export const LLAMA_DEFAULT_TARGETS = ['q_proj', 'v_proj'];
+
+/** The modules modules_to_save may name on a Llama-family model. */
+export const SAVABLE_MODULES = ['embed_tokens', 'lm_head'];
 
 export function defaultLoraConfig(over: Partial<LoraConfig> = {}): LoraConfig {
   return {
@@ -125,7 +137,7 @@ export function parseLoraConfig(raw: Record<string, unknown>, file = 'adapter_co
   const init = raw.init_lora_weights ?? true;
   if (!(typeof init === 'boolean' || init === 'gaussian')) unsupported(file, 'init_lora_weights', init, 'true, false or "gaussian"');
   const bias = raw.bias ?? 'none';
-  if (bias !== 'none') unsupported(file, 'bias', bias, 'only "none"');
+  if (bias !== 'none' && bias !== 'all' && bias !== 'lora_only') fail(file, 'bias', bias, '"none", "all" or "lora_only"');
   if (raw.use_dora !== undefined && typeof raw.use_dora !== 'boolean') fail(file, 'use_dora', raw.use_dora, 'true or false');
   if (raw.fan_in_fan_out === true) unsupported(file, 'fan_in_fan_out', true, 'Llama-family Linear layers are not Conv1D');
   const patterns: Record<'rank_pattern' | 'alpha_pattern', Record<string, number>> = { rank_pattern: {}, alpha_pattern: {} };
@@ -144,7 +156,10 @@ export function parseLoraConfig(raw: Record<string, unknown>, file = 'adapter_co
     }
   }
   const mts = raw.modules_to_save ?? null;
-  if (mts !== null && !(isStrList(mts) && mts.length === 0)) unsupported(file, 'modules_to_save', mts, 'only null');
+  if (mts !== null && !isStrList(mts)) fail(file, 'modules_to_save', mts, 'a list of module names or null');
+  for (const m of (mts as string[] | null) ?? []) {
+    if (!SAVABLE_MODULES.includes(m.split('.').pop()!)) unsupported(file, 'modules_to_save', mts, `only ${SAVABLE_MODULES.join(' and ')}`);
+  }
   const ex = raw.exclude_modules ?? null;
   if (ex !== null && !isStrList(ex) && typeof ex !== 'string') fail(file, 'exclude_modules', ex, 'a list of module names, a regular expression or null');
   const ltt = raw.layers_to_transform ?? null;
@@ -160,6 +175,8 @@ export function parseLoraConfig(raw: Record<string, unknown>, file = 'adapter_co
     lora_dropout: dropout,
     target_modules: typeof tm === 'string' ? tm : [...(tm as string[])],
     exclude_modules: ex as string[] | string | null,
+    bias: bias as LoraConfig['bias'],
+    modules_to_save: mts === null || (mts as string[]).length === 0 ? null : [...(mts as string[])],
     use_rslora: raw.use_rslora === true,
     use_dora: raw.use_dora === true,
     rank_pattern: patterns.rank_pattern,

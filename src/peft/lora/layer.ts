@@ -20,6 +20,8 @@ export class LoraLayer implements LinearSite {
   readonly B: Tensor;
   readonly dA: Tensor;
   readonly dB: Tensor;
+  /** A trained copy of the base's bias (PEFT's bias "all" / "lora_only"), with its gradient. */
+  bias: { b: Tensor; db: Tensor } | null = null;
   /** X·Aᵀ of the last forward, [rows, r]: grown to the largest batch seen. */
   private xaStore: Tensor | null = null;
 
@@ -33,6 +35,16 @@ export class LoraLayer implements LinearSite {
     this.B = Tensor.from(b, [m.outFeatures, r], { device });
     this.dA = Tensor.zeros([r, m.inFeatures], { device });
     this.dB = Tensor.zeros([m.outFeatures, r], { device });
+  }
+
+  /** Trains the bias too, starting from `init` (the base's). */
+  trainBias(init: Float32Array): void {
+    this.bias = { b: Tensor.from(init, [this.outFeatures], { device: this.A.device }), db: Tensor.zeros([this.outFeatures], { device: this.A.device }) };
+  }
+
+  /** The bias to add: the trained copy, else the base's. */
+  protected biasOf(base: BaseLinear): Tensor | undefined {
+    return this.bias?.b ?? base.bias;
   }
 
   protected xa(rows: number): Tensor {
@@ -54,7 +66,7 @@ export class LoraLayer implements LinearSite {
   protected lowRankForward(Y: Tensor, X: Tensor, base: BaseLinear, call: SiteCall, withBias: boolean): void {
     const dropoutInput = call.dropout > 0 ? this.dropped(X, call) : undefined;
     ops.loraForward(Y, this.xa(X.shape[0]), X, weightOperand(base), this.A, this.B, {
-      scale: this.scaling, bias: withBias ? base.bias : undefined, dropoutInput, compute: base.compute,
+      scale: this.scaling, bias: withBias ? this.biasOf(base) : undefined, dropoutInput, compute: base.compute,
     });
   }
 
@@ -83,11 +95,14 @@ export class LoraLayer implements LinearSite {
   }
 
   backward(dX: Tensor | null, dY: Tensor, X: Tensor, base: BaseLinear, call: SiteCall): void {
+    if (this.bias) ops.biasBackward(this.bias.db, dY);
     this.lowRankBackward(dX, dY, X, base, call);
   }
 
   dispose(): void {
     for (const t of [this.A, this.B, this.dA, this.dB]) t.dispose();
+    this.bias?.b.dispose();
+    this.bias?.db.dispose();
     this.xaStore?.dispose();
     this.xaStore = null;
   }
