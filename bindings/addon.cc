@@ -52,6 +52,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitLoss(env, exports);
   InitOptim(env, exports);
   InitBias(env, exports);
+  InitColscale(env, exports);
   InitOptim8(env, exports);
   InitQuant(env, exports);
   InitGemmQuant(env, exports);

@@ -61,6 +61,7 @@ void InitAttention(Napi::Env env, Napi::Object exports);
 void InitLoss(Napi::Env env, Napi::Object exports);
 void InitOptim(Napi::Env env, Napi::Object exports);
 void InitBias(Napi::Env env, Napi::Object exports);
+void InitColscale(Napi::Env env, Napi::Object exports);
 void InitOptim8(Napi::Env env, Napi::Object exports);
 void InitQuant(Napi::Env env, Napi::Object exports);
 void InitGemmQuant(Napi::Env env, Napi::Object exports);

@@ -161,6 +161,16 @@ interface BiasOps {
   biasBackward(dbias: T, dy: T): void;
 }
 
+// ---- ops: column scales and row norms (IA3, DoRA) --------------------------------------------
+interface ColscaleOps {
+  /** y[..., C] = x·s[C]; y may be x. */
+  mulCols(y: T, x: T, s: T): void;
+  /** dx = dy·s (dx may be dy or x, or null); ds[C] += Σ_rows dy·x (or null). */
+  mulColsBackward(dx: T | null, ds: T | null, dy: T, x: T, s: T): void;
+  /** out[R] = ‖w[r, :]‖₂ for w [R, C] f32 or bf16. */
+  rowNorms(out: T, w: T): void;
+}
+
 // ---- ops: quantization (bitsandbytes formats) ------------------------------------------------
 interface QuantOps {
   /** Blockwise 4-bit: x f32 (n elements) -> packed u8 ((n+1)/2), absmax f32 (ceil(n/blocksize)). */
@@ -208,7 +218,7 @@ interface LlmInt8Ops {
     ...rest: [...QuantWeightArgs, threshold: number, A: T | null, B: T | null, bias: T | null, scale: number]): void;
 }
 
-export type NativeOps = WithAsync<GemmOps & LoraOps & TransformerOps & AttentionOps & LossOps & OptimOps & BiasOps & Optim8Ops & QuantOps & GemmQuantOps & LoraQuantOps & LlmInt8Ops>;
+export type NativeOps = WithAsync<GemmOps & LoraOps & TransformerOps & AttentionOps & LossOps & OptimOps & BiasOps & ColscaleOps & Optim8Ops & QuantOps & GemmQuantOps & LoraQuantOps & LlmInt8Ops>;
 
 export interface NativeAddon extends NativeOps {
   NativeTensor: {

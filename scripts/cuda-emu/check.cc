@@ -3,6 +3,7 @@
 // emulation uses host math, so tolerances are the tests' f32 ones; fast-math precision is
 // for the GPU run (npm test on a CUDA machine) to confirm.
 #include <algorithm>
+#include <cstring>
 #include <functional>
 
 #include "check.h"
@@ -722,6 +723,80 @@ static void check_llm_int8() {
   }
 }
 
+// ---- column scales and row norms (IA3, DoRA) ------------------------------------------------
+// dx and y are one f32 product per element, so they must equal the host's bits; ds and the
+// norms are double sums rounded once, within the f32 rounding of the float64 reference.
+static void check_colscale() {
+  auto same_bits = [](const Vec& a, const Vec& b) { return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * 4) == 0; };
+  for (auto [N, C] : {std::pair<int64_t, int64_t>{1, 1}, {1, 37}, {5, 1}, {33, 65}, {300, 5}, {40, 1025}}) {
+    const size_t n = size_t(N * C), nc = size_t(C);
+    const std::string tag = "colscale N=" + std::to_string(N) + " C=" + std::to_string(C);
+    const Vec x = randn(n), s = randn(nc), dy = randn(n), ds0 = randn(nc);
+    Vec want_y(n), want_dx(n);
+    Ref want_ds(ds0.begin(), ds0.end()), want_ds_zero(nc, 0.0);
+    for (size_t i = 0; i < n; i++) {
+      want_y[i] = x[i] * s[i % nc];
+      want_dx[i] = dy[i] * s[i % nc];
+      want_ds[i % nc] += double(dy[i]) * x[i];
+      want_ds_zero[i % nc] += double(dy[i]) * x[i];
+    }
+    Vec y = poison(n);
+    pk::cuda::mul_cols(y.data(), x.data(), s.data(), N, C);
+    expect_true(tag + " mul_cols bits", same_bits(y, want_y));
+    y = x;
+    pk::cuda::mul_cols(y.data(), y.data(), s.data(), N, C);
+    expect_true(tag + " mul_cols in place bits", same_bits(y, want_y));
+
+    Vec dx = poison(n), ds = ds0;
+    pk::cuda::mul_cols_backward(dx.data(), ds.data(), dy.data(), x.data(), s.data(), N, C);
+    expect_true(tag + " backward dx bits", same_bits(dx, want_dx));
+    expect(tag + " backward ds accumulates", ds, want_ds, 1e-7);
+    Vec ds_alone(nc, 0.f);
+    pk::cuda::mul_cols_backward(nullptr, ds_alone.data(), dy.data(), x.data(), s.data(), N, C);
+    expect(tag + " backward ds alone", ds_alone, want_ds_zero, 1e-7);
+    dx = poison(n);
+    pk::cuda::mul_cols_backward(dx.data(), nullptr, dy.data(), x.data(), s.data(), N, C);
+    expect_true(tag + " backward dx alone bits", same_bits(dx, want_dx));
+    Vec g = dy;  // dx written over dy
+    ds = ds0;
+    pk::cuda::mul_cols_backward(g.data(), ds.data(), g.data(), x.data(), s.data(), N, C);
+    expect_true(tag + " backward dx = dy bits", same_bits(g, want_dx));
+    expect(tag + " backward ds with dx = dy", ds, want_ds, 1e-7);
+    Vec xx = x;  // dx written over x
+    ds = ds0;
+    pk::cuda::mul_cols_backward(xx.data(), ds.data(), dy.data(), xx.data(), s.data(), N, C);
+    expect_true(tag + " backward dx = x bits", same_bits(xx, want_dx));
+    expect(tag + " backward ds with dx = x", ds, want_ds, 1e-7);
+  }
+  for (auto [R, C] : {std::pair<int64_t, int64_t>{1, 1}, {1, 300}, {37, 1}, {9, 37}, {5, 1000}, {3, 0}}) {
+    const std::string tag = "row_norms R=" + std::to_string(R) + " C=" + std::to_string(C);
+    Vec w = randn(size_t(R * C));
+    // Rows whose f32 squares would overflow / underflow: the double sum keeps them.
+    if (R >= 5)
+      for (int64_t c = 0; c < C; c++) {
+        w[size_t(1 * C + c)] *= 1e30f;
+        w[size_t(2 * C + c)] *= 1e-30f;
+        w[size_t(3 * C + c)] = 0.f;
+      }
+    for (bool b16 : {false, true}) {
+      const Vec wv = b16 ? round_bf16(w) : w;
+      const auto wb = to_bf16(w);
+      Ref want(static_cast<size_t>(R));
+      for (int64_t r = 0; r < R; r++) {
+        double ss = 0;
+        for (int64_t c = 0; c < C; c++) ss += double(wv[size_t(r * C + c)]) * wv[size_t(r * C + c)];
+        want[size_t(r)] = std::sqrt(ss);
+      }
+      Vec out = poison(size_t(R));
+      pk::cuda::row_norms(out.data(), b16 ? static_cast<const void*>(wb.data()) : w.data(),
+                          b16 ? pk::DType::BF16 : pk::DType::F32, R, C);
+      for (int64_t r = 0; r < R; r++)  // row by row: the 1e30 row would hide the others
+        expect(tag + (b16 ? " bf16" : " f32") + " row " + std::to_string(r), Vec{out[size_t(r)]},
+               Ref{want[size_t(r)]}, 1e-7);
+    }
+  }
+}
+
 // check_quant.cc: the bitsandbytes formats, against the CPU kernels' bytes.
 void check_quant();
 void check_gemm_quant();
@@ -736,7 +811,7 @@ int main(int argc, char** argv) {
       {"rope", check_rope},       {"elementwise", check_elementwise}, {"dropout", check_dropout},
       {"attention", check_attention}, {"loss", check_loss}, {"optim", check_optim},
       {"quant", check_quant},     {"gemm_quant", check_gemm_quant}, {"lora_quant", check_lora_quant},
-      {"adamw8bit", check_adamw8bit}, {"bias", check_bias},
+      {"adamw8bit", check_adamw8bit}, {"bias", check_bias}, {"colscale", check_colscale},
       {"llm_int8", check_llm_int8}};
   for (auto& [name, fn] : families) {
     if (!only.empty() && only != name) continue;

@@ -4,6 +4,7 @@
  */
 export * from './attention';
 export * from './bias';
+export * from './colscale';
 export * from './gemm';
 export * from './gemm_quant';
 export * from './llm_int8';

@@ -4,6 +4,7 @@
 #pragma once
 #include "ops/attention.h"
 #include "ops/bias.h"
+#include "ops/colscale.h"
 #include "ops/gemm.h"
 #include "ops/gemm_quant.h"
 #include "ops/llm_int8.h"
