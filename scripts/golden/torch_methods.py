@@ -13,7 +13,9 @@ safetensors writer, the llama3 rope frequencies, rotate_half and rmsnorm are imp
     llama_lora_patterns/...                                 LoRA with rank_pattern, alpha_pattern, use_rslora
 
 (torch_full_diff.py, a sibling importing from this one, adds <arch>_full, llama_full_trainable and
-<arch>_diff: full fine-tuning and diff pruning on the same models and micro-batches.)
+<arch>_diff: full fine-tuning and diff pruning on the same models and micro-batches; torch_lora_extras.py,
+another, adds qwen2_lora_bias_lora_only and llama_tied_lora_modules_to_save: LoRA with trained biases and
+with modules_to_save copies.)
 
 Models (hidden 48, intermediate 136, 2 layers, 4 heads, 2 kv heads, head_dim 12, vocab 97, seeds
 4321.. so they differ from the old fixtures): llama has rope_theta 500000 with llama3 rope scaling
