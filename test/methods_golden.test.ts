@@ -48,6 +48,9 @@ interface Expected {
   logits_row0: number[][];
 }
 
+/** The reference names a LoRA-wrapped module's bias <module>.bias; peftkit writes PEFT's <module>.base_layer.bias. */
+const refName = (n: string) => n.replace(/\.base_layer\.bias$/, '.bias');
+
 /** The fixture's starting point: its adapter_in, or for full fine-tuning the model itself. */
 function startingAdapter(dir: string, exp: Expected, model: LlamaModel): PeftMethod {
   return exp.method === 'full' ? createAdapter('full', model, { trainable: exp.hyper.trainable }) : loadAdapter(path.join(dir, 'adapter_in'), model.config);
@@ -77,7 +80,7 @@ for (const name of fixtures) {
     });
     try {
       // The no-decay groups are the method's own (names of biases and norms).
-      const noDecay = adapter.parameters().filter((p) => p.decay === false).map((p) => p.name).sort();
+      const noDecay = adapter.parameters().filter((p) => p.decay === false).map((p) => refName(p.name)).sort();
       t.deepEqual(noDecay, [...h.no_decay].sort(), 'parameters without weight decay');
       // Step 0's accumulated gradients, before clipping.
       const tokens = window.reduce((a, b) => a + countLabelTokens(b), 0);
@@ -86,7 +89,7 @@ for (const name of fixtures) {
       const g = new SafetensorsCheckpoint(dir, 'grads_step0.safetensors');
       let worstGrad = 0;
       for (const p of adapter.parameters()) {
-        const e = relErr(p.grad.toFloat32Array(), g.readFloat32(p.name, p.param.shape));
+        const e = relErr(p.grad.toFloat32Array(), g.readFloat32(refName(p.name), p.param.shape));
         worstGrad = Math.max(worstGrad, e);
         t.true(e <= TOL, `step-0 gradient of ${p.name}: relative error ${e.toExponential(2)}`);
       }
@@ -100,15 +103,15 @@ for (const name of fixtures) {
       }
       // Diff pruning's trained δ in its dense form; the sparse file is checked below.
       const out = new SafetensorsCheckpoint(dir, exp.method === 'diff' ? 'adapter_out_dense.safetensors' : 'adapter_out.safetensors');
-      t.deepEqual([...adapter.stateDict().keys()].sort(), [...out.tensors.keys()].sort(), 'the adapter holds the reference\'s tensors');
+      t.deepEqual([...adapter.stateDict().keys()].map(refName).sort(), [...out.tensors.keys()].sort(), 'the adapter holds the reference\'s tensors');
       let worst = 0;
       let floor = 0;
       for (const [tensorName, value] of adapter.stateDict()) {
-        const ref = out.readFloat32(tensorName);
+        const ref = out.readFloat32(refName(tensorName));
         // An entry whose step-0 gradient is at f32's noise floor (below 1e-5 of the tensor's largest)
         // has a sign that rounding decides, and AdamW turns that into a step of up to lr: such
         // entries must stay within the steps' lr, the rest match to the tolerance.
-        const g0 = g.has(tensorName) ? g.readFloat32(tensorName) : null;
+        const g0 = g.has(refName(tensorName)) ? g.readFloat32(refName(tensorName)) : null;
         const gmax = g0 ? g0.reduce((a, x) => Math.max(a, Math.abs(x)), 0) : 0;
         const noisy = (i: number) => g0 !== null && g0.length === value.length && g0[i] !== 0 && Math.abs(g0[i]) < 1e-5 * gmax;
         const a = value.filter((_, i) => !noisy(i)), r = ref.filter((_, i) => !noisy(i));

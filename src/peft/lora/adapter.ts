@@ -24,7 +24,10 @@ export type { TrainableParam } from '../method';
 export { LoraLayer } from './layer';
 
 const tensorName = (module: string, which: 'A' | 'B') => `base_model.model.${module}.lora_${which}.weight`;
+/** A bias of a module without a LoRA layer (bias "all"), as PEFT saves it. */
 const biasName = (module: string) => `base_model.model.${module}.bias`;
+/** A bias of a LoRA-wrapped module: PEFT's key names the wrapped base layer. Both spellings load. */
+const loraBiasName = (module: string) => `base_model.model.${module}.base_layer.bias`;
 /** modules_to_save copies: PEFT saves them under the module's own name. */
 const EMBED = 'model.embed_tokens', HEAD = 'lm_head';
 const savedName = (module: string) => `base_model.model.${module}.weight`;
@@ -167,7 +170,10 @@ export class LoraAdapter implements PeftMethod, ModelAdapter {
       const wanted = new Map<string, string>();
       const head = byName.get(HEAD)!;
       const extraShapes = new Map<string, number[]>();
-      for (const m of modules) extraShapes.set(biasName(m.name), [m.outFeatures]);
+      for (const m of modules) {
+        extraShapes.set(biasName(m.name), [m.outFeatures]);
+        extraShapes.set(loraBiasName(m.name), [m.outFeatures]);
+      }
       if (saves(config, 'embed_tokens')) extraShapes.set(savedName(EMBED), [head.outFeatures, head.inFeatures]);
       if (saves(config, HEAD)) extraShapes.set(savedName(HEAD), [head.outFeatures, head.inFeatures]);
       for (const name of ck.tensors.keys()) {
@@ -217,7 +223,7 @@ export class LoraAdapter implements PeftMethod, ModelAdapter {
         if (name === savedName(EMBED)) extras.embed = copySite(v, shape, device);
         else if (name === savedName(HEAD)) extras.head = copySite(v, shape, device);
         else {
-          const module = name.slice('base_model.model.'.length, -'.bias'.length);
+          const module = name.slice('base_model.model.'.length).replace(/(\.base_layer)?\.bias$/, '');
           const l = layers.get(module);
           if (l) l.trainBias(v);
           else extras.biases.set(module, new BiasLayer(byName.get(module)!, v, device));
@@ -239,7 +245,7 @@ export class LoraAdapter implements PeftMethod, ModelAdapter {
       out.push({ name: tensorName(l.module, 'A'), param: l.A, grad: l.dA });
       out.push({ name: tensorName(l.module, 'B'), param: l.B, grad: l.dB });
       if (l instanceof DoraLayer) out.push({ name: doraMagnitudeName(l.module), param: l.m, grad: l.dm });
-      if (l.bias) out.push({ name: biasName(l.module), param: l.bias.b, grad: l.bias.db, decay: false });
+      if (l.bias) out.push({ name: loraBiasName(l.module), param: l.bias.b, grad: l.bias.db, decay: false });
     }
     for (const b of this.extras.biases.values()) out.push({ name: biasName(b.module.name), param: b.b, grad: b.db, decay: false });
     if (this.extras.embed) out.push({ name: savedName(EMBED), param: this.extras.embed.weight, grad: this.extras.embed.grad });
