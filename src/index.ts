@@ -9,7 +9,7 @@ export * as ops from './ops';
 
 // Training and inference
 export { train, TrainRun } from './train/train';
-export type { TrainRunOptions } from './train/train';
+export type { TrainRunOptions, TrainRunEvents, TrainRunEventName } from './train/train';
 export type { TrainOptions, OptimName } from './train/options';
 export type { TrainEvent, TrainResult } from './train/run';
 export { loadModel, Model } from './inference/model';

@@ -233,6 +233,19 @@ export interface NativeAddon extends NativeOps {
   setNumThreads(n: number): void;
 }
 
+/** How to get an addon, for the one-line error a missing or broken one raises. */
+function addonHelp(root: string, why: string): string {
+  const where = `${process.platform}-${process.arch}`;
+  const first = why.split('\n')[0];
+  const get = 'Install a peftkit release that ships a ' + where + ' prebuild, or build the addon with `npm rebuild peftkit` ' +
+    '(install scripts allowed; needs a C++17 compiler with OpenMP, Python 3 and make), or set PEFTKIT_ADDON to a peftkit.node';
+  if (/^No native build was found/.test(first)) {
+    return `the peftkit native addon is missing: no prebuild in ${path.join(root, 'prebuilds', where)} and no build in ${path.join(root, 'build', 'Release')}. ${get}`;
+  }
+  // Found but not loadable: most often a shared library it links (libgomp, OpenMP's runtime) is absent.
+  return `the peftkit native addon could not be loaded: ${first}${/libgomp|libomp/.test(first) ? ' (install the OpenMP runtime: libgomp1 on Debian/Ubuntu)' : ''}. ${get}`;
+}
+
 function load(): NativeAddon {
   const root = path.join(__dirname, '..', '..');
   // PEFTKIT_ADDON (a path to a .node file) wins; else node-gyp-build's search: build/Release
@@ -243,17 +256,25 @@ function load(): NativeAddon {
     // eslint-disable-next-line @typescript-eslint/no-var-requires
     addon = (explicit ? require(explicit) : require('node-gyp-build')(root)) as NativeAddon;
   } catch (e) {
-    throw new PeftkitError(
-      'E_ADDON',
-      `could not load the peftkit native addon from ${root}: ${(e as Error).message}. ` +
-        'Its install script builds it with node-gyp when no prebuild fits this platform: run `npm rebuild peftkit` ' +
-        '(`npm install` in a clone of the repository), with install scripts allowed for peftkit ' +
-        '(not under --ignore-scripts).',
-    );
+    throw new PeftkitError('E_ADDON', explicit ? `PEFTKIT_ADDON=${explicit} could not be loaded: ${(e as Error).message.split('\n')[0]}` : addonHelp(root, (e as Error).message));
   }
   addon.setErrorClass(PeftkitError);
   return addon;
 }
 
+let loaded: NativeAddon | null = null;
+
 /** The addon, loaded once per thread (each worker gets its own instance data). */
-export const native: NativeAddon = load();
+export function loadNative(): NativeAddon {
+  return (loaded ??= load());
+}
+
+/**
+ * The addon, loaded on first use (not at import): `require('peftkit')`, `peftkit --help`,
+ * `--version` and option errors work without it, and a missing one fails where an op is first
+ * needed, with one line saying how to get it.
+ */
+export const native: NativeAddon = new Proxy({} as NativeAddon, {
+  get: (_t, key) => Reflect.get(loadNative(), key),
+  has: (_t, key) => Reflect.has(loadNative(), key),
+});

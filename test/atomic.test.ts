@@ -33,6 +33,7 @@ test('writeFileAtomic and writeDirAtomic leave no temporaries and replace whole'
   writeDirAtomic(path.join(dir, 'd'), (d) => fs.writeFileSync(path.join(d, 'y'), '2'));
   t.deepEqual(fs.readdirSync(dir).sort(), ['d', 'f.json']);
   t.deepEqual(fs.readdirSync(path.join(dir, 'd')), ['y']);
+  t.is(fs.statSync(path.join(dir, 'd')).mode & 0o777, 0o777 & ~process.umask(), 'the folder has the user\'s umask, not mkdtemp\'s 0700');
   t.is(fs.readFileSync(path.join(dir, 'f.json'), 'utf8'), '{"a":1}');
   t.throws(() => writeDirAtomic(path.join(dir, 'd'), () => {
     throw new Error('fill failed');

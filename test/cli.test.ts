@@ -19,17 +19,20 @@ test('usage errors exit 2, failures exit 1 with one line', (t) => {
   t.regex(r1.stderr, /unknown command 'frobnicate'/);
   const r2 = run(['train', '--model', '/nonexistent', '--data', 'x.jsonl', '--out', os.tmpdir(), '--steps', '1']);
   t.is(r2.status, 1);
-  t.regex(r2.stderr, /^peftkit: .*config\.json.*\n$/);
+  t.regex(r2.stderr, /^peftkit: --model \/nonexistent: no such folder \(expected a Hugging Face model folder with config\.json and safetensors\)\n$/);
   const r3 = run(['train', '--model', 'm', '--data', 'd', '--out', 'o', '--r', 'four']);
   t.is(r3.status, 2);
-  t.regex(r3.stderr, /--r: expected a number, got 'four'/);
+  t.regex(r3.stderr, /--r: expected an integer, got 'four'/);
 });
 
 test('--help anywhere prints the usage; --version prints the package version', (t) => {
-  for (const args of [['--help'], ['train', '--help'], ['merge', '-h']]) {
+  const top = run(['--help']);
+  t.is(top.status, 0);
+  t.regex(top.stdout, /^usage:\n {2}peftkit train --model DIR/);
+  for (const args of [['train', '--help'], ['merge', '-h'], ['help', 'generate']]) {
     const r = run(args);
     t.is(r.status, 0, args.join(' '));
-    t.regex(r.stdout, /^usage:\n {2}peftkit train --model DIR/, args.join(' '));
+    t.regex(r.stdout, /^peftkit (train|merge|generate): .*\n\nusage:\n {2}peftkit (train|merge|generate) --model DIR/, args.join(' '));
   }
   const v = run(['--version']);
   t.is(v.status, 0);
@@ -84,11 +87,13 @@ test('merge into a quantized base: one warning line on stderr; --dtype f32 write
   t.regex(bad.stderr, /--dtype: expected f32 or bf16, got 'f16'/);
 });
 
-test('the bundled demo trains and shows the generation change', (t) => {
-  const r = run(['train']);
+test('the bundled demo trains and shows the generation change, in a temporary folder it removes', (t) => {
+  const tmpdir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-cli-tmp-'));
+  const r = spawnSync(process.execPath, [BIN, 'train'], { encoding: 'utf8', timeout: 120_000, env: { ...process.env, TMPDIR: tmpdir } });
   t.is(r.status, 0, r.stderr);
   t.regex(r.stdout, /before: "What does Ada keep\?"/);
   const steps = [...r.stdout.matchAll(/loss (\d+\.\d+)/g)].map((m) => Number(m[1]));
   t.true(steps.length >= 3 && steps[steps.length - 1] < steps[0] / 5, `loss fell: ${steps.join(' ')}`);
   t.regex(r.stdout, /after: {2}"What does Ada keep\?" -> " Ada keeps a red cat\."/);
+  t.deepEqual(fs.readdirSync(tmpdir), [], 'the demo removed its temporary folder');
 });

@@ -167,8 +167,8 @@ test('train() with method qlora runs on a quantized base (f32 and bf16 compute) 
   runBf16.on('step', (e) => bf16Losses.push(e.loss));
   const resultBf16 = await runBf16;
   t.true(Number.isFinite(resultBf16.finalLoss) && resultBf16.finalLoss < bf16Losses[0], `bf16: loss ${bf16Losses[0]} -> ${resultBf16.finalLoss}`);
-  t.throws(() => train({ ...common, out: path.join(dir, 'x'), method: 'qlora', quantize: 'int8' }), { instanceOf: PeftkitError, code: 'E_ARG' });
-  t.throws(() => train({ ...common, out: path.join(dir, 'x'), method: 'dora' as never }), { instanceOf: PeftkitError, code: 'E_ARG' });
+  await t.throwsAsync(train({ ...common, out: path.join(dir, 'x'), method: 'qlora', quantize: 'int8' }).result, { instanceOf: PeftkitError, code: 'E_ARG' });
+  await t.throwsAsync(train({ ...common, out: path.join(dir, 'x'), method: 'dora-x' as never }).result, { instanceOf: PeftkitError, code: 'E_ARG' });
 });
 
 test('a quantized base loads with dtype bf16 (bf16 compute)', (t) => {

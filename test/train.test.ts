@@ -1,5 +1,6 @@
 /** train(): the worker-thread run, its files, events, abort + resume, and errors. */
 import test from 'ava';
+import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -72,32 +73,38 @@ test('an AbortSignal aborted before train() starts rejects at once, and nothing 
 test('a stopped run resumes from its checkpoint to the same adapter as an uninterrupted run', async (t) => {
   const { model, data } = fixture();
   const straight = path.join(tmp(), 'straight');
-  await train({ ...common, model, data, out: straight, steps: 8 });
+  // 24 steps: room for the abort sent at step 3 to arrive before the worker ends, on a loaded machine too.
+  await train({ ...common, model, data, out: straight, steps: 24 });
   const out = path.join(tmp(), 'resumed');
   const ctrl = new AbortController();
-  const run = train({ ...common, model, data, out, steps: 8, saveEvery: 2, signal: ctrl.signal });
+  const run = train({ ...common, model, data, out, steps: 24, saveEvery: 2, signal: ctrl.signal });
   run.on('step', (e) => {
     if (e.step === 3) ctrl.abort();
   });
   const err = await t.throwsAsync(run.result, { instanceOf: PeftkitError });
   t.is(err?.code, 'E_ABORTED');
   t.true(fs.existsSync(path.join(out, 'checkpoints')));
-  const result = await train({ ...common, model, data, out, steps: 8, resume: out });
-  t.is(result.steps, 8);
+  const result = await train({ ...common, model, data, out, steps: 24, resume: out });
+  t.is(result.steps, 24);
   const m = LlamaModel.load(model);
   const a = LoraAdapter.load(straight, m.linearModules).stateDict();
   const b = LoraAdapter.load(out, m.linearModules).stateDict();
   for (const [k, v] of a) t.deepEqual(b.get(k), v, `${k} after resume`);
-  t.is(readLog(result.logFile).filter((r) => 'loss' in r).length, 8, 'the log has each step once');
+  t.is(readLog(result.logFile).filter((r) => 'loss' in r).length, 24, 'the log has each step once');
   m.dispose();
 });
 
 test('bad options and bad data fail with clear errors', async (t) => {
   const { model, data } = fixture();
   const out = path.join(tmp(), 'x');
-  t.throws(() => train({ model, data, out, r: 0 }), { instanceOf: PeftkitError, message: /r: expected a positive integer/ });
-  t.throws(() => train({ model, data, out, steps: 2, epochs: 1 }), { message: /steps and epochs/ });
-  t.throws(() => train({ model, data, out, steps: 1, evalData: data, evalSplit: 0.5 }), { instanceOf: PeftkitError, message: /evalData and evalSplit/ });
+  // Bad options reject the run as every other failure does (they used to throw synchronously).
+  await t.throwsAsync(train({ model, data, out, r: 0 }).result, { instanceOf: PeftkitError, message: /r: expected a positive integer/ });
+  await t.throwsAsync(train({ model, data, out, steps: 2, epochs: 1 }).result, { message: /steps and epochs/ });
+  await t.throwsAsync(train({ model, data, out, steps: 1, evalData: data, evalSplit: 0.5 }).result, { instanceOf: PeftkitError, message: /evalData and evalSplit/ });
+  await t.throwsAsync(train({ model, data, out, lr: 5 }).result, { instanceOf: PeftkitError, message: /lr: expected a number in \[0, 1\], got 5/ });
+  await t.throwsAsync(train({ model, data, out, eps: 0 }).result, { instanceOf: PeftkitError, message: /eps: expected a number in \(0, 1\]/ });
+  await t.throwsAsync(train({ model, data, out, adapter: out, r: 4 }).result, { instanceOf: PeftkitError, message: /r cannot be given with adapter/ });
+  await t.throwsAsync(train({ model, data, out, pagedDir: path.join(tmp(), 'missing') }).result, { instanceOf: PeftkitError, message: /pagedDir: .*missing is not an existing folder/ });
   const e1 = await t.throwsAsync(train({ model, data, out, steps: 1, targets: ['nope_proj'] }).result, { instanceOf: PeftkitError });
   t.regex(e1!.message, /'nope_proj' matches no module/);
   const bad = path.join(tmp(), 'bad.jsonl');
@@ -132,16 +139,15 @@ test('rows with nothing to learn from (prompt past maxLength, label only at posi
 test('saveTotalLimit keeps the newest N checkpoints, and the run resumes from them', async (t) => {
   const { model, data } = fixture();
   const out = path.join(tmp(), 'limited');
-  // A later checkpoint left by another run in the same folder is not this run's to prune, and
-  // never makes it prune the checkpoint it just wrote.
-  fs.mkdirSync(path.join(out, 'checkpoints', 'step-300'), { recursive: true });
   await train({ ...common, model, data, out, steps: 6, saveEvery: 1, saveTotalLimit: 2 });
-  t.deepEqual(fs.readdirSync(path.join(out, 'checkpoints')).sort(), ['step-300', 'step-4', 'step-5']);
-  fs.rmSync(path.join(out, 'checkpoints', 'step-300'), { recursive: true });
-  const result = await train({ ...common, model, data, out, steps: 7, resume: out, saveEvery: 1, saveTotalLimit: 2 });
-  t.is(result.steps, 7);
-  t.deepEqual(fs.readdirSync(path.join(out, 'checkpoints')).sort(), ['step-5', 'step-6']);
-  t.throws(() => train({ model, data, out, saveTotalLimit: -1 }), { instanceOf: PeftkitError, message: /saveTotalLimit/ });
+  t.deepEqual(fs.readdirSync(path.join(out, 'checkpoints')).sort(), ['step-5', 'step-6'], 'the final step is checkpointed too');
+  // A later checkpoint folder (not a complete one: no trainer_state.json) is not this run's to
+  // prune, and never makes it prune the checkpoint it just wrote.
+  fs.mkdirSync(path.join(out, 'checkpoints', 'step-300'), { recursive: true });
+  const result = await train({ ...common, model, data, out, steps: 8, resume: out, saveEvery: 1, saveTotalLimit: 2 });
+  t.is(result.steps, 8);
+  t.deepEqual(fs.readdirSync(path.join(out, 'checkpoints')).sort(), ['step-300', 'step-7', 'step-8']);
+  await t.throwsAsync(train({ model, data, out, saveTotalLimit: -1 }).result, { instanceOf: PeftkitError, message: /saveTotalLimit/ });
 });
 
 test('a paged optimizer creates its pagedDir, also inside a new output folder', async (t) => {
@@ -174,4 +180,71 @@ test('resume refuses options that change which rows train: evalSplit, maskPrompt
   const e2 = await t.throwsAsync(train({ ...common, model, data, out, steps: 3, resume: out, maskPrompt: false }).result, { instanceOf: PeftkitError });
   t.regex(e2!.message, /resume: 'maskPrompt' was true in the checkpoint's run .* but is false now/);
   t.is((await train({ ...common, model, data, out, steps: 3, resume: out })).steps, 3);
+});
+
+test('a failed run with only event listeners: an error event when listened to, else an unhandled rejection', async (t) => {
+  const { model } = fixture();
+  const bad = path.join(tmp(), 'bad.jsonl');
+  fs.writeFileSync(bad, '{"prompt": 3}\n');
+  const run = train({ model, data: bad, out: path.join(tmp(), 'o'), steps: 1 });
+  const err = await new Promise<PeftkitError>((resolve) => run.on('error', resolve));
+  t.true(err instanceof PeftkitError);
+  t.regex(err.message, /bad\.jsonl:1/);
+  // Bad options: also an 'error' event (the run is rejected, not thrown).
+  const e2 = await new Promise<PeftkitError>((resolve) => train({ model, data: bad, out: 'x', r: -1 }).on('error', resolve));
+  t.regex(e2.message, /r: expected a positive integer/);
+  // Nobody listening for 'error' and nobody awaiting: the rejection is unhandled, as a plain
+  // promise's, so the script does not end with exit code 0 (a child: ava reports unhandled rejections itself).
+  const script = `const { train } = require(${JSON.stringify(path.join(__dirname, '..', 'src', 'index.js'))});
+    train({ model: ${JSON.stringify(model)}, data: ${JSON.stringify(bad)}, out: ${JSON.stringify(path.join(tmp(), 'o2'))}, steps: 1 }).on('step', () => {});`;
+  const child = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 60_000 });
+  t.not(child.status, 0);
+  t.regex(child.stderr, /bad\.jsonl:1/);
+});
+
+test('event names are typed: a misspelt one does not compile', (t) => {
+  const run = train({ model: 'm', data: 'd', out: 'o', r: -1 });
+  run.on('error', () => {});
+  // @ts-expect-error 'stpe' is not an event of TrainRun
+  run.on('stpe', () => {});
+  run.on('step', (e) => e.loss.toFixed());
+  // @ts-expect-error an eval event has no gradNorm
+  run.on('eval', (e) => e.gradNorm);
+  t.pass();
+});
+
+test('resume: every option that changes the result is recorded; resume alone continues the run, a changed one is refused, safe ones are stated', async (t) => {
+  const { model, data } = fixture();
+  const out = path.join(tmp(), 'rec');
+  const first = { model, data, out, steps: 4, lr: 1e-3, optim: 'adamw8bit' as const, schedule: 'cosine' as const, warmupRatio: 0.5, weightDecay: 0.01, maxGradNorm: 0.5, r: 4, targets: 'all-linear' as const, maxLength: 64 };
+  await train(first);
+  const state = JSON.parse(fs.readFileSync(path.join(out, 'checkpoints', 'step-4', 'trainer_state.json'), 'utf8'));
+  t.is(state.step, 4, 'a checkpoint at the final step');
+  t.like(state.fingerprint, { lr: 1e-3, optim: 'adamw8bit', schedule: 'cosine', warmupSteps: 2, weightDecay: 0.01, maxGradNorm: 0.5, r: 4, alpha: 16, dropout: 0.05, method: 'lora', bf16: false, totalSteps: 4, eps: 1e-8 });
+  t.deepEqual(state.fingerprint.betas, [0.9, 0.999]);
+  // The run is complete: resuming it as it was has nothing to do.
+  const done = await t.throwsAsync(train({ model, data, out, resume: out }).result, { instanceOf: PeftkitError });
+  t.regex(done!.message, /the run is complete \(step 4 of 4\): give 'steps' above 4/);
+  // Another lr or optimizer: refused, naming both values.
+  const lr = await t.throwsAsync(train({ model, data, out, resume: out, steps: 6, lr: 2e-4 }).result, { instanceOf: PeftkitError });
+  t.regex(lr!.message, /resume: 'lr' was 0\.001 in the checkpoint's run .* but is 0\.0002 now/);
+  const op = await t.throwsAsync(train({ model, data, out, resume: out, steps: 6, optim: 'adamw' }).result, { instanceOf: PeftkitError });
+  t.regex(op!.message, /'optim' was "adamw8bit" .* but is "adamw" now/);
+  const rr = await t.throwsAsync(train({ model, data, out, resume: out, steps: 6, r: 8 }).result, { instanceOf: PeftkitError });
+  t.regex(rr!.message, /'r' was 4 .* but is 8 now/);
+  // More steps and another save frequency: fine, and stated.
+  const warnings: string[] = [];
+  const more = train({ model, data, out, resume: out, steps: 6, saveEvery: 1 });
+  more.on('warning', (e) => warnings.push(e.message));
+  const r = await more;
+  t.is(r.steps, 6);
+  t.true(warnings.some((w) => /4 -> 6 steps/.test(w)), warnings.join('\n'));
+  t.true(warnings.some((w) => /'saveEvery' changed from 0 to 1/.test(w)), warnings.join('\n'));
+  const s6 = JSON.parse(fs.readFileSync(path.join(out, 'checkpoints', 'step-6', 'trainer_state.json'), 'utf8'));
+  t.like(s6.fingerprint, { lr: 1e-3, optim: 'adamw8bit', warmupSteps: 2, totalSteps: 6 }, 'the resumed run kept the checkpoint\'s options');
+  // A new run into the folder: refused without overwrite; overwrite removes the old checkpoints.
+  const again = await t.throwsAsync(train({ model, data, out, steps: 2 }).result, { instanceOf: PeftkitError });
+  t.regex(again!.message, /holds another run's checkpoints: continue it with 'resume', or pass 'overwrite'/);
+  await train({ model, data, out, steps: 2, overwrite: true });
+  t.deepEqual(fs.readdirSync(path.join(out, 'checkpoints')), ['step-2']);
 });

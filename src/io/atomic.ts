@@ -49,6 +49,8 @@ export function writeDirAtomic(dir: string, fill: (tmpDir: string) => void): voi
   fs.mkdirSync(parent, { recursive: true });
   const tmp = fs.mkdtempSync(path.join(parent, `.${path.basename(dir)}.tmp-`));
   try {
+    // mkdtemp makes 0700 folders; the result gets the user's umask as a plain mkdir would.
+    fs.chmodSync(tmp, 0o777 & ~process.umask());
     fill(tmp);
   } catch (e) {
     fs.rmSync(tmp, { recursive: true, force: true });

@@ -2,7 +2,9 @@
  * Everything `train()` and `peftkit train` accept. Names follow PEFT / transformers / MLX-LM so
  * users coming from them find what they know; every field says its default.
  */
+import * as fs from 'fs';
 import * as os from 'os';
+import * as path from 'path';
 import { PeftkitError } from '../errors';
 import { checkInt8ThresholdOption } from '../model/int8_threshold';
 import type { DeviceOption } from '../tensor';
@@ -10,11 +12,20 @@ import type { ScheduleName } from './schedule';
 
 /** The optimizers, by transformers' `optim` names (src/train/optimizer.ts). */
 export type OptimName = 'adamw' | 'adamw8bit' | 'paged_adamw' | 'paged_adamw8bit';
-
-/** `train --method` values: the adapter methods, and LoRA's presets on a quantized base. */
-export type MethodName = 'lora' | 'qlora' | 'int8-lora' | 'dora' | 'ia3' | 'ln' | 'bitfit' | 'diff' | 'full';
-export const METHOD_NAMES: readonly MethodName[] = ['lora', 'qlora', 'int8-lora', 'dora', 'ia3', 'ln', 'bitfit', 'diff', 'full'];
 export const OPTIM_NAMES: readonly OptimName[] = ['adamw', 'adamw8bit', 'paged_adamw', 'paged_adamw8bit'];
+
+/** The methods `method` accepts (the CLI's `--method` reads this list): the adapter methods, and LoRA's presets on a quantized base. */
+export const METHOD_NAMES = ['lora', 'qlora', 'int8-lora', 'dora', 'ia3', 'ln', 'bitfit', 'diff', 'full'] as const;
+export type MethodName = (typeof METHOD_NAMES)[number];
+
+/** The learning-rate schedules `schedule` accepts. */
+export const SCHEDULE_NAMES: readonly ScheduleName[] = ['constant', 'linear', 'cosine'];
+
+/** The base quantizations `quantize` accepts. */
+export const QUANTIZE_NAMES = ['nf4', 'fp4', 'int8'] as const;
+
+/** The highest learning rate accepted: above it AdamW diverges on any model (typical LoRA rates are 1e-5..1e-3). */
+export const MAX_LR = 1;
 
 export interface TrainOptions {
   /** Hugging Face model folder (config.json + safetensors; tokenizer.json when the data holds text). */
@@ -36,8 +47,8 @@ export interface TrainOptions {
    * `'diff'`: diff pruning, a sparse difference δ on the targeted weights (`diffDensity`);
    * `'full'`: full fine-tuning, every weight (or those `trainable` names) on f32 masters, written
    * out as a whole model folder. Every adapter method works on any base storage (`quantize`);
-   * `'full'` needs a dense base. With `adapter` or
-   * `resume`, the folder's method is used and a different `method` is refused. Defaults to `'lora'`.
+   * `'full'` needs a dense base. With `adapter` or `resume`, the folder's method is used and a
+   * different `method` is refused. Defaults to `'lora'`.
    */
   method?: MethodName;
   /**
@@ -96,6 +107,11 @@ export interface TrainOptions {
   schedule?: ScheduleName;
   /** Linear warmup steps. Defaults to `0`. */
   warmupSteps?: number;
+  /**
+   * Linear warmup as a fraction of the run's steps, converted to ceil(ratio * steps) warmup steps
+   * (transformers' warmup_ratio). Give it or warmupSteps, not both. Defaults to none.
+   */
+  warmupRatio?: number;
   /** Global gradient-norm clipping; 0 turns it off. Defaults to `1`. */
   maxGradNorm?: number;
   /** Truncate examples to this many tokens. Defaults to `2048`. */
@@ -117,8 +133,18 @@ export interface TrainOptions {
   saveTotalLimit?: number;
   /** Evaluate every N steps (0 = only at the end, when there is eval data). Defaults to `0`. */
   evalEvery?: number;
-  /** Resume from a checkpoint folder, or from the latest checkpoint under an output folder. Defaults to none. */
+  /**
+   * Resume from a checkpoint folder, or from the latest checkpoint under an output folder. Every
+   * option left undefined is taken from the checkpoint's run; one given that differs from it is
+   * refused, except steps/epochs (more), saveEvery, evalEvery, saveTotalLimit, logEvery, device,
+   * activationCheckpointing, pagedDir and out, which change with a warning. Defaults to none.
+   */
   resume?: string;
+  /**
+   * Train into an `out` that holds another run's checkpoints, removing them first (without it
+   * such a folder is refused: resume it, or choose another). Defaults to `false`.
+   */
+  overwrite?: boolean;
   /** Recompute activations per layer in backward (less memory, ~30% more compute). Defaults to `false`. */
   activationCheckpointing?: boolean;
   /** Where to run. Defaults to `'cpu'`. */
@@ -146,100 +172,145 @@ export interface TrainOptions {
   pagedDir?: string;
 }
 
-export type ResolvedTrainOptions = Required<Omit<TrainOptions, 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize' | 'int8Threshold' | 'trainable' | 'diffDensity' | 'diffPruneStep'>> &
-  Pick<TrainOptions, 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize' | 'int8Threshold' | 'trainable' | 'diffDensity' | 'diffPruneStep'>;
+type Optional = 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize' | 'int8Threshold' | 'warmupRatio' | 'trainable' | 'diffDensity' | 'diffPruneStep';
+export type ResolvedTrainOptions = Required<Omit<TrainOptions, Optional>> & Pick<TrainOptions, Optional>;
 
-const METHOD_QUANT = { lora: undefined, qlora: 'nf4', 'int8-lora': 'int8', dora: undefined, ia3: undefined, ln: undefined, bitfit: undefined, diff: undefined, full: undefined } as const;
+/** How an option is named in messages: the API field by default; the CLI passes its flag names. */
+export type OptionNamer = (field: string) => string;
+
+const METHOD_QUANT: Record<MethodName, 'nf4' | 'int8' | undefined> = {
+  lora: undefined, qlora: 'nf4', 'int8-lora': 'int8', dora: undefined, ia3: undefined, ln: undefined, bitfit: undefined, diff: undefined, full: undefined,
+};
 
 /** The quantization a method and a `quantize` option ask for together. */
-function resolveQuantize(o: TrainOptions): { method: MethodName; quantize: TrainOptions['quantize'] } {
+function resolveQuantize(o: TrainOptions, name: OptionNamer): { method: MethodName; quantize: TrainOptions['quantize'] } {
   const method = o.method ?? 'lora';
-  if (!Object.prototype.hasOwnProperty.call(METHOD_QUANT, method)) {
-    throw new PeftkitError('E_ARG', `method: expected one of ${METHOD_NAMES.join(', ')}, got '${String(method)}'`);
+  if (!(METHOD_NAMES as readonly string[]).includes(method)) {
+    throw new PeftkitError('E_ARG', `${name('method')}: expected one of ${METHOD_NAMES.join(', ')}, got '${String(method)}'`);
   }
-  if (o.quantize !== undefined && o.quantize !== 'nf4' && o.quantize !== 'fp4' && o.quantize !== 'int8') {
-    throw new PeftkitError('E_ARG', `quantize: expected nf4, fp4 or int8, got '${String(o.quantize)}'`);
+  if (o.quantize !== undefined && !(QUANTIZE_NAMES as readonly string[]).includes(o.quantize)) {
+    throw new PeftkitError('E_ARG', `${name('quantize')}: expected nf4, fp4 or int8, got '${String(o.quantize)}'`);
   }
   const implied = METHOD_QUANT[method];
   if (implied && o.quantize && o.quantize !== implied) {
-    throw new PeftkitError('E_ARG', `quantize '${o.quantize}' contradicts method '${method}' (which quantizes to ${implied})`);
+    throw new PeftkitError('E_ARG', `${name('quantize')} '${o.quantize}' contradicts ${name('method')} '${method}' (which quantizes to ${implied})`);
   }
   const quantize = o.quantize ?? implied;
-  if (method === 'full' && quantize) throw new PeftkitError('E_ARG', `quantize: full fine-tuning trains every weight in f32, so it cannot use a '${quantize}' base`);
-  if (method !== 'full' && o.trainable !== undefined) throw new PeftkitError('E_ARG', `trainable: only for method full (got method '${method}')`);
+  if (method === 'full' && quantize) throw new PeftkitError('E_ARG', `${name('quantize')}: full fine-tuning trains every weight in f32, so it cannot use a '${quantize}' base`);
+  if (method !== 'full' && o.trainable !== undefined) throw new PeftkitError('E_ARG', `${name('trainable')}: only for ${name('method')} full (got '${method}')`);
   checkInt8ThresholdOption(o.int8Threshold, quantize);
   return { method, quantize };
 }
 
 function positiveInt(name: string, v: number | undefined, dflt: number, allowZero = false): number {
   const x = v ?? dflt;
-  if (!Number.isInteger(x) || x < (allowZero ? 0 : 1)) {
+  if (typeof x !== 'number' || !Number.isSafeInteger(x) || x < (allowZero ? 0 : 1)) {
     throw new PeftkitError('E_ARG', `${name}: expected ${allowZero ? 'a non-negative' : 'a positive'} integer, got ${String(v)}`);
   }
   return x;
 }
 
-function num(name: string, v: number | undefined, dflt: number, lo: number, hi: number): number {
+/** A finite number in [lo, hi], or (lo, hi] when `loOpen`. */
+function num(name: string, v: number | undefined, dflt: number, lo: number, hi: number, loOpen = false): number {
   const x = v ?? dflt;
-  if (typeof x !== 'number' || !Number.isFinite(x) || x < lo || x > hi) throw new PeftkitError('E_ARG', `${name}: expected a number in [${lo}, ${hi}], got ${String(v)}`);
+  if (typeof x !== 'number' || !Number.isFinite(x) || (loOpen ? x <= lo : x < lo) || x > hi) {
+    throw new PeftkitError('E_ARG', `${name}: expected a number in ${loOpen ? '(' : '['}${lo}, ${hi}], got ${String(v)}`);
+  }
   return x;
 }
 
-/** Fills defaults and checks every value, naming the option that is wrong. */
-export function resolveTrainOptions(o: TrainOptions): ResolvedTrainOptions {
+/** The LoRA options an adapter folder's config decides when training continues from it. */
+const ADAPTER_DECIDES = ['r', 'alpha', 'dropout', 'targets', 'rslora', 'initLoraWeights'] as const;
+
+/**
+ * Fills defaults and checks every value, naming the option that is wrong (by `name`: the API
+ * field, or the CLI flag when the CLI resolves them).
+ */
+export function resolveTrainOptions(o: TrainOptions, name: OptionNamer = (f) => f): ResolvedTrainOptions {
   for (const k of ['model', 'data', 'out'] as const) {
-    if (typeof o[k] !== 'string' || !o[k]) throw new PeftkitError('E_ARG', `${k}: expected a path`);
+    if (typeof o[k] !== 'string' || !o[k]) throw new PeftkitError('E_ARG', `${name(k)}: expected a path`);
   }
-  if (o.steps !== undefined && o.epochs !== undefined) throw new PeftkitError('E_ARG', 'steps and epochs were both given; expected one');
+  const both = (a: keyof TrainOptions, b: keyof TrainOptions) => {
+    if (o[a] !== undefined && o[b] !== undefined) throw new PeftkitError('E_ARG', `${name(a)} and ${name(b)} were both given; expected one`);
+  };
+  both('steps', 'epochs');
   // Checked here for every data kind: pre-tokenized data (no tokenizer) never reaches loadDataset's check.
-  if (o.evalData !== undefined && o.evalSplit !== undefined) throw new PeftkitError('E_ARG', 'evalData and evalSplit were both given; expected one');
-  const { method, quantize } = resolveQuantize(o);
-  if (method === 'dora' && o.dropout !== undefined && o.dropout > 0) throw new PeftkitError('E_UNSUPPORTED', `dropout: DoRA with dropout ${o.dropout} is not implemented; use dropout 0 with method dora`);
+  both('evalData', 'evalSplit');
+  both('warmupSteps', 'warmupRatio');
+  if (o.adapter !== undefined) {
+    const given = ADAPTER_DECIDES.filter((k) => o[k] !== undefined);
+    if (given.length) {
+      throw new PeftkitError('E_ARG', `${given.map(name).join(', ')} cannot be given with ${name('adapter')}: the adapter's adapter_config.json decides them`);
+    }
+  }
+  if (o.overwrite && o.resume !== undefined) throw new PeftkitError('E_ARG', `${name('overwrite')} and ${name('resume')} were both given: resuming keeps the checkpoints`);
+  if (o.evalSplit !== undefined && !(typeof o.evalSplit === 'number' && o.evalSplit > 0 && o.evalSplit < 1)) {
+    throw new PeftkitError('E_ARG', `${name('evalSplit')}: expected a fraction between 0 and 1 (exclusive), got ${String(o.evalSplit)}`);
+  }
+  const { method, quantize } = resolveQuantize(o, name);
+  if (method === 'dora' && o.dropout !== undefined && o.dropout > 0) {
+    throw new PeftkitError('E_UNSUPPORTED', `${name('dropout')}: DoRA with dropout ${o.dropout} is not implemented; use dropout 0 with ${name('method')} dora`);
+  }
   const schedule = o.schedule ?? 'constant';
-  if (!['constant', 'linear', 'cosine'].includes(schedule)) throw new PeftkitError('E_ARG', `schedule: expected constant, linear or cosine, got '${schedule}'`);
+  if (!SCHEDULE_NAMES.includes(schedule)) throw new PeftkitError('E_ARG', `${name('schedule')}: expected constant, linear or cosine, got '${schedule}'`);
   const targets = o.targets ?? ['q_proj', 'v_proj'];
   const optim = o.optim ?? 'adamw';
-  if (!OPTIM_NAMES.includes(optim)) throw new PeftkitError('E_ARG', `optim: expected one of ${OPTIM_NAMES.join(', ')}, got '${String(optim)}'`);
-  if (o.pagedDir !== undefined && (typeof o.pagedDir !== 'string' || !o.pagedDir)) throw new PeftkitError('E_ARG', 'pagedDir: expected a path');
+  if (!OPTIM_NAMES.includes(optim)) throw new PeftkitError('E_ARG', `${name('optim')}: expected one of ${OPTIM_NAMES.join(', ')}, got '${String(optim)}'`);
+  if (o.pagedDir !== undefined) {
+    if (typeof o.pagedDir !== 'string' || !o.pagedDir) throw new PeftkitError('E_ARG', `${name('pagedDir')}: expected a path`);
+    // Not created (a mistyped path would put gigabytes of optimizer states somewhere unintended),
+    // except inside the output folder, which the run creates.
+    const inOut = typeof o.out === 'string' && !path.relative(path.resolve(o.out), path.resolve(o.pagedDir)).startsWith('..');
+    if (!inOut && !fs.statSync(o.pagedDir, { throwIfNoEntry: false })?.isDirectory()) {
+      throw new PeftkitError('E_ARG', `${name('pagedDir')}: ${o.pagedDir} is not an existing folder (it is created only inside ${name('out')})`);
+    }
+  }
   if (targets !== 'all-linear' && (!Array.isArray(targets) || targets.length === 0 || !targets.every((t) => typeof t === 'string' && t))) {
-    throw new PeftkitError('E_ARG', 'targets: expected module names (e.g. q_proj,v_proj) or all-linear');
+    throw new PeftkitError('E_ARG', `${name('targets')}: expected module names (e.g. q_proj,v_proj) or all-linear`);
+  }
+  const betas = o.betas ?? [0.9, 0.999];
+  if (!Array.isArray(betas) || betas.length !== 2) throw new PeftkitError('E_ARG', `${name('betas')}: expected two numbers in [0, 1), got ${JSON.stringify(betas)}`);
+  for (const b of betas) {
+    if (typeof b !== 'number' || !(b >= 0 && b < 1)) throw new PeftkitError('E_ARG', `${name('betas')}: expected two numbers in [0, 1), got ${JSON.stringify(betas)}`);
   }
   return {
     ...o,
     method,
     quantize,
-    r: positiveInt('r', o.r, 8),
-    alpha: num('alpha', o.alpha, 16, -1e9, 1e9),
-    diffDensity: o.diffDensity === undefined ? undefined : num('diffDensity', o.diffDensity, 0.005, 1e-9, 1),
-    diffPruneStep: o.diffPruneStep === undefined ? undefined : positiveInt('diffPruneStep', o.diffPruneStep, 0, true),
-    dropout: num('dropout', o.dropout, method === 'dora' ? 0 : 0.05, 0, 0.99),
+    r: positiveInt(name('r'), o.r, 8),
+    alpha: num(name('alpha'), o.alpha, 16, -1e9, 1e9),
+    dropout: num(name('dropout'), o.dropout, method === 'dora' ? 0 : 0.05, 0, 0.99),
+    diffDensity: o.diffDensity === undefined ? undefined : num(name('diffDensity'), o.diffDensity, 0.005, 1e-9, 1),
+    diffPruneStep: o.diffPruneStep === undefined ? undefined : positiveInt(name('diffPruneStep'), o.diffPruneStep, 0, true),
     targets,
     rslora: o.rslora ?? false,
     initLoraWeights: o.initLoraWeights ?? true,
-    steps: o.steps === undefined ? undefined : positiveInt('steps', o.steps, 1),
-    epochs: o.epochs === undefined ? undefined : num('epochs', o.epochs, 1, 1e-9, 1e9),
-    batchSize: positiveInt('batchSize', o.batchSize, 4),
-    gradAccum: positiveInt('gradAccum', o.gradAccum, 1),
-    lr: num('lr', o.lr, 2e-4, 0, 10),
-    weightDecay: num('weightDecay', o.weightDecay, 0, 0, 10),
-    betas: o.betas ?? [0.9, 0.999],
-    eps: num('eps', o.eps, 1e-8, 0, 1),
+    steps: o.steps === undefined ? undefined : positiveInt(name('steps'), o.steps, 1),
+    epochs: o.epochs === undefined ? undefined : num(name('epochs'), o.epochs, 1, 1e-9, 1e9),
+    batchSize: positiveInt(name('batchSize'), o.batchSize, 4),
+    gradAccum: positiveInt(name('gradAccum'), o.gradAccum, 1),
+    lr: num(name('lr'), o.lr, 2e-4, 0, MAX_LR),
+    weightDecay: num(name('weightDecay'), o.weightDecay, 0, 0, 10),
+    betas,
+    warmupRatio: o.warmupRatio === undefined ? undefined : num(name('warmupRatio'), o.warmupRatio, 0, 0, 1),
+    eps: num(name('eps'), o.eps, 1e-8, 0, 1, true),
     schedule,
-    warmupSteps: positiveInt('warmupSteps', o.warmupSteps, 0, true),
-    maxGradNorm: num('maxGradNorm', o.maxGradNorm, 1, 0, 1e9),
-    maxLength: positiveInt('maxLength', o.maxLength, 2048),
+    warmupSteps: positiveInt(name('warmupSteps'), o.warmupSteps, 0, true),
+    maxGradNorm: num(name('maxGradNorm'), o.maxGradNorm, 1, 0, 1e9),
+    maxLength: positiveInt(name('maxLength'), o.maxLength, 2048),
     shuffle: o.shuffle ?? true,
-    seed: positiveInt('seed', o.seed, 0, true),
+    seed: positiveInt(name('seed'), o.seed, 0, true),
     packing: o.packing ?? false,
     maskPrompt: o.maskPrompt ?? true,
-    saveEvery: positiveInt('saveEvery', o.saveEvery, 0, true),
-    saveTotalLimit: positiveInt('saveTotalLimit', o.saveTotalLimit, 0, true),
-    evalEvery: positiveInt('evalEvery', o.evalEvery, 0, true),
+    saveEvery: positiveInt(name('saveEvery'), o.saveEvery, 0, true),
+    saveTotalLimit: positiveInt(name('saveTotalLimit'), o.saveTotalLimit, 0, true),
+    evalEvery: positiveInt(name('evalEvery'), o.evalEvery, 0, true),
     activationCheckpointing: o.activationCheckpointing ?? false,
     device: o.device ?? 'cpu',
     bf16: o.bf16 ?? false,
-    logEvery: positiveInt('logEvery', o.logEvery, 1),
+    logEvery: positiveInt(name('logEvery'), o.logEvery, 1),
     optim,
     pagedDir: o.pagedDir ?? os.tmpdir(),
+    overwrite: o.overwrite ?? false,
   };
 }

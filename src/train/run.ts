@@ -11,11 +11,13 @@ import type { Batch } from '../data';
 import { PeftkitError } from '../errors';
 import { removeLeftoverTemps } from '../io/atomic';
 import { LlamaModel } from '../model/llama';
+import type { LoraConfig } from '../peft/lora/config';
 import { adapterMethodOf, AdapterMethod, createAdapter, loadAdapter } from '../peft/registry';
-import { findCheckpoint, pruneCheckpoints, readTrainerState, restoreCheckpoint, saveCheckpoint, TrainerState } from './checkpoint';
+import { pruneCheckpoints, restoreCheckpoint, saveCheckpoint, TrainerState } from './checkpoint';
 import { TrainLog, readLog } from './log';
 import { writeLossCurve } from './loss_curve';
-import { ResolvedTrainOptions, resolveTrainOptions, TrainOptions } from './options';
+import { ResolvedTrainOptions, TrainOptions } from './options';
+import { checkResume, holdsCheckpoints, loraFingerprint, resolveWithCheckpoint, runFingerprint } from './resume';
 import { lrAt } from './schedule';
 import { Trainer } from './trainer';
 
@@ -127,20 +129,23 @@ function nextWindow(batches: BatchIterator, gradAccum: number): Batch[] {
 }
 
 export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainResult {
-  const o = resolveTrainOptions(options);
+  // A resume takes the options not given from its checkpoint.
+  const { o, ck } = resolveWithCheckpoint(options);
   const emit = hooks.onEvent ?? (() => {});
+  if (!ck && holdsCheckpoints(o.out) && !o.overwrite) {
+    throw new PeftkitError('E_ARG', `out: ${path.join(o.out, 'checkpoints')} holds another run's checkpoints: continue it with 'resume', or pass 'overwrite' to remove them, or choose another 'out'`);
+  }
   // The method comes from the folder being continued (its config wins), else from the options.
-  const resumeDir = o.resume ? findCheckpoint(o.resume) : null;
-  const adapterSource = resumeDir ?? o.adapter;
+  const adapterSource = ck?.dir ?? o.adapter;
   const asked: AdapterMethod = o.method === 'qlora' || o.method === 'int8-lora' ? 'lora' : o.method;
   const method = adapterSource ? adapterMethodOf(adapterSource) : asked;
   if (adapterSource && options.method !== undefined && method !== asked) {
     throw new PeftkitError('E_ARG', `method: '${options.method}' was asked for, but ${adapterSource} holds a ${method} ${method === 'full' ? 'model' : 'adapter'} (its config wins: leave method out)`);
   }
-  if (method === 'full' && path.resolve(o.out) === path.resolve(o.model)) throw new PeftkitError('E_ARG', `out: full fine-tuning writes a whole model folder; it must not be the model folder it reads (${o.model})`);
-  if (method === 'full' && o.adapter) throw new PeftkitError('E_ARG', `adapter: full fine-tuning starts from the model; to go on from a fine-tuned model, give its folder as model`);
-  // Full fine-tuning keeps f32 masters; bf16 is then the products' precision alone.
   const full = method === 'full';
+  if (full && path.resolve(o.out) === path.resolve(o.model)) throw new PeftkitError('E_ARG', `out: full fine-tuning writes a whole model folder; it must not be the model folder it reads (${o.model})`);
+  if (full && o.adapter) throw new PeftkitError('E_ARG', 'adapter: full fine-tuning starts from the model; to go on from a fine-tuned model, give its folder as model');
+  // Full fine-tuning keeps f32 masters; bf16 is then the products' precision alone.
   const model = LlamaModel.load(o.model, {
     device: o.device, dtype: o.bf16 && !full ? 'bf16' : 'f32', compute: o.bf16 ? 'bf16' : 'f32', quantize: o.quantize, int8Threshold: o.int8Threshold,
   });
@@ -160,11 +165,14 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
     // A run killed while writing a checkpoint or the adapter leaves temporaries beside them.
     removeLeftoverTemps(o.out);
     removeLeftoverTemps(path.join(o.out, 'checkpoints'));
-    const resumed: TrainerState | null = resumeDir ? readTrainerState(resumeDir) : null;
+    const resumeDir = ck?.dir ?? null;
+    const resumed: TrainerState | null = ck?.state ?? null;
+
     const batches = new BatchIterator(data.train, { batchSize: o.batchSize, padId, shuffle: o.shuffle, seed: o.seed, packing: o.packing, maxLength: o.maxLength });
     // As transformers counts them: an epoch's last window may hold fewer than gradAccum batches.
     const stepsPerEpoch = Math.ceil(batches.batchesPerEpoch / o.gradAccum);
     const totalSteps = o.steps ?? Math.max(1, Math.ceil((o.epochs ?? 1) * stepsPerEpoch));
+    if (o.warmupRatio !== undefined) o.warmupSteps = Math.ceil(o.warmupRatio * totalSteps); // transformers' get_warmup_steps
     // A loop, not Math.max(...): spreading 100k+ lengths would overflow the call stack.
     let longest = 1;
     for (const e of [...data.train, ...data.eval]) longest = Math.max(longest, e.inputIds.length);
@@ -182,23 +190,10 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
           baseModel: path.resolve(o.model),
           seed: o.seed,
         }));
-
-    // evalSplit and maskPrompt decide which rows train (the split, the rows skipped for no label).
-    const fingerprint = {
-      model: path.resolve(o.model), data: path.resolve(o.data), batchSize: o.batchSize, gradAccum: o.gradAccum, seed: o.seed, packing: o.packing,
-      maxLength: o.maxLength, shuffle: o.shuffle, evalSplit: o.evalSplit ?? null, maskPrompt: o.maskPrompt,
-    };
-    if (resumed && resumeDir) {
-      for (const [k, v] of Object.entries(fingerprint)) {
-        // A key the checkpoint does not record was not checked when it was written (an older peftkit).
-        if (k in resumed.fingerprint && JSON.stringify(resumed.fingerprint[k]) !== JSON.stringify(v)) {
-          throw new PeftkitError(
-            'E_ARG',
-            `resume: '${k}' was ${JSON.stringify(resumed.fingerprint[k])} in the checkpoint's run (${path.join(resumeDir, 'trainer_state.json')}) but is ${JSON.stringify(v)} now`,
-          );
-        }
-      }
-    }
+    // Every option that changes the result (checkpoint.ts records it; resume.ts compares it).
+    const fingerprint = { ...runFingerprint(o, totalSteps), ...loraFingerprint(o, adapter.peftType === 'LORA' ? (adapter.config as LoraConfig) : null, ck) };
+    if (ck) for (const message of checkResume(options, runFingerprint(o, totalSteps), ck)) emit({ type: 'warning', message });
+    else if (o.overwrite && holdsCheckpoints(o.out)) fs.rmSync(path.join(o.out, 'checkpoints'), { recursive: true, force: true });
 
     const trainer = own(new Trainer(model, adapter, {
       maxRows: o.batchSize * maxT, maxT, dropout: adapter.dropout, maxGradNorm: o.maxGradNorm,
@@ -274,6 +269,7 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
       if (o.saveEvery > 0 && step % o.saveEvery === 0 && step < totalSteps) checkpoint();
     }
     if (evalLoss === null || o.evalEvery === 0 || step % o.evalEvery !== 0) evaluate();
+    checkpoint(); // at the final step too: a finished run can be continued to more steps
     adapter.writeFiles(o.out);
     log.close();
     writeLossCurve(lossCurve, readLog(logFile));

@@ -1,6 +1,6 @@
 /**
  * train(): LoRA fine-tuning in a worker thread. The returned TrainRun is awaitable for the
- * result, emits 'start' / 'step' / 'eval' / 'checkpoint' events, and stops (after writing a
+ * result, emits 'start' / 'step' / 'eval' / 'checkpoint' / 'warning' events (and 'error'), and stops (after writing a
  * checkpoint it can resume from) when its AbortSignal fires or abort() is called.
  */
 import { EventEmitter } from 'events';
@@ -8,7 +8,7 @@ import * as path from 'path';
 import { Worker } from 'worker_threads';
 import { PeftkitError } from '../errors';
 import type { TrainOptions } from './options';
-import { resolveTrainOptions } from './options';
+import { resolveWithCheckpoint } from './resume';
 import type { TrainEvent, TrainResult } from './run';
 
 export interface TrainRunOptions extends TrainOptions {
@@ -16,29 +16,47 @@ export interface TrainRunOptions extends TrainOptions {
   signal?: AbortSignal;
 }
 
-type Listener<T extends TrainEvent['type']> = (e: Extract<TrainEvent, { type: T }>) => void;
+/** The events a TrainRun emits, by name: each TrainEvent, and `error` when the run fails. */
+export type TrainRunEvents = { [T in TrainEvent['type']]: Extract<TrainEvent, { type: T }> } & { error: PeftkitError };
+export type TrainRunEventName = keyof TrainRunEvents;
 
+/**
+ * A training run: awaitable for its TrainResult, an emitter of its events. A failure rejects the
+ * promise and is also emitted as `error` when that has a listener; a run whose failure nobody
+ * observes (no `error` listener, never awaited) raises an unhandled rejection, as a plain
+ * promise would, so a script that only listens to `step` does not end with exit code 0.
+ */
 export class TrainRun extends EventEmitter implements PromiseLike<TrainResult> {
-  /** Settles when the run ends: the result, or a PeftkitError (code E_ABORTED when stopped). */
-  readonly result: Promise<TrainResult>;
+  private readonly settled: Promise<TrainResult>;
+  private observed = false;
   private readonly stopFlag: Int32Array;
 
   constructor(options: TrainRunOptions) {
     super();
     const { signal, ...plain } = options;
-    resolveTrainOptions(plain); // bad options fail here, in the caller's stack
     const shared = new SharedArrayBuffer(4);
     this.stopFlag = new Int32Array(shared);
+    this.settled = this.start(plain, shared, signal);
+    // Once the run failed: tell the 'error' listeners, or if nobody listens nor awaits, let the
+    // rejection be unhandled (Node then reports it and exits non-zero).
+    this.settled.catch((e: unknown) => {
+      if (this.listenerCount('error') > 0) this.emit('error', e);
+      else if (!this.observed) void Promise.reject(e);
+    });
+  }
+
+  private start(plain: TrainOptions, shared: SharedArrayBuffer, signal: AbortSignal | undefined): Promise<TrainResult> {
+    try {
+      resolveWithCheckpoint(plain); // bad options reject the run, as any other failure, before a worker starts
+    } catch (e) {
+      return Promise.reject(e instanceof PeftkitError ? e : new PeftkitError('E_ARG', (e as Error).message));
+    }
     // An already aborted signal stops the run before it starts, as fetch() does: no model is
     // loaded and nothing is written.
-    if (signal?.aborted) {
-      this.result = Promise.reject(new PeftkitError('E_ABORTED', 'training aborted before it started (the AbortSignal was already aborted)'));
-      this.result.catch(() => {});
-      return;
-    }
+    if (signal?.aborted) return Promise.reject(new PeftkitError('E_ABORTED', 'training aborted before it started (the AbortSignal was already aborted)'));
     const worker = new Worker(path.join(__dirname, 'worker.js'), { workerData: { options: plain, stop: shared } });
     signal?.addEventListener('abort', () => this.abort(), { once: true });
-    this.result = new Promise<TrainResult>((resolve, reject) => {
+    return new Promise<TrainResult>((resolve, reject) => {
       let settled = false;
       worker.on('message', (m: { kind: string; event?: TrainEvent; result?: TrainResult; code?: string; message?: string }) => {
         if (m.kind === 'event' && m.event) this.emit(m.event.type, m.event);
@@ -58,7 +76,12 @@ export class TrainRun extends EventEmitter implements PromiseLike<TrainResult> {
         if (!settled) reject(new PeftkitError('E_INTERNAL', `training worker exited with code ${code} before finishing`));
       });
     });
-    this.result.catch(() => {}); // the caller decides whether to await; no unhandled rejection
+  }
+
+  /** Settles when the run ends: the result, or a PeftkitError (code E_ABORTED when stopped). */
+  get result(): Promise<TrainResult> {
+    this.observed = true;
+    return this.settled;
   }
 
   /** Asks the run to stop after the current step. */
@@ -70,10 +93,28 @@ export class TrainRun extends EventEmitter implements PromiseLike<TrainResult> {
     return this.result.then(onOk, onErr);
   }
 
-  override on<T extends TrainEvent['type']>(event: T, listener: Listener<T>): this;
-  override on(event: string | symbol, listener: (...args: any[]) => void): this;
-  override on(event: string | symbol, listener: (...args: any[]) => void): this {
+  catch<B = never>(onErr?: ((e: unknown) => B | PromiseLike<B>) | null): Promise<TrainResult | B> {
+    return this.result.catch(onErr);
+  }
+
+  finally(onFinally?: (() => void) | null): Promise<TrainResult> {
+    return this.result.finally(onFinally);
+  }
+
+  override on<K extends TrainRunEventName>(event: K, listener: (e: TrainRunEvents[K]) => void): this {
     return super.on(event, listener);
+  }
+
+  override once<K extends TrainRunEventName>(event: K, listener: (e: TrainRunEvents[K]) => void): this {
+    return super.once(event, listener);
+  }
+
+  override off<K extends TrainRunEventName>(event: K, listener: (e: TrainRunEvents[K]) => void): this {
+    return super.off(event, listener);
+  }
+
+  override addListener<K extends TrainRunEventName>(event: K, listener: (e: TrainRunEvents[K]) => void): this {
+    return super.addListener(event, listener);
   }
 }
 
