@@ -256,7 +256,7 @@ function load(): NativeAddon {
     // eslint-disable-next-line @typescript-eslint/no-var-requires
     addon = (explicit ? require(explicit) : require('node-gyp-build')(root)) as NativeAddon;
   } catch (e) {
-    throw new PeftkitError('E_ADDON', explicit ? `PEFTKIT_ADDON=${explicit} could not be loaded: ${(e as Error).message.split('\n')[0]}` : addonHelp(root, (e as Error).message));
+    throw new PeftkitError('E_ADDON', explicit ? `PEFTKIT_ADDON=${explicit} could not be loaded: ${(e as Error).message.split('\n')[0]}; unset it to use the package's own addon (or \`npm rebuild peftkit\` to build one)` : addonHelp(root, (e as Error).message));
   }
   addon.setErrorClass(PeftkitError);
   return addon;

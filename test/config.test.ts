@@ -89,9 +89,15 @@ test('adapter configs from PEFT load; unsupported features are refused by name',
   const c = parseLoraConfig(peftWritten);
   t.deepEqual(c.target_modules, ['v_proj', 'q_proj']);
   t.is(c.base_model_name_or_path, 'HuggingFaceTB/SmolLM2-135M');
-  const e = t.throws(() => parseLoraConfig({ ...peftWritten, use_dora: true }), { instanceOf: PeftkitError });
+  // DoRA, per-module ranks, trained biases and modules_to_save are PEFT configs peftkit trains.
+  t.true(parseLoraConfig({ ...peftWritten, use_dora: true }).use_dora);
+  const patterned = parseLoraConfig({ ...peftWritten, rank_pattern: { down_proj: 2 }, alpha_pattern: { v_proj: 4 }, bias: 'lora_only', modules_to_save: ['lm_head'] });
+  t.deepEqual([patterned.rank_pattern, patterned.alpha_pattern, patterned.bias, patterned.modules_to_save], [{ down_proj: 2 }, { v_proj: 4 }, 'lora_only', ['lm_head']]);
+  const e = t.throws(() => parseLoraConfig({ ...peftWritten, fan_in_fan_out: true }), { instanceOf: PeftkitError });
   t.is(e?.code, 'E_UNSUPPORTED');
-  t.regex(e!.message, /"use_dora"/);
+  t.regex(e!.message, /"fan_in_fan_out"/);
+  t.regex(t.throws(() => parseLoraConfig({ ...peftWritten, modules_to_save: ['classifier'] }))!.message, /"modules_to_save".*only embed_tokens and lm_head/);
+  t.regex(t.throws(() => parseLoraConfig({ ...peftWritten, rank_pattern: { down_proj: 0 } }))!.message, /"rank_pattern.down_proj" is 0, expected a positive integer/);
   t.regex(t.throws(() => parseLoraConfig({ ...peftWritten, r: 0 }))!.message, /"r" is 0, expected a positive integer/);
   t.regex(t.throws(() => parseLoraConfig({ ...peftWritten, target_modules: [] }))!.message, /"target_modules"/);
   t.is(parseLoraConfig({ ...peftWritten, target_modules: '.*\\.(q_proj|v_proj)', exclude_modules: '.*layers\\.0\\..*' }).target_modules, '.*\\.(q_proj|v_proj)');

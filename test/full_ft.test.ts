@@ -63,9 +63,9 @@ test('method full with trainable: only the matching weights change; quantize and
   const before = weights(model);
   const after = weights(out);
   for (const [n, w] of before) t.is(changed(after.get(n)!, w), /model\.layers\.1\.|model\.norm/.test(n), n);
-  await t.throwsAsync(async () => train({ model, data, out: path.join(tmp(), 'q'), method: 'full', quantize: 'nf4', steps: 1 }), { message: /quantize/ });
-  await t.throwsAsync(async () => train({ model, data, out: path.join(tmp(), 'x'), method: 'full', trainable: 'nothing-matches', steps: 1 }), { message: /trainable/ });
-  await t.throwsAsync(async () => train({ model, data, out: model, method: 'full', steps: 1 }), { message: /out/ });
+  await t.throwsAsync(train({ model, data, out: path.join(tmp(), 'q'), method: 'full', quantize: 'nf4', steps: 1 }).result, { message: /quantize/ });
+  await t.throwsAsync(train({ model, data, out: path.join(tmp(), 'x'), method: 'full', trainable: 'nothing-matches', steps: 1 }).result, { message: /trainable/ });
+  await t.throwsAsync(train({ model, data, out: model, method: 'full', steps: 1 }).result, { message: /out/ });
 });
 
 test('weights over the shard size are split as transformers does, with an index that loads', (t) => {

@@ -417,12 +417,12 @@ test('merge errors name the file, field or module; a failed merge leaves the out
   const wideAdapter = path.join(f.dir, 'wide-adapter');
   LoraAdapter.create(linearModules(readModelConfig(wide)), defaultLoraConfig({ r: 2, target_modules: ['down_proj'] })).save(wideAdapter);
   err({ adapter: wideAdapter }, 'E_SHAPE', /adapter_model\.safetensors: tensor 'base_model\.model\.model\.layers\.0\.mlp\.down_proj\.lora_B\.weight' has shape \[48, 2\], expected \[44, 2\]/);
-  // DoRA is not LoRA
+  // A DoRA config without its magnitudes
   const dora = path.join(f.dir, 'dora');
   fs.cpSync(f.adapterDir, dora, { recursive: true });
   const cfgFile = path.join(dora, 'adapter_config.json');
   fs.writeFileSync(cfgFile, JSON.stringify({ ...JSON.parse(fs.readFileSync(cfgFile, 'utf8')), use_dora: true }));
-  err({ adapter: dora }, 'E_UNSUPPORTED', /adapter_config\.json: "use_dora" = true is not supported/);
+  err({ adapter: dora }, 'E_MISSING', /adapter_model\.safetensors: DoRA adapter has no 'base_model\.model\.model\.layers\.\d\.[a-z_.]+\.lora_magnitude_vector'/);
   // a quant state whose shape contradicts config.json (same element count, transposed)
   const down = 'model.layers.1.mlp.down_proj';
   const transposed = path.join(f.dir, 'transposed');
