@@ -1,7 +1,7 @@
 /**
  * End-to-end LoRA training against PyTorch: scripts/golden/torch_llama_lora.py wrote small
  * random checkpoints in Hugging Face layout, a starting adapter with non-zero B, and what
- * 3 AdamW steps of a PyTorch implementation of the HF model produce. We must agree to 1e-4.
+ * 3 AdamW steps of a PyTorch implementation of the HF model produce. We must agree to 1e-5 (measured ~1e-6).
  */
 import test from 'ava';
 import * as fs from 'fs';
@@ -36,12 +36,12 @@ for (const name of ['llama', 'llama_tied', 'qwen2']) {
     });
     for (let s = 0; s < h.steps; s++) {
       const r = trainer.step([batch], h.lr);
-      t.true(Math.abs(r.loss - exp.losses[s]) <= 1e-4 * Math.abs(exp.losses[s]), `step ${s}: loss ${r.loss} vs torch ${exp.losses[s]}`);
+      t.true(Math.abs(r.loss - exp.losses[s]) <= 1e-5 * Math.abs(exp.losses[s]), `step ${s}: loss ${r.loss} vs torch ${exp.losses[s]}`);
       if (s === 0) {
         const g = new SafetensorsCheckpoint(dir, 'grads_step0.safetensors');
         for (const p of trainer.optimizer.params) {
           const e = relErr(p.grad.toFloat32Array(), g.readFloat32(p.name));
-          t.true(e <= 1e-4, `step-0 gradient of ${p.name}: relative error ${e.toExponential(2)}`);
+          t.true(e <= 1e-5, `step-0 gradient of ${p.name}: relative error ${e.toExponential(2)}`);
         }
       }
     }
@@ -50,11 +50,11 @@ for (const name of ['llama', 'llama_tied', 'qwen2']) {
     for (const [tensorName, value] of adapter.stateDict()) {
       const e = relErr(value, out.readFloat32(tensorName));
       worst = Math.max(worst, e);
-      t.true(e <= 1e-4, `${tensorName}: relative error ${e.toExponential(2)} after ${h.steps} steps`);
+      t.true(e <= 1e-5, `${tensorName}: relative error ${e.toExponential(2)} after ${h.steps} steps`);
     }
     t.log(`worst relative error over the adapter after ${h.steps} steps: ${worst.toExponential(2)}`);
     const final = trainer.evaluate([batch]);
-    t.true(Math.abs(final.loss - exp.final_loss) <= 1e-4 * exp.final_loss, `final loss ${final.loss} vs ${exp.final_loss}`);
+    t.true(Math.abs(final.loss - exp.final_loss) <= 1e-5 * exp.final_loss, `final loss ${final.loss} vs ${exp.final_loss}`);
     trainer.dispose();
     adapter.dispose();
     model.dispose();

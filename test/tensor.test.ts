@@ -63,11 +63,7 @@ test('bad arguments are PeftkitErrors with codes', (t) => {
   t.is(e5?.code, 'E_DISPOSED');
 });
 
-test('asking for CUDA where there is none is a clear error', (t) => {
-  if (runtimeInfo().cudaAvailable) {
-    t.pass('a GPU is visible here');
-    return;
-  }
+(runtimeInfo().cudaAvailable ? test.skip : test)(`asking for CUDA where there is none is a clear error${runtimeInfo().cudaAvailable ? ': a GPU is visible here' : ''}`, (t) => {
   const e = t.throws(() => Tensor.empty([2], { device: 'cuda' }), { instanceOf: PeftkitError });
   t.is(e?.code, 'E_DEVICE');
   t.regex(e!.message, /cuda/);
