@@ -295,7 +295,9 @@ export function fuzzIterations(dflt: number): number {
  */
 export async function runFuzz(t: ExecutionContext, name: string, iterations: number, stallMs = 60_000): Promise<Record<string, number>> {
   const replay = process.env.FUZZ_SEED !== undefined && process.env.FUZZ_SEED !== '' ? Number(process.env.FUZZ_SEED) >>> 0 : null;
-  const base = replay ?? (Math.random() * 2 ** 32) >>> 0;
+  // FUZZ_BASE_SEED fixes the base of the derived seeds (CI), keeping every iteration.
+  const fixed = process.env.FUZZ_BASE_SEED ? Number(process.env.FUZZ_BASE_SEED) >>> 0 : null;
+  const base = replay ?? fixed ?? (Math.random() * 2 ** 32) >>> 0;
   const iters = replay !== null ? 1 : fuzzIterations(iterations);
   t.log(`${name}: ${iters} iteration(s) from ${replay !== null ? 'replayed seed' : 'base seed'} ${base}`);
   const args = [CHILD, name, String(base), String(iters), replay !== null ? 'exact' : 'derived'];
