@@ -18,7 +18,6 @@ import { parseModelConfig, ModelConfig } from '../model/config';
 import { readConfigJson, writeModelFolder } from '../model/hf_folder';
 import { SafetensorsCheckpoint, TensorToWrite } from '../model/safetensors';
 import { checkLayerCount, expectedWeights, isMatmulWeight, linearModules } from '../model/weights';
-import * as ops from '../ops';
 import { detectQuantFormat } from '../quant/bnb_layout';
 import { BnbWeight, bnbEntries, bnbEntryNames, dequantizeBnb, describeSpec, QuantFormat, quantizeBnb, readBnbWeight, specOf } from '../quant/bnb_weight';
 import { f32ToBf16 } from '../tensor';

@@ -191,6 +191,22 @@ export function readAdapterTensors(dir: string, expected: ReadonlyMap<string, nu
   return out;
 }
 
+/**
+ * The fields every adapter_config.json shares, read from `raw` over the method's defaults `d`,
+ * after checking its peft_type: what each method's parser starts from.
+ */
+export function commonConfigFields<C extends { task_type: string; base_model_name_or_path: string | null; inference_mode: boolean }>(
+  raw: Record<string, unknown>, d: C, peftType: string, file: string,
+): C {
+  if (raw.peft_type !== peftType) throw new PeftkitError('E_CONFIG', `${file}: "peft_type" is ${JSON.stringify(raw.peft_type)}, expected "${peftType}"`);
+  return {
+    ...d,
+    task_type: typeof raw.task_type === 'string' ? raw.task_type : d.task_type,
+    base_model_name_or_path: typeof raw.base_model_name_or_path === 'string' ? raw.base_model_name_or_path : null,
+    inference_mode: raw.inference_mode === true,
+  };
+}
+
 /** A config field that must be a list of strings (or a single string: one regular expression). */
 export function targetList(file: string, key: string, v: unknown, dflt: string[] | string): string[] | string {
   if (v === undefined || v === null) return dflt;

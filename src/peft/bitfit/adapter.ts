@@ -13,37 +13,12 @@ import { baseBackwardInput, baseForward, BaseLinear, LinearModule, LinearSite, M
 import { linearModules } from '../../model/weights';
 import * as ops from '../../ops';
 import { Device, Tensor } from '../../tensor';
-import { MergeEdit, ParamAdapter, PeftMethod, readAdapterConfigJson, readAdapterTensors, targetList, TrainableParam } from '../method';
+import { MergeEdit, ParamAdapter, PeftMethod, readAdapterConfigJson, readAdapterTensors, TrainableParam } from '../method';
 import { selectTargets } from '../targets';
+import { BitFitConfig, parseBitFitConfig } from './config';
 
-export interface BitFitConfig {
-  peft_type: 'BITFIT';
-  /** Defaults to `'CAUSAL_LM'`. */
-  task_type: string;
-  base_model_name_or_path: string | null;
-  /** Linear modules whose bias trains (suffix match, one regular expression, or "all-linear"). Defaults to every Linear of the decoder. */
-  target_modules: string[] | string;
-  inference_mode: boolean;
-}
-
-export function defaultBitFitConfig(over: Partial<BitFitConfig> = {}): BitFitConfig {
-  return {
-    peft_type: 'BITFIT', task_type: 'CAUSAL_LM', base_model_name_or_path: null,
-    target_modules: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'], inference_mode: false, ...over,
-  };
-}
-
-export function parseBitFitConfig(raw: Record<string, unknown>, file: string): BitFitConfig {
-  if (raw.peft_type !== 'BITFIT') throw new PeftkitError('E_CONFIG', `${file}: "peft_type" is ${JSON.stringify(raw.peft_type)}, expected "BITFIT"`);
-  const d = defaultBitFitConfig();
-  return {
-    ...d,
-    task_type: typeof raw.task_type === 'string' ? raw.task_type : d.task_type,
-    base_model_name_or_path: typeof raw.base_model_name_or_path === 'string' ? raw.base_model_name_or_path : null,
-    target_modules: targetList(file, 'target_modules', raw.target_modules, d.target_modules),
-    inference_mode: raw.inference_mode === true,
-  };
-}
+export type { BitFitConfig } from './config';
+export { defaultBitFitConfig, parseBitFitConfig } from './config';
 
 /** A Linear whose bias is the adapter's: Y = X·Wᵀ + b. */
 export class BiasLayer implements LinearSite {

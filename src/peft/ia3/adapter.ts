@@ -4,54 +4,17 @@
  * for the `feedforward_modules`, its input (Y = (X ⊙ l)·Wᵀ + b, l [1, in]). l starts at ones, so
  * a new adapter is the identity. Tensors: base_model.model.<module>.ia3_l, as PEFT saves them.
  */
-import { PeftkitError } from '../../errors';
 import type { ModelConfig } from '../../model/config';
 import { baseBackwardInput, baseForward, BaseLinear, LinearModule, LinearSite, ModelAdapter, NormSite, SiteCall } from '../../model/sites';
 import { linearModules } from '../../model/weights';
 import * as ops from '../../ops';
 import { Device, Tensor } from '../../tensor';
-import { MergeEdit, ParamAdapter, PeftMethod, readAdapterConfigJson, readAdapterTensors, targetList, TrainableParam } from '../method';
+import { MergeEdit, ParamAdapter, PeftMethod, readAdapterConfigJson, readAdapterTensors, TrainableParam } from '../method';
 import { selectTargets } from '../targets';
+import { Ia3Config, parseIa3Config } from './config';
 
-export interface Ia3Config {
-  peft_type: 'IA3';
-  /** Defaults to `'CAUSAL_LM'`. */
-  task_type: string;
-  base_model_name_or_path: string | null;
-  /** Modules to rescale (suffix match, or one regular expression). Defaults to `['k_proj', 'v_proj', 'down_proj']` (PEFT's Llama default). */
-  target_modules: string[] | string;
-  /** Of the targets, those whose input is rescaled instead of their output. Defaults to `['down_proj']`. */
-  feedforward_modules: string[] | string;
-  /** ones (the identity) when true. Defaults to `true`. */
-  init_ia3_weights: boolean;
-  fan_in_fan_out: false;
-  modules_to_save: null;
-  inference_mode: boolean;
-}
-
-export function defaultIa3Config(over: Partial<Ia3Config> = {}): Ia3Config {
-  return {
-    peft_type: 'IA3', task_type: 'CAUSAL_LM', base_model_name_or_path: null, target_modules: ['k_proj', 'v_proj', 'down_proj'],
-    feedforward_modules: ['down_proj'], init_ia3_weights: true, fan_in_fan_out: false, modules_to_save: null, inference_mode: false, ...over,
-  };
-}
-
-export function parseIa3Config(raw: Record<string, unknown>, file: string): Ia3Config {
-  if (raw.peft_type !== 'IA3') throw new PeftkitError('E_CONFIG', `${file}: "peft_type" is ${JSON.stringify(raw.peft_type)}, expected "IA3"`);
-  if (raw.fan_in_fan_out === true) throw new PeftkitError('E_UNSUPPORTED', `${file}: "fan_in_fan_out" = true is not supported by peftkit (Llama-family Linear layers are not Conv1D)`);
-  const mts = raw.modules_to_save ?? null;
-  if (mts !== null && !(Array.isArray(mts) && mts.length === 0)) throw new PeftkitError('E_UNSUPPORTED', `${file}: "modules_to_save" = ${JSON.stringify(mts)} is not supported by peftkit (only null)`);
-  const d = defaultIa3Config();
-  return {
-    ...d,
-    task_type: typeof raw.task_type === 'string' ? raw.task_type : d.task_type,
-    base_model_name_or_path: typeof raw.base_model_name_or_path === 'string' ? raw.base_model_name_or_path : null,
-    target_modules: targetList(file, 'target_modules', raw.target_modules, d.target_modules),
-    feedforward_modules: targetList(file, 'feedforward_modules', raw.feedforward_modules, d.feedforward_modules),
-    init_ia3_weights: raw.init_ia3_weights !== false,
-    inference_mode: raw.inference_mode === true,
-  };
-}
+export type { Ia3Config } from './config';
+export { defaultIa3Config, parseIa3Config } from './config';
 
 /** One rescaled Linear. */
 export class Ia3Layer implements LinearSite {

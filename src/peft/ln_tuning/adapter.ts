@@ -5,45 +5,16 @@
  * final model.norm. Tensors: base_model.model.<norm>.ln_tuning_layers.weight, as PEFT saves them.
  * Merging writes the trained scales into the model.
  */
-import { PeftkitError } from '../../errors';
 import type { ModelConfig } from '../../model/config';
 import type { LlamaModel } from '../../model/llama';
 import type { LinearSite, ModelAdapter, NormSite } from '../../model/sites';
 import { Device, Tensor } from '../../tensor';
-import { MergeEdit, ParamAdapter, PeftMethod, readAdapterConfigJson, readAdapterTensors, targetList, TrainableParam } from '../method';
+import { MergeEdit, ParamAdapter, PeftMethod, readAdapterConfigJson, readAdapterTensors, TrainableParam } from '../method';
 import { selectTargets } from '../targets';
+import { LnTuningConfig, parseLnTuningConfig } from './config';
 
-export interface LnTuningConfig {
-  peft_type: 'LN_TUNING';
-  /** Defaults to `'CAUSAL_LM'`. */
-  task_type: string;
-  base_model_name_or_path: string | null;
-  /** Norm modules (suffix match, or one regular expression). Defaults to `['input_layernorm', 'post_attention_layernorm', 'norm']`: every RMSNorm. */
-  target_modules: string[] | string;
-  modules_to_save: null;
-  inference_mode: boolean;
-}
-
-export function defaultLnTuningConfig(over: Partial<LnTuningConfig> = {}): LnTuningConfig {
-  return {
-    peft_type: 'LN_TUNING', task_type: 'CAUSAL_LM', base_model_name_or_path: null,
-    target_modules: ['input_layernorm', 'post_attention_layernorm', 'norm'], modules_to_save: null, inference_mode: false, ...over,
-  };
-}
-
-export function parseLnTuningConfig(raw: Record<string, unknown>, file: string): LnTuningConfig {
-  if (raw.peft_type !== 'LN_TUNING') throw new PeftkitError('E_CONFIG', `${file}: "peft_type" is ${JSON.stringify(raw.peft_type)}, expected "LN_TUNING"`);
-  const mts = raw.modules_to_save ?? null;
-  if (mts !== null && !(Array.isArray(mts) && mts.length === 0)) throw new PeftkitError('E_UNSUPPORTED', `${file}: "modules_to_save" = ${JSON.stringify(mts)} is not supported by peftkit (only null)`);
-  const d = defaultLnTuningConfig();
-  return {
-    ...d,
-    task_type: typeof raw.task_type === 'string' ? raw.task_type : d.task_type,
-    base_model_name_or_path: typeof raw.base_model_name_or_path === 'string' ? raw.base_model_name_or_path : null,
-    target_modules: targetList(file, 'target_modules', raw.target_modules, d.target_modules),
-    inference_mode: raw.inference_mode === true,
-  };
-}
+export type { LnTuningConfig } from './config';
+export { defaultLnTuningConfig, parseLnTuningConfig } from './config';
 
 /** Every RMSNorm of the model by module name. */
 export function normModules(c: ModelConfig): string[] {
