@@ -46,7 +46,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads));
   InitTensor(env, exports);
   InitGemm(env, exports);
-  InitLora(env, exports);
+  InitLinear(env, exports);
   InitTransformerOps(env, exports);
   InitAttention(env, exports);
   InitLoss(env, exports);
@@ -56,7 +56,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitOptim8(env, exports);
   InitQuant(env, exports);
   InitGemmQuant(env, exports);
-  InitLoraQuant(env, exports);
   InitLlmInt8(env, exports);
   return exports;
 }

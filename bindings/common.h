@@ -55,7 +55,7 @@ void DefineOp(Napi::Env env, Napi::Object exports, const char* name, Prepare pre
 // Registration of each binding file (called from addon.cc).
 void InitTensor(Napi::Env env, Napi::Object exports);
 void InitGemm(Napi::Env env, Napi::Object exports);
-void InitLora(Napi::Env env, Napi::Object exports);
+void InitLinear(Napi::Env env, Napi::Object exports);
 void InitTransformerOps(Napi::Env env, Napi::Object exports);
 void InitAttention(Napi::Env env, Napi::Object exports);
 void InitLoss(Napi::Env env, Napi::Object exports);
@@ -65,7 +65,6 @@ void InitColscale(Napi::Env env, Napi::Object exports);
 void InitOptim8(Napi::Env env, Napi::Object exports);
 void InitQuant(Napi::Env env, Napi::Object exports);
 void InitGemmQuant(Napi::Env env, Napi::Object exports);
-void InitLoraQuant(Napi::Env env, Napi::Object exports);
 void InitLlmInt8(Napi::Env env, Napi::Object exports);
 
 }  // namespace pkb

@@ -14,21 +14,6 @@ void InitLlmInt8(Napi::Env env, Napi::Object exports) {
       return kNone;
     };
   });
-  // llmInt8Forward(Y, XA | null, X, Xa | null, format, codes, scales, blocksize, rows, cols, threshold,
-  //                A | null, B | null, bias | null, scale)
-  DefineOp(env, exports, "llmInt8Forward", [](const Napi::CallbackInfo& info) -> Work {
-    pk::Tensor Y = GetTensor(info, 0, "Y"), XA = GetOptionalTensor(info, 1, "XA"), X = GetTensor(info, 2, "X");
-    pk::Tensor Xa = GetOptionalTensor(info, 3, "dropoutInput");
-    pk::ops::QuantWeightTensors W = GetQuantWeight(info, 4);
-    float threshold = float(GetNumber(info, 10, "threshold"));
-    pk::Tensor A = GetOptionalTensor(info, 11, "A"), B = GetOptionalTensor(info, 12, "B");
-    pk::Tensor bias = GetOptionalTensor(info, 13, "bias");
-    float s = float(GetNumber(info, 14, "scale"));
-    return [=]() {
-      pk::ops::llm_int8_forward(Y, XA, X, Xa, W, threshold, A, B, bias, s);
-      return kNone;
-    };
-  });
 }
 
 }  // namespace pkb

@@ -58,14 +58,17 @@ interface GemmOps {
   gemmSum(C: T, beta: number, ...terms: Array<T | boolean | number>): void;
 }
 
-// ---- ops: lora -------------------------------------------------------------------------------
-interface LoraOps {
-  /** Y = X·Wᵀ + scale·(Xa·Aᵀ)·Bᵀ (+ bias), XA = Xa·Aᵀ saved; Xa null means X. */
-  loraForward(Y: T, XA: T, X: T, Xa: T | null, W: T, A: T, B: T, bias: T | null, scale: number, compute: ComputeArg): void;
+// ---- ops: the Linear op (every weight storage, optional low-rank term) ------------------------
+/** The frozen weight: a tensor, or (null, then) a quantized one's six arguments, then its LLM.int8 threshold or null. */
+type LinearWeightArgs = [W: T | null, format: 'nf4' | 'fp4' | 'int8' | null, codes: T | null, scales: T | null, blocksize: number,
+  rows: number, cols: number, threshold: number | null];
+interface LinearOps {
+  /** Y = X·Wᵀ (+ bias) (+ scale·(Xa·Aᵀ)·Bᵀ, XA = Xa·Aᵀ saved, Xa null meaning X), W in any storage. */
+  linearForward(Y: T, X: T, ...rest: [...LinearWeightArgs, bias: T | null, A: T | null, B: T | null, XA: T | null, Xa: T | null,
+    scale: number, compute: ComputeArg]): void;
   /** dX = dY·W (+ scale·(dY·B)·A when dXa is null); dXa = scale·(dY·B)·A; dA, dB accumulate. */
-  loraBackward(
-    dX: T | null, dXa: T | null, dA: T, dB: T, dY: T, Xa: T, XA: T, W: T, A: T, B: T, scale: number, compute: ComputeArg,
-  ): void;
+  linearBackward(dX: T | null, dY: T, ...rest: [...LinearWeightArgs, A: T | null, B: T | null, XA: T | null, Xa: T | null,
+    dA: T | null, dB: T | null, dXa: T | null, scale: number, compute: ComputeArg]): void;
 }
 
 // ---- ops: transformer (embedding, norms, rope, activations, dropout, cast) ------------------
@@ -197,28 +200,13 @@ interface GemmQuantOps {
     transW: boolean, alpha: number, beta: number, compute: ComputeArg): void;
 }
 
-// ---- ops: LoRA on a quantized frozen weight (QLoRA) ------------------------------------------
-type QuantWeightArgs = [format: 'nf4' | 'fp4' | 'int8', codes: T, scales: T, blocksize: number, rows: number, cols: number];
-interface LoraQuantOps {
-  /** loraForward with W [rows = N, cols = K] quantized (the six arguments of gemmQuant's W). */
-  loraForwardQuant(
-    Y: T, XA: T, X: T, Xa: T | null, ...rest: [...QuantWeightArgs, A: T, B: T, bias: T | null, scale: number, compute: ComputeArg]
-  ): void;
-  /** loraBackward with W quantized. */
-  loraBackwardQuant(dX: T | null, dXa: T | null, dA: T, dB: T, dY: T, Xa: T, XA: T,
-    ...rest: [...QuantWeightArgs, A: T, B: T, scale: number, compute: ComputeArg]): void;
-}
-
 // ---- ops: LLM.int8 matmul (int8 activations with outlier columns) ---------------------------
 interface LlmInt8Ops {
   /** X f32 [M, K] -> CA i8 [M, K], SCA f32 [M], outlierCols u8 [K] (bitsandbytes' int8_vectorwise_quant). */
   quantizeInt8Vectorwise(CA: T, SCA: T, outlierCols: T, X: T, threshold: number): void;
-  /** Y = LLM.int8(X, W) (+ bias) (+ scale·(Xa·Aᵀ)·Bᵀ when A is given; XA receives Xa·Aᵀ), W int8. */
-  llmInt8Forward(Y: T, XA: T | null, X: T, Xa: T | null,
-    ...rest: [...QuantWeightArgs, threshold: number, A: T | null, B: T | null, bias: T | null, scale: number]): void;
 }
 
-export type NativeOps = WithAsync<GemmOps & LoraOps & TransformerOps & AttentionOps & LossOps & OptimOps & BiasOps & ColscaleOps & Optim8Ops & QuantOps & GemmQuantOps & LoraQuantOps & LlmInt8Ops>;
+export type NativeOps = WithAsync<GemmOps & LinearOps & TransformerOps & AttentionOps & LossOps & OptimOps & BiasOps & ColscaleOps & Optim8Ops & QuantOps & GemmQuantOps & LlmInt8Ops>;
 
 export interface NativeAddon extends NativeOps {
   NativeTensor: {

@@ -41,15 +41,12 @@ export function weightOperand(base: BaseLinear): Tensor | QuantWeight {
 
 /** Y = X·Wᵀ (+ bias unless `withBias` is false), in the base's storage and precision. */
 export function baseForward(base: BaseLinear, Y: Tensor, X: Tensor, withBias = true): void {
-  if ('q' in base.weight) ops.gemmQuant(Y, X, base.weight.q, { transB: true, compute: base.compute });
-  else ops.gemm(Y, X, base.weight.W, { transB: true, compute: base.compute });
-  if (withBias && base.bias) ops.biasAdd(Y, base.bias);
+  ops.linearForward(Y, X, weightOperand(base), { bias: withBias ? base.bias : undefined, compute: base.compute });
 }
 
 /** dX = dY·W (overwritten). */
 export function baseBackwardInput(base: BaseLinear, dX: Tensor, dY: Tensor): void {
-  if ('q' in base.weight) ops.gemmQuant(dX, dY, base.weight.q, { transB: false, compute: base.compute });
-  else ops.gemm(dX, dY, base.weight.W, { compute: base.compute });
+  ops.linearBackward(dX, dY, weightOperand(base), { compute: base.compute });
 }
 
 /** Writes the base weight, dequantized or widened, into `out` (f32 [out, in]). */

@@ -50,13 +50,13 @@ function args(C: Tensor, X: Tensor, w: QuantWeight, o: GemmQuantOptions) {
  * dequantized weight, without ever forming it on the CPU (it is dequantized while packed).
  */
 export function gemmQuant(C: Tensor, X: Tensor, w: QuantWeight, o: GemmQuantOptions = {}): void {
-  if (usesLlmInt8(w, o)) native.llmInt8Forward(...llmInt8Args(C, X, w, o));
+  if (usesLlmInt8(w, o)) native.linearForward(...llmInt8Args(C, X, w, o));
   else native.gemmQuant(...args(C, X, w, o));
 }
 
 /** {@link gemmQuant} on the thread pool. */
 export function gemmQuantAsync(C: Tensor, X: Tensor, w: QuantWeight, o: GemmQuantOptions = {}): Promise<void> {
-  if (usesLlmInt8(w, o)) return native.llmInt8ForwardAsync(...llmInt8Args(C, X, w, o));
+  if (usesLlmInt8(w, o)) return native.linearForwardAsync(...llmInt8Args(C, X, w, o));
   return native.gemmQuantAsync(...args(C, X, w, o));
 }
 
@@ -69,7 +69,8 @@ function llmInt8Args(C: Tensor, X: Tensor, w: QuantWeight & { threshold: number 
   if ((o.alpha ?? 1) !== 1 || (o.beta ?? 0) !== 0) {
     throw new PeftkitError('E_UNSUPPORTED', 'gemmQuant: alpha and beta are not supported with an LLM.int8 threshold (the product overwrites C)');
   }
-  return [C.native, null, X.native, null, ...quantWeightArgs(w), checkInt8Threshold(w.threshold), null, null, null, 1] as const;
+  // The Linear op on the int8 weight with its threshold, without bias or low-rank term.
+  return [C.native, X.native, null, ...quantWeightArgs(w), checkInt8Threshold(w.threshold), null, null, null, null, null, 1, 'f32'] as const;
 }
 
 /** A valid LLM.int8 outlier threshold (a finite number >= 0), or a PeftkitError E_ARG naming `what`. */

@@ -1,7 +1,8 @@
 import { PeftkitError } from '../errors';
 import { native } from '../native';
 import { Tensor } from '../tensor';
-import { checkInt8Threshold, QuantWeight, quantWeightArgs } from './gemm_quant';
+import { linearForward, linearForwardAsync } from './linear';
+import { checkInt8Threshold, QuantWeight } from './gemm_quant';
 
 export interface QuantizeInt8VectorwiseOptions {
   /**
@@ -34,9 +35,10 @@ function int8Weight(w: QuantWeight): QuantWeight {
   return w;
 }
 
-function args(Y: Tensor, X: Tensor, w: QuantWeight, o: LlmInt8MatmulOptions) {
-  const t = checkInt8Threshold(o.threshold ?? (w.format === 'int8' ? w.threshold : undefined) ?? 0);
-  return [Y.native, null, X.native, null, ...quantWeightArgs(int8Weight(w)), t, null, null, o.bias?.native ?? null, 1] as const;
+/** The weight with the threshold to use (the option's, else the weight's own, else 0). */
+function withThreshold(w: QuantWeight, o: LlmInt8MatmulOptions): QuantWeight {
+  const q = int8Weight(w) as Extract<QuantWeight, { format: 'int8' }>;
+  return { ...q, threshold: checkInt8Threshold(o.threshold ?? q.threshold ?? 0) };
 }
 
 /**
@@ -47,10 +49,10 @@ function args(Y: Tensor, X: Tensor, w: QuantWeight, o: LlmInt8MatmulOptions) {
  * dequantized weight's, `dY·W` ({@link gemmQuant} with `transB: false`), as in bitsandbytes.
  */
 export function llmInt8Matmul(Y: Tensor, X: Tensor, w: QuantWeight, o: LlmInt8MatmulOptions = {}): void {
-  native.llmInt8Forward(...args(Y, X, w, o));
+  linearForward(Y, X, withThreshold(w, o), { bias: o.bias });
 }
 
 /** {@link llmInt8Matmul} on the thread pool. */
 export function llmInt8MatmulAsync(Y: Tensor, X: Tensor, w: QuantWeight, o: LlmInt8MatmulOptions = {}): Promise<void> {
-  return native.llmInt8ForwardAsync(...args(Y, X, w, o));
+  return linearForwardAsync(Y, X, withThreshold(w, o), { bias: o.bias });
 }

@@ -1,7 +1,7 @@
-import { native } from '../native';
-import { Tensor } from '../tensor';
+import type { Tensor } from '../tensor';
 import type { Compute } from './gemm';
-import { checkInt8Threshold, QuantWeight, quantWeightArgs } from './gemm_quant';
+import type { QuantWeight } from './gemm_quant';
+import { linearBackward, linearBackwardAsync, LinearBackwardOptions, linearForward, linearForwardAsync, LinearForwardOptions } from './linear';
 
 export interface LoraForwardOptions {
   /** The low-rank scale s (PEFT: `lora_alpha / r`, or `lora_alpha / √r` with rsLoRA). Defaults to `1`. */
@@ -51,24 +51,22 @@ export interface LoraBackwardOptions {
 export function loraForward(
   Y: Tensor, XA: Tensor, X: Tensor, W: Tensor | QuantWeight, A: Tensor, B: Tensor, o: LoraForwardOptions = {},
 ): void {
-  const xa = o.dropoutInput?.native ?? null, bias = o.bias?.native ?? null, s = o.scale ?? 1, c = o.compute ?? 'f32';
-  if (W instanceof Tensor) native.loraForward(Y.native, XA.native, X.native, xa, W.native, A.native, B.native, bias, s, c);
-  else if (W.format === 'int8' && W.threshold !== undefined) {
-    native.llmInt8Forward(Y.native, XA.native, X.native, xa, ...quantWeightArgs(W), checkInt8Threshold(W.threshold), A.native, B.native, bias, s);
-  } else native.loraForwardQuant(Y.native, XA.native, X.native, xa, ...quantWeightArgs(W), A.native, B.native, bias, s, c);
+  linearForward(Y, X, W, forwardOptions(XA, A, B, o));
 }
 
 /** {@link loraForward} on the thread pool. */
 export function loraForwardAsync(
   Y: Tensor, XA: Tensor, X: Tensor, W: Tensor | QuantWeight, A: Tensor, B: Tensor, o: LoraForwardOptions = {},
 ): Promise<void> {
-  const xa = o.dropoutInput?.native ?? null, bias = o.bias?.native ?? null, s = o.scale ?? 1, c = o.compute ?? 'f32';
-  if (W instanceof Tensor) return native.loraForwardAsync(Y.native, XA.native, X.native, xa, W.native, A.native, B.native, bias, s, c);
-  if (W.format === 'int8' && W.threshold !== undefined) {
-    return native.llmInt8ForwardAsync(Y.native, XA.native, X.native, xa, ...quantWeightArgs(W), checkInt8Threshold(W.threshold),
-      A.native, B.native, bias, s);
-  }
-  return native.loraForwardQuantAsync(Y.native, XA.native, X.native, xa, ...quantWeightArgs(W), A.native, B.native, bias, s, c);
+  return linearForwardAsync(Y, X, W, forwardOptions(XA, A, B, o));
+}
+
+function forwardOptions(XA: Tensor, A: Tensor, B: Tensor, o: LoraForwardOptions): LinearForwardOptions {
+  return { bias: o.bias, compute: o.compute, lowRank: { A, B, XA, scale: o.scale, dropoutInput: o.dropoutInput } };
+}
+
+function backwardOptions(dA: Tensor, dB: Tensor, Xa: Tensor, XA: Tensor, A: Tensor, B: Tensor, o: LoraBackwardOptions): LinearBackwardOptions {
+  return { compute: o.compute, lowRank: { A, B, XA, Xa, dA, dB, scale: o.scale, dDropoutInput: o.dDropoutInput } };
 }
 
 /**
@@ -84,13 +82,7 @@ export function loraBackward(
   dX: Tensor | null, dA: Tensor, dB: Tensor, dY: Tensor, Xa: Tensor, XA: Tensor, W: Tensor | QuantWeight, A: Tensor,
   B: Tensor, o: LoraBackwardOptions = {},
 ): void {
-  const dx = dX?.native ?? null, dxa = o.dDropoutInput?.native ?? null, s = o.scale ?? 1, c = o.compute ?? 'f32';
-  if (W instanceof Tensor) {
-    native.loraBackward(dx, dxa, dA.native, dB.native, dY.native, Xa.native, XA.native, W.native, A.native, B.native, s, c);
-  } else {
-    native.loraBackwardQuant(dx, dxa, dA.native, dB.native, dY.native, Xa.native, XA.native, ...quantWeightArgs(W),
-      A.native, B.native, s, c);
-  }
+  linearBackward(dX, dY, W, backwardOptions(dA, dB, Xa, XA, A, B, o));
 }
 
 /** {@link loraBackward} on the thread pool. */
@@ -98,11 +90,5 @@ export function loraBackwardAsync(
   dX: Tensor | null, dA: Tensor, dB: Tensor, dY: Tensor, Xa: Tensor, XA: Tensor, W: Tensor | QuantWeight, A: Tensor,
   B: Tensor, o: LoraBackwardOptions = {},
 ): Promise<void> {
-  const dx = dX?.native ?? null, dxa = o.dDropoutInput?.native ?? null, s = o.scale ?? 1, c = o.compute ?? 'f32';
-  if (W instanceof Tensor) {
-    return native.loraBackwardAsync(dx, dxa, dA.native, dB.native, dY.native, Xa.native, XA.native, W.native, A.native,
-      B.native, s, c);
-  }
-  return native.loraBackwardQuantAsync(dx, dxa, dA.native, dB.native, dY.native, Xa.native, XA.native,
-    ...quantWeightArgs(W), A.native, B.native, s, c);
+  return linearBackwardAsync(dX, dY, W, backwardOptions(dA, dB, Xa, XA, A, B, o));
 }

@@ -10,13 +10,7 @@ namespace pk::ops {
 void quantize_int8_vectorwise(const Tensor& CA, const Tensor& SCA, const Tensor& outlier_cols, const Tensor& X,
                               float threshold);
 
-// Y = LLM.int8(X, W) (+ bias) (+ s·(Xa·Aᵀ)·Bᵀ): bitsandbytes' MatMul8bitLt forward with the
-// outlier decomposition at `threshold`, W [N, K] an int8 weight (CB, SCB). X [..., K] (leading
-// dims flattened into M rows), Y [..., N], bias [N] or empty. With a LoRA term, A [r, K], B [N, r],
-// and XA [..., r] receives Xa·Aᵀ (Xa: dropout(X), or empty for X); without, A, B, XA and Xa are
-// empty. The backward is lora_backward_quant / gemm_quant on the same W (dequantized).
-void llm_int8_forward(const Tensor& Y, const Tensor& XA, const Tensor& X, const Tensor& Xa,
-                      const QuantWeightTensors& W, float threshold, const Tensor& A, const Tensor& B,
-                      const Tensor& bias, float s);
+// The LLM.int8 matmul itself (bitsandbytes' MatMul8bitLt forward) is the Linear op's on an int8
+// weight with a threshold: linear_forward (ops/linear.h).
 
 }  // namespace pk::ops
