@@ -64,7 +64,15 @@ test('the golden tree holds every method on every architecture', (t) => {
   }
 });
 
+/** Methods whose reference files are in the tree but which peftkit does not train yet ("PEFT methods, part 2"). */
+const NOT_YET = new Set(['prompt', 'p_tuning', 'prefix', 'bottleneck']);
+
 for (const name of fixtures) {
+  const method = (JSON.parse(fs.readFileSync(path.join(ROOT, name, 'expected.json'), 'utf8')) as Expected).method;
+  if (NOT_YET.has(method)) {
+    test.skip(`${name}: method '${method}' is not implemented yet (its PyTorch reference is ready for "PEFT methods, part 2")`, () => {});
+    continue;
+  }
   test(`${name}: 3 AdamW steps (accumulation 2, clipping, cosine warmup) match PyTorch to 1e-5`, (t) => {
     const dir = path.join(ROOT, name);
     const exp = JSON.parse(fs.readFileSync(path.join(dir, 'expected.json'), 'utf8')) as Expected;
