@@ -24,6 +24,7 @@ const CASES: Array<{ method: string; flags: string[]; files: string[]; peftType?
   { method: 'ln', flags: [], files: ['adapter_config.json'], peftType: 'LN_TUNING', merges: true },
   { method: 'bitfit', flags: ['--targets', 'q_proj,k_proj,v_proj'], files: ['adapter_config.json'], peftType: 'BITFIT', merges: true },
   { method: 'diff', flags: ['--diff-density', '0.05', '--diff-prune-step', '1'], files: ['adapter_config.json'], peftType: 'DIFF', merges: true },
+  { method: 'adapter', flags: ['--adapter-type', 'pfeiffer', '--adapter-reduction', '4'], files: ['adapter_config.json'], peftType: 'BOTTLENECK', merges: false },
   { method: 'full', flags: ['--trainable', 'layers\\.1\\.'], files: ['config.json', 'model.safetensors', 'tokenizer.json'], merges: false },
 ];
 

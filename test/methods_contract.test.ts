@@ -14,7 +14,6 @@ import { KvGenerator } from '../src/model/llama_generate';
 import { writeRandomModel } from '../src/model/random_model';
 import type { ModelAdapter } from '../src/model/sites';
 import { mergeAdapter } from '../src/peft/merge';
-import type { PeftMethod } from '../src/peft/method';
 import { AdapterMethod, createAdapter, CreateAdapterOptions, loadAdapter } from '../src/peft/registry';
 import { Trainer } from '../src/train/trainer';
 import { makeRng, relErr } from './helpers/check';
@@ -25,6 +24,8 @@ interface Row {
   /** A name for a variant of the method (its extra options). */
   variant?: string;
   options?: CreateAdapterOptions;
+  /** False where the method has nothing to merge (its merge must be refused by name). Defaults to true. */
+  merges?: boolean;
   /** The method is the identity when new (LoRA: B = 0; DoRA: m = ‖W‖; IA3: ones; LN: the base's scales; BitFit: zero or base biases). */
   identityAtInit: boolean;
 }
@@ -40,6 +41,8 @@ const ROWS: Row[] = [
   { method: 'bitfit', identityAtInit: true, options: { targets: ['q_proj', 'k_proj', 'v_proj'] } },
   { method: 'bitfit', variant: 'every Linear', identityAtInit: true, options: { targets: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] } },
   { method: 'diff', identityAtInit: true, options: { diff: { density: 0.1, pruneStep: 2 } } },
+  { method: 'adapter', identityAtInit: true, merges: false },
+  { method: 'adapter', variant: 'pfeiffer', identityAtInit: true, merges: false, options: { bottleneck: { type: 'pfeiffer', reductionFactor: 8 } } },
 ];
 const STORAGES: Storage[] = ['f32', 'bf16', 'nf4', 'int8'];
 const DEVICES = ['cpu', 'cuda'] as const;
@@ -81,7 +84,7 @@ for (const row of ROWS) {
         const inputIds = Int32Array.from({ length: B * T }, () => rng.int(0, V));
         const batch = { inputIds, labels: inputIds.slice(), B, T };
         const ids = Array.from(inputIds.subarray(0, T));
-        const adapter = createAdapter(row.method, model, { targets: row.options?.targets ?? (row.method === 'lora' || row.method === 'dora' ? 'all-linear' : undefined), lora: { r: 4, lora_alpha: 8, lora_dropout: 0, ...row.options?.lora }, diff: row.options?.diff, seed: rng.seed });
+        const adapter = createAdapter(row.method, model, { targets: row.options?.targets ?? (row.method === 'lora' || row.method === 'dora' ? 'all-linear' : undefined), lora: { r: 4, lora_alpha: 8, lora_dropout: 0, ...row.options?.lora }, diff: row.options?.diff, bottleneck: row.options?.bottleneck, seed: rng.seed });
         const owned: Array<{ dispose(): void }> = [adapter, model];
         try {
           const base = logits(model, null, ids);
@@ -123,7 +126,9 @@ for (const row of ROWS) {
           // Merged = unmerged (a dense f32 merge: no requantization in the comparison).
           // o_proj and MLP biases: transformers' Qwen2 has no place for them, so such a merge is refused.
           const unmergeable = row.variant === 'every Linear' && arch === 'Qwen2ForCausalLM';
-          if (storage === 'f32' && unmergeable) {
+          if (storage === 'f32' && row.merges === false) {
+            t.throws(() => mergeAdapter({ model: dir, adapter: saved, out: path.join(dir, 'merged') }), { code: 'E_UNSUPPORTED', message: /cannot be merged/ });
+          } else if (storage === 'f32' && unmergeable) {
             t.throws(() => mergeAdapter({ model: dir, adapter: saved, out: path.join(dir, 'merged') }), { code: 'E_UNSUPPORTED', message: /Qwen2ForCausalLM cannot hold/ });
           } else if (storage === 'f32') {
             const merged = mergeAdapter({ model: dir, adapter: saved, out: path.join(dir, 'merged') });

@@ -61,13 +61,15 @@ export const TRAIN_FLAGS: readonly Flag[] = [
   { name: 'eval-data', type: 'path', metavar: 'FILE', field: 'evalData', description: 'eval rows from a file (same formats)' },
   { name: 'eval-split', type: 'number', metavar: 'F', field: 'evalSplit', description: 'eval rows: the last fraction F of the training file (0 < F < 1)' },
   {
-    name: 'method', type: 'enum', values: METHOD_NAMES, field: 'method', default: 'lora', description: 'fine-tuning method',
+    name: 'method', type: 'enum', values: METHOD_NAMES, metavar: 'METHOD', field: 'method', default: 'lora', description: `fine-tuning method: ${METHOD_NAMES.join(', ')}`,
     details: '`qlora` quantizes the base\'s decoder Linear weights to NF4 with double quantization at load, `int8-lora` to LLM.int8; LoRA trains in f32 on top (the weights are decoded inside the GEMMs, never dequantized whole). ' +
       '`dora`: LoRA with PEFT\'s weight decomposition; `ia3`: PEFT\'s IA3 vectors (k_proj, v_proj, down_proj\'s input); `ln`: PEFT\'s LN_TUNING (the RMSNorm scales); ' +
-      '`bitfit`: the Linear biases; `diff`: diff pruning (a sparse δ per weight); `full`: every weight, written as a whole model folder',
+      '`bitfit`: the Linear biases; `diff`: diff pruning (a sparse δ per weight); `adapter`: bottleneck adapters (Houlsby, Pfeiffer); `full`: every weight, written as a whole model folder',
   },
   { name: 'trainable', type: 'string', metavar: 'REGEX', field: 'trainable', description: 'with --method full: train only the weights whose checkpoint name matches' },
   { name: 'diff-density', type: 'number', metavar: 'D', field: 'diffDensity', default: '0.005', description: 'with --method diff: the fraction of each δ kept at pruning (0 < D <= 1)' },
+  { name: 'adapter-type', type: 'enum', values: ['houlsby', 'pfeiffer'], field: 'adapterType', default: 'houlsby', description: 'with --method adapter: after attention and MLP (houlsby) or after the MLP only (pfeiffer)' },
+  { name: 'adapter-reduction', type: 'int', metavar: 'N', field: 'adapterReduction', default: '16', description: 'with --method adapter: hidden size / bottleneck size' },
   { name: 'diff-prune-step', type: 'int', metavar: 'N', field: 'diffPruneStep', description: 'with --method diff: prune after step N (0-based)', details: 'default: a tenth of the run\'s steps' },
   {
     name: 'quantize', type: 'enum', values: QUANTIZE_NAMES, field: 'quantize', description: 'quantize the frozen decoder Linear weights at load (any method)',
@@ -222,7 +224,8 @@ export function cliWording(flags: readonly Flag[], message: string): string {
 /** The value placeholder of a flag, as help and the README show it. */
 export function metavar(f: Flag): string {
   if (f.type === 'boolean') return '';
-  if (f.type === 'enum') return (f.values ?? []).join('|');
+  // A long list of values is named by its metavar; the description lists them.
+  if (f.type === 'enum') return f.metavar ?? (f.values ?? []).join('|');
   return f.metavar ?? 'X';
 }
 

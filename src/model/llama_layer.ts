@@ -122,6 +122,7 @@ export class LlamaLayers {
     const vAll = (cache ? cache.v : a.v).view(0, [B, Tk, c.numKvHeads, D]);
     ops.attentionForward(a.att.view(0, [B, T, c.numHeads, D]), a.lse.view(0, [B, c.numHeads, T]), q4, kAll, vAll, { scale: 1 / Math.sqrt(D) });
     this.linearForward(`${p}self_attn.o_proj`, a.x2, a.att, o, site + 3);
+    this.adapter?.block?.(l, 'attn')?.forward(a.x2, this.call(o, site + 3));
     ops.add(a.x2, a.x2, x);
     const n2 = this.norm(`${p}post_attention_layernorm`);
     ops.rmsnormForward(a.h2, a.rstd2, a.x2, n2.w, { eps: c.rmsNormEps });
@@ -129,6 +130,7 @@ export class LlamaLayers {
     this.linearForward(`${p}mlp.up_proj`, a.u, a.h2, o, site + 5);
     ops.swigluForward(a.act, a.g, a.u);
     this.linearForward(`${p}mlp.down_proj`, xOut, a.act, o, site + 6);
+    this.adapter?.block?.(l, 'mlp')?.forward(xOut, this.call(o, site + 6));
     ops.add(xOut, xOut, a.x2);
   }
 
@@ -142,8 +144,8 @@ export class LlamaLayers {
     const D = c.headDim;
     const site = l * LAYER_LINEARS.length;
     const { dh, dtmp, datt, dq, dk, dv, dact, dg, du } = d;
-    // MLP: out = x2 + down(silu(gate(h2)) * up(h2))
-    this.linearBackward(`${p}mlp.down_proj`, dact, dx, a.act, o, site + 6);
+    // MLP: out = x2 + adapter(down(silu(gate(h2)) * up(h2)))
+    this.linearBackward(`${p}mlp.down_proj`, dact, this.blockBackward(l, 'mlp', dx, dtmp, o, site + 6), a.act, o, site + 6);
     ops.swigluBackward(dg, du, dact, a.g, a.u);
     this.linearBackward(`${p}mlp.gate_proj`, dh, dg, a.h2, o, site + 4);
     this.linearBackward(`${p}mlp.up_proj`, dtmp, du, a.h2, o, site + 5);
@@ -151,8 +153,8 @@ export class LlamaLayers {
     const n2 = this.norm(`${p}post_attention_layernorm`);
     ops.rmsnormBackward(dtmp, n2.dw, dh, a.x2, n2.w, a.rstd2);
     ops.add(dx, dx, dtmp);
-    // Attention: x2 = x + o_proj(attention(rope(q), rope(k), v))
-    this.linearBackward(`${p}self_attn.o_proj`, datt, dx, a.att, o, site + 3);
+    // Attention: x2 = x + adapter(o_proj(attention(rope(q), rope(k), v)))
+    this.linearBackward(`${p}self_attn.o_proj`, datt, this.blockBackward(l, 'attn', dx, dtmp, o, site + 3), a.att, o, site + 3);
     const q4 = a.q.view(0, [B, T, c.numHeads, D]), k4 = a.k.view(0, [B, T, c.numKvHeads, D]), v4 = a.v.view(0, [B, T, c.numKvHeads, D]);
     const dq4 = dq.view(0, [B, T, c.numHeads, D]), dk4 = dk.view(0, [B, T, c.numKvHeads, D]), dv4 = dv.view(0, [B, T, c.numKvHeads, D]);
     ops.attentionBackward(dq4, dk4, dv4, datt.view(0, [B, T, c.numHeads, D]), q4, k4, v4, a.att.view(0, [B, T, c.numHeads, D]),
@@ -170,6 +172,14 @@ export class LlamaLayers {
     const n1 = this.norm(`${p}input_layernorm`);
     ops.rmsnormBackward(dtmp, n1.dw, dh, x, n1.w, a.rstd1);
     if (needDx) ops.add(dx, dx, dtmp);
+  }
+
+  /** The gradient at a block's own output: dOut itself, or through the adapter's block site into `into`. */
+  private blockBackward(l: number, part: 'attn' | 'mlp', dOut: Tensor, into: Tensor, o: PassOptions, site: number): Tensor {
+    const s = this.adapter?.block?.(l, part);
+    if (!s) return dOut;
+    s.backward(into, dOut, this.call(o, site));
+    return into;
   }
 
   dispose(): void {

@@ -130,6 +130,17 @@ export interface NormSite {
 /** The embedding table or the LM head, when a method trains (or replaces) it. */
 export type WeightSite = NormSite;
 
+/**
+ * A method at a block's output (bottleneck adapters): the attention block's output projection
+ * or the MLP's, before the residual add. forward rewrites Z in place (keeping what its backward
+ * needs); backward writes dZ, the gradient at the block's own output, from dOut, the gradient
+ * at the adapted output, and accumulates the method's gradients.
+ */
+export interface BlockSite {
+  forward(Z: Tensor, call: SiteCall): void;
+  backward(dZ: Tensor, dOut: Tensor, call: SiteCall): void;
+}
+
 /** The hooks an adapter gives the model. Every method implements this (src/peft). */
 export interface ModelAdapter {
   /** The site at a Linear, by module name; undefined leaves the base Linear as it is. */
@@ -140,6 +151,8 @@ export interface ModelAdapter {
   embedding?(): WeightSite | undefined;
   /** The LM head (the embeddings when tied), when the method trains it; its gradient comes from the fused loss. */
   head?(): WeightSite | undefined;
+  /** The site at layer `layer`'s attention or MLP output, before its residual add. */
+  block?(layer: number, part: 'attn' | 'mlp'): BlockSite | undefined;
   /** The file the adapter was loaded from (null for a new one), for messages. */
   readonly source: string | null;
 }

@@ -11,6 +11,7 @@ import type { LlamaModel } from '../model/llama';
 import { linearModules } from '../model/weights';
 import type { Device } from '../tensor';
 import { BitFitAdapter, defaultBitFitConfig } from './bitfit/adapter';
+import { BottleneckAdapter, defaultBottleneckConfig } from './bottleneck/adapter';
 import { defaultDiffConfig, DiffAdapter } from './diff/adapter';
 import { FullFineTune } from './full/adapter';
 import { defaultIa3Config, Ia3Adapter } from './ia3/adapter';
@@ -19,8 +20,8 @@ import { defaultLoraConfig, LoraAdapter, LoraConfig } from './lora';
 import { PeftMethod, readAdapterConfigJson } from './method';
 
 /** The adapter methods `train()` can create (`qlora` / `int8-lora` are LoRA on a quantized base). */
-export type AdapterMethod = 'lora' | 'dora' | 'ia3' | 'ln' | 'bitfit' | 'diff' | 'full';
-export const ADAPTER_METHODS: readonly AdapterMethod[] = ['lora', 'dora', 'ia3', 'ln', 'bitfit', 'diff', 'full'];
+export type AdapterMethod = 'lora' | 'dora' | 'ia3' | 'ln' | 'bitfit' | 'diff' | 'adapter' | 'full';
+export const ADAPTER_METHODS: readonly AdapterMethod[] = ['lora', 'dora', 'ia3', 'ln', 'bitfit', 'diff', 'adapter', 'full'];
 
 /** What a new adapter is made from: the LoRA settings, and the targets of any method. */
 export interface CreateAdapterOptions {
@@ -34,6 +35,8 @@ export interface CreateAdapterOptions {
   trainable?: string;
   /** Diff pruning: the fraction of each δ kept (density) and the step after which it is pruned. Defaults to 0.005 and 0. */
   diff?: { density?: number; pruneStep?: number };
+  /** Bottleneck adapters: where (houlsby, pfeiffer) and hidden / bottleneck size. Defaults to houlsby, 16. */
+  bottleneck?: { type?: 'houlsby' | 'pfeiffer'; reductionFactor?: number };
   /** Recorded in adapter_config.json. */
   baseModel?: string | null;
   seed?: number;
@@ -61,6 +64,11 @@ export function createAdapter(method: AdapterMethod, model: LlamaModel, o: Creat
         ...(targets ? { target_modules: targets } : {}), ...(o.diff?.density !== undefined ? { density: o.diff.density } : {}),
         ...(o.diff?.pruneStep !== undefined ? { prune_step: o.diff.pruneStep } : {}), ...base,
       }), { device: model.device });
+    case 'adapter':
+      return BottleneckAdapter.create(model.config, defaultBottleneckConfig({
+        ...(o.bottleneck?.type ? { adapter_type: o.bottleneck.type } : {}),
+        ...(o.bottleneck?.reductionFactor !== undefined ? { reduction_factor: o.bottleneck.reductionFactor } : {}), ...base,
+      }), { seed: o.seed, device: model.device });
     case 'full':
       return new FullFineTune(model, { peft_type: 'FULL', trainable: o.trainable ?? null });
     default:
@@ -87,11 +95,13 @@ export function adapterMethodOf(dir: string): AdapterMethod {
       return 'bitfit';
     case 'DIFF':
       return 'diff';
+    case 'BOTTLENECK':
+      return 'adapter';
     default:
       if (typeof raw.peft_type === 'string') {
-        throw new PeftkitError('E_UNSUPPORTED', `${file}: "peft_type" = ${JSON.stringify(raw.peft_type)} is not supported by peftkit (it reads LORA, IA3, LN_TUNING, BITFIT and DIFF adapters)`);
+        throw new PeftkitError('E_UNSUPPORTED', `${file}: "peft_type" = ${JSON.stringify(raw.peft_type)} is not supported by peftkit (it reads LORA, IA3, LN_TUNING, BITFIT, DIFF and BOTTLENECK adapters)`);
       }
-      throw new PeftkitError('E_CONFIG', `${file}: "peft_type" is ${JSON.stringify(raw.peft_type)}, expected "LORA", "IA3", "LN_TUNING", "BITFIT" or "DIFF"`);
+      throw new PeftkitError('E_CONFIG', `${file}: "peft_type" is ${JSON.stringify(raw.peft_type)}, expected "LORA", "IA3", "LN_TUNING", "BITFIT", "DIFF" or "BOTTLENECK"`);
   }
 }
 
@@ -109,6 +119,8 @@ export function loadAdapter(dir: string, config: ModelConfig, opts: { device?: D
       return BitFitAdapter.load(dir, config, opts);
     case 'diff':
       return DiffAdapter.load(dir, config, opts);
+    case 'adapter':
+      return BottleneckAdapter.load(dir, config, opts);
     case 'full':
       throw new PeftkitError('E_ARG', `${dir}: is a model folder (full fine-tuning's output), not an adapter: load it as the model`);
   }

@@ -15,7 +15,7 @@ export type OptimName = 'adamw' | 'adamw8bit' | 'paged_adamw' | 'paged_adamw8bit
 export const OPTIM_NAMES: readonly OptimName[] = ['adamw', 'adamw8bit', 'paged_adamw', 'paged_adamw8bit'];
 
 /** The methods `method` accepts (the CLI's `--method` reads this list): the adapter methods, and LoRA's presets on a quantized base. */
-export const METHOD_NAMES = ['lora', 'qlora', 'int8-lora', 'dora', 'ia3', 'ln', 'bitfit', 'diff', 'full'] as const;
+export const METHOD_NAMES = ['lora', 'qlora', 'int8-lora', 'dora', 'ia3', 'ln', 'bitfit', 'diff', 'adapter', 'full'] as const;
 export type MethodName = (typeof METHOD_NAMES)[number];
 
 /** The learning-rate schedules `schedule` accepts. */
@@ -45,6 +45,7 @@ export interface TrainOptions {
    * `'ia3'`: PEFT's IA3 vectors on k_proj, v_proj and down_proj's input; `'ln'`: PEFT's LN_TUNING,
    * the RMSNorm scales; `'bitfit'`: the Linear biases (added at zero where the base has none);
    * `'diff'`: diff pruning, a sparse difference δ on the targeted weights (`diffDensity`);
+   * `'adapter'`: bottleneck adapters after the attention and MLP blocks (`adapterType`, `adapterReduction`);
    * `'full'`: full fine-tuning, every weight (or those `trainable` names) on f32 masters, written
    * out as a whole model folder. Every adapter method works on any base storage (`quantize`);
    * `'full'` needs a dense base. With `adapter` or `resume`, the folder's method is used and a
@@ -73,6 +74,10 @@ export interface TrainOptions {
   diffDensity?: number;
   /** Diff pruning: the optimizer step (0-based) after which δ is pruned. Defaults to a tenth of the run's steps. */
   diffPruneStep?: number;
+  /** Bottleneck adapters: 'houlsby' (after attention and MLP) or 'pfeiffer' (after the MLP). Defaults to `'houlsby'`. */
+  adapterType?: 'houlsby' | 'pfeiffer';
+  /** Bottleneck adapters: hidden size / bottleneck size. Defaults to `16`. */
+  adapterReduction?: number;
   /** LoRA rank. Defaults to `8`. */
   r?: number;
   /** LoRA alpha (scaling = alpha / r). Defaults to `16`. */
@@ -172,14 +177,14 @@ export interface TrainOptions {
   pagedDir?: string;
 }
 
-type Optional = 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize' | 'int8Threshold' | 'warmupRatio' | 'trainable' | 'diffDensity' | 'diffPruneStep';
+type Optional = 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize' | 'int8Threshold' | 'warmupRatio' | 'trainable' | 'diffDensity' | 'diffPruneStep' | 'adapterType' | 'adapterReduction';
 export type ResolvedTrainOptions = Required<Omit<TrainOptions, Optional>> & Pick<TrainOptions, Optional>;
 
 /** How an option is named in messages: the API field by default; the CLI passes its flag names. */
 export type OptionNamer = (field: string) => string;
 
 const METHOD_QUANT: Record<MethodName, 'nf4' | 'int8' | undefined> = {
-  lora: undefined, qlora: 'nf4', 'int8-lora': 'int8', dora: undefined, ia3: undefined, ln: undefined, bitfit: undefined, diff: undefined, full: undefined,
+  lora: undefined, qlora: 'nf4', 'int8-lora': 'int8', dora: undefined, ia3: undefined, ln: undefined, bitfit: undefined, diff: undefined, adapter: undefined, full: undefined,
 };
 
 /** The quantization a method and a `quantize` option ask for together. */
@@ -200,6 +205,11 @@ function resolveQuantize(o: TrainOptions, name: OptionNamer): { method: MethodNa
   if (method !== 'full' && o.trainable !== undefined) throw new PeftkitError('E_ARG', `${name('trainable')}: only for ${name('method')} full (got '${method}')`);
   checkInt8ThresholdOption(o.int8Threshold, quantize);
   return { method, quantize };
+}
+
+function adapterType(v: unknown, name: OptionNamer): 'houlsby' | 'pfeiffer' {
+  if (v !== 'houlsby' && v !== 'pfeiffer') throw new PeftkitError('E_ARG', `${name('adapterType')}: expected houlsby or pfeiffer, got '${String(v)}'`);
+  return v;
 }
 
 function positiveInt(name: string, v: number | undefined, dflt: number, allowZero = false): number {
@@ -280,6 +290,8 @@ export function resolveTrainOptions(o: TrainOptions, name: OptionNamer = (f) => 
     r: positiveInt(name('r'), o.r, 8),
     alpha: num(name('alpha'), o.alpha, 16, -1e9, 1e9),
     dropout: num(name('dropout'), o.dropout, method === 'dora' ? 0 : 0.05, 0, 0.99),
+    adapterType: o.adapterType === undefined ? undefined : adapterType(o.adapterType, name),
+    adapterReduction: o.adapterReduction === undefined ? undefined : positiveInt(name('adapterReduction'), o.adapterReduction, 16),
     diffDensity: o.diffDensity === undefined ? undefined : num(name('diffDensity'), o.diffDensity, 0.005, 1e-9, 1),
     diffPruneStep: o.diffPruneStep === undefined ? undefined : positiveInt(name('diffPruneStep'), o.diffPruneStep, 0, true),
     targets,
