@@ -25,6 +25,7 @@ const CASES: Array<{ method: string; flags: string[]; files: string[]; peftType?
   { method: 'bitfit', flags: ['--targets', 'q_proj,k_proj,v_proj'], files: ['adapter_config.json'], peftType: 'BITFIT', merges: true },
   { method: 'diff', flags: ['--diff-density', '0.05', '--diff-prune-step', '1'], files: ['adapter_config.json'], peftType: 'DIFF', merges: true },
   { method: 'adapter', flags: ['--adapter-type', 'pfeiffer', '--adapter-reduction', '4'], files: ['adapter_config.json'], peftType: 'BOTTLENECK', merges: false },
+  { method: 'prefix', flags: ['--num-virtual-tokens', '3'], files: ['adapter_config.json'], peftType: 'PREFIX_TUNING', merges: false },
   { method: 'full', flags: ['--trainable', 'layers\\.1\\.'], files: ['config.json', 'model.safetensors', 'tokenizer.json'], merges: false },
 ];
 

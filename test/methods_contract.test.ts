@@ -42,6 +42,8 @@ const ROWS: Row[] = [
   { method: 'bitfit', variant: 'every Linear', identityAtInit: true, options: { targets: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] } },
   { method: 'diff', identityAtInit: true, options: { diff: { density: 0.1, pruneStep: 2 } } },
   { method: 'adapter', identityAtInit: true, merges: false },
+  // A new prefix is random rows (PEFT's init): not the identity.
+  { method: 'prefix', identityAtInit: false, merges: false, options: { numVirtualTokens: 3 } },
   { method: 'adapter', variant: 'pfeiffer', identityAtInit: true, merges: false, options: { bottleneck: { type: 'pfeiffer', reductionFactor: 8 } } },
 ];
 const STORAGES: Storage[] = ['f32', 'bf16', 'nf4', 'int8'];
@@ -84,7 +86,7 @@ for (const row of ROWS) {
         const inputIds = Int32Array.from({ length: B * T }, () => rng.int(0, V));
         const batch = { inputIds, labels: inputIds.slice(), B, T };
         const ids = Array.from(inputIds.subarray(0, T));
-        const adapter = createAdapter(row.method, model, { targets: row.options?.targets ?? (row.method === 'lora' || row.method === 'dora' ? 'all-linear' : undefined), lora: { r: 4, lora_alpha: 8, lora_dropout: 0, ...row.options?.lora }, diff: row.options?.diff, bottleneck: row.options?.bottleneck, seed: rng.seed });
+        const adapter = createAdapter(row.method, model, { targets: row.options?.targets ?? (row.method === 'lora' || row.method === 'dora' ? 'all-linear' : undefined), lora: { r: 4, lora_alpha: 8, lora_dropout: 0, ...row.options?.lora }, diff: row.options?.diff, bottleneck: row.options?.bottleneck, numVirtualTokens: row.options?.numVirtualTokens, seed: rng.seed });
         const owned: Array<{ dispose(): void }> = [adapter, model];
         try {
           const base = logits(model, null, ids);

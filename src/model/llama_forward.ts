@@ -71,7 +71,7 @@ export class LlamaForward {
     this.adapter = adapter;
     this.maxRows = maxRows;
     this.checkpointing = activationCheckpointing;
-    model.checkSequenceLength(maxT);
+    model.checkSequenceLength(maxT + (adapter?.positionOffset?.() ?? 0));
     // The head's logits are produced inside the fused chunked loss, which has no adapter term:
     // refused rather than trained as if the adapter were not there.
     if (adapter?.linear('lm_head')) {
@@ -131,13 +131,15 @@ export class LlamaForward {
   }
 
   private ropeT = -1;
+  /** RoPE tables of positions off..off+T-1 (off: the positions a prefix occupies). */
   private rope(T: number): { cos: Tensor; sin: Tensor } {
     const c = this.model.config;
     const half = c.headDim / 2;
+    const off = this.adapter?.positionOffset?.() ?? 0;
     const cos = this.store.cos.view(0, [T, half]), sin = this.store.sin.view(0, [T, half]);
     if (this.ropeT !== T) {
       const pos = this.store.positions.view(0, [T]);
-      pos.write(Int32Array.from({ length: T }, (_, i) => i));
+      pos.write(Int32Array.from({ length: T }, (_, i) => off + i));
       ops.ropeTable(cos, sin, pos, { theta: c.ropeTheta, scaling: c.ropeScaling });
       this.ropeT = T;
     }

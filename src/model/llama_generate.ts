@@ -120,13 +120,23 @@ export class KvGenerator {
   constructor(model: LlamaModel, maxT: number, adapter: ModelAdapter | null) {
     this.model = model;
     this.layers = new LlamaLayers(model, adapter);
-    this.maxT = maxT;
-    model.checkSequenceLength(maxT);
+    // A prefix (prefix tuning) is the cache's first rows, once per generator, unrotated: the
+    // prompt's tokens then sit at positions n.., as transformers runs a PEFT prefix.
+    const off = adapter?.positionOffset?.() ?? 0;
+    this.maxT = maxT + off;
+    model.checkSequenceLength(this.maxT);
     const c = model.config;
+    const KVD = c.numKvHeads * c.headDim;
     for (let l = 0; l < c.numLayers; l++) {
-      this.k.push(Tensor.empty([maxT * c.numKvHeads * c.headDim], { device: model.device }));
-      this.v.push(Tensor.empty([maxT * c.numKvHeads * c.headDim], { device: model.device }));
+      this.k.push(Tensor.empty([this.maxT * KVD], { device: model.device }));
+      this.v.push(Tensor.empty([this.maxT * KVD], { device: model.device }));
+      const pre = adapter?.prefix?.(l);
+      if (pre) {
+        this.k[l].view(0, [off * KVD]).copyFrom(pre.keys.view(0, [off * KVD]));
+        this.v[l].view(0, [off * KVD]).copyFrom(pre.values.view(0, [off * KVD]));
+      }
     }
+    this.pos = off;
   }
 
   private tmp(shape: number[], dtype: 'f32' | 'i32' = 'f32'): Tensor {

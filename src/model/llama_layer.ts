@@ -9,9 +9,9 @@
  * straight into their cache slots and attention reads every cached position.
  */
 import * as ops from '../ops';
-import type { Tensor } from '../tensor';
+import { Tensor } from '../tensor';
 import type { LlamaModel } from './llama';
-import { BaseLinear, baseBackwardInput, baseForward, ModelAdapter, Scratch, SiteCall } from './sites';
+import { BaseLinear, baseBackwardInput, baseForward, ModelAdapter, PrefixSite, Scratch, SiteCall } from './sites';
 
 /** Per-layer activations the backward pass reads, as views of the current batch's size. */
 export interface LayerActs {
@@ -117,9 +117,12 @@ export class LlamaLayers {
     const k4 = a.k.view(0, [B, T, c.numKvHeads, D]);
     ops.ropeForward(q4, q4, rope.cos, rope.sin);
     ops.ropeForward(k4, k4, rope.cos, rope.sin);
-    const Tk = cache ? cache.pos + T : T;
-    const kAll = cache ? cache.k.view(0, [1, Tk, c.numKvHeads, D]) : k4;
-    const vAll = (cache ? cache.v : a.v).view(0, [B, Tk, c.numKvHeads, D]);
+    // Keys and values: the cache's (generation), or a prefix's rows before this batch's (prefix tuning), or this batch's.
+    const pre = cache ? undefined : this.adapter?.prefix?.(l);
+    const Tk = cache ? cache.pos + T : T + (pre ? pre.keys.shape[0] : 0);
+    const withPrefix = pre ? this.prefixed(l, pre, a.k, a.v, B, T) : null;
+    const kAll = cache ? cache.k.view(0, [1, Tk, c.numKvHeads, D]) : withPrefix ? withPrefix.K : k4;
+    const vAll = cache ? cache.v.view(0, [1, Tk, c.numKvHeads, D]) : withPrefix ? withPrefix.V : a.v.view(0, [B, Tk, c.numKvHeads, D]);
     ops.attentionForward(a.att.view(0, [B, T, c.numHeads, D]), a.lse.view(0, [B, c.numHeads, T]), q4, kAll, vAll, { scale: 1 / Math.sqrt(D) });
     this.linearForward(`${p}self_attn.o_proj`, a.x2, a.att, o, site + 3);
     this.adapter?.block?.(l, 'attn')?.forward(a.x2, this.call(o, site + 3));
@@ -157,8 +160,25 @@ export class LlamaLayers {
     this.linearBackward(`${p}self_attn.o_proj`, datt, this.blockBackward(l, 'attn', dx, dtmp, o, site + 3), a.att, o, site + 3);
     const q4 = a.q.view(0, [B, T, c.numHeads, D]), k4 = a.k.view(0, [B, T, c.numKvHeads, D]), v4 = a.v.view(0, [B, T, c.numKvHeads, D]);
     const dq4 = dq.view(0, [B, T, c.numHeads, D]), dk4 = dk.view(0, [B, T, c.numKvHeads, D]), dv4 = dv.view(0, [B, T, c.numKvHeads, D]);
-    ops.attentionBackward(dq4, dk4, dv4, datt.view(0, [B, T, c.numHeads, D]), q4, k4, v4, a.att.view(0, [B, T, c.numHeads, D]),
-      a.lse.view(0, [B, c.numHeads, T]), { scale: 1 / Math.sqrt(D) });
+    const pre = this.adapter?.prefix?.(l);
+    if (pre) {
+      // The prefix rows' gradients go to the adapter; this batch's own, to dk and dv.
+      const n = pre.keys.shape[0], S = n + T, KVD = c.numKvHeads * D;
+      const { K, V } = this.prefixed(l, pre, null, null, B, T);
+      const dK = this.scratch.get(6, [B, S, c.numKvHeads, D]), dV = this.scratch.get(7, [B, S, c.numKvHeads, D]);
+      ops.attentionBackward(dq4, dK, dV, datt.view(0, [B, T, c.numHeads, D]), q4, K, V, a.att.view(0, [B, T, c.numHeads, D]),
+        a.lse.view(0, [B, c.numHeads, T]), { scale: 1 / Math.sqrt(D) });
+      const dPk = pre.dKeys.view(0, [n * KVD]), dPv = pre.dValues.view(0, [n * KVD]);
+      for (let b = 0; b < B; b++) {
+        ops.add(dPk, dPk, dK.view(b * S * KVD, [n * KVD]));
+        ops.add(dPv, dPv, dV.view(b * S * KVD, [n * KVD]));
+        dk.view(b * T * KVD, [T * KVD]).copyFrom(dK.view((b * S + n) * KVD, [T * KVD]));
+        dv.view(b * T * KVD, [T * KVD]).copyFrom(dV.view((b * S + n) * KVD, [T * KVD]));
+      }
+    } else {
+      ops.attentionBackward(dq4, dk4, dv4, datt.view(0, [B, T, c.numHeads, D]), q4, k4, v4, a.att.view(0, [B, T, c.numHeads, D]),
+        a.lse.view(0, [B, c.numHeads, T]), { scale: 1 / Math.sqrt(D) });
+    }
     ops.ropeBackward(dq4, dq4, rope.cos, rope.sin);
     ops.ropeBackward(dk4, dk4, rope.cos, rope.sin);
     // ∂L/∂h1 is needed for the input gradient, or for a trained input norm's own gradient.
@@ -174,6 +194,34 @@ export class LlamaLayers {
     if (needDx) ops.add(dx, dx, dtmp);
   }
 
+  /** Per layer, the keys and values with a prefix's rows before each sequence's: [B, n + T, kv_heads, head_dim]. */
+  private readonly prefixBufs = new Map<number, { K: Tensor; V: Tensor }>();
+
+  /**
+   * The layer's keys and values with the prefix rows first, built from this batch's (rotated) k, v
+   * [B·T, kv]; with k, v null, the ones the forward built (for the backward).
+   */
+  private prefixed(l: number, pre: PrefixSite, k: Tensor | null, v: Tensor | null, B: number, T: number): { K: Tensor; V: Tensor } {
+    const c = this.model.config;
+    const n = pre.keys.shape[0], S = n + T, KVD = c.numKvHeads * c.headDim;
+    let buf = this.prefixBufs.get(l);
+    if (!buf || buf.K.numel < B * S * KVD) {
+      buf?.K.dispose();
+      buf?.V.dispose();
+      buf = { K: Tensor.empty([B * S * KVD], { device: this.model.device }), V: Tensor.empty([B * S * KVD], { device: this.model.device }) };
+      this.prefixBufs.set(l, buf);
+    }
+    if (k && v) {
+      for (let b = 0; b < B; b++) {
+        buf.K.view(b * S * KVD, [n * KVD]).copyFrom(pre.keys.view(0, [n * KVD]));
+        buf.V.view(b * S * KVD, [n * KVD]).copyFrom(pre.values.view(0, [n * KVD]));
+        buf.K.view((b * S + n) * KVD, [T * KVD]).copyFrom(k.view(b * T * KVD, [T * KVD]));
+        buf.V.view((b * S + n) * KVD, [T * KVD]).copyFrom(v.view(b * T * KVD, [T * KVD]));
+      }
+    }
+    return { K: buf.K.view(0, [B, S, c.numKvHeads, c.headDim]), V: buf.V.view(0, [B, S, c.numKvHeads, c.headDim]) };
+  }
+
   /** The gradient at a block's own output: dOut itself, or through the adapter's block site into `into`. */
   private blockBackward(l: number, part: 'attn' | 'mlp', dOut: Tensor, into: Tensor, o: PassOptions, site: number): Tensor {
     const s = this.adapter?.block?.(l, part);
@@ -184,5 +232,10 @@ export class LlamaLayers {
 
   dispose(): void {
     this.scratch.dispose();
+    for (const b of this.prefixBufs.values()) {
+      b.K.dispose();
+      b.V.dispose();
+    }
+    this.prefixBufs.clear();
   }
 }

@@ -141,6 +141,20 @@ export interface BlockSite {
   backward(dZ: Tensor, dOut: Tensor, call: SiteCall): void;
 }
 
+/**
+ * A method at one layer's attention keys and values (prefix tuning): n trained key/value rows
+ * before every sequence's own, entering attention as a KV cache of length n does — never rotated
+ * by RoPE, the real tokens at positions n.. (ModelAdapter.positionOffset).
+ */
+export interface PrefixSite {
+  /** Prefix rows, [n, kv_heads·head_dim] each. */
+  readonly keys: Tensor;
+  readonly values: Tensor;
+  /** Where their gradients accumulate. */
+  readonly dKeys: Tensor;
+  readonly dValues: Tensor;
+}
+
 /** The hooks an adapter gives the model. Every method implements this (src/peft). */
 export interface ModelAdapter {
   /** The site at a Linear, by module name; undefined leaves the base Linear as it is. */
@@ -153,6 +167,10 @@ export interface ModelAdapter {
   head?(): WeightSite | undefined;
   /** The site at layer `layer`'s attention or MLP output, before its residual add. */
   block?(layer: number, part: 'attn' | 'mlp'): BlockSite | undefined;
+  /** The key/value prefix of layer `layer`. */
+  prefix?(layer: number): PrefixSite | undefined;
+  /** Positions the adapter occupies before the real tokens (a prefix's length): RoPE starts the sequence there. Defaults to 0. */
+  positionOffset?(): number;
   /** The file the adapter was loaded from (null for a new one), for messages. */
   readonly source: string | null;
 }

@@ -14,14 +14,15 @@ import { BitFitAdapter, defaultBitFitConfig } from './bitfit/adapter';
 import { BottleneckAdapter, defaultBottleneckConfig } from './bottleneck/adapter';
 import { defaultDiffConfig, DiffAdapter } from './diff/adapter';
 import { FullFineTune } from './full/adapter';
+import { defaultPrefixTuningConfig, PrefixTuningAdapter } from './prefix/adapter';
 import { defaultIa3Config, Ia3Adapter } from './ia3/adapter';
 import { defaultLnTuningConfig, LnTuningAdapter } from './ln_tuning/adapter';
 import { defaultLoraConfig, LoraAdapter, LoraConfig } from './lora';
 import { PeftMethod, readAdapterConfigJson } from './method';
 
 /** The adapter methods `train()` can create (`qlora` / `int8-lora` are LoRA on a quantized base). */
-export type AdapterMethod = 'lora' | 'dora' | 'ia3' | 'ln' | 'bitfit' | 'diff' | 'adapter' | 'full';
-export const ADAPTER_METHODS: readonly AdapterMethod[] = ['lora', 'dora', 'ia3', 'ln', 'bitfit', 'diff', 'adapter', 'full'];
+export type AdapterMethod = 'lora' | 'dora' | 'ia3' | 'ln' | 'bitfit' | 'diff' | 'adapter' | 'prefix' | 'full';
+export const ADAPTER_METHODS: readonly AdapterMethod[] = ['lora', 'dora', 'ia3', 'ln', 'bitfit', 'diff', 'adapter', 'prefix', 'full'];
 
 /** What a new adapter is made from: the LoRA settings, and the targets of any method. */
 export interface CreateAdapterOptions {
@@ -37,6 +38,8 @@ export interface CreateAdapterOptions {
   diff?: { density?: number; pruneStep?: number };
   /** Bottleneck adapters: where (houlsby, pfeiffer) and hidden / bottleneck size. Defaults to houlsby, 16. */
   bottleneck?: { type?: 'houlsby' | 'pfeiffer'; reductionFactor?: number };
+  /** Prefix tuning: rows per layer. Defaults to `20`. */
+  numVirtualTokens?: number;
   /** Recorded in adapter_config.json. */
   baseModel?: string | null;
   seed?: number;
@@ -69,6 +72,10 @@ export function createAdapter(method: AdapterMethod, model: LlamaModel, o: Creat
         ...(o.bottleneck?.type ? { adapter_type: o.bottleneck.type } : {}),
         ...(o.bottleneck?.reductionFactor !== undefined ? { reduction_factor: o.bottleneck.reductionFactor } : {}), ...base,
       }), { seed: o.seed, device: model.device });
+    case 'prefix':
+      return PrefixTuningAdapter.create(defaultPrefixTuningConfig(model.config, {
+        ...(o.numVirtualTokens !== undefined ? { num_virtual_tokens: o.numVirtualTokens } : {}), ...base,
+      }), { seed: o.seed, device: model.device });
     case 'full':
       return new FullFineTune(model, { peft_type: 'FULL', trainable: o.trainable ?? null });
     default:
@@ -97,11 +104,13 @@ export function adapterMethodOf(dir: string): AdapterMethod {
       return 'diff';
     case 'BOTTLENECK':
       return 'adapter';
+    case 'PREFIX_TUNING':
+      return 'prefix';
     default:
       if (typeof raw.peft_type === 'string') {
-        throw new PeftkitError('E_UNSUPPORTED', `${file}: "peft_type" = ${JSON.stringify(raw.peft_type)} is not supported by peftkit (it reads LORA, IA3, LN_TUNING, BITFIT, DIFF and BOTTLENECK adapters)`);
+        throw new PeftkitError('E_UNSUPPORTED', `${file}: "peft_type" = ${JSON.stringify(raw.peft_type)} is not supported by peftkit (it reads LORA, IA3, LN_TUNING, PREFIX_TUNING, BITFIT, DIFF and BOTTLENECK adapters)`);
       }
-      throw new PeftkitError('E_CONFIG', `${file}: "peft_type" is ${JSON.stringify(raw.peft_type)}, expected "LORA", "IA3", "LN_TUNING", "BITFIT", "DIFF" or "BOTTLENECK"`);
+      throw new PeftkitError('E_CONFIG', `${file}: "peft_type" is ${JSON.stringify(raw.peft_type)}, expected "LORA", "IA3", "LN_TUNING", "PREFIX_TUNING", "BITFIT", "DIFF" or "BOTTLENECK"`);
   }
 }
 
@@ -121,6 +130,8 @@ export function loadAdapter(dir: string, config: ModelConfig, opts: { device?: D
       return DiffAdapter.load(dir, config, opts);
     case 'adapter':
       return BottleneckAdapter.load(dir, config, opts);
+    case 'prefix':
+      return PrefixTuningAdapter.load(dir, config, opts);
     case 'full':
       throw new PeftkitError('E_ARG', `${dir}: is a model folder (full fine-tuning's output), not an adapter: load it as the model`);
   }

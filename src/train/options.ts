@@ -15,7 +15,7 @@ export type OptimName = 'adamw' | 'adamw8bit' | 'paged_adamw' | 'paged_adamw8bit
 export const OPTIM_NAMES: readonly OptimName[] = ['adamw', 'adamw8bit', 'paged_adamw', 'paged_adamw8bit'];
 
 /** The methods `method` accepts (the CLI's `--method` reads this list): the adapter methods, and LoRA's presets on a quantized base. */
-export const METHOD_NAMES = ['lora', 'qlora', 'int8-lora', 'dora', 'ia3', 'ln', 'bitfit', 'diff', 'adapter', 'full'] as const;
+export const METHOD_NAMES = ['lora', 'qlora', 'int8-lora', 'dora', 'ia3', 'ln', 'bitfit', 'diff', 'adapter', 'prefix', 'full'] as const;
 export type MethodName = (typeof METHOD_NAMES)[number];
 
 /** The learning-rate schedules `schedule` accepts. */
@@ -46,6 +46,7 @@ export interface TrainOptions {
    * the RMSNorm scales; `'bitfit'`: the Linear biases (added at zero where the base has none);
    * `'diff'`: diff pruning, a sparse difference δ on the targeted weights (`diffDensity`);
    * `'adapter'`: bottleneck adapters after the attention and MLP blocks (`adapterType`, `adapterReduction`);
+   * `'prefix'`: PEFT's PREFIX_TUNING, trained key/value rows per layer (`numVirtualTokens`);
    * `'full'`: full fine-tuning, every weight (or those `trainable` names) on f32 masters, written
    * out as a whole model folder. Every adapter method works on any base storage (`quantize`);
    * `'full'` needs a dense base. With `adapter` or `resume`, the folder's method is used and a
@@ -78,6 +79,8 @@ export interface TrainOptions {
   adapterType?: 'houlsby' | 'pfeiffer';
   /** Bottleneck adapters: hidden size / bottleneck size. Defaults to `16`. */
   adapterReduction?: number;
+  /** Prefix tuning: key/value rows per layer. Defaults to `20`. */
+  numVirtualTokens?: number;
   /** LoRA rank. Defaults to `8`. */
   r?: number;
   /** LoRA alpha (scaling = alpha / r). Defaults to `16`. */
@@ -177,14 +180,14 @@ export interface TrainOptions {
   pagedDir?: string;
 }
 
-type Optional = 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize' | 'int8Threshold' | 'warmupRatio' | 'trainable' | 'diffDensity' | 'diffPruneStep' | 'adapterType' | 'adapterReduction';
+type Optional = 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize' | 'int8Threshold' | 'warmupRatio' | 'trainable' | 'diffDensity' | 'diffPruneStep' | 'adapterType' | 'adapterReduction' | 'numVirtualTokens';
 export type ResolvedTrainOptions = Required<Omit<TrainOptions, Optional>> & Pick<TrainOptions, Optional>;
 
 /** How an option is named in messages: the API field by default; the CLI passes its flag names. */
 export type OptionNamer = (field: string) => string;
 
 const METHOD_QUANT: Record<MethodName, 'nf4' | 'int8' | undefined> = {
-  lora: undefined, qlora: 'nf4', 'int8-lora': 'int8', dora: undefined, ia3: undefined, ln: undefined, bitfit: undefined, diff: undefined, adapter: undefined, full: undefined,
+  lora: undefined, qlora: 'nf4', 'int8-lora': 'int8', dora: undefined, ia3: undefined, ln: undefined, bitfit: undefined, diff: undefined, adapter: undefined, prefix: undefined, full: undefined,
 };
 
 /** The quantization a method and a `quantize` option ask for together. */
@@ -290,6 +293,7 @@ export function resolveTrainOptions(o: TrainOptions, name: OptionNamer = (f) => 
     r: positiveInt(name('r'), o.r, 8),
     alpha: num(name('alpha'), o.alpha, 16, -1e9, 1e9),
     dropout: num(name('dropout'), o.dropout, method === 'dora' ? 0 : 0.05, 0, 0.99),
+    numVirtualTokens: o.numVirtualTokens === undefined ? undefined : positiveInt(name('numVirtualTokens'), o.numVirtualTokens, 20),
     adapterType: o.adapterType === undefined ? undefined : adapterType(o.adapterType, name),
     adapterReduction: o.adapterReduction === undefined ? undefined : positiveInt(name('adapterReduction'), o.adapterReduction, 16),
     diffDensity: o.diffDensity === undefined ? undefined : num(name('diffDensity'), o.diffDensity, 0.005, 1e-9, 1),

@@ -188,6 +188,7 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
           lora: { r: o.r, lora_alpha: o.alpha, lora_dropout: o.dropout, use_rslora: o.rslora, init_lora_weights: o.initLoraWeights },
           diff: { density: o.diffDensity, pruneStep: o.diffPruneStep ?? Math.floor(totalSteps / 10) },
           bottleneck: { type: o.adapterType, reductionFactor: o.adapterReduction },
+          numVirtualTokens: o.numVirtualTokens,
           baseModel: path.resolve(o.model),
           seed: o.seed,
         }));
