@@ -26,6 +26,7 @@ const CASES: Array<{ method: string; flags: string[]; files: string[]; peftType?
   { method: 'diff', flags: ['--diff-density', '0.05', '--diff-prune-step', '1'], files: ['adapter_config.json'], peftType: 'DIFF', merges: true },
   { method: 'adapter', flags: ['--adapter-type', 'pfeiffer', '--adapter-reduction', '4'], files: ['adapter_config.json'], peftType: 'BOTTLENECK', merges: false },
   { method: 'prefix', flags: ['--num-virtual-tokens', '3'], files: ['adapter_config.json'], peftType: 'PREFIX_TUNING', merges: false },
+  { method: 'prompt', flags: ['--num-virtual-tokens', '3', '--prompt-init', 'text', '--prompt-init-text', 'say hello'], files: ['adapter_config.json'], peftType: 'PROMPT_TUNING', merges: false },
   { method: 'full', flags: ['--trainable', 'layers\\.1\\.'], files: ['config.json', 'model.safetensors', 'tokenizer.json'], merges: false },
 ];
 

@@ -65,10 +65,19 @@ export class LlamaForward {
   /** Elements of dropout stream reserved per call site (rows × widest input). */
   private readonly siteStride: number;
 
-  /** Buffers for batches of up to `maxRows` = B·T tokens and sequences up to `maxT`. */
+  /** Virtual tokens before every sequence (prompt tuning), 0 without. */
+  private readonly nVirtual: number;
+
+  /**
+   * Buffers for batches of up to `maxRows` = B·T tokens and sequences up to `maxT`. With virtual
+   * tokens (prompt tuning) each of the maxRows / maxT sequences grows by their count.
+   */
   constructor(model: LlamaModel, adapter: ModelAdapter | null, maxRows: number, maxT: number, activationCheckpointing = false) {
     this.model = model;
     this.adapter = adapter;
+    this.nVirtual = adapter?.virtualTokens?.()?.weight.shape[0] ?? 0;
+    maxRows = this.nVirtual ? Math.ceil(maxRows / maxT) * (maxT + this.nVirtual) : maxRows;
+    maxT += this.nVirtual;
     this.maxRows = maxRows;
     this.checkpointing = activationCheckpointing;
     model.checkSequenceLength(maxT + (adapter?.positionOffset?.() ?? 0));
@@ -147,10 +156,20 @@ export class LlamaForward {
   }
 
   private check(b: Batch): number {
-    const rows = b.B * b.T;
-    if (rows > this.maxRows) throw new PeftkitError('E_ARG', `batch of ${b.B}×${b.T} tokens exceeds the ${this.maxRows} the buffers were made for`);
-    if (b.inputIds.length !== rows || b.labels.length !== rows) throw new PeftkitError('E_SHAPE', `batch arrays must hold B·T = ${rows} ids and labels`);
+    const rows = b.B * (b.T + this.nVirtual);
+    if (rows > this.maxRows) throw new PeftkitError('E_ARG', `batch of ${b.B}×${b.T}${this.nVirtual ? ` (+ ${this.nVirtual} virtual)` : ''} tokens exceeds the ${this.maxRows} the buffers were made for`);
+    if (b.inputIds.length !== b.B * b.T || b.labels.length !== b.B * b.T) throw new PeftkitError('E_SHAPE', `batch arrays must hold B·T = ${b.B * b.T} ids and labels`);
     return rows;
+  }
+
+  /**
+   * The label tokens the loss of this batch averages over: labels[t] for t >= 1 (position t - 1
+   * predicts it); with virtual tokens labels[0] too, which the last virtual position predicts.
+   */
+  labelTokens(b: Batch): number {
+    let n = 0;
+    for (let bi = 0; bi < b.B; bi++) for (let t = this.nVirtual ? 0 : 1; t < b.T; t++) if (b.labels[bi * b.T + t] !== -100) n++;
+    return n;
   }
 
   /**
@@ -163,26 +182,40 @@ export class LlamaForward {
     const s = this.store;
     const rows = this.check(b);
     const C = c.hiddenSize;
+    const nv = this.nVirtual, T = b.T + nv;
     const pass: PassOptions = { dropout: gradScale === null ? 0 : o.dropout, dropoutSeed: o.dropoutSeed, siteStride: this.siteStride };
-    const ids = s.ids.view(0, [rows]);
+    const ids = s.ids.view(0, [b.B * b.T]);
     ids.write(b.inputIds);
     // HF's causal-LM shift: position t predicts labels[t + 1]; the last position of a row has none.
+    // Virtual tokens carry label -100 (PEFT prepends them), so the last one predicts labels[0].
     const targets = new Int32Array(rows).fill(-100);
     let tokens = 0;
     for (let bi = 0; bi < b.B; bi++) {
-      for (let t = 0; t + 1 < b.T; t++) {
-        const y = b.labels[bi * b.T + t + 1];
-        targets[bi * b.T + t] = y;
+      for (let t = 0; t + 1 < T; t++) {
+        const y = t + 1 < nv ? -100 : b.labels[bi * b.T + t + 1 - nv];
+        targets[bi * T + t] = y;
         if (y !== -100) tokens++;
       }
     }
     s.targets.view(0, [rows]).write(targets);
 
-    const rope = this.rope(b.T);
+    const rope = this.rope(T);
     const xs = s.x.map((t) => this.view(t, rows, C));
     const emb = this.adapter?.embedding?.();
-    ops.embeddingForward(xs[0], ids, emb?.weight ?? this.model.weight('model.embed_tokens.weight'));
-    for (let l = 0; l < c.numLayers; l++) this.layers.forward(l, xs[l], xs[l + 1], this.acts(l, rows), b.B, b.T, rope, pass);
+    const table = emb?.weight ?? this.model.weight('model.embed_tokens.weight');
+    const virtual = nv ? this.adapter!.virtualTokens!()! : null;
+    if (virtual) {
+      // Each row: the virtual embeddings, then its tokens' (looked up into dx, free until the backward).
+      const tok = this.view(s.dx, b.B * b.T, C);
+      ops.embeddingForward(tok, ids, table);
+      for (let bi = 0; bi < b.B; bi++) {
+        xs[0].view(bi * T * C, [nv * C]).copyFrom(virtual.weight.view(0, [nv * C]));
+        xs[0].view((bi * T + nv) * C, [b.T * C]).copyFrom(tok.view(bi * b.T * C, [b.T * C]));
+      }
+    } else {
+      ops.embeddingForward(xs[0], ids, table);
+    }
+    for (let l = 0; l < c.numLayers; l++) this.layers.forward(l, xs[l], xs[l + 1], this.acts(l, rows), b.B, T, rope, pass);
     const hf = this.view(s.hf, rows, C);
     const rstdf = s.rstdf.view(0, [rows]);
     const nf = this.layers.norm('model.norm');
@@ -206,10 +239,19 @@ export class LlamaForward {
     ops.rmsnormBackward(dx, nf.dw, dhf, xs[c.numLayers], nf.w, rstdf);
     for (let l = c.numLayers - 1; l >= 0; l--) {
       const a = this.acts(l, rows);
-      if (this.checkpointing) this.layers.forward(l, xs[l], d.dtmp, a, b.B, b.T, rope, pass);
-      this.layers.backward(l, xs[l], a, dx, d, b.B, b.T, rope, pass, l > 0 || !!emb?.grad);
+      if (this.checkpointing) this.layers.forward(l, xs[l], d.dtmp, a, b.B, T, rope, pass);
+      this.layers.backward(l, xs[l], a, dx, d, b.B, T, rope, pass, l > 0 || !!emb?.grad || !!virtual?.grad);
     }
-    if (emb?.grad) ops.embeddingBackward(emb.grad, dx, ids);
+    if (virtual?.grad) {
+      const g = virtual.grad.view(0, [nv * C]);
+      for (let bi = 0; bi < b.B; bi++) ops.add(g, g, dx.view(bi * T * C, [nv * C]));
+    }
+    if (emb?.grad) {
+      // The real positions' gradient, without the virtual ones.
+      const dTok = nv ? this.view(s.grads.dh, b.B * b.T, C) : dx;
+      if (nv) for (let bi = 0; bi < b.B; bi++) dTok.view(bi * b.T * C, [b.T * C]).copyFrom(dx.view((bi * T + nv) * C, [b.T * C]));
+      ops.embeddingBackward(emb.grad, dTok, ids);
+    }
     return { lossSum, tokens };
   }
 

@@ -123,7 +123,8 @@ export class KvGenerator {
     // A prefix (prefix tuning) is the cache's first rows, once per generator, unrotated: the
     // prompt's tokens then sit at positions n.., as transformers runs a PEFT prefix.
     const off = adapter?.positionOffset?.() ?? 0;
-    this.maxT = maxT + off;
+    const virtual = adapter?.virtualTokens?.();
+    this.maxT = maxT + off + (virtual?.weight.shape[0] ?? 0);
     model.checkSequenceLength(this.maxT);
     const c = model.config;
     const KVD = c.numKvHeads * c.headDim;
@@ -137,6 +138,14 @@ export class KvGenerator {
       }
     }
     this.pos = off;
+    // Virtual tokens (prompt tuning) are the first positions of every sequence: run once, cached.
+    if (virtual) {
+      const n = virtual.weight.shape[0];
+      const x = this.tmp([n, c.hiddenSize]);
+      x.copyFrom(virtual.weight);
+      this.forwardRows(x, n);
+      this.releaseTemps();
+    }
   }
 
   private tmp(shape: number[], dtype: 'f32' | 'i32' = 'f32'): Tensor {
@@ -150,12 +159,30 @@ export class KvGenerator {
     const c = this.model.config;
     const n = tokens.length;
     if (this.pos + n > this.maxT) throw new PeftkitError('E_ARG', `generate: context of ${this.pos + n} tokens exceeds the cache (${this.maxT})`);
-    const C = c.hiddenSize, D = c.headDim, QD = c.numHeads * D, KD = c.numKvHeads * D, F = c.intermediateSize;
+    const C = c.hiddenSize;
     const ids = this.tmp([n], 'i32');
     ids.write(Int32Array.from(tokens));
-    let x = this.tmp([n, C]);
+    const x0 = this.tmp([n, C]);
+    ops.embeddingForward(x0, ids, this.layers.adapter?.embedding?.()?.weight ?? this.model.weight('model.embed_tokens.weight'));
+    const x = this.forwardRows(x0, n);
+    const last = x.view((n - 1) * C, [1, C]);
+    const hl = this.tmp([1, C]);
+    ops.rmsnormForward(hl, this.tmp([1]), last, this.layers.norm('model.norm').w, { eps: c.rmsNormEps });
+    const logits = this.tmp([1, c.vocabSize]);
+    const head = this.layers.adapter?.head?.();
+    if (head) ops.gemm(logits, hl, head.weight, { transB: true, compute: this.model.compute });
+    else this.layers.linearForward('lm_head', logits, hl, { dropout: 0, dropoutSeed: 0, siteStride: 0, weightsFixed: true }, 0);
+    const out = logits.toFloat32Array();
+    this.releaseTemps();
+    return out;
+  }
+
+  /** Runs n rows of hidden states [n, C] through the layers at the next positions; returns the last layer's output. */
+  private forwardRows(x0: Tensor, n: number): Tensor {
+    const c = this.model.config;
+    const C = c.hiddenSize, D = c.headDim, QD = c.numHeads * D, KD = c.numKvHeads * D, F = c.intermediateSize;
+    let x = x0;
     let xNext = this.tmp([n, C]);
-    ops.embeddingForward(x, ids, this.layers.adapter?.embedding?.()?.weight ?? this.model.weight('model.embed_tokens.weight'));
     const pos = this.tmp([n], 'i32');
     pos.write(Int32Array.from({ length: n }, (_, i) => this.pos + i));
     const rope = { cos: this.tmp([n, D / 2]), sin: this.tmp([n, D / 2]) };
@@ -174,16 +201,7 @@ export class KvGenerator {
       [x, xNext] = [xNext, x];
     }
     this.pos += n;
-    const last = x.view((n - 1) * C, [1, C]);
-    const hl = this.tmp([1, C]);
-    ops.rmsnormForward(hl, this.tmp([1]), last, this.layers.norm('model.norm').w, { eps: c.rmsNormEps });
-    const logits = this.tmp([1, c.vocabSize]);
-    const head = this.layers.adapter?.head?.();
-    if (head) ops.gemm(logits, hl, head.weight, { transB: true, compute: this.model.compute });
-    else this.layers.linearForward('lm_head', logits, hl, pass, 0);
-    const out = logits.toFloat32Array();
-    this.releaseTemps();
-    return out;
+    return x;
   }
 
   private releaseTemps(): void {

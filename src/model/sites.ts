@@ -167,6 +167,12 @@ export interface ModelAdapter {
   head?(): WeightSite | undefined;
   /** The site at layer `layer`'s attention or MLP output, before its residual add. */
   block?(layer: number, part: 'attn' | 'mlp'): BlockSite | undefined;
+  /**
+   * Virtual tokens (prompt tuning): n embeddings [n, hidden] placed before every sequence's own,
+   * as PEFT runs a prompt-tuned model — an ordinary causal sequence of n + T positions, the
+   * virtual positions carrying no label. Their gradient accumulates in `grad`.
+   */
+  virtualTokens?(): WeightSite | undefined;
   /** The key/value prefix of layer `layer`. */
   prefix?(layer: number): PrefixSite | undefined;
   /** Positions the adapter occupies before the real tokens (a prefix's length): RoPE starts the sequence there. Defaults to 0. */

@@ -15,14 +15,15 @@ import { BottleneckAdapter, defaultBottleneckConfig } from './bottleneck/adapter
 import { defaultDiffConfig, DiffAdapter } from './diff/adapter';
 import { FullFineTune } from './full/adapter';
 import { defaultPrefixTuningConfig, PrefixTuningAdapter } from './prefix/adapter';
+import { defaultPromptTuningConfig, PromptTuningAdapter } from './prompt/adapter';
 import { defaultIa3Config, Ia3Adapter } from './ia3/adapter';
 import { defaultLnTuningConfig, LnTuningAdapter } from './ln_tuning/adapter';
 import { defaultLoraConfig, LoraAdapter, LoraConfig } from './lora';
 import { PeftMethod, readAdapterConfigJson } from './method';
 
 /** The adapter methods `train()` can create (`qlora` / `int8-lora` are LoRA on a quantized base). */
-export type AdapterMethod = 'lora' | 'dora' | 'ia3' | 'ln' | 'bitfit' | 'diff' | 'adapter' | 'prefix' | 'full';
-export const ADAPTER_METHODS: readonly AdapterMethod[] = ['lora', 'dora', 'ia3', 'ln', 'bitfit', 'diff', 'adapter', 'prefix', 'full'];
+export type AdapterMethod = 'lora' | 'dora' | 'ia3' | 'ln' | 'bitfit' | 'diff' | 'adapter' | 'prompt' | 'prefix' | 'full';
+export const ADAPTER_METHODS: readonly AdapterMethod[] = ['lora', 'dora', 'ia3', 'ln', 'bitfit', 'diff', 'adapter', 'prompt', 'prefix', 'full'];
 
 /** What a new adapter is made from: the LoRA settings, and the targets of any method. */
 export interface CreateAdapterOptions {
@@ -38,8 +39,10 @@ export interface CreateAdapterOptions {
   diff?: { density?: number; pruneStep?: number };
   /** Bottleneck adapters: where (houlsby, pfeiffer) and hidden / bottleneck size. Defaults to houlsby, 16. */
   bottleneck?: { type?: 'houlsby' | 'pfeiffer'; reductionFactor?: number };
-  /** Prefix tuning: rows per layer. Defaults to `20`. */
+  /** Prompt tuning: virtual tokens; prefix tuning: rows per layer. Defaults to `20`. */
   numVirtualTokens?: number;
+  /** Prompt tuning: how the virtual tokens start, and for 'TEXT' the init text's token ids (encoded by the caller). Defaults to RANDOM. */
+  promptInit?: { kind: 'RANDOM' | 'TEXT' | 'SAMPLE_VOCAB'; text?: string; ids?: readonly number[] };
   /** Recorded in adapter_config.json. */
   baseModel?: string | null;
   seed?: number;
@@ -72,6 +75,11 @@ export function createAdapter(method: AdapterMethod, model: LlamaModel, o: Creat
         ...(o.bottleneck?.type ? { adapter_type: o.bottleneck.type } : {}),
         ...(o.bottleneck?.reductionFactor !== undefined ? { reduction_factor: o.bottleneck.reductionFactor } : {}), ...base,
       }), { seed: o.seed, device: model.device });
+    case 'prompt':
+      return PromptTuningAdapter.create(model, defaultPromptTuningConfig(model.config, {
+        ...(o.numVirtualTokens !== undefined ? { num_virtual_tokens: o.numVirtualTokens } : {}),
+        ...(o.promptInit ? { prompt_tuning_init: o.promptInit.kind, prompt_tuning_init_text: o.promptInit.text ?? null } : {}), ...base,
+      }), { seed: o.seed, initIds: o.promptInit?.ids });
     case 'prefix':
       return PrefixTuningAdapter.create(defaultPrefixTuningConfig(model.config, {
         ...(o.numVirtualTokens !== undefined ? { num_virtual_tokens: o.numVirtualTokens } : {}), ...base,
@@ -106,11 +114,13 @@ export function adapterMethodOf(dir: string): AdapterMethod {
       return 'adapter';
     case 'PREFIX_TUNING':
       return 'prefix';
+    case 'PROMPT_TUNING':
+      return 'prompt';
     default:
       if (typeof raw.peft_type === 'string') {
-        throw new PeftkitError('E_UNSUPPORTED', `${file}: "peft_type" = ${JSON.stringify(raw.peft_type)} is not supported by peftkit (it reads LORA, IA3, LN_TUNING, PREFIX_TUNING, BITFIT, DIFF and BOTTLENECK adapters)`);
+        throw new PeftkitError('E_UNSUPPORTED', `${file}: "peft_type" = ${JSON.stringify(raw.peft_type)} is not supported by peftkit (it reads LORA, IA3, LN_TUNING, PROMPT_TUNING, PREFIX_TUNING, BITFIT, DIFF and BOTTLENECK adapters)`);
       }
-      throw new PeftkitError('E_CONFIG', `${file}: "peft_type" is ${JSON.stringify(raw.peft_type)}, expected "LORA", "IA3", "LN_TUNING", "PREFIX_TUNING", "BITFIT", "DIFF" or "BOTTLENECK"`);
+      throw new PeftkitError('E_CONFIG', `${file}: "peft_type" is ${JSON.stringify(raw.peft_type)}, expected "LORA", "IA3", "LN_TUNING", "PROMPT_TUNING", "PREFIX_TUNING", "BITFIT", "DIFF" or "BOTTLENECK"`);
   }
 }
 
@@ -132,6 +142,8 @@ export function loadAdapter(dir: string, config: ModelConfig, opts: { device?: D
       return BottleneckAdapter.load(dir, config, opts);
     case 'prefix':
       return PrefixTuningAdapter.load(dir, config, opts);
+    case 'prompt':
+      return PromptTuningAdapter.load(dir, config, opts);
     case 'full':
       throw new PeftkitError('E_ARG', `${dir}: is a model folder (full fine-tuning's output), not an adapter: load it as the model`);
   }

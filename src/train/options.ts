@@ -15,7 +15,7 @@ export type OptimName = 'adamw' | 'adamw8bit' | 'paged_adamw' | 'paged_adamw8bit
 export const OPTIM_NAMES: readonly OptimName[] = ['adamw', 'adamw8bit', 'paged_adamw', 'paged_adamw8bit'];
 
 /** The methods `method` accepts (the CLI's `--method` reads this list): the adapter methods, and LoRA's presets on a quantized base. */
-export const METHOD_NAMES = ['lora', 'qlora', 'int8-lora', 'dora', 'ia3', 'ln', 'bitfit', 'diff', 'adapter', 'prefix', 'full'] as const;
+export const METHOD_NAMES = ['lora', 'qlora', 'int8-lora', 'dora', 'ia3', 'ln', 'bitfit', 'diff', 'adapter', 'prompt', 'prefix', 'full'] as const;
 export type MethodName = (typeof METHOD_NAMES)[number];
 
 /** The learning-rate schedules `schedule` accepts. */
@@ -46,6 +46,7 @@ export interface TrainOptions {
    * the RMSNorm scales; `'bitfit'`: the Linear biases (added at zero where the base has none);
    * `'diff'`: diff pruning, a sparse difference δ on the targeted weights (`diffDensity`);
    * `'adapter'`: bottleneck adapters after the attention and MLP blocks (`adapterType`, `adapterReduction`);
+   * `'prompt'`: PEFT's PROMPT_TUNING, trained virtual tokens before every sequence (`numVirtualTokens`, `promptInit`);
    * `'prefix'`: PEFT's PREFIX_TUNING, trained key/value rows per layer (`numVirtualTokens`);
    * `'full'`: full fine-tuning, every weight (or those `trainable` names) on f32 masters, written
    * out as a whole model folder. Every adapter method works on any base storage (`quantize`);
@@ -79,8 +80,12 @@ export interface TrainOptions {
   adapterType?: 'houlsby' | 'pfeiffer';
   /** Bottleneck adapters: hidden size / bottleneck size. Defaults to `16`. */
   adapterReduction?: number;
-  /** Prefix tuning: key/value rows per layer. Defaults to `20`. */
+  /** Prompt tuning: virtual tokens; prefix tuning: key/value rows per layer. Defaults to `20`. */
   numVirtualTokens?: number;
+  /** Prompt tuning's init: 'random' (N(0, 1)), 'text' (`promptInitText`'s token embeddings), 'vocab' (random tokens'). Defaults to `'random'`. */
+  promptInit?: 'random' | 'text' | 'vocab';
+  /** The text of promptInit 'text'. Defaults to none. */
+  promptInitText?: string;
   /** LoRA rank. Defaults to `8`. */
   r?: number;
   /** LoRA alpha (scaling = alpha / r). Defaults to `16`. */
@@ -180,14 +185,14 @@ export interface TrainOptions {
   pagedDir?: string;
 }
 
-type Optional = 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize' | 'int8Threshold' | 'warmupRatio' | 'trainable' | 'diffDensity' | 'diffPruneStep' | 'adapterType' | 'adapterReduction' | 'numVirtualTokens';
+type Optional = 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize' | 'int8Threshold' | 'warmupRatio' | 'trainable' | 'diffDensity' | 'diffPruneStep' | 'adapterType' | 'adapterReduction' | 'numVirtualTokens' | 'promptInit' | 'promptInitText';
 export type ResolvedTrainOptions = Required<Omit<TrainOptions, Optional>> & Pick<TrainOptions, Optional>;
 
 /** How an option is named in messages: the API field by default; the CLI passes its flag names. */
 export type OptionNamer = (field: string) => string;
 
 const METHOD_QUANT: Record<MethodName, 'nf4' | 'int8' | undefined> = {
-  lora: undefined, qlora: 'nf4', 'int8-lora': 'int8', dora: undefined, ia3: undefined, ln: undefined, bitfit: undefined, diff: undefined, adapter: undefined, prefix: undefined, full: undefined,
+  lora: undefined, qlora: 'nf4', 'int8-lora': 'int8', dora: undefined, ia3: undefined, ln: undefined, bitfit: undefined, diff: undefined, adapter: undefined, prompt: undefined, prefix: undefined, full: undefined,
 };
 
 /** The quantization a method and a `quantize` option ask for together. */
@@ -208,6 +213,13 @@ function resolveQuantize(o: TrainOptions, name: OptionNamer): { method: MethodNa
   if (method !== 'full' && o.trainable !== undefined) throw new PeftkitError('E_ARG', `${name('trainable')}: only for ${name('method')} full (got '${method}')`);
   checkInt8ThresholdOption(o.int8Threshold, quantize);
   return { method, quantize };
+}
+
+function promptInit(o: TrainOptions, name: OptionNamer): 'random' | 'text' | 'vocab' {
+  const v = o.promptInit;
+  if (v !== 'random' && v !== 'text' && v !== 'vocab') throw new PeftkitError('E_ARG', `${name('promptInit')}: expected random, text or vocab, got '${String(v)}'`);
+  if (v === 'text' && !o.promptInitText) throw new PeftkitError('E_ARG', `${name('promptInit')} text needs ${name('promptInitText')}`);
+  return v;
 }
 
 function adapterType(v: unknown, name: OptionNamer): 'houlsby' | 'pfeiffer' {
@@ -294,6 +306,7 @@ export function resolveTrainOptions(o: TrainOptions, name: OptionNamer = (f) => 
     alpha: num(name('alpha'), o.alpha, 16, -1e9, 1e9),
     dropout: num(name('dropout'), o.dropout, method === 'dora' ? 0 : 0.05, 0, 0.99),
     numVirtualTokens: o.numVirtualTokens === undefined ? undefined : positiveInt(name('numVirtualTokens'), o.numVirtualTokens, 20),
+    promptInit: o.promptInit === undefined ? undefined : promptInit(o, name),
     adapterType: o.adapterType === undefined ? undefined : adapterType(o.adapterType, name),
     adapterReduction: o.adapterReduction === undefined ? undefined : positiveInt(name('adapterReduction'), o.adapterReduction, 16),
     diffDensity: o.diffDensity === undefined ? undefined : num(name('diffDensity'), o.diffDensity, 0.005, 1e-9, 1),

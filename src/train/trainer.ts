@@ -52,7 +52,7 @@ export class Trainer {
   /** Runs one optimizer step over `window` (the micro-batches of one accumulation). */
   step(window: readonly Batch[], lr: number): StepResult {
     let tokens = 0;
-    for (const b of window) tokens += countLabelTokens(b);
+    for (const b of window) tokens += this.forward.labelTokens(b);
     if (tokens === 0) throw new PeftkitError('E_DATA', 'a training step has no label tokens (every label is -100): nothing to learn from');
     this.adapter.zeroGrad();
     let lossSum = 0;
