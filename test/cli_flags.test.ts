@@ -43,7 +43,7 @@ test('each command\'s --help lists every flag, its aliases and default, wrapped 
   }
   const train = run(['train', '--help'], { COLUMNS: '100' }).stdout.replace(/\s+/g, ' ');
   t.regex(train, /--batch-size, --per-device-train-batch-size N sequences per micro-batch \(default: 4\)/);
-  t.regex(train, /--method METHOD fine-tuning method: lora, qlora, int8-lora, dora, ia3, ln, bitfit, diff, adapter, prompt, prefix, full \(default: lora\)/);
+  t.regex(train, /--method METHOD fine-tuning method: lora, qlora, int8-lora, dora, ia3, ln, bitfit, diff, adapter, prompt, p-tuning, prefix, full \(default: lora\)/);
   t.regex(train, /--lr, --learning-rate X peak learning rate \(at most 1\) \(default: 0\.0002\)/);
 });
 
@@ -71,7 +71,7 @@ test('usage errors exit 2 and name the CLI flag, not the API field', (t) => {
     [[...base, '--warmup-steps', '2', '--warmup-ratio', '0.1'], /^peftkit: --warmup-steps and --warmup-ratio were both given/],
     [[...base, '--adapter', dir, '--r', '4'], /^peftkit: --r cannot be given with --adapter: the adapter's adapter_config\.json decides them\n/],
     [[...base, '--paged-dir', path.join(dir, 'nope')], /^peftkit: --paged-dir: .*nope is not an existing folder/],
-    [[...base, '--method', 'dora-x'], /^peftkit: --method: expected lora, qlora, int8-lora, dora, ia3, ln, bitfit, diff, adapter, prompt, prefix or full, got 'dora-x'\n/],
+    [[...base, '--method', 'dora-x'], /^peftkit: --method: expected lora, qlora, int8-lora, dora, ia3, ln, bitfit, diff, adapter, prompt, p-tuning, prefix or full, got 'dora-x'\n/],
     [[...base, '--max-length', '8', '--max-seq-length', '8'], /^peftkit: --max-length was given twice \(as --max-length and --max-seq-length\)\n/],
     [[...base, '--learning_rate', '1'], /^peftkit: unknown option '--learning_rate' for `peftkit train` \(did you mean --learning-rate\?\)\n/],
     [['train', '--steps', '5'], /^peftkit: --model, --data and --out are required \(`peftkit train` with no arguments at all runs the demo/],

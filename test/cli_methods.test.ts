@@ -27,6 +27,7 @@ const CASES: Array<{ method: string; flags: string[]; files: string[]; peftType?
   { method: 'adapter', flags: ['--adapter-type', 'pfeiffer', '--adapter-reduction', '4'], files: ['adapter_config.json'], peftType: 'BOTTLENECK', merges: false },
   { method: 'prefix', flags: ['--num-virtual-tokens', '3'], files: ['adapter_config.json'], peftType: 'PREFIX_TUNING', merges: false },
   { method: 'prompt', flags: ['--num-virtual-tokens', '3', '--prompt-init', 'text', '--prompt-init-text', 'say hello'], files: ['adapter_config.json'], peftType: 'PROMPT_TUNING', merges: false },
+  { method: 'p-tuning', flags: ['--num-virtual-tokens', '2', '--encoder-hidden-size', '8'], files: ['adapter_config.json', 'prompt_encoder.safetensors'], peftType: 'P_TUNING', merges: false },
   { method: 'full', flags: ['--trainable', 'layers\\.1\\.'], files: ['config.json', 'model.safetensors', 'tokenizer.json'], merges: false },
 ];
 

@@ -65,7 +65,7 @@ test('the golden tree holds every method on every architecture', (t) => {
 });
 
 /** Methods whose reference files are in the tree but which peftkit does not train yet ("PEFT methods, part 2"). */
-const NOT_YET = new Set(['p_tuning']);
+const NOT_YET = new Set<string>();
 
 for (const name of fixtures) {
   const method = (JSON.parse(fs.readFileSync(path.join(ROOT, name, 'expected.json'), 'utf8')) as Expected).method;
@@ -111,8 +111,10 @@ for (const name of fixtures) {
         t.true(Math.abs(r.gradNorm - exp.grad_norms[s]) <= TOL * exp.grad_norms[s], `step ${s}: grad norm ${r.gradNorm} vs ${exp.grad_norms[s]}`);
         t.true(r.gradNorm > h.max_grad_norm, 'the fixture clips');
       }
-      // Diff pruning's trained δ in its dense form; the sparse file is checked below.
-      const out = new SafetensorsCheckpoint(dir, exp.method === 'diff' ? 'adapter_out_dense.safetensors' : 'adapter_out.safetensors');
+      // Diff pruning's trained δ in its dense form (the sparse file is checked below); a trained
+      // prompt encoder beside the file PEFT writes (its output, checked below).
+      const encoded = fs.existsSync(path.join(dir, 'adapter_out_encoder.safetensors'));
+      const out = new SafetensorsCheckpoint(dir, exp.method === 'diff' ? 'adapter_out_dense.safetensors' : encoded ? 'adapter_out_encoder.safetensors' : 'adapter_out.safetensors');
       t.deepEqual([...adapter.stateDict().keys()].map(refName).sort(), [...out.tensors.keys()].sort(), 'the adapter holds the reference\'s tensors');
       let worst = 0;
       let floor = 0;
@@ -144,6 +146,15 @@ for (const name of fixtures) {
           if (n.endsWith('diff_indices')) t.deepEqual(Buffer.from(mine.readBytes(n)), Buffer.from(ref.readBytes(n)), `${n}: the same kept entries`);
           else t.true(relErr(mine.readFloat32(n), ref.readFloat32(n)) <= TOL, n);
         }
+        fs.rmSync(saved, { recursive: true, force: true });
+      }
+      if (encoded) {
+        const saved = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-encoded-'));
+        adapter.writeFiles(saved);
+        const mine = new SafetensorsCheckpoint(saved, 'adapter_model.safetensors');
+        const ref = new SafetensorsCheckpoint(dir, 'adapter_out.safetensors');
+        t.deepEqual([...mine.tensors.keys()].sort(), [...ref.tensors.keys()].sort(), 'the file PEFT reads');
+        for (const n of ref.tensors.keys()) t.true(relErr(mine.readFloat32(n), ref.readFloat32(n)) <= TOL, `${n} as saved`);
         fs.rmSync(saved, { recursive: true, force: true });
       }
       const final = trainer.evaluate(window);

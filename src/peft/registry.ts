@@ -16,14 +16,15 @@ import { defaultDiffConfig, DiffAdapter } from './diff/adapter';
 import { FullFineTune } from './full/adapter';
 import { defaultPrefixTuningConfig, PrefixTuningAdapter } from './prefix/adapter';
 import { defaultPromptTuningConfig, PromptTuningAdapter } from './prompt/adapter';
+import { defaultPTuningConfig, PTuningAdapter } from './p_tuning/adapter';
 import { defaultIa3Config, Ia3Adapter } from './ia3/adapter';
 import { defaultLnTuningConfig, LnTuningAdapter } from './ln_tuning/adapter';
 import { defaultLoraConfig, LoraAdapter, LoraConfig } from './lora';
 import { PeftMethod, readAdapterConfigJson } from './method';
 
 /** The adapter methods `train()` can create (`qlora` / `int8-lora` are LoRA on a quantized base). */
-export type AdapterMethod = 'lora' | 'dora' | 'ia3' | 'ln' | 'bitfit' | 'diff' | 'adapter' | 'prompt' | 'prefix' | 'full';
-export const ADAPTER_METHODS: readonly AdapterMethod[] = ['lora', 'dora', 'ia3', 'ln', 'bitfit', 'diff', 'adapter', 'prompt', 'prefix', 'full'];
+export type AdapterMethod = 'lora' | 'dora' | 'ia3' | 'ln' | 'bitfit' | 'diff' | 'adapter' | 'prompt' | 'p-tuning' | 'prefix' | 'full';
+export const ADAPTER_METHODS: readonly AdapterMethod[] = ['lora', 'dora', 'ia3', 'ln', 'bitfit', 'diff', 'adapter', 'prompt', 'p-tuning', 'prefix', 'full'];
 
 /** What a new adapter is made from: the LoRA settings, and the targets of any method. */
 export interface CreateAdapterOptions {
@@ -43,6 +44,8 @@ export interface CreateAdapterOptions {
   numVirtualTokens?: number;
   /** Prompt tuning: how the virtual tokens start, and for 'TEXT' the init text's token ids (encoded by the caller). Defaults to RANDOM. */
   promptInit?: { kind: 'RANDOM' | 'TEXT' | 'SAMPLE_VOCAB'; text?: string; ids?: readonly number[] };
+  /** P-tuning: the encoder MLP's hidden width. Defaults to the model's hidden size. */
+  encoderHiddenSize?: number;
   /** Recorded in adapter_config.json. */
   baseModel?: string | null;
   seed?: number;
@@ -80,6 +83,11 @@ export function createAdapter(method: AdapterMethod, model: LlamaModel, o: Creat
         ...(o.numVirtualTokens !== undefined ? { num_virtual_tokens: o.numVirtualTokens } : {}),
         ...(o.promptInit ? { prompt_tuning_init: o.promptInit.kind, prompt_tuning_init_text: o.promptInit.text ?? null } : {}), ...base,
       }), { seed: o.seed, initIds: o.promptInit?.ids });
+    case 'p-tuning':
+      return PTuningAdapter.create(model.config, defaultPTuningConfig(model.config, {
+        ...(o.numVirtualTokens !== undefined ? { num_virtual_tokens: o.numVirtualTokens } : {}),
+        ...(o.encoderHiddenSize !== undefined ? { encoder_hidden_size: o.encoderHiddenSize } : {}), ...base,
+      }), { seed: o.seed, device: model.device });
     case 'prefix':
       return PrefixTuningAdapter.create(defaultPrefixTuningConfig(model.config, {
         ...(o.numVirtualTokens !== undefined ? { num_virtual_tokens: o.numVirtualTokens } : {}), ...base,
@@ -116,11 +124,13 @@ export function adapterMethodOf(dir: string): AdapterMethod {
       return 'prefix';
     case 'PROMPT_TUNING':
       return 'prompt';
+    case 'P_TUNING':
+      return 'p-tuning';
     default:
       if (typeof raw.peft_type === 'string') {
-        throw new PeftkitError('E_UNSUPPORTED', `${file}: "peft_type" = ${JSON.stringify(raw.peft_type)} is not supported by peftkit (it reads LORA, IA3, LN_TUNING, PROMPT_TUNING, PREFIX_TUNING, BITFIT, DIFF and BOTTLENECK adapters)`);
+        throw new PeftkitError('E_UNSUPPORTED', `${file}: "peft_type" = ${JSON.stringify(raw.peft_type)} is not supported by peftkit (it reads LORA, IA3, LN_TUNING, PROMPT_TUNING, P_TUNING, PREFIX_TUNING, BITFIT, DIFF and BOTTLENECK adapters)`);
       }
-      throw new PeftkitError('E_CONFIG', `${file}: "peft_type" is ${JSON.stringify(raw.peft_type)}, expected "LORA", "IA3", "LN_TUNING", "PROMPT_TUNING", "PREFIX_TUNING", "BITFIT", "DIFF" or "BOTTLENECK"`);
+      throw new PeftkitError('E_CONFIG', `${file}: "peft_type" is ${JSON.stringify(raw.peft_type)}, expected "LORA", "IA3", "LN_TUNING", "PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "BITFIT", "DIFF" or "BOTTLENECK"`);
   }
 }
 
@@ -144,6 +154,8 @@ export function loadAdapter(dir: string, config: ModelConfig, opts: { device?: D
       return PrefixTuningAdapter.load(dir, config, opts);
     case 'prompt':
       return PromptTuningAdapter.load(dir, config, opts);
+    case 'p-tuning':
+      return PTuningAdapter.load(dir, config, opts);
     case 'full':
       throw new PeftkitError('E_ARG', `${dir}: is a model folder (full fine-tuning's output), not an adapter: load it as the model`);
   }

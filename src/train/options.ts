@@ -15,7 +15,7 @@ export type OptimName = 'adamw' | 'adamw8bit' | 'paged_adamw' | 'paged_adamw8bit
 export const OPTIM_NAMES: readonly OptimName[] = ['adamw', 'adamw8bit', 'paged_adamw', 'paged_adamw8bit'];
 
 /** The methods `method` accepts (the CLI's `--method` reads this list): the adapter methods, and LoRA's presets on a quantized base. */
-export const METHOD_NAMES = ['lora', 'qlora', 'int8-lora', 'dora', 'ia3', 'ln', 'bitfit', 'diff', 'adapter', 'prompt', 'prefix', 'full'] as const;
+export const METHOD_NAMES = ['lora', 'qlora', 'int8-lora', 'dora', 'ia3', 'ln', 'bitfit', 'diff', 'adapter', 'prompt', 'p-tuning', 'prefix', 'full'] as const;
 export type MethodName = (typeof METHOD_NAMES)[number];
 
 /** The learning-rate schedules `schedule` accepts. */
@@ -47,6 +47,7 @@ export interface TrainOptions {
    * `'diff'`: diff pruning, a sparse difference δ on the targeted weights (`diffDensity`);
    * `'adapter'`: bottleneck adapters after the attention and MLP blocks (`adapterType`, `adapterReduction`);
    * `'prompt'`: PEFT's PROMPT_TUNING, trained virtual tokens before every sequence (`numVirtualTokens`, `promptInit`);
+   * `'p-tuning'`: PEFT's P_TUNING, virtual tokens made by a trained MLP encoder (`encoderHiddenSize`);
    * `'prefix'`: PEFT's PREFIX_TUNING, trained key/value rows per layer (`numVirtualTokens`);
    * `'full'`: full fine-tuning, every weight (or those `trainable` names) on f32 masters, written
    * out as a whole model folder. Every adapter method works on any base storage (`quantize`);
@@ -86,6 +87,8 @@ export interface TrainOptions {
   promptInit?: 'random' | 'text' | 'vocab';
   /** The text of promptInit 'text'. Defaults to none. */
   promptInitText?: string;
+  /** P-tuning: the encoder MLP's hidden width. Defaults to the model's hidden size. */
+  encoderHiddenSize?: number;
   /** LoRA rank. Defaults to `8`. */
   r?: number;
   /** LoRA alpha (scaling = alpha / r). Defaults to `16`. */
@@ -185,14 +188,14 @@ export interface TrainOptions {
   pagedDir?: string;
 }
 
-type Optional = 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize' | 'int8Threshold' | 'warmupRatio' | 'trainable' | 'diffDensity' | 'diffPruneStep' | 'adapterType' | 'adapterReduction' | 'numVirtualTokens' | 'promptInit' | 'promptInitText';
+type Optional = 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize' | 'int8Threshold' | 'warmupRatio' | 'trainable' | 'diffDensity' | 'diffPruneStep' | 'adapterType' | 'adapterReduction' | 'numVirtualTokens' | 'promptInit' | 'promptInitText' | 'encoderHiddenSize';
 export type ResolvedTrainOptions = Required<Omit<TrainOptions, Optional>> & Pick<TrainOptions, Optional>;
 
 /** How an option is named in messages: the API field by default; the CLI passes its flag names. */
 export type OptionNamer = (field: string) => string;
 
 const METHOD_QUANT: Record<MethodName, 'nf4' | 'int8' | undefined> = {
-  lora: undefined, qlora: 'nf4', 'int8-lora': 'int8', dora: undefined, ia3: undefined, ln: undefined, bitfit: undefined, diff: undefined, adapter: undefined, prompt: undefined, prefix: undefined, full: undefined,
+  lora: undefined, qlora: 'nf4', 'int8-lora': 'int8', dora: undefined, ia3: undefined, ln: undefined, bitfit: undefined, diff: undefined, adapter: undefined, prompt: undefined, 'p-tuning': undefined, prefix: undefined, full: undefined,
 };
 
 /** The quantization a method and a `quantize` option ask for together. */
@@ -306,6 +309,7 @@ export function resolveTrainOptions(o: TrainOptions, name: OptionNamer = (f) => 
     alpha: num(name('alpha'), o.alpha, 16, -1e9, 1e9),
     dropout: num(name('dropout'), o.dropout, method === 'dora' ? 0 : 0.05, 0, 0.99),
     numVirtualTokens: o.numVirtualTokens === undefined ? undefined : positiveInt(name('numVirtualTokens'), o.numVirtualTokens, 20),
+    encoderHiddenSize: o.encoderHiddenSize === undefined ? undefined : positiveInt(name('encoderHiddenSize'), o.encoderHiddenSize, 1),
     promptInit: o.promptInit === undefined ? undefined : promptInit(o, name),
     adapterType: o.adapterType === undefined ? undefined : adapterType(o.adapterType, name),
     adapterReduction: o.adapterReduction === undefined ? undefined : positiveInt(name('adapterReduction'), o.adapterReduction, 16),

@@ -189,6 +189,7 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
           diff: { density: o.diffDensity, pruneStep: o.diffPruneStep ?? Math.floor(totalSteps / 10) },
           bottleneck: { type: o.adapterType, reductionFactor: o.adapterReduction },
           numVirtualTokens: o.numVirtualTokens,
+          encoderHiddenSize: o.encoderHiddenSize,
           promptInit: o.promptInit && {
             kind: ({ random: 'RANDOM', text: 'TEXT', vocab: 'SAMPLE_VOCAB' } as const)[o.promptInit],
             text: o.promptInitText, ids: o.promptInit === 'text' && tok ? tok.encode(o.promptInitText ?? '') : undefined,
