@@ -44,6 +44,7 @@ const ROWS: Row[] = [
   { method: 'adapter', identityAtInit: true, merges: false },
   // A new prefix is random rows (PEFT's init): not the identity.
   { method: 'prefix', identityAtInit: false, merges: false, options: { numVirtualTokens: 3 } },
+  { method: 'prefix', variant: 'prefix_projection', identityAtInit: false, merges: false, options: { numVirtualTokens: 2, prefixProjection: true, encoderHiddenSize: 8 } },
   { method: 'prompt', identityAtInit: false, merges: false, options: { numVirtualTokens: 3 } },
   { method: 'p-tuning', identityAtInit: false, merges: false, options: { numVirtualTokens: 3, encoderHiddenSize: 8 } },
   { method: 'prompt', variant: 'init from the vocabulary', identityAtInit: false, merges: false, options: { numVirtualTokens: 2, promptInit: { kind: 'SAMPLE_VOCAB' } } },
@@ -89,7 +90,7 @@ for (const row of ROWS) {
         const inputIds = Int32Array.from({ length: B * T }, () => rng.int(0, V));
         const batch = { inputIds, labels: inputIds.slice(), B, T };
         const ids = Array.from(inputIds.subarray(0, T));
-        const adapter = createAdapter(row.method, model, { targets: row.options?.targets ?? (row.method === 'lora' || row.method === 'dora' ? 'all-linear' : undefined), lora: { r: 4, lora_alpha: 8, lora_dropout: 0, ...row.options?.lora }, diff: row.options?.diff, bottleneck: row.options?.bottleneck, numVirtualTokens: row.options?.numVirtualTokens, promptInit: row.options?.promptInit, encoderHiddenSize: row.options?.encoderHiddenSize, seed: rng.seed });
+        const adapter = createAdapter(row.method, model, { targets: row.options?.targets ?? (row.method === 'lora' || row.method === 'dora' ? 'all-linear' : undefined), lora: { r: 4, lora_alpha: 8, lora_dropout: 0, ...row.options?.lora }, diff: row.options?.diff, bottleneck: row.options?.bottleneck, numVirtualTokens: row.options?.numVirtualTokens, promptInit: row.options?.promptInit, encoderHiddenSize: row.options?.encoderHiddenSize, prefixProjection: row.options?.prefixProjection, seed: rng.seed });
         const owned: Array<{ dispose(): void }> = [adapter, model];
         try {
           const base = logits(model, null, ids);

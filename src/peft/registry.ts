@@ -44,8 +44,10 @@ export interface CreateAdapterOptions {
   numVirtualTokens?: number;
   /** Prompt tuning: how the virtual tokens start, and for 'TEXT' the init text's token ids (encoded by the caller). Defaults to RANDOM. */
   promptInit?: { kind: 'RANDOM' | 'TEXT' | 'SAMPLE_VOCAB'; text?: string; ids?: readonly number[] };
-  /** P-tuning: the encoder MLP's hidden width. Defaults to the model's hidden size. */
+  /** P-tuning, prefix_projection: the encoder MLP's hidden width. Defaults to the model's hidden size (P-tuning), kv width (prefix). */
   encoderHiddenSize?: number;
+  /** Prefix tuning through a projection MLP (PEFT's prefix_projection). Defaults to `false`. */
+  prefixProjection?: boolean;
   /** Recorded in adapter_config.json. */
   baseModel?: string | null;
   seed?: number;
@@ -90,7 +92,9 @@ export function createAdapter(method: AdapterMethod, model: LlamaModel, o: Creat
       }), { seed: o.seed, device: model.device });
     case 'prefix':
       return PrefixTuningAdapter.create(defaultPrefixTuningConfig(model.config, {
-        ...(o.numVirtualTokens !== undefined ? { num_virtual_tokens: o.numVirtualTokens } : {}), ...base,
+        ...(o.numVirtualTokens !== undefined ? { num_virtual_tokens: o.numVirtualTokens } : {}),
+        ...(o.prefixProjection ? { prefix_projection: true } : {}),
+        ...(o.encoderHiddenSize !== undefined ? { encoder_hidden_size: o.encoderHiddenSize } : {}), ...base,
       }), { seed: o.seed, device: model.device });
     case 'full':
       return new FullFineTune(model, { peft_type: 'FULL', trainable: o.trainable ?? null });

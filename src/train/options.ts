@@ -87,8 +87,10 @@ export interface TrainOptions {
   promptInit?: 'random' | 'text' | 'vocab';
   /** The text of promptInit 'text'. Defaults to none. */
   promptInitText?: string;
-  /** P-tuning: the encoder MLP's hidden width. Defaults to the model's hidden size. */
+  /** P-tuning and prefix projection: the encoder MLP's hidden width. Defaults to the model's hidden size (P-tuning), the key/value width (prefix). */
   encoderHiddenSize?: number;
+  /** Prefix tuning through a projection MLP (PEFT's prefix_projection). Defaults to `false`. */
+  prefixProjection?: boolean;
   /** LoRA rank. Defaults to `8`. */
   r?: number;
   /** LoRA alpha (scaling = alpha / r). Defaults to `16`. */
@@ -188,7 +190,7 @@ export interface TrainOptions {
   pagedDir?: string;
 }
 
-type Optional = 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize' | 'int8Threshold' | 'warmupRatio' | 'trainable' | 'diffDensity' | 'diffPruneStep' | 'adapterType' | 'adapterReduction' | 'numVirtualTokens' | 'promptInit' | 'promptInitText' | 'encoderHiddenSize';
+type Optional = 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize' | 'int8Threshold' | 'warmupRatio' | 'trainable' | 'diffDensity' | 'diffPruneStep' | 'adapterType' | 'adapterReduction' | 'numVirtualTokens' | 'promptInit' | 'promptInitText' | 'encoderHiddenSize' | 'prefixProjection';
 export type ResolvedTrainOptions = Required<Omit<TrainOptions, Optional>> & Pick<TrainOptions, Optional>;
 
 /** How an option is named in messages: the API field by default; the CLI passes its flag names. */

@@ -190,6 +190,7 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
           bottleneck: { type: o.adapterType, reductionFactor: o.adapterReduction },
           numVirtualTokens: o.numVirtualTokens,
           encoderHiddenSize: o.encoderHiddenSize,
+          prefixProjection: o.prefixProjection,
           promptInit: o.promptInit && {
             kind: ({ random: 'RANDOM', text: 'TEXT', vocab: 'SAMPLE_VOCAB' } as const)[o.promptInit],
             text: o.promptInitText, ids: o.promptInit === 'text' && tok ? tok.encode(o.promptInitText ?? '') : undefined,

@@ -18,8 +18,11 @@ export interface PrefixTuningConfig {
   num_layers: number;
   /** The projection MLP's hidden size (prefix_projection). Defaults to `token_dim`. */
   encoder_hidden_size: number;
-  /** A reparameterizing MLP during training: not implemented yet (false only). */
-  prefix_projection: false;
+  /**
+   * A reparameterizing MLP during training: the prefix is Linear(h → L·2·token_dim)(tanh(Linear(token_dim → h)(E))),
+   * E [n, token_dim] and the MLP training. Defaults to `false`.
+   */
+  prefix_projection: boolean;
   inference_mode: boolean;
 }
 
@@ -40,12 +43,12 @@ export function parsePrefixTuningConfig(raw: Record<string, unknown>, file: stri
     if (!Number.isInteger(v) || (v as number) < 1) throw new PeftkitError('E_CONFIG', `${file}: "${key}" is ${JSON.stringify(v)}, expected a positive integer`);
     return v as number;
   };
-  if (raw.prefix_projection === true) throw new PeftkitError('E_UNSUPPORTED', `${file}: "prefix_projection" = true is not supported by peftkit yet (train without the projection MLP)`);
   const cfg = {
     ...commonConfigFields(raw, d, 'PREFIX_TUNING', file),
     num_virtual_tokens: int('num_virtual_tokens', d.num_virtual_tokens), token_dim: int('token_dim', d.token_dim),
     num_attention_heads: int('num_attention_heads', d.num_attention_heads), num_layers: int('num_layers', d.num_layers),
     encoder_hidden_size: int('encoder_hidden_size', d.encoder_hidden_size),
+    prefix_projection: raw.prefix_projection === true,
   };
   if (cfg.num_layers !== c.numLayers) throw new PeftkitError('E_CONFIG', `${file}: "num_layers" is ${cfg.num_layers}, but the model has ${c.numLayers} layers`);
   if (cfg.token_dim !== d.token_dim || cfg.num_attention_heads !== c.numKvHeads) {
