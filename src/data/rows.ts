@@ -14,8 +14,8 @@
  * A malformed row throws PeftkitError('E_DATA') whose message starts with `file:line` and says
  * what is wrong and what was expected; the first bad row stops the read.
  */
-import * as fs from 'fs';
 import { PeftkitError } from '../errors';
+import { readRegularFile } from '../io/regular_file';
 
 /** Where a row came from; `line` is 1-based (for a JSON array: the line its element starts on). */
 export interface RowSource {
@@ -277,8 +277,9 @@ export function parseRows(text: string, file: string): DataRow[] {
 export function readRows(file: string): DataRow[] {
   let text: string;
   try {
-    text = fs.readFileSync(file, 'utf8');
+    text = readRegularFile(file);
   } catch (e) {
+    if (e instanceof PeftkitError) throw e;
     throw new PeftkitError('E_IO', `${file}: cannot read dataset (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
   const rows = parseRows(text, file);

@@ -8,6 +8,7 @@ import * as path from 'path';
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 import { Template } from '@huggingface/jinja';
 import { PeftkitError } from '../errors';
+import { readRegularFile } from '../io/regular_file';
 import type { ChatMessage } from './rows';
 
 type Json = Record<string, unknown>;
@@ -32,8 +33,9 @@ export interface ChatTemplateOptions {
 function readJson(file: string, what: string): Json {
   let text: string;
   try {
-    text = fs.readFileSync(file, 'utf8');
+    text = readRegularFile(file);
   } catch (e) {
+    if (e instanceof PeftkitError) throw e;
     throw new PeftkitError('E_IO', `${file}: cannot read ${what} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
   let v: unknown;
@@ -223,7 +225,12 @@ export function loadTokenizer(dir: string): Tokenizer {
   let chatTemplateFile = cfgFile;
   const jinjaFile = path.join(dir, 'chat_template.jinja');
   if (chatTemplate === null && fs.existsSync(jinjaFile)) {
-    chatTemplate = fs.readFileSync(jinjaFile, 'utf8');
+    try {
+      chatTemplate = readRegularFile(jinjaFile);
+    } catch (e) {
+      if (e instanceof PeftkitError) throw e;
+      throw new PeftkitError('E_IO', `${jinjaFile}: cannot read the chat template (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    }
     chatTemplateFile = jinjaFile;
   }
   return new Tokenizer(tokJson, cfg, { dir, chatTemplate, chatTemplateFile, specialTokensMap });
