@@ -5,6 +5,9 @@
 import test from 'ava';
 import { spawnSync } from 'child_process';
 import * as path from 'path';
+import { Template } from '@huggingface/jinja';
+import { BYTE_CHAT_TEMPLATE } from '../src/data';
+import { renderTemplate, TEMPLATE_LIMITS } from '../src/data/chat_template';
 
 const HELPERS = path.join(__dirname, 'helpers');
 
@@ -33,5 +36,56 @@ test('a FIFO (or anything not a regular file) in place of a data, eval or model 
     const file = c.case === 'readRows' ? 'data.jsonl' : c.case!;
     t.is(c.code, 'E_IO', `${c.case}: ${c.message}`);
     t.regex(c.message ?? '', new RegExp(`${file.replace(/\./g, '\\.')}: is a named pipe \\(FIFO\\), not a regular file`), c.case);
+  }
+});
+
+test('chat templates are bounded: a huge range, nested loops or runaway output fail with E_DATA naming the file, in time', (t) => {
+  const r = spawnSync(process.execPath, [path.join(HELPERS, 'template_child.js')], { encoding: 'utf8', timeout: 240_000, killSignal: 'SIGKILL' });
+  const lines = r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { case?: string; start?: boolean; code?: string; message?: string; ms?: number; done?: boolean });
+  const stuck = lines.at(-1)?.start ? lines.at(-1)?.case : undefined;
+  t.is(r.status, 0, `child exited with ${r.status} (signal ${r.signal})${stuck ? ` in case ${stuck}` : ''}\n${r.stderr.slice(-2000)}`);
+  t.true(lines.at(-1)?.done, 'the child did not finish');
+  const results = lines.filter((l) => l.case && !l.start);
+  t.is(results.length, 7);
+  for (const c of results) {
+    t.is(c.code, 'E_DATA', `${c.case}: ${c.message}`);
+    t.regex(c.message ?? '', /tokenizer_config\.json/, c.case);
+    // The time bound is TEMPLATE_LIMITS.timeMs; the margin is for a loaded machine (and a model load).
+    t.true(c.ms! < TEMPLATE_LIMITS.timeMs + 30_000, `${c.case} took ${Math.round(c.ms!)} ms`);
+  }
+});
+
+test('bounded chat templates render exactly as @huggingface/jinja does, big conversations included', (t) => {
+  const templates = [
+    BYTE_CHAT_TEMPLATE,
+    // Llama 3.1-like: namespace, slicing, strftime_now, tojson, loop variables.
+    "{{ bos_token }}{% set date_string = strftime_now('%d %b %Y') %}{% if messages[0]['role'] == 'system' %}{% set system_message = messages[0]['content'] | trim %}{% set messages = messages[1:] %}{% else %}{% set system_message = '' %}{% endif %}" +
+      "<|start_header_id|>system<|end_header_id|>\n\nToday Date: {{ date_string }}\n{% if tools is not none %}{{ tools | tojson(indent=4) }}{% endif %}{{ system_message }}<|eot_id|>" +
+      "{% set ns = namespace(n=0) %}{% for message in messages %}{% set ns.n = ns.n + 1 %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n{{ message['content'] | trim }}<|eot_id|>{% endfor %}" +
+      '{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}[{{ ns.n }} turns, {{ range(3) | join(",") }}, {{ range(10, 0, -3) | list | join(",") }}]',
+    // Mistral-like: alternation check with raise_exception, loop.index0 arithmetic.
+    "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('roles must alternate') }}{% endif %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% else %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}",
+  ];
+  const vars = { bos_token: '<s>', eos_token: '</s>' };
+  const conversations = [
+    [{ role: 'system', content: '  Be brief.  ' }, { role: 'user', content: 'hi' }, { role: 'assistant', content: 'hello' }],
+    Array.from({ length: 2000 }, (_, i) => ({ role: i % 2 ? 'assistant' : 'user', content: `turn ${i} `.repeat(20) })),
+    [{ role: 'user', content: 'x'.repeat(4 << 20) }, { role: 'assistant', content: 'é'.repeat(1 << 20) }],
+  ];
+  for (const src of templates) {
+    const tpl = new Template(src);
+    for (const messages of conversations) {
+      for (const [addGen, tools] of [[false, null], [true, [{ type: 'function', function: { name: 'f', parameters: {} } }]]] as const) {
+        const items = { ...vars, messages, add_generation_prompt: addGen, tools, documents: null };
+        let want: string;
+        try {
+          want = tpl.render(items);
+        } catch (e) {
+          t.throws(() => renderTemplate(tpl, items, 'tokenizer_config.json'), { message: (e as Error).message });
+          continue;
+        }
+        t.is(renderTemplate(tpl, items, 'tokenizer_config.json'), want);
+      }
+    }
   }
 });

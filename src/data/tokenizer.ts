@@ -9,6 +9,7 @@ import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 import { Template } from '@huggingface/jinja';
 import { PeftkitError } from '../errors';
 import { readRegularFile } from '../io/regular_file';
+import { renderTemplate } from './chat_template';
 import type { ChatMessage } from './rows';
 
 type Json = Record<string, unknown>;
@@ -196,15 +197,16 @@ export class Tokenizer {
       );
     }
     try {
-      return this.template.render({
+      return renderTemplate(this.template, {
         ...this.templateVars,
         messages,
         add_generation_prompt: opts.addGenerationPrompt ?? false,
         // transformers passes these as None when absent; templates test `tools is not none`.
         tools: opts.tools ?? null,
         documents: null,
-      });
+      }, this.templateFile);
     } catch (e) {
+      if (e instanceof PeftkitError) throw e;
       throw new PeftkitError('E_DATA', `chat template failed: ${(e as Error).message} (the template of ${this.templateFile})`);
     }
   }
