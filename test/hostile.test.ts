@@ -4,10 +4,14 @@
  */
 import test from 'ava';
 import { spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
 import * as path from 'path';
 import { Template } from '@huggingface/jinja';
-import { BYTE_CHAT_TEMPLATE } from '../src/data';
+import { PeftkitError } from '../src';
+import { BYTE_CHAT_TEMPLATE, loadTokenizer, writeByteTokenizer } from '../src/data';
 import { renderTemplate, TEMPLATE_LIMITS } from '../src/data/chat_template';
+import { regexBacktrackingRisk } from '../src/data/regex_safety';
 
 const HELPERS = path.join(__dirname, 'helpers');
 
@@ -88,4 +92,55 @@ test('bounded chat templates render exactly as @huggingface/jinja does, big conv
       }
     }
   }
+});
+
+/** The {"Regex": ...} patterns of tokenizers in use (tokenizer.json pre_tokenizer / normalizer). */
+const REAL_TOKENIZER_REGEXES = [
+  // cl100k / Llama 3
+  "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+  // Qwen2
+  "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+  // o200k (GPT-4o, Phi-4)
+  "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+  // Mistral Tekken
+  '[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+',
+  // GPT-2
+  "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+",
+  // DeepSeek V3
+  '\\p{N}{1,3}', '[一-龥぀-ゟ゠-ヿ]+',
+  "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\\r\\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+  // BLOOM (an Oniguruma nested class)
+  ' ?[^(\\s|[.,!?…。，、।۔،])]+',
+  // normalizers
+  ' {2,}', '\\s+',
+];
+
+test('tokenizer.json regexes that backtrack catastrophically are refused at load; those of real tokenizers are not', (t) => {
+  for (const r of REAL_TOKENIZER_REGEXES) t.is(regexBacktrackingRisk(r), null, r);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-regex-'));
+  writeByteTokenizer(dir);
+  const file = path.join(dir, 'tokenizer.json');
+  const good = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
+  const byteLevel = { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: false };
+  const withSplit = (regex: string) => ({ ...good, pre_tokenizer: { type: 'Sequence', pretokenizers: [{ type: 'Split', pattern: { Regex: regex }, behavior: 'Isolated', invert: false }, byteLevel] } });
+  // Accepted, and works: a real pattern.
+  fs.writeFileSync(file, JSON.stringify(withSplit(REAL_TOKENIZER_REGEXES[0])));
+  t.deepEqual(loadTokenizer(dir).decode(loadTokenizer(dir).encode("it's 2024!", { addSpecialTokens: false })), "it's 2024!");
+  for (const [regex, why] of [
+    ['(a+)+b', /repeats a part that can itself match in several ways/], // 28 characters took seconds
+    ['(a|a)*b', /repeats a part/],
+    ['(?:\\s?\\w)+x', /repeats a part/],
+    ['\\s*\\s*\\s*x', /3 unbounded repetitions along one path/],
+    ['a?a?a?a?a?a?a?a?a?a?a?a?a?aaaaaaaaaaaaa', /more than 4096 combinations/],
+  ] as const) {
+    fs.writeFileSync(file, JSON.stringify(withSplit(regex)));
+    const e = t.throws(() => loadTokenizer(dir), { instanceOf: PeftkitError });
+    t.is(e?.code, 'E_CONFIG');
+    t.regex(e?.message ?? '', new RegExp(`tokenizer\\.json: pre_tokenizer\\.pretokenizers\\[0\\]\\.pattern\\.Regex .* is refused: `), regex);
+    t.regex(e?.message ?? '', why, regex);
+  }
+  // A normalizer's pattern too.
+  fs.writeFileSync(file, JSON.stringify({ ...good, normalizer: { type: 'Replace', pattern: { Regex: '(x+x+)+y' }, content: 'z' } }));
+  t.throws(() => loadTokenizer(dir), { message: /normalizer\.pattern\.Regex "\(x\+x\+\)\+y" is refused/ });
+  fs.rmSync(dir, { recursive: true, force: true });
 });

@@ -10,6 +10,7 @@ import { Template } from '@huggingface/jinja';
 import { PeftkitError } from '../errors';
 import { readRegularFile } from '../io/regular_file';
 import { renderTemplate } from './chat_template';
+import { regexBacktrackingRisk, tokenizerRegexes } from './regex_safety';
 import type { ChatMessage } from './rows';
 
 type Json = Record<string, unknown>;
@@ -107,6 +108,11 @@ export class Tokenizer {
       const c = special(k);
       if (c !== null) config[k] = c;
       else delete config[k];
+    }
+    // The library runs these with JavaScript's backtracking engine, which nothing can interrupt.
+    for (const { where, pattern } of tokenizerRegexes(tokenizerJson)) {
+      const why = regexBacktrackingRisk(pattern);
+      if (why) throw new PeftkitError('E_CONFIG', `${path.join(this.dir, 'tokenizer.json')}: ${where}.Regex ${JSON.stringify(pattern)} is refused: ${why}`);
     }
     try {
       this.hf = new HfTokenizer({ ...tokenizerJson, added_tokens: tokenizerJson.added_tokens ?? [] }, config);
