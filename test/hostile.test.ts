@@ -9,9 +9,11 @@ import * as os from 'os';
 import * as path from 'path';
 import { Template } from '@huggingface/jinja';
 import { PeftkitError } from '../src';
-import { BYTE_CHAT_TEMPLATE, loadTokenizer, writeByteTokenizer } from '../src/data';
+import { BYTE_CHAT_TEMPLATE, DataRow, DEFAULT_BYTE_MERGES, encodeRow, loadTokenizer, readRows, writeByteTokenizer } from '../src/data';
+import { MAX_ROW_CHARS } from '../src/data/rows';
 import { renderTemplate, TEMPLATE_LIMITS } from '../src/data/chat_template';
 import { regexBacktrackingRisk } from '../src/data/regex_safety';
+import { makeRng } from './helpers/check';
 
 const HELPERS = path.join(__dirname, 'helpers');
 
@@ -142,5 +144,81 @@ test('tokenizer.json regexes that backtrack catastrophically are refused at load
   // A normalizer's pattern too.
   fs.writeFileSync(file, JSON.stringify({ ...good, normalizer: { type: 'Replace', pattern: { Regex: '(x+x+)+y' }, content: 'z' } }));
   t.throws(() => loadTokenizer(dir), { message: /normalizer\.pattern\.Regex "\(x\+x\+\)\+y" is refused/ });
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+/** Long rows of every kind, with text that stresses a cut: long tokens, runs, surrogate pairs, newlines. */
+function longRows(seed: number, file: string): DataRow[] {
+  const rng = makeRng(undefined, seed);
+  const words = ['the', ' the', 'aaaaaaaaaaaaaaaa', '        ', 'x', '😀', '\n', ' in', 'er', '12345', 'é', '<|im_end|>', ' a'];
+  const text = (n: number) => {
+    let s = '';
+    while (s.length < n) s += words[rng.int(0, words.length)].repeat(rng.int(1, 40));
+    return s;
+  };
+  const source = (line: number) => ({ file, line });
+  const m = (role: 'user' | 'assistant' | 'system', content: string) => ({ role, content });
+  return [
+    { kind: 'text', text: text(30_000), source: source(1) },
+    { kind: 'text', text: 'a'.repeat(50_000), source: source(2) }, // one long run: few, long tokens
+    { kind: 'text', text: ' '.repeat(9000) + '😀'.repeat(9000), source: source(3) },
+    { kind: 'prompt_completion', prompt: text(20_000), completion: text(20_000), source: source(4) },
+    { kind: 'prompt_completion', prompt: 'Q: ', completion: text(40_000), source: source(5) },
+    { kind: 'messages', messages: [m('system', text(3000)), m('user', text(9000)), m('assistant', text(30_000)), m('user', 'more'), m('assistant', text(9000))], tools: null, source: source(6) },
+    { kind: 'chat_prompt_completion', prompt: [m('user', text(100))], completion: [m('assistant', text(60_000))], tools: null, source: source(7) },
+  ];
+}
+
+test('a long row is cut before encoding, and gives exactly the tokens of the whole encoding cut to maxLength', (t) => {
+  const seed = makeRng(t).seed;
+  const rows = longRows(seed, 'rows.jsonl');
+  const merges: Array<[string, string]> = [...DEFAULT_BYTE_MERGES.map(([a, b]): [string, string] => [a, b])];
+  for (const [a, b] of [['a', 'a'], ['aa', 'aa'], ['aaaa', 'aaaa'], ['aaaaaaaa', 'aaaaaaaa'], ['Ġ', 'Ġ'], ['ĠĠ', 'ĠĠ'], ['ĠĠĠĠ', 'ĠĠĠĠ'], ['Ġt', 'h'], ['Ġth', 'e']]) {
+    if (!merges.some(([x, y]) => x === a && y === b)) merges.push([a, b]);
+  }
+  for (const useRegex of [true, false]) {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-cut-'));
+    writeByteTokenizer(dir, { merges });
+    if (!useRegex) {
+      // No pre-tokenizer split: BPE sees the whole text as one word, where a cut could reach furthest.
+      const file = path.join(dir, 'tokenizer.json');
+      const j = JSON.parse(fs.readFileSync(file, 'utf8')) as { pre_tokenizer: { use_regex: boolean } };
+      j.pre_tokenizer.use_regex = false;
+      fs.writeFileSync(file, JSON.stringify(j));
+    }
+    const tok = loadTokenizer(dir);
+    for (const row of rows) {
+      for (const flags of [{}, { maskPrompt: false, assistantOnly: false }]) {
+        const whole = encodeRow(row, tok, flags);
+        for (const maxLength of [1, 7, 64, 500, 1500, 3000]) {
+          const got = encodeRow(row, tok, { ...flags, maxLength });
+          const what = `row ${row.source.line}, maxLength ${maxLength}, regex ${useRegex}, ${JSON.stringify(flags)}`;
+          t.deepEqual(got.inputIds, whole.inputIds.slice(0, maxLength), what);
+          t.deepEqual(got.labels, whole.labels.slice(0, maxLength), what);
+          t.is(got.truncated, whole.inputIds.length > maxLength, what);
+        }
+      }
+    }
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a 16 MB row with maxLength 64 is encoded in a moment; a row over 64 Mi characters is refused naming file:line', (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-cut-'));
+  writeByteTokenizer(dir);
+  const tok = loadTokenizer(dir);
+  const t0 = performance.now();
+  const ex = encodeRow({ kind: 'text', text: 'the cat sat. '.repeat(16 << 20 >> 4) + 'x'.repeat(1 << 20), source: { file: 'big.jsonl', line: 1 } }, tok, { maxLength: 64 });
+  const ms = performance.now() - t0;
+  t.is(ex.inputIds.length, 64);
+  t.true(ex.truncated);
+  t.true(ms < 5000, `${ms} ms`); // the whole row took minutes to encode
+  const file = path.join(dir, 'data.jsonl');
+  fs.writeFileSync(file, `{"text": "short"}\n{"text": "${'y'.repeat(MAX_ROW_CHARS)}"}\n`);
+  const e = t.throws(() => readRows(file), { instanceOf: PeftkitError });
+  t.is(e?.code, 'E_DATA');
+  t.regex(e?.message ?? '', /data\.jsonl:2: the row is 67108876 characters long, over the limit of 67108864 \(64 Mi\) per row/);
+  fs.writeFileSync(file, `[{"text": "short"},\n {"text": "${'y'.repeat(MAX_ROW_CHARS)}"}]`);
+  t.throws(() => readRows(file), { message: /data\.jsonl:2: the row is 67108876 characters long/ });
   fs.rmSync(dir, { recursive: true, force: true });
 });

@@ -240,6 +240,18 @@ function jsonErrorAt(text: string, open: number, message: string): { line: numbe
   return { line: m ? lineOf(text, Number(m[1])) : 1, message };
 }
 
+/**
+ * The longest row accepted, in characters of its JSON text (64 Mi): rows are cut to maxLength
+ * tokens without being encoded whole, but a row is still read, parsed and (chats) rendered whole.
+ */
+export const MAX_ROW_CHARS = 64 * 1024 * 1024;
+
+function checkRowSize(chars: number, source: RowSource): void {
+  if (chars > MAX_ROW_CHARS) {
+    bad(source, `the row is ${chars} characters long, over the limit of ${MAX_ROW_CHARS} (64 Mi) per row; split it into several rows`);
+  }
+}
+
 /** Parses dataset text (JSONL or a JSON array, told apart by the first character); `file` names it in errors. */
 export function parseRows(text: string, file: string): DataRow[] {
   if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
@@ -254,7 +266,11 @@ export function parseRows(text: string, file: string): DataRow[] {
     }
     if (!Array.isArray(values)) throw new PeftkitError('E_DATA', `${file}:1: not valid JSON, expected a JSON array of row objects or JSONL`);
     const spans = arrayElementSpans(text, first);
-    return values.map((v, i) => parseRow(v, { file, line: spans[i]?.line ?? 1 }));
+    return values.map((v, i) => {
+      const source = { file, line: spans[i]?.line ?? 1 };
+      if (spans[i]) checkRowSize(spans[i].end - spans[i].start, source);
+      return parseRow(v, source);
+    });
   }
   const rows: DataRow[] = [];
   const lines = text.split('\n');
@@ -262,6 +278,7 @@ export function parseRows(text: string, file: string): DataRow[] {
     const raw = lines[i];
     if (raw.trim() === '') continue;
     const source = { file, line: i + 1 };
+    checkRowSize(raw.length, source);
     let value: unknown;
     try {
       value = JSON.parse(raw);
