@@ -13,7 +13,9 @@ import { BYTE_CHAT_TEMPLATE, DataRow, DEFAULT_BYTE_MERGES, encodeRow, loadTokeni
 import { MAX_ROW_CHARS } from '../src/data/rows';
 import { renderTemplate, TEMPLATE_LIMITS } from '../src/data/chat_template';
 import { regexBacktrackingRisk } from '../src/data/regex_safety';
+import { runTraining } from '../src/train/run';
 import { makeRng } from './helpers/check';
+import { writeTinyModel } from './helpers/fuzz_model_cases';
 
 const HELPERS = path.join(__dirname, 'helpers');
 
@@ -220,5 +222,33 @@ test('a 16 MB row with maxLength 64 is encoded in a moment; a row over 64 Mi cha
   t.regex(e?.message ?? '', /data\.jsonl:2: the row is 67108876 characters long, over the limit of 67108864 \(64 Mi\) per row/);
   fs.writeFileSync(file, `[{"text": "short"},\n {"text": "${'y'.repeat(MAX_ROW_CHARS)}"}]`);
   t.throws(() => readRows(file), { message: /data\.jsonl:2: the row is 67108876 characters long/ });
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('invalid UTF-8 in a data file is read with U+FFFD and a warning naming the file and lines, through a run\'s warning event', (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-utf8-'));
+  const model = path.join(dir, 'model');
+  writeTinyModel(model, { tokenizer: true });
+  const data = path.join(dir, 'data.jsonl');
+  const bad = Buffer.from([0xff, 0xc3, 0x28]); // a byte that never starts UTF-8; a truncated sequence
+  fs.writeFileSync(data, Buffer.concat([
+    Buffer.from('{"text": "fine line"}\n{"text": "bad '), bad, Buffer.from(' here"}\n{"text": "é ok"}\n{"text": "'), Buffer.from([0xe2, 0x82]), Buffer.from('"}\n'),
+  ]));
+  const warnings: string[] = [];
+  const rows = readRows(data, warnings);
+  t.is((rows[1] as { text: string }).text, 'bad \ufffd\ufffd( here');
+  t.is(warnings.length, 1);
+  t.regex(warnings[0], /data\.jsonl: 2 lines hold invalid UTF-8 \(read with U\+FFFD in place of the bad bytes\): .*data\.jsonl:2, .*data\.jsonl:4$/);
+  const evalFile = path.join(dir, 'eval.jsonl');
+  fs.writeFileSync(evalFile, Buffer.concat([Buffer.from('{"text": "x'), bad, Buffer.from('"}\n')]));
+  const events: string[] = [];
+  runTraining({ model, data, evalData: evalFile, out: path.join(dir, 'out'), steps: 1, maxLength: 16 }, { onEvent: (e) => e.type === 'warning' && events.push(e.message) });
+  t.is(events.filter((m) => /invalid UTF-8/.test(m)).length, 2, events.join('\n'));
+  t.true(events.some((m) => /eval\.jsonl: 1 line holds invalid UTF-8 .*eval\.jsonl:1$/.test(m)), events.join('\n'));
+  // Valid UTF-8, a BOM included: no warning.
+  fs.writeFileSync(data, '\ufeff{"text": "é 😀 ok"}\n');
+  const none: string[] = [];
+  readRows(data, none);
+  t.deepEqual(none, []);
   fs.rmSync(dir, { recursive: true, force: true });
 });

@@ -48,8 +48,8 @@ export interface RunHooks {
   shouldStop?: () => boolean;
 }
 
-function pretokenizedOnly(file: string, maxLength: number): Example[] {
-  return readRows(file).map((row) => {
+function pretokenizedOnly(file: string, maxLength: number, warnings: string[]): Example[] {
+  return readRows(file, warnings).map((row) => {
     if (row.kind !== 'tokens') {
       throw new PeftkitError('E_DATA', `${row.source.file}:${row.source.line}: a ${row.kind} row needs a tokenizer, but the model folder has no tokenizer.json`);
     }
@@ -62,11 +62,12 @@ function loadData(o: ResolvedTrainOptions, tok: Tokenizer | null): Dataset {
   if (tok) {
     return loadDataset(o.data, tok, { maxLength: o.maxLength, maskPrompt: o.maskPrompt, assistantOnly: o.maskPrompt, evalFile: o.evalData, evalSplit: o.evalSplit });
   }
-  let train = pretokenizedOnly(o.data, o.maxLength);
-  let evalEx = o.evalData ? pretokenizedOnly(o.evalData, o.maxLength) : [];
+  const warnings: string[] = [];
+  let train = pretokenizedOnly(o.data, o.maxLength, warnings);
+  let evalEx = o.evalData ? pretokenizedOnly(o.evalData, o.maxLength, warnings) : [];
   if (o.evalSplit !== undefined) ({ head: train, tail: evalEx } = splitTail(train, o.evalSplit, o.data));
   const stats = (e: Example[]) => ({ examples: e.length }) as unknown as Dataset['stats']['train'];
-  return { train, eval: evalEx, stats: { train: stats(train), eval: stats(evalEx) } };
+  return { train, eval: evalEx, stats: { train: stats(train), eval: stats(evalEx) }, warnings };
 }
 
 function checkVocab(examples: readonly Example[], vocab: number): void {
@@ -137,6 +138,7 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
   try {
     const tok = fs.existsSync(path.join(o.model, 'tokenizer.json')) ? loadTokenizer(o.model) : null;
     const data = loadData(o, tok);
+    for (const message of data.warnings) emit({ type: 'warning', message });
     if (data.train.length === 0) throw new PeftkitError('E_DATA', `${o.data}: no training rows`);
     checkVocab(data.train, model.config.vocabSize);
     checkVocab(data.eval, model.config.vocabSize);
