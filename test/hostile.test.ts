@@ -8,7 +8,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { Template } from '@huggingface/jinja';
-import { PeftkitError } from '../src';
+import { PeftkitError, train } from '../src';
 import { BYTE_CHAT_TEMPLATE, DataRow, DEFAULT_BYTE_MERGES, encodeRow, loadTokenizer, readRows, writeByteTokenizer } from '../src/data';
 import { MAX_ROW_CHARS } from '../src/data/rows';
 import { renderTemplate, TEMPLATE_LIMITS } from '../src/data/chat_template';
@@ -250,5 +250,46 @@ test('invalid UTF-8 in a data file is read with U+FFFD and a warning naming the 
   const none: string[] = [];
   readRows(data, none);
   t.deepEqual(none, []);
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('disk errors keep their identity: E_IO with errno, path and what to do; a full disk leaves no torn log line', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-disk-'));
+  const model = path.join(dir, 'model');
+  writeTinyModel(model, { tokenizer: true });
+  const data = path.join(dir, 'data.jsonl');
+  fs.writeFileSync(data, Array.from({ length: 8 }, (_, i) => JSON.stringify({ text: `row ${i} of some text` })).join('\n'));
+  const run = (which: string) => {
+    const out = path.join(dir, which, 'out');
+    fs.mkdirSync(path.dirname(out), { recursive: true });
+    const r = spawnSync(process.execPath, [path.join(HELPERS, 'disk_error_child.js'), which, model, data, out], { encoding: 'utf8', timeout: 120_000 });
+    t.is(r.status, 0, r.stderr);
+    return { out, ...(JSON.parse(r.stdout) as { code: string; errno?: string; path?: string; syscall?: string; message: string; log: string[] | null }) };
+  };
+
+  const full = run('enospc-log');
+  t.like(full, { code: 'E_IO', errno: 'ENOSPC', syscall: 'write', path: path.join(full.out, 'train_log.jsonl') });
+  t.regex(full.message, /train_log\.jsonl: write failed \(ENOSPC: no space left on device\): the disk is full: free some space .* resume from the last checkpoint/);
+  t.is(full.log?.at(-1), '', 'the log ends with a complete line');
+  for (const line of full.log!.filter(Boolean)) t.notThrows(() => JSON.parse(line), line);
+  t.is(full.log!.filter(Boolean).length, 2);
+
+  const ckpt = run('enospc-checkpoint');
+  t.like(ckpt, { code: 'E_IO', errno: 'ENOSPC', path: path.join(ckpt.out, 'checkpoints', 'step-2', 'optimizer.safetensors') });
+  t.false(fs.readdirSync(path.join(ckpt.out, 'checkpoints')).some((n) => n.includes('tmp')), 'no temporary folder left');
+
+  const ro = run('erofs'); // Node's recursive mkdir says ENOENT on a read-only disk
+  t.like(ro, { code: 'E_IO', errno: 'EROFS', syscall: 'mkdir', path: path.join(dir, 'erofs', 'ro', 'new') });
+  t.regex(ro.message, /read-only file system\): the file system is read-only: choose a folder on a writable disk/);
+
+  const denied = run('eacces');
+  t.like(denied, { code: 'E_IO', errno: 'EACCES', syscall: 'open', path: path.join(denied.out, 'checkpoints', 'step-2', 'adapter_model.safetensors') });
+  t.regex(denied.message, /permission denied: choose a folder you can write to/);
+
+  // A real one, through train()'s worker: the output folder under a regular file.
+  const file = path.join(dir, 'a-file');
+  fs.writeFileSync(file, 'x');
+  const e = await t.throwsAsync(train({ model, data, out: path.join(file, 'out'), steps: 1, maxLength: 16 }).result, { instanceOf: PeftkitError });
+  t.like(e, { code: 'E_IO', errno: 'ENOTDIR', path: path.join(file, 'out') });
   fs.rmSync(dir, { recursive: true, force: true });
 });

@@ -13,6 +13,7 @@ import { removeLeftoverTemps } from '../io/atomic';
 import { LlamaModel } from '../model/llama';
 import { LoraAdapter } from '../peft/lora';
 import { defaultLoraConfig } from '../peft/lora_config';
+import { ioError, makeDir } from '../io/io_error';
 import { findCheckpoint, pruneCheckpoints, readTrainerState, restoreCheckpoint, saveCheckpoint, TrainerState } from './checkpoint';
 import { TrainLog, readLog } from './log';
 import { writeLossCurve } from './loss_curve';
@@ -212,7 +213,7 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
       tokensSeen = resumed.tokensSeen;
     }
     // Created only now, so that bad input found above leaves no output folder behind.
-    fs.mkdirSync(o.out, { recursive: true });
+    makeDir(o.out);
     const log = new TrainLog(logFile, resumed ? step : undefined);
     owned.push({ dispose: () => log.close() });
     const t0 = Date.now();
@@ -271,6 +272,8 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
       adapterDir: o.out, steps: step, finalLoss, evalLoss, elapsedS: el, logFile, lossCurve,
       tokensPerS: (tokensSeen - tokensAtStart) / Math.max(1e-9, el - runStart),
     };
+  } catch (e) {
+    throw ioError(e); // a full or read-only disk: E_IO with errno and path, not a bare Node error
   } finally {
     for (const r of owned.reverse()) r.dispose();
   }

@@ -40,14 +40,14 @@ export class TrainRun extends EventEmitter implements PromiseLike<TrainResult> {
     signal?.addEventListener('abort', () => this.abort(), { once: true });
     this.result = new Promise<TrainResult>((resolve, reject) => {
       let settled = false;
-      worker.on('message', (m: { kind: string; event?: TrainEvent; result?: TrainResult; code?: string; message?: string }) => {
+      worker.on('message', (m: { kind: string; event?: TrainEvent; result?: TrainResult; code?: string; message?: string; errno?: string; path?: string; syscall?: string }) => {
         if (m.kind === 'event' && m.event) this.emit(m.event.type, m.event);
         else if (m.kind === 'result') {
           settled = true;
           resolve(m.result!);
         } else if (m.kind === 'error') {
           settled = true;
-          reject(new PeftkitError(m.code ?? 'E_INTERNAL', m.message ?? 'training failed'));
+          reject(new PeftkitError(m.code ?? 'E_INTERNAL', m.message ?? 'training failed', { errno: m.errno, path: m.path, syscall: m.syscall }));
         }
       });
       worker.on('error', (e) => {
