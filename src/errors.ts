@@ -17,6 +17,7 @@ export type PeftkitErrorCode =
   | 'E_NAN'
   | 'E_DATA'
   | 'E_ABORTED'
+  | 'E_BUSY'
   | (string & {});
 
 /** What an E_IO error knows about the system call that failed. */

@@ -3,7 +3,7 @@
  * error's identity, each pinned down. Anything that could take the process down runs in a child.
  */
 import test from 'ava';
-import { spawnSync } from 'child_process';
+import { spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -13,6 +13,7 @@ import { BYTE_CHAT_TEMPLATE, DataRow, DEFAULT_BYTE_MERGES, encodeRow, loadTokeni
 import { MAX_ROW_CHARS } from '../src/data/rows';
 import { renderTemplate, TEMPLATE_LIMITS } from '../src/data/chat_template';
 import { regexBacktrackingRisk } from '../src/data/regex_safety';
+import { LOCK_FILE } from '../src/io/lock';
 import { runTraining } from '../src/train/run';
 import { makeRng } from './helpers/check';
 import { writeTinyModel } from './helpers/fuzz_model_cases';
@@ -291,5 +292,56 @@ test('disk errors keep their identity: E_IO with errno, path and what to do; a f
   fs.writeFileSync(file, 'x');
   const e = await t.throwsAsync(train({ model, data, out: path.join(file, 'out'), steps: 1, maxLength: 16 }).result, { instanceOf: PeftkitError });
   t.like(e, { code: 'E_IO', errno: 'ENOTDIR', path: path.join(file, 'out') });
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('a training run locks its output folder: a second run into it is refused (E_BUSY) and the first finishes intact; a dead run\'s lock is taken over', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-lock-'));
+  const model = path.join(dir, 'model');
+  writeTinyModel(model, { tokenizer: true });
+  const data = path.join(dir, 'data.jsonl');
+  fs.writeFileSync(data, Array.from({ length: 8 }, (_, i) => JSON.stringify({ text: `row ${i} of some text` })).join('\n'));
+  const out = path.join(dir, 'out');
+  const marker = path.join(dir, 'holding');
+  const go = path.join(dir, 'go');
+  const first = spawn(process.execPath, [path.join(HELPERS, 'lock_child.js'), model, data, out, marker, go], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let firstOut = '';
+  first.stdout.on('data', (b: Buffer) => (firstOut += b.toString()));
+  const firstDone = new Promise<number | null>((resolve) => first.on('exit', (code) => resolve(code)));
+  try {
+    // Wait (without a fixed delay: the child's start-up time varies with the machine's load) for
+    // the first run to hold the folder, with a checkpoint's worth of work under way.
+    for (const until = Date.now() + 120_000; !fs.existsSync(marker);) {
+      if (Date.now() > until || first.exitCode !== null) t.fail(`the first run did not reach its first step: ${firstOut}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const lock = JSON.parse(fs.readFileSync(path.join(out, LOCK_FILE), 'utf8')) as { pid: number };
+    t.is(lock.pid, first.pid!);
+    const second = () => runTraining({ model, data, out, steps: 2, maxLength: 16 });
+    const e = t.throws(second, { instanceOf: PeftkitError });
+    t.is(e?.code, 'E_BUSY');
+    t.regex(e?.message ?? '', new RegExp(`out: .*out is in use by another training run \\(pid ${first.pid} on this host, started .*\\): wait for it to finish, stop it, or choose another folder; if no such run exists, delete .*\\.peftkit\\.lock`));
+    // train() (a worker thread) is refused the same way.
+    await t.throwsAsync(train({ model, data, out, steps: 2, maxLength: 16 }).result, { message: /is in use by another training run/ });
+    fs.writeFileSync(go, '');
+    t.is(await firstDone, 0);
+    t.like(JSON.parse(firstOut), { ok: true, steps: 4 });
+    t.true(fs.existsSync(path.join(out, 'adapter_model.safetensors')));
+    t.false(fs.existsSync(path.join(out, LOCK_FILE)), 'released at the end');
+  } finally {
+    fs.writeFileSync(go, '');
+    first.kill('SIGKILL');
+  }
+
+  // A lock left by a process that is gone (killed mid-run) is stale: the next run takes it over.
+  const dead = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' });
+  fs.writeFileSync(path.join(out, LOCK_FILE), JSON.stringify({ pid: Number(dead.stdout), host: os.hostname(), thread: 0, startTime: null, started: '2020-01-01T00:00:00.000Z', token: 'x' }));
+  t.like(runTraining({ model, data, out, steps: 1, maxLength: 16 }), { steps: 1 });
+  t.false(fs.existsSync(path.join(out, LOCK_FILE)));
+  // A live one (this process, as another run would) is respected; so is one from another host.
+  for (const [pid, host, re] of [[process.pid, os.hostname(), /on this host/], [1, 'elsewhere', /on host elsewhere.*cannot be checked from here/]] as const) {
+    fs.writeFileSync(path.join(out, LOCK_FILE), JSON.stringify({ pid, host, thread: 99, startTime: null, started: 'now', token: 'y' }));
+    t.throws(() => runTraining({ model, data, out, steps: 1, maxLength: 16 }), { code: 'E_BUSY', message: re });
+  }
   fs.rmSync(dir, { recursive: true, force: true });
 });

@@ -14,6 +14,7 @@ import { LlamaModel } from '../model/llama';
 import { LoraAdapter } from '../peft/lora';
 import { defaultLoraConfig } from '../peft/lora_config';
 import { ioError, makeDir } from '../io/io_error';
+import { lockFolder } from '../io/lock';
 import { findCheckpoint, pruneCheckpoints, readTrainerState, restoreCheckpoint, saveCheckpoint, TrainerState } from './checkpoint';
 import { TrainLog, readLog } from './log';
 import { writeLossCurve } from './loss_curve';
@@ -147,6 +148,10 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
     if (skipped) emit({ type: 'warning', message: skipped });
     const padId = tok?.padId ?? 0;
 
+    // Held until the run ends: a second run into the same folder is refused (E_BUSY), not let
+    // loose on this one's checkpoints.
+    const lock = lockFolder(o.out);
+    owned.push({ dispose: () => lock.release() });
     // A run killed while writing a checkpoint or the adapter leaves temporaries beside them.
     removeLeftoverTemps(o.out);
     removeLeftoverTemps(path.join(o.out, 'checkpoints'));

@@ -7,6 +7,7 @@ import { EventEmitter } from 'events';
 import * as path from 'path';
 import { Worker } from 'worker_threads';
 import { PeftkitError } from '../errors';
+import { releaseLockOfThread } from '../io/lock';
 import type { TrainOptions } from './options';
 import { resolveTrainOptions } from './options';
 import type { TrainEvent, TrainResult } from './run';
@@ -37,6 +38,7 @@ export class TrainRun extends EventEmitter implements PromiseLike<TrainResult> {
       return;
     }
     const worker = new Worker(path.join(__dirname, 'worker.js'), { workerData: { options: plain, stop: shared } });
+    const workerThread = worker.threadId; // -1 once it has exited
     signal?.addEventListener('abort', () => this.abort(), { once: true });
     this.result = new Promise<TrainResult>((resolve, reject) => {
       let settled = false;
@@ -55,6 +57,8 @@ export class TrainRun extends EventEmitter implements PromiseLike<TrainResult> {
         reject(new PeftkitError('E_INTERNAL', `training worker crashed: ${e.message}`));
       });
       worker.on('exit', (code) => {
+        // A worker that did not unwind (terminated, crashed) leaves its output folder locked.
+        if (typeof plain.out === 'string') releaseLockOfThread(plain.out, workerThread);
         if (!settled) reject(new PeftkitError('E_INTERNAL', `training worker exited with code ${code} before finishing`));
       });
     });
