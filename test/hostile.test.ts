@@ -3,7 +3,7 @@
  * error's identity, each pinned down. Anything that could take the process down runs in a child.
  */
 import test from 'ava';
-import { spawn, spawnSync } from 'child_process';
+import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -17,6 +17,7 @@ import { LOCK_FILE } from '../src/io/lock';
 import { runTraining } from '../src/train/run';
 import { makeRng } from './helpers/check';
 import { writeTinyModel } from './helpers/fuzz_model_cases';
+import { spawnChild } from './helpers/spawn';
 
 const HELPERS = path.join(__dirname, 'helpers');
 
@@ -304,9 +305,9 @@ test('a training run locks its output folder: a second run into it is refused (E
   const out = path.join(dir, 'out');
   const marker = path.join(dir, 'holding');
   const go = path.join(dir, 'go');
-  const first = spawn(process.execPath, [path.join(HELPERS, 'lock_child.js'), model, data, out, marker, go], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const { child: first } = await spawnChild(process.execPath, [path.join(HELPERS, 'lock_child.js'), model, data, out, marker, go], { stdio: ['ignore', 'pipe', 'inherit'] });
   let firstOut = '';
-  first.stdout.on('data', (b: Buffer) => (firstOut += b.toString()));
+  first.stdout!.on('data', (b: Buffer) => (firstOut += b.toString()));
   const firstDone = new Promise<number | null>((resolve) => first.on('exit', (code) => resolve(code)));
   try {
     // Wait (without a fixed delay: the child's start-up time varies with the machine's load) for
