@@ -103,6 +103,9 @@ export function lockFolder(dir: string, what = 'out'): FolderLock {
       const fd = fs.openSync(file, 'wx');
       try {
         fs.writeSync(fd, text);
+      } catch (e) {
+        fs.rmSync(file, { force: true }); // a full disk: leave no empty lock behind
+        throw e;
       } finally {
         fs.closeSync(fd);
       }
@@ -147,8 +150,13 @@ export function lockFolder(dir: string, what = 'out'): FolderLock {
     release(): void {
       if (released) return;
       released = true;
-      // Only our own lock: never one a later run took over.
-      if (readLock(file)?.info?.token === mine.token) fs.rmSync(file, { force: true });
+      // Only our own lock: never one a later run took over. (Called on the way out of a run,
+      // where an error here would hide the run's own: an unreadable lock is left for the next run.)
+      try {
+        if (readLock(file)?.info?.token === mine.token) fs.rmSync(file, { force: true });
+      } catch {
+        // see above
+      }
       if (!existed) {
         try {
           fs.rmdirSync(dir); // only when empty: the run wrote nothing
