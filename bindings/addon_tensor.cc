@@ -1,5 +1,6 @@
 #include "addon_tensor.h"
 
+#include <cmath>
 #include <cstring>
 #include <utility>
 
@@ -31,8 +32,12 @@ static std::vector<int64_t> ReadShape(const Napi::Value& value) {
     Napi::Value v = arr.Get(i);
     if (!v.IsNumber()) pk::fail("E_ARG", "shape: expected an array of integers");
     double d = v.As<Napi::Number>().DoubleValue();
-    if (d < 0 || d != double(int64_t(d)))
+    // Range first: converting a double at or past 2^63 (or NaN) to int64_t is undefined.
+    if (!(d >= 0) || d != std::floor(d) || std::isinf(d))
       pk::fail("E_SHAPE", "shape: dimension " + std::to_string(i) + " must be a non-negative integer");
+    if (d > 9007199254740991.0)
+      pk::fail("E_SHAPE", "shape: dimension " + std::to_string(i) + " is " + std::to_string(d) +
+                              ", past 2^53 - 1 (the element count overflows)");
     shape.push_back(int64_t(d));
   }
   return shape;

@@ -17,14 +17,34 @@ export type PeftkitErrorCode =
   | 'E_NAN'
   | 'E_DATA'
   | 'E_ABORTED'
+  | 'E_BUSY'
   | (string & {});
+
+/** What an E_IO error knows about the system call that failed. */
+export interface PeftkitErrorDetails {
+  /** The system's error code: 'ENOSPC', 'EROFS', 'EACCES', ... */
+  errno?: string;
+  /** The file or folder the call was about. */
+  path?: string;
+  /** The call: 'open', 'write', 'mkdir', 'rename', ... */
+  syscall?: string;
+}
 
 /** Every error peftkit raises on purpose: `code` tells programs what went wrong, the message tells people. */
 export class PeftkitError extends Error {
   readonly code: PeftkitErrorCode;
-  constructor(code: PeftkitErrorCode, message: string) {
+  /** E_IO: the system's error code ('ENOSPC', 'EROFS', 'EACCES', ...), when a system call failed. */
+  readonly errno?: string;
+  /** E_IO: the file or folder concerned. */
+  readonly path?: string;
+  /** E_IO: the system call that failed. */
+  readonly syscall?: string;
+  constructor(code: PeftkitErrorCode, message: string, details: PeftkitErrorDetails = {}) {
     super(message);
     this.name = 'PeftkitError';
     this.code = code;
+    if (details.errno !== undefined) this.errno = details.errno;
+    if (details.path !== undefined) this.path = details.path;
+    if (details.syscall !== undefined) this.syscall = details.syscall;
   }
 }

@@ -68,11 +68,31 @@ export function resolveDevice(device: DeviceOption = 'cpu'): Device {
   return device;
 }
 
-function checkShape(shape: readonly number[]): number[] {
+/**
+ * The most bytes a tensor may span: 2^53 - 1, the largest integer a JS number holds exactly (8 PiB,
+ * beyond any device). The engine checks the same bound (native/core/tensor.cc).
+ */
+const MAX_TENSOR_BYTES = Number.MAX_SAFE_INTEGER;
+
+/**
+ * Validates a shape for `dtype`: non-negative integer dimensions whose product (zeros left out,
+ * so that no partial product a kernel forms can overflow either) times the element size fits
+ * {@link MAX_TENSOR_BYTES}. Otherwise the element count would wrap in the engine's 64-bit
+ * arithmetic and a tiny allocation would be indexed as a huge one.
+ */
+function checkShape(shape: readonly number[], dtype: DType): number[] {
   if (!Array.isArray(shape)) throw new PeftkitError('E_ARG', 'shape: expected an array of integers');
+  let n = DTYPE_BYTES[dtype];
   for (const [i, d] of shape.entries()) {
     if (!Number.isInteger(d) || d < 0) {
       throw new PeftkitError('E_SHAPE', `shape: dimension ${i} must be a non-negative integer, got ${d}`);
+    }
+    if (d > 0) n *= d; // exact while below 2^53; once past it the check below has already failed
+    if (n > MAX_TENSOR_BYTES) {
+      throw new PeftkitError(
+        'E_SHAPE',
+        `shape [${shape.join(', ')}]: ${dtype} elements would span more than 2^53 - 1 bytes (the element count overflows)`,
+      );
     }
   }
   return [...shape];
@@ -111,7 +131,7 @@ export class Tensor {
   static empty(shape: readonly number[], opts: TensorOptions = {}): Tensor {
     const dtype = opts.dtype ?? 'f32';
     if (!(dtype in DTYPE_BYTES)) throw new PeftkitError('E_DTYPE', `unknown dtype '${String(dtype)}'`);
-    return new Tensor(new native.NativeTensor(checkShape(shape), dtype, resolveDevice(opts.device)));
+    return new Tensor(new native.NativeTensor(checkShape(shape, dtype), dtype, resolveDevice(opts.device)));
   }
 
   /**
@@ -129,7 +149,7 @@ export class Tensor {
       if (opts[k] !== undefined && (typeof opts[k] !== 'string' || !opts[k])) throw new PeftkitError('E_ARG', `Tensor.mapped ${k}: expected a path`);
     }
     const where = opts.file !== undefined ? { file: opts.file } : { dir: opts.dir ?? os.tmpdir() };
-    return new Tensor(new native.NativeTensor(checkShape(shape), dtype, resolveDevice(opts.device), where));
+    return new Tensor(new native.NativeTensor(checkShape(shape, dtype), dtype, resolveDevice(opts.device), where));
   }
 
   static zeros(shape: readonly number[], opts: TensorOptions = {}): Tensor {
@@ -252,7 +272,7 @@ export class Tensor {
     // new handle's native part is freed only by a finalizer that Node runs from the event loop,
     // which a synchronous training loop never reaches. So without this, every step would leave
     // its views' handles behind for good (and fragment the heap).
-    const dims = checkShape(shape);
+    const dims = checkShape(shape, this.dtype);
     if (typeof offset !== 'number') throw new PeftkitError('E_ARG', `view offset: expected an element index, got ${JSON.stringify(offset)}`);
     const key = `${offset}:${dims.join(',')}`;
     const cache = (this.views ??= new Map());

@@ -4,7 +4,6 @@
  * lands: between steps, inside a checkpoint's write, inside the log's append.
  */
 import test from 'ava';
-import { spawn } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -13,6 +12,7 @@ import { writeRandomModel } from '../src/model/random_model';
 import { LoraAdapter } from '../src/peft/lora';
 import { readLog } from '../src/train/log';
 import { train } from '../src/train/train';
+import { spawnChild } from './helpers/spawn';
 
 const BIN = path.join(__dirname, '..', '..', 'bin', 'peftkit.js');
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-kill-'));
@@ -39,7 +39,8 @@ function fixture(): { model: string; data: string } {
 
 /** Starts the CLI run and SIGKILLs it at a random moment after checkpoint `afterStep` exists. */
 async function killedRun(model: string, data: string, out: string, afterStep: number, delayMs: number): Promise<NodeJS.Signals | null> {
-  const child = spawn(process.execPath, [BIN, 'train', '--model', model, '--data', data, '--out', out, ...cliHyper], { stdio: 'ignore' });
+  // spawnChild: a spawn that fails on a loaded machine is retried, or rejects, never an uncaught exception.
+  const { child } = await spawnChild(process.execPath, [BIN, 'train', '--model', model, '--data', data, '--out', out, ...cliHyper], { stdio: 'ignore' });
   const exited = new Promise<NodeJS.Signals | null>((resolve) => child.on('exit', (_code, signal) => resolve(signal)));
   const marker = path.join(out, 'checkpoints', `step-${afterStep}`, 'trainer_state.json');
   const deadline = Date.now() + 120_000;

@@ -72,25 +72,30 @@ test('an AbortSignal aborted before train() starts rejects at once, and nothing 
 
 test('a stopped run resumes from its checkpoint to the same adapter as an uninterrupted run', async (t) => {
   const { model, data } = fixture();
+  // The abort is asked for at step 3's event, which this thread reads while the worker runs on;
+  // it takes effect at the next step boundary the worker reaches after that. The steps after 3
+  // are the room for this thread's delay (other tests' synchronous work here, a loaded machine):
+  // with 8 steps, a 300 ms stall of this thread already let the abort land only at step 7, and
+  // a longer one let the run finish unstopped. 32 steps leave seconds.
+  const STEPS = 32;
   const straight = path.join(tmp(), 'straight');
-  // 24 steps: room for the abort sent at step 3 to arrive before the worker ends, on a loaded machine too.
-  await train({ ...common, model, data, out: straight, steps: 24 });
+  await train({ ...common, model, data, out: straight, steps: STEPS });
   const out = path.join(tmp(), 'resumed');
   const ctrl = new AbortController();
-  const run = train({ ...common, model, data, out, steps: 24, saveEvery: 2, signal: ctrl.signal });
+  const run = train({ ...common, model, data, out, steps: STEPS, saveEvery: 2, signal: ctrl.signal });
   run.on('step', (e) => {
     if (e.step === 3) ctrl.abort();
   });
   const err = await t.throwsAsync(run.result, { instanceOf: PeftkitError });
   t.is(err?.code, 'E_ABORTED');
   t.true(fs.existsSync(path.join(out, 'checkpoints')));
-  const result = await train({ ...common, model, data, out, steps: 24, resume: out });
-  t.is(result.steps, 24);
+  const result = await train({ ...common, model, data, out, steps: STEPS, resume: out });
+  t.is(result.steps, STEPS);
   const m = LlamaModel.load(model);
   const a = LoraAdapter.load(straight, m.linearModules).stateDict();
   const b = LoraAdapter.load(out, m.linearModules).stateDict();
   for (const [k, v] of a) t.deepEqual(b.get(k), v, `${k} after resume`);
-  t.is(readLog(result.logFile).filter((r) => 'loss' in r).length, 24, 'the log has each step once');
+  t.is(readLog(result.logFile).filter((r) => 'loss' in r).length, STEPS, 'the log has each step once');
   m.dispose();
 });
 

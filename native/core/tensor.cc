@@ -170,10 +170,23 @@ void page_out(const Tensor& t) {
   if (t.storage && t.storage->paged()) t.storage->page_out(size_t(t.offset) * dtype_size(t.dtype), t.nbytes());
 }
 
+void check_shape(const std::vector<int64_t>& shape, DType dtype, const char* what) {
+  // The product of the non-zero dimensions times the element size, with every multiplication
+  // checked: a shape whose count wraps (2^62 x 4 -> 0) would get a tiny allocation that every
+  // kernel then indexes as a huge one. Zeros are left out so that no partial product a kernel
+  // forms from some of the dimensions can overflow either.
+  uint64_t bytes = dtype_size(dtype);
+  for (int64_t d : shape) {
+    if (d < 0) fail("E_SHAPE", std::string(what) + ": negative dimension in shape " + shape_str(shape));
+    if (d > 0 && (__builtin_mul_overflow(bytes, uint64_t(d), &bytes) || bytes > kMaxTensorBytes))
+      fail("E_SHAPE", std::string(what) + ": shape " + shape_str(shape) + " of " + dtype_name(dtype) +
+                          " elements would span more than 2^53 - 1 bytes (the element count overflows)");
+  }
+}
+
 Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device device) {
   Tensor t;
-  for (int64_t d : shape)
-    if (d < 0) fail("E_SHAPE", "negative dimension in shape " + shape_str(shape));
+  check_shape(shape, dtype, "tensor");
   t.shape = shape;
   t.dtype = dtype;
   t.device = device;
@@ -183,8 +196,7 @@ Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device devi
 
 Tensor Tensor::paged(const std::vector<int64_t>& shape, DType dtype, Device device, const PagedSpec& spec) {
   Tensor t;
-  for (int64_t d : shape)
-    if (d < 0) fail("E_SHAPE", "negative dimension in shape " + shape_str(shape));
+  check_shape(shape, dtype, "paged tensor");
   t.shape = shape;
   t.dtype = dtype;
   t.device = device;
@@ -193,15 +205,12 @@ Tensor Tensor::paged(const std::vector<int64_t>& shape, DType dtype, Device devi
 }
 
 Tensor Tensor::view(int64_t off, const std::vector<int64_t>& shp) const {
+  check_shape(shp, dtype, "view");
   Tensor v = *this;
   v.shape = shp;
   v.offset = offset + off;
-  int64_t n = 1;
-  for (int64_t d : shp) {
-    if (d < 0) fail("E_SHAPE", "view: negative dimension in shape " + shape_str(shp));
-    n *= d;
-  }
-  if (off < 0 || off + n > numel())
+  const int64_t n = v.numel();  // below 2^53 (check_shape), as are off (checked here) and numel()
+  if (off < 0 || off > numel() || n > numel() - off)
     fail("E_SHAPE", "view of " + std::to_string(n) + " elements at offset " + std::to_string(off) + " does not fit in " +
                         describe());
   return v;

@@ -94,8 +94,15 @@ void read_file_into(const Tensor& dst, const std::string& file, uint64_t offset,
                         " bytes needed)");
 #ifdef PEFTKIT_HAS_PREAD
   File f;
-  f.fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  // Non-blocking: opening a named pipe would otherwise wait for a writer (no effect on a
+  // regular file, the only kind read here).
+  f.fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (f.fd < 0) fail("E_IO", file + ": cannot open (" + std::strerror(errno) + ")");
+  struct stat st;
+  if (::fstat(f.fd, &st) != 0) fail("E_IO", file + ": cannot stat (" + std::strerror(errno) + ")");
+  if (!S_ISREG(st.st_mode))
+    fail("E_IO", file + ": is " + (S_ISFIFO(st.st_mode) ? "a named pipe (FIFO)" : S_ISDIR(st.st_mode) ? "a directory" : "not a plain file") +
+                     ", not a regular file; peftkit reads only regular files (a pipe or device could block or never end)");
   if (n == 0) return;
   if (same && dst.device == Device::CPU) {
     read_exact(f.fd, dst.raw(), offset, bytes, file, what);

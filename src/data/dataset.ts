@@ -34,6 +34,8 @@ export interface Dataset {
   train: Example[];
   eval: Example[];
   stats: { train: DatasetStats; eval: DatasetStats };
+  /** What was read but is worth a look (invalid UTF-8, with file:line). */
+  warnings: string[];
 }
 
 /** Splits off the last ceil(fraction * n) items; `file` (where the items came from) prefixes the messages. */
@@ -64,8 +66,9 @@ export function loadDataset(trainFile: string, tokenizer: Tokenizer, options: Da
   if (options.evalFile !== undefined && options.evalSplit !== undefined) {
     throw new PeftkitError('E_ARG', 'evalFile and evalSplit were both given, expected at most one');
   }
-  let trainRows = readRows(trainFile);
-  let evalRows = options.evalFile !== undefined ? readRows(options.evalFile) : [];
+  const warnings: string[] = [];
+  let trainRows = readRows(trainFile, warnings);
+  let evalRows = options.evalFile !== undefined ? readRows(options.evalFile, warnings) : [];
   if (options.evalSplit !== undefined) {
     const { head, tail } = splitTail(trainRows, options.evalSplit, trainFile);
     trainRows = head;
@@ -73,5 +76,5 @@ export function loadDataset(trainFile: string, tokenizer: Tokenizer, options: Da
   }
   const train = encodeRows(trainRows, tokenizer, options);
   const evalExamples = encodeRows(evalRows, tokenizer, options);
-  return { train, eval: evalExamples, stats: { train: datasetStats(train), eval: datasetStats(evalExamples) } };
+  return { train, eval: evalExamples, stats: { train: datasetStats(train), eval: datasetStats(evalExamples) }, warnings };
 }

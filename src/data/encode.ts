@@ -129,50 +129,130 @@ function encodeSpans(tok: Tokenizer, full: string, spans: Array<[string, string]
 }
 
 /**
- * Renders a conversation and encodes it; `trained` lists message ranges [from, to) whose tokens
- * get labels, each located as [render(messages[:from], generation prompt), render(messages[:to]))
- * (the MLX-LM / TRL definition: a turn's content plus the end-of-turn markup after it). null
- * trains on everything.
+ * A row made ready to encode: its text (for chats, the rendered conversation and the trained
+ * spans located in it, each [render(messages[:from], generation prompt), render(messages[:to])]
+ * as in MLX-LM / TRL: a turn's content plus the end-of-turn markup after it; null spans train on
+ * everything). Encoding can then be asked for the text's first `limit` characters only.
  */
-function encodeChat(tok: Tokenizer, messages: ChatMessage[], tools: unknown[] | null, trained: Array<[number, number]> | null): Piece[] {
+type Prepared =
+  | { kind: 'text'; text: string }
+  | { kind: 'prompt_completion'; prompt: string; completion: string; maskPrompt: boolean }
+  | { kind: 'chat'; full: string; spans: Array<[string, string]> | null }
+  | { kind: 'tokens'; inputIds: number[]; labels: number[] };
+
+function renderChat(tok: Tokenizer, messages: ChatMessage[], tools: unknown[] | null, trained: Array<[number, number]> | null): Prepared {
   const render = (upTo: number, addGenerationPrompt: boolean) =>
     tok.applyChatTemplate(messages.slice(0, upTo), { addGenerationPrompt, tools });
   const full = render(messages.length, false);
-  if (trained === null) return [{ ids: tok.encode(full, { addSpecialTokens: false }), train: true }];
-  const spans = trained.map(([from, to]): [string, string] => [render(from, true), render(to, false)]);
-  return encodeSpans(tok, full, spans);
+  const spans = trained === null ? null : trained.map(([from, to]): [string, string] => [render(from, true), render(to, false)]);
+  return { kind: 'chat', full, spans };
 }
 
-function encodeUnchecked(row: DataRow, tok: Tokenizer, opts: EncodeOptions): { inputIds: number[]; labels: number[] } {
+function prepare(row: DataRow, tok: Tokenizer, opts: EncodeOptions): Prepared {
   switch (row.kind) {
-    case 'text': {
-      const ids = withEos(tok.encode(row.text, { addSpecialTokens: true }), needEos(tok));
-      return { inputIds: ids, labels: ids.slice() };
-    }
-    case 'prompt_completion': {
-      const eos = needEos(tok);
-      const prompt = tok.encode(row.prompt, { addSpecialTokens: true });
-      const completion = withEos(continuation(tok, row.prompt, prompt, row.completion, true), eos);
-      return concat([
-        { ids: prompt, train: opts.maskPrompt === false },
-        { ids: completion, train: true },
-      ]);
-    }
+    case 'text':
+      return { kind: 'text', text: row.text };
+    case 'prompt_completion':
+      return { kind: 'prompt_completion', prompt: row.prompt, completion: row.completion, maskPrompt: opts.maskPrompt !== false };
     case 'chat_prompt_completion': {
       const messages = [...row.prompt, ...row.completion];
-      const trained: Array<[number, number]> | null = opts.maskPrompt === false ? null : [[row.prompt.length, messages.length]];
-      return concat(encodeChat(tok, messages, row.tools, trained));
+      return renderChat(tok, messages, row.tools, opts.maskPrompt === false ? null : [[row.prompt.length, messages.length]]);
     }
     case 'messages': {
       // Each assistant message is its own span, so turn headers between two consecutive
       // assistant messages stay untrained. A chat without one trains on nothing.
       const trained: Array<[number, number]> = [];
       row.messages.forEach((m, i) => m.role === 'assistant' && trained.push([i, i + 1]));
-      return concat(encodeChat(tok, row.messages, row.tools, opts.assistantOnly === false ? null : trained));
+      return renderChat(tok, row.messages, row.tools, opts.assistantOnly === false ? null : trained);
     }
     case 'tokens':
-      return { inputIds: row.inputIds.slice(), labels: (row.labels ?? row.inputIds).slice() };
+      return { kind: 'tokens', inputIds: row.inputIds.slice(), labels: (row.labels ?? row.inputIds).slice() };
   }
+}
+
+/** Characters of text a prepared row encodes. */
+function preparedChars(p: Prepared): number {
+  switch (p.kind) {
+    case 'text': return p.text.length;
+    case 'prompt_completion': return p.prompt.length + p.completion.length;
+    case 'chat': return p.full.length;
+    case 'tokens': return 0;
+  }
+}
+
+/** The first `limit` characters of `s`, not splitting a surrogate pair. */
+function head(s: string, limit: number): string {
+  if (limit >= s.length) return s;
+  const c = s.charCodeAt(limit - 1);
+  return s.slice(0, c >= 0xd800 && c <= 0xdbff ? limit - 1 : limit);
+}
+
+/** Encodes the first `limit` characters of a prepared row's text (all of it for Infinity). */
+function encodePrepared(p: Prepared, tok: Tokenizer, limit: number): { inputIds: number[]; labels: number[] } {
+  switch (p.kind) {
+    case 'text': {
+      const ids = withEos(tok.encode(head(p.text, limit), { addSpecialTokens: true }), needEos(tok));
+      return { inputIds: ids, labels: ids.slice() };
+    }
+    case 'prompt_completion': {
+      const eos = needEos(tok);
+      const promptText = head(p.prompt, limit);
+      const prompt = tok.encode(promptText, { addSpecialTokens: true });
+      const completion = withEos(continuation(tok, promptText, prompt, head(p.completion, Math.max(0, limit - p.prompt.length)), true), eos);
+      return concat([
+        { ids: prompt, train: !p.maskPrompt },
+        { ids: completion, train: true },
+      ]);
+    }
+    case 'chat': {
+      // The spans are prefixes of the full text, so cut at the same place they stay prefixes.
+      const full = head(p.full, limit);
+      if (p.spans === null) return concat([{ ids: tok.encode(full, { addSpecialTokens: false }), train: true }]);
+      const spans = full === p.full ? p.spans : p.spans.map(([a, b]): [string, string] => [head(a, full.length), head(b, full.length)]);
+      return concat(encodeSpans(tok, full, spans));
+    }
+    case 'tokens':
+      return { inputIds: p.inputIds, labels: p.labels };
+  }
+}
+
+/**
+ * Characters per token of maxLength that the first cut of a long row keeps. A token is a few
+ * characters of text; the cut is doubled until the tokens before maxLength no longer change.
+ */
+const CUT_CHARS_PER_TOKEN = 8;
+const CUT_MIN_CHARS = 4096;
+
+const sameHead = (a: readonly number[], b: readonly number[], n: number) => {
+  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return false;
+  return true;
+};
+
+/**
+ * The row's encoding cut to `max` tokens, without encoding all of a long row: a 50 MB row was
+ * tokenized whole (for minutes, and past the heap) to keep its first 64 tokens. The text is cut
+ * to L = 8·max characters (at least 4096) and to 2L; when both encodings are longer than `max`
+ * and agree on their first `max` ids and labels, the cut is past every token that matters (only
+ * tokens near a cut depend on where it is) and that is the result; otherwise L doubles, up to
+ * the whole text. So the result is the whole encoding's first `max` tokens, at a cost in
+ * proportion to `max`, not to the row.
+ */
+function encodeTruncated(p: Prepared, tok: Tokenizer, max: number): { inputIds: number[]; labels: number[]; truncated: boolean } {
+  const chars = preparedChars(p);
+  let limit = Math.max(CUT_MIN_CHARS, CUT_CHARS_PER_TOKEN * max);
+  let enc = limit * 2 < chars ? encodePrepared(p, tok, limit) : null;
+  for (; enc !== null && limit * 4 < chars; limit *= 2) {
+    const next = encodePrepared(p, tok, limit * 2);
+    if (enc.inputIds.length > max && next.inputIds.length > max && sameHead(enc.inputIds, next.inputIds, max) && sameHead(enc.labels, next.labels, max)) break;
+    enc = next;
+  }
+  if (enc === null || limit * 4 >= chars) enc = encodePrepared(p, tok, Infinity);
+  const truncated = enc.inputIds.length > max;
+  if (truncated) {
+    enc.inputIds.length = max;
+    enc.labels.length = max;
+  }
+  return { ...enc, truncated };
 }
 
 /** Encodes one row; errors name the row's file:line. */
@@ -180,21 +260,14 @@ export function encodeRow(row: DataRow, tok: Tokenizer, opts: EncodeOptions = {}
   if (opts.maxLength !== undefined && !(Number.isInteger(opts.maxLength) && opts.maxLength > 0)) {
     throw new PeftkitError('E_ARG', `maxLength is ${opts.maxLength}, expected a positive integer`);
   }
-  let enc: { inputIds: number[]; labels: number[] };
   try {
-    enc = encodeUnchecked(row, tok, opts);
+    const enc = encodeTruncated(prepare(row, tok, opts), tok, opts.maxLength ?? Infinity);
+    return { inputIds: enc.inputIds, labels: enc.labels, source: row.source, truncated: enc.truncated };
   } catch (e) {
     if (e instanceof PeftkitError && e.code === 'E_DATA') throw new PeftkitError('E_DATA', `${where(row.source)}: ${e.message}`);
     if (e instanceof PeftkitError) throw new PeftkitError(e.code, `${e.message} (at ${where(row.source)})`);
     throw e;
   }
-  const max = opts.maxLength ?? Infinity;
-  const truncated = enc.inputIds.length > max;
-  if (truncated) {
-    enc.inputIds.length = max;
-    enc.labels.length = max;
-  }
-  return { inputIds: enc.inputIds, labels: enc.labels, source: row.source, truncated };
 }
 
 export function encodeRows(rows: readonly DataRow[], tok: Tokenizer, opts: EncodeOptions = {}): Example[] {

@@ -14,8 +14,9 @@
  * A malformed row throws PeftkitError('E_DATA') whose message starts with `file:line` and says
  * what is wrong and what was expected; the first bad row stops the read.
  */
-import * as fs from 'fs';
+import { isUtf8 } from 'buffer';
 import { PeftkitError } from '../errors';
+import { readRegularFile } from '../io/regular_file';
 
 /** Where a row came from; `line` is 1-based (for a JSON array: the line its element starts on). */
 export interface RowSource {
@@ -240,6 +241,18 @@ function jsonErrorAt(text: string, open: number, message: string): { line: numbe
   return { line: m ? lineOf(text, Number(m[1])) : 1, message };
 }
 
+/**
+ * The longest row accepted, in characters of its JSON text (64 Mi): rows are cut to maxLength
+ * tokens without being encoded whole, but a row is still read, parsed and (chats) rendered whole.
+ */
+export const MAX_ROW_CHARS = 64 * 1024 * 1024;
+
+function checkRowSize(chars: number, source: RowSource): void {
+  if (chars > MAX_ROW_CHARS) {
+    bad(source, `the row is ${chars} characters long, over the limit of ${MAX_ROW_CHARS} (64 Mi) per row; split it into several rows`);
+  }
+}
+
 /** Parses dataset text (JSONL or a JSON array, told apart by the first character); `file` names it in errors. */
 export function parseRows(text: string, file: string): DataRow[] {
   if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
@@ -254,7 +267,11 @@ export function parseRows(text: string, file: string): DataRow[] {
     }
     if (!Array.isArray(values)) throw new PeftkitError('E_DATA', `${file}:1: not valid JSON, expected a JSON array of row objects or JSONL`);
     const spans = arrayElementSpans(text, first);
-    return values.map((v, i) => parseRow(v, { file, line: spans[i]?.line ?? 1 }));
+    return values.map((v, i) => {
+      const source = { file, line: spans[i]?.line ?? 1 };
+      if (spans[i]) checkRowSize(spans[i].end - spans[i].start, source);
+      return parseRow(v, source);
+    });
   }
   const rows: DataRow[] = [];
   const lines = text.split('\n');
@@ -262,6 +279,7 @@ export function parseRows(text: string, file: string): DataRow[] {
     const raw = lines[i];
     if (raw.trim() === '') continue;
     const source = { file, line: i + 1 };
+    checkRowSize(raw.length, source);
     let value: unknown;
     try {
       value = JSON.parse(raw);
@@ -273,15 +291,43 @@ export function parseRows(text: string, file: string): DataRow[] {
   return rows;
 }
 
-/** Reads a dataset file (JSONL or a JSON array). An empty file is an error: there is nothing to train on. */
-export function readRows(file: string): DataRow[] {
-  let text: string;
+/**
+ * The lines of `bytes` that are not valid UTF-8, as a warning naming `file` and them (at most 5
+ * listed), or null. Only called when the whole file is not valid UTF-8, so valid files cost one
+ * validation pass.
+ */
+function invalidUtf8Warning(bytes: Buffer, file: string): string | null {
+  const lines: number[] = [];
+  let line = 1;
+  for (let start = 0; start < bytes.length; line++) {
+    let end = bytes.indexOf(10, start);
+    if (end < 0) end = bytes.length;
+    if (!isUtf8(bytes.subarray(start, end))) lines.push(line);
+    start = end + 1;
+  }
+  if (!lines.length) return null;
+  const where = lines.slice(0, 5).map((l) => `${file}:${l}`).join(', ') + (lines.length > 5 ? ', ...' : '');
+  return `${file}: ${lines.length} line${lines.length > 1 ? 's hold' : ' holds'} invalid UTF-8 (read with U+FFFD in place of the bad bytes): ${where}`;
+}
+
+/**
+ * Reads a dataset file (JSONL or a JSON array). An empty file is an error: there is nothing to
+ * train on. Bytes that are not UTF-8 are read as U+FFFD, as every JSON reader does; `warnings`,
+ * when given, receives a message naming the file and the lines that hold them.
+ */
+export function readRows(file: string, warnings?: string[]): DataRow[] {
+  let bytes: Buffer;
   try {
-    text = fs.readFileSync(file, 'utf8');
+    bytes = readRegularFile(file, null);
   } catch (e) {
+    if (e instanceof PeftkitError) throw e;
     throw new PeftkitError('E_IO', `${file}: cannot read dataset (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
-  const rows = parseRows(text, file);
+  if (warnings && !isUtf8(bytes)) {
+    const w = invalidUtf8Warning(bytes, file);
+    if (w) warnings.push(w);
+  }
+  const rows = parseRows(bytes.toString('utf8'), file);
   if (rows.length === 0) throw new PeftkitError('E_DATA', `${file}: no rows, expected JSONL (one JSON object per line) or a JSON array of rows`);
   return rows;
 }

@@ -8,6 +8,9 @@ import * as path from 'path';
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 import { Template } from '@huggingface/jinja';
 import { PeftkitError } from '../errors';
+import { readRegularFile } from '../io/regular_file';
+import { renderTemplate } from './chat_template';
+import { regexBacktrackingRisk, tokenizerRegexes } from './regex_safety';
 import type { ChatMessage } from './rows';
 
 type Json = Record<string, unknown>;
@@ -32,8 +35,9 @@ export interface ChatTemplateOptions {
 function readJson(file: string, what: string): Json {
   let text: string;
   try {
-    text = fs.readFileSync(file, 'utf8');
+    text = readRegularFile(file);
   } catch (e) {
+    if (e instanceof PeftkitError) throw e;
     throw new PeftkitError('E_IO', `${file}: cannot read ${what} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
   let v: unknown;
@@ -104,6 +108,11 @@ export class Tokenizer {
       const c = special(k);
       if (c !== null) config[k] = c;
       else delete config[k];
+    }
+    // The library runs these with JavaScript's backtracking engine, which nothing can interrupt.
+    for (const { where, pattern } of tokenizerRegexes(tokenizerJson)) {
+      const why = regexBacktrackingRisk(pattern);
+      if (why) throw new PeftkitError('E_CONFIG', `${path.join(this.dir, 'tokenizer.json')}: ${where}.Regex ${JSON.stringify(pattern)} is refused: ${why}`);
     }
     try {
       this.hf = new HfTokenizer({ ...tokenizerJson, added_tokens: tokenizerJson.added_tokens ?? [] }, config);
@@ -194,15 +203,16 @@ export class Tokenizer {
       );
     }
     try {
-      return this.template.render({
+      return renderTemplate(this.template, {
         ...this.templateVars,
         messages,
         add_generation_prompt: opts.addGenerationPrompt ?? false,
         // transformers passes these as None when absent; templates test `tools is not none`.
         tools: opts.tools ?? null,
         documents: null,
-      });
+      }, this.templateFile);
     } catch (e) {
+      if (e instanceof PeftkitError) throw e;
       throw new PeftkitError('E_DATA', `chat template failed: ${(e as Error).message} (the template of ${this.templateFile})`);
     }
   }
@@ -223,7 +233,12 @@ export function loadTokenizer(dir: string): Tokenizer {
   let chatTemplateFile = cfgFile;
   const jinjaFile = path.join(dir, 'chat_template.jinja');
   if (chatTemplate === null && fs.existsSync(jinjaFile)) {
-    chatTemplate = fs.readFileSync(jinjaFile, 'utf8');
+    try {
+      chatTemplate = readRegularFile(jinjaFile);
+    } catch (e) {
+      if (e instanceof PeftkitError) throw e;
+      throw new PeftkitError('E_IO', `${jinjaFile}: cannot read the chat template (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    }
     chatTemplateFile = jinjaFile;
   }
   return new Tokenizer(tokJson, cfg, { dir, chatTemplate, chatTemplateFile, specialTokensMap });

@@ -6,6 +6,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { PeftkitError } from '../errors';
+import { ioError, makeDir, withIoErrors } from './io_error';
 
 function tempName(file: string): string {
   return path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${Date.now().toString(36)}.tmp`);
@@ -20,23 +21,33 @@ function writeAll(fd: number, c: ArrayBufferView, maxWrite: number): void {
   for (let done = 0; done < bytes.length;) done += fs.writeSync(fd, bytes, done, Math.min(bytes.length - done, maxWrite));
 }
 
-/** Writes the chunks in order, then renames into place; `maxWrite` is the most bytes written a call. */
+/**
+ * Writes the chunks in order, then renames into place; `maxWrite` is the most bytes written a
+ * call. A system error (a full or read-only disk) is E_IO naming `file` (see io_error.ts), and
+ * leaves `file` as it was.
+ */
 export function writeFileAtomic(file: string, chunks: ReadonlyArray<string | ArrayBufferView>, maxWrite = MAX_WRITE_BYTES): void {
   const tmp = tempName(file);
-  const fd = fs.openSync(tmp, 'w');
+  const named = (p: string) => (p === tmp ? file : p);
+  let fd: number;
+  try {
+    fd = fs.openSync(tmp, 'w');
+  } catch (e) {
+    throw ioError(e, file, named);
+  }
   try {
     for (const c of chunks) {
-      if (typeof c === 'string') fs.writeSync(fd, c);
+      if (typeof c === 'string') writeAll(fd, Buffer.from(c), maxWrite);
       else writeAll(fd, c, maxWrite);
     }
     fs.fsyncSync(fd);
   } catch (e) {
     fs.closeSync(fd);
     fs.rmSync(tmp, { force: true });
-    throw e;
+    throw ioError(e, file, named);
   }
   fs.closeSync(fd);
-  fs.renameSync(tmp, file);
+  withIoErrors(() => fs.renameSync(tmp, file), file);
 }
 
 /**
@@ -46,23 +57,37 @@ export function writeFileAtomic(file: string, chunks: ReadonlyArray<string | Arr
  */
 export function writeDirAtomic(dir: string, fill: (tmpDir: string) => void): void {
   const parent = path.dirname(path.resolve(dir));
-  fs.mkdirSync(parent, { recursive: true });
-  const tmp = fs.mkdtempSync(path.join(parent, `.${path.basename(dir)}.tmp-`));
+  makeDir(parent);
+  let tmp: string;
+  try {
+    tmp = fs.mkdtempSync(path.join(parent, `.${path.basename(dir)}.tmp-`));
+  } catch (e) {
+    throw ioError(e, dir, () => dir);
+  }
+  // A system error names the path the user knows: inside `dir`, not inside the temporary folder.
+  const named = (p: string) => (p.startsWith(tmp) ? path.join(dir, p.slice(tmp.length)) : p);
   try {
     // mkdtemp makes 0700 folders; the result gets the user's umask as a plain mkdir would.
     fs.chmodSync(tmp, 0o777 & ~process.umask());
     fill(tmp);
   } catch (e) {
     fs.rmSync(tmp, { recursive: true, force: true });
-    throw e;
+    if (e instanceof PeftkitError && e.code === 'E_IO' && e.path?.startsWith(tmp)) {
+      throw new PeftkitError('E_IO', e.message.split(tmp).join(dir), { errno: e.errno, path: named(e.path), syscall: e.syscall });
+    }
+    throw ioError(e, dir, named);
   }
-  let old: string | null = null;
-  if (fs.existsSync(dir)) {
-    old = `${tmp}.old`;
-    fs.renameSync(dir, old);
+  try {
+    let old: string | null = null;
+    if (fs.existsSync(dir)) {
+      old = `${tmp}.old`;
+      fs.renameSync(dir, old);
+    }
+    fs.renameSync(tmp, dir);
+    if (old) fs.rmSync(old, { recursive: true, force: true });
+  } catch (e) {
+    throw ioError(e, dir, named);
   }
-  fs.renameSync(tmp, dir);
-  if (old) fs.rmSync(old, { recursive: true, force: true });
 }
 
 /**

@@ -3,9 +3,9 @@
  * LlamaForCausalLM (Llama 2/3.x with llama3 rope scaling, TinyLlama, SmolLM/SmolLM2),
  * MistralForCausalLM (without sliding window), Qwen2ForCausalLM (q/k/v biases).
  */
-import * as fs from 'fs';
 import * as path from 'path';
 import { PeftkitError } from '../errors';
+import { readRegularFile } from '../io/regular_file';
 
 export type Architecture = 'LlamaForCausalLM' | 'MistralForCausalLM' | 'Qwen2ForCausalLM';
 export const SUPPORTED_ARCHITECTURES: readonly Architecture[] = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM'];
@@ -204,8 +204,9 @@ export function readModelConfig(dir: string): ModelConfig {
   const file = path.join(dir, 'config.json');
   let text: string;
   try {
-    text = fs.readFileSync(file, 'utf8');
+    text = readRegularFile(file);
   } catch (e) {
+    if (e instanceof PeftkitError) throw e;
     throw new PeftkitError('E_IO', `${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
   let cfg: Json;

@@ -7,6 +7,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { PeftkitError } from '../errors';
+import { openRegularFile, readRegularFile } from '../io/regular_file';
 import { writeFileAtomic } from '../io/atomic';
 import { DType, Tensor, TensorOptions } from '../tensor';
 
@@ -64,8 +65,9 @@ export class SafetensorsFile {
     this.file = file;
     let fd: number;
     try {
-      fd = fs.openSync(file, 'r');
+      fd = openRegularFile(file);
     } catch (e) {
+      if (e instanceof PeftkitError) throw e;
       throw new PeftkitError('E_IO', `${file}: cannot open (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
     }
     try {
@@ -133,7 +135,7 @@ export class SafetensorsFile {
 export function readRange(info: TensorInfo): Uint8Array {
   const n = info.end - info.begin;
   const out = new Uint8Array(new ArrayBuffer(Math.ceil(n / 8) * 8), 0, n);
-  const fd = fs.openSync(info.file, 'r');
+  const fd = openRegularFile(info.file);
   try {
     let done = 0;
     while (done < n) {
@@ -262,8 +264,9 @@ export class SafetensorsCheckpoint {
 function readWeightMap(index: string): Record<string, string> {
   let doc: unknown;
   try {
-    doc = JSON.parse(fs.readFileSync(index, 'utf8'));
+    doc = JSON.parse(readRegularFile(index));
   } catch (e) {
+    if (e instanceof PeftkitError) throw e;
     const code = (e as NodeJS.ErrnoException).code;
     if (code) throw new PeftkitError('E_IO', `${index}: cannot read (${code})`);
     bad(index, `not valid JSON (${(e as Error).message})`);

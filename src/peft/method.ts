@@ -9,6 +9,7 @@ import * as path from 'path';
 import { PeftkitError } from '../errors';
 import { writeDirAtomic, writeFileAtomic } from '../io/atomic';
 import type { ModelAdapter } from '../model/sites';
+import { readRegularFile } from '../io/regular_file';
 import { SafetensorsCheckpoint, writeSafetensors } from '../model/safetensors';
 import type { Tensor } from '../tensor';
 
@@ -78,8 +79,10 @@ export function readAdapterConfigJson(dir: string): Record<string, unknown> {
   const file = path.join(dir, 'adapter_config.json');
   let raw: unknown;
   try {
-    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
+    // A regular file only: a FIFO in its place would hang the read.
+    raw = JSON.parse(readRegularFile(file));
   } catch (e) {
+    if (e instanceof PeftkitError) throw e;
     const code = (e as NodeJS.ErrnoException).code;
     throw new PeftkitError(code ? 'E_IO' : 'E_CONFIG', `${file}: ${code ? `cannot read (${code})` : `not valid JSON (${(e as Error).message})`}`);
   }

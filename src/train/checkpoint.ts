@@ -9,6 +9,7 @@ import * as path from 'path';
 import type { DataPosition } from '../data';
 import { PeftkitError } from '../errors';
 import { writeDirAtomic, writeFileAtomic } from '../io/atomic';
+import { readRegularFile } from '../io/regular_file';
 import { SafetensorsCheckpoint, TensorToWrite, readRange, writeSafetensors } from '../model/safetensors';
 import type { PeftMethod } from '../peft/method';
 import type { AdamW } from './optimizer';
@@ -94,8 +95,9 @@ export function readTrainerState(dir: string): TrainerState {
   const file = path.join(dir, 'trainer_state.json');
   let raw: unknown;
   try {
-    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
+    raw = JSON.parse(readRegularFile(file));
   } catch (e) {
+    if (e instanceof PeftkitError) throw e;
     throw new PeftkitError('E_FORMAT', `${file}: cannot read the trainer state (${(e as Error).message})`);
   }
   const bad = (what: string): never => {

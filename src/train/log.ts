@@ -5,6 +5,7 @@
  */
 import * as fs from 'fs';
 import { writeFileAtomic } from '../io/atomic';
+import { ioError, withIoErrors } from '../io/io_error';
 
 export interface TrainRecord {
   step: number;
@@ -32,19 +33,38 @@ export function isEval(r: LogRecord): r is EvalRecord {
 export class TrainLog {
   readonly file: string;
   private fd: number | null;
+  /** Bytes of complete records in the file. */
+  private size: number;
 
   /** Opens the log; `keepUpToStep` keeps earlier records (resume), else starts empty. */
   constructor(file: string, keepUpToStep?: number) {
     this.file = file;
     const kept = keepUpToStep === undefined ? [] : readLog(file).filter((r) => r.step <= keepUpToStep);
     // Atomic: a run killed while it rewrites the log must not lose the records it keeps.
-    writeFileAtomic(file, [kept.map((r) => JSON.stringify(r) + '\n').join('')]);
-    this.fd = fs.openSync(file, 'a');
+    const text = kept.map((r) => JSON.stringify(r) + '\n').join('');
+    writeFileAtomic(file, [text]);
+    this.fd = withIoErrors(() => fs.openSync(file, 'a'), file);
+    this.size = Buffer.byteLength(text);
   }
 
+  /**
+   * Appends one record. A failed write (a full disk) is E_IO, and the part of the record that
+   * was written is cut off again, so the log never ends in a broken line.
+   */
   append(r: LogRecord): void {
     if (this.fd === null) throw new Error('internal: training log is closed');
-    fs.writeSync(this.fd, JSON.stringify(r) + '\n');
+    const line = Buffer.from(JSON.stringify(r) + '\n');
+    try {
+      for (let done = 0; done < line.length;) done += fs.writeSync(this.fd, line, done, line.length - done);
+    } catch (e) {
+      try {
+        fs.ftruncateSync(this.fd, this.size);
+      } catch {
+        // The record stays torn; readLog stops at a torn last line.
+      }
+      throw ioError(e, this.file);
+    }
+    this.size += line.length;
   }
 
   close(): void {

@@ -13,6 +13,8 @@ import { removeLeftoverTemps } from '../io/atomic';
 import { LlamaModel } from '../model/llama';
 import type { LoraConfig } from '../peft/lora/config';
 import { adapterMethodOf, AdapterMethod, createAdapter, loadAdapter } from '../peft/registry';
+import { ioError, makeDir } from '../io/io_error';
+import { lockFolder } from '../io/lock';
 import { pruneCheckpoints, restoreCheckpoint, saveCheckpoint, TrainerState } from './checkpoint';
 import { TrainLog, readLog } from './log';
 import { writeLossCurve } from './loss_curve';
@@ -49,8 +51,8 @@ export interface RunHooks {
   shouldStop?: () => boolean;
 }
 
-function pretokenizedOnly(file: string, maxLength: number): Example[] {
-  return readRows(file).map((row) => {
+function pretokenizedOnly(file: string, maxLength: number, warnings: string[]): Example[] {
+  return readRows(file, warnings).map((row) => {
     if (row.kind !== 'tokens') {
       throw new PeftkitError('E_DATA', `${row.source.file}:${row.source.line}: a ${row.kind} row needs a tokenizer, but the model folder has no tokenizer.json`);
     }
@@ -63,11 +65,12 @@ function loadData(o: ResolvedTrainOptions, tok: Tokenizer | null): Dataset {
   if (tok) {
     return loadDataset(o.data, tok, { maxLength: o.maxLength, maskPrompt: o.maskPrompt, assistantOnly: o.maskPrompt, evalFile: o.evalData, evalSplit: o.evalSplit });
   }
-  let train = pretokenizedOnly(o.data, o.maxLength);
-  let evalEx = o.evalData ? pretokenizedOnly(o.evalData, o.maxLength) : [];
+  const warnings: string[] = [];
+  let train = pretokenizedOnly(o.data, o.maxLength, warnings);
+  let evalEx = o.evalData ? pretokenizedOnly(o.evalData, o.maxLength, warnings) : [];
   if (o.evalSplit !== undefined) ({ head: train, tail: evalEx } = splitTail(train, o.evalSplit, o.data));
   const stats = (e: Example[]) => ({ examples: e.length }) as unknown as Dataset['stats']['train'];
-  return { train, eval: evalEx, stats: { train: stats(train), eval: stats(evalEx) } };
+  return { train, eval: evalEx, stats: { train: stats(train), eval: stats(evalEx) }, warnings };
 }
 
 function checkVocab(examples: readonly Example[], vocab: number): void {
@@ -155,6 +158,7 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
   try {
     const tok = fs.existsSync(path.join(o.model, 'tokenizer.json')) ? loadTokenizer(o.model) : null;
     const data = loadData(o, tok);
+    for (const message of data.warnings) emit({ type: 'warning', message });
     if (data.train.length === 0) throw new PeftkitError('E_DATA', `${o.data}: no training rows`);
     checkVocab(data.train, model.config.vocabSize);
     checkVocab(data.eval, model.config.vocabSize);
@@ -162,6 +166,10 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
     if (skipped) emit({ type: 'warning', message: skipped });
     const padId = tok?.padId ?? 0;
 
+    // Held until the run ends: a second run into the same folder is refused (E_BUSY), not let
+    // loose on this one's checkpoints.
+    const lock = lockFolder(o.out);
+    owned.push({ dispose: () => lock.release() });
     // A run killed while writing a checkpoint or the adapter leaves temporaries beside them.
     removeLeftoverTemps(o.out);
     removeLeftoverTemps(path.join(o.out, 'checkpoints'));
@@ -226,7 +234,7 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
       tokensSeen = resumed.tokensSeen;
     }
     // Created only now, so that bad input found above leaves no output folder behind.
-    fs.mkdirSync(o.out, { recursive: true });
+    makeDir(o.out);
     const log = new TrainLog(logFile, resumed ? step : undefined);
     owned.push({ dispose: () => log.close() });
     const t0 = Date.now();
@@ -286,6 +294,8 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
       adapterDir: o.out, steps: step, finalLoss, evalLoss, elapsedS: el, logFile, lossCurve,
       tokensPerS: (tokensSeen - tokensAtStart) / Math.max(1e-9, el - runStart),
     };
+  } catch (e) {
+    throw ioError(e); // a full or read-only disk: E_IO with errno and path, not a bare Node error
   } finally {
     for (const r of owned.reverse()) r.dispose();
   }

@@ -7,6 +7,7 @@ import { EventEmitter } from 'events';
 import * as path from 'path';
 import { Worker } from 'worker_threads';
 import { PeftkitError } from '../errors';
+import { releaseLockOfThread } from '../io/lock';
 import type { TrainOptions } from './options';
 import { resolveWithCheckpoint } from './resume';
 import type { TrainEvent, TrainResult } from './run';
@@ -55,17 +56,18 @@ export class TrainRun extends EventEmitter implements PromiseLike<TrainResult> {
     // loaded and nothing is written.
     if (signal?.aborted) return Promise.reject(new PeftkitError('E_ABORTED', 'training aborted before it started (the AbortSignal was already aborted)'));
     const worker = new Worker(path.join(__dirname, 'worker.js'), { workerData: { options: plain, stop: shared } });
+    const workerThread = worker.threadId; // -1 once it has exited
     signal?.addEventListener('abort', () => this.abort(), { once: true });
     return new Promise<TrainResult>((resolve, reject) => {
       let settled = false;
-      worker.on('message', (m: { kind: string; event?: TrainEvent; result?: TrainResult; code?: string; message?: string }) => {
+      worker.on('message', (m: { kind: string; event?: TrainEvent; result?: TrainResult; code?: string; message?: string; errno?: string; path?: string; syscall?: string }) => {
         if (m.kind === 'event' && m.event) this.emit(m.event.type, m.event);
         else if (m.kind === 'result') {
           settled = true;
           resolve(m.result!);
         } else if (m.kind === 'error') {
           settled = true;
-          reject(new PeftkitError(m.code ?? 'E_INTERNAL', m.message ?? 'training failed'));
+          reject(new PeftkitError(m.code ?? 'E_INTERNAL', m.message ?? 'training failed', { errno: m.errno, path: m.path, syscall: m.syscall }));
         }
       });
       worker.on('error', (e) => {
@@ -73,6 +75,8 @@ export class TrainRun extends EventEmitter implements PromiseLike<TrainResult> {
         reject(new PeftkitError('E_INTERNAL', `training worker crashed: ${e.message}`));
       });
       worker.on('exit', (code) => {
+        // A worker that did not unwind (terminated, crashed) leaves its output folder locked.
+        if (typeof plain.out === 'string') releaseLockOfThread(plain.out, workerThread);
         if (!settled) reject(new PeftkitError('E_INTERNAL', `training worker exited with code ${code} before finishing`));
       });
     });

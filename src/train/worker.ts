@@ -5,6 +5,7 @@
  */
 import { parentPort, workerData } from 'worker_threads';
 import { PeftkitError } from '../errors';
+import { ioError } from '../io/io_error';
 import type { TrainOptions } from './options';
 import { runTraining } from './run';
 
@@ -21,7 +22,8 @@ try {
     shouldStop: () => Atomics.load(flag, 0) !== 0,
   });
   parentPort!.postMessage({ kind: 'result', result });
-} catch (e) {
-  const err = e as Error & { code?: string };
-  parentPort!.postMessage({ kind: 'error', code: e instanceof PeftkitError ? err.code : 'E_INTERNAL', message: err.message, stack: err.stack });
+} catch (raw) {
+  const e = ioError(raw) as Error & { code?: string };
+  const details = e instanceof PeftkitError ? { errno: e.errno, path: e.path, syscall: e.syscall } : {};
+  parentPort!.postMessage({ kind: 'error', code: e instanceof PeftkitError ? e.code : 'E_INTERNAL', message: e.message, stack: e.stack, ...details });
 }

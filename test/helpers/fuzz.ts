@@ -11,10 +11,11 @@
  * FUZZ_SEED=<seed> replays exactly that one; FUZZ_ITERS=<n> runs more of them.
  */
 import type { ExecutionContext } from 'ava';
-import { spawn } from 'child_process';
+import type { ChildProcess } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { PeftkitError } from '../../src/index';
+import { spawnChild } from './spawn';
 import { mulberry32 } from './check';
 
 export interface FuzzRng {
@@ -301,8 +302,15 @@ export async function runFuzz(t: ExecutionContext, name: string, iterations: num
   const iters = replay !== null ? 1 : fuzzIterations(iterations);
   t.log(`${name}: ${iters} iteration(s) from ${replay !== null ? 'replayed seed' : 'base seed'} ${base}`);
   const args = [CHILD, name, String(base), String(iters), replay !== null ? 'exact' : 'derived'];
+  let child: ChildProcess;
+  try {
+    // Not spawn(): a spawn that fails on a loaded machine would be an uncaught exception.
+    ({ child } = await spawnChild(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, PEFTKIT_NUM_THREADS: process.env.PEFTKIT_NUM_THREADS ?? '1' } }));
+  } catch (e) {
+    t.fail(`${name}: ${(e as Error).message}`);
+    return {};
+  }
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, PEFTKIT_NUM_THREADS: process.env.PEFTKIT_NUM_THREADS ?? '1' } });
     let out = '';
     let err = '';
     let lastSeed = '?';
@@ -317,7 +325,7 @@ export async function runFuzz(t: ExecutionContext, name: string, iterations: num
       }, stallMs);
     };
     arm();
-    child.stdout.on('data', (d: Buffer) => {
+    child.stdout!.on('data', (d: Buffer) => {
       out += d.toString();
       const lines = out.split('\n');
       for (const l of lines.slice(-40)) {
@@ -329,7 +337,7 @@ export async function runFuzz(t: ExecutionContext, name: string, iterations: num
       if (out.length > 1 << 20) out = out.slice(-(1 << 16));
       arm();
     });
-    child.stderr.on('data', (d: Buffer) => {
+    child.stderr!.on('data', (d: Buffer) => {
       err = (err + d.toString()).slice(-8000);
     });
     child.on('close', (code, signal) => {

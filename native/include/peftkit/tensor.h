@@ -59,6 +59,15 @@ class Storage {
   std::string file_;  // a named mapped file, deleted with the storage
 };
 
+// The most bytes one tensor may span: 2^53 - 1, the largest integer a JS number holds exactly
+// (8 PiB, beyond any device). So every element count and byte size of a tensor fits int64_t and
+// a double, and so does every product of some of its dimensions.
+constexpr uint64_t kMaxTensorBytes = (uint64_t(1) << 53) - 1;
+
+// Refuses (E_SHAPE, `what` first in the message) a negative dimension or a shape whose bytes as
+// `dtype` exceed kMaxTensorBytes. Every tensor is made through empty / paged / view, which call it.
+void check_shape(const std::vector<int64_t>& shape, DType dtype, const char* what);
+
 struct Tensor {
   std::shared_ptr<Storage> storage;
   DType dtype = DType::F32;

@@ -6,6 +6,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { PeftkitError } from '../../errors';
 import { writeFileAtomic } from '../../io/atomic';
+import { readAdapterConfigJson } from '../method';
 
 export interface LoraConfig {
   peft_type: 'LORA';
@@ -189,15 +190,7 @@ export function parseLoraConfig(raw: Record<string, unknown>, file = 'adapter_co
 }
 
 export function readLoraConfig(dir: string): LoraConfig {
-  const file = path.join(dir, 'adapter_config.json');
-  let raw: Record<string, unknown>;
-  try {
-    raw = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new PeftkitError(code ? 'E_IO' : 'E_CONFIG', `${file}: ${code ? `cannot read (${code})` : `not valid JSON (${(e as Error).message})`}`);
-  }
-  return parseLoraConfig(raw, file);
+  return parseLoraConfig(readAdapterConfigJson(dir), path.join(dir, 'adapter_config.json'));
 }
 
 function sortKeys(v: unknown): unknown {
