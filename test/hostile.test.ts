@@ -337,7 +337,8 @@ test('a training run locks its output folder: a second run into it is refused (E
   // A lock left by a process that is gone (killed mid-run) is stale: the next run takes it over.
   const dead = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' });
   fs.writeFileSync(path.join(out, LOCK_FILE), JSON.stringify({ pid: Number(dead.stdout), host: os.hostname(), thread: 0, startTime: null, started: '2020-01-01T00:00:00.000Z', token: 'x' }));
-  t.like(runTraining({ model, data, out, steps: 1, maxLength: 16 }), { steps: 1 });
+  // (The folder holds the first run's checkpoints: overwrite says this run replaces them.)
+  t.like(runTraining({ model, data, out, steps: 1, maxLength: 16, overwrite: true }), { steps: 1 });
   t.false(fs.existsSync(path.join(out, LOCK_FILE)));
   // A live one (this process, as another run would) is respected; so is one from another host.
   for (const [pid, host, re] of [[process.pid, os.hostname(), /on this host/], [1, 'elsewhere', /on host elsewhere.*cannot be checked from here/]] as const) {

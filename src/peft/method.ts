@@ -157,10 +157,16 @@ export abstract class ParamAdapter<C extends { readonly peft_type: string }> {
     saveAtomically(this, dir);
   }
 
+  /** adapter_model.safetensors (every parameter by its name) and adapter_config.json. */
   writeFiles(dir: string): void {
     const tensors: Record<string, { dtype: 'F32'; shape: number[]; data: Float32Array }> = {};
     for (const p of this.parameters()) tensors[p.name] = { dtype: 'F32', shape: p.param.shape, data: p.param.toFloat32Array() };
     writeSafetensors(path.join(dir, 'adapter_model.safetensors'), tensors);
+    this.writeConfig(dir);
+  }
+
+  /** adapter_config.json as the method's readers expect it. */
+  protected writeConfig(dir: string): void {
     writeAdapterConfigJson(dir, this.config);
   }
 

@@ -14,12 +14,12 @@ import { LlamaModel } from '../model/llama';
 import type { LoraConfig } from '../peft/lora/config';
 import { adapterMethodOf, AdapterMethod, createAdapter, loadAdapter } from '../peft/registry';
 import { ioError, makeDir } from '../io/io_error';
-import { lockFolder } from '../io/lock';
+import { FolderLock, lockFolder } from '../io/lock';
 import { pruneCheckpoints, restoreCheckpoint, saveCheckpoint, TrainerState } from './checkpoint';
 import { TrainLog, readLog } from './log';
 import { writeLossCurve } from './loss_curve';
 import { ResolvedTrainOptions, TrainOptions } from './options';
-import { checkResume, holdsCheckpoints, loraFingerprint, resolveWithCheckpoint, runFingerprint } from './resume';
+import { CheckpointOptions, checkResume, holdsCheckpoints, loraFingerprint, resolveWithCheckpoint, runFingerprint } from './resume';
 import { lrAt } from './schedule';
 import { Trainer } from './trainer';
 
@@ -134,7 +134,21 @@ function nextWindow(batches: BatchIterator, gradAccum: number): Batch[] {
 export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainResult {
   // A resume takes the options not given from its checkpoint.
   const { o, ck } = resolveWithCheckpoint(options);
-  const emit = hooks.onEvent ?? (() => {});
+  // Held until the run ends: a second run into the same folder is refused (E_BUSY), not let
+  // loose on this one's checkpoints (nor told they are another run's).
+  const lock = lockFolder(o.out);
+  let prepared: { model: LlamaModel; method: AdapterMethod };
+  try {
+    prepared = prepareModel(options, o, ck);
+  } catch (e) {
+    lock.release();
+    throw e;
+  }
+  return trainWith(options, o, ck, prepared.model, prepared.method, lock, hooks);
+}
+
+/** The checks that need no model, then the method and the model as the method needs it. */
+function prepareModel(options: TrainOptions, o: ResolvedTrainOptions, ck: CheckpointOptions | null): { model: LlamaModel; method: AdapterMethod } {
   if (!ck && holdsCheckpoints(o.out) && !o.overwrite) {
     throw new PeftkitError('E_ARG', `out: ${path.join(o.out, 'checkpoints')} holds another run's checkpoints: continue it with 'resume', or pass 'overwrite' to remove them, or choose another 'out'`);
   }
@@ -152,8 +166,17 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
   const model = LlamaModel.load(o.model, {
     device: o.device, dtype: o.bf16 && !full ? 'bf16' : 'f32', compute: o.bf16 ? 'bf16' : 'f32', quantize: o.quantize, int8Threshold: o.int8Threshold,
   });
+  return { model, method };
+}
+
+function trainWith(
+  options: TrainOptions, o: ResolvedTrainOptions, ck: CheckpointOptions | null, model: LlamaModel, method: AdapterMethod, lock: FolderLock, hooks: RunHooks,
+): TrainResult {
+  const emit = hooks.onEvent ?? (() => {});
+  const adapterSource = ck?.dir ?? o.adapter;
+  const full = method === 'full';
   // Everything holding engine memory or a file is released however the run ends, bad input included.
-  const owned: Array<{ dispose(): void }> = [model];
+  const owned: Array<{ dispose(): void }> = [{ dispose: () => lock.release() }, model];
   const own = <T extends { dispose(): void }>(r: T): T => (owned.push(r), r);
   try {
     const tok = fs.existsSync(path.join(o.model, 'tokenizer.json')) ? loadTokenizer(o.model) : null;
@@ -166,10 +189,6 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
     if (skipped) emit({ type: 'warning', message: skipped });
     const padId = tok?.padId ?? 0;
 
-    // Held until the run ends: a second run into the same folder is refused (E_BUSY), not let
-    // loose on this one's checkpoints.
-    const lock = lockFolder(o.out);
-    owned.push({ dispose: () => lock.release() });
     // A run killed while writing a checkpoint or the adapter leaves temporaries beside them.
     removeLeftoverTemps(o.out);
     removeLeftoverTemps(path.join(o.out, 'checkpoints'));

@@ -8,14 +8,14 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { PeftkitError } from '../../errors';
 import type { LlamaModel } from '../../model/llama';
-import { SafetensorsCheckpoint, writeSafetensors } from '../../model/safetensors';
+import { SafetensorsCheckpoint } from '../../model/safetensors';
 import type { LinearModule, ModelAdapter, NormSite, WeightSite } from '../../model/sites';
 import { BiasLayer } from '../bitfit/adapter';
 import * as ops from '../../ops';
 import { Device, Tensor } from '../../tensor';
 import { SeededRng } from '../../util/rng';
 import { DoraLayer, doraMagnitudeName } from '../dora/layer';
-import { checkFinite, loadParamsFrom, MergeEdit, PeftMethod, saveAtomically, stateDictOf, TrainableParam } from '../method';
+import { checkFinite, MergeEdit, ParamAdapter, PeftMethod, TrainableParam } from '../method';
 import { selectTargets } from '../targets';
 import { LoraConfig, loraScaling, patternValue, readLoraConfig, writeLoraConfig } from './config';
 import { LoraLayer } from './layer';
@@ -56,8 +56,7 @@ function moduleRank(config: LoraConfig, module: string): { r: number; scaling: n
   return { r, scaling: loraScaling({ r, lora_alpha: alpha, use_rslora: config.use_rslora }) };
 }
 
-export class LoraAdapter implements PeftMethod, ModelAdapter {
-  readonly peftType = 'LORA';
+export class LoraAdapter extends ParamAdapter<LoraConfig> implements PeftMethod, ModelAdapter {
   readonly config: LoraConfig;
   readonly layers: ReadonlyMap<string, LoraLayer>;
   /** The adapter_model.safetensors it was loaded from (null for a new adapter), for messages. */
@@ -66,6 +65,7 @@ export class LoraAdapter implements PeftMethod, ModelAdapter {
   private readonly extras: Extras;
 
   private constructor(config: LoraConfig, layers: Map<string, LoraLayer>, source: string | null = null, extras: Extras = noExtras()) {
+    super();
     this.config = config;
     this.layers = layers;
     this.source = source;
@@ -77,7 +77,7 @@ export class LoraAdapter implements PeftMethod, ModelAdapter {
     return loraScaling(this.config);
   }
 
-  get dropout(): number {
+  override get dropout(): number {
     return this.config.lora_dropout;
   }
 
@@ -253,32 +253,9 @@ export class LoraAdapter implements PeftMethod, ModelAdapter {
     return out;
   }
 
-  zeroGrad(): void {
-    // In place: a host buffer per tensor would leave the whole gradient's size of garbage each step.
-    for (const p of this.parameters()) p.grad.zero();
-  }
-
-  /** The adapter's tensors by their PEFT names (copied to host f32). */
-  stateDict(): Map<string, Float32Array> {
-    return stateDictOf(this.parameters());
-  }
-
-  /** Writes a PEFT adapter folder atomically (the folder appears complete or not at all). */
-  save(dir: string): void {
-    saveAtomically(this, dir);
-  }
-
-  /** Writes adapter_config.json and adapter_model.safetensors into an existing folder. */
-  writeFiles(dir: string): void {
-    const tensors: Record<string, { dtype: 'F32'; shape: number[]; data: Float32Array }> = {};
-    for (const p of this.parameters()) tensors[p.name] = { dtype: 'F32', shape: p.param.shape, data: p.param.toFloat32Array() };
-    writeSafetensors(path.join(dir, 'adapter_model.safetensors'), tensors);
+  /** PEFT's adapter_config.json (exclude_modules only when set, for older readers). */
+  protected override writeConfig(dir: string): void {
     writeLoraConfig(dir, this.config);
-  }
-
-  /** Overwrites A and B (and DoRA's magnitude) from another adapter folder with the same modules and ranks (resume). */
-  loadWeightsFrom(dir: string): void {
-    loadParamsFrom(this.parameters(), dir);
   }
 
   /** W' = W + s·B·A (DoRA: m ⊙ (W + s·B·A) / ‖W + s·B·A‖ per row), as PEFT's merge. */
@@ -300,7 +277,7 @@ export class LoraAdapter implements PeftMethod, ModelAdapter {
     return edits;
   }
 
-  dispose(): void {
+  override dispose(): void {
     for (const l of this.layers.values()) l.dispose();
     disposeExtras(this.extras);
   }
