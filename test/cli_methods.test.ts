@@ -56,3 +56,17 @@ for (const c of CASES) {
     fs.rmSync(dir, { recursive: true, force: true });
   });
 }
+
+test('--method qlora on a folder bitsandbytes quantized to int8 (and int8-lora on an NF4 one) is refused, naming the folder and its format', (t) => {
+  const { dir, model, data } = fixture();
+  for (const [format, method, other] of [['int8', 'qlora', 'int8-lora'], ['nf4', 'int8-lora', 'qlora']] as const) {
+    const q = path.join(dir, format);
+    const qr = run(['quantize', '--model', model, '--out', q, '--format', format]);
+    t.is(qr.status, 0, qr.stderr);
+    const r = run(['train', '--model', q, '--data', data, '--out', path.join(dir, `out-${method}`), '--method', method, '--steps', '1']);
+    t.is(r.status, 2, r.stderr);
+    t.regex(r.stderr, new RegExp(`^peftkit: --method: '${method}' asks for a \\w+ base, but .*${format} is already quantized, to ${format} \\(bitsandbytes\\), and is used as stored: use ${other}, or leave --quantize out`));
+    t.false(fs.existsSync(path.join(dir, `out-${method}`, 'adapter_model.safetensors')));
+  }
+  fs.rmSync(dir, { recursive: true, force: true });
+});

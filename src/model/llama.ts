@@ -118,6 +118,12 @@ export class LlamaModel {
     return this.quantized.size > 0;
   }
 
+  /** The format the Linear weights are kept in ('nf4', 'fp4', 'int8'), or null when dense. */
+  get quantFormat(): QuantWeight['format'] | null {
+    for (const q of this.quantized.values()) return q.format;
+    return null;
+  }
+
   /** A weight that may be absent (biases). */
   maybeWeight(name: string): Tensor | undefined {
     return this.weights.get(name);

@@ -166,6 +166,15 @@ function prepareModel(options: TrainOptions, o: ResolvedTrainOptions, ck: Checkp
   const model = LlamaModel.load(o.model, {
     device: o.device, dtype: o.bf16 && !full ? 'bf16' : 'f32', compute: o.bf16 ? 'bf16' : 'f32', quantize: o.quantize, int8Threshold: o.int8Threshold,
   });
+  // A bitsandbytes folder stays in its own format: asking for another (qlora's NF4 on an int8
+  // folder) would train on a base other than the one asked for.
+  const stored = model.quantFormat;
+  if (o.quantize && stored && stored !== o.quantize) {
+    model.dispose();
+    const [field, value] = options.quantize !== undefined ? ['quantize', o.quantize] : ['method', o.method];
+    throw new PeftkitError('E_ARG', `${field}: '${value}' asks for a ${o.quantize} base, but ${o.model} is already quantized, to ${stored} (bitsandbytes), and is used as stored: ` +
+      `use ${stored === 'int8' ? 'int8-lora' : 'qlora'}, or leave 'quantize' out, or give a dense model folder`);
+  }
   return { model, method };
 }
 
