@@ -151,3 +151,13 @@ for (const row of ROWS) {
     }
   }
 }
+
+test('a LoRA rank past a layer\'s own is refused before anything is allocated, naming r and the module', (t) => {
+  const dir = tmp();
+  writeRandomModel(dir, { hiddenSize: 32, intermediateSize: 48, numHeads: 4, numKvHeads: 2, numLayers: 1, seed: 3 });
+  const model = LlamaModel.load(dir);
+  t.throws(() => createAdapter('lora', model, { lora: { r: 100000 }, targets: 'all-linear' }), { code: 'E_ARG', message: /^r: 100000 exceeds model\.layers\.0\.self_attn\.q_proj's rank bound min\(in 32, out 32\) = 32/ });
+  t.notThrows(() => createAdapter('lora', model, { lora: { r: 16 }, targets: 'all-linear' }).dispose());
+  model.dispose();
+  fs.rmSync(dir, { recursive: true, force: true });
+});

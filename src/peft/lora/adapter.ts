@@ -116,6 +116,11 @@ export class LoraAdapter extends ParamAdapter<LoraConfig> implements PeftMethod,
     try {
       for (const m of chosen) {
         const { r, scaling } = moduleRank(config, m.name);
+        // A rank past the layer's own (min(in, out)) adds nothing but memory: r = 100000 on a
+        // 576-wide model asked for gigabytes and met the OOM killer without a word.
+        if (r > Math.min(m.inFeatures, m.outFeatures)) {
+          throw new PeftkitError('E_ARG', `r: ${r} exceeds ${m.name}'s rank bound min(in ${m.inFeatures}, out ${m.outFeatures}) = ${Math.min(m.inFeatures, m.outFeatures)}; a larger rank cannot express more`);
+        }
         const a = new Float32Array(r * m.inFeatures);
         const b = new Float32Array(m.outFeatures * r);
         if (config.init_lora_weights === 'gaussian') {
