@@ -253,3 +253,28 @@ test('resume: every option that changes the result is recorded; resume alone con
   await train({ model, data, out, steps: 2, overwrite: true });
   t.deepEqual(fs.readdirSync(path.join(out, 'checkpoints')), ['step-2']);
 });
+
+test('run A, then run B into the same folder, stopped, then resumed: B is refused A\'s checkpoints, and resumes as B', async (t) => {
+  const { model, data } = fixture();
+  const out = path.join(tmp(), 'shared');
+  const base = { model, data, out, targets: 'all-linear' as const, batchSize: 4, maxLength: 64, seed: 3, dropout: 0 };
+  await train({ ...base, r: 8, steps: 40, saveEvery: 5 });
+  // B into A's folder without resume: refused, A's checkpoints untouched.
+  await t.throwsAsync(train({ ...base, steps: 20, lr: 1e-2, r: 4 }).result, { message: /holds another run's checkpoints/ });
+  t.true(fs.existsSync(path.join(out, 'checkpoints', 'step-40')));
+  // B replacing A (overwrite), stopped mid-run as a kill would leave it.
+  const ctrl = new AbortController();
+  const b = train({ ...base, steps: 20, lr: 1e-2, r: 4, saveEvery: 5, overwrite: true, signal: ctrl.signal });
+  b.on('step', (e) => {
+    if (e.step === 7) ctrl.abort();
+  });
+  await t.throwsAsync(b.result, { code: 'E_ABORTED' });
+  t.false(fs.existsSync(path.join(out, 'checkpoints', 'step-40')), "A's checkpoints were removed by B's overwrite");
+  // Resuming is B's run: a changed option is refused, the same ones continue to B's 20 steps at r 4.
+  await t.throwsAsync(train({ ...base, resume: out, lr: 5e-3 }).result, { message: /'lr' was 0\.01 .* but is 0\.005 now/ });
+  const r = await train({ ...base, resume: out });
+  t.is(r.steps, 20);
+  t.false(Number.isNaN(r.finalLoss));
+  const config = JSON.parse(fs.readFileSync(path.join(out, 'adapter_config.json'), 'utf8')) as { r: number };
+  t.is(config.r, 4, "the adapter is B's");
+});
