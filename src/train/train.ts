@@ -1,5 +1,5 @@
 /**
- * train(): LoRA fine-tuning in a worker thread. The returned TrainRun is awaitable for the
+ * train(): fine-tuning (any method) in a worker thread. The returned TrainRun is awaitable for the
  * result, emits 'start' / 'step' / 'eval' / 'checkpoint' / 'warning' events (and 'error'), and stops (after writing a
  * checkpoint it can resume from) when its AbortSignal fires or abort() is called.
  */
