@@ -186,7 +186,7 @@ export const DEMO_FLAGS: readonly Flag[] = [
 
 export const COMMANDS: readonly Command[] = [
   {
-    name: 'train', summary: 'fine-tune a local Hugging Face model folder (LoRA or any other --method)',
+    name: 'train', summary: 'fine-tune a local Hugging Face model (LoRA or another --method)',
     usage: ['train --model DIR --data FILE --out DIR [options]', 'train --resume DIR [options]', 'train                (no arguments: the demo, as `peftkit demo`)'],
     flags: TRAIN_FLAGS,
   },
