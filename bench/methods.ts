@@ -5,22 +5,27 @@
  * child process under GNU time, so peak RSS is that run's alone; step time is the median of the
  * timed steps after 2 warm-up steps.
  *   npm run bench:methods [-- --steps 3 --shape smol135|tiny --runs 1 --methods lora,dora
- *                             --wait-load 2.5 --wait-max-s 1200 --no-peer]
+ *                             --wait-load 2.5 --wait-max-s 1200 --no-peer --peer-blas DIR]
  * --runs N repeats the whole set N times (figures are the medians over runs); --wait-load waits
  * before each run until the 1-minute load average is below the value (at most --wait-max-s).
  * Full fine-tuning is also given as a fraction of the machine's f32 FMA peak (bench/fma_ceiling.c,
  * measured before and after, as bench:kernels does). Writes bench/results/methods.json.
+ * Debian's PyTorch calls whatever libblas.so.3 resolves to; where that is the reference BLAS
+ * (single-threaded, ~25× slower on a 1024×1536×576 product here) the peer is not what a user would run: install
+ * libopenblas0-pthread, or give --peer-blas DIR (a folder holding OpenBLAS's libblas.so.3, put on
+ * the peer's LD_LIBRARY_PATH only). The peer reports the library it loaded.
  */
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { runtimeInfo } from '../src/index';
-import { ADAPTER_METHODS } from '../src/peft/registry';
 import { ceiling, Ceiling } from './kernels/gemm';
 import { writeBenchModel } from './train_child';
 
 const ROOT = path.join(__dirname, '..', '..');
+/** The methods the PyTorch peer writes out (registry.ts has more). */
+const METHODS = ['lora', 'dora', 'ia3', 'ln', 'bitfit', 'diff', 'full'];
 
 function arg(name: string, dflt: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -29,6 +34,8 @@ function arg(name: string, dflt: string): string {
 
 interface Side {
   trainable: number;
+  /** The peer's BLAS library. */
+  blas?: string;
   tokensPerS: number;
   stepS: number;
   peakRssMb: number;
@@ -72,7 +79,7 @@ function main(): void {
   const shape = arg('shape', 'smol135');
   const steps = Number(arg('steps', '3'));
   const runs = Number(arg('runs', '1'));
-  const methods = arg('methods', ADAPTER_METHODS.join(',')).split(',');
+  const methods = arg('methods', METHODS.join(',')).split(',');
   const waitLoad = Number(arg('wait-load', '0'));
   const waitMaxS = Number(arg('wait-max-s', '1200'));
   const withPeer = !process.argv.includes('--no-peer');
@@ -88,6 +95,8 @@ function main(): void {
   const peerEnv = { ...process.env };
   delete peerEnv.OPENBLAS_CORETYPE; // slows a current OpenBLAS (shared/bench/README.md)
   delete peerEnv.OPENBLAS_L2_SIZE;
+  const peerBlas = arg('peer-blas', '');
+  if (peerBlas) peerEnv.LD_LIBRARY_PATH = [peerBlas, process.env.LD_LIBRARY_PATH].filter(Boolean).join(':');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-bench-methods-'));
   const measured: Measured[] = [];
   const waits: Array<{ run: number; waitedS: number; load1: number }> = [];
@@ -109,8 +118,11 @@ function main(): void {
           const num = (re: RegExp) => Number(re.exec(p.out)?.[1]);
           row.torch = {
             trainable: num(/trainable=(\d+)/), tokensPerS: num(/tokens_per_s=([\d.]+)/), stepS: num(/step_median=([\d.]+)s/),
-            peakRssMb: p.rssMb, loss: num(/ loss=([\d.]+)/),
+            peakRssMb: p.rssMb, loss: num(/ loss=([\d.]+)/), blas: /blas=(\S+)/.exec(p.out)?.[1],
           };
+          if (/libblas\.so\.3\.\d/.test(row.torch.blas ?? '') && !/openblas|blis|mkl/i.test(row.torch.blas ?? '')) {
+            console.log(`  (warning: the peer runs on the reference BLAS ${row.torch.blas}: not a fair peer; see --peer-blas)`);
+          }
         }
         row.load1[1] = os.loadavg()[0];
         measured.push(row);
@@ -194,7 +206,7 @@ function main(): void {
   const out = path.join(ROOT, 'bench', 'results');
   fs.mkdirSync(out, { recursive: true });
   fs.writeFileSync(path.join(out, 'methods.json'), JSON.stringify({
-    machine, date: new Date().toISOString(), shape, B, T, steps, runs, threads,
+    machine, date: new Date().toISOString(), shape, B, T, steps, runs, threads, peerBlas: measured.find((m) => m.torch)?.torch?.blas,
     ceiling: { before: c0, after: c1, peakGflops: peak }, waits, rows, doraOverLora: dora, fullFt, measured,
   }, null, 2));
   console.log(`wrote ${path.join(out, 'methods.json')}`);

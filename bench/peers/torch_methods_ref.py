@@ -16,7 +16,10 @@ tied embeddings, f32), with each method written from its definition:
 Then the causal LM loss, backward, global-norm clipping at 1 (as peftkit and transformers'
 Trainer do), AdamW (lr 2e-4, weight decay 0, as peftkit's default) on the trainable tensors.
 usage: torch_methods_ref.py METHOD [smol135|tiny] [batch] [seq] [steps]
-Prints one line: ... trainable=N step_median=Xs tokens_per_s=N loss=X
+Prints one line: ... trainable=N step_median=Xs tokens_per_s=N loss=X blas=LIBRARY (the BLAS
+library the process loaded: Debian's torch calls whatever libblas.so.3 resolves to, and the
+reference BLAS there is single-threaded: 4.6 GFLOP/s against OpenBLAS's 114 on a
+1024x1536x576 product on the bench machine)
 """
 import math, os, sys, time
 import torch
@@ -142,6 +145,15 @@ class Model(nn.Module):
         return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
 
 
+def blas_library():
+    try:
+        with open("/proc/self/maps") as f:
+            libs = {l.split()[-1] for l in f if "blas" in l.lower()}
+        return ",".join(sorted(os.path.realpath(x) for x in libs)) or "none"
+    except OSError:
+        return "unknown"
+
+
 def main():
     method = sys.argv[1] if len(sys.argv) > 1 else "lora"
     name = sys.argv[2] if len(sys.argv) > 2 else "tiny"
@@ -172,7 +184,7 @@ def main():
     ntotal = sum(p.numel() for p in m.parameters())
     print(f"torch {torch.__version__} threads={torch.get_num_threads()} {name} {method} fp32 B={B} T={T} params={ntotal} "
           f"trainable={ntrain} step_median={med:.3f}s tokens_per_s={B*T/med:.1f} "
-          f"loss_first={losses[0]:.4f} loss={losses[-1]:.4f}")
+          f"loss_first={losses[0]:.4f} loss={losses[-1]:.4f} blas={blas_library()}")
 
 
 if __name__ == "__main__":
