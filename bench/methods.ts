@@ -7,7 +7,8 @@
  *   npm run bench:methods [-- --steps 3 --shape smol135|tiny --runs 1 --methods lora,dora
  *                             --wait-load 2.5 --wait-max-s 1200 --no-peer --peer-blas DIR]
  * --runs N repeats the whole set N times (figures are the medians over runs); --wait-load waits
- * before each run until the 1-minute load average is below the value (at most --wait-max-s).
+ * before each method's pair of runs until the 1-minute load average is below the value (at most
+ * --wait-max-s each time; the loads seen are in the JSON).
  * Full fine-tuning is also given as a fraction of the machine's f32 FMA peak (bench/fma_ceiling.c,
  * measured before and after, as bench:kernels does). Writes bench/results/methods.json.
  * Debian's PyTorch calls whatever libblas.so.3 resolves to; where that is the reference BLAS
@@ -99,16 +100,16 @@ function main(): void {
   if (peerBlas) peerEnv.LD_LIBRARY_PATH = [peerBlas, process.env.LD_LIBRARY_PATH].filter(Boolean).join(':');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-bench-methods-'));
   const measured: Measured[] = [];
-  const waits: Array<{ run: number; waitedS: number; load1: number }> = [];
+  const waits: Array<{ run: number; method: string; waitedS: number; load1: number }> = [];
   let cfg: Record<string, number>;
   try {
     writeBenchModel(path.join(dir, shape), shape);
     cfg = JSON.parse(fs.readFileSync(path.join(dir, shape, 'config.json'), 'utf8')) as Record<string, number>;
     const child = path.join(__dirname, 'methods_child.js');
     for (let run = 1; run <= runs; run++) {
-      if (waitLoad > 0) waits.push({ run, ...waitForLoad(waitLoad, waitMaxS) });
       console.log(`run ${run} (1-minute load average ${os.loadavg()[0].toFixed(2)})`);
       for (const method of methods) {
+        if (waitLoad > 0) waits.push({ run, method, ...waitForLoad(waitLoad, waitMaxS) });
         const before = os.loadavg()[0];
         const r = timed(process.execPath, [child, dir, shape, method, String(steps), String(B), String(T)]);
         const m = JSON.parse(r.out.trim().split('\n').pop()!) as { trainable: number; tokensPerS: number; stepS: number; loss: number };
