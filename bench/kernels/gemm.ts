@@ -143,7 +143,7 @@ class TorchPeer {
   }
 }
 
-interface Ceiling {
+export interface Ceiling {
   wall?: number; // f32 GFLOP/s of all threads together
   perCore?: number; // f32 GFLOP/s of one core, by thread CPU time
   bf16?: number; // VDPBF16PS GFLOP/s of all threads, where the CPU has it
@@ -151,7 +151,7 @@ interface Ceiling {
 }
 
 /** Runs an FMA-ceiling program (compiled here, -march=native) on `threads` threads. */
-function ceiling(src: string, threads: number): Ceiling {
+export function ceiling(src: string, threads: number): Ceiling {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-fma-'));
   try {
     const exe = path.join(dir, 'fma');
