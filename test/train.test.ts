@@ -278,3 +278,25 @@ test('run A, then run B into the same folder, stopped, then resumed: B is refuse
   const config = JSON.parse(fs.readFileSync(path.join(out, 'adapter_config.json'), 'utf8')) as { r: number };
   t.is(config.r, 4, "the adapter is B's");
 });
+
+test.serial('abort() takes effect within its grace also inside a long data preparation: the worker is terminated and says so', async (t) => {
+  const dir = tmp();
+  const model = path.join(dir, 'model');
+  writeRandomModel(model, { hiddenSize: 32, numHeads: 4, numKvHeads: 2, numLayers: 2, seed: 11 });
+  const data = path.join(dir, 'big.jsonl');
+  // Enough rows that encoding them takes far longer than the grace (tens of seconds here).
+  // (Built as one repeat, in milliseconds: the other tests of this file share this thread's timers.)
+  fs.writeFileSync(data, `${JSON.stringify({ text: 'a row: the quick brown fox jumps over the lazy dog' })}\n`.repeat(400_000));
+  const out = path.join(dir, 'out');
+  const run = train({ model, data, out, steps: 2, batchSize: 4, maxLength: 32, abortGraceMs: 500 });
+  await new Promise((r) => setTimeout(r, 300));
+  const t0 = Date.now();
+  run.abort();
+  const e = await t.throwsAsync(run.result, { instanceOf: PeftkitError });
+  const took = Date.now() - t0;
+  t.is(e?.code, 'E_ABORTED');
+  t.regex(e?.message ?? '', /terminating its worker 500 ms after abort\(\)/);
+  t.true(took < 3000, `stopped ${took} ms after abort()`);
+  t.false(fs.existsSync(path.join(out, '.peftkit.lock')), 'the lock of the terminated worker is released');
+  await t.throwsAsync(train({ model, data, out: path.join(dir, 'x'), steps: 1, abortGraceMs: -1 }).result, { code: 'E_ARG', message: /abortGraceMs/ });
+});

@@ -15,6 +15,12 @@ import type { TrainEvent, TrainResult } from './run';
 export interface TrainRunOptions extends TrainOptions {
   /** Stops the run between steps (a checkpoint is written first). */
   signal?: AbortSignal;
+  /**
+   * After abort(), how long the run may take to reach a step boundary (where it writes a
+   * checkpoint and stops) before its worker is terminated instead: inside a long step or data
+   * preparation the run then ends at once, losing the work since its last checkpoint. Defaults to `2000` ms.
+   */
+  abortGraceMs?: number;
 }
 
 /** The events a TrainRun emits, by name: each TrainEvent, and `error` when the run fails. */
@@ -31,10 +37,15 @@ export class TrainRun extends EventEmitter implements PromiseLike<TrainResult> {
   private readonly settled: Promise<TrainResult>;
   private observed = false;
   private readonly stopFlag: Int32Array;
+  private readonly abortGraceMs: number;
+  /** Terminates the worker when the grace after abort() runs out (set once the worker runs). */
+  private terminate: (() => void) | null = null;
+  private watchdog: NodeJS.Timeout | null = null;
 
   constructor(options: TrainRunOptions) {
     super();
-    const { signal, ...plain } = options;
+    const { signal, abortGraceMs, ...plain } = options;
+    this.abortGraceMs = abortGraceMs ?? 2000;
     const shared = new SharedArrayBuffer(4);
     this.stopFlag = new Int32Array(shared);
     this.settled = this.start(plain, shared, signal);
@@ -48,6 +59,7 @@ export class TrainRun extends EventEmitter implements PromiseLike<TrainResult> {
 
   private start(plain: TrainOptions, shared: SharedArrayBuffer, signal: AbortSignal | undefined): Promise<TrainResult> {
     try {
+      if (!(Number.isFinite(this.abortGraceMs) && this.abortGraceMs >= 0)) throw new PeftkitError('E_ARG', `abortGraceMs: expected a number of milliseconds >= 0, got ${String(this.abortGraceMs)}`);
       resolveWithCheckpoint(plain); // bad options reject the run, as any other failure, before a worker starts
     } catch (e) {
       return Promise.reject(e instanceof PeftkitError ? e : new PeftkitError('E_ARG', (e as Error).message));
@@ -60,6 +72,14 @@ export class TrainRun extends EventEmitter implements PromiseLike<TrainResult> {
     signal?.addEventListener('abort', () => this.abort(), { once: true });
     return new Promise<TrainResult>((resolve, reject) => {
       let settled = false;
+      this.terminate = () => {
+        if (settled) return;
+        settled = true;
+        const where = typeof plain.out === 'string' ? `; resume with resume: '${plain.out}' (from its last checkpoint)` : '';
+        const err = new PeftkitError('E_ABORTED', `training stopped by terminating its worker ${this.abortGraceMs} ms after abort(), inside a step or data preparation: the work since the last checkpoint is lost${where}`);
+        // Settled once the worker is gone and its exit handler has released the folder's lock.
+        worker.terminate().then(() => reject(err), () => reject(err));
+      };
       worker.on('message', (m: { kind: string; event?: TrainEvent; result?: TrainResult; code?: string; message?: string; errno?: string; path?: string; syscall?: string }) => {
         if (m.kind === 'event' && m.event) this.emit(m.event.type, m.event);
         else if (m.kind === 'result') {
@@ -75,6 +95,7 @@ export class TrainRun extends EventEmitter implements PromiseLike<TrainResult> {
         reject(new PeftkitError('E_INTERNAL', `training worker crashed: ${e.message}`));
       });
       worker.on('exit', (code) => {
+        if (this.watchdog) clearTimeout(this.watchdog);
         // A worker that did not unwind (terminated, crashed) leaves its output folder locked.
         if (typeof plain.out === 'string') releaseLockOfThread(plain.out, workerThread);
         if (!settled) reject(new PeftkitError('E_INTERNAL', `training worker exited with code ${code} before finishing`));
@@ -88,9 +109,16 @@ export class TrainRun extends EventEmitter implements PromiseLike<TrainResult> {
     return this.settled;
   }
 
-  /** Asks the run to stop after the current step. */
+  /**
+   * Asks the run to stop after the current step (writing a checkpoint); if it has not stopped
+   * within `abortGraceMs`, its worker is terminated.
+   */
   abort(): void {
     Atomics.store(this.stopFlag, 0, 1);
+    if (!this.watchdog && this.terminate) {
+      this.watchdog = setTimeout(() => this.terminate?.(), this.abortGraceMs);
+      this.watchdog.unref();
+    }
   }
 
   then<A = TrainResult, B = never>(onOk?: ((r: TrainResult) => A | PromiseLike<A>) | null, onErr?: ((e: unknown) => B | PromiseLike<B>) | null): Promise<A | B> {
