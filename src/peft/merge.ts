@@ -118,15 +118,13 @@ function applyEdit(e: MergeEdit, base: Float32Array | null, source: string): Flo
   return out;
 }
 
-const isMatmul = (name: string) => /\.weight$/.test(name) && isMatmulWeight(name);
-
 /** Every tensor of the base copied byte for byte, but the edited ones: quantized weights dequantized, edited and requantized as they were. */
 function mergeRequantized(ck: SafetensorsCheckpoint, config: ModelConfig, edits: MergeEdit[], source: string): MergedTensors {
   const r: MergedTensors = { tensors: {}, merged: [], untied: false, requantized: 0, requantizationError: 0, specs: new Set() };
   for (const [name, info] of ck.tensors) r.tensors[name] = { dtype: info.dtype, shape: info.shape, data: ck.readBytes(name) };
   for (const e of edits) {
     const module = e.tensor.replace(/\.weight$/, '');
-    const q = isMatmul(e.tensor) ? readQuantized(ck, module, e.shape) : null;
+    const q = isMatmulWeight(e.tensor) ? readQuantized(ck, module, e.shape) : null;
     if (q) {
       const spec = specOf(q, `${ck.dir}: ${e.tensor}`);
       const merged = applyEdit(e, dequantizedArray(q), source);
@@ -161,7 +159,7 @@ function mergeDense(ck: SafetensorsCheckpoint, config: ModelConfig, edits: Merge
   if (byTensor.has('lm_head.weight') && config.tieWordEmbeddings) weights.set('lm_head.weight', [config.vocabSize, config.hiddenSize]);
   for (const e of edits) if (!weights.has(e.tensor) && !e.ifPresent) weights.set(e.tensor, e.shape);
   for (const [name, shape] of weights) {
-    const q = isMatmul(name) ? readQuantized(ck, name.replace(/\.weight$/, ''), shape) : null;
+    const q = isMatmulWeight(name) ? readQuantized(ck, name.replace(/\.weight$/, ''), shape) : null;
     const src = denseSource(name, config);
     const base = q ? dequantizedArray(q) : ck.has(src) ? ck.readFloat32(src, shape) : null;
     const e = byTensor.get(name);

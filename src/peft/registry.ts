@@ -103,64 +103,50 @@ export function createAdapter(method: AdapterMethod, model: LlamaModel, o: Creat
   }
 }
 
+type Loader = (dir: string, config: ModelConfig, opts: { device?: Device }) => PeftMethod;
+
+/** Each adapter folder peftkit reads, by its peft_type: the method and its loader. */
+const FOLDERS: Record<string, { method: AdapterMethod; load: Loader }> = {
+  LORA: { method: 'lora', load: (dir, c, o) => LoraAdapter.load(dir, linearModules(c), o) },
+  IA3: { method: 'ia3', load: (dir, c, o) => Ia3Adapter.load(dir, c, o) },
+  LN_TUNING: { method: 'ln', load: (dir, c, o) => LnTuningAdapter.load(dir, c, o) },
+  PROMPT_TUNING: { method: 'prompt', load: (dir, c, o) => PromptTuningAdapter.load(dir, c, o) },
+  P_TUNING: { method: 'p-tuning', load: (dir, c, o) => PTuningAdapter.load(dir, c, o) },
+  PREFIX_TUNING: { method: 'prefix', load: (dir, c, o) => PrefixTuningAdapter.load(dir, c, o) },
+  BITFIT: { method: 'bitfit', load: (dir, c, o) => BitFitAdapter.load(dir, c, o) },
+  DIFF: { method: 'diff', load: (dir, c, o) => DiffAdapter.load(dir, c, o) },
+  BOTTLENECK: { method: 'adapter', load: (dir, c, o) => BottleneckAdapter.load(dir, c, o) },
+};
+
+/** The entry of an adapter folder's peft_type, or an error naming adapter_config.json. */
+function folderEntry(dir: string): { method: AdapterMethod; load: Loader } {
+  const raw = readAdapterConfigJson(dir);
+  const file = path.join(dir, 'adapter_config.json');
+  const type = raw.peft_type;
+  if (typeof type === 'string' && Object.prototype.hasOwnProperty.call(FOLDERS, type)) {
+    const entry = FOLDERS[type];
+    // DoRA is LoRA with use_dora: one loader, its own method name.
+    return type === 'LORA' && raw.use_dora === true ? { ...entry, method: 'dora' } : entry;
+  }
+  const types = Object.keys(FOLDERS);
+  if (typeof type === 'string') {
+    throw new PeftkitError('E_UNSUPPORTED', `${file}: "peft_type" = ${JSON.stringify(type)} is not supported by peftkit (it reads ${types.slice(0, -1).join(', ')} and ${types[types.length - 1]} adapters)`);
+  }
+  throw new PeftkitError('E_CONFIG', `${file}: "peft_type" is ${JSON.stringify(type)}, expected ${types.slice(0, -1).map((t) => `"${t}"`).join(', ')} or "${types[types.length - 1]}"`);
+}
+
 /**
  * The method an adapter folder holds, from its adapter_config.json; a model folder (config.json,
  * no adapter_config.json: what full fine-tuning writes) is 'full'.
  */
 export function adapterMethodOf(dir: string): AdapterMethod {
-  if (!fs.existsSync(path.join(dir, 'adapter_config.json')) && fs.existsSync(path.join(dir, 'config.json'))) return 'full';
-  const raw = readAdapterConfigJson(dir);
-  const file = path.join(dir, 'adapter_config.json');
-  switch (raw.peft_type) {
-    case 'LORA':
-      return raw.use_dora === true ? 'dora' : 'lora';
-    case 'IA3':
-      return 'ia3';
-    case 'LN_TUNING':
-      return 'ln';
-    case 'BITFIT':
-      return 'bitfit';
-    case 'DIFF':
-      return 'diff';
-    case 'BOTTLENECK':
-      return 'adapter';
-    case 'PREFIX_TUNING':
-      return 'prefix';
-    case 'PROMPT_TUNING':
-      return 'prompt';
-    case 'P_TUNING':
-      return 'p-tuning';
-    default:
-      if (typeof raw.peft_type === 'string') {
-        throw new PeftkitError('E_UNSUPPORTED', `${file}: "peft_type" = ${JSON.stringify(raw.peft_type)} is not supported by peftkit (it reads LORA, IA3, LN_TUNING, PROMPT_TUNING, P_TUNING, PREFIX_TUNING, BITFIT, DIFF and BOTTLENECK adapters)`);
-      }
-      throw new PeftkitError('E_CONFIG', `${file}: "peft_type" is ${JSON.stringify(raw.peft_type)}, expected "LORA", "IA3", "LN_TUNING", "PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "BITFIT", "DIFF" or "BOTTLENECK"`);
-  }
+  return isModelFolder(dir) ? 'full' : folderEntry(dir).method;
 }
+
+const isModelFolder = (dir: string) => !fs.existsSync(path.join(dir, 'adapter_config.json')) && fs.existsSync(path.join(dir, 'config.json'));
 
 /** Loads any adapter folder peftkit reads, for a model of this config. */
 export function loadAdapter(dir: string, config: ModelConfig, opts: { device?: Device } = {}): PeftMethod {
-  switch (adapterMethodOf(dir)) {
-    case 'lora':
-    case 'dora':
-      return LoraAdapter.load(dir, linearModules(config), opts);
-    case 'ia3':
-      return Ia3Adapter.load(dir, config, opts);
-    case 'ln':
-      return LnTuningAdapter.load(dir, config, opts);
-    case 'bitfit':
-      return BitFitAdapter.load(dir, config, opts);
-    case 'diff':
-      return DiffAdapter.load(dir, config, opts);
-    case 'adapter':
-      return BottleneckAdapter.load(dir, config, opts);
-    case 'prefix':
-      return PrefixTuningAdapter.load(dir, config, opts);
-    case 'prompt':
-      return PromptTuningAdapter.load(dir, config, opts);
-    case 'p-tuning':
-      return PTuningAdapter.load(dir, config, opts);
-    case 'full':
-      throw new PeftkitError('E_ARG', `${dir}: is a model folder (full fine-tuning's output), not an adapter: load it as the model`);
-  }
+  if (isModelFolder(dir)) throw new PeftkitError('E_ARG', `${dir}: is a model folder (full fine-tuning's output), not an adapter: load it as the model`);
+  return folderEntry(dir).load(dir, config, opts);
 }

@@ -16,23 +16,13 @@ import type { ModelConfig } from '../../model/config';
 import type { BlockSite, LinearSite, ModelAdapter, NormSite, SiteCall } from '../../model/sites';
 import * as ops from '../../ops';
 import { Device, Tensor } from '../../tensor';
+import { relu, reluBackward } from '../host_activations';
 import { SeededRng } from '../../util/rng';
 import { MergeEdit, ParamAdapter, PeftMethod, readAdapterConfigJson, readAdapterTensors, TrainableParam } from '../method';
 import { BottleneckConfig, parseBottleneckConfig } from './config';
 
 export type { BottleneckConfig } from './config';
 export { defaultBottleneckConfig, parseBottleneckConfig } from './config';
-
-/** relu on the host: the bottleneck is small ([rows, hidden / reduction_factor]). */
-function relu(out: Tensor, x: Tensor): void {
-  out.write(x.toFloat32Array().map((v) => (v > 0 ? v : 0)));
-}
-
-/** dx = dy where x > 0, else 0. */
-function reluBackward(dx: Tensor, dy: Tensor, x: Tensor): void {
-  const xv = x.toFloat32Array();
-  dx.write(dy.toFloat32Array().map((g, i) => (xv[i] > 0 ? g : 0)));
-}
 
 /** One adapter: its weights, gradients, and what its forward keeps for the backward. */
 export class BottleneckLayer implements BlockSite {

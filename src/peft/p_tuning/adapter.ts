@@ -14,6 +14,7 @@ import { SafetensorsCheckpoint, writeSafetensors } from '../../model/safetensors
 import type { LinearSite, ModelAdapter, NormSite, WeightSite } from '../../model/sites';
 import * as ops from '../../ops';
 import { Device, Tensor } from '../../tensor';
+import { relu, reluBackward } from '../host_activations';
 import { SeededRng } from '../../util/rng';
 import { checkFinite, MergeEdit, ParamAdapter, PeftMethod, readAdapterConfigJson, readAdapterTensors, TrainableParam, writeAdapterConfigJson } from '../method';
 import { parsePTuningConfig, PTuningConfig } from './config';
@@ -29,15 +30,6 @@ interface Encoder {
   W: Tensor[]; dW: Tensor[]; b: Tensor[]; db: Tensor[];
   /** Forward activations: pre-activations and activations of the two hidden layers. */
   pre: Tensor[]; act: Tensor[];
-}
-
-function relu(out: Tensor, x: Tensor): void {
-  out.write(x.toFloat32Array().map((v) => (v > 0 ? v : 0)));
-}
-
-function reluBackward(dx: Tensor, dy: Tensor, x: Tensor): void {
-  const xv = x.toFloat32Array();
-  dx.write(dy.toFloat32Array().map((g, i) => (xv[i] > 0 ? g : 0)));
 }
 
 export class PTuningAdapter extends ParamAdapter<PTuningConfig> implements PeftMethod, ModelAdapter {
