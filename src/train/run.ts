@@ -21,7 +21,7 @@ import { writeLossCurve } from './loss_curve';
 import { ResolvedTrainOptions, TrainOptions } from './options';
 import { CheckpointOptions, checkResume, holdsCheckpoints, loraFingerprint, resolveWithCheckpoint, runFingerprint } from './resume';
 import { lrAt } from './schedule';
-import { Trainer } from './trainer';
+import { divergenceWarning, Trainer, UPDATE_RATIO_WARN } from './trainer';
 
 export type TrainEvent =
   | { type: 'warning'; message: string }
@@ -290,6 +290,7 @@ function trainWith(
     let finalLoss = NaN;
     const runStart = elapsed();
     const tokensAtStart = tokensSeen;
+    let warnedDivergence = false;
     while (step < totalSteps) {
       if (hooks.shouldStop?.()) {
         checkpoint();
@@ -302,6 +303,10 @@ function trainWith(
       step++;
       tokensSeen += r.inputTokens;
       finalLoss = r.loss;
+      if (!warnedDivergence && r.updateRatio > UPDATE_RATIO_WARN) {
+        warnedDivergence = true; // once a run: every later step of a diverging run would repeat it
+        emit({ type: 'warning', message: divergenceWarning(step, r, { lr, maxGradNorm: o.maxGradNorm }) });
+      }
       const tokensPerS = r.inputTokens / Math.max(1e-9, (Date.now() - ts) / 1000);
       const el = elapsed();
       if (step % o.logEvery === 0 || step === totalSteps) {

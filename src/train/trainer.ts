@@ -21,6 +21,25 @@ export interface StepResult {
   tokens: number;
   /** Input tokens processed (B·T summed). */
   inputTokens: number;
+  /**
+   * How far the update moved the trainable weights, relative to their norm: |‖θ'‖ − ‖θ‖| / ‖θ‖
+   * (see Trainer.step). NaN when ‖θ‖ was 0 (zero-initialized parameters before their first update).
+   */
+  updateRatio: number;
+}
+
+/**
+ * An update ratio above this is a run that is diverging: the step moved the weights by more than
+ * twice their own norm. Healthy fine-tuning moves them by ~1e-4..1e-2 of it per step; AdamW from
+ * zero-initialized weights (diff pruning's δ, new biases) reaches 1 at its second step at most.
+ */
+export const UPDATE_RATIO_WARN = 2;
+
+/** The warning of a step whose update ratio passed UPDATE_RATIO_WARN: what it was, and what to do. */
+export function divergenceWarning(step: number, r: StepResult, o: { lr: number; maxGradNorm: number }): string {
+  const clip = o.maxGradNorm > 0 ? '' : ", and turn gradient clipping on ('maxGradNorm', e.g. 1; it is off)";
+  return `step ${step}: the update moved the trainable weights by at least ${r.updateRatio.toPrecision(3)}× their norm ` +
+    `(the update/weight ratio of healthy training is ~1e-3): training is diverging; lower 'lr' (now ${o.lr})${clip}`;
 }
 
 export interface TrainerOptions extends AdamWConfig {
@@ -41,6 +60,8 @@ export class Trainer {
   readonly optimizer: AdamW;
   private readonly o: TrainerOptions;
   private readonly adapter: PeftMethod;
+  /** ‖θ‖ after the last update, when nothing has changed the parameters since (else measured again). */
+  private paramNorm: number | null = null;
 
   constructor(model: LlamaModel, adapter: PeftMethod, o: TrainerOptions) {
     this.o = o;
@@ -73,9 +94,23 @@ export class Trainer {
       const loaded = this.adapter.source ? `, or the adapter loaded from ${this.adapter.source} holds values too large` : '';
       throw new PeftkitError('E_NAN', `gradient norm is ${gradNorm} at step ${stepNo}: stopping before the adapter is corrupted (lower the learning rate?${loaded})`);
     }
+    // The update's size relative to the weights (the divergence warning): how much the step
+    // changed the parameters' norm. |‖θ'‖ − ‖θ‖| <= ‖Δθ‖, so this is a lower bound of ‖Δθ‖/‖θ‖,
+    // and within 2 of it once the update dominates (‖Δθ‖ = R‖θ‖ gives ‖θ'‖ >= (R − 1)‖θ‖): exact
+    // enough to tell an exploding run from a healthy one (ratios ~1e-3). Not lr·‖g‖: AdamW
+    // divides by √v̂, so its step is ~lr per element whatever the gradient's size, and lr·‖g‖ is
+    // off by orders of magnitude both ways. Not summed inside the optimizer: that would change
+    // four bit-exact kernels (f32 and 8-bit, CPU and CUDA) for a warning, while this is one
+    // read-only pass over the parameters, 4 of the ~28 bytes per element the update itself moves.
+    const params = this.optimizer.params.map((p) => p.param);
+    const before = this.paramNorm ?? ops.gradNorm(params);
     this.optimizer.update(lr);
+    const after = ops.gradNorm(params);
     this.adapter.afterUpdate?.(this.optimizer.step - 1);
-    return { loss: lossSum / tokens, gradNorm, tokens, inputTokens };
+    // A method's afterUpdate may change the parameters (diff pruning prunes δ): measure again then.
+    this.paramNorm = this.adapter.afterUpdate ? null : after;
+    const updateRatio = before > 0 ? Math.abs(after - before) / before : NaN;
+    return { loss: lossSum / tokens, gradNorm, tokens, inputTokens, updateRatio };
   }
 
   /** Mean loss over batches without touching gradients. */
