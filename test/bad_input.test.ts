@@ -200,6 +200,8 @@ test('resume: trainer_state.json fields are validated; NaN optimizer moments are
     [(j: Record<string, unknown>) => delete j.position, /trainer_state\.json: field "position" is undefined, expected \{"epoch", "index"\}/],
     [(j: Record<string, unknown>) => (j.step = -1), /trainer_state\.json: field "step" is -1, expected an integer >= 0/],
     [(j: Record<string, unknown>) => (j.position = { epoch: 0, index: 99 }), /trainer_state\.json: position\.index is 99, but an epoch has 6 units/],
+    // Found by fuzz_resume: the device reached the engine unchecked and its error named no file.
+    [(j: Record<string, unknown>) => ((j.fingerprint as Record<string, unknown>).device = 'cp'), /trainer_state\.json: the checkpoint records options that are not valid: device: expected cpu, cuda or auto, got 'cp'/],
   ] as const) {
     fs.writeFileSync(state, good);
     editJson(state, edit);

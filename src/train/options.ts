@@ -298,6 +298,9 @@ export function resolveTrainOptions(o: TrainOptions, name: OptionNamer = (f) => 
   if (targets !== 'all-linear' && (!Array.isArray(targets) || targets.length === 0 || !targets.every((t) => typeof t === 'string' && t))) {
     throw new PeftkitError('E_ARG', `${name('targets')}: expected module names (e.g. q_proj,v_proj) or all-linear`);
   }
+  if (o.device !== undefined && !(['cpu', 'cuda', 'auto'] as unknown[]).includes(o.device)) {
+    throw new PeftkitError('E_ARG', `${name('device')}: expected cpu, cuda or auto, got '${String(o.device)}'`);
+  }
   const betas = o.betas ?? [0.9, 0.999];
   if (!Array.isArray(betas) || betas.length !== 2) throw new PeftkitError('E_ARG', `${name('betas')}: expected two numbers in [0, 1), got ${JSON.stringify(betas)}`);
   for (const b of betas) {
