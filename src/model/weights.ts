@@ -159,7 +159,15 @@ function quantizeAtLoad(w: Tensor, format: QuantizeFormat, o: LoadWeightsOptions
 }
 
 /** A decoder-layer Linear weight (lm_head, embeddings, norms and biases are never quantized). */
-const isLayerLinearWeight = (name: string) => /_proj\.weight$/.test(name);
+export const isLayerLinearWeight = (name: string) => /_proj\.weight$/.test(name);
+
+/**
+ * The dtype a dense weight is kept in: bf16 for the Linear weights, embeddings and head with
+ * dtype 'bf16', and for the embeddings and head the checkpoint stores in bf16; f32 otherwise.
+ */
+export function denseDtype(name: string, stored: string, dtype: 'f32' | 'bf16'): 'f32' | 'bf16' {
+  return (dtype === 'bf16' && (isMatmulWeight(name) || isVocabWeight(name))) || (isVocabWeight(name) && stored === 'BF16') ? 'bf16' : 'f32';
+}
 
 /**
  * Reads every weight of the checkpoint. A bitsandbytes folder (4-bit or LLM.int8) keeps its
@@ -215,8 +223,7 @@ export function loadWeights(dir: string, config: ModelConfig, device: Device, o:
         out.quantized.set(name, quantizeAtLoad(ck.readTensor(name, shape, { device }), o.quantize, o));
         continue;
       }
-      const bf16 = (dtype === 'bf16' && (isMatmulWeight(name) || isVocabWeight(name))) || (isVocabWeight(name) && stored.dtype === 'BF16');
-      out.dense.set(name, ck.readTensor(name, shape, { device, dtype: bf16 ? 'bf16' : 'f32' }));
+      out.dense.set(name, ck.readTensor(name, shape, { device, dtype: denseDtype(name, stored.dtype, dtype) }));
     }
   } catch (e) {
     for (const t of out.dense.values()) t.dispose();

@@ -10,15 +10,15 @@ import type { ModelConfig } from '../model/config';
 import type { LlamaModel } from '../model/llama';
 import { linearModules } from '../model/weights';
 import type { Device } from '../tensor';
-import { BitFitAdapter, defaultBitFitConfig } from './bitfit/adapter';
-import { BottleneckAdapter, defaultBottleneckConfig } from './bottleneck/adapter';
-import { defaultDiffConfig, DiffAdapter } from './diff/adapter';
-import { FullFineTune } from './full/adapter';
-import { defaultPrefixTuningConfig, PrefixTuningAdapter } from './prefix/adapter';
-import { defaultPromptTuningConfig, PromptTuningAdapter } from './prompt/adapter';
-import { defaultPTuningConfig, PTuningAdapter } from './p_tuning/adapter';
-import { defaultIa3Config, Ia3Adapter } from './ia3/adapter';
-import { defaultLnTuningConfig, LnTuningAdapter } from './ln_tuning/adapter';
+import { BitFitAdapter, BitFitConfig, defaultBitFitConfig } from './bitfit/adapter';
+import { BottleneckAdapter, BottleneckConfig, defaultBottleneckConfig } from './bottleneck/adapter';
+import { defaultDiffConfig, DiffAdapter, DiffConfig } from './diff/adapter';
+import { FullConfig, FullFineTune } from './full/adapter';
+import { defaultPrefixTuningConfig, PrefixTuningAdapter, PrefixTuningConfig } from './prefix/adapter';
+import { defaultPromptTuningConfig, PromptTuningAdapter, PromptTuningConfig } from './prompt/adapter';
+import { defaultPTuningConfig, PTuningAdapter, PTuningConfig } from './p_tuning/adapter';
+import { defaultIa3Config, Ia3Adapter, Ia3Config } from './ia3/adapter';
+import { defaultLnTuningConfig, LnTuningAdapter, LnTuningConfig } from './ln_tuning/adapter';
 import { defaultLoraConfig, LoraAdapter, LoraConfig } from './lora';
 import { PeftMethod, readAdapterConfigJson } from './method';
 
@@ -53,51 +53,88 @@ export interface CreateAdapterOptions {
   seed?: number;
 }
 
-export function createAdapter(method: AdapterMethod, model: LlamaModel, o: CreateAdapterOptions = {}): PeftMethod {
+/** The config of each method, by name: what a new adapter of it is made from. */
+export interface AdapterConfigs {
+  lora: LoraConfig; dora: LoraConfig; ia3: Ia3Config; ln: LnTuningConfig; bitfit: BitFitConfig; diff: DiffConfig; adapter: BottleneckConfig;
+  prompt: PromptTuningConfig; 'p-tuning': PTuningConfig; prefix: PrefixTuningConfig; full: FullConfig;
+}
+
+/**
+ * The config a new adapter of `method` gets from `o` (PEFT's defaults for what `o` leaves out):
+ * what createAdapter builds it from, and what the memory estimate reads its shapes from.
+ */
+export function newAdapterConfig<M extends AdapterMethod>(method: M, c: ModelConfig, o?: CreateAdapterOptions): AdapterConfigs[M];
+export function newAdapterConfig(method: AdapterMethod, c: ModelConfig, o: CreateAdapterOptions = {}): AdapterConfigs[AdapterMethod] {
   const base = { base_model_name_or_path: o.baseModel ?? null };
   const targets = o.targets === 'all-linear' ? undefined : o.targets;
   switch (method) {
     case 'lora':
     case 'dora':
-      return LoraAdapter.create(
-        model.linearModules,
-        defaultLoraConfig({ ...o.lora, ...(o.targets ? { target_modules: o.targets } : {}), use_dora: method === 'dora', ...base }),
-        { seed: o.seed, device: model.device, model },
-      );
+      return defaultLoraConfig({ ...o.lora, ...(o.targets ? { target_modules: o.targets } : {}), use_dora: method === 'dora', ...base });
     case 'ia3':
-      return Ia3Adapter.create(model.config, defaultIa3Config({ ...(targets ? { target_modules: targets } : {}), ...(o.feedforwardModules ? { feedforward_modules: o.feedforwardModules } : {}), ...base }), { device: model.device });
+      return defaultIa3Config({ ...(targets ? { target_modules: targets } : {}), ...(o.feedforwardModules ? { feedforward_modules: o.feedforwardModules } : {}), ...base });
     case 'ln':
-      return LnTuningAdapter.create(model, defaultLnTuningConfig({ ...(targets ? { target_modules: targets } : {}), ...base }));
+      return defaultLnTuningConfig({ ...(targets ? { target_modules: targets } : {}), ...base });
     case 'bitfit':
-      return BitFitAdapter.create(model, defaultBitFitConfig({ ...(o.targets ? { target_modules: o.targets } : {}), ...base }));
+      return defaultBitFitConfig({ ...(o.targets ? { target_modules: o.targets } : {}), ...base });
     case 'diff':
-      return DiffAdapter.create(model.config, defaultDiffConfig({
+      return defaultDiffConfig({
         ...(targets ? { target_modules: targets } : {}), ...(o.diff?.density !== undefined ? { density: o.diff.density } : {}),
         ...(o.diff?.pruneStep !== undefined ? { prune_step: o.diff.pruneStep } : {}), ...base,
-      }), { device: model.device });
+      });
     case 'adapter':
-      return BottleneckAdapter.create(model.config, defaultBottleneckConfig({
+      return defaultBottleneckConfig({
         ...(o.bottleneck?.type ? { adapter_type: o.bottleneck.type } : {}),
         ...(o.bottleneck?.reductionFactor !== undefined ? { reduction_factor: o.bottleneck.reductionFactor } : {}), ...base,
-      }), { seed: o.seed, device: model.device });
+      });
     case 'prompt':
-      return PromptTuningAdapter.create(model, defaultPromptTuningConfig(model.config, {
+      return defaultPromptTuningConfig(c, {
         ...(o.numVirtualTokens !== undefined ? { num_virtual_tokens: o.numVirtualTokens } : {}),
         ...(o.promptInit ? { prompt_tuning_init: o.promptInit.kind, prompt_tuning_init_text: o.promptInit.text ?? null } : {}), ...base,
-      }), { seed: o.seed, initIds: o.promptInit?.ids });
+      });
     case 'p-tuning':
-      return PTuningAdapter.create(model.config, defaultPTuningConfig(model.config, {
+      return defaultPTuningConfig(c, {
         ...(o.numVirtualTokens !== undefined ? { num_virtual_tokens: o.numVirtualTokens } : {}),
         ...(o.encoderHiddenSize !== undefined ? { encoder_hidden_size: o.encoderHiddenSize } : {}), ...base,
-      }), { seed: o.seed, device: model.device });
+      });
     case 'prefix':
-      return PrefixTuningAdapter.create(defaultPrefixTuningConfig(model.config, {
+      return defaultPrefixTuningConfig(c, {
         ...(o.numVirtualTokens !== undefined ? { num_virtual_tokens: o.numVirtualTokens } : {}),
         ...(o.prefixProjection ? { prefix_projection: true } : {}),
         ...(o.encoderHiddenSize !== undefined ? { encoder_hidden_size: o.encoderHiddenSize } : {}), ...base,
-      }), { seed: o.seed, device: model.device });
+      });
     case 'full':
-      return new FullFineTune(model, { peft_type: 'FULL', trainable: o.trainable ?? null });
+      return { peft_type: 'FULL', trainable: o.trainable ?? null };
+    default:
+      throw new PeftkitError('E_ARG', `method: expected one of ${ADAPTER_METHODS.join(', ')}, got '${String(method)}'`);
+  }
+}
+
+export function createAdapter(method: AdapterMethod, model: LlamaModel, o: CreateAdapterOptions = {}): PeftMethod {
+  const c = model.config;
+  const device = model.device;
+  switch (method) {
+    case 'lora':
+    case 'dora':
+      return LoraAdapter.create(model.linearModules, newAdapterConfig(method, c, o), { seed: o.seed, device, model });
+    case 'ia3':
+      return Ia3Adapter.create(c, newAdapterConfig(method, c, o), { device });
+    case 'ln':
+      return LnTuningAdapter.create(model, newAdapterConfig(method, c, o));
+    case 'bitfit':
+      return BitFitAdapter.create(model, newAdapterConfig(method, c, o));
+    case 'diff':
+      return DiffAdapter.create(c, newAdapterConfig(method, c, o), { device });
+    case 'adapter':
+      return BottleneckAdapter.create(c, newAdapterConfig(method, c, o), { seed: o.seed, device });
+    case 'prompt':
+      return PromptTuningAdapter.create(model, newAdapterConfig(method, c, o), { seed: o.seed, initIds: o.promptInit?.ids });
+    case 'p-tuning':
+      return PTuningAdapter.create(c, newAdapterConfig(method, c, o), { seed: o.seed, device });
+    case 'prefix':
+      return PrefixTuningAdapter.create(newAdapterConfig(method, c, o), { seed: o.seed, device });
+    case 'full':
+      return new FullFineTune(model, newAdapterConfig(method, c, o));
     default:
       throw new PeftkitError('E_ARG', `method: expected one of ${ADAPTER_METHODS.join(', ')}, got '${String(method)}'`);
   }

@@ -55,7 +55,7 @@ export class BitFitAdapter extends ParamAdapter<BitFitConfig> implements PeftMet
     this.source = source;
   }
 
-  private static targets(config: BitFitConfig, c: ModelConfig): LinearModule[] {
+  static targets(config: BitFitConfig, c: ModelConfig): LinearModule[] {
     return selectTargets(linearModules(c), config.target_modules).filter((m) => m.name !== 'lm_head' || config.target_modules !== 'all-linear');
   }
 

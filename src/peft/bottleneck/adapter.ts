@@ -105,7 +105,7 @@ export class BottleneckAdapter extends ParamAdapter<BottleneckConfig> implements
   }
 
   /** The (layer, part) pairs the adapter type places adapters at, and the bottleneck size. */
-  private static placement(config: BottleneckConfig, c: ModelConfig): { sites: Array<[number, 'attn' | 'mlp']>; b: number } {
+  static placement(config: BottleneckConfig, c: ModelConfig): { sites: Array<[number, 'attn' | 'mlp']>; b: number } {
     const b = Math.floor(c.hiddenSize / config.reduction_factor);
     if (b < 1) throw new PeftkitError('E_CONFIG', `reduction_factor ${config.reduction_factor} leaves no bottleneck for hidden_size ${c.hiddenSize}`);
     const parts = config.adapter_type === 'houlsby' ? PARTS : (['mlp'] as const);

@@ -117,7 +117,7 @@ export class DiffAdapter extends ParamAdapter<DiffConfig> implements PeftMethod,
     this.source = source;
   }
 
-  private static targets(config: DiffConfig, c: ModelConfig): LinearModule[] {
+  static targets(config: DiffConfig, c: ModelConfig): LinearModule[] {
     const chosen = selectTargets(linearModules(c), config.target_modules);
     if (chosen.some((m) => m.name === 'lm_head')) throw new PeftkitError('E_UNSUPPORTED', 'diff pruning on lm_head is not supported (the head is fused with the loss); remove lm_head from the target modules');
     return chosen;

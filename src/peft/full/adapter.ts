@@ -41,6 +41,15 @@ class TrainedLinear implements LinearSite {
   }
 }
 
+/** The regular expression of `trainable` (null: every weight), or E_ARG naming it. */
+export function trainableRegExp(trainable: string | null): RegExp | null {
+  try {
+    return trainable === null ? null : new RegExp(trainable);
+  } catch (e) {
+    throw new PeftkitError('E_ARG', `trainable: ${JSON.stringify(trainable)} is not a regular expression (${(e as Error).message})`);
+  }
+}
+
 export class FullFineTune implements PeftMethod, ModelAdapter {
   readonly peftType = 'FULL';
   readonly config: FullConfig;
@@ -57,12 +66,7 @@ export class FullFineTune implements PeftMethod, ModelAdapter {
     }
     this.model = model;
     this.config = config;
-    let re: RegExp | null = null;
-    try {
-      re = config.trainable === null ? null : new RegExp(config.trainable);
-    } catch (e) {
-      throw new PeftkitError('E_ARG', `trainable: ${JSON.stringify(config.trainable)} is not a regular expression (${(e as Error).message})`);
-    }
+    const re = trainableRegExp(config.trainable);
     for (const name of expectedWeights(model.config).keys()) {
       if (re && !re.test(name)) continue;
       const w = model.weight(name);

@@ -89,7 +89,7 @@ export class Ia3Adapter extends ParamAdapter<Ia3Config> implements PeftMethod, M
   }
 
   /** The targeted modules, each with whether it is a feedforward (input-scaled) one. */
-  private static targets(config: Ia3Config, modules: readonly LinearModule[]): Array<[LinearModule, boolean]> {
+  static targets(config: Ia3Config, modules: readonly LinearModule[]): Array<[LinearModule, boolean]> {
     const chosen = selectTargets(modules, config.target_modules);
     const ff = new Set(selectTargets(modules, config.feedforward_modules).map((m) => m.name));
     return chosen.map((m) => [m, ff.has(m.name)]);

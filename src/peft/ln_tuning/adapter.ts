@@ -38,7 +38,7 @@ export class LnTuningAdapter extends ParamAdapter<LnTuningConfig> implements Pef
     this.source = source;
   }
 
-  private static targets(config: LnTuningConfig, c: ModelConfig): string[] {
+  static targets(config: LnTuningConfig, c: ModelConfig): string[] {
     const modules = normModules(c).map((name) => ({ name, inFeatures: c.hiddenSize, outFeatures: c.hiddenSize }));
     return selectTargets(modules, config.target_modules).map((m) => m.name);
   }

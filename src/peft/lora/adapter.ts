@@ -50,7 +50,7 @@ function copySite(v: Float32Array, shape: number[], device: Device): WeightSite 
 const saves = (config: LoraConfig, short: 'embed_tokens' | 'lm_head') => (config.modules_to_save ?? []).some((m) => m.split('.').pop() === short);
 
 /** Rank and scaling of one module: rank_pattern / alpha_pattern override the config's r / lora_alpha. */
-function moduleRank(config: LoraConfig, module: string): { r: number; scaling: number } {
+export function moduleRank(config: LoraConfig, module: string): { r: number; scaling: number } {
   const r = patternValue(config.rank_pattern, module) ?? config.r;
   const alpha = patternValue(config.alpha_pattern, module) ?? config.lora_alpha;
   return { r, scaling: loraScaling({ r, lora_alpha: alpha, use_rslora: config.use_rslora }) };
