@@ -12,6 +12,8 @@ export { train, TrainRun } from './train/train';
 export type { TrainRunOptions, TrainRunEvents, TrainRunEventName } from './train/train';
 export type { TrainOptions, OptimName } from './train/options';
 export type { TrainEvent, TrainResult } from './train/run';
+export { estimateMemory } from './train/estimate';
+export type { EstimateOptions, MemoryEstimate, MemoryPart, MemoryReport } from './train/estimate';
 export { loadModel, Model } from './inference/model';
 export type { LoadOptions, ModelGenerateOptions, Generation } from './inference/model';
 export { mergeAdapter } from './peft/merge';

@@ -139,6 +139,20 @@ export const TRAIN_FLAGS: readonly Flag[] = [
     details: 'the frozen Linear weights, embeddings and lm_head are stored in bf16 (half their memory), and every Linear and LM-head product reads its operands rounded to bf16 with f32 sums (VDPBF16PS on CPUs with AVX512-BF16, about twice the f32 rate). With a quantized base the weights stay quantized and are decoded to bf16 inside the GEMMs',
   },
   { name: 'device', type: 'enum', values: ['cpu', 'cuda', 'auto'], field: 'device', description: 'where to run' },
+  {
+    name: 'no-memory-check', type: 'boolean', field: 'memoryCheck', negate: true, default: 'checked',
+    description: 'start even when the memory estimate (`peftkit estimate`) says the run does not fit in the memory available (default: refuse, with the figures)',
+  },
+  CONFIG,
+];
+
+/** `peftkit estimate`: train's flags (no output folder needed), and the sequence length to assume instead of reading the data. */
+export const ESTIMATE_FLAGS: readonly Flag[] = [
+  ...TRAIN_FLAGS.filter((f) => f.name !== 'config' && f.name !== 'no-memory-check').map((f) => (f.name === 'out' || f.name === 'data' ? { ...f, required: false } : f)),
+  {
+    name: 'seq-length', type: 'int', metavar: 'N', field: 'seqLength', min: 1, max: Number.MAX_SAFE_INTEGER, default: 'the data\'s longest row',
+    description: 'size the activations for rows of N tokens instead of reading and tokenizing --data',
+  },
   CONFIG,
 ];
 
@@ -190,6 +204,10 @@ export const COMMANDS: readonly Command[] = [
     usage: ['train --model DIR --data FILE --out DIR [options]', 'train --resume DIR [options]', 'train                (no arguments: the demo, as `peftkit demo`)'],
     flags: TRAIN_FLAGS,
   },
+  {
+    name: 'estimate', summary: 'the memory a training run needs, part by part, against the memory available',
+    usage: ['estimate --model DIR --data FILE [train\'s options]', 'estimate --model DIR --seq-length N [train\'s options]'], flags: ESTIMATE_FLAGS,
+  },
   { name: 'generate', summary: 'generate text, optionally with an adapter', usage: ['generate --model DIR --prompt TEXT [options]'], flags: GENERATE_FLAGS },
   { name: 'merge', summary: 'fold an adapter into its base model', usage: ['merge --model DIR --adapter DIR --out DIR [--dtype f32|bf16]'], flags: MERGE_FLAGS },
   { name: 'quantize', summary: 'write a bitsandbytes-format NF4/FP4/int8 model folder', usage: ['quantize --model DIR --out DIR --format nf4|fp4|int8 [options]'], flags: QUANTIZE_FLAGS },
@@ -219,6 +237,8 @@ export function cliWording(flags: readonly Flag[], message: string): string {
   for (const f of flags) {
     if (!f.field) continue;
     const flag = flagName(f);
+    // A `--no-...` switch is the field set to false.
+    if (f.negate) m = m.replace(new RegExp(`'?${f.field}'?: false`, 'g'), flag);
     m = /[A-Z]/.test(f.field)
       ? m.replace(new RegExp(`'?(?<![\\w-])${f.field}(?!\\w)'?`, 'g'), flag)
       : m.replace(new RegExp(`'${f.field}'|(^|: )${f.field}(?=:)`, 'g'), (_s, pre?: string) => `${pre ?? ''}${flag}`);

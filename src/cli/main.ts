@@ -9,6 +9,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { PeftkitError } from '../errors';
+import type { EstimateOptions } from '../train/estimate';
 import type { TrainOptions } from '../train/options';
 import { COMMANDS, Command, cliWording, findCommand, flagOfField, renderHelp, renderMainHelp, TRAIN_FLAGS } from './flags';
 import { FlagValue, missingRequired, ParsedFlags, parseFlags, toOptions, UsageError } from './parse';
@@ -52,14 +53,12 @@ function trainOptionsFrom(cmd: Command, p: ParsedFlags): TrainOptions {
   }) as unknown as TrainOptions;
 }
 
-async function cmdTrain(cmd: Command, args: string[]): Promise<number> {
-  if (args.length === 0) return (await import('./demo')).runDemo({});
-  const p = parseFlags(cmd, args);
-  const options = trainOptionsFrom(cmd, p);
-  const namer = (field: string) => flagOfField(TRAIN_FLAGS, field);
-  if (options.model === undefined && options.data === undefined && options.resume === undefined) {
-    throw new UsageError('--model, --data and --out are required (`peftkit train` with no arguments at all runs the demo; `peftkit demo --steps N` a shorter one)');
-  }
+/**
+ * Train's options from its flags, filled from a resume's checkpoint and checked as train() checks
+ * them, with the API's field names reworded as flags; a wrong value is a usage error.
+ */
+async function checkedTrainOptions(cmd: Command, p: ParsedFlags, options: TrainOptions): Promise<TrainOptions> {
+  const namer = (field: string) => flagOfField(cmd.flags, field);
   const { resolveWithCheckpoint, withCheckpointOptions } = await import('../train/resume');
   let filled: TrainOptions = options;
   try {
@@ -67,7 +66,7 @@ async function cmdTrain(cmd: Command, args: string[]): Promise<number> {
     const ck = withCheckpointOptions(options);
     if (ck) filled = ck.options;
   } catch (e) {
-    if (e instanceof PeftkitError) throw new PeftkitError(e.code, cliWording(TRAIN_FLAGS, e.message));
+    if (e instanceof PeftkitError) throw new PeftkitError(e.code, cliWording(cmd.flags, e.message));
     throw e;
   }
   const missing = missingRequired(cmd, p, filled as unknown as Record<string, unknown>);
@@ -75,11 +74,27 @@ async function cmdTrain(cmd: Command, args: string[]): Promise<number> {
   try {
     resolveWithCheckpoint(options, namer);
   } catch (e) {
-    if (e instanceof PeftkitError && (e.code === 'E_ARG' || e.code === 'E_UNSUPPORTED')) throw new UsageError(cliWording(TRAIN_FLAGS, e.message));
-    if (e instanceof PeftkitError) throw new PeftkitError(e.code, cliWording(TRAIN_FLAGS, e.message));
-    throw e;
+    throw cliError(cmd, e);
   }
   checkModelDir('--model', filled.model);
+  return filled;
+}
+
+/** An error from the engine in the CLI's words: a refused option is bad usage. */
+function cliError(cmd: Command, e: unknown): unknown {
+  if (e instanceof PeftkitError && (e.code === 'E_ARG' || e.code === 'E_UNSUPPORTED')) return new UsageError(cliWording(cmd.flags, e.message));
+  if (e instanceof PeftkitError) return new PeftkitError(e.code, cliWording(cmd.flags, e.message));
+  return e;
+}
+
+async function cmdTrain(cmd: Command, args: string[]): Promise<number> {
+  if (args.length === 0) return (await import('./demo')).runDemo({});
+  const p = parseFlags(cmd, args);
+  const options = trainOptionsFrom(cmd, p);
+  if (options.model === undefined && options.data === undefined && options.resume === undefined) {
+    throw new UsageError('--model, --data and --out are required (`peftkit train` with no arguments at all runs the demo; `peftkit demo --steps N` a shorter one)');
+  }
+  await checkedTrainOptions(cmd, p, options);
 
   const { train } = await import('../train/train');
   const { Progress } = await import('./progress');
@@ -119,6 +134,31 @@ async function cmdTrain(cmd: Command, args: string[]): Promise<number> {
   } finally {
     process.off('SIGINT', onSigint);
   }
+}
+
+async function cmdEstimate(cmd: Command, args: string[]): Promise<number> {
+  const p = parseFlags(cmd, args);
+  const options = trainOptionsFrom(cmd, p) as unknown as EstimateOptions;
+  if (options.data === undefined && options.seqLength === undefined && options.resume === undefined) throw new UsageError('--data or --seq-length is required (the rows\' length sizes the activations)');
+  // Neither an output folder nor (with --seq-length) data is read: placeholders pass train's checks.
+  const placeholder = { out: options.out ?? 'estimate-out', data: options.data ?? (options.seqLength !== undefined || options.resume !== undefined ? 'estimate-data' : undefined) };
+  await checkedTrainOptions(cmd, p, { ...options, ...placeholder } as TrainOptions);
+  const { estimateMemory } = await import('../train/estimate');
+  const { GiB } = await import('../train/memory');
+  let e;
+  try {
+    e = estimateMemory(options);
+  } catch (err) {
+    throw cliError(cmd, err);
+  }
+  const rows = e.parts.map((x) => [x.part, GiB(x.bytes), cliWording(cmd.flags, x.what)]);
+  const w0 = Math.max(...rows.map((r) => r[0].length)), w1 = Math.max(...rows.map((r) => r[1].length));
+  const out = [`memory a training run needs: ${e.trainableParams.toLocaleString('en-US')} trainable parameters, batch ${e.batchSize} × ${e.seqLength} tokens`];
+  for (const [part, bytes, what] of rows) out.push(`  ${part.padEnd(w0)}  ${bytes.padStart(w1)}  ${what}`);
+  out.push(`  ${'total'.padEnd(w0)}  ${GiB(e.total).padStart(w1)}  at the peak${e.required < e.total ? ` (${GiB(e.required)} of it must stay in memory; paged states may be paged out)` : ''}`);
+  out.push(`${GiB(e.available.bytes)} available (${e.available.source}): ${e.fits ? 'it fits' : 'it does NOT fit: `peftkit train` refuses it (--no-memory-check starts it anyway)'}`);
+  process.stdout.write(out.join('\n') + '\n');
+  return 0;
 }
 
 /** Checks the parsed flags against the command's required ones. */
@@ -188,7 +228,7 @@ function version(): string {
 }
 
 const RUN: Record<string, (cmd: Command, args: string[]) => Promise<number>> = {
-  train: cmdTrain, generate: cmdGenerate, merge: cmdMerge, quantize: cmdQuantize, demo: cmdDemo,
+  train: cmdTrain, estimate: cmdEstimate, generate: cmdGenerate, merge: cmdMerge, quantize: cmdQuantize, demo: cmdDemo,
 };
 
 export async function main(argv: string[]): Promise<number> {
@@ -197,7 +237,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     // `peftkit train --help` and the like: the command's help, not an unknown-option error.
     if (cmd && rest.some((a) => a === '--help' || a === '-h')) {
-      process.stdout.write(renderHelp(cmd, columns(), cmd.name === 'train' ? trainDefaults() : {}));
+      process.stdout.write(renderHelp(cmd, columns(), cmd.name === 'train' || cmd.name === 'estimate' ? trainDefaults() : {}));
       return 0;
     }
     switch (name) {
@@ -206,7 +246,7 @@ export async function main(argv: string[]): Promise<number> {
         return 0;
       case undefined: case '-h': case '--help': case 'help': {
         const sub = name === 'help' && rest[0] !== undefined ? findCommand(rest[0]) : undefined;
-        if (sub) process.stdout.write(renderHelp(sub, columns(), sub.name === 'train' ? trainDefaults() : {}));
+        if (sub) process.stdout.write(renderHelp(sub, columns(), sub.name === 'train' || sub.name === 'estimate' ? trainDefaults() : {}));
         else process.stdout.write(renderMainHelp(columns()));
         return name === undefined ? 2 : 0;
       }

@@ -188,6 +188,14 @@ export interface TrainOptions {
   optim?: OptimName;
   /** Paged optimizers on cpu: folder of the states' file (a disk, not tmpfs). Defaults to the OS temp folder. */
   pagedDir?: string;
+  /**
+   * Before the model is loaded, estimate the memory the run needs (estimateMemory: weights,
+   * trainable parameters, gradients, optimizer states, activations of the largest batch) and
+   * refuse with E_MEMORY, giving the figures and what to lower, when it exceeds the memory
+   * available (MemAvailable within any cgroup limit; cpu runs only), instead of being killed by
+   * the OS part-way. `false` starts the run anyway. Defaults to `true`.
+   */
+  memoryCheck?: boolean;
 }
 
 type Optional = 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize' | 'int8Threshold' | 'warmupRatio' | 'trainable' | 'diffDensity' | 'diffPruneStep' | 'adapterType' | 'adapterReduction' | 'numVirtualTokens' | 'promptInit' | 'promptInitText' | 'encoderHiddenSize' | 'prefixProjection';
@@ -350,5 +358,6 @@ export function resolveTrainOptions(o: TrainOptions, name: OptionNamer = (f) => 
     optim,
     pagedDir: o.pagedDir ?? os.tmpdir(),
     overwrite: o.overwrite ?? false,
+    memoryCheck: o.memoryCheck ?? true,
   };
 }

@@ -22,7 +22,7 @@ export const RESUME_SAFE: readonly string[] = [
 const ADAPTER_KEYS: readonly string[] = ['r', 'alpha', 'dropout', 'targets', 'rslora', 'initLoraWeights', 'adapter'];
 
 /** Not recorded: how a run is started, not what it computes. */
-const NOT_RECORDED: readonly string[] = ['resume', 'overwrite', 'steps', 'epochs', 'warmupRatio', 'signal'];
+const NOT_RECORDED: readonly string[] = ['resume', 'overwrite', 'steps', 'epochs', 'warmupRatio', 'signal', 'memoryCheck'];
 
 /** Recorded and compared, but not taken from the checkpoint: a temp folder of another machine or day. */
 const NOT_FILLED: readonly string[] = ['pagedDir'];

@@ -6,20 +6,25 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { BatchIterator, Dataset, evalBatches, Example, IGNORE_INDEX, loadDataset, loadTokenizer, readRows, splitTail, Tokenizer } from '../data';
+import { BatchIterator, evalBatches, Example, Tokenizer } from '../data';
 import type { Batch } from '../data';
 import { PeftkitError } from '../errors';
 import { removeLeftoverTemps } from '../io/atomic';
+import { readModelConfig } from '../model/config';
 import { LlamaModel } from '../model/llama';
 import type { LoraConfig } from '../peft/lora/config';
-import { adapterMethodOf, AdapterMethod, createAdapter, loadAdapter } from '../peft/registry';
+import { adapterMethodOf, AdapterMethod, createAdapter, CreateAdapterOptions, loadAdapter } from '../peft/registry';
+import { runtimeInfo } from '../runtime';
+import { resolveDevice } from '../tensor';
 import { ioError, makeDir } from '../io/io_error';
 import { FolderLock, lockFolder } from '../io/lock';
 import { pruneCheckpoints, restoreCheckpoint, saveCheckpoint, TrainerState } from './checkpoint';
 import { TrainLog, readLog } from './log';
 import { writeLossCurve } from './loss_curve';
+import { checkMemory, estimateRun, RunShape } from './memory';
 import { ResolvedTrainOptions, TrainOptions } from './options';
 import { CheckpointOptions, checkResume, holdsCheckpoints, loraFingerprint, resolveWithCheckpoint, runFingerprint } from './resume';
+import { prepareData, RunData } from './run_data';
 import { lrAt } from './schedule';
 import { divergenceWarning, Trainer, UPDATE_RATIO_WARN } from './trainer';
 
@@ -49,63 +54,8 @@ export interface RunHooks {
   onEvent?: (e: TrainEvent) => void;
   /** Polled between steps; true stops the run after a checkpoint. */
   shouldStop?: () => boolean;
-}
-
-function pretokenizedOnly(file: string, maxLength: number, warnings: string[]): Example[] {
-  return readRows(file, warnings).map((row) => {
-    if (row.kind !== 'tokens') {
-      throw new PeftkitError('E_DATA', `${row.source.file}:${row.source.line}: a ${row.kind} row needs a tokenizer, but the model folder has no tokenizer.json`);
-    }
-    const labels = row.labels ?? row.inputIds;
-    return { inputIds: row.inputIds.slice(0, maxLength), labels: labels.slice(0, maxLength), source: row.source, truncated: row.inputIds.length > maxLength };
-  });
-}
-
-function loadData(o: ResolvedTrainOptions, tok: Tokenizer | null): Dataset {
-  if (tok) {
-    return loadDataset(o.data, tok, { maxLength: o.maxLength, maskPrompt: o.maskPrompt, assistantOnly: o.maskPrompt, evalFile: o.evalData, evalSplit: o.evalSplit });
-  }
-  const warnings: string[] = [];
-  let train = pretokenizedOnly(o.data, o.maxLength, warnings);
-  let evalEx = o.evalData ? pretokenizedOnly(o.evalData, o.maxLength, warnings) : [];
-  if (o.evalSplit !== undefined) ({ head: train, tail: evalEx } = splitTail(train, o.evalSplit, o.data));
-  const stats = (e: Example[]) => ({ examples: e.length }) as unknown as Dataset['stats']['train'];
-  return { train, eval: evalEx, stats: { train: stats(train), eval: stats(evalEx) }, warnings };
-}
-
-function checkVocab(examples: readonly Example[], vocab: number): void {
-  for (const e of examples) {
-    for (const id of e.inputIds) {
-      if (!Number.isInteger(id) || id < 0 || id >= vocab) {
-        throw new PeftkitError('E_DATA', `${e.source.file}:${e.source.line}: token id ${id} is outside the model's vocabulary [0, ${vocab})`);
-      }
-    }
-    // Labels are the loss's targets: one outside the vocabulary has no logit to score.
-    for (const id of e.labels) {
-      if (id !== IGNORE_INDEX && (!Number.isInteger(id) || id < 0 || id >= vocab)) {
-        throw new PeftkitError('E_DATA', `${e.source.file}:${e.source.line}: label ${id} is outside the model's vocabulary [0, ${vocab}), expected a token id or -100`);
-      }
-    }
-  }
-}
-
-/**
- * Drops the rows that have no label token past their first position (the loss predicts token
- * t+1 from t, so a label at position 0 is never a target): a prompt longer than maxLength, a
- * completion truncated away, a chat without an assistant turn. They cost compute and teach
- * nothing, and a step made only of them would have no loss at all, stopping a long run midway.
- * Returns a warning naming them, or null; no trainable row left at all is an error.
- */
-function skipUntrainable(data: { train: Example[]; eval: Example[] }, o: { data: string; maxLength: number }): string | null {
-  const trainable = (e: Example) => e.labels.some((l, t) => t > 0 && l !== IGNORE_INDEX);
-  const dropped = [...data.train, ...data.eval].filter((e) => !trainable(e));
-  if (!dropped.length) return null;
-  data.train = data.train.filter(trainable);
-  data.eval = data.eval.filter(trainable);
-  const where = dropped.slice(0, 5).map((e) => `${e.source.file}:${e.source.line}`).join(', ') + (dropped.length > 5 ? ', ...' : '');
-  const why = `no label token to learn from after truncation to maxLength ${o.maxLength} (a prompt longer than that, a completion cut away, or no assistant turn)`;
-  if (!data.train.length) throw new PeftkitError('E_DATA', `${o.data}: no training row has a label token: ${why}: ${where}`);
-  return `${dropped.length} row${dropped.length > 1 ? 's' : ''} skipped, ${why}: ${where}`;
+  /** What the memory check takes as available (tests); defaults to availableMemory(). */
+  availableMemory?: () => { bytes: number; source: string };
 }
 
 /** One optimizer step; a data error names the rows of the step (file:line), since the trainer sees only batches. */
@@ -132,27 +82,45 @@ function nextWindow(batches: BatchIterator, gradAccum: number): Batch[] {
 }
 
 export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainResult {
+  const emit = hooks.onEvent ?? (() => {});
   // A resume takes the options not given from its checkpoint.
   const { o, ck } = resolveWithCheckpoint(options);
   // Held until the run ends: a second run into the same folder is refused (E_BUSY), not let
   // loose on this one's checkpoints (nor told they are another run's).
   const lock = lockFolder(o.out);
-  let prepared: { model: LlamaModel; method: AdapterMethod };
+  let prepared: Prepared;
   try {
-    prepared = prepareModel(options, o, ck);
+    const method = runMethod(options, o, ck);
+    // The data before the model: the memory check needs its longest row, and must come before
+    // the model's memory is taken.
+    const config = readModelConfig(o.model);
+    const data = prepareData(o, config.vocabSize, (message) => emit({ type: 'warning', message }));
+    const create = createOptions(options, o, method, data.tok);
+    // cpu only: on cuda the tensors live in the GPU's memory, which MemAvailable does not describe.
+    if (o.memoryCheck && resolveDevice(o.device) === 'cpu') {
+      const shape: RunShape = { o, config, method, adapterDir: ck?.dir ?? o.adapter ?? null, create, seqLength: data.seqLength, dataTokens: data.tokens, threads: runtimeInfo().threads };
+      checkMemory(estimateRun(shape), o, method, hooks.availableMemory?.());
+    }
+    prepared = { model: loadRunModel(options, o, method), method, data, create };
   } catch (e) {
     lock.release();
-    throw e;
+    throw ioError(e);
   }
-  return trainWith(options, o, ck, prepared.model, prepared.method, lock, hooks);
+  return trainWith(options, o, ck, prepared, lock, hooks);
 }
 
-/** The checks that need no model, then the method and the model as the method needs it. */
-function prepareModel(options: TrainOptions, o: ResolvedTrainOptions, ck: CheckpointOptions | null): { model: LlamaModel; method: AdapterMethod } {
+interface Prepared {
+  model: LlamaModel;
+  method: AdapterMethod;
+  data: RunData;
+  create: CreateAdapterOptions;
+}
+
+/** The checks that need no model, and the method: the folder's being continued (its config wins), else the options'. */
+export function runMethod(options: TrainOptions, o: ResolvedTrainOptions, ck: CheckpointOptions | null): AdapterMethod {
   if (!ck && holdsCheckpoints(o.out) && !o.overwrite) {
     throw new PeftkitError('E_ARG', `out: ${path.join(o.out, 'checkpoints')} holds another run's checkpoints: continue it with 'resume', or pass 'overwrite' to remove them, or choose another 'out'`);
   }
-  // The method comes from the folder being continued (its config wins), else from the options.
   const adapterSource = ck?.dir ?? o.adapter;
   const asked: AdapterMethod = o.method === 'qlora' || o.method === 'int8-lora' ? 'lora' : o.method;
   const method = adapterSource ? adapterMethodOf(adapterSource) : asked;
@@ -162,6 +130,32 @@ function prepareModel(options: TrainOptions, o: ResolvedTrainOptions, ck: Checkp
   const full = method === 'full';
   if (full && path.resolve(o.out) === path.resolve(o.model)) throw new PeftkitError('E_ARG', `out: full fine-tuning writes a whole model folder; it must not be the model folder it reads (${o.model})`);
   if (full && o.adapter) throw new PeftkitError('E_ARG', 'adapter: full fine-tuning starts from the model; to go on from a fine-tuned model, give its folder as model');
+  return method;
+}
+
+/** What a new adapter is made from (a continued one is loaded from its folder instead). */
+export function createOptions(options: TrainOptions, o: ResolvedTrainOptions, method: AdapterMethod, tok: Tokenizer | null): CreateAdapterOptions {
+  return {
+    targets: options.targets === undefined && method !== 'lora' && method !== 'dora' ? undefined : o.targets,
+    lora: { r: o.r, lora_alpha: o.alpha, lora_dropout: o.dropout, use_rslora: o.rslora, init_lora_weights: o.initLoraWeights },
+    diff: { density: o.diffDensity, pruneStep: o.diffPruneStep },
+    bottleneck: { type: o.adapterType, reductionFactor: o.adapterReduction },
+    numVirtualTokens: o.numVirtualTokens,
+    encoderHiddenSize: o.encoderHiddenSize,
+    prefixProjection: o.prefixProjection,
+    promptInit: o.promptInit && {
+      kind: ({ random: 'RANDOM', text: 'TEXT', vocab: 'SAMPLE_VOCAB' } as const)[o.promptInit],
+      text: o.promptInitText, ids: o.promptInit === 'text' && tok ? tok.encode(o.promptInitText ?? '') : undefined,
+    },
+    trainable: o.trainable,
+    baseModel: path.resolve(o.model),
+    seed: o.seed,
+  };
+}
+
+/** The model as the method needs it. */
+function loadRunModel(options: TrainOptions, o: ResolvedTrainOptions, method: AdapterMethod): LlamaModel {
+  const full = method === 'full';
   // Full fine-tuning keeps f32 masters; bf16 is then the products' precision alone.
   const model = LlamaModel.load(o.model, {
     device: o.device, dtype: o.bf16 && !full ? 'bf16' : 'f32', compute: o.bf16 ? 'bf16' : 'f32', quantize: o.quantize, int8Threshold: o.int8Threshold,
@@ -175,27 +169,18 @@ function prepareModel(options: TrainOptions, o: ResolvedTrainOptions, ck: Checkp
     throw new PeftkitError('E_ARG', `${field}: '${value}' asks for a ${o.quantize} base, but ${o.model} is already quantized, to ${stored} (bitsandbytes), and is used as stored: ` +
       `use ${stored === 'int8' ? 'int8-lora' : 'qlora'}, or leave 'quantize' out, or give a dense model folder`);
   }
-  return { model, method };
+  return model;
 }
 
-function trainWith(
-  options: TrainOptions, o: ResolvedTrainOptions, ck: CheckpointOptions | null, model: LlamaModel, method: AdapterMethod, lock: FolderLock, hooks: RunHooks,
-): TrainResult {
+function trainWith(options: TrainOptions, o: ResolvedTrainOptions, ck: CheckpointOptions | null, prepared: Prepared, lock: FolderLock, hooks: RunHooks): TrainResult {
   const emit = hooks.onEvent ?? (() => {});
+  const { model, method, data: { tok, data, seqLength: maxT } } = prepared;
   const adapterSource = ck?.dir ?? o.adapter;
   const full = method === 'full';
   // Everything holding engine memory or a file is released however the run ends, bad input included.
   const owned: Array<{ dispose(): void }> = [{ dispose: () => lock.release() }, model];
   const own = <T extends { dispose(): void }>(r: T): T => (owned.push(r), r);
   try {
-    const tok = fs.existsSync(path.join(o.model, 'tokenizer.json')) ? loadTokenizer(o.model) : null;
-    const data = loadData(o, tok);
-    for (const message of data.warnings) emit({ type: 'warning', message });
-    if (data.train.length === 0) throw new PeftkitError('E_DATA', `${o.data}: no training rows`);
-    checkVocab(data.train, model.config.vocabSize);
-    checkVocab(data.eval, model.config.vocabSize);
-    const skipped = skipUntrainable(data, o);
-    if (skipped) emit({ type: 'warning', message: skipped });
     const padId = tok?.padId ?? 0;
 
     // A run killed while writing a checkpoint or the adapter leaves temporaries beside them.
@@ -209,31 +194,12 @@ function trainWith(
     const stepsPerEpoch = Math.ceil(batches.batchesPerEpoch / o.gradAccum);
     const totalSteps = o.steps ?? Math.max(1, Math.ceil((o.epochs ?? 1) * stepsPerEpoch));
     if (o.warmupRatio !== undefined) o.warmupSteps = Math.ceil(o.warmupRatio * totalSteps); // transformers' get_warmup_steps
-    // A loop, not Math.max(...): spreading 100k+ lengths would overflow the call stack.
-    let longest = 1;
-    for (const e of [...data.train, ...data.eval]) longest = Math.max(longest, e.inputIds.length);
-    longest = Math.min(o.maxLength, longest);
-    const maxT = o.packing ? o.maxLength : longest;
     // Full fine-tuning's checkpoints are model folders: the weights come back in restoreCheckpoint.
     const adapter = own(full
       ? createAdapter('full', model, { trainable: o.trainable })
       : adapterSource
       ? loadAdapter(adapterSource, model.config, { device: model.device })
-      : createAdapter(method, model, {
-          targets: options.targets === undefined && method !== 'lora' && method !== 'dora' ? undefined : o.targets,
-          lora: { r: o.r, lora_alpha: o.alpha, lora_dropout: o.dropout, use_rslora: o.rslora, init_lora_weights: o.initLoraWeights },
-          diff: { density: o.diffDensity, pruneStep: o.diffPruneStep ?? Math.floor(totalSteps / 10) },
-          bottleneck: { type: o.adapterType, reductionFactor: o.adapterReduction },
-          numVirtualTokens: o.numVirtualTokens,
-          encoderHiddenSize: o.encoderHiddenSize,
-          prefixProjection: o.prefixProjection,
-          promptInit: o.promptInit && {
-            kind: ({ random: 'RANDOM', text: 'TEXT', vocab: 'SAMPLE_VOCAB' } as const)[o.promptInit],
-            text: o.promptInitText, ids: o.promptInit === 'text' && tok ? tok.encode(o.promptInitText ?? '') : undefined,
-          },
-          baseModel: path.resolve(o.model),
-          seed: o.seed,
-        }));
+      : createAdapter(method, model, { ...prepared.create, diff: { ...prepared.create.diff, pruneStep: o.diffPruneStep ?? Math.floor(totalSteps / 10) } }));
     // Every option that changes the result (checkpoint.ts records it; resume.ts compares it).
     const fingerprint = { ...runFingerprint(o, totalSteps), ...loraFingerprint(o, adapter.peftType === 'LORA' ? (adapter.config as LoraConfig) : null, ck) };
     if (ck) for (const message of checkResume(options, runFingerprint(o, totalSteps), ck)) emit({ type: 'warning', message });
