@@ -11,6 +11,7 @@ import * as path from 'path';
 import { estimateMemory, PeftkitError, train } from '../src';
 import { LlamaModel } from '../src/model/llama';
 import { writeRandomModel } from '../src/model/random_model';
+import { Scratch } from '../src/model/sites';
 import { AdapterMethod, createAdapter, CreateAdapterOptions, newAdapterConfig } from '../src/peft/registry';
 import { adapterFootprint, availableMemory } from '../src/train/memory';
 import type { TrainOptions } from '../src/train/options';
@@ -156,4 +157,15 @@ test('train() refuses a batch this machine cannot hold, with the memory it has (
   for (const part of ['runtime', 'weights', 'parameters', 'gradients', 'optimizer', 'activations', 'scratch', 'checkpoint', 'data', 'total']) t.regex(est.stdout, new RegExp(`^  ${part} +[\\d.]+ [MG]iB `, 'm'), part);
   t.regex(est.stdout, /decoder Linear weights nf4/);
   t.regex(est.stdout, /available \(.*\): it fits\n$/);
+});
+
+test('a Scratch frees what it lent: its views go with their slot when it grows and at dispose() (a view holds the memory)', (t) => {
+  const s = new Scratch('cpu');
+  const small = s.get(0, [4]);
+  const other = s.get(1, [4]);
+  const big = s.get(0, [1024]);
+  t.throws(() => small.toFloat32Array(), { code: 'E_DISPOSED' }, 'the grown slot\'s old view');
+  t.is(other.toFloat32Array().length, 4);
+  s.dispose();
+  for (const v of [other, big]) t.throws(() => v.toFloat32Array(), { code: 'E_DISPOSED' });
 });

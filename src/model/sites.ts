@@ -68,6 +68,12 @@ export function baseWeightF32(base: BaseLinear, out: Tensor): void {
  */
 export class Scratch {
   private readonly slots: Tensor[] = [];
+  /**
+   * Each slot's views handed out. A view holds its memory after the slot is disposed, until a
+   * finalizer that a synchronous loop never lets run (DoRA's init kept ~400 MB of dequantized
+   * weights of SmolLM2-135M that way), so a slot's views go with it: when it grows, and at dispose().
+   */
+  private readonly views: Array<Set<Tensor>> = [];
   constructor(private readonly device: Device) {}
 
   /** An f32 view of `shape` in slot `slot` (0, 1, 2...): distinct slots never overlap. */
@@ -75,14 +81,22 @@ export class Scratch {
     const n = shape.reduce((a, b) => a * b, 1);
     const cur = this.slots[slot];
     if (!cur || cur.numel < n) {
-      cur?.dispose();
+      this.free(slot);
       this.slots[slot] = Tensor.empty([Math.max(n, 1)], { device: this.device });
     }
-    return this.slots[slot].view(0, shape);
+    const v = this.slots[slot].view(0, shape);
+    (this.views[slot] ??= new Set()).add(v);
+    return v;
+  }
+
+  private free(slot: number): void {
+    this.slots[slot]?.dispose();
+    for (const v of this.views[slot] ?? []) v.dispose();
+    this.views[slot]?.clear();
   }
 
   dispose(): void {
-    for (const t of this.slots) t?.dispose();
+    for (let slot = 0; slot < this.slots.length; slot++) this.free(slot);
     this.slots.length = 0;
   }
 }
