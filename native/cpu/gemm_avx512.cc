@@ -129,7 +129,11 @@ GemmArch gemm_arch_avx512() {
   // amx-bf16), one thread, by CPU time, f32: X·Wᵀ 1024×5632×2048 58% → 69% of the FMA peak,
   // 1024×49152×576 (the LM head) 61% → 71%, 1024×1536×576 65% → 73%; kc 384 nc 768 against
   // kc 512 nc 512 / 384 640 / 256 1024, within 2% of the best of them on every shape.
+#ifdef _SC_LEVEL2_CACHE_SIZE  // glibc's
   const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#else
+  const long l2 = 0;
+#endif
   if (l2 >= (2l << 20)) {
     a.kc = 384;
     a.nc = std::max<int64_t>(NR, (l2 / 2 / (a.kc * 4)) / NR * NR);
