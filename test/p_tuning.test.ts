@@ -12,6 +12,7 @@ import { KvGenerator } from '../src/model/llama_generate';
 import { writeSafetensors, SafetensorsCheckpoint } from '../src/model/safetensors';
 import { lstmBackward, lstmForward, lstmShapes, LstmSpec } from '../src/peft/p_tuning/lstm';
 import { createAdapter, loadAdapter } from '../src/peft/registry';
+import { resolveTrainOptions } from '../src/train/options';
 import { Trainer } from '../src/train/trainer';
 import { makeRng, relErr } from './helpers/check';
 
@@ -133,4 +134,11 @@ test('a new LSTM encoder has PEFT\'s tensors (names, shapes) and PyTorch\'s init
   t.is((a.config as unknown as { encoder_reparameterization_type: string }).encoder_reparameterization_type, 'LSTM');
   a.dispose();
   model.dispose();
+});
+
+test('train()\'s encoder option: mlp or lstm, anything else refused by name', (t) => {
+  const base = { model: 'm', data: 'd', out: 'o', method: 'p-tuning' } as const;
+  t.is(resolveTrainOptions({ ...base, encoder: 'lstm' }).encoder, 'lstm');
+  t.is(resolveTrainOptions(base).encoder, undefined, 'the method\'s default (mlp) applies');
+  t.throws(() => resolveTrainOptions({ ...base, encoder: 'gru' as never }), { code: 'E_ARG', message: "encoder: expected mlp or lstm, got 'gru'" });
 });
