@@ -47,6 +47,7 @@ const ROWS: Row[] = [
   { method: 'prefix', variant: 'prefix_projection', identityAtInit: false, merges: false, options: { numVirtualTokens: 2, prefixProjection: true, encoderHiddenSize: 8 } },
   { method: 'prompt', identityAtInit: false, merges: false, options: { numVirtualTokens: 3 } },
   { method: 'p-tuning', identityAtInit: false, merges: false, options: { numVirtualTokens: 3, encoderHiddenSize: 8 } },
+  { method: 'p-tuning', variant: 'LSTM encoder', identityAtInit: false, merges: false, options: { numVirtualTokens: 3, encoderHiddenSize: 6, encoder: 'lstm' } },
   { method: 'prompt', variant: 'init from the vocabulary', identityAtInit: false, merges: false, options: { numVirtualTokens: 2, promptInit: { kind: 'SAMPLE_VOCAB' } } },
   { method: 'adapter', variant: 'pfeiffer', identityAtInit: true, merges: false, options: { bottleneck: { type: 'pfeiffer', reductionFactor: 8 } } },
 ];
@@ -90,7 +91,7 @@ for (const row of ROWS) {
         const inputIds = Int32Array.from({ length: B * T }, () => rng.int(0, V));
         const batch = { inputIds, labels: inputIds.slice(), B, T };
         const ids = Array.from(inputIds.subarray(0, T));
-        const adapter = createAdapter(row.method, model, { targets: row.options?.targets ?? (row.method === 'lora' || row.method === 'dora' ? 'all-linear' : undefined), lora: { r: 4, lora_alpha: 8, lora_dropout: 0, ...row.options?.lora }, diff: row.options?.diff, bottleneck: row.options?.bottleneck, numVirtualTokens: row.options?.numVirtualTokens, promptInit: row.options?.promptInit, encoderHiddenSize: row.options?.encoderHiddenSize, prefixProjection: row.options?.prefixProjection, seed: rng.seed });
+        const adapter = createAdapter(row.method, model, { targets: row.options?.targets ?? (row.method === 'lora' || row.method === 'dora' ? 'all-linear' : undefined), lora: { r: 4, lora_alpha: 8, lora_dropout: 0, ...row.options?.lora }, diff: row.options?.diff, bottleneck: row.options?.bottleneck, numVirtualTokens: row.options?.numVirtualTokens, promptInit: row.options?.promptInit, encoderHiddenSize: row.options?.encoderHiddenSize, encoder: row.options?.encoder, prefixProjection: row.options?.prefixProjection, seed: rng.seed });
         const owned: Array<{ dispose(): void }> = [adapter, model];
         try {
           const base = logits(model, null, ids);

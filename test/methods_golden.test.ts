@@ -60,7 +60,7 @@ const fixtures = fs.readdirSync(ROOT).filter((d) => d !== 'models' && fs.existsS
 
 test('the golden tree holds every method on every architecture', (t) => {
   for (const arch of ['llama', 'llama_tied', 'qwen2']) {
-    for (const m of ['lora', 'dora', 'ia3', 'ln_tuning', 'bitfit', 'diff', 'full']) t.true(fixtures.includes(`${arch}_${m}`), `${arch}_${m}`);
+    for (const m of ['lora', 'dora', 'ia3', 'ln_tuning', 'bitfit', 'diff', 'full', 'p_tuning', 'p_tuning_lstm']) t.true(fixtures.includes(`${arch}_${m}`), `${arch}_${m}`);
   }
 });
 

@@ -64,12 +64,16 @@ export const TRAIN_FLAGS: readonly Flag[] = [
     name: 'method', type: 'enum', values: METHOD_NAMES, metavar: 'METHOD', field: 'method', default: 'lora', description: `fine-tuning method: ${METHOD_NAMES.join(', ')}`,
     details: '`qlora` quantizes the base\'s decoder Linear weights to NF4 with double quantization at load, `int8-lora` to LLM.int8; LoRA trains in f32 on top (the weights are decoded inside the GEMMs, never dequantized whole). ' +
       '`dora`: LoRA with PEFT\'s weight decomposition; `ia3`: PEFT\'s IA3 vectors (k_proj, v_proj, down_proj\'s input); `ln`: PEFT\'s LN_TUNING (the RMSNorm scales); ' +
-      '`bitfit`: the Linear biases; `diff`: diff pruning (a sparse δ per weight); `adapter`: bottleneck adapters (Houlsby, Pfeiffer); `prompt`: PEFT\'s prompt tuning; `p-tuning`: PEFT\'s P-tuning (MLP encoder); `prefix`: PEFT\'s prefix tuning; `full`: every weight, written as a whole model folder',
+      '`bitfit`: the Linear biases; `diff`: diff pruning (a sparse δ per weight); `adapter`: bottleneck adapters (Houlsby, Pfeiffer); `prompt`: PEFT\'s prompt tuning; `p-tuning`: PEFT\'s P-tuning (MLP or LSTM encoder); `prefix`: PEFT\'s prefix tuning; `full`: every weight, written as a whole model folder',
   },
   { name: 'trainable', type: 'string', metavar: 'REGEX', field: 'trainable', description: 'with --method full: train only the weights whose checkpoint name matches' },
   { name: 'diff-density', type: 'number', metavar: 'D', field: 'diffDensity', default: '0.005', description: 'with --method diff: the fraction of each δ kept at pruning (0 < D <= 1)' },
   { name: 'num-virtual-tokens', type: 'int', metavar: 'N', field: 'numVirtualTokens', default: '20', description: 'with --method prompt: virtual tokens; with --method prefix: key/value rows per layer' },
-  { name: 'encoder-hidden-size', type: 'int', metavar: 'N', field: 'encoderHiddenSize', default: 'the hidden size', description: 'with --method p-tuning or --prefix-projection: the encoder MLP\'s width' },
+  { name: 'encoder-hidden-size', type: 'int', metavar: 'N', field: 'encoderHiddenSize', default: 'the hidden size', description: 'with --method p-tuning or --prefix-projection: the encoder MLP\'s width (with --encoder lstm: each LSTM direction\'s hidden size)' },
+  {
+    name: 'encoder', type: 'enum', values: ['mlp', 'lstm'], field: 'encoder', default: 'mlp', description: 'with --method p-tuning: the prompt encoder (PEFT\'s encoder_reparameterization_type)',
+    details: '`mlp`: 3 Linear layers; `lstm`: a 2-layer bidirectional LSTM, then 2 Linear layers',
+  },
   { name: 'prefix-projection', type: 'boolean', field: 'prefixProjection', description: 'with --method prefix: make the prefix with a trained MLP (PEFT\'s prefix_projection)' },
   { name: 'prompt-init', type: 'enum', values: ['random', 'text', 'vocab'], field: 'promptInit', default: 'random', description: 'with --method prompt: start from N(0, 1), --prompt-init-text\'s embeddings, or random tokens\'' },
   { name: 'prompt-init-text', type: 'string', metavar: 'TEXT', field: 'promptInitText', description: 'with --prompt-init text: the text whose token embeddings start the prompt' },

@@ -47,7 +47,7 @@ export interface TrainOptions {
    * `'diff'`: diff pruning, a sparse difference δ on the targeted weights (`diffDensity`);
    * `'adapter'`: bottleneck adapters after the attention and MLP blocks (`adapterType`, `adapterReduction`);
    * `'prompt'`: PEFT's PROMPT_TUNING, trained virtual tokens before every sequence (`numVirtualTokens`, `promptInit`);
-   * `'p-tuning'`: PEFT's P_TUNING, virtual tokens made by a trained MLP encoder (`encoderHiddenSize`);
+   * `'p-tuning'`: PEFT's P_TUNING, virtual tokens made by a trained encoder (`encoder`, `encoderHiddenSize`);
    * `'prefix'`: PEFT's PREFIX_TUNING, trained key/value rows per layer (`numVirtualTokens`);
    * `'full'`: full fine-tuning, every weight (or those `trainable` names) on f32 masters, written
    * out as a whole model folder. Every adapter method works on any base storage (`quantize`);
@@ -87,8 +87,16 @@ export interface TrainOptions {
   promptInit?: 'random' | 'text' | 'vocab';
   /** The text of promptInit 'text'. Defaults to none. */
   promptInitText?: string;
-  /** P-tuning and prefix projection: the encoder MLP's hidden width. Defaults to the model's hidden size (P-tuning), the key/value width (prefix). */
+  /**
+   * P-tuning and prefix projection: the encoder MLP's hidden width; with `encoder` 'lstm', each
+   * LSTM direction's hidden size. Defaults to the model's hidden size (P-tuning), the key/value width (prefix).
+   */
   encoderHiddenSize?: number;
+  /**
+   * P-tuning's encoder (PEFT's encoder_reparameterization_type): 'mlp' (3 Linear layers) or
+   * 'lstm' (a 2-layer bidirectional LSTM, then 2 Linear layers). Defaults to `'mlp'`.
+   */
+  encoder?: 'mlp' | 'lstm';
   /** Prefix tuning through a projection MLP (PEFT's prefix_projection). Defaults to `false`. */
   prefixProjection?: boolean;
   /** LoRA rank. Defaults to `8`. */
@@ -190,7 +198,7 @@ export interface TrainOptions {
   pagedDir?: string;
 }
 
-type Optional = 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize' | 'int8Threshold' | 'warmupRatio' | 'trainable' | 'diffDensity' | 'diffPruneStep' | 'adapterType' | 'adapterReduction' | 'numVirtualTokens' | 'promptInit' | 'promptInitText' | 'encoderHiddenSize' | 'prefixProjection';
+type Optional = 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize' | 'int8Threshold' | 'warmupRatio' | 'trainable' | 'diffDensity' | 'diffPruneStep' | 'adapterType' | 'adapterReduction' | 'numVirtualTokens' | 'promptInit' | 'promptInitText' | 'encoderHiddenSize' | 'encoder' | 'prefixProjection';
 export type ResolvedTrainOptions = Required<Omit<TrainOptions, Optional>> & Pick<TrainOptions, Optional>;
 
 /** How an option is named in messages: the API field by default; the CLI passes its flag names. */
@@ -224,6 +232,11 @@ function promptInit(o: TrainOptions, name: OptionNamer): 'random' | 'text' | 'vo
   const v = o.promptInit;
   if (v !== 'random' && v !== 'text' && v !== 'vocab') throw new PeftkitError('E_ARG', `${name('promptInit')}: expected random, text or vocab, got '${String(v)}'`);
   if (v === 'text' && !o.promptInitText) throw new PeftkitError('E_ARG', `${name('promptInit')} text needs ${name('promptInitText')}`);
+  return v;
+}
+
+function encoder(v: unknown, name: OptionNamer): 'mlp' | 'lstm' {
+  if (v !== 'mlp' && v !== 'lstm') throw new PeftkitError('E_ARG', `${name('encoder')}: expected mlp or lstm, got '${String(v)}'`);
   return v;
 }
 
@@ -312,6 +325,7 @@ export function resolveTrainOptions(o: TrainOptions, name: OptionNamer = (f) => 
     dropout: num(name('dropout'), o.dropout, method === 'dora' ? 0 : 0.05, 0, 0.99),
     numVirtualTokens: o.numVirtualTokens === undefined ? undefined : positiveInt(name('numVirtualTokens'), o.numVirtualTokens, 20),
     encoderHiddenSize: o.encoderHiddenSize === undefined ? undefined : positiveInt(name('encoderHiddenSize'), o.encoderHiddenSize, 1),
+    encoder: o.encoder === undefined ? undefined : encoder(o.encoder, name),
     promptInit: o.promptInit === undefined ? undefined : promptInit(o, name),
     adapterType: o.adapterType === undefined ? undefined : adapterType(o.adapterType, name),
     adapterReduction: o.adapterReduction === undefined ? undefined : positiveInt(name('adapterReduction'), o.adapterReduction, 16),

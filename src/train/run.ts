@@ -226,6 +226,7 @@ function trainWith(
           bottleneck: { type: o.adapterType, reductionFactor: o.adapterReduction },
           numVirtualTokens: o.numVirtualTokens,
           encoderHiddenSize: o.encoderHiddenSize,
+          encoder: o.encoder,
           prefixProjection: o.prefixProjection,
           promptInit: o.promptInit && {
             kind: ({ random: 'RANDOM', text: 'TEXT', vocab: 'SAMPLE_VOCAB' } as const)[o.promptInit],
