@@ -10,12 +10,19 @@
  * Xd = X, which is g ⊙ (X·Wᵀ + s·X·Aᵀ·Bᵀ) + b.
  */
 import test from 'ava';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
 import { ops, Tensor } from '../src/index';
 import type { Device } from '../src/index';
 import type { QuantWeight } from '../src/ops/gemm_quant';
 import { BaseLinear, baseForward, baseWeightF32, Scratch, SiteCall } from '../src/model/sites';
 import { DoraLayer } from '../src/peft/dora/layer';
 import { LoraLayer } from '../src/peft/lora/layer';
+import { loadAdapter } from '../src/peft/registry';
+import { train } from '../src/train/train';
+import { LlamaModel } from '../src/model/llama';
+import { writeRandomModel } from '../src/model/random_model';
 import { assertClose, devices, makeRng, randn, roundBf16 } from './helpers/check';
 import type { Rng } from './helpers/check';
 import { disposeWeight, quantWeight } from './helpers/quant_weight';
@@ -163,3 +170,23 @@ for (const device of devices()) {
     });
   }
 }
+
+test('DoRA with dropout resumes bit for bit: 2 steps, then resumed to 4 = 4 straight steps (the masks follow the step, not the process)', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-dora-'));
+  const model = path.join(dir, 'model');
+  writeRandomModel(model, { hiddenSize: 32, numHeads: 4, numKvHeads: 2, numLayers: 2, seed: 5 });
+  const data = path.join(dir, 'train.jsonl');
+  fs.writeFileSync(data, Array.from({ length: 16 }, (_, i) => JSON.stringify({ text: `the number ${i} comes before ${i + 1}.` })).join('\n'));
+  const common = { model, data, method: 'dora' as const, r: 4, alpha: 8, targets: 'all-linear' as const, batchSize: 4, lr: 1e-2, maxLength: 32, seed: 9 };
+  const straight = await train({ ...common, out: path.join(dir, 'straight'), steps: 4 });
+  await train({ ...common, out: path.join(dir, 'resumed'), steps: 2 });
+  const resumed = await train({ ...common, out: path.join(dir, 'resumed'), steps: 4, resume: path.join(dir, 'resumed') });
+  t.is(resumed.steps, 4);
+  const config = (out: string) => JSON.parse(fs.readFileSync(path.join(out, 'adapter_config.json'), 'utf8'));
+  t.like(config(straight.adapterDir), { use_dora: true, lora_dropout: 0.05 }, 'DoRA trains with LoRA\'s default dropout');
+  const m = LlamaModel.load(model);
+  const a = loadAdapter(straight.adapterDir, m.config), b = loadAdapter(resumed.adapterDir, m.config);
+  for (const [k, v] of a.stateDict()) t.deepEqual(b.stateDict().get(k), v, `${k} after resume`);
+  for (const x of [a, b, m]) x.dispose();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
