@@ -50,6 +50,8 @@ const ROWS: Row[] = [
   { method: 'p-tuning', variant: 'LSTM encoder', identityAtInit: false, merges: false, options: { numVirtualTokens: 3, encoderHiddenSize: 6, encoder: 'lstm' } },
   { method: 'prompt', variant: 'init from the vocabulary', identityAtInit: false, merges: false, options: { numVirtualTokens: 2, promptInit: { kind: 'SAMPLE_VOCAB' } } },
   { method: 'adapter', variant: 'pfeiffer', identityAtInit: true, merges: false, options: { bottleneck: { type: 'pfeiffer', reductionFactor: 8 } } },
+  // Trained with LoRA dropout (every other row trains without: lora_dropout 0 below).
+  { method: 'dora', variant: 'lora_dropout 0.1', identityAtInit: true, options: { lora: { lora_dropout: 0.1 } } },
 ];
 const STORAGES: Storage[] = ['f32', 'bf16', 'nf4', 'int8'];
 const DEVICES = ['cpu', 'cuda'] as const;
@@ -102,7 +104,7 @@ for (const row of ROWS) {
           }
           // Training: the loss falls; only the adapter's tensors change (the base weights are frozen).
           const frozenBefore = [...model.entries()].map(([n, w]) => [n, w.toFloat32Array()] as const);
-          const trainer = new Trainer(model, adapter, { maxRows: B * T, maxT: T, dropout: 0, maxGradNorm: 1 });
+          const trainer = new Trainer(model, adapter, { maxRows: B * T, maxT: T, dropout: adapter.dropout, maxGradNorm: 1 });
           owned.push(trainer);
           const before = adapter.parameters().map((p) => p.param.toFloat32Array());
           const losses = [0, 1, 2, 3, 4].map(() => trainer.step([batch], 3e-2).loss);

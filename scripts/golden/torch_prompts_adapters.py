@@ -153,11 +153,11 @@ import torch.nn.functional as F
 sys.dont_write_bytecode = True  # no __pycache__ next to the scripts
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from torch_llama_lora import rmsnorm, rope_inv_freq, rotate_half, save_safetensors  # noqa: E402
-from torch_methods import (ARCHS, BETAS, EPS, GRAD_ACCUM, HEAD_DIM, HEADS, HIDDEN, KV, LAYERS, LR,  # noqa: E402
+from torch_methods import (BETAS, EPS, GRAD_ACCUM, HEAD_DIM, HEADS, HIDDEN, KV, LAYERS, LR,  # noqa: E402
                            NO_DECAY_PATTERNS, OUT, PREFIX, STEPS, TOTAL, WARMUP, WD, Adapter, decays, lr_factor,
-                           make_batches, make_model, peft_base_config, relerr, summed_ce, window_tokens)
+                           peft_base_config, relerr, summed_ce, window_tokens)
 from torch_methods import forward as methods_forward  # noqa: E402
-from torch_full_diff import check_same_inputs  # noqa: E402
+from torch_full_diff import checked_inputs  # noqa: E402
 
 N_VIRTUAL = 4
 ENC_HIDDEN = 16
@@ -683,10 +683,7 @@ def main():
     torch.set_num_threads(1)
     torch.manual_seed(0)
     only = set(sys.argv[1:])  # optional fixture names, for development
-    for a, arch in enumerate(ARCHS):  # the seeds of torch_methods.main
-        cfg, w = make_model(arch, 4321 + a)
-        mbs = make_batches(8765 + a)
-        check_same_inputs(arch, cfg, w, mbs)
+    for a, arch, cfg, w, mbs in checked_inputs():
         check_base_forward(cfg, w, mbs)
         sem = check_semantics(cfg, w, mbs, 7900 + a)
         print(f"{arch}: prompt / prefix semantics against the base model on concatenated ids: {sem:.1e}", flush=True)

@@ -90,7 +90,7 @@ export const TRAIN_FLAGS: readonly Flag[] = [
   },
   { name: 'r', type: 'int', metavar: 'N', field: 'r', description: 'LoRA rank' },
   { name: 'alpha', type: 'number', metavar: 'A', field: 'alpha', description: 'LoRA alpha: the update is scaled by alpha/r' },
-  { name: 'dropout', type: 'number', metavar: 'P', field: 'dropout', description: 'LoRA dropout probability' },
+  { name: 'dropout', type: 'number', metavar: 'P', field: 'dropout', description: 'LoRA / DoRA dropout probability' },
   {
     name: 'targets', type: 'list', metavar: 'NAMES', field: 'targets', default: 'q_proj,v_proj', description: 'modules to adapt: names (q_proj,v_proj) or all-linear',
     details: 'by name with PEFT\'s suffix rule, or every Linear but the head; a name that matches nothing is an error; `lm_head` can be adapted for generation and merging, not trained',

@@ -103,7 +103,7 @@ export interface TrainOptions {
   r?: number;
   /** LoRA alpha (scaling = alpha / r). Defaults to `16`. */
   alpha?: number;
-  /** LoRA dropout. Defaults to `0.05` (`0` with `dora`, which does not implement dropout yet). */
+  /** LoRA dropout (DoRA's too: PEFT's lora_dropout, on the input of the low-rank and magnitude terms). Defaults to `0.05`. */
   dropout?: number;
   /** Target modules by name, or 'all-linear'. Defaults to `['q_proj', 'v_proj']` (PEFT's Llama default). */
   targets?: string[] | 'all-linear';
@@ -291,9 +291,6 @@ export function resolveTrainOptions(o: TrainOptions, name: OptionNamer = (f) => 
     throw new PeftkitError('E_ARG', `${name('evalSplit')}: expected a fraction between 0 and 1 (exclusive), got ${String(o.evalSplit)}`);
   }
   const { method, quantize } = resolveQuantize(o, name);
-  if (method === 'dora' && o.dropout !== undefined && o.dropout > 0) {
-    throw new PeftkitError('E_UNSUPPORTED', `${name('dropout')}: DoRA with dropout ${o.dropout} is not implemented; use dropout 0 with ${name('method')} dora`);
-  }
   const schedule = o.schedule ?? 'constant';
   if (!SCHEDULE_NAMES.includes(schedule)) throw new PeftkitError('E_ARG', `${name('schedule')}: expected constant, linear or cosine, got '${schedule}'`);
   const targets = o.targets ?? ['q_proj', 'v_proj'];
@@ -322,7 +319,7 @@ export function resolveTrainOptions(o: TrainOptions, name: OptionNamer = (f) => 
     quantize,
     r: positiveInt(name('r'), o.r, 8),
     alpha: num(name('alpha'), o.alpha, 16, -1e9, 1e9),
-    dropout: num(name('dropout'), o.dropout, method === 'dora' ? 0 : 0.05, 0, 0.99),
+    dropout: num(name('dropout'), o.dropout, 0.05, 0, 0.99),
     numVirtualTokens: o.numVirtualTokens === undefined ? undefined : positiveInt(name('numVirtualTokens'), o.numVirtualTokens, 20),
     encoderHiddenSize: o.encoderHiddenSize === undefined ? undefined : positiveInt(name('encoderHiddenSize'), o.encoderHiddenSize, 1),
     encoder: o.encoder === undefined ? undefined : encoder(o.encoder, name),
