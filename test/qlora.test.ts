@@ -14,7 +14,6 @@ import { expectedWeights } from '../src/model/weights';
 import { KvGenerator } from '../src/model/llama_generate';
 import { writeRandomModel } from '../src/model/random_model';
 import { LoraAdapter } from '../src/peft/lora';
-import { defaultLoraConfig } from '../src/peft/lora/config';
 import { quantizeModel } from '../src/quant';
 import type { QuantWeight } from '../src/ops/gemm_quant';
 import { Trainer } from '../src/train/trainer';
