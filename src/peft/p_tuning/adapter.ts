@@ -16,7 +16,6 @@ import { SafetensorsCheckpoint, writeSafetensors } from '../../model/safetensors
 import type { LinearSite, ModelAdapter, NormSite, WeightSite } from '../../model/sites';
 import * as ops from '../../ops';
 import { Device, Tensor } from '../../tensor';
-import { relu, reluBackward } from '../host_activations';
 import { SeededRng } from '../../util/rng';
 import { checkFinite, decays, MergeEdit, ParamAdapter, PeftMethod, readAdapterConfigJson, readAdapterTensors, TrainableParam, writeAdapterConfigJson } from '../method';
 import { parsePTuningConfig, PTuningConfig } from './config';
@@ -159,7 +158,7 @@ export class PTuningAdapter extends ParamAdapter<PTuningConfig> implements PeftM
       const last = i === e.head.length - 1;
       ops.linearForward(last ? this.site.weight : e.pre[i], x, W.param, { bias: b.param });
       if (last) return;
-      relu(e.act[i], e.pre[i]);
+      ops.reluForward(e.act[i], e.pre[i]);
       x = e.act[i];
     });
   }
@@ -203,7 +202,7 @@ export class PTuningAdapter extends ParamAdapter<PTuningConfig> implements PeftM
         } else {
           const [dAct, dPre] = scratch[i - 1];
           ops.gemm(dAct, dOut, W.param);
-          reluBackward(dPre, dAct, e.pre[i - 1]);
+          ops.reluBackward(dPre, dAct, e.pre[i - 1]);
           dOut = dPre;
         }
       }
