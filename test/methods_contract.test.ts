@@ -8,7 +8,7 @@ import test from 'ava';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { runtimeInfo } from '../src/index';
+import type { Device } from '../src/index';
 import { LlamaModel } from '../src/model/llama';
 import { KvGenerator } from '../src/model/llama_generate';
 import { writeRandomModel } from '../src/model/random_model';
@@ -16,7 +16,7 @@ import type { ModelAdapter } from '../src/model/sites';
 import { mergeAdapter } from '../src/peft/merge';
 import { AdapterMethod, createAdapter, CreateAdapterOptions, loadAdapter } from '../src/peft/registry';
 import { Trainer } from '../src/train/trainer';
-import { makeRng, relErr } from './helpers/check';
+import { ALL_DEVICES, deviceTest, makeRng, relErr } from './helpers/check';
 
 type Storage = 'f32' | 'bf16' | 'nf4' | 'int8';
 interface Row {
@@ -54,7 +54,6 @@ const ROWS: Row[] = [
   { method: 'dora', variant: 'lora_dropout 0.1', identityAtInit: true, options: { lora: { lora_dropout: 0.1 } } },
 ];
 const STORAGES: Storage[] = ['f32', 'bf16', 'nf4', 'int8'];
-const DEVICES = ['cpu', 'cuda'] as const;
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-contract-'));
 
@@ -67,19 +66,14 @@ function logits(model: LlamaModel, adapter: ModelAdapter | null, ids: readonly n
   }
 }
 
-function load(dir: string, storage: Storage, device: 'cpu' | 'cuda'): LlamaModel {
+function load(dir: string, storage: Storage, device: Device): LlamaModel {
   return LlamaModel.load(dir, { device, dtype: storage === 'bf16' ? 'bf16' : 'f32', quantize: storage === 'nf4' || storage === 'int8' ? storage : undefined });
 }
 
 for (const row of ROWS) {
   for (const storage of STORAGES) {
-    for (const device of DEVICES) {
-      const title = `${row.method}${row.variant ? ` (${row.variant})` : ''} on a ${storage} base (${device})`;
-      if (device === 'cuda' && !runtimeInfo().cudaAvailable) {
-        test.skip(`${title}: no CUDA device on this machine (scripts/gpu-check.sh runs this row on a GPU)`, () => {});
-        continue;
-      }
-      test(title, (t) => {
+    for (const device of ALL_DEVICES) {
+      deviceTest(device, `${row.method}${row.variant ? ` (${row.variant})` : ''} on a ${storage} base`, (t) => {
         const rng = makeRng(t as never);
         const dir = tmp();
         // Qwen2 has q/k/v biases (BitFit replaces them); the tied Llama has none (BitFit adds them).

@@ -18,10 +18,11 @@ import type { PeftMethod } from '../src/peft/method';
 import { createAdapter, loadAdapter } from '../src/peft/registry';
 import { lrAt } from '../src/train/schedule';
 import { Trainer } from '../src/train/trainer';
-import { relErr } from './helpers/check';
+import { ALL_DEVICES, deviceTest, relErr } from './helpers/check';
 import { DropoutMasks, recordDropout, stepMasks } from './helpers/dropout_masks';
 
 const ROOT = path.join(__dirname, '..', '..', 'test', 'golden', 'methods');
+/** On cuda too: f32 compute runs exact f32 on the CUDA cores (no TF32), and the kernel tests hold both devices to 1e-5. */
 const TOL = 1e-5;
 /**
  * k_proj biases: adding b to every key shifts each query's scores by q·R(t)b, nearly the same at
@@ -57,7 +58,7 @@ const refName = (n: string) => n.replace(/\.base_layer\.bias$/, '.bias');
 
 /** The fixture's starting point: its adapter_in, or for full fine-tuning the model itself. */
 function startingAdapter(dir: string, exp: Expected, model: LlamaModel): PeftMethod {
-  return exp.method === 'full' ? createAdapter('full', model, { trainable: exp.hyper.trainable }) : loadAdapter(path.join(dir, 'adapter_in'), model.config);
+  return exp.method === 'full' ? createAdapter('full', model, { trainable: exp.hyper.trainable }) : loadAdapter(path.join(dir, 'adapter_in'), model.config, { device: model.device });
 }
 
 const fixtures = fs.readdirSync(ROOT).filter((d) => d !== 'models' && fs.existsSync(path.join(ROOT, d, 'expected.json'))).sort();
@@ -77,10 +78,10 @@ for (const name of fixtures) {
     test.skip(`${name}: method '${method}' is not implemented yet (its PyTorch reference is ready for "PEFT methods, part 2")`, () => {});
     continue;
   }
-  test(`${name}: 3 AdamW steps (accumulation 2, clipping, cosine warmup) match PyTorch to 1e-5`, (t) => {
+  for (const device of ALL_DEVICES) deviceTest(device, `${name}: 3 AdamW steps (accumulation 2, clipping, cosine warmup) match PyTorch to 1e-5`, (t) => {
     const dir = path.join(ROOT, name);
     const exp = JSON.parse(fs.readFileSync(path.join(dir, 'expected.json'), 'utf8')) as Expected;
-    const model = LlamaModel.load(path.join(ROOT, 'models', exp.arch));
+    const model = LlamaModel.load(path.join(ROOT, 'models', exp.arch), { device });
     const adapter = startingAdapter(dir, exp, model);
     const h = exp.hyper;
     const window = exp.micro_batches.map((mb) => ({
@@ -179,10 +180,10 @@ for (const name of fixtures) {
     }
   });
 
-  test(`${name}: generation with the KV cache gives PyTorch's logits with adapter_in`, (t) => {
+  for (const device of ALL_DEVICES) deviceTest(device, `${name}: generation with the KV cache gives PyTorch's logits with adapter_in`, (t) => {
     const dir = path.join(ROOT, name);
     const exp = JSON.parse(fs.readFileSync(path.join(dir, 'expected.json'), 'utf8')) as Expected;
-    const model = LlamaModel.load(path.join(ROOT, 'models', exp.arch));
+    const model = LlamaModel.load(path.join(ROOT, 'models', exp.arch), { device });
     const adapter = startingAdapter(dir, exp, model);
     const ids = exp.micro_batches[0].input_ids[0];
     const g = new KvGenerator(model, ids.length, adapter);

@@ -2,6 +2,7 @@
  * Shared test tools: a seeded RNG drawn fresh every run (the seed is logged, and
  * PEFTKIT_TEST_SEED replays it), float64 comparisons, poisoned outputs, device lists.
  */
+import test from 'ava';
 import type { ExecutionContext } from 'ava';
 import { Tensor, runtimeInfo } from '../../src/index';
 import type { Device } from '../../src/index';
@@ -116,4 +117,28 @@ export function centralDifferences<A extends Float32Array[]>(loss: (...inputs: A
     const at = (p: Float32Array) => inputs.map((x, j) => (j === which ? p : x)) as A;
     return (loss(...at(plus)) - loss(...at(minus))) / (2 * h);
   });
+}
+
+/** Every device peftkit has; model-level tests make one row per device (see {@link deviceTest}). */
+export const ALL_DEVICES: readonly Device[] = ['cpu', 'cuda'];
+
+/** Why `device` cannot run tests here, or null when it can: the reason its rows are skipped with. */
+export function deviceAbsence(device: Device): string | null {
+  if (device === 'cpu') return null;
+  const info = runtimeInfo();
+  if (!info.cudaBuild) return 'CUDA build not loaded';
+  if (!info.cudaAvailable) return 'no CUDA device on this machine';
+  if (process.env.PEFTKIT_TEST_CUDA === '0') return 'PEFTKIT_TEST_CUDA=0';
+  return null;
+}
+
+/**
+ * One test row on `device`, titled `<title> (<device>)`: a test where the device is here, else
+ * test.skip naming the reason (never a silent pass). scripts/gpu-check.sh runs the cuda rows.
+ */
+export function deviceTest(device: Device, title: string, impl: (t: ExecutionContext, device: Device) => unknown): void {
+  const name = `${title} (${device})`;
+  const absent = deviceAbsence(device);
+  if (absent) test.skip(`${name}: ${absent} (scripts/gpu-check.sh runs it on a GPU)`, () => {});
+  else test(name, (t) => impl(t, device) as never);
 }
