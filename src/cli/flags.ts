@@ -54,6 +54,8 @@ const CONFIG: Flag = {
   description: 'read flags from a YAML or JSON file whose keys are the flag names (batch-size: 8); flags given on the command line win',
 };
 
+const DEVICE_DETAILS = '`auto` picks cuda when the addon is the CUDA build and a GPU is visible, else cpu, and the log says which and why; `cuda` without either fails (E_DEVICE), never falls back';
+
 export const TRAIN_FLAGS: readonly Flag[] = [
   { name: 'model', type: 'path', metavar: 'DIR', field: 'model', required: true, description: 'Hugging Face model folder (config.json, safetensors, tokenizer.json) on local disk' },
   { name: 'data', type: 'path', metavar: 'FILE', field: 'data', required: true, description: 'training data: JSONL or a JSON array (formats below)' },
@@ -142,7 +144,7 @@ export const TRAIN_FLAGS: readonly Flag[] = [
     name: 'bf16', type: 'boolean', field: 'bf16', default: 'off', description: 'bf16 base as PyTorch\'s bf16 autocast computes it; the adapter and optimizer stay f32',
     details: 'the frozen Linear weights, embeddings and lm_head are stored in bf16 (half their memory), and every Linear and LM-head product reads its operands rounded to bf16 with f32 sums (VDPBF16PS on CPUs with AVX512-BF16, about twice the f32 rate). With a quantized base the weights stay quantized and are decoded to bf16 inside the GEMMs',
   },
-  { name: 'device', type: 'enum', values: ['cpu', 'cuda', 'auto'], field: 'device', description: 'where to run' },
+  { name: 'device', type: 'enum', values: ['cpu', 'cuda', 'auto'], field: 'device', description: 'where to run', details: DEVICE_DETAILS },
   CONFIG,
 ];
 
@@ -155,7 +157,7 @@ export const GENERATE_FLAGS: readonly Flag[] = [
   { name: 'top-p', type: 'number', metavar: 'P', field: 'topP', default: '0.95', min: 0, max: 1, minOpen: true, description: 'nucleus sampling: the smallest set of tokens whose probability reaches P (0 < P <= 1)' },
   { name: 'seed', type: 'int', metavar: 'N', field: 'seed', default: '0', min: 0, max: Number.MAX_SAFE_INTEGER, description: 'sampling seed' },
   { name: 'chat', type: 'boolean', field: 'chat', default: 'off', description: 'render the prompt through the model\'s chat template as one user message' },
-  { name: 'device', type: 'enum', values: ['cpu', 'cuda', 'auto'], field: 'device', default: 'cpu', description: 'where to run' },
+  { name: 'device', type: 'enum', values: ['cpu', 'cuda', 'auto'], field: 'device', default: 'cpu', description: 'where to run', details: DEVICE_DETAILS },
   { name: 'quantize', type: 'enum', values: QUANTIZE_NAMES, field: 'quantize', description: 'quantize the decoder Linear weights at load' },
   { name: 'int8-threshold', type: 'number', metavar: 'T', field: 'int8Threshold', min: 0, max: Number.MAX_VALUE, description: 'LLM.int8 outlier threshold of an int8 base' },
   CONFIG,

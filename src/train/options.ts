@@ -173,7 +173,10 @@ export interface TrainOptions {
   overwrite?: boolean;
   /** Recompute activations per layer in backward (less memory, ~30% more compute). Defaults to `false`. */
   activationCheckpointing?: boolean;
-  /** Where to run. Defaults to `'cpu'`. */
+  /**
+   * Where to run. Defaults to `'cpu'`. `'auto'` is cuda when the CUDA build is loaded and a GPU is
+   * visible, else cpu; the 'start' event says which and why (`deviceReason`).
+   */
   device?: DeviceOption;
   /**
    * A bf16 base, as PyTorch's bf16 autocast computes it: the frozen Linear weights, embeddings and

@@ -11,6 +11,7 @@ import type { Batch } from '../data';
 import { PeftkitError } from '../errors';
 import { removeLeftoverTemps } from '../io/atomic';
 import { LlamaModel } from '../model/llama';
+import { deviceChoice } from '../tensor';
 import type { LoraConfig } from '../peft/lora/config';
 import { adapterMethodOf, AdapterMethod, createAdapter, loadAdapter } from '../peft/registry';
 import { ioError, makeDir } from '../io/io_error';
@@ -25,7 +26,11 @@ import { Trainer } from './trainer';
 
 export type TrainEvent =
   | { type: 'warning'; message: string }
-  | { type: 'start'; totalSteps: number; startStep: number; trainExamples: number; evalExamples: number; trainableParams: number; device: string }
+  | {
+    type: 'start'; totalSteps: number; startStep: number; trainExamples: number; evalExamples: number; trainableParams: number; device: string;
+    /** Why the run is on `device` (what 'auto' found, or that it was asked for). */
+    deviceReason: string;
+  }
   | { type: 'step'; step: number; totalSteps: number; loss: number; lr: number; gradNorm: number; tokensPerS: number; elapsedS: number; etaS: number }
   | { type: 'eval'; step: number; loss: number; perplexity: number }
   | { type: 'checkpoint'; step: number; dir: string };
@@ -287,6 +292,7 @@ function trainWith(
     emit({
       type: 'start', totalSteps, startStep: step, trainExamples: data.train.length, evalExamples: data.eval.length,
       trainableParams: adapter.parameters().reduce((a, p) => a + p.param.numel, 0), device: model.device,
+      deviceReason: deviceChoice(o.device).reason, // what LlamaModel.load resolved o.device by
     });
     let finalLoss = NaN;
     const runStart = elapsed();
