@@ -8,8 +8,11 @@ import test, { ExecutionContext } from 'ava';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import * as v8 from 'v8';
+import * as vm from 'vm';
+import { modelWorkersAlive } from '../src/inference/async_model';
 import { loadModel, loadModelAsync, mergeAdapter, mergeAdapterAsync, PeftkitError, quantizeModel, quantizeModelAsync, writeRandomModel } from '../src/index';
-import type { GenerationPiece } from '../src/index';
+import type { Generation, GenerationPiece } from '../src/index';
 import { LoraAdapter } from '../src/peft/lora';
 import { defaultLoraConfig } from '../src/peft/lora/config';
 
@@ -236,4 +239,29 @@ test('mergeAdapterAsync and quantizeModelAsync write what the synchronous forms 
   await rejects(t, mergeAdapterAsync(badMerge), codeOf(() => mergeAdapter(badMerge))!);
   const badQuant = { model: dir, out: path.join(tmp(), 'y'), format: 'nf5' as never };
   await rejects(t, quantizeModelAsync(badQuant), codeOf(() => quantizeModel(badQuant))!);
+});
+
+/** The model is held only by this function's frame (an async caller's frame may keep temporaries). */
+async function generateFromDroppedModel(dir: string): Promise<{ result: Promise<Generation> }> {
+  const am = await loadModelAsync(dir);
+  return { result: am.generate([1, 2], { maxNewTokens: 30, temperature: 0, stopTokens: [] }) };
+}
+
+test.serial('a model dropped without dispose() has its worker ended once it is garbage collected, but not while it generates', async (t) => {
+  v8.setFlagsFromString('--expose-gc');
+  const gc = vm.runInNewContext('gc') as () => void;
+  const before = modelWorkersAlive();
+  const collect = async () => {
+    for (let i = 0; i < 50 && modelWorkersAlive() > before; i++) {
+      gc();
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  };
+  const dir = model();
+  // A generation in flight keeps its model alive though nobody holds it.
+  const pending = await generateFromDroppedModel(dir);
+  gc();
+  t.is((await pending.result).ids.length, 30);
+  await collect();
+  t.is(modelWorkersAlive(), before, 'the worker exited');
 });

@@ -43,7 +43,21 @@ interface Request {
 
 const aborted = () => new PeftkitError('E_ABORTED', 'generate: aborted by its AbortSignal');
 
-/** A model loaded by loadModelAsync: it lives in a worker thread until dispose(). */
+/** The worker of an AsyncModel dropped without dispose() is told to free the model and exit. */
+const abandoned = new FinalizationRegistry<Worker>((worker) => worker.postMessage({ kind: 'dispose' } satisfies ModelWorkerRequest));
+/** Models with a generation queued or running stay reachable (their callers wait on them) until it ends. */
+const busy = new Set<AsyncModel>();
+let workersAlive = 0;
+
+/** @internal Model workers started and not yet exited (for tests). */
+export function modelWorkersAlive(): number {
+  return workersAlive;
+}
+
+/**
+ * A model loaded by loadModelAsync: it lives in a worker thread until dispose() (or, for a model
+ * dropped without it, until the garbage collector has collected the handle).
+ */
 export class AsyncModel {
   /** The model folder. */
   readonly dir: string;
@@ -67,9 +81,13 @@ export class AsyncModel {
     this.config = ready.config;
     this.hasTokenizer = ready.hasTokenizer;
     this.exited = exited;
-    worker.on('message', (m: WorkerMessage) => this.onMessage(m));
-    worker.on('error', (e) => this.fail(new PeftkitError('E_INTERNAL', `model worker crashed: ${e.message}`)));
-    worker.on('exit', (code) => this.fail(new PeftkitError('E_INTERNAL', `model worker exited with code ${code}`)));
+    // The worker's listeners hold the model weakly, so that a model nobody holds is collected
+    // and its worker ended by `abandoned`.
+    const self = new WeakRef(this);
+    worker.on('message', (m: WorkerMessage) => self.deref()?.onMessage(m));
+    worker.on('error', (e) => self.deref()?.fail(new PeftkitError('E_INTERNAL', `model worker crashed: ${e.message}`)));
+    worker.on('exit', (code) => self.deref()?.fail(new PeftkitError('E_INTERNAL', `model worker exited with code ${code}`)));
+    abandoned.register(this, worker, this);
     worker.unref(); // an idle model does not keep the process alive
   }
 
@@ -141,8 +159,12 @@ export class AsyncModel {
   private pump(): void {
     if (this.current || this.dead) return;
     const r = this.queue.shift();
-    if (!r) return void this.worker.unref();
+    if (!r) {
+      busy.delete(this);
+      return void this.worker.unref();
+    }
     this.current = r;
+    busy.add(this);
     this.worker.ref();
     try {
       this.worker.postMessage(r.message);
@@ -173,6 +195,7 @@ export class AsyncModel {
     this.dead ??= e;
     for (const r of [...(this.current ? [this.current] : []), ...this.queue.splice(0)]) this.settle(r, () => r.reject(this.dead!));
     this.current = null;
+    busy.delete(this);
   }
 
   /**
@@ -184,6 +207,7 @@ export class AsyncModel {
     if (!this.dead) {
       const running = this.current;
       if (running) Atomics.store(this.cancelled, 0, running.id);
+      abandoned.unregister(this);
       this.fail(new PeftkitError('E_DISPOSED', `the model ${this.dir} has been disposed`));
       this.worker.ref();
       this.worker.postMessage({ kind: 'dispose' } satisfies ModelWorkerRequest);
@@ -206,24 +230,31 @@ export function loadModelAsync(dir: string, o: LoadOptions = {}): Promise<AsyncM
   } catch (e) {
     return Promise.reject(new PeftkitError('E_ARG', `loadModelAsync: the options cannot be sent to a worker: ${(e as Error).message}`));
   }
-  const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
+  workersAlive++;
+  const exited = new Promise<void>((resolve) =>
+    worker.once('exit', () => {
+      workersAlive--;
+      resolve();
+    }),
+  );
   return new Promise((resolve, reject) => {
-    const onMessage = (m: WorkerMessage) => {
+    // Every listener goes once the load settles: one left behind would hold this promise, and
+    // through it the model, which must stay collectable (see `abandoned`).
+    const settle = (how: () => void) => {
       worker.off('message', onMessage);
       worker.off('error', onError);
-      if (m.kind === 'ready') resolve(new AsyncModel(path.resolve(dir), worker, new Int32Array(cancel), m, exited));
-      else {
-        reject(m.kind === 'error' ? workerError(m, 'loading the model failed') : new PeftkitError('E_INTERNAL', `model worker: unexpected ${m.kind}`));
-        void worker.terminate();
-      }
+      worker.off('exit', onExit);
+      how();
     };
-    const onError = (e: Error) => {
-      worker.off('message', onMessage);
-      reject(new PeftkitError('E_INTERNAL', `model worker crashed while loading: ${e.message}`));
+    const onMessage = (m: WorkerMessage) => {
+      if (m.kind === 'ready') return settle(() => resolve(new AsyncModel(path.resolve(dir), worker, new Int32Array(cancel), m, exited)));
+      settle(() => reject(m.kind === 'error' ? workerError(m, 'loading the model failed') : new PeftkitError('E_INTERNAL', `model worker: unexpected ${m.kind}`)));
+      void worker.terminate();
     };
-    const onExit = (code: number) => reject(new PeftkitError('E_INTERNAL', `model worker exited with code ${code} while loading`));
+    const onError = (e: Error) => settle(() => reject(new PeftkitError('E_INTERNAL', `model worker crashed while loading: ${e.message}`)));
+    const onExit = (code: number) => settle(() => reject(new PeftkitError('E_INTERNAL', `model worker exited with code ${code} while loading`)));
     worker.on('message', onMessage);
-    worker.once('error', onError);
-    worker.once('exit', onExit); // after a settled promise, a no-op
+    worker.on('error', onError);
+    worker.on('exit', onExit);
   });
 }
