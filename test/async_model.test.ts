@@ -10,7 +10,9 @@ import * as os from 'os';
 import * as path from 'path';
 import * as v8 from 'v8';
 import * as vm from 'vm';
+import { loadTokenizer } from '../src/data/tokenizer';
 import { modelWorkersAlive } from '../src/inference/async_model';
+import { IncrementalText } from '../src/inference/incremental_text';
 import { loadModel, loadModelAsync, mergeAdapter, mergeAdapterAsync, PeftkitError, quantizeModel, quantizeModelAsync, writeRandomModel } from '../src/index';
 import type { Generation, GenerationPiece } from '../src/index';
 import { LoraAdapter } from '../src/peft/lora';
@@ -264,4 +266,20 @@ test.serial('a model dropped without dispose() has its worker ended once it is g
   t.is((await pending.result).ids.length, 30);
   await collect();
   t.is(modelWorkersAlive(), before, 'the worker exited');
+});
+
+test('incremental text: the pieces join to the whole decoding, characters split across byte tokens come whole', (t) => {
+  const tok = loadTokenizer(model());
+  const ids = tok.encode('héllo wörld 😀 日本語!', { addSpecialTokens: false });
+  const decode = (x: number[]) => tok.decode(x, { skipSpecialTokens: true });
+  const inc = new IncrementalText(decode);
+  const pieces = ids.map((id, i) => inc.push(id, i === ids.length - 1));
+  t.is(pieces.join(''), decode(ids));
+  t.true(pieces.some((p) => p === '') && pieces.every((p) => !p.includes('\uFFFD')), JSON.stringify(pieces));
+  t.true(pieces.includes('😀'), 'a 4-byte character comes in one piece');
+  // A decoder that drops the first token's leading space (SentencePiece): the window's context keeps it.
+  const words = [' The', ' cat', ' sat', ' down'];
+  const sp = (x: number[]) => x.map((i) => words[i]).join('').replace(/^ /, '');
+  const inc2 = new IncrementalText(sp);
+  t.is([0, 1, 2, 3].map((i) => inc2.push(i, i === 3)).join(''), 'The cat sat down');
 });

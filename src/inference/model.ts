@@ -13,6 +13,7 @@ import type { DeviceOption } from '../tensor';
 import type { ModelConfig } from '../model/config';
 import { readGenerationEosIds } from '../model/generation_config';
 import { LlamaModel } from '../model/llama';
+import { IncrementalText } from './incremental_text';
 import { DEFAULT_MAX_NEW_TOKENS, generateTokens, GenerateOptions } from '../model/llama_generate';
 
 export interface LoadOptions {
@@ -98,29 +99,26 @@ export class Model {
    * thread until the last token (AsyncModel.generate, from loadModelAsync, does not).
    */
   generate(prompt: string | readonly number[], o: ModelGenerateOptions = {}): Generation {
-    const it = this.stream(prompt, o);
+    const it = this.stream(prompt, o, false);
     for (let r = it.next(); ; r = it.next()) if (r.done) return r.value;
   }
 
   /**
    * generate() one token at a time: yields each token as it is sampled with the text it adds
    * (see GenerationPiece), and returns the whole Generation. Synchronous like generate(); a
-   * `return()` (or a `break` out of a for-of) stops generation and frees its cache.
+   * `return()` (or a `break` out of a for-of) stops generation and frees its cache. With
+   * `withText` false the pieces' texts are '' (nothing decoded per token; the returned
+   * Generation still has its text). Defaults to `true`.
    */
-  *stream(prompt: string | readonly number[], o: ModelGenerateOptions = {}): Generator<GenerationPiece, Generation, undefined> {
+  *stream(prompt: string | readonly number[], o: ModelGenerateOptions = {}, withText = true): Generator<GenerationPiece, Generation, undefined> {
     const ids = this.promptIds(prompt, o);
     const stopTokens = o.stopTokens ?? this.eosIds();
+    const maxNew = o.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS;
+    const text = withText && this.tokenizer ? new IncrementalText((t) => this.decodeGenerated(t, stopTokens)) : null;
     const out: number[] = [];
-    let emitted = '';
     for (const id of generateTokens(this.llama, ids, { ...o, stopTokens, adapter: this.adapterFor(o.adapter) })) {
       out.push(id);
-      const text = this.decodeGenerated(out, stopTokens);
-      // A token can end inside a character (byte-level BPE): its text waits for the next one,
-      // unless there is none.
-      const last = stopTokens.includes(id) || out.length === (o.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS);
-      const piece = text.startsWith(emitted) && (last || !text.endsWith('\uFFFD')) ? text.slice(emitted.length) : '';
-      emitted += piece;
-      yield { id, text: piece };
+      yield { id, text: text ? text.push(id, stopTokens.includes(id) || out.length === maxNew) : '' };
     }
     return { text: this.decodeGenerated(out, stopTokens), ids: out };
   }

@@ -26,7 +26,7 @@ const cancelled = new Int32Array(cancel);
 const port = parentPort!;
 
 function run(model: Model, r: Extract<ModelWorkerRequest, { kind: 'generate' }>): void {
-  const it = model.stream(r.prompt, r.options);
+  const it = model.stream(r.prompt, r.options, r.stream);
   for (let step = it.next(); ; step = it.next()) {
     if (step.done) return port.postMessage({ kind: 'done', id: r.id, result: step.value });
     if (Atomics.load(cancelled, 0) === r.id) {
