@@ -43,6 +43,15 @@ interface Request {
 
 const aborted = () => new PeftkitError('E_ABORTED', 'generate: aborted by its AbortSignal');
 
+/** Why a request is refused before it is queued, or null. */
+function refusal(adapter: unknown, signal: unknown): PeftkitError | null {
+  if (adapter != null && typeof adapter !== 'string') {
+    return new PeftkitError('E_ARG', 'generate: adapter: an AsyncModel takes an adapter folder (a string); a loaded adapter object stays on its thread (use Model.generate)');
+  }
+  if (signal !== undefined && !(signal instanceof AbortSignal)) return new PeftkitError('E_ARG', 'generate: signal: expected an AbortSignal');
+  return signal?.aborted ? aborted() : null;
+}
+
 /** The worker of an AsyncModel dropped without dispose() is told to free the model and exit. */
 const abandoned = new FinalizationRegistry<Worker>((worker) => worker.postMessage({ kind: 'dispose' } satisfies ModelWorkerRequest));
 /** Models with a generation queued or running stay reachable (their callers wait on them) until it ends. */
@@ -118,12 +127,11 @@ export class AsyncModel {
 
   private submit(prompt: string | readonly number[], o: AsyncGenerateOptions, onPiece: Request['onPiece'], resolve: Request['resolve'], reject: Request['reject']): Request | null {
     const { signal, ...options } = o;
-    if (this.dead) return reject(this.dead), null;
-    if (options.adapter != null && typeof options.adapter !== 'string') {
-      return reject(new PeftkitError('E_ARG', 'generate: adapter: an AsyncModel takes an adapter folder (a string); a loaded adapter object stays on its thread (use Model.generate)')), null;
+    const refused = this.dead ?? refusal(options.adapter, signal);
+    if (refused) {
+      reject(refused);
+      return null;
     }
-    if (signal !== undefined && !(signal instanceof AbortSignal)) return reject(new PeftkitError('E_ARG', 'generate: signal: expected an AbortSignal')), null;
-    if (signal?.aborted) return reject(aborted()), null;
     const id = this.nextId++;
     const onAbort = () => this.cancel(r, aborted());
     const r: Request = {
