@@ -13,7 +13,10 @@ export type { TrainRunOptions, TrainRunEvents, TrainRunEventName } from './train
 export type { TrainOptions, OptimName } from './train/options';
 export type { TrainEvent, TrainResult } from './train/run';
 export { loadModel, Model } from './inference/model';
-export type { LoadOptions, ModelGenerateOptions, Generation } from './inference/model';
+export type { LoadOptions, ModelGenerateOptions, Generation, GenerationPiece } from './inference/model';
+export { loadModelAsync, AsyncModel } from './inference/async_model';
+export type { AsyncGenerateOptions } from './inference/async_model';
+export { mergeAdapterAsync, quantizeModelAsync } from './tasks/async_tasks';
 export { mergeAdapter } from './peft/merge';
 export type { MergeOptions, MergeResult } from './peft/merge';
 export { LoraAdapter } from './peft/lora';
