@@ -12,7 +12,8 @@ import { writeRandomModel } from '../src/model/random_model';
 import { LoraAdapter } from '../src/peft/lora';
 import { defaultLoraConfig } from '../src/peft/lora/config';
 import { Trainer } from '../src/train/trainer';
-import { ALL_DEVICES, deviceTest, makeRng, relErr } from './helpers/check';
+import { ALL_DEVICES, makeRng, relErr } from './helpers/check';
+import { deviceTest } from './helpers/device_test';
 import type { Device } from '../src/index';
 
 const STEPS = 6;

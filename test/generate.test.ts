@@ -11,7 +11,8 @@ import { generateIds, KvGenerator, sample } from '../src/model/llama_generate';
 import { LoraAdapter } from '../src/peft/lora';
 import { defaultLoraConfig } from '../src/peft/lora/config';
 import { SeededRng } from '../src/util/rng';
-import { ALL_DEVICES, deviceTest, makeRng, relErr } from './helpers/check';
+import { ALL_DEVICES, makeRng, relErr } from './helpers/check';
+import { deviceTest } from './helpers/device_test';
 
 const GOLDEN = path.join(__dirname, '..', '..', 'test', 'golden');
 

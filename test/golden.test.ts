@@ -9,7 +9,8 @@ import { LlamaModel } from '../src/model/llama';
 import { SafetensorsCheckpoint } from '../src/model/safetensors';
 import { LoraAdapter } from '../src/peft/lora';
 import { Trainer } from '../src/train/trainer';
-import { ALL_DEVICES, deviceTest, relErr } from './helpers/check';
+import { ALL_DEVICES, relErr } from './helpers/check';
+import { deviceTest } from './helpers/device_test';
 
 const GOLDEN = path.join(__dirname, '..', '..', 'test', 'golden');
 

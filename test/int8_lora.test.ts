@@ -13,7 +13,8 @@ import { KvGenerator } from '../src/model/llama_generate';
 import { writeRandomModel } from '../src/model/random_model';
 import { quantizeModel } from '../src/quant';
 import { train } from '../src/train/train';
-import { ALL_DEVICES, deviceTest, relErr } from './helpers/check';
+import { ALL_DEVICES, relErr } from './helpers/check';
+import { deviceTest } from './helpers/device_test';
 import { countingTask } from './helpers/counting_task';
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-int8-'));

@@ -21,7 +21,8 @@ import { mergeAdapter, MergeResult } from '../src/peft/merge';
 import { dequantize4bit, dequantizeInt8, DYNAMIC_SIGNED_CODE, quantizeModel, readBnbWeight, recoverAbsmax } from '../src/quant/index';
 import type { BnbWeight, Int8State, Quant4State } from '../src/quant/index';
 import { roundToF16 } from '../src/quant/f16';
-import { ALL_DEVICES, deviceTest, makeRng, relErr, Rng } from './helpers/check';
+import { ALL_DEVICES, makeRng, relErr, Rng } from './helpers/check';
+import { deviceTest } from './helpers/device_test';
 import type { Device } from '../src/index';
 import { halfMaxGap, refCode4, roundHalfEven } from './helpers/quant_ref';
 

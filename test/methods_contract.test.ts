@@ -16,7 +16,8 @@ import type { ModelAdapter } from '../src/model/sites';
 import { mergeAdapter } from '../src/peft/merge';
 import { AdapterMethod, createAdapter, CreateAdapterOptions, loadAdapter } from '../src/peft/registry';
 import { Trainer } from '../src/train/trainer';
-import { ALL_DEVICES, deviceTest, makeRng, relErr } from './helpers/check';
+import { ALL_DEVICES, makeRng, relErr } from './helpers/check';
+import { deviceTest } from './helpers/device_test';
 
 type Storage = 'f32' | 'bf16' | 'nf4' | 'int8';
 interface Row {

@@ -18,7 +18,8 @@ import type { PeftMethod } from '../src/peft/method';
 import { createAdapter, loadAdapter } from '../src/peft/registry';
 import { lrAt } from '../src/train/schedule';
 import { Trainer } from '../src/train/trainer';
-import { ALL_DEVICES, deviceTest, relErr } from './helpers/check';
+import { ALL_DEVICES, relErr } from './helpers/check';
+import { deviceTest } from './helpers/device_test';
 import { DropoutMasks, recordDropout, stepMasks } from './helpers/dropout_masks';
 
 const ROOT = path.join(__dirname, '..', '..', 'test', 'golden', 'methods');

@@ -17,7 +17,8 @@ import { quantizeModel } from '../src/quant';
 import type { QuantWeight } from '../src/ops/gemm_quant';
 import { Trainer } from '../src/train/trainer';
 import { train } from '../src/train/train';
-import { ALL_DEVICES, deviceTest, relErr } from './helpers/check';
+import { ALL_DEVICES, relErr } from './helpers/check';
+import { deviceTest } from './helpers/device_test';
 import { countingTask } from './helpers/counting_task';
 
 const GOLDEN = path.join(__dirname, '..', '..', 'test', 'golden');

@@ -10,7 +10,8 @@ import { LoraAdapter } from '../src/peft/lora';
 import { LlamaModel } from '../src/model/llama';
 import { train } from '../src/train/train';
 import { readLog } from '../src/train/log';
-import { ALL_DEVICES, deviceTest } from './helpers/check';
+import { ALL_DEVICES } from './helpers/check';
+import { deviceTest } from './helpers/device_test';
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-train-'));
 

@@ -2,7 +2,6 @@
  * Shared test tools: a seeded RNG drawn fresh every run (the seed is logged, and
  * PEFTKIT_TEST_SEED replays it), float64 comparisons, poisoned outputs, device lists.
  */
-import test from 'ava';
 import type { ExecutionContext } from 'ava';
 import { Tensor, runtimeInfo } from '../../src/index';
 import type { Device } from '../../src/index';
@@ -119,7 +118,7 @@ export function centralDifferences<A extends Float32Array[]>(loss: (...inputs: A
   });
 }
 
-/** Every device peftkit has; model-level tests make one row per device (see {@link deviceTest}). */
+/** Every device peftkit has; model-level tests make one row per device (see device_test.ts). */
 export const ALL_DEVICES: readonly Device[] = ['cpu', 'cuda'];
 
 /** Why `device` cannot run tests here, or null when it can: the reason its rows are skipped with. */
@@ -132,13 +131,3 @@ export function deviceAbsence(device: Device): string | null {
   return null;
 }
 
-/**
- * One test row on `device`, titled `<title> (<device>)`: a test where the device is here, else
- * test.skip naming the reason (never a silent pass). scripts/gpu-check.sh runs the cuda rows.
- */
-export function deviceTest(device: Device, title: string, impl: (t: ExecutionContext, device: Device) => unknown): void {
-  const name = `${title} (${device})`;
-  const absent = deviceAbsence(device);
-  if (absent) test.skip(`${name}: ${absent} (scripts/gpu-check.sh runs it on a GPU)`, () => {});
-  else test(name, (t) => impl(t, device) as never);
-}
