@@ -1,6 +1,6 @@
 /**
  * `npm run bench:methods`: one training step of each method (lora, dora, ia3, ln, bitfit, diff,
- * full) on the SmolLM2-135M shape (random init, batch 4 × 256, f32), beside the same method in
+ * full, adapter, prompt, p-tuning, prefix) on the SmolLM2-135M shape (random init, batch 4 × 256, f32), beside the same method in
  * plain PyTorch (bench/peers/torch_methods_ref.py) in the same run. Each side runs in its own
  * child process under GNU time, so peak RSS is that run's alone; step time is the median of the
  * timed steps after 2 warm-up steps.
@@ -9,6 +9,8 @@
  * --runs N repeats the whole set N times (figures are the medians over runs); --wait-load waits
  * before each method's pair of runs until the 1-minute load average is below the value (at most
  * --wait-max-s each time; the loads seen are in the JSON).
+ * The soft prompts (20 virtual tokens) are also given against `frozen`, the same batch's forward
+ * and backward through the frozen base down to the embeddings, in the same run.
  * Full fine-tuning is also given as a fraction of the machine's f32 FMA peak (bench/fma_ceiling.c,
  * measured before and after, as bench:kernels does). Writes bench/results/methods.json.
  * Debian's PyTorch calls whatever libblas.so.3 resolves to; where that is the reference BLAS
@@ -25,8 +27,10 @@ import { ceiling, Ceiling } from './kernels/gemm';
 import { writeBenchModel } from './train_child';
 
 const ROOT = path.join(__dirname, '..', '..');
-/** The methods the PyTorch peer writes out (registry.ts has more). */
-const METHODS = ['lora', 'dora', 'ia3', 'ln', 'bitfit', 'diff', 'full'];
+/** The methods the PyTorch peer writes out, and `frozen`: the soft prompts' yardstick (methods_child.ts). */
+const METHODS = ['lora', 'dora', 'ia3', 'ln', 'bitfit', 'diff', 'full', 'adapter', 'prompt', 'p-tuning', 'prefix', 'frozen'];
+/** The methods whose cost is compared with the frozen base's forward + backward (issue: ≤ 1.15×). */
+const SOFT_PROMPTS = ['prompt', 'p-tuning', 'prefix'];
 
 function arg(name: string, dflt: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -173,6 +177,21 @@ function main(): void {
     return xs.length ? { perRun: xs, median: median(xs) } : undefined;
   };
   const dora = { peftkit: doraRatio('peftkit'), torch: havePeer ? doraRatio('torch') : undefined };
+  // Soft prompts against the frozen base's forward + backward of the same batch, per run and the median.
+  const overFrozen = (method: string, side: 'peftkit' | 'torch') => {
+    const xs: number[] = [];
+    for (let run = 1; run <= runs; run++) {
+      const m = stepOf(run, method, side), f = stepOf(run, 'frozen', side);
+      if (m !== undefined && f !== undefined) xs.push(m / f);
+    }
+    return xs.length ? { perRun: xs, median: median(xs) } : undefined;
+  };
+  const softPrompts = Object.fromEntries(SOFT_PROMPTS.filter((m) => methods.includes(m) && methods.includes('frozen'))
+    .map((m) => [m, { peftkit: overFrozen(m, 'peftkit'), torch: havePeer ? overFrozen(m, 'torch') : undefined }]));
+  for (const [m, r] of Object.entries(softPrompts)) {
+    if (r.peftkit) console.log(`${m} / frozen base fwd+bwd step time: peftkit ${r.peftkit.perRun.map((x) => x.toFixed(3)).join(' / ')} (median ${r.peftkit.median.toFixed(3)}×)` +
+      (r.torch ? `; PyTorch median ${r.torch.median.toFixed(3)}×` : ''));
+  }
   if (dora.peftkit) console.log(`DoRA / LoRA step time: peftkit ${dora.peftkit.perRun.map((x) => x.toFixed(2)).join(' / ')} (median ${dora.peftkit.median.toFixed(2)}×)` +
     (dora.torch ? `; PyTorch ${dora.torch.perRun.map((x) => x.toFixed(2)).join(' / ')} (median ${dora.torch.median.toFixed(2)}×)` : ''));
 
@@ -208,7 +227,7 @@ function main(): void {
   fs.mkdirSync(out, { recursive: true });
   fs.writeFileSync(path.join(out, 'methods.json'), JSON.stringify({
     machine, date: new Date().toISOString(), shape, B, T, steps, runs, threads, peerBlas: measured.find((m) => m.torch)?.torch?.blas,
-    ceiling: { before: c0, after: c1, peakGflops: peak }, waits, rows, doraOverLora: dora, fullFt, measured,
+    ceiling: { before: c0, after: c1, peakGflops: peak }, waits, rows, doraOverLora: dora, softPromptsOverFrozen: softPrompts, fullFt, measured,
   }, null, 2));
   console.log(`wrote ${path.join(out, 'methods.json')}`);
 }

@@ -4,8 +4,11 @@
  * run with ../shared/bench/torch_lora_ref.py (the PyTorch peer) in f32 and bf16 autocast.
  * Our figures come from a child process each, so peak RSS is that run's alone.
  *   npm run bench:train [-- --steps 3 --shape smol135|tiny]
+ * With --device cuda (or cpu): LoRA bf16 and QLoRA NF4 bf16 at --batch 8 × --seq 512 beside the
+ * PyTorch GPU peer (bench/peers/torch_lora_train_gpu.py), peak GPU memory sampled with nvidia-smi:
+ *   npm run bench:train -- --device cuda --shape smol135|tinyllama [--batch 8 --seq 512 --steps 3]
  */
-import { spawnSync } from 'child_process';
+import { spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -28,7 +31,10 @@ interface Row {
 
 /** Runs a command under GNU time for its peak RSS. */
 function timed(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): { out: string; rssMb: number } {
-  const r = spawnSync('/usr/bin/time', ['-f', 'PEAK_RSS_KB=%M', cmd, ...args], { encoding: 'utf8', env, maxBuffer: 1 << 26 });
+  // Without GNU time (a bare GPU machine), the run still counts; its RSS is NaN.
+  const r = fs.existsSync('/usr/bin/time')
+    ? spawnSync('/usr/bin/time', ['-f', 'PEAK_RSS_KB=%M', cmd, ...args], { encoding: 'utf8', env, maxBuffer: 1 << 26 })
+    : spawnSync(cmd, args, { encoding: 'utf8', env, maxBuffer: 1 << 26 });
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed:\n${r.stderr}`);
   const kb = Number(/PEAK_RSS_KB=(\d+)/.exec(r.stderr)?.[1] ?? NaN);
   return { out: r.stdout, rssMb: kb / 1024 };
@@ -43,7 +49,82 @@ function findPeer(): string | null {
   return null;
 }
 
+/** Samples the GPU's used memory (MiB, nvidia-smi every 50 ms) while `run` runs: its peak above the idle level, or null without nvidia-smi. */
+function gpuPeakMb<T>(run: () => T): { result: T; peakMb: number | null } {
+  const query = ['--query-gpu=memory.used', '--format=csv,noheader,nounits'];
+  const idle = spawnSync('nvidia-smi', query, { encoding: 'utf8' });
+  if (idle.status !== 0) return { result: run(), peakMb: null };
+  const file = path.join(os.tmpdir(), `peftkit-gpumem-${process.pid}-${Date.now()}.txt`);
+  const fd = fs.openSync(file, 'w');
+  const sampler = spawn('nvidia-smi', [...query, '-lms', '50'], { stdio: ['ignore', fd, 'ignore'] });
+  try {
+    const result = run();
+    return { result, peakMb: Math.max(0, ...fs.readFileSync(file, 'utf8').split('\n').filter(Boolean).map(Number)) - Number(idle.stdout.trim().split('\n')[0]) };
+  } finally {
+    sampler.kill();
+    fs.closeSync(fd);
+    fs.rmSync(file, { force: true });
+  }
+}
+
+/** A python3 that imports torch, or null; the peer's versions line says what else it has. */
+function torchPython(): string | null {
+  for (const py of ['python3', '/usr/bin/python3']) if (spawnSync(py, ['-c', 'import torch'], { encoding: 'utf8' }).status === 0) return py;
+  return null;
+}
+
+/**
+ * `--device cuda` (or cpu, for a dry run of the plumbing): LoRA bf16 and QLoRA NF4 bf16 on SHAPE
+ * at batch B × T, each in its own child, and the same two runs of bench/peers/torch_lora_train_gpu.py
+ * where python3 has torch. Peak memory: the GPU's used memory above idle while the run lasts (the
+ * same sampling for both), the peer's own torch.cuda.max_memory_reserved in its note.
+ */
+function deviceMain(device: 'cpu' | 'cuda'): void {
+  const shape = arg('shape', 'smol135');
+  const steps = Number(arg('steps', '3'));
+  const B = Number(arg('batch', '8')), T = Number(arg('seq', '512'));
+  console.log(`device: ${device}; shape: ${shape}, LoRA r=16 alpha=32 on q,k,v,o,gate,up,down, batch ${B}x${T}, ${steps} timed steps`);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-bench-'));
+  const rows: Array<Row & { peakGpuMb: number | null; peer?: string }> = [];
+  const runs: Array<[string, string, 'none' | 'nf4', string]> = [['LoRA bf16', 'lora-bf16', 'none', 'bf16'], ['QLoRA NF4 bf16', 'qlora-nf4', 'nf4', 'bf16']];
+  try {
+    writeBenchModel(path.join(dir, shape), shape);
+    const child = path.join(__dirname, 'train_child.js');
+    for (const [what, , quant, dtype] of runs) {
+      try {
+        const { result: r, peakMb } = gpuPeakMb(() => timed(process.execPath, [child, dir, shape, String(steps), String(B), String(T), '0', quant, dtype, device]));
+        const m = JSON.parse(r.out.trim().split('\n').pop()!) as { tokensPerS: number; stepS: number };
+        rows.push({ who: `peftkit ${what}`, tokensPerS: m.tokensPerS, stepS: m.stepS, peakRssMb: r.rssMb, peakGpuMb: peakMb, peer: what });
+      } catch (e) {
+        console.log(`peftkit ${what} failed: ${(e as Error).message.split('\n').slice(0, 6).join(' | ')}`);
+        process.exitCode = 1; // the peer may be absent; our own run may not fail
+      }
+    }
+    const py = torchPython();
+    if (!py) console.log('PyTorch peer absent: no python3 with torch on this machine');
+    for (const [what, mode] of py ? runs : []) {
+      try {
+        const { result: r, peakMb } = gpuPeakMb(() => timed(py!, [path.join(__dirname, '..', '..', 'bench', 'peers', 'torch_lora_train_gpu.py'), shape, mode, String(B), String(T), String(steps)]));
+        const m = JSON.parse(r.out.trim().split('\n').pop()!) as { tokens_per_s: number; step_s: number; peak_mb: number | null; torch: string; bitsandbytes: string | null; peft: string | null; device: string };
+        const note = `torch ${m.torch} on ${m.device}, bitsandbytes ${m.bitsandbytes ?? 'absent'}, peft ${m.peft ?? 'absent (LoRA written out as PEFT\'s lora.Linear)'}, torch max reserved ${m.peak_mb?.toFixed(0) ?? '-'} MiB`;
+        rows.push({ who: `PyTorch ${what}`, tokensPerS: m.tokens_per_s, stepS: m.step_s, peakRssMb: r.rssMb, peakGpuMb: peakMb, note, peer: what });
+      } catch (e) {
+        console.log(`PyTorch ${what} failed or absent: ${(e as Error).message.split('\n').filter(Boolean).slice(-3).join(' | ')}`);
+      }
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  console.log('\nwho | tokens/s | step s | peak GPU MiB | peak RSS MB | note');
+  for (const r of rows) console.log(`${r.who} | ${r.tokensPerS.toFixed(0)} | ${r.stepS.toFixed(3)} | ${r.peakGpuMb?.toFixed(0) ?? '-'} | ${r.peakRssMb.toFixed(0)} | ${r.note ?? ''}`);
+  const out = path.join(__dirname, '..', '..', 'bench', 'results');
+  fs.mkdirSync(out, { recursive: true });
+  fs.writeFileSync(path.join(out, `train-${device}-${shape}.json`), JSON.stringify({ device, date: new Date().toISOString(), shape, B, T, steps, rows }, null, 2));
+}
+
 function main(): void {
+  const device = arg('device', '');
+  if (device === 'cuda' || device === 'cpu') return deviceMain(device);
   const shape = arg('shape', 'smol135');
   const steps = Number(arg('steps', '3'));
   const [B, T] = shape === 'tinyllama' ? [1, 512] : [4, 256];

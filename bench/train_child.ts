@@ -1,7 +1,7 @@
 /**
  * One measured training run for bench/train.ts, in a child process so that its peak RSS is
  * training alone (the parent writes the random checkpoint first with writeBenchModel).
- *   node train_child.js DIR SHAPE STEPS B T CHECKPOINTING(0|1) QUANTIZE(none|nf4|fp4|int8) [DTYPE(f32|bf16)]
+ *   node train_child.js DIR SHAPE STEPS B T CHECKPOINTING(0|1) QUANTIZE(none|nf4|fp4|int8) [DTYPE(f32|bf16)] [DEVICE(cpu|cuda)]
  * DTYPE bf16 is --bf16: Linear weights stored bf16 and bf16 compute.
  */
 import * as fs from 'fs';
@@ -27,13 +27,14 @@ export function writeBenchModel(modelDir: string, shape: string): void {
 }
 
 function main(): void {
-  const [dir, shape, stepsArg, bArg, tArg, ckptArg, quantArg, dtypeArg] = process.argv.slice(2);
+  const [dir, shape, stepsArg, bArg, tArg, ckptArg, quantArg, dtypeArg, deviceArg] = process.argv.slice(2);
+  const device = deviceArg === 'cuda' ? 'cuda' : 'cpu';
   const quantize = quantArg === 'nf4' || quantArg === 'fp4' || quantArg === 'int8' ? quantArg : undefined;
   const steps = Number(stepsArg), B = Number(bArg), T = Number(tArg);
   const modelDir = path.join(dir, shape);
   if (!fs.existsSync(path.join(modelDir, 'model.safetensors'))) throw new Error(`${modelDir}: no checkpoint (run bench/train.js)`);
-  const model = LlamaModel.load(modelDir, { quantize, dtype: dtypeArg === 'bf16' ? 'bf16' : 'f32' });
-  const adapter = LoraAdapter.create(model.linearModules, defaultLoraConfig({ r: 16, lora_alpha: 32, target_modules: 'all-linear' }), { seed: 0 });
+  const model = LlamaModel.load(modelDir, { quantize, dtype: dtypeArg === 'bf16' ? 'bf16' : 'f32', device });
+  const adapter = LoraAdapter.create(model.linearModules, defaultLoraConfig({ r: 16, lora_alpha: 32, target_modules: 'all-linear' }), { seed: 0, device });
   const trainer = new Trainer(model, adapter, { maxRows: B * T, maxT: T, dropout: 0, maxGradNorm: 1, activationCheckpointing: ckptArg === '1' });
   const rng = new SeededRng(0);
   const ids = Int32Array.from({ length: B * T }, () => rng.nextU32() % model.config.vocabSize);

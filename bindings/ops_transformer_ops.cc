@@ -128,6 +128,8 @@ void InitTransformerOps(Napi::Env env, Napi::Object exports) {
       return kNone;
     };
   });
+  DefineTensorOp(env, exports, "reluForward", {"out", "x"}, ops::relu_forward);
+  DefineTensorOp(env, exports, "reluBackward", {"dx", "dout", "x"}, ops::relu_backward);
   DefineTensorOp(env, exports, "swigluForward", {"out", "gate", "up"}, ops::swiglu_forward);
   DefineTensorOp(env, exports, "swigluBackward", {"dgate", "dup", "dout", "gate", "up"}, ops::swiglu_backward);
   DefineTensorOp(env, exports, "add", {"out", "a", "b"}, ops::add);

@@ -1,61 +1,140 @@
 #!/usr/bin/env bash
-# The GPU check, in one call on a machine with an NVIDIA GPU (a few minutes; the step timeouts
-# add up to 8):
-#   1. shows the device (nvidia-smi) and toolchain,
-#   2. builds the CUDA addon (npm run build:cuda -> build-cuda/Release/peftkit.node, which the
-#      loader prefers to the CPU build),
-#   3. fails unless that addon sees the GPU (otherwise the tests would quietly run on cpu only),
-#   4. runs npm test: every kernel test loops over devices(), so each runs on cpu and on cuda,
-#   5. runs npm run bench:kernels (and, on an AMX host, the GEMM rows again without AMX).
-# Optional: scripts/gpu-check.sh --sanitize also runs the test files under compute-sanitizer
-# (memcheck), which finds out-of-bounds and misaligned accesses; it takes several minutes more.
-# The device machine is offline: node_modules must travel with the tree (run's `carry`).
-set -euo pipefail
+# The GPU check, in one call on a machine with an NVIDIA GPU (offline: node_modules travels with
+# the tree, run's `carry`). Each step has its own timeout (565 s in all with the default steps, under run's 600 s cap); a
+# step that fails or times out is reported and the later steps still run; a summary of every
+# step, then one table of the training benchmarks, is printed last.
+#   1. the device and toolchain (nvidia-smi, nvcc, node, cmake),
+#   2. the CUDA build: cmake-js (node_modules/.bin, so nothing is downloaded) with PEFTKIT_CUDA=ON,
+#      for this GPU's architecture only, in parallel on every core. It writes
+#      build/Release/peftkit.node, replacing a CPU build there: the loader (src/native.ts) takes
+#      PEFTKIT_ADDON when set, else node-gyp-build's search, which tries build/Release before
+#      prebuilds/. (It does not look in build-cuda/, where CI's compile-only check puts its build.)
+#   3. fails unless that addon sees the GPU (otherwise the cuda rows would all be skipped),
+#   4. the whole ava suite once: with the CUDA build every kernel test loops over devices() and
+#      every model-level test has a cpu and a cuda row (test/helpers/check.ts deviceTest), so this
+#      one run is the suite on cpu and on cuda; the skipped rows are listed with their reasons,
+#   5. npm run bench:train -- --device cuda on the SmolLM2-135M and TinyLlama-1.1B shapes (batch
+#      8 × 512: LoRA bf16, QLoRA NF4 bf16) beside the PyTorch peer (bench/peers/
+#      torch_lora_train_gpu.py; bitsandbytes / PEFT said absent where they are),
+#   6. the summary and the table: tokens/s, peak GPU memory, ratios to the peer.
+# Options:
+#   --no-gpu      a dry run of the plumbing on a machine without a GPU: no nvidia-smi, no build
+#                 (the existing build/Release addon), the benchmark on cpu with a tiny shape.
+#   --tests "F"   only these test files (dist/test/x.test.js ...) instead of the whole suite.
+#   --kernels     also npm run bench:kernels (and, on an AMX host, the GEMM rows without AMX).
+#   --sanitize    also the test files under compute-sanitizer memcheck (several minutes more).
+set -uo pipefail
 cd "$(dirname "$0")/.."
 
-sanitize=0
-[ "${1:-}" = "--sanitize" ] && sanitize=1
+gpu=1 sanitize=0 kernels=0 tests=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --no-gpu) gpu=0 ;;
+    --sanitize) sanitize=1 ;;
+    --kernels) kernels=1 ;;
+    --tests) tests="$2"; shift ;;
+    *) echo "gpu-check.sh: unknown option '$1' (--no-gpu, --tests \"FILES\", --kernels, --sanitize)"; exit 2 ;;
+  esac
+  shift
+done
+cores=$(nproc 2>/dev/null || echo 4)
+export PEFTKIT_TEST_SEED="${PEFTKIT_TEST_SEED:-20261206}"
+summary=()
 
-step() { printf '\n== %s == (t=%ss)\n' "$*" "$SECONDS"; }
+# run_step NAME TIMEOUT_S COMMAND...: runs it under `timeout`, records ok / FAILED (rc) / TIMED OUT.
+run_step() {
+  local name="$1" limit="$2" start=$SECONDS rc
+  shift 2
+  printf '\n== %s == (t=%ss, limit %ss)\n' "$name" "$SECONDS" "$limit"
+  # Through bash -c, so that a step may be one of the functions below (exported).
+  timeout --kill-after=10 "$limit" bash -c '"$@"' _ "$@"
+  rc=$?
+  local took=$((SECONDS - start)) status="ok"
+  if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then status="TIMED OUT after ${limit}s"; elif [ "$rc" != 0 ]; then status="FAILED (exit $rc)"; fi
+  summary+=("$(printf '%-46s %-24s %4ss' "$name" "$status" "$took")")
+  return "$rc"
+}
 
-step "device and toolchain"
-nvidia-smi
-nvcc --version | tail -n 2
-node --version
-cmake --version | head -n 1
-[ -d node_modules ] || { echo "node_modules is missing (the device machine cannot npm install): carry it"; exit 1; }
+toolchain() {
+  nvidia-smi || return 1
+  nvcc --version | tail -n 2
+  node --version
+  cmake --version | head -n 1
+  [ -d node_modules ] || { echo "node_modules is missing (the device machine cannot npm install): carry it"; return 1; }
+}
 
-step "CUDA build: npm run build:cuda"
-timeout 180 npm run build:cuda 2>&1 | tail -n 25
+cuda_build() {
+  # This GPU's compute capability only (9.0 -> 90): half the work of the default 80;90.
+  local arch
+  arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n 1 | tr -d '. ')
+  echo "architecture sm_${arch:-?}, $cores parallel jobs"
+  CMAKE_BUILD_PARALLEL_LEVEL="$cores" node_modules/.bin/cmake-js rebuild --CDPEFTKIT_CUDA=ON \
+    ${arch:+--CDCMAKE_CUDA_ARCHITECTURES="$arch"} --parallel "$cores" 2>&1 | tail -n 25
+  return "${PIPESTATUS[0]}"
+}
 
-step "the CUDA addon sees the GPU"
-npx tsc -p tsconfig.json
-node -e "
-const { runtimeInfo } = require('./dist/src/index');
-const info = runtimeInfo();
+addon_check() {
+  npx tsc -p tsconfig.json || return 1
+  node -e "
+const info = require('./dist/src/index').runtimeInfo();
 console.log(JSON.stringify(info));
-if (!info.cudaBuild || !info.cudaAvailable) { console.error('CUDA build not loaded or no device visible'); process.exit(1); }
-"
+const want = process.argv[1] === '1';
+if (want && (!info.cudaBuild || !info.cudaAvailable)) { console.error('CUDA build not loaded or no device visible'); process.exit(1); }
+if (!want && !info.cpuIsa) process.exit(1);
+" "$gpu"
+}
 
-step "npm test (cpu and cuda)"
-timeout 200 npm test
+test_suite() {
+  local log rc
+  log=$(mktemp)
+  # shellcheck disable=SC2086 # $tests is a list of files
+  npx ava $tests 2>&1 | tee "$log" | grep -vE '^\s+✔' | tail -n 200
+  rc=${PIPESTATUS[0]}
+  echo "-- counts: $(grep -Ec '^\s+✔' "$log") passed, $(grep -Ec '^\s+✘' "$log") failed, $(grep -Ec '^\s+- \[skip\]' "$log") skipped"
+  echo "-- skipped rows by reason:"
+  grep -E '^\s+- \[skip\]' "$log" | sed -E 's/.*\((cpu|cuda)\): /\1: /; s/.*› //' | sed -E 's/^(cpu|cuda): (.*)$/\1: \2/' | sort | uniq -c | sort -rn | head -n 20
+  rm -f "$log"
+  return "$rc"
+}
 
-step "kernel benchmarks"
-timeout 100 npm run bench:kernels
+bench_train() { # SHAPE DEVICE [extra args]
+  local shape="$1" device="$2"
+  shift 2
+  node dist/bench/train.js --device "$device" --shape "$shape" "$@"
+}
 
-# GPU hosts are often AMX CPUs (Sapphire Rapids and later): then the tests above ran the AMX
-# GEMM kernel on the tiles, and this gives the bf16 GEMM without it, for the AMX ratio.
-step "AMX: bf16 GEMM with the tiles off (PEFTKIT_ISA=avx512), when the host has them"
-if node -e "process.exit(require('./dist/src/index').runtimeInfo().amxBf16 ? 0 : 1)"; then
-  PEFTKIT_ISA=avx512 timeout 90 npm run bench:kernels -- gemm
+export -f toolchain cuda_build addon_check test_suite bench_train
+export gpu tests cores
+rm -f bench/results/train-cuda-*.json bench/results/train-cpu-*.json
+if [ "$gpu" = 1 ]; then
+  run_step "device and toolchain" 15 toolchain
+  run_step "CUDA build (cmake-js, parallel)" 150 cuda_build
 else
-  echo "no AMX on this host"
+  echo "--no-gpu: no nvidia-smi and no CUDA build; the tests and benchmarks run on the cpu addon in build/"
 fi
-
+run_step "the addon loads$([ "$gpu" = 1 ] && echo ' and sees the GPU')" 30 addon_check
+run_step "ava: ${tests:-the whole suite} (cpu and cuda rows)" 220 test_suite
+if [ "$gpu" = 1 ]; then
+  run_step "bench:train cuda smol135 8x512" 60 bench_train smol135 cuda --batch 8 --seq 512 --steps 3
+  run_step "bench:train cuda tinyllama 8x512" 90 bench_train tinyllama cuda --batch 8 --seq 512 --steps 2
+else
+  run_step "bench:train cpu tiny 2x32 (plumbing)" 120 bench_train tiny cpu --batch 2 --seq 32 --steps 1
+fi
+if [ "$kernels" = 1 ]; then
+  run_step "kernel benchmarks" 100 npm run bench:kernels
+  # GPU hosts are often AMX CPUs: the bf16 GEMM without the tiles, for the AMX ratio.
+  if node -e "process.exit(require('./dist/src/index').runtimeInfo().amxBf16 ? 0 : 1)"; then
+    run_step "AMX off: bf16 GEMM (PEFTKIT_ISA=avx512)" 90 env PEFTKIT_ISA=avx512 npm run bench:kernels -- gemm
+  fi
+fi
 if [ "$sanitize" = 1 ]; then
-  step "compute-sanitizer memcheck over the test files"
   # ava runs test files in worker threads of one process, which the sanitizer follows.
-  PEFTKIT_TEST_SEED=1 timeout 900 compute-sanitizer --tool memcheck --error-exitcode 1 npx ava
+  run_step "compute-sanitizer memcheck over the test files" 900 compute-sanitizer --tool memcheck --error-exitcode 1 npx ava $tests
 fi
 
-step "done"
+printf '\n== summary == (t=%ss)\n' "$SECONDS"
+printf '%s\n' "${summary[@]}"
+failed=$(printf '%s\n' "${summary[@]}" | grep -cE 'FAILED|TIMED OUT')
+echo "$failed of ${#summary[@]} steps failed"
+node scripts/gpu-check-table.js bench/results
+exit $((failed > 0))

@@ -1,8 +1,8 @@
 /** peftkit: parameter-efficient fine-tuning of LLMs from Node.js. */
 export { PeftkitError } from './errors';
 export type { PeftkitErrorCode } from './errors';
-export { Tensor, resolveDevice, f32ToBf16, bf16ToF32 } from './tensor';
-export type { DType, Device, DeviceOption, TensorOptions, MappedTensorOptions, TensorData } from './tensor';
+export { Tensor, deviceChoice, resolveDevice, f32ToBf16, bf16ToF32 } from './tensor';
+export type { DType, Device, DeviceChoice, DeviceOption, TensorOptions, MappedTensorOptions, TensorData } from './tensor';
 export { runtimeInfo, setNumThreads } from './runtime';
 export type { RuntimeInfo } from './runtime';
 export * as ops from './ops';
@@ -15,7 +15,10 @@ export type { TrainEvent, TrainResult } from './train/run';
 export { estimateMemory } from './train/estimate';
 export type { EstimateOptions, MemoryEstimate, MemoryPart, MemoryReport } from './train/estimate';
 export { loadModel, Model } from './inference/model';
-export type { LoadOptions, ModelGenerateOptions, Generation } from './inference/model';
+export type { LoadOptions, ModelGenerateOptions, Generation, GenerationPiece } from './inference/model';
+export { loadModelAsync, AsyncModel } from './inference/async_model';
+export type { AsyncGenerateOptions } from './inference/async_model';
+export { mergeAdapterAsync, quantizeModelAsync } from './tasks/async_tasks';
 export { mergeAdapter } from './peft/merge';
 export type { MergeOptions, MergeResult } from './peft/merge';
 export { LoraAdapter } from './peft/lora';

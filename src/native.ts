@@ -90,6 +90,8 @@ interface TransformerOps {
   siluBackward(dx: T, dout: T, x: T): void;
   geluForward(out: T, x: T, tanhApprox: boolean): void;
   geluBackward(dx: T, dout: T, x: T, tanhApprox: boolean): void;
+  reluForward(out: T, x: T): void;
+  reluBackward(dx: T, dout: T, x: T): void;
   swigluForward(out: T, gate: T, up: T): void;
   swigluBackward(dgate: T, dup: T, dout: T, gate: T, up: T): void;
   add(out: T, a: T, b: T): void;

@@ -50,22 +50,35 @@ export interface FileRange {
 
 export type TensorData = Float32Array | Int32Array | Uint16Array | Uint8Array | Int8Array | BigInt64Array | number[];
 
-/** Resolves 'auto' and rejects 'cuda' when it cannot work, with the reason. */
-export function resolveDevice(device: DeviceOption = 'cpu'): Device {
-  const info = native.runtimeInfo();
-  if (device === 'auto') return info.cudaAvailable ? 'cuda' : 'cpu';
-  if (device === 'cuda' && !info.cudaAvailable) {
-    throw new PeftkitError(
-      'E_DEVICE',
-      info.cudaBuild
-        ? "device 'cuda' requested but no CUDA device is visible"
-        : "device 'cuda' requested but this build of peftkit has no CUDA support (run `npm run build:cuda`)",
-    );
-  }
-  if (device !== 'cpu' && device !== 'cuda') {
+/** The device a {@link DeviceOption} comes to here, and why (a run's log states it). */
+export interface DeviceChoice {
+  device: Device;
+  reason: string;
+}
+
+/**
+ * Resolves 'auto' (cuda when the addon is the CUDA build and a GPU is visible, else cpu) and
+ * rejects 'cuda' when it cannot work (E_DEVICE, with the reason): never a silent fallback.
+ */
+export function deviceChoice(device: DeviceOption = 'cpu'): DeviceChoice {
+  if (device !== 'cpu' && device !== 'cuda' && device !== 'auto') {
     throw new PeftkitError('E_DEVICE', `unknown device '${String(device)}' (expected 'cpu', 'cuda' or 'auto')`);
   }
-  return device;
+  if (device === 'cpu') return { device, reason: "device 'cpu'" };
+  const info = native.runtimeInfo();
+  const absent = !info.cudaBuild ? 'this build of peftkit has no CUDA support (run `npm run build:cuda`)'
+    : !info.cudaAvailable ? 'no CUDA device is visible' : null;
+  if (device === 'auto') {
+    if (!absent) return { device: 'cuda', reason: "device 'auto': the CUDA build is loaded and a GPU is visible" };
+    return { device: 'cpu', reason: `device 'auto': ${info.cudaBuild ? 'the CUDA build is loaded but ' : ''}${absent}` };
+  }
+  if (absent) throw new PeftkitError('E_DEVICE', `device 'cuda' requested but ${absent}`);
+  return { device, reason: "device 'cuda'" };
+}
+
+/** Resolves 'auto' and rejects 'cuda' when it cannot work, with the reason (see {@link deviceChoice}). */
+export function resolveDevice(device: DeviceOption = 'cpu'): Device {
+  return deviceChoice(device).device;
 }
 
 /**

@@ -3,7 +3,7 @@ import type { ExecutionContext } from 'ava';
 import { spawnSync } from 'child_process';
 import * as path from 'path';
 import { Tensor, PeftkitError, ops, runtimeInfo } from '../src/index';
-import { assertClose, devices, makeRng, poisoned, randn, relErr } from './helpers/check';
+import { assertClose, devices, makeRng, poisoned, relErr } from './helpers/check';
 import { makeInputs, runAttention } from './helpers/attention_run';
 import type { AttentionInputs, AttentionResult, AttentionShape } from './helpers/attention_run';
 

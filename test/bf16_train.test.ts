@@ -4,7 +4,6 @@
  * f32 run within bf16's precision and still learn; and they must differ from it, or the products
  * did not run in bf16 at all.
  */
-import test from 'ava';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -13,14 +12,16 @@ import { writeRandomModel } from '../src/model/random_model';
 import { LoraAdapter } from '../src/peft/lora';
 import { defaultLoraConfig } from '../src/peft/lora/config';
 import { Trainer } from '../src/train/trainer';
-import { makeRng, relErr } from './helpers/check';
+import { ALL_DEVICES, makeRng, relErr } from './helpers/check';
+import { deviceTest } from './helpers/device_test';
+import type { Device } from '../src/index';
 
 const STEPS = 6;
 
-function run(dir: string, dtype: 'f32' | 'bf16', batch: { inputIds: Int32Array; labels: Int32Array; B: number; T: number }) {
-  const model = LlamaModel.load(dir, { dtype });
+function run(dir: string, dtype: 'f32' | 'bf16', batch: { inputIds: Int32Array; labels: Int32Array; B: number; T: number }, device: Device) {
+  const model = LlamaModel.load(dir, { dtype, device });
   const config = defaultLoraConfig({ r: 8, lora_alpha: 16, target_modules: 'all-linear' });
-  const adapter = LoraAdapter.create(model.linearModules, config, { seed: 5 });
+  const adapter = LoraAdapter.create(model.linearModules, config, { seed: 5, device });
   const trainer = new Trainer(model, adapter, {
     maxRows: batch.B * batch.T, maxT: batch.T, dropout: 0, maxGradNorm: 1, betas: [0.9, 0.999], eps: 1e-8, weightDecay: 0,
   });
@@ -35,7 +36,7 @@ function run(dir: string, dtype: 'f32' | 'bf16', batch: { inputIds: Int32Array; 
 }
 
 for (const tied of [true, false]) {
-  test(`bf16 compute training (${tied ? 'tied' : 'untied'} head) follows f32 (1e-2 at step 0, 2e-2 after) and still learns`, (t) => {
+  for (const device of ALL_DEVICES) deviceTest(device, `bf16 compute training (${tied ? 'tied' : 'untied'} head) follows f32 (1e-2 at step 0, 2e-2 after) and still learns`, (t) => {
     const rng = makeRng(t);
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-bf16-train-'));
     try {
@@ -43,8 +44,8 @@ for (const tied of [true, false]) {
       const B = 2, T = 48;
       const ids = Int32Array.from({ length: B * T }, () => rng.int(3, 200));
       const batch = { inputIds: ids, labels: ids, B, T };
-      const f32 = run(dir, 'f32', batch);
-      const bf16 = run(dir, 'bf16', batch);
+      const f32 = run(dir, 'f32', batch, device);
+      const bf16 = run(dir, 'bf16', batch, device);
       t.is(f32.compute, 'f32');
       t.is(bf16.compute, 'bf16');
       t.log(`f32 losses  ${f32.losses.map((l) => l.toFixed(5)).join(' ')}`);

@@ -71,6 +71,7 @@ test('usage errors exit 2 and name the CLI flag, not the API field', (t) => {
     [[...base, '--warmup-steps', '2', '--warmup-ratio', '0.1'], /^peftkit: --warmup-steps and --warmup-ratio were both given/],
     [[...base, '--adapter', dir, '--r', '4'], /^peftkit: --r cannot be given with --adapter: the adapter's adapter_config\.json decides them\n/],
     [[...base, '--paged-dir', path.join(dir, 'nope')], /^peftkit: --paged-dir: .*nope is not an existing folder/],
+    [[...base, '--method', 'p-tuning', '--encoder', 'gru'], /^peftkit: --encoder: expected mlp or lstm, got 'gru'\n/],
     [[...base, '--method', 'dora-x'], /^peftkit: --method: expected lora, qlora, int8-lora, dora, ia3, ln, bitfit, diff, adapter, prompt, p-tuning, prefix or full, got 'dora-x'\n/],
     [[...base, '--max-length', '8', '--max-seq-length', '8'], /^peftkit: --max-length was given twice \(as --max-length and --max-seq-length\)\n/],
     [[...base, '--learning_rate', '1'], /^peftkit: unknown option '--learning_rate' for `peftkit train` \(did you mean --learning-rate\?\)\n/],

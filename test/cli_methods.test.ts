@@ -18,7 +18,7 @@ function fixture(): { dir: string; model: string; data: string } {
   return { dir, model, data };
 }
 
-const CASES: Array<{ method: string; flags: string[]; files: string[]; peftType?: string; merges: boolean }> = [
+const CASES: Array<{ method: string; flags: string[]; files: string[]; peftType?: string; config?: Record<string, unknown>; merges: boolean }> = [
   { method: 'dora', flags: ['--targets', 'q_proj,v_proj', '--r', '2'], files: ['adapter_config.json'], peftType: 'LORA', merges: true },
   { method: 'ia3', flags: [], files: ['adapter_config.json'], peftType: 'IA3', merges: true },
   { method: 'ln', flags: [], files: ['adapter_config.json'], peftType: 'LN_TUNING', merges: true },
@@ -28,17 +28,22 @@ const CASES: Array<{ method: string; flags: string[]; files: string[]; peftType?
   { method: 'prefix', flags: ['--num-virtual-tokens', '3'], files: ['adapter_config.json'], peftType: 'PREFIX_TUNING', merges: false },
   { method: 'prompt', flags: ['--num-virtual-tokens', '3', '--prompt-init', 'text', '--prompt-init-text', 'say hello'], files: ['adapter_config.json'], peftType: 'PROMPT_TUNING', merges: false },
   { method: 'p-tuning', flags: ['--num-virtual-tokens', '2', '--encoder-hidden-size', '8'], files: ['adapter_config.json', 'prompt_encoder.safetensors'], peftType: 'P_TUNING', merges: false },
+  {
+    method: 'p-tuning', flags: ['--num-virtual-tokens', '3', '--encoder', 'lstm', '--encoder-hidden-size', '5'], files: ['adapter_config.json', 'prompt_encoder.safetensors'], peftType: 'P_TUNING',
+    config: { encoder_reparameterization_type: 'LSTM', encoder_hidden_size: 5, encoder_num_layers: 2 }, merges: false,
+  },
   { method: 'full', flags: ['--trainable', 'layers\\.1\\.'], files: ['config.json', 'model.safetensors', 'tokenizer.json'], merges: false },
 ];
 
 for (const c of CASES) {
-  test(`peftkit train --method ${c.method}, then generate${c.merges ? ' and merge' : ''}`, (t) => {
+  test(`peftkit train --method ${c.method}${c.flags.includes('--encoder') ? ' --encoder lstm' : ''}, then generate${c.merges ? ' and merge' : ''}`, (t) => {
     const { dir, model, data } = fixture();
     const out = path.join(dir, 'out');
     const tr = run(['train', '--model', model, '--data', data, '--out', out, '--method', c.method, '--steps', '3', '--batch-size', '2', '--lr', '1e-2', ...c.flags]);
     t.is(tr.status, 0, tr.stderr);
     for (const f of c.files) t.true(fs.existsSync(path.join(out, f)), f);
     if (c.peftType) t.is(JSON.parse(fs.readFileSync(path.join(out, 'adapter_config.json'), 'utf8')).peft_type, c.peftType);
+    if (c.config) t.like(JSON.parse(fs.readFileSync(path.join(out, 'adapter_config.json'), 'utf8')), c.config);
     // A full fine-tune is a model: generate from it; an adapter is applied to the base.
     const gen = run(['generate', '--model', c.peftType ? model : out, ...(c.peftType ? ['--adapter', out] : []), '--prompt', 'row 1', '--max-new-tokens', '3', '--temperature', '0']);
     t.is(gen.status, 0, gen.stderr);

@@ -29,8 +29,9 @@ for (const device of devices()) {
         cases.push({ M, N, K, transA, transB, alpha: 0.5, beta: 1 });
       }
       // Crosses every block boundary: M tiles with a remainder (71 = 5·14 + 1 = 11·6 + 5), N past
-      // nc = 512 into a narrow last panel, K past 2 kc and odd; once at a larger size too.
-      cases.push({ M: 71, N: 517, K: 601, transA, transB, alpha: -0.75, beta: 0.5 });
+      // nc (672 where the L2 holds 2 MiB, 2048 elsewhere) into a narrow last panel, K past 2 kc
+      // (384 or 512) and odd; once at a larger size too.
+      cases.push({ M: 71, N: 2085, K: 1031, transA, transB, alpha: -0.75, beta: 0.5 });
       if (!transA && transB) cases.push({ M: 300, N: 517, K: 1031, transA, transB });
       checkCases(t, device, cases);
     });

@@ -11,16 +11,17 @@ import { generateIds, KvGenerator, sample } from '../src/model/llama_generate';
 import { LoraAdapter } from '../src/peft/lora';
 import { defaultLoraConfig } from '../src/peft/lora/config';
 import { SeededRng } from '../src/util/rng';
-import { makeRng, relErr } from './helpers/check';
+import { ALL_DEVICES, makeRng, relErr } from './helpers/check';
+import { deviceTest } from './helpers/device_test';
 
 const GOLDEN = path.join(__dirname, '..', '..', 'test', 'golden');
 
 for (const name of ['llama', 'llama_tied', 'qwen2']) {
-  test(`${name}: cached token-by-token and chunked prefill logits match PyTorch`, (t) => {
+  for (const device of ALL_DEVICES) deviceTest(device, `${name}: cached token-by-token and chunked prefill logits match PyTorch`, (t) => {
     const dir = path.join(GOLDEN, name);
     const exp = JSON.parse(fs.readFileSync(path.join(dir, 'expected.json'), 'utf8')) as { input_ids: number[][]; logits_row0: number[][] };
-    const model = LlamaModel.load(dir);
-    const adapter = LoraAdapter.load(path.join(dir, 'adapter_in'), model.linearModules);
+    const model = LlamaModel.load(dir, { device });
+    const adapter = LoraAdapter.load(path.join(dir, 'adapter_in'), model.linearModules, { device });
     const ids = exp.input_ids[0];
     const one = new KvGenerator(model, ids.length, adapter);
     for (let i = 0; i < ids.length; i++) {
@@ -113,13 +114,14 @@ test('generate() stops at every end-of-sequence id the folder names: tokenizer, 
   m.dispose();
 });
 
-test('generate() with an adapter folder reads it again when it has been written again', (t) => {
+for (const device of ALL_DEVICES) deviceTest(device, 'generate() with an adapter folder reads it again when it has been written again', (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-gen-'));
   writeRandomModel(dir, { hiddenSize: 32, numLayers: 1, numHeads: 2, seed: 6 });
-  const model = loadModel(dir);
+  const model = loadModel(dir, { device });
+  t.is(model.llama.device, device);
   const adapterDir = path.join(dir, 'adapter');
   const save = (seed: number) => {
-    const a = LoraAdapter.create(model.llama.linearModules, defaultLoraConfig({ r: 4, lora_alpha: 64, target_modules: ['q_proj', 'v_proj', 'o_proj'] }), { seed });
+    const a = LoraAdapter.create(model.llama.linearModules, defaultLoraConfig({ r: 4, lora_alpha: 64, target_modules: ['q_proj', 'v_proj', 'o_proj'] }), { seed, device });
     for (const l of a.layers.values()) l.B.write(Float32Array.from({ length: l.B.numel }, (_, i) => Math.sin(seed * 7 + i)));
     a.save(adapterDir);
     return a;

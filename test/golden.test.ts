@@ -3,14 +3,14 @@
  * random checkpoints in Hugging Face layout, a starting adapter with non-zero B, and what
  * 3 AdamW steps of a PyTorch implementation of the HF model produce. We must agree to 1e-5 (measured ~1e-6).
  */
-import test from 'ava';
 import * as fs from 'fs';
 import * as path from 'path';
 import { LlamaModel } from '../src/model/llama';
 import { SafetensorsCheckpoint } from '../src/model/safetensors';
 import { LoraAdapter } from '../src/peft/lora';
 import { Trainer } from '../src/train/trainer';
-import { relErr } from './helpers/check';
+import { ALL_DEVICES, relErr } from './helpers/check';
+import { deviceTest } from './helpers/device_test';
 
 const GOLDEN = path.join(__dirname, '..', '..', 'test', 'golden');
 
@@ -22,12 +22,13 @@ interface Expected {
   final_loss: number;
 }
 
+// The same tolerances on cuda: f32 compute is exact f32 there (no TF32), as the kernel tests check to 1e-5.
 for (const name of ['llama', 'llama_tied', 'qwen2']) {
-  test(`${name}: 3 LoRA AdamW steps match PyTorch (losses, step-0 gradients, final adapter)`, (t) => {
+  for (const device of ALL_DEVICES) deviceTest(device, `${name}: 3 LoRA AdamW steps match PyTorch (losses, step-0 gradients, final adapter)`, (t) => {
     const dir = path.join(GOLDEN, name);
     const exp = JSON.parse(fs.readFileSync(path.join(dir, 'expected.json'), 'utf8')) as Expected;
-    const model = LlamaModel.load(dir);
-    const adapter = LoraAdapter.load(path.join(dir, 'adapter_in'), model.linearModules);
+    const model = LlamaModel.load(dir, { device });
+    const adapter = LoraAdapter.load(path.join(dir, 'adapter_in'), model.linearModules, { device });
     const B = exp.input_ids.length, T = exp.input_ids[0].length;
     const batch = { inputIds: Int32Array.from(exp.input_ids.flat()), labels: Int32Array.from(exp.labels.flat()), B, T };
     const h = exp.hyper;
@@ -61,14 +62,14 @@ for (const name of ['llama', 'llama_tied', 'qwen2']) {
   });
 }
 
-test('bf16 base weights and bf16 compute (f32 sums) stay within bf16 rounding of the PyTorch f32 run', (t) => {
+for (const device of ALL_DEVICES) deviceTest(device, 'bf16 base weights and bf16 compute (f32 sums) stay within bf16 rounding of the PyTorch f32 run', (t) => {
   const dir = path.join(GOLDEN, 'llama');
   const exp = JSON.parse(fs.readFileSync(path.join(dir, 'expected.json'), 'utf8')) as Expected;
-  const model = LlamaModel.load(dir, { dtype: 'bf16' });
+  const model = LlamaModel.load(dir, { dtype: 'bf16', device });
   t.is(model.compute, 'bf16');
   t.is(model.weight('model.layers.0.self_attn.q_proj.weight').dtype, 'bf16');
   t.is(model.weight('model.embed_tokens.weight').dtype, 'bf16', 'dtype bf16 covers the embeddings too');
-  const adapter = LoraAdapter.load(path.join(dir, 'adapter_in'), model.linearModules);
+  const adapter = LoraAdapter.load(path.join(dir, 'adapter_in'), model.linearModules, { device });
   const B = exp.input_ids.length, T = exp.input_ids[0].length;
   const batch = { inputIds: Int32Array.from(exp.input_ids.flat()), labels: Int32Array.from(exp.labels.flat()), B, T };
   const h = exp.hyper;

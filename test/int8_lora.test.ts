@@ -13,7 +13,8 @@ import { KvGenerator } from '../src/model/llama_generate';
 import { writeRandomModel } from '../src/model/random_model';
 import { quantizeModel } from '../src/quant';
 import { train } from '../src/train/train';
-import { relErr } from './helpers/check';
+import { ALL_DEVICES, relErr } from './helpers/check';
+import { deviceTest } from './helpers/device_test';
 import { countingTask } from './helpers/counting_task';
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-int8-'));
@@ -63,13 +64,14 @@ test('loadModel: int8Threshold goes on every int8 weight; other bases and bad va
   }
 });
 
-test('train() int8-lora with an LLM.int8 threshold lowers the loss; a non-int8 method or a bad value is refused', async (t) => {
+for (const device of ALL_DEVICES) deviceTest(device, 'train() int8-lora with an LLM.int8 threshold lowers the loss; a non-int8 method or a bad value is refused', async (t) => {
   const dir = tmp();
   const { model, data } = countingTask(dir);
-  const common = { model, data, r: 4, alpha: 8, dropout: 0.1, targets: 'all-linear' as const, batchSize: 4, lr: 1e-2, maxLength: 32, seed: 1, shuffle: false };
+  const common = { model, data, device, r: 4, alpha: 8, dropout: 0.1, targets: 'all-linear' as const, batchSize: 4, lr: 1e-2, maxLength: 32, seed: 1, shuffle: false };
   const losses: number[] = [];
   const run = train({ ...common, out: path.join(dir, 'out'), method: 'int8-lora', int8Threshold: 6, steps: 12 });
   run.on('step', (e) => losses.push(e.loss));
+  run.on('start', (e) => t.is(e.device, device, 'the run is on the device asked for'));
   const result = await run;
   t.is(result.steps, 12);
   t.log(`losses ${losses.map((l) => l.toFixed(3)).join(' ')}`);

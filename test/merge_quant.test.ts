@@ -21,7 +21,9 @@ import { mergeAdapter, MergeResult } from '../src/peft/merge';
 import { dequantize4bit, dequantizeInt8, DYNAMIC_SIGNED_CODE, quantizeModel, readBnbWeight, recoverAbsmax } from '../src/quant/index';
 import type { BnbWeight, Int8State, Quant4State } from '../src/quant/index';
 import { roundToF16 } from '../src/quant/f16';
-import { makeRng, relErr, Rng } from './helpers/check';
+import { ALL_DEVICES, makeRng, relErr, Rng } from './helpers/check';
+import { deviceTest } from './helpers/device_test';
+import type { Device } from '../src/index';
 import { halfMaxGap, refCode4, roundHalfEven } from './helpers/quant_ref';
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-mergeq-'));
@@ -69,10 +71,10 @@ function fixture(t: ExecutionContext, c: Case, rng: Rng, tie = false): Fixture {
   return { dir, base, bnb, adapterDir, prompts: Array.from({ length: 3 }, () => Array.from({ length: 12 }, () => rng.int(0, V))) };
 }
 
-/** The logits at every position of every prompt, one after another. */
-function logits(dir: string, adapterDir: string | null, prompts: number[][]): Float32Array {
-  const model = LlamaModel.load(dir);
-  const adapter = adapterDir ? LoraAdapter.load(adapterDir, model.linearModules) : null;
+/** The logits at every position of every prompt, one after another, run on `device`. */
+function logits(dir: string, adapterDir: string | null, prompts: number[][], device: Device = 'cpu'): Float32Array {
+  const model = LlamaModel.load(dir, { device });
+  const adapter = adapterDir ? LoraAdapter.load(adapterDir, model.linearModules, { device }) : null;
   const out: number[] = [];
   try {
     for (const ids of prompts) {
@@ -213,8 +215,9 @@ function writeDenseWith(src: string, out: string, replace: Map<string, Float32Ar
   fs.copyFileSync(path.join(src, 'config.json'), path.join(out, 'config.json'));
 }
 
+// The merge itself is file to file on the cpu (mergeAdapter has no device); the merged models run on each device.
 for (const c of CASES) {
-  test(`merge into a ${c.name} base: requantized as published, the rest byte for byte, outputs move by the rounding, with a warning`, (t) => {
+  for (const device of ALL_DEVICES) deviceTest(device, `merge into a ${c.name} base: requantized as published, the rest byte for byte, outputs move by the rounding, with a warning`, (t) => {
     const rng = makeRng(t);
     const f = fixture(t, c, rng);
     const out = path.join(f.dir, 'merged');
@@ -309,14 +312,14 @@ for (const c of CASES) {
     t.is(hexOf(ckD.readBytes('model.norm.weight')), hexOf(ckIn.readBytes('model.norm.weight')));
 
     // (b) forward: the dense merge is the unmerged model; the requantized one moves by what rounding those weights implies
-    const unmerged = logits(f.bnb, f.adapterDir, f.prompts);
-    const exact = logits(dense, null, f.prompts);
+    const unmerged = logits(f.bnb, f.adapterDir, f.prompts, device);
+    const exact = logits(dense, null, f.prompts, device);
     t.true(relErr(exact, unmerged) <= 1e-4, `dense merge vs base + adapter: ${relErr(exact, unmerged).toExponential(2)}`);
-    const d1 = relErr(logits(out, null, f.prompts), exact);
+    const d1 = relErr(logits(out, null, f.prompts, device), exact);
     // The same rounding applied to the same modules of the original f32 model: weight error e0, logits change d0.
     const requant = path.join(f.dir, 'requant-only');
     writeDenseWith(f.base, requant, new Map([...merged].map(([m, v]) => [`${m}.weight`, v.w0])));
-    const d0 = relErr(logits(requant, null, f.prompts), logits(f.base, null, f.prompts));
+    const d0 = relErr(logits(requant, null, f.prompts, device), logits(f.base, null, f.prompts, device));
     const norm2 = (a: ArrayLike<number>, b?: ArrayLike<number>) => { let s = 0; for (let i = 0; i < a.length; i++) s += (a[i] - (b ? b[i] : 0)) ** 2; return s; };
     const agg = (pick: (v: { ref: Float64Array; back: Float32Array; w0: Float32Array; orig: Float32Array }) => [ArrayLike<number>, ArrayLike<number>]) => {
       let num = 0, den = 0;
@@ -328,7 +331,7 @@ for (const c of CASES) {
       return Math.sqrt(num / den);
     };
     const e0 = agg((v) => [v.w0, v.orig]), e1 = agg((v) => [v.back, v.ref]);
-    const adapterEffect = relErr(unmerged, logits(f.bnb, null, f.prompts));
+    const adapterEffect = relErr(unmerged, logits(f.bnb, null, f.prompts, device));
     t.log(`logits: requantized merge vs exact ${d1.toExponential(2)} (weights ${e1.toExponential(2)}); quantizing the same modules ${d0.toExponential(2)} (weights ${e0.toExponential(2)}); the adapter's own effect ${adapterEffect.toExponential(2)}`);
     t.true(d1 > 0, 'requantization moves the outputs (the warning is true)');
     t.true(d1 <= 2 * d0 * (e1 / e0), `d1 ${d1.toExponential(2)} > 2·d0·e1/e0 = ${(2 * d0 * e1 / e0).toExponential(2)}`);

@@ -8,7 +8,7 @@ import test from 'ava';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { runtimeInfo } from '../src/index';
+import type { Device } from '../src/index';
 import { LlamaModel } from '../src/model/llama';
 import { KvGenerator } from '../src/model/llama_generate';
 import { writeRandomModel } from '../src/model/random_model';
@@ -16,7 +16,8 @@ import type { ModelAdapter } from '../src/model/sites';
 import { mergeAdapter } from '../src/peft/merge';
 import { AdapterMethod, createAdapter, CreateAdapterOptions, loadAdapter } from '../src/peft/registry';
 import { Trainer } from '../src/train/trainer';
-import { makeRng, relErr } from './helpers/check';
+import { ALL_DEVICES, makeRng, relErr } from './helpers/check';
+import { deviceTest } from './helpers/device_test';
 
 type Storage = 'f32' | 'bf16' | 'nf4' | 'int8';
 interface Row {
@@ -47,11 +48,13 @@ const ROWS: Row[] = [
   { method: 'prefix', variant: 'prefix_projection', identityAtInit: false, merges: false, options: { numVirtualTokens: 2, prefixProjection: true, encoderHiddenSize: 8 } },
   { method: 'prompt', identityAtInit: false, merges: false, options: { numVirtualTokens: 3 } },
   { method: 'p-tuning', identityAtInit: false, merges: false, options: { numVirtualTokens: 3, encoderHiddenSize: 8 } },
+  { method: 'p-tuning', variant: 'LSTM encoder', identityAtInit: false, merges: false, options: { numVirtualTokens: 3, encoderHiddenSize: 6, encoder: 'lstm' } },
   { method: 'prompt', variant: 'init from the vocabulary', identityAtInit: false, merges: false, options: { numVirtualTokens: 2, promptInit: { kind: 'SAMPLE_VOCAB' } } },
   { method: 'adapter', variant: 'pfeiffer', identityAtInit: true, merges: false, options: { bottleneck: { type: 'pfeiffer', reductionFactor: 8 } } },
+  // Trained with LoRA dropout (every other row trains without: lora_dropout 0 below).
+  { method: 'dora', variant: 'lora_dropout 0.1', identityAtInit: true, options: { lora: { lora_dropout: 0.1 } } },
 ];
 const STORAGES: Storage[] = ['f32', 'bf16', 'nf4', 'int8'];
-const DEVICES = ['cpu', 'cuda'] as const;
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-contract-'));
 
@@ -64,19 +67,14 @@ function logits(model: LlamaModel, adapter: ModelAdapter | null, ids: readonly n
   }
 }
 
-function load(dir: string, storage: Storage, device: 'cpu' | 'cuda'): LlamaModel {
+function load(dir: string, storage: Storage, device: Device): LlamaModel {
   return LlamaModel.load(dir, { device, dtype: storage === 'bf16' ? 'bf16' : 'f32', quantize: storage === 'nf4' || storage === 'int8' ? storage : undefined });
 }
 
 for (const row of ROWS) {
   for (const storage of STORAGES) {
-    for (const device of DEVICES) {
-      const title = `${row.method}${row.variant ? ` (${row.variant})` : ''} on a ${storage} base (${device})`;
-      if (device === 'cuda' && !runtimeInfo().cudaAvailable) {
-        test.skip(`${title}: no CUDA device on this machine (scripts/gpu-check.sh runs this row on a GPU)`, () => {});
-        continue;
-      }
-      test(title, (t) => {
+    for (const device of ALL_DEVICES) {
+      deviceTest(device, `${row.method}${row.variant ? ` (${row.variant})` : ''} on a ${storage} base`, (t) => {
         const rng = makeRng(t as never);
         const dir = tmp();
         // Qwen2 has q/k/v biases (BitFit replaces them); the tied Llama has none (BitFit adds them).
@@ -90,7 +88,7 @@ for (const row of ROWS) {
         const inputIds = Int32Array.from({ length: B * T }, () => rng.int(0, V));
         const batch = { inputIds, labels: inputIds.slice(), B, T };
         const ids = Array.from(inputIds.subarray(0, T));
-        const adapter = createAdapter(row.method, model, { targets: row.options?.targets ?? (row.method === 'lora' || row.method === 'dora' ? 'all-linear' : undefined), lora: { r: 4, lora_alpha: 8, lora_dropout: 0, ...row.options?.lora }, diff: row.options?.diff, bottleneck: row.options?.bottleneck, numVirtualTokens: row.options?.numVirtualTokens, promptInit: row.options?.promptInit, encoderHiddenSize: row.options?.encoderHiddenSize, prefixProjection: row.options?.prefixProjection, seed: rng.seed });
+        const adapter = createAdapter(row.method, model, { targets: row.options?.targets ?? (row.method === 'lora' || row.method === 'dora' ? 'all-linear' : undefined), lora: { r: 4, lora_alpha: 8, lora_dropout: 0, ...row.options?.lora }, diff: row.options?.diff, bottleneck: row.options?.bottleneck, numVirtualTokens: row.options?.numVirtualTokens, promptInit: row.options?.promptInit, encoderHiddenSize: row.options?.encoderHiddenSize, encoder: row.options?.encoder, prefixProjection: row.options?.prefixProjection, seed: rng.seed });
         const owned: Array<{ dispose(): void }> = [adapter, model];
         try {
           const base = logits(model, null, ids);
@@ -101,7 +99,7 @@ for (const row of ROWS) {
           }
           // Training: the loss falls; only the adapter's tensors change (the base weights are frozen).
           const frozenBefore = [...model.entries()].map(([n, w]) => [n, w.toFloat32Array()] as const);
-          const trainer = new Trainer(model, adapter, { maxRows: B * T, maxT: T, dropout: 0, maxGradNorm: 1 });
+          const trainer = new Trainer(model, adapter, { maxRows: B * T, maxT: T, dropout: adapter.dropout, maxGradNorm: 1 });
           owned.push(trainer);
           const before = adapter.parameters().map((p) => p.param.toFloat32Array());
           const losses = [0, 1, 2, 3, 4].map(() => trainer.step([batch], 3e-2).loss);

@@ -4,6 +4,8 @@
  * starting adapter of each method with non-trivial values, and 3 AdamW steps of a PyTorch
  * implementation of the method on the HF architecture: windows of 2 micro-batches, clipping that
  * clips, a cosine schedule with warmup, transformers' no-decay groups. peftkit must agree to 1e-5.
+ * A fixture with dropout_masks.json trains with LoRA dropout (scripts/golden/torch_dora_dropout.py):
+ * the PyTorch run applied those masks, so this run must draw exactly them.
  */
 import test from 'ava';
 import * as fs from 'fs';
@@ -16,9 +18,12 @@ import type { PeftMethod } from '../src/peft/method';
 import { createAdapter, loadAdapter } from '../src/peft/registry';
 import { lrAt } from '../src/train/schedule';
 import { Trainer } from '../src/train/trainer';
-import { relErr } from './helpers/check';
+import { ALL_DEVICES, relErr } from './helpers/check';
+import { deviceTest } from './helpers/device_test';
+import { DropoutMasks, recordDropout, stepMasks } from './helpers/dropout_masks';
 
 const ROOT = path.join(__dirname, '..', '..', 'test', 'golden', 'methods');
+/** On cuda too: f32 compute runs exact f32 on the CUDA cores (no TF32), and the kernel tests hold both devices to 1e-5. */
 const TOL = 1e-5;
 /**
  * k_proj biases: adding b to every key shifts each query's scores by q·R(t)b, nearly the same at
@@ -38,6 +43,7 @@ interface Expected {
   micro_batches: Array<{ input_ids: number[][]; labels: number[][] }>;
   hyper: {
     trainable?: string;
+    lora_dropout?: number;
     lr: number; betas: [number, number]; eps: number; weight_decay: number; steps: number; grad_accum: number; max_grad_norm: number;
     schedule: 'cosine'; warmup_steps: number; total_steps: number; no_decay: string[];
   };
@@ -53,14 +59,14 @@ const refName = (n: string) => n.replace(/\.base_layer\.bias$/, '.bias');
 
 /** The fixture's starting point: its adapter_in, or for full fine-tuning the model itself. */
 function startingAdapter(dir: string, exp: Expected, model: LlamaModel): PeftMethod {
-  return exp.method === 'full' ? createAdapter('full', model, { trainable: exp.hyper.trainable }) : loadAdapter(path.join(dir, 'adapter_in'), model.config);
+  return exp.method === 'full' ? createAdapter('full', model, { trainable: exp.hyper.trainable }) : loadAdapter(path.join(dir, 'adapter_in'), model.config, { device: model.device });
 }
 
 const fixtures = fs.readdirSync(ROOT).filter((d) => d !== 'models' && fs.existsSync(path.join(ROOT, d, 'expected.json'))).sort();
 
 test('the golden tree holds every method on every architecture', (t) => {
   for (const arch of ['llama', 'llama_tied', 'qwen2']) {
-    for (const m of ['lora', 'dora', 'ia3', 'ln_tuning', 'bitfit', 'diff', 'full']) t.true(fixtures.includes(`${arch}_${m}`), `${arch}_${m}`);
+    for (const m of ['lora', 'dora', 'ia3', 'ln_tuning', 'bitfit', 'diff', 'full', 'p_tuning', 'p_tuning_lstm']) t.true(fixtures.includes(`${arch}_${m}`), `${arch}_${m}`);
   }
 });
 
@@ -73,18 +79,23 @@ for (const name of fixtures) {
     test.skip(`${name}: method '${method}' is not implemented yet (its PyTorch reference is ready for "PEFT methods, part 2")`, () => {});
     continue;
   }
-  test(`${name}: 3 AdamW steps (accumulation 2, clipping, cosine warmup) match PyTorch to 1e-5`, (t) => {
+  for (const device of ALL_DEVICES) deviceTest(device, `${name}: 3 AdamW steps (accumulation 2, clipping, cosine warmup) match PyTorch to 1e-5`, (t) => {
     const dir = path.join(ROOT, name);
     const exp = JSON.parse(fs.readFileSync(path.join(dir, 'expected.json'), 'utf8')) as Expected;
-    const model = LlamaModel.load(path.join(ROOT, 'models', exp.arch));
+    const model = LlamaModel.load(path.join(ROOT, 'models', exp.arch), { device });
     const adapter = startingAdapter(dir, exp, model);
     const h = exp.hyper;
     const window = exp.micro_batches.map((mb) => ({
       inputIds: Int32Array.from(mb.input_ids.flat()), labels: Int32Array.from(mb.labels.flat()), B: mb.input_ids.length, T: mb.input_ids[0].length,
     }));
     const T = window[0].T;
+    const masksFile = path.join(dir, 'dropout_masks.json');
+    const masks = fs.existsSync(masksFile) ? JSON.parse(fs.readFileSync(masksFile, 'utf8')) as DropoutMasks : null;
+    t.is(masks?.p, h.lora_dropout, 'the masks are drawn with the fixture\'s lora_dropout');
+    const dropout = masks?.p ?? 0;
+    const drawn = masks ? recordDropout(adapter) : [];
     const trainer = new Trainer(model, adapter, {
-      maxRows: window[0].B * T, maxT: T, dropout: 0, maxGradNorm: h.max_grad_norm, betas: h.betas, eps: h.eps, weightDecay: h.weight_decay,
+      maxRows: window[0].B * T, maxT: T, dropout, maxGradNorm: h.max_grad_norm, betas: h.betas, eps: h.eps, weightDecay: h.weight_decay,
     });
     try {
       // The no-decay groups are the method's own (names of biases and norms).
@@ -93,7 +104,9 @@ for (const name of fixtures) {
       // Step 0's accumulated gradients, before clipping.
       const tokens = window.reduce((a, b) => a + trainer.forward.labelTokens(b), 0);
       adapter.zeroGrad();
-      for (const b of window) trainer.forward.run(b, { dropout: 0, dropoutSeed: 0 }, 1 / tokens);
+      // With dropout, the masks of step 0's micro-batches (the seeds the trainer gives them).
+      const seedOf = (i: number) => masks?.calls.find((c) => c.step === 0 && c.micro_batch === i)?.seed ?? 0;
+      window.forEach((b, i) => trainer.forward.run(b, { dropout, dropoutSeed: seedOf(i) }, 1 / tokens));
       adapter.prepareGrads?.();
       const g = new SafetensorsCheckpoint(dir, 'grads_step0.safetensors');
       let worstGrad = 0;
@@ -105,7 +118,9 @@ for (const name of fixtures) {
       for (let s = 0; s < h.steps; s++) {
         const lr = lrAt(s, { schedule: h.schedule, lr: h.lr, warmupSteps: h.warmup_steps, totalSteps: h.total_steps });
         t.true(Math.abs(lr - exp.lrs[s]) <= 1e-12, `lr at step ${s}: ${lr} vs ${exp.lrs[s]}`);
+        const from = drawn.length;
         const r = trainer.step(window, lr);
+        if (masks) t.deepEqual(stepMasks(drawn.slice(from), s), masks.calls.filter((c) => c.step === s), `step ${s} draws the masks PyTorch applied`);
         t.true(Math.abs(r.loss - exp.losses[s]) <= TOL * Math.abs(exp.losses[s]), `step ${s}: loss ${r.loss} vs torch ${exp.losses[s]}`);
         t.true(Math.abs(r.gradNorm - exp.grad_norms[s]) <= TOL * exp.grad_norms[s], `step ${s}: grad norm ${r.gradNorm} vs ${exp.grad_norms[s]}`);
         t.true(r.gradNorm > h.max_grad_norm, 'the fixture clips');
@@ -166,10 +181,10 @@ for (const name of fixtures) {
     }
   });
 
-  test(`${name}: generation with the KV cache gives PyTorch's logits with adapter_in`, (t) => {
+  for (const device of ALL_DEVICES) deviceTest(device, `${name}: generation with the KV cache gives PyTorch's logits with adapter_in`, (t) => {
     const dir = path.join(ROOT, name);
     const exp = JSON.parse(fs.readFileSync(path.join(dir, 'expected.json'), 'utf8')) as Expected;
-    const model = LlamaModel.load(path.join(ROOT, 'models', exp.arch));
+    const model = LlamaModel.load(path.join(ROOT, 'models', exp.arch), { device });
     const adapter = startingAdapter(dir, exp, model);
     const ids = exp.micro_batches[0].input_ids[0];
     const g = new KvGenerator(model, ids.length, adapter);

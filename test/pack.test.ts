@@ -17,6 +17,29 @@ const env = { ...process.env, PEFTKIT_ADDON: '', npm_config_audit: 'false', npm_
 const sh = (cmd: string, args: string[], cwd: string): SpawnSyncReturns<string> =>
   spawnSync(cmd, args, { cwd, encoding: 'utf8', env, timeout: 150_000 });
 
+const has = (cmd: string) => spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
+
+/**
+ * `npm run build:cuda` works in an installed package: its script fetches the pinned cmake-js
+ * with npx (no devDependency needed), and CMake configures the CUDA build from the installed
+ * files alone (node-addon-api found beside it). The compile itself is CI's (.ci/run) and
+ * scripts/gpu-check.sh's; without CMake and nvcc only the script is checked.
+ */
+function checkBuildCuda(t: import('ava').ExecutionContext, installed: string, work: string): void {
+  const manifest = JSON.parse(fs.readFileSync(path.join(installed, 'package.json'), 'utf8')) as { scripts: Record<string, string> };
+  const cmakeJs = (JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { devDependencies: Record<string, string> }).devDependencies['cmake-js'];
+  t.regex(manifest.scripts['build:cuda'], new RegExp(`^npx --yes cmake-js@${cmakeJs.replace(/\./g, '\\.')} rebuild --CDPEFTKIT_CUDA=ON$`), 'build:cuda fetches the pinned cmake-js');
+  if (!has('cmake') || !has('nvcc')) return t.log('build:cuda configure not checked: no cmake or nvcc on this machine');
+  const out = path.join(work, 'build-cuda-configure');
+  const cfg = sh(process.execPath, [path.join(ROOT, 'node_modules', 'cmake-js', 'bin', 'cmake-js'), 'configure', '--out', out, '--CDPEFTKIT_CUDA=ON'], installed);
+  t.is(cfg.status, 0, `${cfg.stdout}\n${cfg.stderr}`);
+  t.regex(cfg.stdout, /peftkit: CUDA backend ON/);
+  // The generated build names every CUDA source of the installed package.
+  const cuda = fs.readdirSync(path.join(installed, 'native', 'cuda')).filter((f) => f.endsWith('.cu'));
+  const generated = sh('grep', ['-rl', '--include=*.make', '--include=*.ninja', '--include=Makefile', cuda[0], out], work).stdout;
+  t.not(generated.trim(), '', `${cuda[0]} is in the configured build`);
+}
+
 // Something to package as this platform's prebuild: a prebuild, or this checkout's build.
 const noAddon = !fs.existsSync(path.join(ROOT, 'prebuilds', HOST)) && !fs.existsSync(path.join(ROOT, 'build', 'Release', 'peftkit.node'));
 
@@ -44,6 +67,12 @@ const noAddon = !fs.existsSync(path.join(ROOT, 'prebuilds', HOST)) && !fs.exists
   for (const f of ['package/LICENSE', 'package/dist/src/index.js', 'package/bin/peftkit.js', 'package/binding.gyp', 'package/demo/data.jsonl']) t.true(list.includes(f), f);
   t.true(list.some((f) => f.startsWith(`package/prebuilds/${HOST}/`) && f.endsWith('.node')), `a ${HOST} prebuild in the tarball`);
   t.false(list.some((f) => f.startsWith('package/build/') || f.startsWith('package/test/') || f.startsWith('package/dist/test/')), 'no build or test files');
+  // `npm run build:cuda` in the installed package compiles what CMakeLists.txt globs: every
+  // native and binding source and header of the checkout must be in the tarball.
+  const sources = sh('git', ['ls-files', 'CMakeLists.txt', 'native', 'bindings'], ROOT).stdout.split('\n').filter((f) => /\.(cc|cu|cuh|h|inc|txt)$/.test(f));
+  t.true(sources.some((f) => f.startsWith('native/cuda/') && f.endsWith('.cu')), 'git lists the CUDA sources');
+  const missing = sources.filter((f) => !list.includes(`package/${f}`));
+  t.deepEqual(missing, [], 'build:cuda needs these files, absent from the tarball');
 
   const app = path.join(work, 'app');
   fs.mkdirSync(app);
@@ -56,6 +85,7 @@ const noAddon = !fs.existsSync(path.join(ROOT, 'prebuilds', HOST)) && !fs.exists
   t.is(inst.status, 0, inst.stderr);
   const installed = path.join(app, 'node_modules', 'peftkit');
   t.false(fs.existsSync(path.join(installed, 'build')), 'nothing was compiled');
+  checkBuildCuda(t, installed, work);
 
   const script = `
     const { train, writeRandomModel } = require('peftkit');

@@ -3,7 +3,6 @@
  * exactly as LoRA does on the dequantized base, train() runs it, and a bitsandbytes folder loads
  * quantized.
  */
-import test from 'ava';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -14,12 +13,12 @@ import { expectedWeights } from '../src/model/weights';
 import { KvGenerator } from '../src/model/llama_generate';
 import { writeRandomModel } from '../src/model/random_model';
 import { LoraAdapter } from '../src/peft/lora';
-import { defaultLoraConfig } from '../src/peft/lora/config';
 import { quantizeModel } from '../src/quant';
 import type { QuantWeight } from '../src/ops/gemm_quant';
 import { Trainer } from '../src/train/trainer';
 import { train } from '../src/train/train';
-import { relErr } from './helpers/check';
+import { ALL_DEVICES, relErr } from './helpers/check';
+import { deviceTest } from './helpers/device_test';
 import { countingTask } from './helpers/counting_task';
 
 const GOLDEN = path.join(__dirname, '..', '..', 'test', 'golden');
@@ -55,7 +54,7 @@ function runGolden(model: LlamaModel, dir: string, exp: { input_ids: number[][];
   const B = exp.input_ids.length, T = exp.input_ids[0].length;
   const batch = { inputIds: Int32Array.from(exp.input_ids.flat()), labels: Int32Array.from(exp.labels.flat()), B, T };
   const h = exp.hyper;
-  const adapter = LoraAdapter.load(path.join(dir, 'adapter_in'), model.linearModules);
+  const adapter = LoraAdapter.load(path.join(dir, 'adapter_in'), model.linearModules, { device: model.device });
   const trainer = new Trainer(model, adapter, {
     maxRows: B * T, maxT: T, dropout: 0, maxGradNorm: 0, betas: h.betas, eps: h.eps, weightDecay: h.weight_decay,
   });
@@ -67,17 +66,18 @@ function runGolden(model: LlamaModel, dir: string, exp: { input_ids: number[][];
   return { losses, state };
 }
 
-test('QLoRA with bf16 compute (compute_dtype=bfloat16) trains as bf16-compute LoRA on the dequantized weights', (t) => {
+// cuda keeps the cpu's tolerances: its kernel tests (gemm_quant, lora_quant) hold both devices to 1e-5.
+for (const device of ALL_DEVICES) deviceTest(device, 'QLoRA with bf16 compute (compute_dtype=bfloat16) trains as bf16-compute LoRA on the dequantized weights', (t) => {
   const dir = path.join(GOLDEN, 'llama');
   const exp = JSON.parse(fs.readFileSync(path.join(dir, 'expected.json'), 'utf8'));
   for (const quantize of ['nf4', 'int8'] as const) {
-    const qmodel = LlamaModel.load(dir, { quantize, dtype: 'bf16' });
+    const qmodel = LlamaModel.load(dir, { quantize, dtype: 'bf16', device });
     t.true(qmodel.isQuantized);
     t.is(qmodel.compute, 'bf16');
     const refDir = path.join(tmp(), 'dequantized');
     writeDequantizedFolder(dir, qmodel, refDir);
     // The reference stores the dequantized weights in bf16, i.e. rounded as the quantized path reads them.
-    const ref = LlamaModel.load(refDir, { dtype: 'bf16' });
+    const ref = LlamaModel.load(refDir, { dtype: 'bf16', device });
     const q = runGolden(qmodel, dir, exp), r = runGolden(ref, dir, exp);
     for (let s = 0; s < q.losses.length; s++) {
       t.true(Math.abs(q.losses[s] - r.losses[s]) <= 1e-4 * Math.abs(r.losses[s]), `${quantize} step ${s}: qlora ${q.losses[s]} vs lora ${r.losses[s]}`);
@@ -86,7 +86,7 @@ test('QLoRA with bf16 compute (compute_dtype=bfloat16) trains as bf16-compute Lo
     for (const [n, v] of r.state) worst = Math.max(worst, relErr(q.state.get(n)!, v));
     t.true(worst <= 1e-4, `${quantize}: worst adapter relative error ${worst.toExponential(2)}`);
     // And it is not the f32-compute QLoRA run.
-    const f32 = LlamaModel.load(dir, { quantize });
+    const f32 = LlamaModel.load(dir, { quantize, device });
     const qf = runGolden(f32, dir, exp);
     t.true(Math.abs(qf.losses[0] - q.losses[0]) > 1e-6 * q.losses[0], `${quantize}: bf16 compute gave the f32 loss ${q.losses[0]}`);
     t.log(`${quantize}: bf16-compute qlora vs lora losses ${q.losses.join(', ')} / ${r.losses.join(', ')}; f32-compute ${qf.losses.join(', ')}`);
@@ -94,10 +94,10 @@ test('QLoRA with bf16 compute (compute_dtype=bfloat16) trains as bf16-compute Lo
   }
 });
 
-test('QLoRA (nf4 + double quant at load) trains exactly as LoRA on the dequantized weights: 3 AdamW steps', (t) => {
+for (const device of ALL_DEVICES) deviceTest(device, 'QLoRA (nf4 + double quant at load) trains exactly as LoRA on the dequantized weights: 3 AdamW steps', (t) => {
   const dir = path.join(GOLDEN, 'llama');
   const exp = JSON.parse(fs.readFileSync(path.join(dir, 'expected.json'), 'utf8'));
-  const qmodel = LlamaModel.load(dir, { quantize: 'nf4' });
+  const qmodel = LlamaModel.load(dir, { quantize: 'nf4', device });
   const name = 'model.layers.0.mlp.down_proj.weight';
   const lw = qmodel.linear(name);
   if (!('q' in lw)) return t.fail('the Linear weight was not kept quantized');
@@ -109,7 +109,7 @@ test('QLoRA (nf4 + double quant at load) trains exactly as LoRA on the dequantiz
   t.true(relErr(dequantized(lw.q), orig) > 1e-3);
   const refDir = path.join(tmp(), 'dequantized');
   writeDequantizedFolder(dir, qmodel, refDir);
-  const ref = LlamaModel.load(refDir);
+  const ref = LlamaModel.load(refDir, { device });
   t.false(ref.isQuantized);
 
   const h = exp.hyper;
@@ -139,8 +139,8 @@ test('QLoRA (nf4 + double quant at load) trains exactly as LoRA on the dequantiz
     }
   };
   for (const withAdapter of [false, true]) {
-    const aq = withAdapter ? LoraAdapter.load(path.join(dir, 'adapter_in'), qmodel.linearModules) : null;
-    const ar = withAdapter ? LoraAdapter.load(path.join(dir, 'adapter_in'), ref.linearModules) : null;
+    const aq = withAdapter ? LoraAdapter.load(path.join(dir, 'adapter_in'), qmodel.linearModules, { device }) : null;
+    const ar = withAdapter ? LoraAdapter.load(path.join(dir, 'adapter_in'), ref.linearModules, { device }) : null;
     const e = relErr(logits(qmodel, aq), logits(ref, ar));
     t.true(e <= 1e-5, `generation logits${withAdapter ? ' with the adapter' : ''}: relative error ${e.toExponential(2)}`);
     aq?.dispose();
@@ -150,13 +150,14 @@ test('QLoRA (nf4 + double quant at load) trains exactly as LoRA on the dequantiz
   ref.dispose();
 });
 
-test('train() with method qlora runs on a quantized base (f32 and bf16 compute) and lowers the loss; a contradicting quantize is refused', async (t) => {
+for (const device of ALL_DEVICES) deviceTest(device, 'train() with method qlora runs on a quantized base (f32 and bf16 compute) and lowers the loss; a contradicting quantize is refused', async (t) => {
   const dir = tmp();
   const { model, data } = countingTask(dir);
-  const common = { model, data, r: 4, alpha: 8, dropout: 0, targets: 'all-linear' as const, batchSize: 4, lr: 1e-2, maxLength: 32, seed: 1, shuffle: false };
+  const common = { model, data, device, r: 4, alpha: 8, dropout: 0, targets: 'all-linear' as const, batchSize: 4, lr: 1e-2, maxLength: 32, seed: 1, shuffle: false };
   const losses: number[] = [];
   const run = train({ ...common, out: path.join(dir, 'out'), method: 'qlora', steps: 12 });
   run.on('step', (e) => losses.push(e.loss));
+  run.on('start', (e) => t.is(e.device, device, 'the run is on the device asked for'));
   const result = await run;
   t.is(result.steps, 12);
   const first = losses.length ? losses[0] : NaN;
@@ -171,19 +172,19 @@ test('train() with method qlora runs on a quantized base (f32 and bf16 compute) 
   await t.throwsAsync(train({ ...common, out: path.join(dir, 'x'), method: 'dora-x' as never }).result, { instanceOf: PeftkitError, code: 'E_ARG' });
 });
 
-test('a quantized base loads with dtype bf16 (bf16 compute)', (t) => {
+for (const device of ALL_DEVICES) deviceTest(device, 'a quantized base loads with dtype bf16 (bf16 compute)', (t) => {
   const dir = tmp();
   const model = path.join(dir, 'model');
   writeRandomModel(model, { hiddenSize: 32, numHeads: 4, numKvHeads: 2, numLayers: 1, seed: 2 });
-  const qb = LlamaModel.load(model, { quantize: 'nf4', dtype: 'bf16' });
-  t.true(qb.isQuantized && qb.compute === 'bf16');
+  const qb = LlamaModel.load(model, { quantize: 'nf4', dtype: 'bf16', device });
+  t.true(qb.isQuantized && qb.compute === 'bf16' && qb.device === device);
   qb.dispose();
   t.throws(() => LlamaModel.load(model, { quantize: 'nf3' as never }), { instanceOf: PeftkitError, code: 'E_ARG' });
   quantizeModel({ model, out: path.join(dir, 'bnb'), format: 'nf4' });
-  const bnb = LlamaModel.load(path.join(dir, 'bnb'), { dtype: 'bf16' });
+  const bnb = LlamaModel.load(path.join(dir, 'bnb'), { dtype: 'bf16', device });
   t.true(bnb.isQuantized && bnb.compute === 'bf16');
   bnb.dispose();
-  const m = LlamaModel.load(model, { quantize: 'int8' });
+  const m = LlamaModel.load(model, { quantize: 'int8', device });
   t.true(m.isQuantized);
   m.dispose();
 });

@@ -10,6 +10,8 @@ import { LoraAdapter } from '../src/peft/lora';
 import { LlamaModel } from '../src/model/llama';
 import { train } from '../src/train/train';
 import { readLog } from '../src/train/log';
+import { ALL_DEVICES } from './helpers/check';
+import { deviceTest } from './helpers/device_test';
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-train-'));
 
@@ -70,7 +72,9 @@ test('an AbortSignal aborted before train() starts rejects at once, and nothing 
   t.false(fs.existsSync(out));
 });
 
-test('a stopped run resumes from its checkpoint to the same adapter as an uninterrupted run', async (t) => {
+// Bit for bit on cuda too: a LoRA step there has no atomicAdd sums (those are the norm-weight,
+// bias and embedding gradients; ARCHITECTURE.md, CUDA backend).
+for (const device of ALL_DEVICES) deviceTest(device, 'a stopped run resumes from its checkpoint to the same adapter as an uninterrupted run', async (t) => {
   const { model, data } = fixture();
   // The abort is asked for at step 3's event, which this thread reads while the worker runs on;
   // it takes effect at the next step boundary the worker reaches after that. The steps after 3
@@ -79,17 +83,18 @@ test('a stopped run resumes from its checkpoint to the same adapter as an uninte
   // a longer one let the run finish unstopped. 32 steps leave seconds.
   const STEPS = 32;
   const straight = path.join(tmp(), 'straight');
-  await train({ ...common, model, data, out: straight, steps: STEPS });
+  await train({ ...common, device, model, data, out: straight, steps: STEPS });
   const out = path.join(tmp(), 'resumed');
   const ctrl = new AbortController();
-  const run = train({ ...common, model, data, out, steps: STEPS, saveEvery: 2, signal: ctrl.signal });
+  const run = train({ ...common, device, model, data, out, steps: STEPS, saveEvery: 2, signal: ctrl.signal });
+  run.on('start', (e) => t.is(e.device, device, 'the run is on the device asked for'));
   run.on('step', (e) => {
     if (e.step === 3) ctrl.abort();
   });
   const err = await t.throwsAsync(run.result, { instanceOf: PeftkitError });
   t.is(err?.code, 'E_ABORTED');
   t.true(fs.existsSync(path.join(out, 'checkpoints')));
-  const result = await train({ ...common, model, data, out, steps: STEPS, resume: out });
+  const result = await train({ ...common, device, model, data, out, steps: STEPS, resume: out });
   t.is(result.steps, STEPS);
   const m = LlamaModel.load(model);
   const a = LoraAdapter.load(straight, m.linearModules).stateDict();

@@ -392,6 +392,25 @@ for (const device of devices()) {
 
   const SIZES = [1, 7, 129, 100003];
 
+  test(`${device}: relu forward/backward: exact, in place, NaN kept`, (t) => {
+    const rng = makeRng(t);
+    for (const n of SIZES) {
+      const x = activationInputs(rng, n), dout = randn(rng, n);
+      x[0] = 0; // the kink: relu(0) = 0 and its gradient 0, as PyTorch
+      const X = from(x, [n]), G = from(dout, [n]);
+      const out = poisoned([n], device), dx = poisoned([n], device);
+      ops.reluForward(out, X);
+      ops.reluBackward(dx, G, X);
+      t.deepEqual(Array.from(out.toFloat32Array()), Array.from(x, (v) => (v > 0 ? v : 0)), `relu n=${n}`);
+      t.deepEqual(Array.from(dx.toFloat32Array()), Array.from(x, (v, i) => (v > 0 ? dout[i] : 0)), `drelu n=${n}`);
+      ops.reluForward(X, X);
+      t.deepEqual(Array.from(X.toFloat32Array()), Array.from(x, (v) => (v > 0 ? v : 0)), `relu in place n=${n}`);
+    }
+    const nan = from(new Float32Array([NaN, -1, 2]), [3]);
+    ops.reluForward(nan, nan);
+    t.true(Number.isNaN(nan.toFloat32Array()[0]), 'a NaN input stays NaN (max(NaN, 0) would hide it)');
+  });
+
   test(`${device}: silu, gelu (tanh and erf) and swiglu forward/backward match float64`, (t) => {
     const rng = makeRng(t);
     // The project's f32 bar. Typical CPU errors are ~1e-7, but with a handful of elements one value

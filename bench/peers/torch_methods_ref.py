@@ -13,6 +13,17 @@ tied embeddings, f32), with each method written from its definition:
   diff    a dense difference delta on each of the 7 Linears (zero-init), out = x(W + delta)^T:
           diff pruning's dense phase (base frozen, delta trained)
   full    every weight: embeddings (tied with the head), norms, all Linears
+  adapter Houlsby bottlenecks after each attention and MLP block, before the residual add:
+          z + up(relu(down(z))), down hidden -> hidden/16 and up back, with biases, up zero-init
+  prompt  20 virtual token embeddings (N(0,1)) before each sequence (PEFT's PROMPT_TUNING):
+          a causal sequence of 20 + T positions, the virtual ones without labels
+  p-tuning the same 20 embeddings produced by PEFT's MLP prompt encoder (Linear-ReLU-Linear-ReLU-
+          Linear, hidden = hidden size) from a trained embedding table
+  prefix  per-layer key/value prefixes of 20 positions (PEFT's PREFIX_TUNING without projection:
+          one table of 20 x layers*2*kv_heads*head_dim), entering as a cache: not rotated, the
+          real tokens at positions 20..; every query attends to all 20
+  frozen  no trainable parameter: the forward and the backward down to the input embeddings
+          (what a prompt's gradient needs), no optimizer: the yardstick of the soft prompts
 Then the causal LM loss, backward, global-norm clipping at 1 (as peftkit and transformers'
 Trainer do), AdamW (lr 2e-4, weight decay 0, as peftkit's default) on the trainable tensors.
 usage: torch_methods_ref.py METHOD [smol135|tiny] [batch] [seq] [steps]
@@ -31,7 +42,8 @@ CONFIGS = {
     "smol135": dict(hidden=576, inter=1536, layers=30, heads=9, kv=3, vocab=49152, theta=100000.0),
     "tiny": dict(hidden=256, inter=688, layers=4, heads=4, kv=2, vocab=4096, theta=10000.0),
 }
-METHODS = ("lora", "dora", "ia3", "ln", "bitfit", "diff", "full")
+METHODS = ("lora", "dora", "ia3", "ln", "bitfit", "diff", "full", "adapter", "prompt", "p-tuning", "prefix", "frozen")
+VIRTUAL = 20
 R, ALPHA = 16, 32
 
 
@@ -101,8 +113,13 @@ class Block(nn.Module):
         self.g = Linear(h, c["inter"], method, "g")
         self.u = Linear(h, c["inter"], method, "u")
         self.d = Linear(c["inter"], h, method, "d")
+        if method == "adapter":
+            self.adapters = nn.ModuleList(Bottleneck(h, h // 16) for _ in range(2))
 
-    def forward(self, x, cos, sin):
+    def block_out(self, i, z):
+        return self.adapters[i](z) if hasattr(self, "adapters") else z
+
+    def forward(self, x, cos, sin, prefix=None):
         B, T, _ = x.shape
         c, hd = self.c, self.hd
         y = rms(x, self.w1)
@@ -110,17 +127,33 @@ class Block(nn.Module):
         k = self.k(y).view(B, T, c["kv"], hd).transpose(1, 2)
         v = self.v(y).view(B, T, c["kv"], hd).transpose(1, 2)
         q, k = rope(q, cos, sin), rope(k, cos, sin)
+        P = 0
+        if prefix is not None:  # [2, kv, P, hd], already in the cache: not rotated
+            P = prefix.shape[2]
+            k = torch.cat((prefix[0].unsqueeze(0).expand(B, -1, -1, -1), k), 2)
+            v = torch.cat((prefix[1].unsqueeze(0).expand(B, -1, -1, -1), v), 2)
         rep = c["heads"] // c["kv"]
         k = k.repeat_interleave(rep, 1); v = v.repeat_interleave(rep, 1)
+        mask = torch.triu(torch.ones(T, T + P, dtype=torch.bool), 1 + P)
         if hasattr(F, "scaled_dot_product_attention"):
-            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=~mask)
         else:  # PyTorch < 2.0 (Debian's 1.13): the attention written out
             att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-            att = att.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf"))
+            att = att.masked_fill(mask, float("-inf"))
             a = att.softmax(-1) @ v
-        x = x + self.o(a.transpose(1, 2).reshape(B, T, -1))
+        x = x + self.block_out(0, self.o(a.transpose(1, 2).reshape(B, T, -1)))
         y = rms(x, self.w2)
-        return x + self.d(F.silu(self.g(y)) * self.u(y))
+        return x + self.block_out(1, self.d(F.silu(self.g(y)) * self.u(y)))
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, h, b):
+        super().__init__()
+        self.down, self.up = nn.Linear(h, b), nn.Linear(b, h)
+        nn.init.zeros_(self.up.weight); nn.init.zeros_(self.up.bias)
+
+    def forward(self, z):
+        return z + self.up(F.relu(self.down(z)))
 
 
 class Model(nn.Module):
@@ -131,18 +164,37 @@ class Model(nn.Module):
         self.emb.weight.requires_grad_(method == "full")  # tied: also the LM head
         self.blocks = nn.ModuleList(Block(c, method) for _ in range(c["layers"]))
         self.wf = nn.Parameter(torch.ones(c["hidden"]), requires_grad=method in ("ln", "full"))
+        self.method = method
+        h, hd = c["hidden"], c["hidden"] // c["heads"]
+        if method == "prompt":
+            self.virtual = nn.Parameter(torch.randn(VIRTUAL, h))
+        elif method == "p-tuning":
+            self.virtual_in = nn.Embedding(VIRTUAL, h)
+            self.encoder = nn.Sequential(nn.Linear(h, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, h))
+        elif method == "prefix":
+            self.prefix = nn.Parameter(torch.randn(VIRTUAL, c["layers"] * 2 * c["kv"] * hd))
 
     def forward(self, ids, labels):
-        T = ids.shape[1]; hd = self.c["hidden"] // self.c["heads"]
-        inv = 1.0 / (self.c["theta"] ** (torch.arange(0, hd, 2).float() / hd))
-        f = torch.outer(torch.arange(T).float(), inv); f = torch.cat((f, f), -1)
-        cos, sin = f.cos(), f.sin()
+        B, T = ids.shape; c = self.c; hd = c["hidden"] // c["heads"]
         x = self.emb(ids)
-        for b in self.blocks:
-            x = b(x, cos, sin)
+        if self.method == "frozen":
+            x = x.detach().requires_grad_()
+        virtual = self.virtual if self.method == "prompt" else \
+            self.encoder(self.virtual_in.weight) if self.method == "p-tuning" else None
+        if virtual is not None:
+            x = torch.cat((virtual.unsqueeze(0).expand(B, -1, -1), x), 1)
+            labels = torch.cat((torch.full((B, VIRTUAL), -100, dtype=labels.dtype), labels), 1)
+        P = VIRTUAL if self.method == "prefix" else 0
+        n = x.shape[1]
+        inv = 1.0 / (c["theta"] ** (torch.arange(0, hd, 2).float() / hd))
+        f = torch.outer(torch.arange(P, P + n).float(), inv); f = torch.cat((f, f), -1)
+        cos, sin = f.cos(), f.sin()
+        kv = self.prefix.view(VIRTUAL, c["layers"], 2, c["kv"], hd).permute(1, 2, 3, 0, 4) if P else None
+        for i, b in enumerate(self.blocks):
+            x = b(x, cos, sin, kv[i] if P else None)
         x = rms(x, self.wf)
         logits = x @ self.emb.weight.t()
-        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
+        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
 
 
 def blas_library():
@@ -167,15 +219,16 @@ def main():
     c = CONFIGS[name]
     m = Model(c, method)
     params = [p for p in m.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0) if params else None
     ids = torch.randint(0, c["vocab"], (B, T))
     times, losses = [], []
     for i in range(steps + 2):
         t = time.perf_counter()
         loss = m(ids, ids)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step(); opt.zero_grad(set_to_none=True)
+        if opt:
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step(); opt.zero_grad(set_to_none=True)
         if i >= 2:
             times.append(time.perf_counter() - t)
         losses.append(loss.item())

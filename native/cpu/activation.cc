@@ -25,6 +25,20 @@ void silu_backward(float* dx, const float* dout, const float* x, int64_t n) {
   parallel_ranges(n, [&](int64_t b, int64_t e) { loop(dx + b, dout + b, x + b, e - b); });
 }
 
+// Memory-bound: a plain loop the compiler vectorizes. NaN stays NaN (x > 0 is false, and
+// max(NaN, 0) would hide it): out = x > 0 ? x : (x != x ? x : 0).
+void relu_forward(float* out, const float* x, int64_t n) {
+  parallel_ranges(n, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; i++) out[i] = x[i] > 0.f || x[i] != x[i] ? x[i] : 0.f;
+  });
+}
+
+void relu_backward(float* dx, const float* dout, const float* x, int64_t n) {
+  parallel_ranges(n, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; i++) dx[i] = x[i] > 0.f ? dout[i] : 0.f;
+  });
+}
+
 // tanh form ("gelu_pytorch_tanh"): 0.5·x·(1 + tanh(sqrt(2/π)·(x + 0.044715·x³))).
 // erf form ("gelu"):               0.5·x·(1 + erf(x/√2)); d/dx = Φ(x) + x·φ(x).
 void gelu_forward(float* out, const float* x, int64_t n, bool tanh_approx) {

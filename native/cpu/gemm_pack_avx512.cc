@@ -64,25 +64,38 @@ void bf16_pair_cols(bf16* dst, int64_t width, const bf16* src, int64_t ld, int64
   });
 }
 
-// X(k, x) = src[k·ld + x] (B of dY·W, W stored [out, in]): a scaled copy of each k's run of x,
-// 16 at a time, zero past nx.
-template <typename Load>
-__attribute__((always_inline)) inline void pack_rows(float* dst, int64_t width, int64_t kc, int64_t nx, Load load) {
-  for (int64_t k = 0; k < kc; k++)
+// X(k, x) = src[k·ld + x] (B of dY·W, W stored [out, in]; A and B of dYᵀ·X): a scaled copy of
+// each k's run of x, 16 at a time, zero past nx. A panel reads a short run (mr or nr values) from
+// each of kc rows ld apart, a new page every row, which no hardware prefetcher follows: the rows
+// kRowsAhead ahead are prefetched (dYᵀ·X f32 on a 2 MiB-L2 Xeon, one thread, by CPU time:
+// 5632×2048×1024 55% → 60% of the FMA peak, 1536×576×1024 57% → 65%; 8 rows ahead gave 59% and
+// 61%, 32 the same as 16).
+constexpr int64_t kRowsAhead = 16;
+template <typename T, typename Load>
+__attribute__((always_inline)) inline void pack_rows(float* dst, int64_t width, const T* src, int64_t ld, int64_t kc,
+                                                     int64_t nx, Load load) {
+  const int64_t bytes = nx * int64_t(sizeof(T));
+  for (int64_t k = 0; k < kc; k++) {
+    if (k + kRowsAhead < kc) {
+      const char* ahead = reinterpret_cast<const char*>(src + (k + kRowsAhead) * ld);
+      for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch(ahead + b, _MM_HINT_T0);
+      _mm_prefetch(ahead + bytes - 1, _MM_HINT_T0);
+    }
     for (int64_t x = 0; x < width; x += 16)
       _mm512_mask_storeu_ps(dst + k * width + x, mask16(width - x), load(k, x, mask16_from(nx - x)));
+  }
 }
 
 void f32_rows(float* dst, int64_t width, const float* src, int64_t ld, int64_t kc, int64_t nx, float scale) {
   const __m512 vs = _mm512_set1_ps(scale);
-  pack_rows(dst, width, kc, nx, [&](int64_t k, int64_t x, __mmask16 m) {
+  pack_rows(dst, width, src, ld, kc, nx, [&](int64_t k, int64_t x, __mmask16 m) {
     return _mm512_mul_ps(vs, _mm512_maskz_loadu_ps(m, src + k * ld + x));
   });
 }
 
 void bf16_rows(float* dst, int64_t width, const bf16* src, int64_t ld, int64_t kc, int64_t nx, float scale) {
   const __m512 vs = _mm512_set1_ps(scale);
-  pack_rows(dst, width, kc, nx, [&](int64_t k, int64_t x, __mmask16 m) {
+  pack_rows(dst, width, src, ld, kc, nx, [&](int64_t k, int64_t x, __mmask16 m) {
     const __m256i h = _mm256_maskz_loadu_epi16(m, src + k * ld + x);
     return _mm512_mul_ps(vs, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
   });

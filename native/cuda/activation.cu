@@ -51,6 +51,19 @@ __global__ void gelu_bwd(float* dx, const float* dout, const float* x, int64_t n
   }
 }
 
+// NaN stays NaN, as on the CPU.
+__global__ void relu_fwd(float* out, const float* x, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const float v = x[i];
+    out[i] = v > 0.f || v != v ? v : 0.f;
+  }
+}
+
+__global__ void relu_bwd(float* dx, const float* dout, const float* x, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dx[i] = x[i] > 0.f ? dout[i] : 0.f;
+}
+
 __global__ void swiglu_fwd(float* out, const float* gate, const float* up, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const float g = gate[i];
@@ -92,6 +105,18 @@ void gelu_backward(float* dx, const float* dout, const float* x, int64_t n, bool
   if (n == 0) return;
   gelu_bwd<<<elt_blocks(n), kEltThreads, 0, stream()>>>(dx, dout, x, n, tanh_approx);
   check_launch("gelu_backward");
+}
+
+void relu_forward(float* out, const float* x, int64_t n) {
+  if (n == 0) return;
+  relu_fwd<<<elt_blocks(n), kEltThreads, 0, stream()>>>(out, x, n);
+  check_launch("relu_forward");
+}
+
+void relu_backward(float* dx, const float* dout, const float* x, int64_t n) {
+  if (n == 0) return;
+  relu_bwd<<<elt_blocks(n), kEltThreads, 0, stream()>>>(dx, dout, x, n);
+  check_launch("relu_backward");
 }
 
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t n) {

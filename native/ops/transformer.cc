@@ -299,6 +299,20 @@ void gelu_backward(const Tensor& dx, const Tensor& dout, const Tensor& x, bool t
   PK_ON_DEVICE(x.device, gelu_backward, dx.data<float>(), dout.data<float>(), x.data<float>(), x.numel(), tanh_approx);
 }
 
+void relu_forward(const Tensor& out, const Tensor& x) {
+  const char* op = "relu_forward";
+  expect_args(op, DType::F32, {{x, "x"}, {out, "out"}});
+  expect_same_shape(op, {{x, "x"}, {out, "out"}});
+  PK_ON_DEVICE(x.device, relu_forward, out.data<float>(), x.data<float>(), x.numel());
+}
+
+void relu_backward(const Tensor& dx, const Tensor& dout, const Tensor& x) {
+  const char* op = "relu_backward";
+  expect_args(op, DType::F32, {{x, "x"}, {dx, "dx"}, {dout, "dout"}});
+  expect_same_shape(op, {{x, "x"}, {dx, "dx"}, {dout, "dout"}});
+  PK_ON_DEVICE(x.device, relu_backward, dx.data<float>(), dout.data<float>(), x.data<float>(), x.numel());
+}
+
 void swiglu_forward(const Tensor& out, const Tensor& gate, const Tensor& up) {
   const char* op = "swiglu_forward";
   expect_args(op, DType::F32, {{gate, "gate"}, {up, "up"}, {out, "out"}});

@@ -372,6 +372,10 @@ static void check_elementwise() {
     const double v = x[i];
     return d[i] * (0.5 * (1 + std::erf(v / std::sqrt(2.0))) + v * std::exp(-0.5 * v * v) / std::sqrt(2 * M_PI));
   });
+  run1("relu forward", [&](float* o) { pk::cuda::relu_forward(o, x.data(), n); },
+       [&](size_t i) { return x[i] > 0 ? double(x[i]) : 0.0; });
+  run1("relu backward", [&](float* o) { pk::cuda::relu_backward(o, d.data(), x.data(), n); },
+       [&](size_t i) { return x[i] > 0 ? double(d[i]) : 0.0; });
   run1("swiglu forward", [&](float* o) { pk::cuda::swiglu_forward(o, x.data(), y.data(), n); },
        [&](size_t i) { return x[i] * sig(x[i]) * y[i]; });
   Vec dg = poison(static_cast<size_t>(n)), du = poison(static_cast<size_t>(n));

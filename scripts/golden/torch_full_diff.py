@@ -337,6 +337,16 @@ def check_diff_fd(cfg, w, mbs, seed):
     return worst
 
 
+def checked_inputs():
+    """(index, arch, cfg, weights, micro-batches) of each architecture, made with torch_methods.main's seeds and
+    checked against the files it wrote."""
+    for a, arch in enumerate(ARCHS):
+        cfg, w = make_model(arch, 4321 + a)
+        mbs = make_batches(8765 + a)
+        check_same_inputs(arch, cfg, w, mbs)
+        yield a, arch, cfg, w, mbs
+
+
 def check_same_inputs(arch, cfg, w, mbs):
     d = os.path.join(OUT, "models", arch)
     with tempfile.TemporaryDirectory() as tmp:
@@ -484,10 +494,7 @@ def main():
     torch.set_num_threads(1)
     torch.manual_seed(0)
     only = set(sys.argv[1:])  # optional fixture names, for development
-    for a, arch in enumerate(ARCHS):  # the seeds of torch_methods.main
-        cfg, w = make_model(arch, 4321 + a)
-        mbs = make_batches(8765 + a)
-        check_same_inputs(arch, cfg, w, mbs)
+    for a, arch, cfg, w, mbs in checked_inputs():
         if not only or f"{arch}_full" in only or (arch == "llama" and "llama_full_trainable" in only):
             g0 = run_full(f"{arch}_full", arch, cfg, w, mbs)
             if arch == "llama":

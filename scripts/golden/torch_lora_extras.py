@@ -88,11 +88,10 @@ import torch
 sys.dont_write_bytecode = True  # no __pycache__ next to the scripts
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from torch_llama_lora import save_safetensors  # noqa: E402
-from torch_methods import (ALPHA, ARCHS, BETAS, EPS, GRAD_ACCUM, HIDDEN, LR, NO_DECAY_PATTERNS, OUT, PREFIX, R,  # noqa: E402
+from torch_methods import (ALPHA, BETAS, EPS, GRAD_ACCUM, HIDDEN, LR, NO_DECAY_PATTERNS, OUT, PREFIX, R,  # noqa: E402
                            STEPS, TARGETS, TOTAL, WARMUP, WD, Adapter, decays, forward, linear_modules, lora_config,
-                           make_batches, make_model, relerr, save_adapter_in, step0_norm, targeted, train,
-                           window_loss, window_tokens)
-from torch_full_diff import check_same_inputs  # noqa: E402
+                           relerr, save_adapter_in, step0_norm, targeted, train, window_loss, window_tokens)
+from torch_full_diff import checked_inputs  # noqa: E402
 
 EMBED, HEAD = "model.embed_tokens", "lm_head"
 FIXTURES = {
@@ -315,10 +314,7 @@ def main():
     torch.manual_seed(0)
     probe = "--probe-bias-all" in sys.argv[1:]
     models = {}
-    for a, arch in enumerate(ARCHS):  # the seeds of torch_methods.main
-        cfg, w = make_model(arch, 4321 + a)
-        mbs = make_batches(8765 + a)
-        check_same_inputs(arch, cfg, w, mbs)
+    for _, arch, cfg, w, mbs in checked_inputs():
         models[arch] = (cfg, w, mbs)
     for name, spec in (PROBE if probe else FIXTURES).items():
         cfg, w, mbs = models[spec["arch"]]

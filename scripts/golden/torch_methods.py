@@ -15,7 +15,8 @@ safetensors writer, the llama3 rope frequencies, rotate_half and rmsnorm are imp
 (torch_full_diff.py, a sibling importing from this one, adds <arch>_full, llama_full_trainable and
 <arch>_diff: full fine-tuning and diff pruning on the same models and micro-batches; torch_lora_extras.py,
 another, adds qwen2_lora_bias_lora_only and llama_tied_lora_modules_to_save: LoRA with trained biases and
-with modules_to_save copies.)
+with modules_to_save copies; torch_dora_dropout.py adds <arch>_dora_dropout and llama_lora_dropout: lora_dropout
+0.1 with the masks peftkit's run draws, passed to run_fixture as `dropout` and applied by Adapter.linear.)
 
 Models (hidden 48, intermediate 136, 2 layers, 4 heads, 2 kv heads, head_dim 12, vocab 97, seeds
 4321.. so they differ from the old fixtures): llama has rope_theta 500000 with llama3 rope scaling
@@ -25,7 +26,7 @@ biases on q/k/v. The forward is the Hugging Face Llama/Qwen2 one (eager attentio
 attention_mask: pads are on the right so no real position ever sees them).
 
 Training recipe (every fixture; peftkit implements the same):
-  * f32, no dropout. An optimizer step is a window of 2 micro-batches (gradient accumulation), each
+  * f32, no dropout (but in torch_dora_dropout.py's fixtures). An optimizer step is a window of 2 micro-batches (gradient accumulation), each
     2 rows x T=9: row 0 has labels[:3] = -100, row 1 is right-padded with id 0 (pad from position 6 in
     micro-batch 0, 5 in micro-batch 1) with labels -100 on the pad. labels[:, 0] is -100 in EVERY row,
     so the label count is the same whether one counts labels or the shifted labels[:, 1:] (transformers'
@@ -233,21 +234,49 @@ def make_batches(seed):
 # ---- adapters ------------------------------------------------------------------------------------
 class Adapter:
     """One method's starting adapter: config (adapter_config.json), params (saved key -> tensor), and
-    what the forward needs per module (rank, scaling, feedforward flag)."""
+    what the forward needs per module (rank, scaling, feedforward flag). `dropout`: None, or LoRA/DoRA's
+    lora_dropout as (p, masks), masks {(step, micro_batch, module): keep [rows, in]} (torch_dora_dropout.py),
+    applied to the micro-batch chosen with at()."""
 
-    def __init__(self, method, config, params, info):
+    def __init__(self, method, config, params, info, dropout=None):
         self.method, self.config, self.params, self.info = method, config, params, info
+        self.dropout, self.micro_batch = dropout, None
+
+    def at(self, micro_batch):
+        """(step, i): training micro-batch i of optimizer step `step`, whose dropout masks apply; None: eval."""
+        self.micro_batch = micro_batch
+
+    def dropped(self, mod, x):
+        """PEFT's nn.Dropout(p) in training, with the recorded mask instead of torch's draw: x * (keep / (1 - p))."""
+        if self.dropout is None or self.micro_batch is None:
+            return None
+        p, masks = self.dropout
+        keep = masks[self.micro_batch + (mod,)]
+        return x * (keep.to(x.dtype) / (1 - p)).view(x.shape)
 
     def linear(self, mod, x, W, b, dora_norms=None):
         k, P, m = PREFIX + mod, self.params, self.method
         if m in ("lora", "dora") and mod in self.info:
             s = self.info[mod]["scaling"]
             A, B = P[k + ".lora_A.weight"], P[k + ".lora_B.weight"]
+            norm = None if m == "lora" else dora_norms[mod] if dora_norms is not None else dora_weight_norm(W, A, B, s)
+            xd = self.dropped(mod, x)
+            if xd is not None:
+                # lora/layer.py Linear.forward: result = base_layer(x), then vanilla LoRA adds
+                # lora_B(lora_A(dropout(x))) * s; DoRA (lora/variants.py DoraLinearVariant.forward with the
+                # dropout active in training: x = dropout(x), base_result None; lora/dora.py
+                # DoraLinearLayer.forward: base_result = F.linear(x, weight), no bias) adds
+                # (m/n - 1) * F.linear(xd, W) + (m/n) * lora_B(lora_A(xd)) * s.
+                result = x @ W.t() if b is None else x @ W.t() + b
+                lora_result = (xd @ A.t()) @ B.t()
+                if m == "lora":
+                    return result + lora_result * s
+                mag_norm_scale = P[k + ".lora_magnitude_vector"] / norm
+                return result + (mag_norm_scale - 1) * (xd @ W.t()) + mag_norm_scale * lora_result * s
             lora = (x @ A.t()) @ B.t() * s
             if m == "lora":
                 y = x @ W.t() + lora
                 return y if b is None else y + b
-            norm = dora_norms[mod] if dora_norms is not None else dora_weight_norm(W, A, B, s)
             y = (P[k + ".lora_magnitude_vector"] / norm) * (x @ W.t() + lora)
             return y if b is None else y + b
         if m == "ia3" and mod in self.info:
@@ -291,7 +320,7 @@ def lora_config(use_dora=False, rank_pattern=None, alpha_pattern=None, use_rslor
         target_parameters=None, use_bdlora=None, arrow_config=None, ensure_weight_tying=False)
 
 
-def make_adapter(method, arch, w, seed, patterns=None):
+def make_adapter(method, arch, w, seed, patterns=None, dropout=None):
     g = torch.Generator().manual_seed(seed)
 
     def rnd(*shape, std=1.0):
@@ -341,7 +370,9 @@ def make_adapter(method, arch, w, seed, patterns=None):
     else:
         raise ValueError(method)
     params = {k: v.float().contiguous().requires_grad_() for k, v in params.items()}
-    return Adapter(method, config, params, info)
+    if dropout is not None:
+        config["lora_dropout"] = dropout[0]
+    return Adapter(method, config, params, info, dropout)
 
 
 def neutral_adapter(adapter, w):
@@ -364,7 +395,7 @@ def neutral_adapter(adapter, w):
             out[k] = torch.zeros_like(v) if b is None else b.clone()
         else:
             raise KeyError(k)
-    return Adapter(adapter.method, adapter.config, out, adapter.info)
+    return Adapter(adapter.method, adapter.config, out, adapter.info, adapter.dropout)
 
 
 # ---- the model ----------------------------------------------------------------------------------
@@ -417,20 +448,28 @@ def window_tokens(mbs):
     return n
 
 
-def window_loss(cfg, w, adapter, mbs, dora_norms=None):
+def window_loss(cfg, w, adapter, mbs, dora_norms=None, step=None):
+    """The window's loss; with `step`, in training (that step's dropout masks), else in eval."""
     n = window_tokens(mbs)
-    return sum(summed_ce(forward(cfg, w, adapter, ids, dora_norms), lab) for ids, lab in mbs) / n
+    total = 0
+    for i, (ids, lab) in enumerate(mbs):
+        adapter.at(None if step is None else (step, i))
+        total = total + summed_ce(forward(cfg, w, adapter, ids, dora_norms), lab)
+    adapter.at(None)
+    return total / n
 
 
 # ---- self-checks ---------------------------------------------------------------------------------
 def check_identity(cfg, w, adapter, mbs):
     ids = mbs[0][0]
+    neutral = neutral_adapter(adapter, w)
     with torch.no_grad():
         base = forward(cfg, w, Adapter("none", {}, {}, {}), ids)
-        neutral = forward(cfg, w, neutral_adapter(adapter, w), ids)
         changed = forward(cfg, w, adapter, ids)
-    err = (neutral - base).abs().max().item()
-    assert err < 1e-5, f"{adapter.method}: identity adapter moves logits by {err}"
+        for mode in [None] + ([(0, 0)] if adapter.dropout else []):  # eval; training with the dropout masks
+            neutral.at(mode)
+            err = (forward(cfg, w, neutral, ids) - base).abs().max().item()
+            assert err < 1e-5, f"{adapter.method}: identity adapter moves logits by {err} ({mode or 'eval'})"
     assert (changed - base).abs().max().item() > 1e-3, f"{adapter.method}: adapter_in is trivial"
 
 
@@ -438,13 +477,13 @@ def check_finite_differences(cfg, w, adapter, mbs, g, n_per_tensor=1, n_tensors=
     """autograd vs central differences of the window loss, all in float64; DoRA's norm held constant."""
     w64 = {k: v.double() for k, v in w.items()}
     P64 = {k: v.detach().double().requires_grad_() for k, v in adapter.params.items()}
-    a64 = Adapter(adapter.method, adapter.config, P64, adapter.info)
+    a64 = Adapter(adapter.method, adapter.config, P64, adapter.info, adapter.dropout)
     norms = None
     if adapter.method == "dora":
         norms = {mod: dora_weight_norm(w64[mod + ".weight"], P64[PREFIX + mod + ".lora_A.weight"],
                                        P64[PREFIX + mod + ".lora_B.weight"], adapter.info[mod]["scaling"])
                  for mod in adapter.info}
-    loss = window_loss(cfg, w64, a64, mbs, norms)
+    loss = window_loss(cfg, w64, a64, mbs, norms, step=0)
     grads = dict(zip(P64, torch.autograd.grad(loss, list(P64.values()))))
     keys = sorted(P64)
     picks = [keys[int(j)] for j in torch.randperm(len(keys), generator=g)[:n_tensors]]
@@ -457,9 +496,9 @@ def check_finite_differences(cfg, w, adapter, mbs, g, n_per_tensor=1, n_tensors=
                 flat = P64[k].view(-1)
                 old = flat[idx].item()
                 flat[idx] = old + h
-                lp = window_loss(cfg, w64, a64, mbs, norms).item()
+                lp = window_loss(cfg, w64, a64, mbs, norms, step=0).item()
                 flat[idx] = old - h
-                lm = window_loss(cfg, w64, a64, mbs, norms).item()
+                lm = window_loss(cfg, w64, a64, mbs, norms, step=0).item()
                 flat[idx] = old
             fd, an = (lp - lm) / (2 * h), grads[k].view(-1)[idx].item()
             rel = abs(fd - an) / max(abs(fd), abs(an), 1e-3)  # below 1e-3, an absolute 1e-8
@@ -504,16 +543,19 @@ def check_patterns(adapter):
 
 
 # ---- training ------------------------------------------------------------------------------------
-def accumulate(cfg, w, adapter, mbs):
-    """One window: zero grads, backprop each micro-batch's summed CE / window_tokens. Returns the loss."""
+def accumulate(cfg, w, adapter, mbs, step=0):
+    """One window of optimizer step `step`: zero grads, backprop each micro-batch's summed CE / window_tokens.
+    Returns the loss."""
     n = window_tokens(mbs)
     for p in adapter.params.values():
         p.grad = None
     total = 0.0
-    for ids, lab in mbs:
+    for i, (ids, lab) in enumerate(mbs):
+        adapter.at((step, i))
         loss = summed_ce(forward(cfg, w, adapter, ids), lab) / n
         loss.backward()
         total += loss.item()
+    adapter.at(None)
     return total
 
 
@@ -526,7 +568,7 @@ def train(cfg, w, adapter, mbs, max_grad_norm):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     losses, norms, lrs, grads0 = [], [], [], None
     for step in range(STEPS):
-        losses.append(accumulate(cfg, w, adapter, mbs))
+        losses.append(accumulate(cfg, w, adapter, mbs, step))
         if step == 0:
             grads0 = {k: adapter.params[k].grad.detach().clone() for k in keys}
         norm = torch.nn.utils.clip_grad_norm_([adapter.params[k] for k in keys], max_grad_norm).item()
@@ -559,8 +601,8 @@ def save_adapter_in(d, adapter):
                      {k: v.detach().clone() for k, v in adapter.params.items()}, {"format": "pt"})
 
 
-def run_fixture(name, arch, cfg, w, mbs, method, seed, patterns=None):
-    adapter = make_adapter(method, arch, w, seed, patterns)
+def run_fixture(name, arch, cfg, w, mbs, method, seed, patterns=None, dropout=None):
+    adapter = make_adapter(method, arch, w, seed, patterns, dropout)
     if patterns:
         check_patterns(adapter)
     check_identity(cfg, w, adapter, mbs)
@@ -583,7 +625,7 @@ def run_fixture(name, arch, cfg, w, mbs, method, seed, patterns=None):
     # Conditioning: the same run in float64 must agree with this f32 one far inside the tests' 1e-4
     # (relative error of each tensor as a whole, as test/helpers/check.ts relErr measures it).
     w64 = {k: v.double() for k, v in w.items()}
-    a64 = make_adapter(method, arch, w, seed, patterns)
+    a64 = make_adapter(method, arch, w, seed, patterns, dropout)
     a64.params = {k: v.detach().double().requires_grad_() for k, v in a64.params.items()}
     losses64, _, _, grads64 = train(cfg, w64, a64, mbs, max_grad_norm)
     f64 = dict(losses=max(abs(x - y) / abs(y) for x, y in zip(losses, losses64)),
@@ -596,6 +638,8 @@ def run_fixture(name, arch, cfg, w, mbs, method, seed, patterns=None):
                  no_decay=[k for k in keys if not decays(k)],
                  no_decay_rule="weight_decay 0 for a key whose lowercased name matches (re.search) any of "
                                + json.dumps(NO_DECAY_PATTERNS) + "; weight_decay 0.01 otherwise")
+    if dropout is not None:
+        hyper["lora_dropout"] = dropout[0]
     with open(os.path.join(d, "expected.json"), "w") as f:
         json.dump(dict(arch=arch, method=method,
                        micro_batches=[dict(input_ids=i.tolist(), labels=lab.tolist()) for i, lab in mbs],

@@ -17,7 +17,7 @@ Layout (under test/golden/methods/):
     <arch>_prompt/, <arch>_prefix/, <arch>_bottleneck_houlsby/, llama_bottleneck_pfeiffer/
         adapter_in/{adapter_config.json, adapter_model.safetensors}
         expected.json, grads_step0.safetensors, adapter_out.safetensors
-    <arch>_p_tuning/, llama_prefix_projection/
+    <arch>_p_tuning/, <arch>_p_tuning_lstm/, llama_prefix_projection/
         adapter_in/{adapter_config.json, adapter_model.safetensors, prompt_encoder.safetensors}
         expected.json, grads_step0.safetensors, adapter_out.safetensors, adapter_out_encoder.safetensors
     (arch in llama, llama_tied, qwen2)
@@ -59,6 +59,19 @@ p_tuning -- P_TUNING, encoder_reparameterization_type "MLP", encoder_hidden_size
   name dropped: prompt_encoder.embedding.weight [n, hidden], prompt_encoder.mlp_head.0.weight [16, hidden],
   .0.bias [16], .2.weight [16, 16], .2.bias [16], .4.weight [hidden, 16], .4.bias [hidden]. Biases no decay,
   the rest 0.01. adapter_in: embedding 0.5 randn, Linear weights randn / sqrt(in), biases 0.1 randn.
+p_tuning_lstm -- P_TUNING, encoder_reparameterization_type "LSTM", encoder_hidden_size h = 10, encoder_num_layers 2,
+  encoder_dropout 0. PromptEncoder: embedding nn.Embedding(n, hidden), lstm_head = nn.LSTM(input_size=hidden,
+  hidden_size=h, num_layers=2, dropout=0, bidirectional=True, batch_first=True), mlp_head = Sequential(Linear(2h, 2h),
+  ReLU, Linear(2h, hidden)); prompts = mlp_head(lstm_head(embedding(arange(n)))[0]) (the LSTM's output sequence:
+  per position the forward direction's h concatenated with the reverse direction's, zero initial states; layer 1
+  reads layer 0's [n, 2h] output). The LSTM here IS torch.nn.LSTM, built as PEFT builds it and run with the
+  method's tensors as its weights (nn.LSTM.forward over _flat_weights), so the f32 and f64 runs and the finite
+  differences all go through PyTorch's own LSTM. Trainable, keyed as above: prompt_encoder.embedding.weight [n, hidden],
+  prompt_encoder.lstm_head.{weight_ih_l<k>, weight_hh_l<k>, bias_ih_l<k>, bias_hh_l<k>}[_reverse] (k = 0, 1:
+  weight_ih [4h, hidden] for k = 0 and [4h, 2h] for k = 1, weight_hh [4h, h], biases [4h]; rows are the gates
+  i, f, g, o, checked against a cell-by-cell float64 LSTM), prompt_encoder.mlp_head.0.weight [2h, 2h], .0.bias [2h],
+  .2.weight [hidden, 2h], .2.bias [hidden]. Biases (bias_* included) no decay, the rest 0.01. adapter_in: embedding
+  0.5 randn, weight_ih randn / sqrt(in), weight_hh randn / sqrt(h), LSTM biases 0.1 randn, Linears as MLP's.
 prefix -- PREFIX_TUNING, prefix_projection false. _prepare_prompt_learning_config, for a config with
   num_key_value_heads (PEFT #1901): token_dim = head_dim * num_key_value_heads = 24, num_attention_heads =
   num_key_value_heads = 2 (both saved so in adapter_config.json), encoder_hidden_size defaults to that token_dim.
@@ -140,14 +153,16 @@ import torch.nn.functional as F
 sys.dont_write_bytecode = True  # no __pycache__ next to the scripts
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from torch_llama_lora import rmsnorm, rope_inv_freq, rotate_half, save_safetensors  # noqa: E402
-from torch_methods import (ARCHS, BETAS, EPS, GRAD_ACCUM, HEAD_DIM, HEADS, HIDDEN, KV, LAYERS, LR,  # noqa: E402
+from torch_methods import (BETAS, EPS, GRAD_ACCUM, HEAD_DIM, HEADS, HIDDEN, KV, LAYERS, LR,  # noqa: E402
                            NO_DECAY_PATTERNS, OUT, PREFIX, STEPS, TOTAL, WARMUP, WD, Adapter, decays, lr_factor,
-                           make_batches, make_model, peft_base_config, relerr, summed_ce, window_tokens)
+                           peft_base_config, relerr, summed_ce, window_tokens)
 from torch_methods import forward as methods_forward  # noqa: E402
-from torch_full_diff import check_same_inputs  # noqa: E402
+from torch_full_diff import checked_inputs  # noqa: E402
 
 N_VIRTUAL = 4
 ENC_HIDDEN = 16
+LSTM_HIDDEN = 10
+LSTM_LAYERS = 2
 REDUCTION = 8
 BOTTLENECK = HIDDEN // REDUCTION
 KV_DIM = KV * HEAD_DIM
@@ -157,7 +172,10 @@ F64_TOL = 1e-5
 # it (f64: 1.3985e-7, f32: 1.3516e-7), and with |g| near AdamW's eps (1e-8) g / (sqrt(v) + eps) passes that on,
 # moving the entry 3.8e-5 away from the f64 run (1.6e-5 relative over the tensor, above F64_TOL). 7054 has no such
 # entry; the f32 vs f64 check below is what decides.
-SEED_OVERRIDE = {"llama_bottleneck_houlsby": 7054}
+# llama_p_tuning_lstm's default seed 7006 gives entry 664 of lstm_head.weight_ih_l1 a step-0 gradient of -6.2e-9 (6e-7 of
+# the tensor's largest), the same effect: the f32 run ends 1.4e-4 away from the f64 run there (2.2e-5 relative over the
+# tensor). 7056: worst f32 vs f64 2.6e-7.
+SEED_OVERRIDE = {"llama_bottleneck_houlsby": 7054, "llama_p_tuning_lstm": 7056}
 NONE = Adapter("none", {}, {}, {})
 assert HIDDEN % REDUCTION == 0
 
@@ -170,6 +188,9 @@ class Method:
     def __init__(self, kind, config, params, projection=False, adapter_type=None):
         self.kind, self.config, self.params = kind, config, params
         self.projection, self.adapter_type = projection, adapter_type
+        self.lstm = None
+        if kind == "p_tuning" and config["encoder_reparameterization_type"] == "LSTM":
+            self.lstm = lstm_head(config)
 
     @property
     def n_virtual(self):
@@ -180,6 +201,10 @@ class Method:
         P = P or self.params
         if self.kind == "prompt":
             return P["prompt_embeddings"]
+        if self.kind == "p_tuning" and self.lstm is not None:  # PromptEncoder.forward, LSTM reparameterization
+            e = run_lstm(self.lstm, P, P["prompt_encoder.embedding.weight"])
+            e = F.relu(e @ P["prompt_encoder.mlp_head.0.weight"].t() + P["prompt_encoder.mlp_head.0.bias"])
+            return e @ P["prompt_encoder.mlp_head.2.weight"].t() + P["prompt_encoder.mlp_head.2.bias"]
         if self.kind == "p_tuning":  # PromptEncoder.forward, MLP reparameterization
             e = P["prompt_encoder.embedding.weight"]
             for i in (0, 2):
@@ -217,6 +242,42 @@ class Method:
         return h + z @ P[k + "up.weight"].t() + P[k + "up.bias"]
 
 
+def lstm_head(config):
+    """PromptEncoder.__init__'s lstm_head, as PEFT builds it."""
+    return torch.nn.LSTM(input_size=config["token_dim"], hidden_size=config["encoder_hidden_size"],
+                         num_layers=config["encoder_num_layers"], dropout=config["encoder_dropout"], bidirectional=True,
+                         batch_first=True)
+
+
+LSTM_KEY = "prompt_encoder.lstm_head."
+
+
+def run_lstm(lstm, P, x):
+    """lstm_head(x[None])[0][0]: nn.LSTM.forward with the method's tensors (any dtype) as the module's weights."""
+    lstm._flat_weights = [P[LSTM_KEY + k] for k in lstm._flat_weights_names]
+    return lstm(x.unsqueeze(0))[0][0]
+
+
+def naive_lstm(P, x, h, layers):
+    """A cell-by-cell bidirectional LSTM from the documented equations (gate rows i, f, g, o; zero initial states),
+    to check that the names and layouts above are what nn.LSTM computes."""
+    for k in range(layers):
+        outs = []
+        for suffix, order in (("", range(x.shape[0])), ("_reverse", reversed(range(x.shape[0])))):
+            W, U = P[f"{LSTM_KEY}weight_ih_l{k}{suffix}"], P[f"{LSTM_KEY}weight_hh_l{k}{suffix}"]
+            b = P[f"{LSTM_KEY}bias_ih_l{k}{suffix}"] + P[f"{LSTM_KEY}bias_hh_l{k}{suffix}"]
+            hs, c, hp = [None] * x.shape[0], torch.zeros(h, dtype=x.dtype), torch.zeros(h, dtype=x.dtype)
+            for t in order:
+                z = W @ x[t] + U @ hp + b
+                i, f, g, o = torch.sigmoid(z[:h]), torch.sigmoid(z[h:2 * h]), torch.tanh(z[2 * h:3 * h]), torch.sigmoid(z[3 * h:])
+                c = f * c + i * g
+                hp = o * torch.tanh(c)
+                hs[t] = hp
+            outs.append(torch.stack(hs))
+        x = torch.cat(outs, dim=1)
+    return x
+
+
 def prefix_layers(m, B):
     """PEFT's get_prompt: [n, L*2*kv_heads*head_dim] -> per layer (key, value), each [B, kv_heads, n, head_dim]."""
     n = m.shape[0]
@@ -239,7 +300,7 @@ def peft_prompt_config(peft_type, cfg, **fields):
     return base
 
 
-def make_method(kind, cfg, seed, projection=False, adapter_type=None, dtype=torch.float32):
+def make_method(kind, cfg, seed, projection=False, adapter_type=None, encoder="MLP", dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
 
     def rnd(*shape, std=1.0):
@@ -253,6 +314,26 @@ def make_method(kind, cfg, seed, projection=False, adapter_type=None, dtype=torc
         config = peft_prompt_config("PROMPT_TUNING", cfg, prompt_tuning_init="RANDOM", prompt_tuning_init_text=None,
                                     tokenizer_name_or_path=None, tokenizer_kwargs=None)
         P["prompt_embeddings"] = rnd(N_VIRTUAL, HIDDEN, std=0.5)
+    elif kind == "p_tuning" and encoder == "LSTM":
+        h = LSTM_HIDDEN
+        config = peft_prompt_config("P_TUNING", cfg, encoder_reparameterization_type="LSTM",
+                                    encoder_hidden_size=h, encoder_num_layers=LSTM_LAYERS, encoder_dropout=0.0)
+        P["prompt_encoder.embedding.weight"] = rnd(N_VIRTUAL, HIDDEN, std=0.5)
+        for k in range(LSTM_LAYERS):
+            n_in = HIDDEN if k == 0 else 2 * h
+            for suffix in ("", "_reverse"):
+                P[f"{LSTM_KEY}weight_ih_l{k}{suffix}"] = rnd(4 * h, n_in, std=1 / math.sqrt(n_in))
+                P[f"{LSTM_KEY}weight_hh_l{k}{suffix}"] = rnd(4 * h, h, std=1 / math.sqrt(h))
+                P[f"{LSTM_KEY}bias_ih_l{k}{suffix}"] = rnd(4 * h, std=0.1)
+                P[f"{LSTM_KEY}bias_hh_l{k}{suffix}"] = rnd(4 * h, std=0.1)
+        linear(P, "prompt_encoder.mlp_head.0", 2 * h, 2 * h)
+        linear(P, "prompt_encoder.mlp_head.2", HIDDEN, 2 * h)
+        # the same names and shapes as PEFT's module
+        ref = {"prompt_encoder." + k: list(v.shape) for k, v in torch.nn.ModuleDict(dict(
+            embedding=torch.nn.Embedding(N_VIRTUAL, HIDDEN), lstm_head=lstm_head(config),
+            mlp_head=torch.nn.Sequential(torch.nn.Linear(2 * h, 2 * h), torch.nn.ReLU(),
+                                         torch.nn.Linear(2 * h, HIDDEN)))).state_dict().items()}
+        assert ref == {k: list(v.shape) for k, v in P.items()}, ref
     elif kind == "p_tuning":
         config = peft_prompt_config("P_TUNING", cfg, encoder_reparameterization_type="MLP",
                                     encoder_hidden_size=ENC_HIDDEN, encoder_num_layers=2, encoder_dropout=0.0)
@@ -286,7 +367,14 @@ def make_method(kind, cfg, seed, projection=False, adapter_type=None, dtype=torc
     else:
         raise ValueError(kind)
     P = {k: v.to(dtype).contiguous().requires_grad_() for k, v in P.items()}
-    return Method(kind, config, P, projection, adapter_type)
+    m = Method(kind, config, P, projection, adapter_type)
+    if m.lstm is not None:
+        with torch.no_grad():
+            P64 = {k: v.double() for k, v in P.items()}
+            e = P64["prompt_encoder.embedding.weight"]
+            a, b = run_lstm(m.lstm, P64, e), naive_lstm(P64, e, LSTM_HIDDEN, LSTM_LAYERS)
+            assert a.shape == (N_VIRTUAL, 2 * LSTM_HIDDEN) and (a - b).abs().max().item() < 1e-12, "nn.LSTM layout"
+    return m
 
 
 # ---- the model ----------------------------------------------------------------------------------
@@ -512,8 +600,8 @@ def shapes(d):
     return {k: list(v.shape) for k, v in sorted(d.items())}
 
 
-def run_fixture(name, arch, cfg, w, mbs, kind, seed, projection=False, adapter_type=None):
-    m = make_method(kind, cfg, seed, projection, adapter_type)
+def run_fixture(name, arch, cfg, w, mbs, kind, seed, projection=False, adapter_type=None, encoder="MLP"):
+    m = make_method(kind, cfg, seed, projection, adapter_type, encoder)
     check_method(cfg, w, m, mbs)
     fd = check_fd(cfg, w, m, mbs, torch.Generator().manual_seed(seed + 1))
     d = os.path.join(OUT, name)
@@ -539,7 +627,7 @@ def run_fixture(name, arch, cfg, w, mbs, kind, seed, projection=False, adapter_t
     saved_out = m.saved()
     # the same run in float64
     w64 = {k: v.double() for k, v in w.items()}
-    m64 = make_method(kind, cfg, seed, projection, adapter_type, dtype=torch.float64)
+    m64 = make_method(kind, cfg, seed, projection, adapter_type, encoder, dtype=torch.float64)
     r64 = train(cfg, w64, m64, mbs, max_grad_norm)
     saved64 = m64.saved()
     gs = {k: relerr(r["grads0"][k], r64["grads0"][k]) for k in sorted(m.params)}
@@ -587,6 +675,7 @@ def fixtures(arch):
     out.append((f"{arch}_bottleneck_houlsby", "bottleneck", dict(adapter_type="houlsby")))
     if arch == "llama":
         out.append(("llama_bottleneck_pfeiffer", "bottleneck", dict(adapter_type="pfeiffer")))
+    out.append((f"{arch}_p_tuning_lstm", "p_tuning", dict(encoder="LSTM")))  # last: the other fixtures keep their seeds
     return out
 
 
@@ -594,10 +683,7 @@ def main():
     torch.set_num_threads(1)
     torch.manual_seed(0)
     only = set(sys.argv[1:])  # optional fixture names, for development
-    for a, arch in enumerate(ARCHS):  # the seeds of torch_methods.main
-        cfg, w = make_model(arch, 4321 + a)
-        mbs = make_batches(8765 + a)
-        check_same_inputs(arch, cfg, w, mbs)
+    for a, arch, cfg, w, mbs in checked_inputs():
         check_base_forward(cfg, w, mbs)
         sem = check_semantics(cfg, w, mbs, 7900 + a)
         print(f"{arch}: prompt / prefix semantics against the base model on concatenated ids: {sem:.1e}", flush=True)

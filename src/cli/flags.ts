@@ -54,6 +54,8 @@ const CONFIG: Flag = {
   description: 'read flags from a YAML or JSON file whose keys are the flag names (batch-size: 8); flags given on the command line win',
 };
 
+const DEVICE_DETAILS = '`auto` picks cuda when the addon is the CUDA build and a GPU is visible, else cpu, and the log says which and why; `cuda` without either fails (E_DEVICE), never falls back';
+
 export const TRAIN_FLAGS: readonly Flag[] = [
   { name: 'model', type: 'path', metavar: 'DIR', field: 'model', required: true, description: 'Hugging Face model folder (config.json, safetensors, tokenizer.json) on local disk' },
   { name: 'data', type: 'path', metavar: 'FILE', field: 'data', required: true, description: 'training data: JSONL or a JSON array (formats below)' },
@@ -64,12 +66,16 @@ export const TRAIN_FLAGS: readonly Flag[] = [
     name: 'method', type: 'enum', values: METHOD_NAMES, metavar: 'METHOD', field: 'method', default: 'lora', description: `fine-tuning method: ${METHOD_NAMES.join(', ')}`,
     details: '`qlora` quantizes the base\'s decoder Linear weights to NF4 with double quantization at load, `int8-lora` to LLM.int8; LoRA trains in f32 on top (the weights are decoded inside the GEMMs, never dequantized whole). ' +
       '`dora`: LoRA with PEFT\'s weight decomposition; `ia3`: PEFT\'s IA3 vectors (k_proj, v_proj, down_proj\'s input); `ln`: PEFT\'s LN_TUNING (the RMSNorm scales); ' +
-      '`bitfit`: the Linear biases; `diff`: diff pruning (a sparse δ per weight); `adapter`: bottleneck adapters (Houlsby, Pfeiffer); `prompt`: PEFT\'s prompt tuning; `p-tuning`: PEFT\'s P-tuning (MLP encoder); `prefix`: PEFT\'s prefix tuning; `full`: every weight, written as a whole model folder',
+      '`bitfit`: the Linear biases; `diff`: diff pruning (a sparse δ per weight); `adapter`: bottleneck adapters (Houlsby, Pfeiffer); `prompt`: PEFT\'s prompt tuning; `p-tuning`: PEFT\'s P-tuning (MLP or LSTM encoder); `prefix`: PEFT\'s prefix tuning; `full`: every weight, written as a whole model folder',
   },
   { name: 'trainable', type: 'string', metavar: 'REGEX', field: 'trainable', description: 'with --method full: train only the weights whose checkpoint name matches' },
   { name: 'diff-density', type: 'number', metavar: 'D', field: 'diffDensity', default: '0.005', description: 'with --method diff: the fraction of each δ kept at pruning (0 < D <= 1)' },
   { name: 'num-virtual-tokens', type: 'int', metavar: 'N', field: 'numVirtualTokens', default: '20', description: 'with --method prompt: virtual tokens; with --method prefix: key/value rows per layer' },
-  { name: 'encoder-hidden-size', type: 'int', metavar: 'N', field: 'encoderHiddenSize', default: 'the hidden size', description: 'with --method p-tuning or --prefix-projection: the encoder MLP\'s width' },
+  { name: 'encoder-hidden-size', type: 'int', metavar: 'N', field: 'encoderHiddenSize', default: 'the hidden size', description: 'with --method p-tuning or --prefix-projection: the encoder MLP\'s width (with --encoder lstm: each LSTM direction\'s hidden size)' },
+  {
+    name: 'encoder', type: 'enum', values: ['mlp', 'lstm'], field: 'encoder', default: 'mlp', description: 'with --method p-tuning: the prompt encoder (PEFT\'s encoder_reparameterization_type)',
+    details: '`mlp`: 3 Linear layers; `lstm`: a 2-layer bidirectional LSTM, then 2 Linear layers',
+  },
   { name: 'prefix-projection', type: 'boolean', field: 'prefixProjection', description: 'with --method prefix: make the prefix with a trained MLP (PEFT\'s prefix_projection)' },
   { name: 'prompt-init', type: 'enum', values: ['random', 'text', 'vocab'], field: 'promptInit', default: 'random', description: 'with --method prompt: start from N(0, 1), --prompt-init-text\'s embeddings, or random tokens\'' },
   { name: 'prompt-init-text', type: 'string', metavar: 'TEXT', field: 'promptInitText', description: 'with --prompt-init text: the text whose token embeddings start the prompt' },
@@ -86,7 +92,7 @@ export const TRAIN_FLAGS: readonly Flag[] = [
   },
   { name: 'r', type: 'int', metavar: 'N', field: 'r', description: 'LoRA rank' },
   { name: 'alpha', type: 'number', metavar: 'A', field: 'alpha', description: 'LoRA alpha: the update is scaled by alpha/r' },
-  { name: 'dropout', type: 'number', metavar: 'P', field: 'dropout', description: 'LoRA dropout probability' },
+  { name: 'dropout', type: 'number', metavar: 'P', field: 'dropout', description: 'LoRA / DoRA dropout probability' },
   {
     name: 'targets', type: 'list', metavar: 'NAMES', field: 'targets', default: 'q_proj,v_proj', description: 'modules to adapt: names (q_proj,v_proj) or all-linear',
     details: 'by name with PEFT\'s suffix rule, or every Linear but the head; a name that matches nothing is an error; `lm_head` can be adapted for generation and merging, not trained',
@@ -138,7 +144,7 @@ export const TRAIN_FLAGS: readonly Flag[] = [
     name: 'bf16', type: 'boolean', field: 'bf16', default: 'off', description: 'bf16 base as PyTorch\'s bf16 autocast computes it; the adapter and optimizer stay f32',
     details: 'the frozen Linear weights, embeddings and lm_head are stored in bf16 (half their memory), and every Linear and LM-head product reads its operands rounded to bf16 with f32 sums (VDPBF16PS on CPUs with AVX512-BF16, about twice the f32 rate). With a quantized base the weights stay quantized and are decoded to bf16 inside the GEMMs',
   },
-  { name: 'device', type: 'enum', values: ['cpu', 'cuda', 'auto'], field: 'device', description: 'where to run' },
+  { name: 'device', type: 'enum', values: ['cpu', 'cuda', 'auto'], field: 'device', description: 'where to run', details: DEVICE_DETAILS },
   {
     name: 'no-memory-check', type: 'boolean', field: 'memoryCheck', negate: true, default: 'checked',
     description: 'start even when the memory estimate (`peftkit estimate`) says the run does not fit in the memory available (default: refuse, with the figures)',
@@ -165,7 +171,7 @@ export const GENERATE_FLAGS: readonly Flag[] = [
   { name: 'top-p', type: 'number', metavar: 'P', field: 'topP', default: '0.95', min: 0, max: 1, minOpen: true, description: 'nucleus sampling: the smallest set of tokens whose probability reaches P (0 < P <= 1)' },
   { name: 'seed', type: 'int', metavar: 'N', field: 'seed', default: '0', min: 0, max: Number.MAX_SAFE_INTEGER, description: 'sampling seed' },
   { name: 'chat', type: 'boolean', field: 'chat', default: 'off', description: 'render the prompt through the model\'s chat template as one user message' },
-  { name: 'device', type: 'enum', values: ['cpu', 'cuda', 'auto'], field: 'device', default: 'cpu', description: 'where to run' },
+  { name: 'device', type: 'enum', values: ['cpu', 'cuda', 'auto'], field: 'device', default: 'cpu', description: 'where to run', details: DEVICE_DETAILS },
   { name: 'quantize', type: 'enum', values: QUANTIZE_NAMES, field: 'quantize', description: 'quantize the decoder Linear weights at load' },
   { name: 'int8-threshold', type: 'number', metavar: 'T', field: 'int8Threshold', min: 0, max: Number.MAX_VALUE, description: 'LLM.int8 outlier threshold of an int8 base' },
   CONFIG,

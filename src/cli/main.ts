@@ -108,7 +108,7 @@ async function cmdTrain(cmd: Command, args: string[]): Promise<number> {
   process.on('SIGINT', onSigint);
   const run = train({ ...options, signal: ctrl.signal });
   run.on('start', (e) => {
-    progress.line(`training ${e.trainableParams.toLocaleString()} adapter parameters on ${e.device}: ${e.trainExamples} examples, ${e.totalSteps} steps${e.startStep ? ` (resuming at ${e.startStep})` : ''}`);
+    progress.line(`training ${e.trainableParams.toLocaleString()} adapter parameters on ${e.device} (${e.deviceReason.replace(/^device '(\w+)'/, '--device $1')}): ${e.trainExamples} examples, ${e.totalSteps} steps${e.startStep ? ` (resuming at ${e.startStep})` : ''}`);
     progress.start(e.totalSteps, e.startStep);
   });
   run.on('step', (e) => progress.step(e));

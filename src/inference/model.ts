@@ -13,7 +13,8 @@ import type { DeviceOption } from '../tensor';
 import type { ModelConfig } from '../model/config';
 import { readGenerationEosIds } from '../model/generation_config';
 import { LlamaModel } from '../model/llama';
-import { generateIds, GenerateOptions } from '../model/llama_generate';
+import { IncrementalText } from './incremental_text';
+import { DEFAULT_MAX_NEW_TOKENS, generateTokens, GenerateOptions } from '../model/llama_generate';
 
 export interface LoadOptions {
   /** Where the weights live and the math runs. Defaults to `'cpu'`. */
@@ -42,6 +43,17 @@ export interface Generation {
   text: string;
   /** The generated token ids (without the prompt). */
   ids: number[];
+}
+
+/** One generated token and the text it adds to the generation so far. */
+export interface GenerationPiece {
+  /** The token id. */
+  id: number;
+  /**
+   * The text this token adds: '' for a stop token, and while a token ends inside a character
+   * (its bytes come with a later token's piece). The pieces joined are the Generation's text.
+   */
+  text: string;
 }
 
 export class Model {
@@ -82,27 +94,52 @@ export class Model {
     return adapter;
   }
 
-  /** Continues a prompt (text, or token ids) with a KV cache. */
+  /**
+   * Continues a prompt (text, or token ids) with a KV cache. Synchronous: it blocks the calling
+   * thread until the last token (AsyncModel.generate, from loadModelAsync, does not).
+   */
   generate(prompt: string | readonly number[], o: ModelGenerateOptions = {}): Generation {
-    let ids: number[];
-    if (typeof prompt === 'string') {
-      if (!this.tokenizer) throw new PeftkitError('E_MISSING', `${this.llama.dir}: no tokenizer.json, so a text prompt cannot be encoded (pass token ids)`);
-      ids = o.chat
-        ? this.tokenizer.encode(this.tokenizer.applyChatTemplate([{ role: 'user', content: prompt }], { addGenerationPrompt: true }), { addSpecialTokens: false })
-        : this.tokenizer.encode(prompt);
-      const tokFile = path.join(this.llama.dir, 'tokenizer.json');
-      if (ids.length === 0) throw new PeftkitError('E_ARG', `generate: the prompt encodes to no tokens with ${tokFile} (an empty prompt, or a tokenizer without a BOS)`);
-      const outside = ids.find((id) => !(id >= 0 && id < this.config.vocabSize));
-      if (outside !== undefined) {
-        throw new PeftkitError('E_CONFIG', `${tokFile}: encodes the prompt to token id ${outside}, outside the model's vocabulary [0, ${this.config.vocabSize}) from config.json`);
-      }
-    } else {
-      ids = [...prompt];
-    }
+    const it = this.stream(prompt, o, false);
+    for (let r = it.next(); ; r = it.next()) if (r.done) return r.value;
+  }
+
+  /**
+   * generate() one token at a time: yields each token as it is sampled with the text it adds
+   * (see GenerationPiece), and returns the whole Generation. Synchronous like generate(); a
+   * `return()` (or a `break` out of a for-of) stops generation and frees its cache. With
+   * `withText` false the pieces' texts are '' (nothing decoded per token; the returned
+   * Generation still has its text). Defaults to `true`.
+   */
+  *stream(prompt: string | readonly number[], o: ModelGenerateOptions = {}, withText = true): Generator<GenerationPiece, Generation, undefined> {
+    const ids = this.promptIds(prompt, o);
     const stopTokens = o.stopTokens ?? this.eosIds();
-    const out = generateIds(this.llama, ids, { ...o, stopTokens, adapter: this.adapterFor(o.adapter) });
-    const text = this.tokenizer ? this.tokenizer.decode(out.filter((t) => !stopTokens.includes(t)), { skipSpecialTokens: true }) : '';
-    return { text, ids: out };
+    const maxNew = o.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS;
+    const text = withText && this.tokenizer ? new IncrementalText((t) => this.decodeGenerated(t, stopTokens)) : null;
+    const out: number[] = [];
+    for (const id of generateTokens(this.llama, ids, { ...o, stopTokens, adapter: this.adapterFor(o.adapter) })) {
+      out.push(id);
+      yield { id, text: text ? text.push(id, stopTokens.includes(id) || out.length === maxNew) : '' };
+    }
+    return { text: this.decodeGenerated(out, stopTokens), ids: out };
+  }
+
+  private decodeGenerated(ids: number[], stopTokens: readonly number[]): string {
+    return this.tokenizer ? this.tokenizer.decode(ids.filter((t) => !stopTokens.includes(t)), { skipSpecialTokens: true }) : '';
+  }
+
+  private promptIds(prompt: string | readonly number[], o: ModelGenerateOptions): number[] {
+    if (typeof prompt !== 'string') return [...prompt];
+    if (!this.tokenizer) throw new PeftkitError('E_MISSING', `${this.llama.dir}: no tokenizer.json, so a text prompt cannot be encoded (pass token ids)`);
+    const ids = o.chat
+      ? this.tokenizer.encode(this.tokenizer.applyChatTemplate([{ role: 'user', content: prompt }], { addGenerationPrompt: true }), { addSpecialTokens: false })
+      : this.tokenizer.encode(prompt);
+    const tokFile = path.join(this.llama.dir, 'tokenizer.json');
+    if (ids.length === 0) throw new PeftkitError('E_ARG', `generate: the prompt encodes to no tokens with ${tokFile} (an empty prompt, or a tokenizer without a BOS)`);
+    const outside = ids.find((id) => !(id >= 0 && id < this.config.vocabSize));
+    if (outside !== undefined) {
+      throw new PeftkitError('E_CONFIG', `${tokFile}: encodes the prompt to token id ${outside}, outside the model's vocabulary [0, ${this.config.vocabSize}) from config.json`);
+    }
+    return ids;
   }
 
   /**
@@ -123,7 +160,10 @@ export class Model {
   }
 }
 
-/** Loads a LlamaForCausalLM / MistralForCausalLM / Qwen2ForCausalLM folder (and its tokenizer). */
+/**
+ * Loads a LlamaForCausalLM / MistralForCausalLM / Qwen2ForCausalLM folder (and its tokenizer).
+ * Synchronous: it blocks the calling thread while the weights are read (loadModelAsync does not).
+ */
 export function loadModel(dir: string, o: LoadOptions = {}): Model {
   const llama = LlamaModel.load(dir, o);
   const tokenizer = fs.existsSync(path.join(dir, 'tokenizer.json')) ? loadTokenizer(dir) : null;

@@ -13,7 +13,7 @@ import { LayerActs, LlamaLayers, PassOptions } from './llama_layer';
 import type { ModelAdapter } from './sites';
 
 export interface GenerateOptions {
-  /** Tokens to generate at most. Defaults to `64`. */
+  /** Tokens to generate at most. Defaults to `64` (DEFAULT_MAX_NEW_TOKENS). */
   maxNewTokens?: number;
   /** 0 = greedy. Defaults to `0.7`. */
   temperature?: number;
@@ -27,23 +27,33 @@ export interface GenerateOptions {
   adapter?: ModelAdapter | null;
 }
 
+export const DEFAULT_MAX_NEW_TOKENS = 64;
+
 /** Runs a prompt and continues it; returns the new token ids (not the prompt). */
 export function generateIds(model: LlamaModel, prompt: readonly number[], o: GenerateOptions = {}): number[] {
+  return [...generateTokens(model, prompt, o)];
+}
+
+/**
+ * The tokens of generateIds one at a time, each yielded as soon as it is sampled (a stop token
+ * is yielded, then the generator ends). Returning early (`return()`, a `break` out of a for-of)
+ * frees the KV cache at once.
+ */
+export function* generateTokens(model: LlamaModel, prompt: readonly number[], o: GenerateOptions = {}): Generator<number, void, undefined> {
   if (prompt.length === 0) throw new PeftkitError('E_ARG', 'generate: the prompt is empty (give at least one token, e.g. BOS)');
-  const g = new KvGenerator(model, prompt.length + (o.maxNewTokens ?? 64), o.adapter ?? null);
+  const maxNew = o.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS;
+  const g = new KvGenerator(model, prompt.length + maxNew, o.adapter ?? null);
   try {
     const rng = new SeededRng(o.seed ?? 0);
     const stop = new Set(o.stopTokens ?? ([] as number[]).concat(model.config.eosTokenId ?? []));
-    const out: number[] = [];
     let logits = g.feed(prompt);
-    for (let i = 0; i < (o.maxNewTokens ?? 64); i++) {
+    for (let i = 0; i < maxNew; i++) {
       checkFinite(model, logits, i, o.adapter ?? null);
       const next = sample(logits, o.temperature ?? 0.7, o.topP ?? 0.95, rng);
-      out.push(next);
+      yield next;
       if (stop.has(next)) break;
-      if (i + 1 < (o.maxNewTokens ?? 64)) logits = g.feed([next]);
+      if (i + 1 < maxNew) logits = g.feed([next]);
     }
-    return out;
   } finally {
     g.dispose();
   }

@@ -39,6 +39,16 @@ export function weightOperand(base: BaseLinear): Tensor | QuantWeight {
   return 'q' in base.weight ? base.weight.q : base.weight.W;
 }
 
+/**
+ * The weight operand as its dequantized values: an int8 weight with LLM.int8's threshold loses it,
+ * so products multiply X by the dequantized W instead of quantizing X (PEFT's F.linear on
+ * dequantize_module_weight). Every other storage is {@link weightOperand}'s.
+ */
+export function dequantizedOperand(base: BaseLinear): Tensor | QuantWeight {
+  const w = weightOperand(base);
+  return w instanceof Tensor || w.format !== 'int8' || w.threshold === undefined ? w : { ...w, threshold: undefined };
+}
+
 /** Y = X·Wᵀ (+ bias unless `withBias` is false), in the base's storage and precision. */
 export function baseForward(base: BaseLinear, Y: Tensor, X: Tensor, withBias = true): void {
   ops.linearForward(Y, X, weightOperand(base), { bias: withBias ? base.bias : undefined, compute: base.compute });

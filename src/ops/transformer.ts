@@ -203,6 +203,24 @@ export function geluBackwardAsync(dx: Tensor, dout: Tensor, x: Tensor, o: GeluOp
   return native.geluBackwardAsync(dx.native, dout.native, x.native, o.approximate === 'tanh');
 }
 
+/** ReLU, `out = max(x, 0)` (out may be x): bottleneck adapters and PEFT's prompt encoders. */
+export function reluForward(out: Tensor, x: Tensor): void {
+  native.reluForward(out.native, x.native);
+}
+/** {@link reluForward} on the thread pool. */
+export function reluForwardAsync(out: Tensor, x: Tensor): Promise<void> {
+  return native.reluForwardAsync(out.native, x.native);
+}
+
+/** `dx = dout` where `x > 0`, else 0 (dx may be dout). */
+export function reluBackward(dx: Tensor, dout: Tensor, x: Tensor): void {
+  native.reluBackward(dx.native, dout.native, x.native);
+}
+/** {@link reluBackward} on the thread pool. */
+export function reluBackwardAsync(dx: Tensor, dout: Tensor, x: Tensor): Promise<void> {
+  return native.reluBackwardAsync(dx.native, dout.native, x.native);
+}
+
 /** SwiGLU of the Llama MLP: `out = silu(gate) · up`. */
 export function swigluForward(out: Tensor, gate: Tensor, up: Tensor): void {
   native.swigluForward(out.native, gate.native, up.native);

@@ -44,8 +44,10 @@ export interface CreateAdapterOptions {
   numVirtualTokens?: number;
   /** Prompt tuning: how the virtual tokens start, and for 'TEXT' the init text's token ids (encoded by the caller). Defaults to RANDOM. */
   promptInit?: { kind: 'RANDOM' | 'TEXT' | 'SAMPLE_VOCAB'; text?: string; ids?: readonly number[] };
-  /** P-tuning, prefix_projection: the encoder MLP's hidden width. Defaults to the model's hidden size (P-tuning), kv width (prefix). */
+  /** P-tuning, prefix_projection: the encoder MLP's hidden width (P-tuning's LSTM: each direction's). Defaults to the model's hidden size (P-tuning), kv width (prefix). */
   encoderHiddenSize?: number;
+  /** P-tuning's encoder: 'mlp' or 'lstm' (PEFT's encoder_reparameterization_type MLP, LSTM). Defaults to `'mlp'`. */
+  encoder?: 'mlp' | 'lstm';
   /** Prefix tuning through a projection MLP (PEFT's prefix_projection). Defaults to `false`. */
   prefixProjection?: boolean;
   /** Recorded in adapter_config.json. */
@@ -93,9 +95,11 @@ export function newAdapterConfig(method: AdapterMethod, c: ModelConfig, o: Creat
         ...(o.promptInit ? { prompt_tuning_init: o.promptInit.kind, prompt_tuning_init_text: o.promptInit.text ?? null } : {}), ...base,
       });
     case 'p-tuning':
+      if (o.encoder !== undefined && o.encoder !== 'mlp' && o.encoder !== 'lstm') throw new PeftkitError('E_ARG', `encoder: expected mlp or lstm, got '${String(o.encoder)}'`);
       return defaultPTuningConfig(c, {
         ...(o.numVirtualTokens !== undefined ? { num_virtual_tokens: o.numVirtualTokens } : {}),
-        ...(o.encoderHiddenSize !== undefined ? { encoder_hidden_size: o.encoderHiddenSize } : {}), ...base,
+        ...(o.encoderHiddenSize !== undefined ? { encoder_hidden_size: o.encoderHiddenSize } : {}),
+        ...(o.encoder ? { encoder_reparameterization_type: o.encoder === 'lstm' ? 'LSTM' : 'MLP' } : {}), ...base,
       });
     case 'prefix':
       return defaultPrefixTuningConfig(c, {

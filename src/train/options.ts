@@ -47,7 +47,7 @@ export interface TrainOptions {
    * `'diff'`: diff pruning, a sparse difference δ on the targeted weights (`diffDensity`);
    * `'adapter'`: bottleneck adapters after the attention and MLP blocks (`adapterType`, `adapterReduction`);
    * `'prompt'`: PEFT's PROMPT_TUNING, trained virtual tokens before every sequence (`numVirtualTokens`, `promptInit`);
-   * `'p-tuning'`: PEFT's P_TUNING, virtual tokens made by a trained MLP encoder (`encoderHiddenSize`);
+   * `'p-tuning'`: PEFT's P_TUNING, virtual tokens made by a trained encoder (`encoder`, `encoderHiddenSize`);
    * `'prefix'`: PEFT's PREFIX_TUNING, trained key/value rows per layer (`numVirtualTokens`);
    * `'full'`: full fine-tuning, every weight (or those `trainable` names) on f32 masters, written
    * out as a whole model folder. Every adapter method works on any base storage (`quantize`);
@@ -87,15 +87,23 @@ export interface TrainOptions {
   promptInit?: 'random' | 'text' | 'vocab';
   /** The text of promptInit 'text'. Defaults to none. */
   promptInitText?: string;
-  /** P-tuning and prefix projection: the encoder MLP's hidden width. Defaults to the model's hidden size (P-tuning), the key/value width (prefix). */
+  /**
+   * P-tuning and prefix projection: the encoder MLP's hidden width; with `encoder` 'lstm', each
+   * LSTM direction's hidden size. Defaults to the model's hidden size (P-tuning), the key/value width (prefix).
+   */
   encoderHiddenSize?: number;
+  /**
+   * P-tuning's encoder (PEFT's encoder_reparameterization_type): 'mlp' (3 Linear layers) or
+   * 'lstm' (a 2-layer bidirectional LSTM, then 2 Linear layers). Defaults to `'mlp'`.
+   */
+  encoder?: 'mlp' | 'lstm';
   /** Prefix tuning through a projection MLP (PEFT's prefix_projection). Defaults to `false`. */
   prefixProjection?: boolean;
   /** LoRA rank. Defaults to `8`. */
   r?: number;
   /** LoRA alpha (scaling = alpha / r). Defaults to `16`. */
   alpha?: number;
-  /** LoRA dropout. Defaults to `0.05` (`0` with `dora`, which does not implement dropout yet). */
+  /** LoRA dropout (DoRA's too: PEFT's lora_dropout, on the input of the low-rank and magnitude terms). Defaults to `0.05`. */
   dropout?: number;
   /** Target modules by name, or 'all-linear'. Defaults to `['q_proj', 'v_proj']` (PEFT's Llama default). */
   targets?: string[] | 'all-linear';
@@ -165,7 +173,10 @@ export interface TrainOptions {
   overwrite?: boolean;
   /** Recompute activations per layer in backward (less memory, ~30% more compute). Defaults to `false`. */
   activationCheckpointing?: boolean;
-  /** Where to run. Defaults to `'cpu'`. */
+  /**
+   * Where to run. Defaults to `'cpu'`. `'auto'` is cuda when the CUDA build is loaded and a GPU is
+   * visible, else cpu; the 'start' event says which and why (`deviceReason`).
+   */
   device?: DeviceOption;
   /**
    * A bf16 base, as PyTorch's bf16 autocast computes it: the frozen Linear weights, embeddings and
@@ -198,7 +209,7 @@ export interface TrainOptions {
   memoryCheck?: boolean;
 }
 
-type Optional = 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize' | 'int8Threshold' | 'warmupRatio' | 'trainable' | 'diffDensity' | 'diffPruneStep' | 'adapterType' | 'adapterReduction' | 'numVirtualTokens' | 'promptInit' | 'promptInitText' | 'encoderHiddenSize' | 'prefixProjection';
+type Optional = 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize' | 'int8Threshold' | 'warmupRatio' | 'trainable' | 'diffDensity' | 'diffPruneStep' | 'adapterType' | 'adapterReduction' | 'numVirtualTokens' | 'promptInit' | 'promptInitText' | 'encoderHiddenSize' | 'encoder' | 'prefixProjection';
 export type ResolvedTrainOptions = Required<Omit<TrainOptions, Optional>> & Pick<TrainOptions, Optional>;
 
 /** How an option is named in messages: the API field by default; the CLI passes its flag names. */
@@ -232,6 +243,11 @@ function promptInit(o: TrainOptions, name: OptionNamer): 'random' | 'text' | 'vo
   const v = o.promptInit;
   if (v !== 'random' && v !== 'text' && v !== 'vocab') throw new PeftkitError('E_ARG', `${name('promptInit')}: expected random, text or vocab, got '${String(v)}'`);
   if (v === 'text' && !o.promptInitText) throw new PeftkitError('E_ARG', `${name('promptInit')} text needs ${name('promptInitText')}`);
+  return v;
+}
+
+function encoder(v: unknown, name: OptionNamer): 'mlp' | 'lstm' {
+  if (v !== 'mlp' && v !== 'lstm') throw new PeftkitError('E_ARG', `${name('encoder')}: expected mlp or lstm, got '${String(v)}'`);
   return v;
 }
 
@@ -286,9 +302,6 @@ export function resolveTrainOptions(o: TrainOptions, name: OptionNamer = (f) => 
     throw new PeftkitError('E_ARG', `${name('evalSplit')}: expected a fraction between 0 and 1 (exclusive), got ${String(o.evalSplit)}`);
   }
   const { method, quantize } = resolveQuantize(o, name);
-  if (method === 'dora' && o.dropout !== undefined && o.dropout > 0) {
-    throw new PeftkitError('E_UNSUPPORTED', `${name('dropout')}: DoRA with dropout ${o.dropout} is not implemented; use dropout 0 with ${name('method')} dora`);
-  }
   const schedule = o.schedule ?? 'constant';
   if (!SCHEDULE_NAMES.includes(schedule)) throw new PeftkitError('E_ARG', `${name('schedule')}: expected constant, linear or cosine, got '${schedule}'`);
   const targets = o.targets ?? ['q_proj', 'v_proj'];
@@ -320,9 +333,10 @@ export function resolveTrainOptions(o: TrainOptions, name: OptionNamer = (f) => 
     quantize,
     r: positiveInt(name('r'), o.r, 8),
     alpha: num(name('alpha'), o.alpha, 16, -1e9, 1e9),
-    dropout: num(name('dropout'), o.dropout, method === 'dora' ? 0 : 0.05, 0, 0.99),
+    dropout: num(name('dropout'), o.dropout, 0.05, 0, 0.99),
     numVirtualTokens: o.numVirtualTokens === undefined ? undefined : positiveInt(name('numVirtualTokens'), o.numVirtualTokens, 20),
     encoderHiddenSize: o.encoderHiddenSize === undefined ? undefined : positiveInt(name('encoderHiddenSize'), o.encoderHiddenSize, 1),
+    encoder: o.encoder === undefined ? undefined : encoder(o.encoder, name),
     promptInit: o.promptInit === undefined ? undefined : promptInit(o, name),
     adapterType: o.adapterType === undefined ? undefined : adapterType(o.adapterType, name),
     adapterReduction: o.adapterReduction === undefined ? undefined : positiveInt(name('adapterReduction'), o.adapterReduction, 16),

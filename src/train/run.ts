@@ -15,7 +15,7 @@ import { LlamaModel } from '../model/llama';
 import type { LoraConfig } from '../peft/lora/config';
 import { adapterMethodOf, AdapterMethod, createAdapter, CreateAdapterOptions, loadAdapter } from '../peft/registry';
 import { runtimeInfo } from '../runtime';
-import { resolveDevice } from '../tensor';
+import { deviceChoice, resolveDevice } from '../tensor';
 import { ioError, makeDir } from '../io/io_error';
 import { FolderLock, lockFolder } from '../io/lock';
 import { pruneCheckpoints, restoreCheckpoint, saveCheckpoint, TrainerState } from './checkpoint';
@@ -30,7 +30,11 @@ import { divergenceWarning, Trainer, UPDATE_RATIO_WARN } from './trainer';
 
 export type TrainEvent =
   | { type: 'warning'; message: string }
-  | { type: 'start'; totalSteps: number; startStep: number; trainExamples: number; evalExamples: number; trainableParams: number; device: string }
+  | {
+    type: 'start'; totalSteps: number; startStep: number; trainExamples: number; evalExamples: number; trainableParams: number; device: string;
+    /** Why the run is on `device` (what 'auto' found, or that it was asked for). */
+    deviceReason: string;
+  }
   | { type: 'step'; step: number; totalSteps: number; loss: number; lr: number; gradNorm: number; tokensPerS: number; elapsedS: number; etaS: number }
   | { type: 'eval'; step: number; loss: number; perplexity: number }
   | { type: 'checkpoint'; step: number; dir: string };
@@ -142,6 +146,7 @@ export function createOptions(options: TrainOptions, o: ResolvedTrainOptions, me
     bottleneck: { type: o.adapterType, reductionFactor: o.adapterReduction },
     numVirtualTokens: o.numVirtualTokens,
     encoderHiddenSize: o.encoderHiddenSize,
+    encoder: o.encoder,
     prefixProjection: o.prefixProjection,
     promptInit: o.promptInit && {
       kind: ({ random: 'RANDOM', text: 'TEXT', vocab: 'SAMPLE_VOCAB' } as const)[o.promptInit],
@@ -252,6 +257,7 @@ function trainWith(options: TrainOptions, o: ResolvedTrainOptions, ck: Checkpoin
     emit({
       type: 'start', totalSteps, startStep: step, trainExamples: data.train.length, evalExamples: data.eval.length,
       trainableParams: adapter.parameters().reduce((a, p) => a + p.param.numel, 0), device: model.device,
+      deviceReason: deviceChoice(o.device).reason, // what LlamaModel.load resolved o.device by
     });
     let finalLoss = NaN;
     const runStart = elapsed();

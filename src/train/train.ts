@@ -8,6 +8,7 @@ import * as path from 'path';
 import { Worker } from 'worker_threads';
 import { PeftkitError } from '../errors';
 import { releaseLockOfThread } from '../io/lock';
+import { workerError } from '../util/worker_error';
 import type { TrainOptions } from './options';
 import { resolveWithCheckpoint } from './resume';
 import type { TrainEvent, TrainResult } from './run';
@@ -87,7 +88,7 @@ export class TrainRun extends EventEmitter implements PromiseLike<TrainResult> {
           resolve(m.result!);
         } else if (m.kind === 'error') {
           settled = true;
-          reject(new PeftkitError(m.code ?? 'E_INTERNAL', m.message ?? 'training failed', { errno: m.errno, path: m.path, syscall: m.syscall }));
+          reject(workerError(m, 'training failed'));
         }
       });
       worker.on('error', (e) => {

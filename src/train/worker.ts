@@ -4,8 +4,7 @@
  * between steps (the run is synchronous, so a message would not be read until it ends).
  */
 import { parentPort, workerData } from 'worker_threads';
-import { PeftkitError } from '../errors';
-import { ioError } from '../io/io_error';
+import { workerErrorMessage } from '../util/worker_error';
 import type { TrainOptions } from './options';
 import { runTraining } from './run';
 
@@ -23,7 +22,5 @@ try {
   });
   parentPort!.postMessage({ kind: 'result', result });
 } catch (raw) {
-  const e = ioError(raw) as Error & { code?: string };
-  const details = e instanceof PeftkitError ? { errno: e.errno, path: e.path, syscall: e.syscall } : {};
-  parentPort!.postMessage({ kind: 'error', code: e instanceof PeftkitError ? e.code : 'E_INTERNAL', message: e.message, stack: e.stack, ...details });
+  parentPort!.postMessage({ kind: 'error', ...workerErrorMessage(raw) });
 }

@@ -117,3 +117,17 @@ export function centralDifferences<A extends Float32Array[]>(loss: (...inputs: A
     return (loss(...at(plus)) - loss(...at(minus))) / (2 * h);
   });
 }
+
+/** Every device peftkit has; model-level tests make one row per device (see device_test.ts). */
+export const ALL_DEVICES: readonly Device[] = ['cpu', 'cuda'];
+
+/** Why `device` cannot run tests here, or null when it can: the reason its rows are skipped with. */
+export function deviceAbsence(device: Device): string | null {
+  if (device === 'cpu') return null;
+  const info = runtimeInfo();
+  if (!info.cudaBuild) return 'CUDA build not loaded';
+  if (!info.cudaAvailable) return 'no CUDA device on this machine';
+  if (process.env.PEFTKIT_TEST_CUDA === '0') return 'PEFTKIT_TEST_CUDA=0';
+  return null;
+}
+

@@ -310,19 +310,32 @@ export async function runFuzz(t: ExecutionContext, name: string, iterations: num
     t.fail(`${name}: ${(e as Error).message}`);
     return {};
   }
-  return new Promise((resolve) => {
+  // The outcome is settled in the child's handlers and asserted here, in the test's own flow:
+  // an assertion that fails inside an event handler escapes ava as an uncaught exception.
+  const outcome = await new Promise<{ counts: Record<string, number> } | { failure: string }>((resolve) => {
     let out = '';
     let err = '';
     let lastSeed = '?';
     let lastWhat = '';
     let stalled = false;
     let timer: NodeJS.Timeout;
+    // A hang is no progress while the child burns stallMs of CPU time (a loop), or for
+    // STALL_WALL_FACTOR × stallMs of wall time whatever it burns (a deadlock). Wall time alone
+    // fails on a loaded machine, where a slow iteration may wait minutes for a core.
+    let since = { wall: Date.now(), cpu: cpuMs(child.pid) };
     const arm = () => {
       clearTimeout(timer);
       timer = setTimeout(() => {
+        const cpu = cpuMs(child.pid);
+        const starved = cpu !== null && since.cpu !== null && cpu - since.cpu < stallMs;
+        if (starved && Date.now() - since.wall < STALL_WALL_FACTOR * stallMs) return arm();
         stalled = true;
         child.kill('SIGKILL');
       }, stallMs);
+    };
+    const progress = () => {
+      since = { wall: Date.now(), cpu: cpuMs(child.pid) };
+      arm();
     };
     arm();
     child.stdout!.on('data', (d: Buffer) => {
@@ -335,7 +348,7 @@ export async function runFuzz(t: ExecutionContext, name: string, iterations: num
         if (w) lastWhat = w[1];
       }
       if (out.length > 1 << 20) out = out.slice(-(1 << 16));
-      arm();
+      progress();
     });
     child.stderr!.on('data', (d: Buffer) => {
       err = (err + d.toString()).slice(-8000);
@@ -345,20 +358,39 @@ export async function runFuzz(t: ExecutionContext, name: string, iterations: num
       const replayHint = `replay: FUZZ_SEED=${lastSeed} npx ava <this test file> --match '*${name}*'`;
       const result = /^result (.*)$/m.exec(out);
       if (stalled) {
-        t.fail(`${name}: no progress for ${stallMs / 1000} s at seed ${lastSeed} (${lastWhat}): a hang. ${replayHint}`);
+        resolve({ failure: `${name}: no progress at seed ${lastSeed} (${lastWhat}) for ${stallMs / 1000} s of the child's CPU time or ${(STALL_WALL_FACTOR * stallMs) / 1000} s of wall time: a hang. ${replayHint}` });
       } else if (signal || code !== 0) {
         const fail = /^FAIL ([\s\S]*?)^END$/m.exec(out);
         const why = fail ? fail[1] : `child ${signal ? `killed by ${signal}` : `exited with code ${code}`} (a crash?)\n${err}`;
-        t.fail(`${name}: seed ${lastSeed} (${lastWhat}): ${why}\n${replayHint}`);
+        resolve({ failure: `${name}: seed ${lastSeed} (${lastWhat}): ${why}\n${replayHint}` });
       } else if (!result) {
-        t.fail(`${name}: the child ended without a result\n${err}`);
+        resolve({ failure: `${name}: the child ended without a result\n${err}` });
       } else {
-        const counts = JSON.parse(result[1]) as Record<string, number>;
-        t.log(`${name}: outcomes ${JSON.stringify(counts)}`);
-        resolve(counts);
-        return;
+        resolve({ counts: JSON.parse(result[1]) as Record<string, number> });
       }
-      resolve({});
     });
   });
+  if ('failure' in outcome) {
+    t.fail(outcome.failure);
+    return {};
+  }
+  t.log(`${name}: outcomes ${JSON.stringify(outcome.counts)}`);
+  return outcome.counts;
 }
+
+/** How many times stallMs of wall time a child may go without progress while starved of CPU. */
+const STALL_WALL_FACTOR = 5;
+
+/** A process's CPU time (user + system) in ms, from /proc; null where unreadable. */
+function cpuMs(pid: number | undefined): number | null {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the command name (which may hold spaces), from field 3: utime is 14, stime 15.
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return ((Number(f[11]) + Number(f[12])) * 1000) / CLOCK_TICKS;
+  } catch {
+    return null;
+  }
+}
+/** USER_HZ: 100 on every Linux that Node runs on. */
+const CLOCK_TICKS = 100;

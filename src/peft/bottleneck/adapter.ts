@@ -16,7 +16,6 @@ import type { ModelConfig } from '../../model/config';
 import type { BlockSite, LinearSite, ModelAdapter, NormSite, SiteCall } from '../../model/sites';
 import * as ops from '../../ops';
 import { Device, Tensor } from '../../tensor';
-import { relu, reluBackward } from '../host_activations';
 import { SeededRng } from '../../util/rng';
 import { MergeEdit, ParamAdapter, PeftMethod, readAdapterConfigJson, readAdapterTensors, TrainableParam } from '../method';
 import { BottleneckConfig, parseBottleneckConfig } from './config';
@@ -55,7 +54,7 @@ export class BottleneckLayer implements BlockSite {
     const { z, pre, act } = this.buffers(Z.shape[0]);
     z.copyFrom(Z);
     ops.linearForward(pre, z, this.down, { bias: this.downBias });
-    relu(act, pre);
+    ops.reluForward(act, pre);
     // Z += act·upᵀ + up bias
     ops.gemm(Z, act, this.up, { transB: true, beta: 1 });
     ops.biasAdd(Z, this.upBias);
@@ -69,7 +68,7 @@ export class BottleneckLayer implements BlockSite {
     const dAct = call.scratch.get(0, [rows, this.b]);
     ops.gemm(dAct, dOut, this.up);
     const dPre = call.scratch.get(1, [rows, this.b]);
-    reluBackward(dPre, dAct, pre);
+    ops.reluBackward(dPre, dAct, pre);
     ops.gemm(this.dDown, dPre, z, { transA: true, beta: 1 });
     ops.biasBackward(this.dDownBias, dPre);
     // dZ = dOut (the residual inside the adapter) + dPre·down

@@ -1,18 +1,22 @@
 /**
- * DoRA (Liu et al. 2024) at one Linear, as PEFT computes it: the LoRA-updated weight
- * W' = W + s·B·A is split into a direction and a learned magnitude m [out],
- *
- *   Y = (m / ‖W'‖) ⊙ (X·Wᵀ + s·X·Aᵀ·Bᵀ) + b,      ‖W'‖ the norm of each output row of W',
- *
- * with ‖W'‖ detached (no gradient through it; PEFT's section 4.3 choice, which is what makes it
- * cheap). Z = X·Wᵀ + s·X·Aᵀ·Bᵀ is LoRA's fused product without the bias, kept for the backward:
- * dZ = dY ⊙ g, dm = Σ_rows(dY ⊙ Z) / ‖W'‖, with g = m / ‖W'‖. The norm is computed once a forward,
- * in f32, from the dequantized base (so a quantized base works as PEFT's does); in generation
- * once a generator.
+ * DoRA (Liu et al. 2024) at one Linear, as PEFT computes it (lora/variants.py DoraLinearVariant.forward,
+ * lora/dora.py DoraLinearLayer.forward). The LoRA-updated weight W' = W + s·B·A is split into a
+ * direction and a learned magnitude m [out]: g = m / ‖W'‖ per output row, the norm detached (no
+ * gradient through it: the paper's section 4.3 choice, which makes it cheap). PEFT adds to the base
+ * output X·Wᵀ + b the DoRA term (g − 1) ⊙ P + g ⊙ s·Xa·Aᵀ·Bᵀ, where
+ *  - without dropout (and in eval) Xa = X and P = X·Wᵀ, the base output reused:
+ *      Y = g ⊙ Z + b,                 Z = X·Wᵀ + s·X·Aᵀ·Bᵀ;
+ *  - with dropout Xa = Xd = dropout(X) (LoRA's mask at this call site) and P = Xd·Wᵀ recomputed, as
+ *    F.linear of the dequantized weight without bias (never LLM.int8's: {@link dequantizedOperand}):
+ *      Y = LoRA's Y + (g − 1) ⊙ Z,    Z = Xd·Wᵀ + s·Xd·Aᵀ·Bᵀ,   LoRA's Y = X·Wᵀ + b + s·Xd·Aᵀ·Bᵀ.
+ * Z (a fused LoRA product without bias) is kept for the backward, where dm = Σ_rows(dY ⊙ Z) / ‖W'‖;
+ * the rest is LoRA's backward of g ⊙ dY (no dropout), or LoRA's of dY plus Z's of (g − 1) ⊙ dY, whose
+ * input gradient goes back through the dropout. One fused GEMM pass each way, two with dropout.
+ * The norm is computed once a forward, in f32, from the dequantized base (so a quantized base works
+ * as PEFT's does); in generation once a generator.
  */
-import { PeftkitError } from '../../errors';
 import type { LlamaModel } from '../../model/llama';
-import { baseWeightF32, BaseLinear, LinearModule, Scratch, SiteCall } from '../../model/sites';
+import { baseWeightF32, BaseLinear, dequantizedOperand, LinearModule, Scratch, SiteCall } from '../../model/sites';
 import * as ops from '../../ops';
 import { Device, Tensor } from '../../tensor';
 import { LoraLayer } from '../lora/layer';
@@ -25,7 +29,9 @@ export class DoraLayer extends LoraLayer {
   readonly dm: Tensor;
   /** ‖W + s·B·A‖ per row, as of the last forward (host copy: it divides on the host). */
   private norms: Float32Array | null = null;
+  /** m / ‖W'‖, and that minus 1 (the DoRA term's factor with dropout). */
   private g: Tensor;
+  private gMinus1: Tensor;
   private dg: Tensor;
   private zStore: Tensor | null = null;
   /** The generator's scratch the cached norm belongs to (weights fixed while it lives). */
@@ -36,6 +42,7 @@ export class DoraLayer extends LoraLayer {
     this.m = Tensor.from(m, [mod.outFeatures], { device });
     this.dm = Tensor.zeros([mod.outFeatures], { device });
     this.g = Tensor.zeros([mod.outFeatures], { device });
+    this.gMinus1 = Tensor.zeros([mod.outFeatures], { device });
     this.dg = Tensor.zeros([mod.outFeatures], { device });
   }
 
@@ -82,16 +89,23 @@ export class DoraLayer extends LoraLayer {
   }
 
   override forward(Y: Tensor, X: Tensor, base: BaseLinear, call: SiteCall): void {
-    if (call.dropout > 0) {
-      throw new PeftkitError('E_UNSUPPORTED', `DoRA with lora_dropout > 0 is not implemented (module ${this.module}); train DoRA with dropout 0`);
-    }
     if (!(call.weightsFixed && this.normFor?.deref() === call.scratch && this.norms)) {
       this.norms = this.weightNorms(base, call.scratch);
       this.normFor = call.weightsFixed ? new WeakRef(call.scratch) : null;
       const m = this.m.toFloat32Array();
-      this.g.write(m.map((v, o) => v / this.norms![o]));
+      const g = m.map((v, o) => v / this.norms![o]);
+      this.g.write(g);
+      this.gMinus1.write(g.map((v) => v - 1));
     }
     const Z = this.z(X.shape[0]);
+    if (call.dropout > 0) {
+      const Xd = this.lowRankForward(Y, X, base, call, true);
+      ops.loraForward(Z, call.scratch.get(6, [X.shape[0], this.r]), Xd, dequantizedOperand(base), this.A, this.B, { scale: this.scaling, compute: base.compute });
+      const gz = call.scratch.get(1, Y.shape);
+      ops.mulCols(gz, Z, this.gMinus1);
+      ops.add(Y, Y, gz);
+      return;
+    }
     this.lowRankForward(Z, X, base, call, false);
     ops.mulCols(Y, Z, this.g);
     const bias = this.biasOf(base);
@@ -100,21 +114,30 @@ export class DoraLayer extends LoraLayer {
 
   override backward(dX: Tensor | null, dY: Tensor, X: Tensor, base: BaseLinear, call: SiteCall): void {
     const Z = this.z(X.shape[0]);
+    // dZ: g ⊙ dY, or (g − 1) ⊙ dY with dropout; either way dg = Σ_rows dY ⊙ Z.
     const dZ = call.scratch.get(5, dY.shape);
     this.dg.zero();
-    ops.mulColsBackward(dZ, this.dg, dY, Z, this.g);
+    ops.mulColsBackward(dZ, this.dg, dY, Z, call.dropout > 0 ? this.gMinus1 : this.g);
     // dm = dg / ‖W'‖, accumulated (the norm is a constant to the gradient).
     const dg = this.dg.toFloat32Array();
     const dm = this.dm.toFloat32Array();
     for (let o = 0; o < dm.length; o++) dm[o] += dg[o] / this.norms![o];
     this.dm.write(dm);
     if (this.bias) ops.biasBackward(this.bias.db, dY);
-    this.lowRankBackward(dX, dZ, X, base, call);
+    if (call.dropout <= 0) {
+      this.lowRankBackward(dX, dZ, X, base, call);
+      return;
+    }
+    // LoRA's backward of dY, then Z's of dZ = (g − 1) ⊙ dY, its input gradient through the dropout.
+    const Xd = this.lowRankBackward(dX, dY, X, base, call);
+    const dXd = dX ? call.scratch.get(1, X.shape) : null;
+    ops.loraBackward(dXd, this.dA, this.dB, dZ, Xd, this.xa(X.shape[0]), dequantizedOperand(base), this.A, this.B, { scale: this.scaling, compute: base.compute });
+    if (dX && dXd) this.addThroughDropout(dX, dXd, call);
   }
 
   override dispose(): void {
     super.dispose();
-    for (const t of [this.m, this.dm, this.g, this.dg]) t.dispose();
+    for (const t of [this.m, this.dm, this.g, this.gMinus1, this.dg]) t.dispose();
     this.zStore?.dispose();
     this.zStore = null;
   }

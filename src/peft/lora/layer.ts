@@ -62,32 +62,43 @@ export class LoraLayer implements LinearSite {
     return out;
   }
 
-  /** Y = X·Wᵀ + s·dropout(X)·Aᵀ·Bᵀ (+ the bias when `withBias`). */
-  protected lowRankForward(Y: Tensor, X: Tensor, base: BaseLinear, call: SiteCall, withBias: boolean): void {
+  /** dX += dropout'(dXa): a gradient at this call's dropout output taken back to its input (dXa is kept). */
+  protected addThroughDropout(dX: Tensor, dXa: Tensor, call: SiteCall): void {
+    const dXin = call.scratch.get(2, dX.shape);
+    ops.dropoutBackward(dXin, dXa, { p: call.dropout, seed: call.dropoutSeed, offset: call.streamOffset });
+    ops.add(dX, dX, dXin);
+  }
+
+  /**
+   * Y = X·Wᵀ + s·dropout(X)·Aᵀ·Bᵀ (+ the bias when `withBias`). Returns the low-rank path's input:
+   * X, or dropout(X) in scratch slot 0 (valid until the site's next use of that slot).
+   */
+  protected lowRankForward(Y: Tensor, X: Tensor, base: BaseLinear, call: SiteCall, withBias: boolean): Tensor {
     const dropoutInput = call.dropout > 0 ? this.dropped(X, call) : undefined;
     ops.loraForward(Y, this.xa(X.shape[0]), X, weightOperand(base), this.A, this.B, {
       scale: this.scaling, bias: withBias ? this.biasOf(base) : undefined, dropoutInput, compute: base.compute,
     });
+    return dropoutInput ?? X;
   }
 
-  /** dX (overwritten unless null), dA and dB (accumulated) of Y = X·Wᵀ + s·dropout(X)·Aᵀ·Bᵀ. */
-  protected lowRankBackward(dX: Tensor | null, dY: Tensor, X: Tensor, base: BaseLinear, call: SiteCall): void {
+  /**
+   * dX (overwritten unless null), dA and dB (accumulated) of Y = X·Wᵀ + s·dropout(X)·Aᵀ·Bᵀ.
+   * Returns the low-rank path's input as {@link lowRankForward} does (the dropout recomputed).
+   */
+  protected lowRankBackward(dX: Tensor | null, dY: Tensor, X: Tensor, base: BaseLinear, call: SiteCall): Tensor {
     const xa = this.xa(X.shape[0]);
     const W = weightOperand(base);
     if (call.dropout <= 0) {
       ops.loraBackward(dX, this.dA, this.dB, dY, X, xa, W, this.A, this.B, { scale: this.scaling, compute: base.compute });
-      return;
+      return X;
     }
     // Dropout: recompute the mask's output instead of keeping it; chain the low-rank input
     // gradient through the dropout backward and add it to the base path's dX.
     const Xa = this.dropped(X, call);
     const dXa = call.scratch.get(1, X.shape);
     ops.loraBackward(dX, this.dA, this.dB, dY, Xa, xa, W, this.A, this.B, { scale: this.scaling, dDropoutInput: dXa, compute: base.compute });
-    if (dX) {
-      const dXin = call.scratch.get(2, X.shape);
-      ops.dropoutBackward(dXin, dXa, { p: call.dropout, seed: call.dropoutSeed, offset: call.streamOffset });
-      ops.add(dX, dX, dXin);
-    }
+    if (dX) this.addThroughDropout(dX, dXa, call);
+    return Xa;
   }
 
   forward(Y: Tensor, X: Tensor, base: BaseLinear, call: SiteCall): void {

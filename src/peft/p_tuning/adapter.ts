@@ -1,10 +1,12 @@
 /**
- * P-tuning (Liu et al. 2021), PEFT's P_TUNING with the MLP encoder: the virtual tokens are an
- * encoder's output, P = L4(relu(L2(relu(L0(E))))), E [n, hidden] an embedding, L0 [h, hidden],
- * L2 [h, h], L4 [hidden, h] with biases; the encoder trains. The virtual tokens then enter as in
- * prompt tuning. PEFT saves only P (adapter_model.safetensors: prompt_embeddings), which serves
- * inference but cannot continue training, so peftkit also writes the encoder beside it
- * (prompt_encoder.safetensors, names as PEFT's modules); a folder without it loads for generation.
+ * P-tuning (Liu et al. 2021), PEFT's P_TUNING: the virtual tokens are an encoder's output, which
+ * trains, from an embedding E [n, hidden]. With the MLP encoder (PEFT's default)
+ * P = L4(relu(L2(relu(L0(E))))), L0 [h, hidden], L2 [h, h], L4 [hidden, h] with biases; with the
+ * LSTM one P = L2(relu(L0(lstm(E)))), lstm a bidirectional nn.LSTM of encoder_num_layers layers
+ * and hidden size h per direction (lstm.ts), L0 [2h, 2h], L2 [hidden, 2h]. The virtual tokens then
+ * enter as in prompt tuning. PEFT saves only P (adapter_model.safetensors: prompt_embeddings),
+ * which serves inference but cannot continue training, so peftkit also writes the encoder beside
+ * it (prompt_encoder.safetensors, names as PEFT's modules); a folder without it loads for generation.
  */
 import * as fs from 'fs';
 import * as path from 'path';
@@ -14,22 +16,55 @@ import { SafetensorsCheckpoint, writeSafetensors } from '../../model/safetensors
 import type { LinearSite, ModelAdapter, NormSite, WeightSite } from '../../model/sites';
 import * as ops from '../../ops';
 import { Device, Tensor } from '../../tensor';
-import { relu, reluBackward } from '../host_activations';
 import { SeededRng } from '../../util/rng';
-import { checkFinite, MergeEdit, ParamAdapter, PeftMethod, readAdapterConfigJson, readAdapterTensors, TrainableParam, writeAdapterConfigJson } from '../method';
+import { checkFinite, decays, MergeEdit, ParamAdapter, PeftMethod, readAdapterConfigJson, readAdapterTensors, TrainableParam, writeAdapterConfigJson } from '../method';
 import { parsePTuningConfig, PTuningConfig } from './config';
+import { lstmBackward, lstmForward, lstmShapes, LstmSpec, LstmTape } from './lstm';
 
 export type { PTuningConfig } from './config';
 export { defaultPTuningConfig, parsePTuningConfig } from './config';
 
 const ENCODER_FILE = 'prompt_encoder.safetensors';
-const LAYERS = ['0', '2', '4'] as const;
+const EMBEDDING = 'prompt_encoder.embedding.weight';
+const LSTM = 'prompt_encoder.lstm_head.';
+
+const lstmSpec = (c: PTuningConfig): LstmSpec | null =>
+  c.encoder_reparameterization_type === 'LSTM' ? { input: c.token_dim, hidden: c.encoder_hidden_size, layers: c.encoder_num_layers } : null;
+
+/** The widths along mlp_head: its input, each hidden layer, its output (token_dim). */
+function headWidths(c: PTuningConfig): number[] {
+  const C = c.token_dim, h = c.encoder_hidden_size;
+  return c.encoder_reparameterization_type === 'LSTM' ? [2 * h, 2 * h, C] : [C, h, h, C];
+}
+
+/** The encoder's tensors in PEFT's module order (embedding, lstm_head, mlp_head), with their shapes. */
+function encoderShapes(c: PTuningConfig): Map<string, number[]> {
+  const out = new Map<string, number[]>([[EMBEDDING, [c.num_virtual_tokens, c.token_dim]]]);
+  const spec = lstmSpec(c);
+  if (spec) for (const [name, shape] of lstmShapes(spec)) out.set(LSTM + name, shape);
+  const w = headWidths(c);
+  for (let i = 0; i + 1 < w.length; i++) {
+    out.set(`prompt_encoder.mlp_head.${2 * i}.weight`, [w[i + 1], w[i]]);
+    out.set(`prompt_encoder.mlp_head.${2 * i}.bias`, [w[i + 1]]);
+  }
+  return out;
+}
 
 interface Encoder {
-  E: Tensor; dE: Tensor;
-  W: Tensor[]; dW: Tensor[]; b: Tensor[]; db: Tensor[];
-  /** Forward activations: pre-activations and activations of the two hidden layers. */
+  /** Every tensor of encoderShapes with its gradient, in that order. */
+  params: TrainableParam[];
+  E: TrainableParam;
+  /** mlp_head's Linears. */
+  head: TrainableParam[][];
+  /** The hidden layers' pre-activations and activations (forward, for the backward). */
   pre: Tensor[]; act: Tensor[];
+  lstm: {
+    spec: LstmSpec; params: TrainableParam[];
+    /** Its output (mlp_head's input) and that output's gradient, [n, 2h]. */
+    out: Tensor; dOut: Tensor;
+    /** The weights and tape of the last forward. */
+    weights: Map<string, Float32Array>; tape: LstmTape | null;
+  } | null;
 }
 
 export class PTuningAdapter extends ParamAdapter<PTuningConfig> implements PeftMethod, ModelAdapter {
@@ -40,20 +75,27 @@ export class PTuningAdapter extends ParamAdapter<PTuningConfig> implements PeftM
   /** Null for an inference-only folder (PEFT's, which holds no encoder). */
   private readonly enc: Encoder | null;
 
-  private constructor(config: PTuningConfig, device: Device, source: string | null, enc: Record<string, Float32Array> | null, prompt: Float32Array | null) {
+  private constructor(config: PTuningConfig, device: Device, source: string | null, enc: ReadonlyMap<string, Float32Array> | null, prompt: Float32Array | null) {
     super();
     this.config = config;
     this.source = source;
-    const n = config.num_virtual_tokens, C = config.token_dim, h = config.encoder_hidden_size;
+    const n = config.num_virtual_tokens, C = config.token_dim;
     this.site = { weight: Tensor.zeros([n, C], { device }), grad: Tensor.zeros([n, C], { device }) };
     if (enc) {
-      const shapes = { 0: [h, C], 2: [h, h], 4: [C, h] } as const;
-      const t = (v: Float32Array, shape: readonly number[]) => Tensor.from(v, [...shape], { device });
+      const params = [...encoderShapes(config)].map(([name, shape]): TrainableParam => ({
+        name, param: Tensor.from(enc.get(name)!, shape, { device }), grad: Tensor.zeros(shape, { device }), ...(decays(name) ? {} : { decay: false }),
+      }));
+      const spec = lstmSpec(config);
+      const nLstm = spec ? lstmShapes(spec).size : 0;
+      const head = params.slice(1 + nLstm);
+      const hw = headWidths(config).slice(1, -1);
       this.enc = {
-        E: t(enc['prompt_encoder.embedding.weight'], [n, C]), dE: Tensor.zeros([n, C], { device }),
-        W: LAYERS.map((l) => t(enc[`prompt_encoder.mlp_head.${l}.weight`], shapes[l])), dW: LAYERS.map((l) => Tensor.zeros([...shapes[l]], { device })),
-        b: LAYERS.map((l) => t(enc[`prompt_encoder.mlp_head.${l}.bias`], [shapes[l][0]])), db: LAYERS.map((l) => Tensor.zeros([shapes[l][0]], { device })),
-        pre: [0, 1].map(() => Tensor.zeros([n, h], { device })), act: [0, 1].map(() => Tensor.zeros([n, h], { device })),
+        params, E: params[0], head: hw.map((_, i) => head.slice(2 * i, 2 * i + 2)).concat([head.slice(-2)]),
+        pre: hw.map((w) => Tensor.zeros([n, w], { device })), act: hw.map((w) => Tensor.zeros([n, w], { device })),
+        lstm: spec && {
+          spec, params: params.slice(1, 1 + nLstm), out: Tensor.zeros([n, 2 * spec.hidden], { device }), dOut: Tensor.zeros([n, 2 * spec.hidden], { device }),
+          weights: new Map(), tape: null,
+        },
       };
       this.refresh();
     } else {
@@ -62,38 +104,41 @@ export class PTuningAdapter extends ParamAdapter<PTuningConfig> implements PeftM
     }
   }
 
-  /** A new encoder, initialised as PyTorch's nn.Embedding (N(0, 1)) and nn.Linear (U(±1/√fan_in)). */
+  /**
+   * A new encoder, initialised as PyTorch's modules are: nn.Embedding N(0, 1), nn.LSTM U(±1/√h)
+   * (every tensor), nn.Linear U(±1/√fan_in) (weight and bias).
+   */
   static create(c: ModelConfig, config: PTuningConfig, opts: { seed?: number; device?: Device } = {}): PTuningAdapter {
     const rng = new SeededRng(opts.seed ?? 0);
-    const n = config.num_virtual_tokens, C = config.token_dim, h = config.encoder_hidden_size;
-    const u = (len: number, fanIn: number) => Float32Array.from({ length: len }, () => rng.uniform(-1 / Math.sqrt(fanIn), 1 / Math.sqrt(fanIn)));
-    const enc: Record<string, Float32Array> = {
-      'prompt_encoder.embedding.weight': Float32Array.from({ length: n * C }, () => rng.normal()),
-      'prompt_encoder.mlp_head.0.weight': u(h * C, C), 'prompt_encoder.mlp_head.0.bias': u(h, C),
-      'prompt_encoder.mlp_head.2.weight': u(h * h, h), 'prompt_encoder.mlp_head.2.bias': u(h, h),
-      'prompt_encoder.mlp_head.4.weight': u(C * h, h), 'prompt_encoder.mlp_head.4.bias': u(C, h),
-    };
+    const enc = new Map<string, Float32Array>();
+    let fanIn = 0;
+    for (const [name, shape] of encoderShapes(config)) {
+      const len = shape.reduce((a, b) => a * b, 1);
+      if (name === EMBEDDING) {
+        enc.set(name, Float32Array.from({ length: len }, () => rng.normal()));
+        continue;
+      }
+      if (name.startsWith(LSTM)) fanIn = config.encoder_hidden_size;
+      else if (name.endsWith('.weight')) fanIn = shape[1];
+      const bound = 1 / Math.sqrt(fanIn);
+      enc.set(name, Float32Array.from({ length: len }, () => rng.uniform(-bound, bound)));
+    }
     return new PTuningAdapter(config, opts.device ?? 'cpu', null, enc, null);
   }
 
   static load(dir: string, c: ModelConfig, opts: { device?: Device } = {}): PTuningAdapter {
     const config = parsePTuningConfig(readAdapterConfigJson(dir), path.join(dir, 'adapter_config.json'), c);
-    const n = config.num_virtual_tokens, C = config.token_dim, h = config.encoder_hidden_size;
+    const n = config.num_virtual_tokens, C = config.token_dim;
     const source = path.join(dir, 'adapter_model.safetensors');
     if (!fs.existsSync(path.join(dir, ENCODER_FILE))) {
       const prompt = readAdapterTensors(dir, new Map([['prompt_embeddings', [n, C]]]), 'P_TUNING').get('prompt_embeddings')!;
       return new PTuningAdapter(config, opts.device ?? 'cpu', source, null, prompt);
     }
     const ck = new SafetensorsCheckpoint(dir, ENCODER_FILE);
-    const shapes: Record<string, number[]> = {
-      'prompt_encoder.embedding.weight': [n, C], 'prompt_encoder.mlp_head.0.weight': [h, C], 'prompt_encoder.mlp_head.0.bias': [h],
-      'prompt_encoder.mlp_head.2.weight': [h, h], 'prompt_encoder.mlp_head.2.bias': [h], 'prompt_encoder.mlp_head.4.weight': [C, h],
-      'prompt_encoder.mlp_head.4.bias': [C],
-    };
-    const enc: Record<string, Float32Array> = {};
-    for (const [name, shape] of Object.entries(shapes)) {
-      if (!ck.has(name)) throw new PeftkitError('E_MISSING', `${ck.source}: no tensor '${name}'`);
-      enc[name] = checkFinite(ck.source, name, ck.readFloat32(name, shape));
+    const enc = new Map<string, Float32Array>();
+    for (const [name, shape] of encoderShapes(config)) {
+      if (!ck.has(name)) throw new PeftkitError('E_MISSING', `${ck.source}: no tensor '${name}' (adapter_config.json's ${config.encoder_reparameterization_type} encoder needs it)`);
+      enc.set(name, checkFinite(ck.source, name, ck.readFloat32(name, shape)));
     }
     return new PTuningAdapter(config, opts.device ?? 'cpu', source, enc, null);
   }
@@ -101,13 +146,22 @@ export class PTuningAdapter extends ParamAdapter<PTuningConfig> implements PeftM
   /** P from the encoder (after an update or a load), keeping its activations for the backward. */
   private refresh(): void {
     const e = this.enc!;
-    ops.linearForward(e.pre[0], e.E, e.W[0], { bias: e.b[0] });
-    relu(e.act[0], e.pre[0]);
-    ops.linearForward(e.pre[1], e.act[0], e.W[1], { bias: e.b[1] });
-    relu(e.act[1], e.pre[1]);
-    ops.linearForward(this.site.weight, e.act[1], e.W[2], { bias: e.b[2] });
+    let x = e.E.param;
+    if (e.lstm) {
+      const l = e.lstm;
+      l.weights = new Map(l.params.map((p) => [p.name.slice(LSTM.length), p.param.toFloat32Array()]));
+      l.tape = lstmForward(l.spec, l.weights, e.E.param.toFloat32Array(), this.config.num_virtual_tokens);
+      l.out.write(Float32Array.from(l.tape.xs[l.spec.layers]));
+      x = l.out;
+    }
+    e.head.forEach(([W, b], i) => {
+      const last = i === e.head.length - 1;
+      ops.linearForward(last ? this.site.weight : e.pre[i], x, W.param, { bias: b.param });
+      if (last) return;
+      ops.reluForward(e.act[i], e.pre[i]);
+      x = e.act[i];
+    });
   }
-
   linear(): LinearSite | undefined {
     return undefined;
   }
@@ -121,15 +175,7 @@ export class PTuningAdapter extends ParamAdapter<PTuningConfig> implements PeftM
   }
 
   parameters(): TrainableParam[] {
-    const e = this.enc;
-    if (!e) return [];
-    return [
-      { name: 'prompt_encoder.embedding.weight', param: e.E, grad: e.dE },
-      ...LAYERS.flatMap((l, i) => [
-        { name: `prompt_encoder.mlp_head.${l}.weight`, param: e.W[i], grad: e.dW[i] },
-        { name: `prompt_encoder.mlp_head.${l}.bias`, param: e.b[i], grad: e.db[i], decay: false },
-      ]),
-    ];
+    return this.enc ? this.enc.params : [];
   }
 
   override zeroGrad(): void {
@@ -141,26 +187,33 @@ export class PTuningAdapter extends ParamAdapter<PTuningConfig> implements PeftM
   prepareGrads(): void {
     const e = this.enc;
     if (!e) throw new PeftkitError('E_UNSUPPORTED', `${this.source}: this P-tuning adapter holds no prompt encoder (PEFT saves only its output), so it can be used, not trained`);
-    const n = this.config.num_virtual_tokens, h = this.config.encoder_hidden_size;
     const dP = this.site.grad;
-    const dAct = Tensor.zeros([n, h], { device: dP.device }), dPre = Tensor.zeros([n, h], { device: dP.device });
+    const scratch = e.pre.map((t) => [Tensor.zeros(t.shape, { device: dP.device }), Tensor.zeros(t.shape, { device: dP.device })]);
     try {
       let dOut = dP;
-      for (let i = 2; i >= 0; i--) {
-        const input = i === 0 ? e.E : e.act[i - 1];
-        ops.gemm(e.dW[i], dOut, input, { transA: true, beta: 1 });
-        ops.biasBackward(e.db[i], dOut);
+      for (let i = e.head.length - 1; i >= 0; i--) {
+        const [W, b] = e.head[i];
+        const input = i > 0 ? e.act[i - 1] : e.lstm ? e.lstm.out : e.E.param;
+        ops.gemm(W.grad, dOut, input, { transA: true, beta: 1 });
+        ops.biasBackward(b.grad, dOut);
         if (i === 0) {
-          ops.gemm(e.dE, dOut, e.W[0], { beta: 1 });
+          if (e.lstm) ops.gemm(e.lstm.dOut, dOut, W.param);
+          else ops.gemm(e.E.grad, dOut, W.param, { beta: 1 });
         } else {
-          ops.gemm(dAct, dOut, e.W[i]);
-          reluBackward(dPre, dAct, e.pre[i - 1]);
-          dOut = dPre.view(0, [n, h]);
+          const [dAct, dPre] = scratch[i - 1];
+          ops.gemm(dAct, dOut, W.param);
+          ops.reluBackward(dPre, dAct, e.pre[i - 1]);
+          dOut = dPre;
         }
       }
+      if (e.lstm) {
+        const l = e.lstm;
+        const { dx, grads } = lstmBackward(l.spec, l.weights, l.tape!, l.dOut.toFloat32Array());
+        addInto(e.E.grad, dx);
+        for (const p of l.params) addInto(p.grad, grads.get(p.name.slice(LSTM.length))!);
+      }
     } finally {
-      dAct.dispose();
-      dPre.dispose();
+      for (const t of scratch.flat()) t.dispose();
     }
   }
 
@@ -193,6 +246,12 @@ export class PTuningAdapter extends ParamAdapter<PTuningConfig> implements PeftM
     super.dispose();
     this.site.weight.dispose();
     this.site.grad.dispose();
-    if (this.enc) for (const t of [...this.enc.pre, ...this.enc.act]) t.dispose();
+    if (this.enc) for (const t of [...this.enc.pre, ...this.enc.act, ...(this.enc.lstm ? [this.enc.lstm.out, this.enc.lstm.dOut] : [])]) t.dispose();
   }
+}
+
+/** t += v (a gradient computed on the host). */
+function addInto(t: Tensor, v: Float64Array): void {
+  const a = t.toFloat32Array();
+  t.write(a.map((x, i) => x + v[i]));
 }

@@ -15,13 +15,19 @@ export interface PTuningConfig {
   num_transformer_submodules: 1;
   num_attention_heads: number;
   num_layers: number;
-  /** The prompt encoder: 'MLP' (LSTM is not implemented). Defaults to `'MLP'`. */
-  encoder_reparameterization_type: 'MLP';
-  /** The MLP's hidden width. Defaults to `token_dim`. */
+  /**
+   * The prompt encoder: 'MLP' (Linear, ReLU, Linear, ReLU, Linear) or 'LSTM' (a bidirectional
+   * LSTM, then Linear, ReLU, Linear). Defaults to `'MLP'`.
+   */
+  encoder_reparameterization_type: 'MLP' | 'LSTM';
+  /** The MLP's hidden width; with 'LSTM', each direction's hidden size (the Linears are 2× as wide). Defaults to `token_dim`. */
   encoder_hidden_size: number;
-  /** PEFT ignores it for the MLP encoder (always 3 Linear layers). Defaults to `2`. */
+  /** The LSTM's stacked layers; PEFT ignores it for the MLP encoder (always 3 Linear layers). Defaults to `2`. */
   encoder_num_layers: number;
-  /** Dropout inside the encoder: 0 only. Defaults to `0`. */
+  /**
+   * Dropout between the LSTM's layers: 0 only where it would act (an LSTM of 2 or more layers);
+   * PEFT ignores it for the MLP encoder, and PyTorch for a 1-layer LSTM, and so does peftkit. Defaults to `0`.
+   */
   encoder_dropout: number;
   inference_mode: boolean;
 }
@@ -41,13 +47,19 @@ export function parsePTuningConfig(raw: Record<string, unknown>, file: string, c
     if (!Number.isInteger(v) || (v as number) < 1) throw new PeftkitError('E_CONFIG', `${file}: "${key}" is ${JSON.stringify(v)}, expected a positive integer`);
     return v as number;
   };
-  const type = raw.encoder_reparameterization_type ?? 'MLP';
-  if (type !== 'MLP') throw new PeftkitError('E_UNSUPPORTED', `${file}: "encoder_reparameterization_type" = ${JSON.stringify(type)} is not supported by peftkit (only "MLP")`);
-  if ((raw.encoder_dropout ?? 0) !== 0) throw new PeftkitError('E_UNSUPPORTED', `${file}: "encoder_dropout" = ${JSON.stringify(raw.encoder_dropout)} is not supported by peftkit (only 0)`);
+  const type = raw.encoder_reparameterization_type ?? d.encoder_reparameterization_type;
+  if (type !== 'MLP' && type !== 'LSTM') throw new PeftkitError('E_CONFIG', `${file}: "encoder_reparameterization_type" is ${JSON.stringify(type)}, expected "MLP" or "LSTM"`);
+  const layers = int('encoder_num_layers', d.encoder_num_layers);
+  const dropout = raw.encoder_dropout ?? d.encoder_dropout;
+  if (typeof dropout !== 'number' || !(dropout >= 0 && dropout < 1)) throw new PeftkitError('E_CONFIG', `${file}: "encoder_dropout" is ${JSON.stringify(dropout)}, expected a number in [0, 1)`);
+  if (type === 'LSTM' && layers > 1 && dropout !== 0) {
+    throw new PeftkitError('E_UNSUPPORTED', `${file}: "encoder_dropout" = ${dropout} is not supported by peftkit: dropout between the LSTM encoder's ${layers} layers is not implemented (only 0)`);
+  }
   const dim = raw.token_dim ?? d.token_dim;
   if (dim !== c.hiddenSize) throw new PeftkitError('E_CONFIG', `${file}: "token_dim" is ${JSON.stringify(dim)}, but the model's hidden_size is ${c.hiddenSize}`);
   return {
     ...commonConfigFields(raw, d, 'P_TUNING', file), num_virtual_tokens: int('num_virtual_tokens', d.num_virtual_tokens),
-    encoder_hidden_size: int('encoder_hidden_size', d.encoder_hidden_size), encoder_num_layers: int('encoder_num_layers', d.encoder_num_layers),
+    encoder_reparameterization_type: type, encoder_hidden_size: int('encoder_hidden_size', d.encoder_hidden_size), encoder_num_layers: layers,
+    encoder_dropout: dropout,
   };
 }

@@ -38,6 +38,8 @@ void silu_forward(const Tensor& out, const Tensor& x);
 void silu_backward(const Tensor& dx, const Tensor& dout, const Tensor& x);
 void gelu_forward(const Tensor& out, const Tensor& x, bool tanh_approx);
 void gelu_backward(const Tensor& dx, const Tensor& dout, const Tensor& x, bool tanh_approx);
+void relu_forward(const Tensor& out, const Tensor& x);
+void relu_backward(const Tensor& dx, const Tensor& dout, const Tensor& x);
 void swiglu_forward(const Tensor& out, const Tensor& gate, const Tensor& up);
 void swiglu_backward(const Tensor& dgate, const Tensor& dup, const Tensor& dout, const Tensor& gate,
                      const Tensor& up);

@@ -1,0 +1,268 @@
+/**
+ * loadModelAsync(): a model that lives in a worker thread, so loading it and generating from it
+ * never block the caller's event loop. Generations run one at a time in the order they were
+ * asked for; each can be awaited whole (generate) or read token by token (stream), and stopped by
+ * an AbortSignal.
+ */
+import * as path from 'path';
+import { Worker } from 'worker_threads';
+import { PeftkitError } from '../errors';
+import type { ModelConfig } from '../model/config';
+import { workerError, WorkerErrorMessage } from '../util/worker_error';
+import type { Generation, GenerationPiece, LoadOptions, ModelGenerateOptions } from './model';
+import type { ModelWorkerInput, ModelWorkerRequest } from './model_worker';
+import { PieceChannel } from './piece_channel';
+
+export interface AsyncGenerateOptions extends Omit<ModelGenerateOptions, 'adapter'> {
+  /**
+   * A PEFT adapter folder to apply (read once in the worker, and again when its files change).
+   * A loaded adapter object cannot cross into the worker: use Model.generate for those. Defaults to none.
+   */
+  adapter?: string | null;
+  /** Stops the generation: see AsyncModel.generate and AsyncModel.stream. Defaults to none. */
+  signal?: AbortSignal;
+}
+
+type WorkerMessage =
+  | { kind: 'ready'; config: ModelConfig; hasTokenizer: boolean }
+  | { kind: 'piece'; id: number; piece: GenerationPiece }
+  | { kind: 'done'; id: number; result: Generation }
+  | { kind: 'aborted'; id: number }
+  | ({ kind: 'error'; id: number } & WorkerErrorMessage);
+
+interface Request {
+  id: number;
+  message: Extract<ModelWorkerRequest, { kind: 'generate' }>;
+  onPiece: ((p: GenerationPiece) => void) | null;
+  resolve: (g: Generation) => void;
+  reject: (e: PeftkitError) => void;
+  /** The caller has its answer (a result, an error, or E_ABORTED at once on abort). */
+  settled: boolean;
+  cleanup: () => void;
+}
+
+const aborted = () => new PeftkitError('E_ABORTED', 'generate: aborted by its AbortSignal');
+
+/** Why a request is refused before it is queued, or null. */
+function refusal(adapter: unknown, signal: unknown): PeftkitError | null {
+  if (adapter != null && typeof adapter !== 'string') {
+    return new PeftkitError('E_ARG', 'generate: adapter: an AsyncModel takes an adapter folder (a string); a loaded adapter object stays on its thread (use Model.generate)');
+  }
+  if (signal !== undefined && !(signal instanceof AbortSignal)) return new PeftkitError('E_ARG', 'generate: signal: expected an AbortSignal');
+  return signal?.aborted ? aborted() : null;
+}
+
+/** The worker of an AsyncModel dropped without dispose() is told to free the model and exit. */
+const abandoned = new FinalizationRegistry<Worker>((worker) => worker.postMessage({ kind: 'dispose' } satisfies ModelWorkerRequest));
+/** Models with a generation queued or running stay reachable (their callers wait on them) until it ends. */
+const busy = new Set<AsyncModel>();
+let workersAlive = 0;
+
+/** @internal Model workers started and not yet exited (for tests). */
+export function modelWorkersAlive(): number {
+  return workersAlive;
+}
+
+/**
+ * A model loaded by loadModelAsync: it lives in a worker thread until dispose() (or, for a model
+ * dropped without it, until the garbage collector has collected the handle).
+ */
+export class AsyncModel {
+  /** The model folder. */
+  readonly dir: string;
+  /** The folder's config.json, parsed. */
+  readonly config: ModelConfig;
+  /** Whether the folder has a tokenizer (text prompts and the `text` of results need one). */
+  readonly hasTokenizer: boolean;
+  private readonly worker: Worker;
+  private readonly cancelled: Int32Array;
+  private readonly queue: Request[] = [];
+  private current: Request | null = null;
+  private nextId = 1;
+  private dead: PeftkitError | null = null;
+  private exited: Promise<void>;
+
+  /** @internal Use loadModelAsync. */
+  constructor(dir: string, worker: Worker, cancelled: Int32Array, ready: Extract<WorkerMessage, { kind: 'ready' }>, exited: Promise<void>) {
+    this.dir = dir;
+    this.worker = worker;
+    this.cancelled = cancelled;
+    this.config = ready.config;
+    this.hasTokenizer = ready.hasTokenizer;
+    this.exited = exited;
+    // The worker's listeners hold the model weakly, so that a model nobody holds is collected
+    // and its worker ended by `abandoned`.
+    const self = new WeakRef(this);
+    worker.on('message', (m: WorkerMessage) => self.deref()?.onMessage(m));
+    worker.on('error', (e) => self.deref()?.fail(new PeftkitError('E_INTERNAL', `model worker crashed: ${e.message}`)));
+    worker.on('exit', (code) => self.deref()?.fail(new PeftkitError('E_INTERNAL', `model worker exited with code ${code}`)));
+    abandoned.register(this, worker, this);
+    worker.unref(); // an idle model does not keep the process alive
+  }
+
+  /**
+   * Continues a prompt (text, or token ids) in the worker and resolves with the whole
+   * Generation: the same tokens as the synchronous Model.generate with the same options. When
+   * `signal` aborts, the promise rejects at once with PeftkitError E_ABORTED and the worker stops
+   * after the token it is computing. Errors reject with the codes Model.generate throws.
+   */
+  generate(prompt: string | readonly number[], o: AsyncGenerateOptions = {}): Promise<Generation> {
+    return new Promise((resolve, reject) => this.submit(prompt, o, null, resolve, reject));
+  }
+
+  /**
+   * generate() token by token: an async iterator of GenerationPiece (`{ id, text }`), each
+   * yielded as soon as the worker has sampled it. Generation starts at once; tokens not read
+   * yet wait in memory. When `signal` aborts, the iterator throws PeftkitError E_ABORTED
+   * (after the pieces already received) and the worker stops after its current token; leaving
+   * the loop early (`break`, `return()`) stops it too, without an error. A failure is thrown
+   * from the iterator with the code Model.generate throws.
+   */
+  stream(prompt: string | readonly number[], o: AsyncGenerateOptions = {}): AsyncIterableIterator<GenerationPiece> {
+    let request: Request | null = null;
+    const channel = new PieceChannel<GenerationPiece>(() => request && this.cancel(request, null));
+    request = this.submit(prompt, o, (p) => channel.push(p), () => channel.end(), (e) => channel.fail(e));
+    return channel;
+  }
+
+  private submit(prompt: string | readonly number[], o: AsyncGenerateOptions, onPiece: Request['onPiece'], resolve: Request['resolve'], reject: Request['reject']): Request | null {
+    const { signal, ...options } = o;
+    const refused = this.dead ?? refusal(options.adapter, signal);
+    if (refused) {
+      reject(refused);
+      return null;
+    }
+    const id = this.nextId++;
+    const onAbort = () => this.cancel(r, aborted());
+    const r: Request = {
+      id,
+      message: { kind: 'generate', id, prompt: typeof prompt === 'string' ? prompt : [...prompt], options, stream: onPiece !== null },
+      onPiece,
+      resolve,
+      reject,
+      settled: false,
+      cleanup: () => signal?.removeEventListener('abort', onAbort),
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+    this.queue.push(r);
+    this.pump();
+    return r;
+  }
+
+  /** Settles `r` with `error` (or quietly when null) now, and stops it in the worker. */
+  private cancel(r: Request, error: PeftkitError | null): void {
+    const queued = this.queue.indexOf(r);
+    if (queued >= 0) this.queue.splice(queued, 1);
+    else if (this.current === r) Atomics.store(this.cancelled, 0, r.id);
+    this.settle(r, () => (error ? r.reject(error) : r.resolve({ text: '', ids: [] })));
+  }
+
+  private settle(r: Request, how: () => void): void {
+    if (r.settled) return;
+    r.settled = true;
+    r.cleanup();
+    how();
+  }
+
+  private pump(): void {
+    if (this.current || this.dead) return;
+    const r = this.queue.shift();
+    if (!r) {
+      busy.delete(this);
+      return void this.worker.unref();
+    }
+    this.current = r;
+    busy.add(this);
+    this.worker.ref();
+    try {
+      this.worker.postMessage(r.message);
+    } catch (e) {
+      // Options that cannot be copied to the worker (a function, a symbol).
+      this.current = null;
+      this.settle(r, () => r.reject(new PeftkitError('E_ARG', `generate: the options cannot be sent to the model's worker: ${(e as Error).message}`)));
+      this.pump();
+    }
+  }
+
+  private onMessage(m: WorkerMessage): void {
+    const r = this.current;
+    if (m.kind === 'ready' || !r || m.id !== r.id) return;
+    if (m.kind === 'piece') {
+      if (!r.settled) r.onPiece?.(m.piece);
+      return;
+    }
+    this.current = null;
+    if (m.kind === 'done') this.settle(r, () => r.resolve(m.result));
+    else if (m.kind === 'error') this.settle(r, () => r.reject(workerError(m, 'generate failed')));
+    else this.settle(r, () => r.reject(aborted())); // only after cancel(), which settled it already
+    this.pump();
+  }
+
+  /** The worker is gone: every request fails with `e`, and so does every later one. */
+  private fail(e: PeftkitError): void {
+    this.dead ??= e;
+    for (const r of [...(this.current ? [this.current] : []), ...this.queue.splice(0)]) this.settle(r, () => r.reject(this.dead!));
+    this.current = null;
+    busy.delete(this);
+  }
+
+  /**
+   * Stops the worker and frees the model: generations still queued or running reject with
+   * PeftkitError E_DISPOSED (a running one stops after its current token). Resolves when the
+   * worker has exited. Later calls reject with E_DISPOSED.
+   */
+  dispose(): Promise<void> {
+    if (!this.dead) {
+      const running = this.current;
+      if (running) Atomics.store(this.cancelled, 0, running.id);
+      abandoned.unregister(this);
+      this.fail(new PeftkitError('E_DISPOSED', `the model ${this.dir} has been disposed`));
+      this.worker.ref();
+      this.worker.postMessage({ kind: 'dispose' } satisfies ModelWorkerRequest);
+    }
+    return this.exited;
+  }
+}
+
+/**
+ * Loads a model folder, as loadModel does, in a worker thread of its own: the caller's event
+ * loop stays free while the weights are read (loadModel blocks it). Resolves when the model is
+ * ready; rejects with the PeftkitError loadModel would throw. The model keeps its worker (and
+ * its memory) until dispose(); an idle one does not keep the process alive.
+ */
+export function loadModelAsync(dir: string, o: LoadOptions = {}): Promise<AsyncModel> {
+  const cancel = new SharedArrayBuffer(4);
+  let worker: Worker;
+  try {
+    worker = new Worker(path.join(__dirname, 'model_worker.js'), { workerData: { dir, options: o, cancel } satisfies ModelWorkerInput });
+  } catch (e) {
+    return Promise.reject(new PeftkitError('E_ARG', `loadModelAsync: the options cannot be sent to a worker: ${(e as Error).message}`));
+  }
+  workersAlive++;
+  const exited = new Promise<void>((resolve) =>
+    worker.once('exit', () => {
+      workersAlive--;
+      resolve();
+    }),
+  );
+  return new Promise((resolve, reject) => {
+    // Every listener goes once the load settles: one left behind would hold this promise, and
+    // through it the model, which must stay collectable (see `abandoned`).
+    const settle = (how: () => void) => {
+      worker.off('message', onMessage);
+      worker.off('error', onError);
+      worker.off('exit', onExit);
+      how();
+    };
+    const onMessage = (m: WorkerMessage) => {
+      if (m.kind === 'ready') return settle(() => resolve(new AsyncModel(path.resolve(dir), worker, new Int32Array(cancel), m, exited)));
+      settle(() => reject(m.kind === 'error' ? workerError(m, 'loading the model failed') : new PeftkitError('E_INTERNAL', `model worker: unexpected ${m.kind}`)));
+      void worker.terminate();
+    };
+    const onError = (e: Error) => settle(() => reject(new PeftkitError('E_INTERNAL', `model worker crashed while loading: ${e.message}`)));
+    const onExit = (code: number) => settle(() => reject(new PeftkitError('E_INTERNAL', `model worker exited with code ${code} while loading`)));
+    worker.on('message', onMessage);
+    worker.on('error', onError);
+    worker.on('exit', onExit);
+  });
+}

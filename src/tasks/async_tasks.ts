@@ -1,0 +1,44 @@
+/**
+ * mergeAdapterAsync / quantizeModelAsync: mergeAdapter and quantizeModel in a worker thread of
+ * their own, so the caller's event loop stays free while they read, compute and write.
+ */
+import * as path from 'path';
+import { Worker } from 'worker_threads';
+import { PeftkitError } from '../errors';
+import type { MergeOptions, MergeResult } from '../peft/merge';
+import type { QuantizeModelOptions, QuantizeModelResult } from '../quant/quantize_model';
+import { workerError, WorkerErrorMessage } from '../util/worker_error';
+import type { TaskName } from './task_worker';
+
+function runTask<R>(task: TaskName, options: unknown): Promise<R> {
+  return new Promise((resolve, reject) => {
+    let worker: Worker;
+    try {
+      worker = new Worker(path.join(__dirname, 'task_worker.js'), { workerData: { task, options } });
+    } catch (e) {
+      return reject(new PeftkitError('E_ARG', `${task}: the options cannot be sent to a worker: ${(e as Error).message}`));
+    }
+    worker.once('message', (m: { kind: 'result'; result: R } | ({ kind: 'error' } & WorkerErrorMessage)) => {
+      if (m.kind === 'result') resolve(m.result);
+      else reject(workerError(m, `${task} failed`));
+    });
+    worker.once('error', (e) => reject(new PeftkitError('E_INTERNAL', `${task} worker crashed: ${e.message}`)));
+    worker.once('exit', (code) => reject(new PeftkitError('E_INTERNAL', `${task} worker exited with code ${code} before finishing`))); // a no-op once settled
+  });
+}
+
+/**
+ * mergeAdapter in a worker thread: resolves with the same MergeResult, rejects with the same
+ * PeftkitError codes, and never blocks the caller's event loop (mergeAdapter does).
+ */
+export function mergeAdapterAsync(o: MergeOptions): Promise<MergeResult> {
+  return runTask('merge', o);
+}
+
+/**
+ * quantizeModel in a worker thread: resolves with the same QuantizeModelResult, rejects with
+ * the same PeftkitError codes, and never blocks the caller's event loop (quantizeModel does).
+ */
+export function quantizeModelAsync(o: QuantizeModelOptions): Promise<QuantizeModelResult> {
+  return runTask('quantize', o);
+}
