@@ -49,6 +49,7 @@ const ROWS: Array<[AdapterMethod, CreateAdapterOptions]> = [
   ['adapter', { bottleneck: { type: 'pfeiffer', reductionFactor: 8 } }],
   ['prompt', { numVirtualTokens: 3 }],
   ['p-tuning', { numVirtualTokens: 3, encoderHiddenSize: 8 }],
+  ['p-tuning', { numVirtualTokens: 3, encoderHiddenSize: 8, encoder: 'lstm' }],
   ['prefix', { numVirtualTokens: 2 }],
   ['prefix', { numVirtualTokens: 2, prefixProjection: true, encoderHiddenSize: 8 }],
   ['full', {}],
@@ -83,7 +84,8 @@ test('the options train() takes make the same adapter in the estimate as in the 
   const f = fixture({ hiddenSize: 32, intermediateSize: 48, numHeads: 4, numKvHeads: 2, numLayers: 2, vocabSize: 64 }, 8);
   const cases: Array<Omit<TrainOptions, 'model' | 'data' | 'out'>> = [
     { r: 4, targets: 'all-linear' }, { method: 'dora', r: 2, dropout: 0 }, { method: 'ia3' }, { method: 'adapter', adapterType: 'pfeiffer', adapterReduction: 8 },
-    { method: 'prompt', numVirtualTokens: 3 }, { method: 'prefix', prefixProjection: true, encoderHiddenSize: 8 }, { method: 'full', trainable: 'norm' },
+    { method: 'prompt', numVirtualTokens: 3 }, { method: 'p-tuning', encoder: 'lstm', encoderHiddenSize: 8 }, { method: 'prefix', prefixProjection: true, encoderHiddenSize: 8 },
+    { method: 'full', trainable: 'norm' },
   ];
   for (const c of cases) {
     let started = -1;
@@ -101,7 +103,7 @@ test('the estimate is within 15% of the peak RSS of real runs (several methods, 
     ['LoRA r 16 all-linear, f32', { r: 16, targets: 'all-linear' }],
     ['LoRA, activation checkpointing, adamw8bit', { r: 16, targets: 'all-linear', activationCheckpointing: true, optim: 'adamw8bit' }],
     ['QLoRA (NF4) with bf16 compute', { method: 'qlora', bf16: true, r: 16, targets: 'all-linear' }],
-    ['DoRA', { method: 'dora', r: 16, targets: 'all-linear' }],
+    ['DoRA with dropout', { method: 'dora', r: 16, targets: 'all-linear', dropout: 0.05 }],
     ['full fine-tuning', { method: 'full', dropout: undefined }],
   ];
   const child = path.join(__dirname, '..', 'bench', 'memory_child.js');

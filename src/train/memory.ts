@@ -30,6 +30,7 @@ import { LnTuningAdapter, LnTuningConfig, parseLnTuningConfig } from '../peft/ln
 import { LoraConfig, parseLoraConfig } from '../peft/lora/config';
 import { moduleRank } from '../peft/lora/adapter';
 import { readAdapterConfigJson } from '../peft/method';
+import { encoderShapes, headWidths } from '../peft/p_tuning/adapter';
 import { parsePTuningConfig, PTuningConfig } from '../peft/p_tuning/config';
 import { parsePrefixTuningConfig, PrefixTuningConfig } from '../peft/prefix/config';
 import { parsePromptTuningConfig, PromptTuningConfig } from '../peft/prompt/config';
@@ -130,17 +131,21 @@ function loraFootprint(layers: readonly LoraShape[], extras: readonly number[], 
     if (dora) {
       f.tensors.push(m.outFeatures); // the magnitude
       f.keptPerRow += m.outFeatures; // Z
-      f.fixed += 3 * m.outFeatures; // g, dg, the norm
+      f.fixed += 4 * m.outFeatures; // g, g − 1, dg, the norm
     }
   }
   f.tensors.push(...extras);
-  // Dropout: the dropped input, its gradient and the input gradient (scratch slots 0-2).
-  if (dropout > 0) f.scratchPerRow += 3 * max(layers.map((l) => l.m.inFeatures));
-  const doras = layers.filter((l) => l.dora).map((l) => l.m);
-  if (doras.length) {
-    f.scratchPerRow += max(doras.map((m) => m.outFeatures)); // dZ (slot 5)
-    f.fixed += max(doras.map((m) => m.outFeatures * m.inFeatures)) + max(doras.map((m) => m.outFeatures)); // W + s·B·A and its row norms (slots 3, 4)
-  }
+  // The sites' scratch slots (lora/layer.ts, dora/layer.ts), each as wide as its widest use: with
+  // dropout the dropped input, its gradient and the input gradient (0-2); DoRA's dZ (5), and with
+  // dropout its Z on the dropped input (1) and that product's X·Aᵀ (6).
+  const widest = (pick: (l: LoraShape) => number, of = layers) => max(of.map(pick));
+  const doras = layers.filter((l) => l.dora);
+  const inW = widest((l) => l.m.inFeatures), outW = widest((l) => l.m.outFeatures, doras);
+  const slots = dropout > 0 ? [inW, doras.length ? Math.max(inW, outW) : inW, inW] : [];
+  if (doras.length) slots.push(outW, ...(dropout > 0 ? [widest((l) => l.r, doras)] : []));
+  f.scratchPerRow = sum(slots);
+  // DoRA's W + s·B·A and its row norms, once a forward (slots 3, 4).
+  if (doras.length) f.fixed += widest((l) => l.m.outFeatures * l.m.inFeatures, doras) + outW;
   return f;
 }
 
@@ -237,6 +242,7 @@ export function adapterFootprint(method: AdapterMethod, c: ModelConfig, config: 
       return f;
     case 'diff':
       for (const m of DiffAdapter.targets(config as DiffConfig, c)) f.tensors.push(m.outFeatures * m.inFeatures);
+      f.fixed = max(f.tensors); // W + δ, formed in the call's scratch (a dense f32 base)
       f.hostBytes = sum(f.tensors); // a byte of mask per entry, once pruned
       return f;
     case 'adapter': {
@@ -252,9 +258,10 @@ export function adapterFootprint(method: AdapterMethod, c: ModelConfig, config: 
       return f;
     case 'p-tuning': {
       const cfg = config as PTuningConfig;
-      const n = cfg.num_virtual_tokens, C = c.hiddenSize, h = cfg.encoder_hidden_size;
-      f.tensors.push(n * C, h * C, h, h * h, h, C * h, C); // the embedding, the MLP's three Linears
-      f.fixed = 2 * n * C + 4 * n * h; // the virtual tokens and their gradient, the hidden activations
+      const n = cfg.num_virtual_tokens;
+      for (const shape of encoderShapes(cfg).values()) f.tensors.push(shape.reduce((a, b) => a * b, 1));
+      // The virtual tokens and their gradient; the MLP's hidden activations; an LSTM's output and its gradient.
+      f.fixed = 2 * n * c.hiddenSize + 2 * n * sum(headWidths(cfg).slice(1, -1)) + (cfg.encoder_reparameterization_type === 'LSTM' ? 4 * n * cfg.encoder_hidden_size : 0);
       f.virtualTokens = n;
       return f;
     }

@@ -32,13 +32,13 @@ const lstmSpec = (c: PTuningConfig): LstmSpec | null =>
   c.encoder_reparameterization_type === 'LSTM' ? { input: c.token_dim, hidden: c.encoder_hidden_size, layers: c.encoder_num_layers } : null;
 
 /** The widths along mlp_head: its input, each hidden layer, its output (token_dim). */
-function headWidths(c: PTuningConfig): number[] {
+export function headWidths(c: PTuningConfig): number[] {
   const C = c.token_dim, h = c.encoder_hidden_size;
   return c.encoder_reparameterization_type === 'LSTM' ? [2 * h, 2 * h, C] : [C, h, h, C];
 }
 
 /** The encoder's tensors in PEFT's module order (embedding, lstm_head, mlp_head), with their shapes. */
-function encoderShapes(c: PTuningConfig): Map<string, number[]> {
+export function encoderShapes(c: PTuningConfig): Map<string, number[]> {
   const out = new Map<string, number[]>([[EMBEDDING, [c.num_virtual_tokens, c.token_dim]]]);
   const spec = lstmSpec(c);
   if (spec) for (const [name, shape] of lstmShapes(spec)) out.set(LSTM + name, shape);
