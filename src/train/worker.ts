@@ -2,12 +2,15 @@
  * The worker thread that runs a training run for train(): it posts every TrainEvent, then the
  * result or the error; the caller stops it by setting a shared flag that the run polls
  * between steps (the run is synchronous, so a message would not be read until it ends).
+ * In data-parallel training it first joins the process group (src/distributed).
  */
 import { parentPort, workerData } from 'worker_threads';
 import { PeftkitError } from '../errors';
 import { ioError } from '../io/io_error';
 import type { TrainOptions } from './options';
 import { runTraining } from './run';
+import { resolveDistributed } from '../distributed/env';
+import { ProcessGroup } from '../distributed/group';
 
 interface WorkerInput {
   options: TrainOptions;
@@ -16,14 +19,27 @@ interface WorkerInput {
 
 const { options, stop } = workerData as WorkerInput;
 const flag = new Int32Array(stop);
-try {
-  const result = runTraining(options, {
-    onEvent: (event) => parentPort!.postMessage({ kind: 'event', event }),
-    shouldStop: () => Atomics.load(flag, 0) !== 0,
-  });
-  parentPort!.postMessage({ kind: 'result', result });
-} catch (raw) {
-  const e = ioError(raw) as Error & { code?: string };
-  const details = e instanceof PeftkitError ? { errno: e.errno, path: e.path, syscall: e.syscall } : {};
-  parentPort!.postMessage({ kind: 'error', code: e instanceof PeftkitError ? e.code : 'E_INTERNAL', message: e.message, stack: e.stack, ...details });
+
+async function main(): Promise<void> {
+  let group: ProcessGroup | undefined;
+  try {
+    // Joined before the (synchronous) run: rank 0's store needs this thread's event loop to answer the rendezvous.
+    const setup = resolveDistributed(options.distributed);
+    if (setup) group = await ProcessGroup.join(setup);
+    const result = runTraining(options, {
+      onEvent: (event) => parentPort!.postMessage({ kind: 'event', event }),
+      shouldStop: () => Atomics.load(flag, 0) !== 0,
+      group,
+    });
+    parentPort!.postMessage({ kind: 'result', result });
+  } catch (caught) {
+    // A failed collective: ask the store which rank died, so the error names it.
+    const raw = group ? await group.explain(caught) : caught;
+    const e = ioError(raw) as Error & { code?: string };
+    const details = e instanceof PeftkitError ? { errno: e.errno, path: e.path, syscall: e.syscall } : {};
+    parentPort!.postMessage({ kind: 'error', code: e instanceof PeftkitError ? e.code : 'E_INTERNAL', message: e.message, stack: e.stack, ...details });
+  } finally {
+    await group?.close();
+  }
 }
+void main();

@@ -1,0 +1,26 @@
+/**
+ * One rank of a data-parallel training test: `node ddp_train_child.js '<json TrainOptions>'`,
+ * launched with the torchrun variables set (test/helpers/ranks.ts). Rank r trains into the
+ * options' `out` with `-rank<r>` appended for r > 0, so the test can check that only rank 0
+ * writes. Prints {rank, losses, gradNorms, steps} or {error: {code, message}} as one JSON line.
+ */
+import { PeftkitError } from '../../src/errors';
+import { train } from '../../src/train/train';
+import type { TrainOptions } from '../../src/train/options';
+
+async function main(): Promise<void> {
+  const o = JSON.parse(process.argv[2]) as TrainOptions;
+  const rank = Number(process.env.RANK ?? 0);
+  const out = rank === 0 ? o.out : `${o.out}-rank${rank}`;
+  const losses: number[] = [];
+  const gradNorms: number[] = [];
+  try {
+    const run = train({ ...o, out });
+    run.on('step', (e) => (losses.push(e.loss), gradNorms.push(e.gradNorm)));
+    const r = await run;
+    process.stdout.write(JSON.stringify({ rank, losses, gradNorms, steps: r.steps }) + '\n');
+  } catch (e) {
+    process.stdout.write(JSON.stringify({ rank, error: { code: (e as PeftkitError).code, message: (e as Error).message } }) + '\n');
+  }
+}
+void main();
