@@ -87,3 +87,28 @@ for (const c of cases) {
     t.is(log.filter((l) => l.includes('"loss"')).length, 3, 'rank 0 logged every step once');
   });
 }
+
+needsGloo('a rank that dies in training: rank 0 stops with E_DIST naming it, long before the timeout', async (t) => {
+  const { model, data } = fixture();
+  const out = path.join(tmp(), 'die');
+  const o: TrainOptions = { model, data, out, steps: 50, batchSize: 2, maxLength: 64, method: 'lora', dropout: 0 };
+  const t0 = Date.now();
+  const rs = await launchRanks({ worldSize: 2, args: [child, JSON.stringify(o)], timeoutMs: 120000, env: { DIE_RANK: '1', DIE_AT_STEP: '2', PEFTKIT_DIST_TIMEOUT_MS: '60000' } });
+  t.is(rs[1].code, 3);
+  const e = rs[0].json!.error as { code: string; message: string };
+  t.is(e.code, 'E_DIST');
+  t.regex(e.message, /^rank 1 died \(its connection to the store closed without finishing\): rank 0 of 2: all-reduce of .* failed/);
+  t.true(Date.now() - t0 < 45000, 'seen by the closed sockets, not the 60 s timeout');
+});
+
+needsGloo('ranks listening on loopback addresses other than localhost (the multi-machine path: MASTER_ADDR and each rank\'s address given)', async (t) => {
+  const { model, data } = fixture();
+  const out = path.join(tmp(), 'addr');
+  const o: TrainOptions = { model, data, out, steps: 2, batchSize: 2, maxLength: 64, method: 'lora', dropout: 0 };
+  // 127.0.0.0/8 is all loopback on Linux: rank 0's store is reached at 127.0.0.2, rank r listens on 127.0.0.(3 + r).
+  const rs = await launchRanks({ worldSize: 2, args: [child, JSON.stringify(o)], timeoutMs: 120000, env: { MASTER_ADDR: '127.0.0.2' }, perRankEnv: (r) => ({ PEFTKIT_DIST_ADDR: `127.0.0.${3 + r}` }) });
+  for (const r of rs) t.is(r.code, 0, r.stderr);
+  for (const r of rs) t.falsy(r.json?.error, JSON.stringify(r.json?.error));
+  t.deepEqual(rs[0].json!.losses, rs[1].json!.losses);
+  t.true(fs.existsSync(path.join(out, 'adapter_model.safetensors')));
+});

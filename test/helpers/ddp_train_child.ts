@@ -3,6 +3,7 @@
  * launched with the torchrun variables set (test/helpers/ranks.ts). Rank r trains into the
  * options' `out` with `-rank<r>` appended for r > 0, so the test can check that only rank 0
  * writes. Prints {rank, losses, gradNorms, steps} or {error: {code, message}} as one JSON line.
+ * DIE_RANK / DIE_AT_STEP: that rank exits abruptly (code 3) once it has finished that step.
  */
 import { PeftkitError } from '../../src/errors';
 import { train } from '../../src/train/train';
@@ -16,7 +17,11 @@ async function main(): Promise<void> {
   const gradNorms: number[] = [];
   try {
     const run = train({ ...o, out });
-    run.on('step', (e) => (losses.push(e.loss), gradNorms.push(e.gradNorm)));
+    run.on('step', (e) => {
+      losses.push(e.loss);
+      gradNorms.push(e.gradNorm);
+      if (String(rank) === process.env.DIE_RANK && String(e.step) === process.env.DIE_AT_STEP) process.exit(3);
+    });
     const r = await run;
     process.stdout.write(JSON.stringify({ rank, losses, gradNorms, steps: r.steps }) + '\n');
   } catch (e) {

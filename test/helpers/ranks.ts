@@ -30,6 +30,8 @@ export interface LaunchOptions {
   worldSize: number;
   args: string[];
   env?: Record<string, string>;
+  /** Variables for one rank only (its listening address, say). */
+  perRankEnv?: (rank: number) => Record<string, string>;
   timeoutMs?: number;
   /** Called with each rank's process once all are started (to kill one on purpose). */
   onStart?: (children: ChildProcess[]) => void;
@@ -41,7 +43,7 @@ export async function launchRanks(o: LaunchOptions): Promise<RankResult[]> {
   const port = await freePort();
   const children = Array.from({ length: o.worldSize }, (_, rank) =>
     spawn(process.execPath, o.args, {
-      env: { ...process.env, RANK: String(rank), LOCAL_RANK: String(rank), WORLD_SIZE: String(o.worldSize), MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port), ...o.env },
+      env: { ...process.env, RANK: String(rank), LOCAL_RANK: String(rank), WORLD_SIZE: String(o.worldSize), MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port), ...o.env, ...o.perRankEnv?.(rank) },
       stdio: ['ignore', 'pipe', 'pipe'],
     }),
   );
