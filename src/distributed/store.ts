@@ -369,3 +369,15 @@ export class StoreClient {
     this.socket?.destroy();
   }
 }
+
+/** A TCP port free on this machine now (for a local run's MASTER_PORT); another process may still take it first. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}

@@ -5,7 +5,7 @@
  * running after `timeoutMs` is killed, so a hang fails the test instead of stalling the suite.
  */
 import { ChildProcess, spawn } from 'child_process';
-import * as net from 'net';
+import { freePort } from '../../src/distributed/store';
 
 export interface RankResult {
   code: number | null;
@@ -15,16 +15,6 @@ export interface RankResult {
   stderr: string;
 }
 
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 export interface LaunchOptions {
   worldSize: number;
