@@ -151,3 +151,33 @@ needsGloo('peftkit train --nproc-per-node 2: two ranks, one thread each, the ada
   t.is(nested.code, 2);
   t.regex(nested.stderr, /--nproc-per-node 2: this process is already rank 0 of a launched run of WORLD_SIZE 4/);
 });
+
+needsGloo('resume with another number of ranks for the same global batch: 1 → 2 → 1 processes reach the uninterrupted adapter', async (t) => {
+  const { model, data } = fixture();
+  const dir = tmp();
+  const o: TrainOptions = { model, data, out: path.join(dir, 'a'), steps: 3, maxLength: 64, seed: 3, method: 'lora', targets: 'all-linear', r: 4, alpha: 8, dropout: 0, lr: 1e-2, saveEvery: 1 };
+  const lossesA: number[] = [];
+  const runA = train({ ...o, batchSize: 4 }); // uninterrupted, checkpoints at steps 1, 2, 3
+  runA.on('step', (e) => lossesA.push(e.loss));
+  await runA;
+  // 2 ranks continue the 1-process run from step 1 (batchSize 2 each comes from the recorded 4) to step 2 ...
+  const rs = await launchRanks({ worldSize: 2, args: [child, JSON.stringify({ resume: path.join(dir, 'a', 'checkpoints', 'step-1'), out: path.join(dir, 'b'), steps: 2 })], timeoutMs: 120000 });
+  for (const r of rs) t.falsy(r.json?.error, JSON.stringify(r.json?.error) + r.stderr);
+  for (const r of rs) {
+    const l = r.json!.losses as number[];
+    t.is(l.length, 1);
+    t.true(Math.abs(l[0] - lossesA[1]) <= 1e-5 * lossesA[1], `step 2 loss ${l[0]} vs ${lossesA[1]} uninterrupted`);
+  }
+  // ... and one process goes on from the 2 ranks' checkpoint to step 3.
+  await train({ resume: path.join(dir, 'b', 'checkpoints', 'step-2'), out: path.join(dir, 'c'), steps: 3 } as TrainOptions);
+  const a = tensors(path.join(dir, 'a'), 'adapter_model.safetensors');
+  const c = tensors(path.join(dir, 'c'), 'adapter_model.safetensors');
+  let worst = 0;
+  for (const [n, w] of a) worst = Math.max(worst, rel(c.get(n)!, w));
+  t.true(worst <= 1e-5, `largest relative difference ${worst}`);
+  // 3 ranks cannot share a global batch of 4 rows.
+  const three = await launchRanks({ worldSize: 3, args: [child, JSON.stringify({ resume: path.join(dir, 'a', 'checkpoints', 'step-1'), out: path.join(dir, 'd'), steps: 2 })], timeoutMs: 120000 });
+  const e = three[0].json!.error as { code: string; message: string };
+  t.is(e.code, 'E_ARG');
+  t.regex(e.message, /resume: the checkpoint's run took 4 rows a micro-batch \(.*trainer_state\.json\), which 3 ranks \(WORLD_SIZE\) cannot share equally/);
+});

@@ -253,8 +253,8 @@ function trainWith(
           seed: o.seed,
         }));
     // Every option that changes the result (checkpoint.ts records it; resume.ts compares it).
-    const fingerprint = { ...runFingerprint(o, totalSteps), ...loraFingerprint(o, adapter.peftType === 'LORA' ? (adapter.config as LoraConfig) : null, ck) };
-    if (ck) for (const message of checkResume(options, runFingerprint(o, totalSteps), ck)) emit({ type: 'warning', message });
+    const fingerprint = { ...runFingerprint(o, totalSteps, world), ...loraFingerprint(o, adapter.peftType === 'LORA' ? (adapter.config as LoraConfig) : null, ck) };
+    if (ck) for (const message of checkResume(options, runFingerprint(o, totalSteps, world), ck)) emit({ type: 'warning', message });
     else if (writer && o.overwrite && holdsCheckpoints(o.out)) fs.rmSync(path.join(o.out, 'checkpoints'), { recursive: true, force: true });
 
     const trainer = own(new Trainer(model, adapter, {
