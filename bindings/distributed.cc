@@ -85,6 +85,13 @@ void InitDistributed(Napi::Env env, Napi::Object exports) {
   exports.Set("distLocalAddr", Napi::Function::New(env, [](const Napi::CallbackInfo& info) -> Napi::Value {
     return Rethrow(info.Env(), [&]() -> Napi::Value { return Napi::String::New(info.Env(), GetGroup(info, 0)->local_addr()); });
   }));
+  exports.Set("distAbort", Napi::Function::New(env, [](const Napi::CallbackInfo& info) -> Napi::Value {
+    return Rethrow(info.Env(), [&]() -> Napi::Value {
+      std::shared_ptr<Slot> s = GetSlot(info, 0);
+      if (s->group) s->group->abort();
+      return info.Env().Undefined();
+    });
+  }));
   // Drops this handle's reference; the connections close when no running op holds the group.
   exports.Set("distClose", Napi::Function::New(env, [](const Napi::CallbackInfo& info) -> Napi::Value {
     return Rethrow(info.Env(), [&]() -> Napi::Value {

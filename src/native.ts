@@ -225,6 +225,8 @@ interface DistOps {
   distBarrier(g: NativeGroup): void;
   distBarrierAsync(g: NativeGroup): Promise<void>;
   distLocalAddr(g: NativeGroup): string;
+  /** Closes the connections to every peer now (a rank stopping on an error): theirs fail at once. */
+  distAbort(g: NativeGroup): void;
   distClose(g: NativeGroup): void;
 }
 

@@ -181,3 +181,20 @@ needsGloo('resume with another number of ranks for the same global batch: 1 → 
   t.is(e.code, 'E_ARG');
   t.regex(e.message, /resume: the checkpoint's run took 4 rows a micro-batch \(.*trainer_state\.json\), which 3 ranks \(WORLD_SIZE\) cannot share equally/);
 });
+
+for (const bad of [1, 0]) {
+  needsGloo(`rank ${bad} stops on an error of its own: the other rank's error quotes it`, async (t) => {
+    const { model, data } = fixture();
+    const out = path.join(tmp(), 'bad');
+    const o: TrainOptions = { model, data, out, steps: 3, batchSize: 2, maxLength: 64, method: 'lora', dropout: 0 };
+    const t0 = Date.now();
+    const rs = await launchRanks({ worldSize: 2, args: [child, JSON.stringify(o)], timeoutMs: 120000, env: { BAD_DATA_RANK: String(bad), PEFTKIT_DIST_TIMEOUT_MS: '60000' } });
+    // The failing rank closes its connections at once: the other is not left to its 60 s timeout.
+    t.true(Date.now() - t0 < 30000, `took ${Date.now() - t0} ms`);
+    const own = rs[bad].json!.error as { code: string; message: string };
+    t.regex(own.message, /train\.jsonl\.missing/);
+    const other = rs[1 - bad].json!.error as { code: string; message: string };
+    t.is(other.code, 'E_DIST');
+    t.regex(other.message, new RegExp(`^rank ${bad} stopped on an error \\(${own.code}: .*train\\.jsonl\\.missing`));
+  });
+}

@@ -68,14 +68,17 @@ test('a rank whose process dies is reported lost; one that says bye is not', asy
     const b = await client();
     await b.hello(2);
     t.is((await a.get('child/1', 100)).toString(), `pid ${child.pid}`);
-    t.deepEqual(await a.rankStates(), { connected: [0, 1, 2], left: [], lost: [] });
+    t.deepEqual(await a.rankStates(), { connected: [0, 1, 2], left: [], lost: [], failed: {} });
+    await a.failed('E_DATA: a bad row');
     await b.bye();
     b.close();
     child.kill('SIGKILL');
     await new Promise((r) => child.once('exit', r));
     const deadline = Date.now() + 5000;
     while (server.rankStates().lost.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    t.deepEqual(await a.rankStates(), { connected: [0], left: [2], lost: [1] });
+    t.deepEqual(await a.rankStates(), { connected: [0], left: [2], lost: [1], failed: { 0: 'E_DATA: a bad row' } });
+    const anon = await client();
+    await t.throwsAsync(anon.failed('x'), { message: /refused 'F': op 'F' before hello/ });
   });
 });
 

@@ -20,6 +20,7 @@
 #include <gloo/math.h>
 #include <gloo/rendezvous/context.h>
 #include <gloo/rendezvous/store.h>
+#include <gloo/transport/pair.h>
 #include <gloo/transport/tcp/device.h>
 #endif
 
@@ -114,6 +115,21 @@ class GlooGroup : public Group {
     gloo::BarrierOptions opts(ctx_);
     opts.setTag(tag_++);
     run("barrier", [&] { gloo::barrier(opts); });
+  }
+
+  void abort() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    broken_ = true;
+    if (broken_msg_.empty()) broken_msg_ = "this rank left the group on an error";
+    for (int i = 0; i < size_; i++) {
+      if (i == rank_) continue;
+      try {
+        auto& pair = ctx_->getPair(i);
+        if (pair) pair->close();
+      } catch (const std::exception&) {
+        // Already closed or broken: nothing left to close.
+      }
+    }
   }
 
   // A peer that died closes its sockets (Gloo's IoException at once); one that hangs runs

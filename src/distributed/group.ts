@@ -20,6 +20,11 @@ export function distributedAvailable(): boolean {
   return native.distInfo().gloo;
 }
 
+/** `p`, or a rejection after `ms` (for requests to a store that may never answer). */
+function within<T>(p: Promise<T>, ms: number): Promise<T> {
+  return Promise.race([p, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms).unref())]);
+}
+
 export class ProcessGroup {
   private closed = false;
 
@@ -94,15 +99,16 @@ export class ProcessGroup {
       let lost: number[] = [];
       let states;
       for (;;) {
-        states = await Promise.race([
-          this.liveness.rankStates(),
-          new Promise<never>((_, reject) => setTimeout(() => reject(new Error('no answer within 5 s')), 5000).unref()),
-        ]);
+        states = await within(this.liveness.rankStates(), 5000);
         lost = states.lost.filter((r) => r !== this.rank);
+        if (Object.keys(states.failed).some((r) => Number(r) !== this.rank)) break;
         if (lost.length || Date.now() >= deadline) break;
         await new Promise((r) => setTimeout(r, 100));
       }
-      why = lost.length
+      const failed = Object.entries(states.failed).filter(([r]) => Number(r) !== this.rank);
+      why = failed.length
+        ? failed.map(([r, m]) => `rank ${r} stopped on an error (${m})`).join('; ')
+        : lost.length
         ? `rank${lost.length > 1 ? 's' : ''} ${lost.join(', ')} died (${lost.length > 1 ? 'their' : 'its'} connection to the store closed without finishing)`
         : `no rank has died (all connected: ${states.connected.join(', ')}); one hung past the timeout of ${this.setup.timeoutMs} ms, or the network between ranks broke`;
     } catch (q) {
@@ -111,12 +117,30 @@ export class ProcessGroup {
     return new PeftkitError('E_DIST', `${why}: ${e.message}`);
   }
 
-  /** Leaves the group: says bye (a normal end, not a lost rank), drops the connections. */
-  async close(): Promise<void> {
+  /**
+   * Leaves the group: drops the connections, and says bye (a normal end, or a collective that
+   * failed because of another rank) or, given the error this rank stops on, reports it to the
+   * store so the other ranks' errors can quote it. Rank 0 then keeps its store up `lingerMs`
+   * more, for the others to ask why.
+   */
+  async close(failure?: unknown, lingerMs = 3000): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    // A failed collective is a consequence of another rank's end, which the store already knows:
+    // leave without a report. Any other error is reported, for the others' errors to quote.
+    const report = failure !== undefined && !(failure instanceof PeftkitError && failure.code === 'E_DIST');
+    // Sent now but not awaited yet: the store runs on rank 0's thread, which may be blocked in a
+    // collective with this rank until the abort below frees it.
+    const msg = failure instanceof PeftkitError ? `${failure.code}: ${failure.message}` : String((failure as Error)?.message ?? failure);
+    const reported = report ? within(this.liveness.failed(msg), lingerMs) : null;
+    // On an error the peers' collectives must fail now, on closed sockets. Dropping the group
+    // closes them too, but only once nothing holds it (an async op in flight would).
+    if (failure !== undefined) native.distAbort(this.handle);
     native.distClose(this.handle);
-    await this.liveness.bye().catch(() => {});
+    if (reported) await reported.catch(() => {});
+    else await within(this.liveness.bye(), lingerMs).catch(() => {});
+    // Rank 0 keeps its store up a little, for the others to ask why.
+    if (report && this.server) await new Promise((r) => setTimeout(r, lingerMs));
     this.liveness.close();
     await this.server?.close();
   }

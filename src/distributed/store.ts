@@ -13,7 +13,8 @@
  *
  *   'S' set(key, value)            'G' get(key, timeoutMs): waits for the key, returns its value
  *   'W' wait(timeoutMs, key...)    'A' add(key, delta): returns the new value (decimal text)
- *   'H' hello(rank)                'B' bye               'D' ranks(): connected, left, lost
+ *   'H' hello(rank)                'B' bye               'D' ranks(): connected, left, lost, failed
+ *   'F' failed(message): this rank stopped on an error (the others' errors then quote it)
  */
 import * as net from 'net';
 import { PeftkitError } from '../errors';
@@ -84,6 +85,8 @@ export interface RankStates {
   left: number[];
   /** Ranks whose connection closed without bye: the process died or lost the network. */
   lost: number[];
+  /** Ranks that reported an error before leaving, with its message. */
+  failed: Record<number, string>;
 }
 
 interface Waiter {
@@ -101,6 +104,7 @@ export class StoreServer {
   private readonly server: net.Server;
   private readonly sockets = new Set<net.Socket>();
   private readonly ranks = new Map<number, 'connected' | 'left' | 'lost'>();
+  private readonly failures = new Map<number, string>();
 
   constructor() {
     this.server = net.createServer((s) => this.accept(s));
@@ -126,8 +130,9 @@ export class StoreServer {
   }
 
   rankStates(): RankStates {
-    const out: RankStates = { connected: [], left: [], lost: [] };
+    const out: RankStates = { connected: [], left: [], lost: [], failed: {} };
     for (const [r, s] of [...this.ranks].sort((a, b) => a[0] - b[0])) out[s].push(r);
+    for (const [r, m] of this.failures) out.failed[r] = m;
     return out;
   }
 
@@ -216,6 +221,13 @@ export class StoreServer {
       case 'B': {
         const r = getRank();
         if (r !== null) this.ranks.set(r, 'left');
+        return { status: STATUS_OK };
+      }
+      case 'F': {
+        need(1);
+        const r = getRank();
+        if (r === null) throw new Error("op 'F' before hello: the store does not know this connection's rank");
+        this.failures.set(r, f[0].toString('utf8'));
         return { status: STATUS_OK };
       }
       case 'D':
@@ -352,6 +364,11 @@ export class StoreClient {
   /** Announces this connection as `rank`'s liveness connection. */
   async hello(rank: number): Promise<void> {
     await this.request('H', [String(rank)]);
+  }
+
+  /** Tells the store this rank stopped on an error; the other ranks' errors quote `message`. */
+  async failed(message: string): Promise<void> {
+    await this.request('F', [message]);
   }
 
   /** Tells the store this rank ends normally, so its closing connection is not a lost rank. */

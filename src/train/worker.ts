@@ -31,15 +31,16 @@ async function main(): Promise<void> {
       shouldStop: () => Atomics.load(flag, 0) !== 0,
       group,
     });
+    await group?.close();
     parentPort!.postMessage({ kind: 'result', result });
   } catch (caught) {
-    // A failed collective: ask the store which rank died, so the error names it.
+    // A failed collective: ask the store which rank died, so the error names it. Then leave the
+    // group telling the others why (before posting: the caller may exit the process at once).
     const raw = group ? await group.explain(caught) : caught;
+    await group?.close(raw);
     const e = ioError(raw) as Error & { code?: string };
     const details = e instanceof PeftkitError ? { errno: e.errno, path: e.path, syscall: e.syscall } : {};
     parentPort!.postMessage({ kind: 'error', code: e instanceof PeftkitError ? e.code : 'E_INTERNAL', message: e.message, stack: e.stack, ...details });
-  } finally {
-    await group?.close();
   }
 }
 void main();

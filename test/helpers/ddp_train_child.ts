@@ -4,6 +4,7 @@
  * options' `out` with `-rank<r>` appended for r > 0, so the test can check that only rank 0
  * writes. Prints {rank, losses, gradNorms, steps} or {error: {code, message}} as one JSON line.
  * DIE_RANK / DIE_AT_STEP: that rank exits abruptly (code 3) once it has finished that step.
+ * BAD_DATA_RANK: that rank reads a data file that does not exist (an error of its own).
  */
 import { PeftkitError } from '../../src/errors';
 import { train } from '../../src/train/train';
@@ -16,7 +17,8 @@ async function main(): Promise<void> {
   const losses: number[] = [];
   const gradNorms: number[] = [];
   try {
-    const run = train({ ...o, out });
+    const data = String(rank) === process.env.BAD_DATA_RANK ? `${o.data}.missing` : o.data;
+    const run = train({ ...o, out, data });
     run.on('step', (e) => {
       losses.push(e.loss);
       gradNorms.push(e.gradNorm);

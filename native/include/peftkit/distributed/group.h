@@ -37,6 +37,11 @@ class Group {
   // counts, exact where f32 would round counts past 2^24).
   virtual void allreduce_sum_f64(double* data, size_t n, const char* what) = 0;
   virtual void barrier() = 0;
+  // Closes the connections to every peer now, so their collectives fail at once instead of
+  // at their timeout, even while something still holds the group (destroying it closes them
+  // too, but only with the last reference). For a rank that stops on an error; the group is
+  // unusable afterwards.
+  virtual void abort() = 0;
   // The address this rank listens on (for error messages and tests).
   virtual std::string local_addr() const = 0;
 };
