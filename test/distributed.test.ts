@@ -1,9 +1,10 @@
 import test from 'ava';
 import * as path from 'path';
 import { distributedAvailable } from '../src/distributed/group';
-import { resolveDistributed } from '../src/distributed/env';
+import { launchedRankThreads, resolveDistributed, threadsPerRank } from '../src/distributed/env';
 import { PeftkitError } from '../src/errors';
 import { launchRanks } from './helpers/ranks';
+import { train } from '../src/train/train';
 
 const child = path.join(__dirname, 'helpers', 'dist_child.js');
 // The collectives need an addon built with Gloo (libgloo-dev; .ci/run installs it).
@@ -36,6 +37,22 @@ test('torchrun variables: read, overridden by options, and refused with the vari
     t.regex(e!.message, re);
   }
   t.throws(() => resolveDistributed({ worldSize: 2, rank: 0.5 }, {}), { message: /^distributed.rank: expected an integer/ });
+});
+
+test('train() refuses a distributed setup without a rank before it starts a worker', async (t) => {
+  const e = await t.throwsAsync(train({ model: 'm', data: 'd', out: 'o', distributed: { worldSize: 2 } }).result, { instanceOf: PeftkitError });
+  t.is(e!.code, 'E_ARG');
+  t.regex(e!.message, /^RANK: WORLD_SIZE is 2 but this process has no rank: set RANK \(0\.\.1\) or distributed\.rank/);
+});
+
+test('threads per rank: divided among the ranks of a machine; PEFTKIT_NUM_THREADS kept when set', (t) => {
+  t.is(threadsPerRank(2, { PEFTKIT_NUM_THREADS: '8' }), 4);
+  t.is(threadsPerRank(3, { PEFTKIT_NUM_THREADS: '2' }), 1);
+  t.is(launchedRankThreads({ LOCAL_WORLD_SIZE: '2', PEFTKIT_NUM_THREADS: '6' }), null);
+  t.is(launchedRankThreads({ LOCAL_WORLD_SIZE: '1' }), null);
+  t.is(launchedRankThreads({}), null);
+  t.is(launchedRankThreads({ LOCAL_WORLD_SIZE: '2' }), threadsPerRank(2, {}));
+  t.is(launchedRankThreads({ SLURM_NTASKS_PER_NODE: '64' }), 1);
 });
 
 needsGloo('2 ranks: all-reduce sums are exact and identical on every rank; scalars in f64; gradient buckets', async (t) => {

@@ -8,15 +8,10 @@
  * 30 s later is killed.
  */
 import { ChildProcess, spawn } from 'child_process';
+import { threadsPerRank } from '../distributed/env';
 import { freePort } from '../distributed/store';
-import * as os from 'os';
 
 
-/** Threads per rank: PEFTKIT_NUM_THREADS (else the cores) divided by the ranks, at least 1. */
-export function threadsPerRank(nproc: number, env: NodeJS.ProcessEnv = process.env): number {
-  const total = Number(env.PEFTKIT_NUM_THREADS) > 0 ? Math.floor(Number(env.PEFTKIT_NUM_THREADS)) : os.availableParallelism();
-  return Math.max(1, Math.floor(total / nproc));
-}
 
 /** Strips `--nproc-per-node N` / `--nproc-per-node=N` from the arguments the ranks get. */
 export function withoutNproc(args: readonly string[]): string[] {

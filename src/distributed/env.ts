@@ -3,6 +3,7 @@
  * LOCAL_RANK, MASTER_ADDR, MASTER_PORT), so torchrun-style scripts, Slurm and Kubernetes
  * launch peftkit unchanged; every field can be given in the API instead (it wins).
  */
+import * as os from 'os';
 import { PeftkitError } from '../errors';
 
 export interface DistributedOptions {
@@ -73,4 +74,22 @@ export function resolveDistributed(o: DistributedOptions = {}, env: Env = proces
     localAddr: o.localAddr ?? env.PEFTKIT_DIST_ADDR ?? '',
     timeoutMs: intFrom('distributed.timeoutMs', o.timeoutMs, 'PEFTKIT_DIST_TIMEOUT_MS', env, 1, 2 ** 31 - 1, 300000)!,
   };
+}
+
+/** Threads per rank when `ranks` share this machine: PEFTKIT_NUM_THREADS (else the cores) divided by them, at least 1. */
+export function threadsPerRank(ranks: number, env: Env = process.env): number {
+  const total = Number(env.PEFTKIT_NUM_THREADS) > 0 ? Math.floor(Number(env.PEFTKIT_NUM_THREADS)) : os.availableParallelism();
+  return Math.max(1, Math.floor(total / ranks));
+}
+
+/**
+ * The thread count a rank launched by another tool should use, or null to keep the default:
+ * torchrun (LOCAL_WORLD_SIZE) and Slurm (SLURM_NTASKS_PER_NODE) start several ranks per
+ * machine, each of which would otherwise take every core. PEFTKIT_NUM_THREADS, when set, is the
+ * user's choice and is kept.
+ */
+export function launchedRankThreads(env: Env = process.env): number | null {
+  if (Number(env.PEFTKIT_NUM_THREADS) > 0) return null;
+  const perNode = Number(env.LOCAL_WORLD_SIZE ?? env.SLURM_NTASKS_PER_NODE);
+  return Number.isInteger(perNode) && perNode > 1 ? threadsPerRank(perNode, env) : null;
 }

@@ -9,7 +9,8 @@ import { PeftkitError } from '../errors';
 import { ioError } from '../io/io_error';
 import type { TrainOptions } from './options';
 import { runTraining } from './run';
-import { resolveDistributed } from '../distributed/env';
+import { launchedRankThreads, resolveDistributed } from '../distributed/env';
+import { setNumThreads } from '../runtime';
 import { ProcessGroup } from '../distributed/group';
 
 interface WorkerInput {
@@ -25,7 +26,11 @@ async function main(): Promise<void> {
   try {
     // Joined before the (synchronous) run: rank 0's store needs this thread's event loop to answer the rendezvous.
     const setup = resolveDistributed(options.distributed);
-    if (setup) group = await ProcessGroup.join(setup);
+    if (setup) {
+      const threads = launchedRankThreads();
+      if (threads) setNumThreads(threads);
+      group = await ProcessGroup.join(setup);
+    }
     const result = runTraining(options, {
       onEvent: (event) => parentPort!.postMessage({ kind: 'event', event }),
       shouldStop: () => Atomics.load(flag, 0) !== 0,
