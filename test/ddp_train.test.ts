@@ -51,7 +51,8 @@ function rel(a: Float32Array, b: Float32Array): number {
 }
 
 const cases: Array<{ name: string; file: string; o: Partial<TrainOptions> }> = [
-  { name: 'LoRA (all-linear, accumulation 2)', file: 'adapter_model.safetensors', o: { method: 'lora', targets: 'all-linear', r: 4, alpha: 8, dropout: 0, gradAccum: 2, lr: 1e-2 } },
+  // With eval rows (the file's last 4): each rank evaluates every other eval batch, the sums reduced.
+  { name: 'LoRA (all-linear, accumulation 2, eval)', file: 'adapter_model.safetensors', o: { method: 'lora', targets: 'all-linear', r: 4, alpha: 8, dropout: 0, gradAccum: 2, lr: 1e-2, evalSplit: 0.25 } },
   { name: 'full fine-tuning', file: 'model.safetensors', o: { method: 'full', lr: 3e-3, weightDecay: 0.1 } },
 ];
 
@@ -64,7 +65,7 @@ for (const c of cases) {
     const norms1: number[] = [];
     const run = train({ ...base, out: one, batchSize: 4 });
     run.on('step', (e) => (losses1.push(e.loss), norms1.push(e.gradNorm)));
-    await run;
+    const r1 = await run;
 
     const two = path.join(tmp(), 'two');
     const rs = await launchRanks({ worldSize: 2, args: [child, JSON.stringify({ ...base, out: two, batchSize: 2 })], timeoutMs: 120000 });
@@ -77,6 +78,10 @@ for (const c of cases) {
       (r.json!.gradNorms as number[]).forEach((g, i) => t.true(Math.abs(g - norms1[i]) <= 1e-5 * norms1[i], `rank ${r.json!.rank} step ${i + 1} grad norm ${g} vs ${norms1[i]}`));
     }
     t.true(norms1.some((g) => g > 1), `clipping ran in some step (norms ${norms1.join(', ')})`);
+    if (base.evalSplit) {
+      t.true(r1.evalLoss !== null && Number.isFinite(r1.evalLoss));
+      for (const r of rs) t.true(Math.abs((r.json!.evalLoss as number) - r1.evalLoss!) <= 1e-5 * r1.evalLoss!, `rank ${r.json!.rank} eval loss ${r.json!.evalLoss} vs ${r1.evalLoss}`);
+    }
     const a = tensors(one, c.file);
     const b = tensors(two, c.file);
     t.deepEqual([...b.keys()].sort(), [...a.keys()].sort());

@@ -2,7 +2,7 @@
  * One rank of a data-parallel training test: `node ddp_train_child.js '<json TrainOptions>'`,
  * launched with the torchrun variables set (test/helpers/ranks.ts). Rank r trains into the
  * options' `out` with `-rank<r>` appended for r > 0, so the test can check that only rank 0
- * writes. Prints {rank, losses, gradNorms, steps} or {error: {code, message}} as one JSON line.
+ * writes. Prints {rank, losses, gradNorms, steps, evalLoss} or {error: {code, message}} as one JSON line.
  * DIE_RANK / DIE_AT_STEP: that rank exits abruptly (code 3) once it has finished that step.
  * BAD_DATA_RANK: that rank reads a data file that does not exist (an error of its own).
  */
@@ -25,7 +25,7 @@ async function main(): Promise<void> {
       if (String(rank) === process.env.DIE_RANK && String(e.step) === process.env.DIE_AT_STEP) process.exit(3);
     });
     const r = await run;
-    process.stdout.write(JSON.stringify({ rank, losses, gradNorms, steps: r.steps }) + '\n');
+    process.stdout.write(JSON.stringify({ rank, losses, gradNorms, steps: r.steps, evalLoss: r.evalLoss }) + '\n');
   } catch (e) {
     process.stdout.write(JSON.stringify({ rank, error: { code: (e as PeftkitError).code, message: (e as Error).message } }) + '\n');
   }
