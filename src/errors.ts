@@ -18,6 +18,7 @@ export type PeftkitErrorCode =
   | 'E_DATA'
   | 'E_ABORTED'
   | 'E_BUSY'
+  | 'E_DIST'
   | (string & {});
 
 /** What an E_IO error knows about the system call that failed. */

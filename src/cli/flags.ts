@@ -145,6 +145,10 @@ export const TRAIN_FLAGS: readonly Flag[] = [
     details: 'the frozen Linear weights, embeddings and lm_head are stored in bf16 (half their memory), and every Linear and LM-head product reads its operands rounded to bf16 with f32 sums (VDPBF16PS on CPUs with AVX512-BF16, about twice the f32 rate). With a quantized base the weights stay quantized and are decoded to bf16 inside the GEMMs',
   },
   { name: 'device', type: 'enum', values: ['cpu', 'cuda', 'auto'], field: 'device', description: 'where to run', details: DEVICE_DETAILS },
+  {
+    name: 'nproc-per-node', type: 'int', metavar: 'N', min: 1, default: '1', description: 'data-parallel training: start N ranks on this machine, the cores divided between them',
+    details: 'each rank reads --batch-size rows of every global batch (batch-size × N × grad-accum sequences a step) and the gradients are summed over the ranks (Gloo); only rank 0 writes. Without it, the torchrun variables (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) make this process one rank of a run launched elsewhere (torchrun-style scripts, Slurm, several machines)',
+  },
   CONFIG,
 ];
 
