@@ -38,6 +38,10 @@
   "targets": [
     {
       "target_name": "peftkit",
+      # Distributed training's Gloo part (native/distributed/group.cc) is built only where Gloo
+      # is installed (libgloo-dev); without it the addon reports it absent. PEFTKIT_GLOO=0 forces
+      # it off, =1 makes a missing Gloo an error (scripts/gloo.js). gyp reads "1" as a number: gloo==1.
+      "variables": { "gloo%": "<!(node scripts/gloo.js)" },
       "sources": ["<!@(node scripts/sources.js generic)"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       # No implicit fused multiply-adds in the portable code: x86-64 has no FMA without -mfma,
@@ -46,6 +50,11 @@
       # SIMD files write their FMAs explicitly.
       "cflags": ["-ffp-contract=off"],
       "conditions": [
+        ["gloo==1", {
+          "defines": ["PEFTKIT_GLOO"],
+          "cflags_cc": ["<!@(node scripts/gloo.js include)"],
+          "libraries": ["<!@(node scripts/gloo.js lib)", "-lgloo"]
+        }],
         ["OS!='mac' and OS!='win'", {
           "libraries": ["-fopenmp"],
           # Node dlcloses an addon when the last worker using it exits; libgomp would go with it

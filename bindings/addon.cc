@@ -57,6 +57,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitQuant(env, exports);
   InitGemmQuant(env, exports);
   InitLlmInt8(env, exports);
+  InitDistributed(env, exports);
   return exports;
 }
 

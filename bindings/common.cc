@@ -134,6 +134,9 @@ class OpWorker : public Napi::AsyncWorker {
   std::string code_;
 };
 
+
+}  // namespace
+
 Napi::Value Rethrow(Napi::Env env, const std::function<Napi::Value()>& body) {
   try {
     return body();
@@ -145,8 +148,6 @@ Napi::Value Rethrow(Napi::Env env, const std::function<Napi::Value()>& body) {
     throw MakeError(env, "E_INTERNAL", e.what());
   }
 }
-
-}  // namespace
 
 void DefineOp(Napi::Env env, Napi::Object exports, const char* name, Prepare prepare) {
   exports.Set(name, Napi::Function::New(env, [prepare](const Napi::CallbackInfo& info) -> Napi::Value {

@@ -52,6 +52,9 @@ using Prepare = std::function<Work(const Napi::CallbackInfo&)>;
 // Tensors captured by the work keep their storage alive until it finishes.
 void DefineOp(Napi::Env env, Napi::Object exports, const char* name, Prepare prepare);
 
+// Runs `body`, turning a pk::Error into a PeftkitError with its code (other exceptions: E_INTERNAL).
+Napi::Value Rethrow(Napi::Env env, const std::function<Napi::Value()>& body);
+
 // Registration of each binding file (called from addon.cc).
 void InitTensor(Napi::Env env, Napi::Object exports);
 void InitGemm(Napi::Env env, Napi::Object exports);
@@ -66,5 +69,6 @@ void InitOptim8(Napi::Env env, Napi::Object exports);
 void InitQuant(Napi::Env env, Napi::Object exports);
 void InitGemmQuant(Napi::Env env, Napi::Object exports);
 void InitLlmInt8(Napi::Env env, Napi::Object exports);
+void InitDistributed(Napi::Env env, Napi::Object exports);
 
 }  // namespace pkb

@@ -39,7 +39,8 @@ done
 if [ -z "${ARM64_SKIP_BUILD:-}" ]; then
   mkdir -p "$OUT"
   for p in binding.gyp native bindings scripts node_modules; do ln -sfn "../$p" "$OUT/$p"; done
-  (cd "$OUT" && CC=aarch64-linux-gnu-gcc CXX=aarch64-linux-gnu-g++ \
+  # PEFTKIT_GLOO=0: the host's Gloo is an x86-64 library.
+  (cd "$OUT" && CC=aarch64-linux-gnu-gcc CXX=aarch64-linux-gnu-g++ PEFTKIT_GLOO=0 \
      npx node-gyp rebuild --arch=arm64 -j "${ARM64_JOBS:-2}")
 fi
 ADDON="$OUT/build/Release/peftkit.node"

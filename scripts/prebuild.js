@@ -20,7 +20,7 @@ const path = require('path');
 const root = path.join(__dirname, '..');
 const host = `${process.platform}-${process.arch}`;
 const targets = (process.env.PEFTKIT_PREBUILDS || (host === 'linux-x64' ? 'linux-x64 linux-arm64' : host)).split(/[\s,]+/).filter(Boolean);
-const SOURCES = ['binding.gyp', 'native', 'bindings', 'scripts/sources.js'];
+const SOURCES = ['binding.gyp', 'native', 'bindings', 'scripts/sources.js', 'scripts/gloo.js'];
 
 function newest(p) {
   const st = fs.statSync(p);
@@ -44,7 +44,10 @@ for (const target of targets) {
     continue;
   }
   fs.rmSync(dir, { recursive: true, force: true });
-  const env = { ...process.env };
+  // Without Gloo: an addon linked to libgloo.so.0 would not load at all where libgloo0 is not
+  // installed (and a cross build would find the host's). Distributed training needs a build from
+  // source where libgloo-dev is installed.
+  const env = { ...process.env, PEFTKIT_GLOO: '0' };
   // N-API: one binary for every Node >= 20; built against this Node's headers (prebuildify would
   // otherwise fetch the newest Node's), from the local install when it ships them.
   const args = ['--napi', '--strip', '--tag-libc', '--out', root, '--arch', arch, '--platform', platform, '--target', process.versions.node];
@@ -76,7 +79,7 @@ for (const target of targets) {
     else if (fs.statSync(from).isDirectory()) fs.symlinkSync(from, to, 'junction');
     else fs.copyFileSync(from, to);
   };
-  for (const p of ['binding.gyp', 'native', 'bindings', 'node_modules', 'package.json', path.join('scripts', 'sources.js')]) link(p);
+  for (const p of ['binding.gyp', 'native', 'bindings', 'node_modules', 'package.json', path.join('scripts', 'sources.js'), path.join('scripts', 'gloo.js')]) link(p);
   console.log(`prebuild ${target}: building (a few minutes)...`);
   const prebuildify = require.resolve('prebuildify/bin.js', { paths: [root] });
   env.JOBS = env.JOBS || String(Math.max(1, require('os').cpus().length));

@@ -19,6 +19,8 @@ if (group === 'generic') {
     ...list('native/core', () => true),
     ...list('native/ops', () => true),
     ...list('native/cpu', (f) => !isaSuffix.test(f)),
+    // Always built: without Gloo, group.cc reports distributed support absent.
+    ...list('native/distributed', () => true),
     ...list('bindings', () => true),
   ];
 } else {

@@ -19,6 +19,7 @@ export type PeftkitErrorCode =
   | 'E_ABORTED'
   | 'E_BUSY'
   | 'E_MEMORY'
+  | 'E_DIST'
   | (string & {});
 
 /** What an E_IO error knows about the system call that failed. */

@@ -210,7 +210,29 @@ interface LlmInt8Ops {
 
 export type NativeOps = WithAsync<GemmOps & LinearOps & TransformerOps & AttentionOps & LossOps & OptimOps & BiasOps & ColscaleOps & Optim8Ops & QuantOps & GemmQuantOps & LlmInt8Ops>;
 
-export interface NativeAddon extends NativeOps {
+// ---- distributed (bindings/distributed.cc): a process group over Gloo ---------------------------
+/** A process group's native handle (filled in by distConnectAsync). */
+export type NativeGroup = { readonly __group: unique symbol };
+interface DistOps {
+  /** Whether the addon was built with Gloo (libgloo-dev found at build time). */
+  distInfo(): { gloo: boolean };
+  distNewGroup(): NativeGroup;
+  /** Rendezvous through the store at masterAddr:masterPort, full-mesh TCP, a barrier. Run it async on rank 0 (its event loop serves the store). */
+  distConnectAsync(g: NativeGroup, rank: number, size: number, masterAddr: string, masterPort: number, prefix: string, localAddr: string, timeoutMs: number): Promise<void>;
+  /** Sums an f32 CPU tensor over the ranks, in place. */
+  distAllReduceSum(g: NativeGroup, t: T, what: string): void;
+  distAllReduceSumAsync(g: NativeGroup, t: T, what: string): Promise<void>;
+  /** Sums a Float64Array over the ranks, in place (synchronous). */
+  distAllReduceSumF64(g: NativeGroup, values: Float64Array, what: string): void;
+  distBarrier(g: NativeGroup): void;
+  distBarrierAsync(g: NativeGroup): Promise<void>;
+  distLocalAddr(g: NativeGroup): string;
+  /** Closes the connections to every peer now (a rank stopping on an error): theirs fail at once. */
+  distAbort(g: NativeGroup): void;
+  distClose(g: NativeGroup): void;
+}
+
+export interface NativeAddon extends NativeOps, DistOps {
   NativeTensor: {
     new (shape: number[], dtype: string, device: string): NativeTensor;
     /** Zeroed paged memory: cpu maps `file` (created, deleted at dispose) or an unnamed file in `dir`. */
@@ -233,7 +255,9 @@ function addonHelp(root: string, why: string): string {
     return `the peftkit native addon is missing: no prebuild in ${path.join(root, 'prebuilds', where)} and no build in ${path.join(root, 'build', 'Release')}. ${get}`;
   }
   // Found but not loadable: most often a shared library it links (libgomp, OpenMP's runtime) is absent.
-  return `the peftkit native addon could not be loaded: ${first}${/libgomp|libomp/.test(first) ? ' (install the OpenMP runtime: libgomp1 on Debian/Ubuntu)' : ''}. ${get}`;
+  // An addon built with Gloo (distributed training) needs its runtime too.
+  const lib = /libgomp|libomp/.test(first) ? ' (install the OpenMP runtime: libgomp1 on Debian/Ubuntu)' : /libgloo/.test(first) ? ' (it was built with Gloo: install its runtime, libgloo0 on Debian/Ubuntu, or rebuild without it)' : '';
+  return `the peftkit native addon could not be loaded: ${first}${lib}. ${get}`;
 }
 
 function load(): NativeAddon {

@@ -146,6 +146,10 @@ export const TRAIN_FLAGS: readonly Flag[] = [
   },
   { name: 'device', type: 'enum', values: ['cpu', 'cuda', 'auto'], field: 'device', description: 'where to run', details: DEVICE_DETAILS },
   {
+    name: 'nproc-per-node', type: 'int', metavar: 'N', min: 1, default: '1', description: 'data-parallel training: start N ranks on this machine, the cores divided between them',
+    details: 'each rank reads --batch-size rows of every global batch (batch-size × N × grad-accum sequences a step) and the gradients are summed over the ranks (Gloo); only rank 0 writes. Without it, the torchrun variables (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) make this process one rank of a run launched elsewhere (torchrun-style scripts, Slurm, several machines)',
+  },
+  {
     name: 'no-memory-check', type: 'boolean', field: 'memoryCheck', negate: true, default: 'checked',
     description: 'start even when the memory estimate (`peftkit estimate`) says the run does not fit in the memory available (default: refuse, with the figures)',
   },
@@ -154,7 +158,7 @@ export const TRAIN_FLAGS: readonly Flag[] = [
 
 /** `peftkit estimate`: train's flags (no output folder needed), and the sequence length to assume instead of reading the data. */
 export const ESTIMATE_FLAGS: readonly Flag[] = [
-  ...TRAIN_FLAGS.filter((f) => f.name !== 'config' && f.name !== 'no-memory-check').map((f) => (f.name === 'out' || f.name === 'data' ? { ...f, required: false } : f)),
+  ...TRAIN_FLAGS.filter((f) => f.name !== 'config' && f.name !== 'no-memory-check' && f.name !== 'nproc-per-node').map((f) => (f.name === 'out' || f.name === 'data' ? { ...f, required: false } : f)),
   {
     name: 'seq-length', type: 'int', metavar: 'N', field: 'seqLength', min: 1, max: Number.MAX_SAFE_INTEGER, default: 'the data\'s longest row',
     description: 'size the activations for rows of N tokens instead of reading and tokenizing --data',

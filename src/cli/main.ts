@@ -90,6 +90,14 @@ function cliError(cmd: Command, e: unknown): unknown {
 async function cmdTrain(cmd: Command, args: string[]): Promise<number> {
   if (args.length === 0) return (await import('./demo')).runDemo({});
   const p = parseFlags(cmd, args);
+  const nproc = p.values.get('nproc-per-node');
+  if (typeof nproc === 'number' && nproc > 1) {
+    // The ranks it starts see the flag again (a --config file keeps it): they are the run's ranks, not launchers.
+    if (process.env.RANK === undefined) return (await import('./launch')).launchLocal(nproc, args);
+    if (process.env.WORLD_SIZE !== String(nproc)) {
+      throw new UsageError(`--nproc-per-node ${nproc}: this process is already rank ${process.env.RANK} of a launched run of WORLD_SIZE ${process.env.WORLD_SIZE ?? '(unset)'}; give --nproc-per-node to the launching command only`);
+    }
+  }
   const options = trainOptionsFrom(cmd, p);
   if (options.model === undefined && options.data === undefined && options.resume === undefined) {
     throw new UsageError('--model, --data and --out are required (`peftkit train` with no arguments at all runs the demo; `peftkit demo --steps N` a shorter one)');

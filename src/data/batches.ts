@@ -222,3 +222,30 @@ export function* evalBatches(examples: readonly Example[], options: EvalBatchOpt
   const it = new BatchIterator(examples, { ...options, shuffle: false, dropLast: false });
   for (let i = 0; i < it.batchesPerEpoch; i++) yield it.nextBatch();
 }
+
+/**
+ * Rank `rank`'s rows of a global batch in data-parallel training: rows [rank·perRank,
+ * (rank+1)·perRank), T kept (the same padding as one process reading the whole batch). Null
+ * when the batch has no rows for this rank (an epoch's short last batch). `examples` stays the
+ * whole batch's (a packed row holds several, so rows do not map to examples one to one); it
+ * only names rows in errors.
+ */
+export function shardBatch(b: Batch, rank: number, perRank: number): Batch | null {
+  const r0 = rank * perRank;
+  const r1 = Math.min(b.B, r0 + perRank);
+  if (r1 <= r0) return null;
+  const T = b.T;
+  const labels = b.labels.slice(r0 * T, r1 * T);
+  const lengths = b.lengths.slice(r0, r1);
+  let tokens = 0;
+  let labelTokens = 0;
+  let targetTokens = 0;
+  for (const n of lengths) tokens += n;
+  for (let i = 0; i < labels.length; i++) {
+    if (labels[i] !== IGNORE_INDEX) {
+      labelTokens++;
+      if (i % T > 0) targetTokens++;
+    }
+  }
+  return { ...b, inputIds: b.inputIds.slice(r0 * T, r1 * T), labels, B: r1 - r0, lengths, tokens, labelTokens, targetTokens };
+}

@@ -8,7 +8,7 @@ export type { EncodeOptions, Example } from './encode';
 export { epochPermutation, epochSeed, mulberry32 } from './shuffle';
 export { packLayout, packedRow } from './packing';
 export type { PackedLayout, PackedRow } from './packing';
-export { BatchIterator, evalBatches, collate } from './batches';
+export { BatchIterator, evalBatches, collate, shardBatch } from './batches';
 export type { Batch, BatchOptions, EvalBatchOptions, DataPosition } from './batches';
 export { loadDataset, splitTail, datasetStats } from './dataset';
 export type { Dataset, DatasetOptions, DatasetStats } from './dataset';

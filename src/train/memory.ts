@@ -431,11 +431,14 @@ export const newMemory = (e: MemoryEstimate) => e.required - PROCESS_BYTES;
 /**
  * Refuses (E_MEMORY) a run whose estimate does not fit in the memory available, with the
  * figures and what to lower. `available` is for tests; it defaults to availableMemory().
+ * `ranksHere`: the data-parallel ranks started on this machine, each holding what `e` counts.
  */
-export function checkMemory(e: MemoryEstimate, o: ResolvedTrainOptions, method: AdapterMethod, available = availableMemory()): void {
-  const needed = newMemory(e);
+export function checkMemory(e: MemoryEstimate, o: ResolvedTrainOptions, method: AdapterMethod, available = availableMemory(), ranksHere = 1): void {
+  // Data-parallel ranks on this machine each hold a copy, and each checks before the others allocate.
+  const needed = newMemory(e) * ranksHere;
   if (needed <= available.bytes) return;
   const big = [...e.parts].filter((p) => p.part !== 'runtime').sort((a, b) => b.bytes - a.bytes).slice(0, 3).map((p) => `${p.part} ${GiB(p.bytes)}`);
-  throw new PeftkitError('E_MEMORY', `this run needs about ${GiB(needed)} more memory (${big.join(', ')}; estimateMemory has the rest) but ${GiB(available.bytes)} is available (${available.source}): ` +
+  const ranks = ranksHere > 1 ? ` for its ${ranksHere} ranks on this machine` : '';
+  throw new PeftkitError('E_MEMORY', `this run needs about ${GiB(needed)} more memory${ranks} (${ranks ? 'each: ' : ''}${big.join(', ')}; estimateMemory has the rest) but ${GiB(available.bytes)} is available (${available.source}): ` +
     `${remedies(e, o, method).join('; ')}; or pass memoryCheck: false to start it anyway`);
 }

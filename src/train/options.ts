@@ -2,6 +2,7 @@
  * Everything `train()` and `peftkit train` accept. Names follow PEFT / transformers / MLX-LM so
  * users coming from them find what they know; every field says its default.
  */
+import type { DistributedOptions } from '../distributed/env';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -28,6 +29,14 @@ export const QUANTIZE_NAMES = ['nf4', 'fp4', 'int8'] as const;
 export const MAX_LR = 1;
 
 export interface TrainOptions {
+  /**
+   * Data-parallel training over several processes (and machines): this process's rank, the
+   * world size and rank 0's address, each read from the torchrun variables (RANK, WORLD_SIZE,
+   * LOCAL_RANK, MASTER_ADDR, MASTER_PORT) where not given here. `batchSize` is per rank: a
+   * step's global batch is batchSize × ranks × gradAccum. Needs an addon built with Gloo.
+   * Defaults to the environment's, else one process.
+   */
+  distributed?: DistributedOptions;
   /** Hugging Face model folder (config.json + safetensors; tokenizer.json when the data holds text). */
   model: string;
   /** Training data: JSONL or a JSON array of {text} | {prompt, completion} | {messages} | {input_ids, labels?} rows. */
@@ -209,7 +218,7 @@ export interface TrainOptions {
   memoryCheck?: boolean;
 }
 
-type Optional = 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize' | 'int8Threshold' | 'warmupRatio' | 'trainable' | 'diffDensity' | 'diffPruneStep' | 'adapterType' | 'adapterReduction' | 'numVirtualTokens' | 'promptInit' | 'promptInitText' | 'encoderHiddenSize' | 'encoder' | 'prefixProjection';
+type Optional = 'evalData' | 'evalSplit' | 'adapter' | 'steps' | 'epochs' | 'resume' | 'quantize' | 'int8Threshold' | 'warmupRatio' | 'trainable' | 'diffDensity' | 'diffPruneStep' | 'adapterType' | 'adapterReduction' | 'numVirtualTokens' | 'promptInit' | 'promptInitText' | 'encoderHiddenSize' | 'encoder' | 'prefixProjection' | 'distributed';
 export type ResolvedTrainOptions = Required<Omit<TrainOptions, Optional>> & Pick<TrainOptions, Optional>;
 
 /** How an option is named in messages: the API field by default; the CLI passes its flag names. */

@@ -8,6 +8,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
+import { resolveDistributed } from '../distributed/env';
 import { PeftkitError } from '../errors';
 import { findCheckpoint, readTrainerState } from './checkpoint';
 import type { TrainerState } from './checkpoint';
@@ -22,7 +23,7 @@ export const RESUME_SAFE: readonly string[] = [
 const ADAPTER_KEYS: readonly string[] = ['r', 'alpha', 'dropout', 'targets', 'rslora', 'initLoraWeights', 'adapter'];
 
 /** Not recorded: how a run is started, not what it computes. */
-const NOT_RECORDED: readonly string[] = ['resume', 'overwrite', 'steps', 'epochs', 'warmupRatio', 'signal', 'memoryCheck'];
+const NOT_RECORDED: readonly string[] = ['resume', 'overwrite', 'steps', 'epochs', 'warmupRatio', 'signal', 'distributed', 'memoryCheck'];
 
 /** Recorded and compared, but not taken from the checkpoint: a temp folder of another machine or day. */
 const NOT_FILLED: readonly string[] = ['pagedDir'];
@@ -38,14 +39,19 @@ const KIND: Record<string, 'string' | 'number' | 'boolean' | 'array'> = {
   activationCheckpointing: 'boolean', device: 'string', bf16: 'boolean', logEvery: 'number', optim: 'string',
 };
 
-/** The fingerprint a checkpoint of this run records. */
-export function runFingerprint(o: ResolvedTrainOptions, totalSteps: number): Record<string, unknown> {
+/**
+ * The fingerprint a checkpoint of this run records. `batchSize` is recorded as the global rows
+ * of a micro-batch (batchSize × ranks), which is what the result depends on: a data-parallel
+ * run resumes with any number of ranks that divides it (and one process reads it as is).
+ */
+export function runFingerprint(o: ResolvedTrainOptions, totalSteps: number, worldSize = 1): Record<string, unknown> {
   // The optional ones are recorded as null when not given, so that giving one on a resume is seen.
   const fp: Record<string, unknown> = { evalData: null, evalSplit: null, adapter: null, quantize: null, int8Threshold: null };
   for (const [k, v] of Object.entries(o)) {
     if (NOT_RECORDED.includes(k) || typeof v === 'function') continue;
     fp[k] = v === undefined ? null : PATHS.includes(k) && typeof v === 'string' ? path.resolve(v) : v;
   }
+  fp.batchSize = o.batchSize * worldSize;
   fp.totalSteps = totalSteps;
   return fp;
 }
@@ -69,6 +75,7 @@ const stateFile = (dir: string) => path.join(dir, 'trainer_state.json');
  */
 export function withCheckpointOptions(o: Partial<TrainOptions>): CheckpointOptions | null {
   if (o.resume === undefined) return null;
+  const world = resolveDistributed(o.distributed)?.worldSize ?? 1;
   if (typeof o.resume !== 'string' || !o.resume) throw new PeftkitError('E_ARG', 'resume: expected a path');
   const dir = findCheckpoint(o.resume);
   const state = readTrainerState(dir);
@@ -87,6 +94,15 @@ export function withCheckpointOptions(o: Partial<TrainOptions>): CheckpointOptio
     const kind = KIND[k];
     if (kind && (kind === 'array' ? !Array.isArray(v) : typeof v !== kind)) {
       throw new PeftkitError('E_FORMAT', `${stateFile(dir)}: fingerprint.${k} is ${JSON.stringify(v)}, expected ${kind === 'array' ? 'a list' : `a ${kind}`}`);
+    }
+    if (k === 'batchSize' && world > 1) {
+      // The recorded global batch, shared among this run's ranks.
+      if ((v as number) % world !== 0) {
+        throw new PeftkitError('E_ARG', `resume: the checkpoint's run took ${String(v)} rows a micro-batch (${stateFile(dir)}), which ${world} ranks (WORLD_SIZE) cannot share equally: resume with a number of ranks that divides it`);
+      }
+      out[k] = (v as number) / world;
+      filled.push(k);
+      continue;
     }
     out[k] = v;
     filled.push(k);
@@ -157,9 +173,11 @@ export function checkResume(given: TrainOptions, now: Record<string, unknown>, c
     } else if (RESUME_SAFE.includes(k) || (k === 'optim' && unpaged(was[k]) === unpaged(v))) {
       warnings.push(`resume: '${k}' changed from ${show(was[k])} to ${show(v)}`);
     } else {
+      // batchSize is recorded as the global rows (batchSize × ranks): say so when it may not be the option's own value.
+      const what = k === 'batchSize' ? `'batchSize' (rows a micro-batch, over all ranks)` : `'${k}'`;
       throw new PeftkitError(
         'E_ARG',
-        `resume: '${k}' was ${show(was[k])} in the checkpoint's run (${file}) but is ${show(v)} now; leave it out to continue the run as it was`,
+        `resume: ${what} was ${show(was[k])} in the checkpoint's run (${file}) but is ${show(v)} now; leave it out to continue the run as it was`,
       );
     }
   }

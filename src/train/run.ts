@@ -3,10 +3,16 @@
  * optimizer step take gradAccum micro-batches, step, log, evaluate and checkpoint on schedule;
  * finally save the adapter, the log and the loss curve. Runs synchronously on whatever thread
  * calls it (train() puts it in a worker so the caller's event loop stays free).
+ *
+ * Data parallelism (hooks.group): every rank loads the model and the adapter, reads the same
+ * global batches (batchSize rows per rank) and steps on its own rows (see Trainer); only rank 0
+ * writes: it alone locks the output folder and writes the log, checkpoints and the adapter.
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { BatchIterator, evalBatches, Example, Tokenizer } from '../data';
+import { BatchIterator, evalBatches, Example, shardBatch, Tokenizer } from '../data';
+import { ranksPerNode } from '../distributed/env';
+import type { ProcessGroup } from '../distributed/group';
 import type { Batch } from '../data';
 import { PeftkitError } from '../errors';
 import { removeLeftoverTemps } from '../io/atomic';
@@ -56,8 +62,10 @@ export interface TrainResult {
 
 export interface RunHooks {
   onEvent?: (e: TrainEvent) => void;
-  /** Polled between steps; true stops the run after a checkpoint. */
+  /** Polled between steps; true stops the run after a checkpoint (with a group: true on any rank stops every rank). */
   shouldStop?: () => boolean;
+  /** Data-parallel training: the joined process group (see src/distributed). */
+  group?: ProcessGroup;
   /** What the memory check takes as available (tests); defaults to availableMemory(). */
   availableMemory?: () => { bytes: number; source: string };
 }
@@ -78,11 +86,13 @@ function stepNaming(trainer: Trainer, window: Batch[], lr: number, examples: rea
  * of an epoch (as transformers' Trainer steps on an epoch's leftover batches), so an epoch's
  * rows are never mixed into a step with the next epoch's and `epochs: 1` sees each row once.
  */
-function nextWindow(batches: BatchIterator, gradAccum: number): Batch[] {
+function nextWindow(batches: BatchIterator, gradAccum: number, group: ProcessGroup | undefined, perRank: number): Batch[] {
   const first = batches.nextBatch();
   const window = [first];
   while (window.length < gradAccum && batches.position.epoch === first.position.epoch) window.push(batches.nextBatch());
-  return window;
+  if (!group) return window;
+  // This rank's rows of each global batch (none of a short last one: the trainer still joins the all-reduce).
+  return window.map((b) => shardBatch(b, group.rank, perRank)).filter((b): b is Batch => b !== null);
 }
 
 export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainResult {
@@ -91,7 +101,8 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
   const { o, ck } = resolveWithCheckpoint(options);
   // Held until the run ends: a second run into the same folder is refused (E_BUSY), not let
   // loose on this one's checkpoints (nor told they are another run's).
-  const lock = lockFolder(o.out);
+  // Only rank 0 writes the folder (the other ranks' processes may share its file system).
+  const lock: FolderLock = hooks.group && hooks.group.rank !== 0 ? { release: () => {} } as FolderLock : lockFolder(o.out);
   let prepared: Prepared;
   try {
     const method = runMethod(options, o, ck);
@@ -103,7 +114,7 @@ export function runTraining(options: TrainOptions, hooks: RunHooks = {}): TrainR
     // cpu only: on cuda the tensors live in the GPU's memory, which MemAvailable does not describe.
     if (o.memoryCheck && resolveDevice(o.device) === 'cpu') {
       const shape: RunShape = { o, config, method, adapterDir: ck?.dir ?? o.adapter ?? null, create, seqLength: data.seqLength, dataTokens: data.tokens, threads: runtimeInfo().threads };
-      checkMemory(estimateRun(shape), o, method, hooks.availableMemory?.());
+      checkMemory(estimateRun(shape), o, method, hooks.availableMemory?.(), hooks.group ? ranksPerNode() : 1);
     }
     prepared = { model: loadRunModel(options, o, method), method, data, create };
   } catch (e) {
@@ -184,17 +195,24 @@ function trainWith(options: TrainOptions, o: ResolvedTrainOptions, ck: Checkpoin
   const full = method === 'full';
   // Everything holding engine memory or a file is released however the run ends, bad input included.
   const owned: Array<{ dispose(): void }> = [{ dispose: () => lock.release() }, model];
+  const group = hooks.group;
+  const writer = !group || group.rank === 0;
+  const world = group?.size ?? 1;
   const own = <T extends { dispose(): void }>(r: T): T => (owned.push(r), r);
   try {
     const padId = tok?.padId ?? 0;
 
     // A run killed while writing a checkpoint or the adapter leaves temporaries beside them.
-    removeLeftoverTemps(o.out);
-    removeLeftoverTemps(path.join(o.out, 'checkpoints'));
+    if (writer) {
+      removeLeftoverTemps(o.out);
+      removeLeftoverTemps(path.join(o.out, 'checkpoints'));
+    }
     const resumeDir = ck?.dir ?? null;
     const resumed: TrainerState | null = ck?.state ?? null;
 
-    const batches = new BatchIterator(data.train, { batchSize: o.batchSize, padId, shuffle: o.shuffle, seed: o.seed, packing: o.packing, maxLength: o.maxLength });
+    // With a group the iterator yields global batches (batchSize rows per rank), so the order,
+    // the epochs and the resume position are those of one process reading batchSize × ranks.
+    const batches = new BatchIterator(data.train, { batchSize: o.batchSize * world, padId, shuffle: o.shuffle, seed: o.seed, packing: o.packing, maxLength: o.maxLength });
     // As transformers counts them: an epoch's last window may hold fewer than gradAccum batches.
     const stepsPerEpoch = Math.ceil(batches.batchesPerEpoch / o.gradAccum);
     const totalSteps = o.steps ?? Math.max(1, Math.ceil((o.epochs ?? 1) * stepsPerEpoch));
@@ -206,14 +224,14 @@ function trainWith(options: TrainOptions, o: ResolvedTrainOptions, ck: Checkpoin
       ? loadAdapter(adapterSource, model.config, { device: model.device })
       : createAdapter(method, model, { ...prepared.create, diff: { ...prepared.create.diff, pruneStep: o.diffPruneStep ?? Math.floor(totalSteps / 10) } }));
     // Every option that changes the result (checkpoint.ts records it; resume.ts compares it).
-    const fingerprint = { ...runFingerprint(o, totalSteps), ...loraFingerprint(o, adapter.peftType === 'LORA' ? (adapter.config as LoraConfig) : null, ck) };
-    if (ck) for (const message of checkResume(options, runFingerprint(o, totalSteps), ck)) emit({ type: 'warning', message });
-    else if (o.overwrite && holdsCheckpoints(o.out)) fs.rmSync(path.join(o.out, 'checkpoints'), { recursive: true, force: true });
+    const fingerprint = { ...runFingerprint(o, totalSteps, world), ...loraFingerprint(o, adapter.peftType === 'LORA' ? (adapter.config as LoraConfig) : null, ck) };
+    if (ck) for (const message of checkResume(options, runFingerprint(o, totalSteps, world), ck)) emit({ type: 'warning', message });
+    else if (writer && o.overwrite && holdsCheckpoints(o.out)) fs.rmSync(path.join(o.out, 'checkpoints'), { recursive: true, force: true });
 
     const trainer = own(new Trainer(model, adapter, {
       maxRows: o.batchSize * maxT, maxT, dropout: adapter.dropout, maxGradNorm: o.maxGradNorm,
       activationCheckpointing: o.activationCheckpointing, seed: o.seed, betas: o.betas, eps: o.eps, weightDecay: o.weightDecay,
-      optim: o.optim, pagedDir: o.pagedDir,
+      optim: o.optim, pagedDir: o.pagedDir, group,
     }));
     const logFile = path.join(o.out, 'train_log.jsonl');
     const lossCurve = path.join(o.out, 'loss_curve.svg');
@@ -233,13 +251,14 @@ function trainWith(options: TrainOptions, o: ResolvedTrainOptions, ck: Checkpoin
       tokensSeen = resumed.tokensSeen;
     }
     // Created only now, so that bad input found above leaves no output folder behind.
-    makeDir(o.out);
-    const log = new TrainLog(logFile, resumed ? step : undefined);
-    owned.push({ dispose: () => log.close() });
+    if (writer) makeDir(o.out);
+    const log = writer ? new TrainLog(logFile, resumed ? step : undefined) : null;
+    if (log) owned.push({ dispose: () => log.close() });
     const t0 = Date.now();
     const elapsed = () => elapsedBefore + (Date.now() - t0) / 1000;
     const state = (): TrainerState => ({ step, totalSteps, position: batches.position, seed: o.seed, elapsedS: elapsed(), tokensSeen, fingerprint });
     const checkpoint = () => {
+      if (!writer) return;
       const dir = saveCheckpoint(o.out, adapter, trainer.optimizer, state());
       if (o.saveTotalLimit > 0) pruneCheckpoints(o.out, o.saveTotalLimit, step);
       writeLossCurve(lossCurve, readLog(logFile));
@@ -250,7 +269,7 @@ function trainWith(options: TrainOptions, o: ResolvedTrainOptions, ck: Checkpoin
       if (!data.eval.length) return;
       const r = trainer.evaluate(evalBatches(data.eval, { batchSize: o.batchSize, padId }));
       evalLoss = r.loss;
-      log.append({ step, eval_loss: r.loss, eval_perplexity: Math.exp(r.loss), elapsed_s: elapsed() });
+      log?.append({ step, eval_loss: r.loss, eval_perplexity: Math.exp(r.loss), elapsed_s: elapsed() });
       emit({ type: 'eval', step, loss: r.loss, perplexity: Math.exp(r.loss) });
     };
 
@@ -264,11 +283,14 @@ function trainWith(options: TrainOptions, o: ResolvedTrainOptions, ck: Checkpoin
     const tokensAtStart = tokensSeen;
     let warnedDivergence = false;
     while (step < totalSteps) {
-      if (hooks.shouldStop?.()) {
+      let stop = hooks.shouldStop?.() ?? false;
+      // A stop asked of one rank stops them all at the same step (the others would wait in the next all-reduce).
+      if (group) stop = group.allReduceNumbers([stop ? 1 : 0], 'stop flag')[0] > 0;
+      if (stop) {
         checkpoint();
         throw new PeftkitError('E_ABORTED', `training stopped at step ${step}; resume with resume: '${o.out}'`);
       }
-      const window = nextWindow(batches, o.gradAccum);
+      const window = nextWindow(batches, o.gradAccum, group, o.batchSize);
       const lr = lrAt(step, { schedule: o.schedule, lr: o.lr, warmupSteps: o.warmupSteps, totalSteps });
       const ts = Date.now();
       const r = stepNaming(trainer, window, lr, data.train);
@@ -282,7 +304,7 @@ function trainWith(options: TrainOptions, o: ResolvedTrainOptions, ck: Checkpoin
       const tokensPerS = r.inputTokens / Math.max(1e-9, (Date.now() - ts) / 1000);
       const el = elapsed();
       if (step % o.logEvery === 0 || step === totalSteps) {
-        log.append({ step, loss: r.loss, lr, grad_norm: r.gradNorm, tokens_per_s: tokensPerS, elapsed_s: el, tokens: tokensSeen });
+        log?.append({ step, loss: r.loss, lr, grad_norm: r.gradNorm, tokens_per_s: tokensPerS, elapsed_s: el, tokens: tokensSeen });
       }
       const perStep = (el - runStart) / Math.max(1, step - (resumed?.step ?? 0));
       emit({ type: 'step', step, totalSteps, loss: r.loss, lr, gradNorm: r.gradNorm, tokensPerS, elapsedS: el, etaS: perStep * (totalSteps - step) });
@@ -291,9 +313,13 @@ function trainWith(options: TrainOptions, o: ResolvedTrainOptions, ck: Checkpoin
     }
     if (evalLoss === null || o.evalEvery === 0 || step % o.evalEvery !== 0) evaluate();
     checkpoint(); // at the final step too: a finished run can be continued to more steps
-    adapter.writeFiles(o.out);
-    log.close();
-    writeLossCurve(lossCurve, readLog(logFile));
+    if (writer && log) {
+      adapter.writeFiles(o.out);
+      log.close();
+      writeLossCurve(lossCurve, readLog(logFile));
+    }
+    // Every rank returns once the adapter is written: a caller of any rank may read it.
+    group?.barrier();
     const el = elapsed();
     return {
       adapterDir: o.out, steps: step, finalLoss, evalLoss, elapsedS: el, logFile, lossCurve,

@@ -7,6 +7,7 @@ import { EventEmitter } from 'events';
 import * as path from 'path';
 import { Worker } from 'worker_threads';
 import { PeftkitError } from '../errors';
+import { resolveDistributed } from '../distributed/env';
 import { releaseLockOfThread } from '../io/lock';
 import { workerError } from '../util/worker_error';
 import type { TrainOptions } from './options';
@@ -62,6 +63,7 @@ export class TrainRun extends EventEmitter implements PromiseLike<TrainResult> {
     try {
       if (!(Number.isFinite(this.abortGraceMs) && this.abortGraceMs >= 0)) throw new PeftkitError('E_ARG', `abortGraceMs: expected a number of milliseconds >= 0, got ${String(this.abortGraceMs)}`);
       resolveWithCheckpoint(plain); // bad options reject the run, as any other failure, before a worker starts
+      resolveDistributed(plain.distributed); // and so do bad torchrun variables
     } catch (e) {
       return Promise.reject(e instanceof PeftkitError ? e : new PeftkitError('E_ARG', (e as Error).message));
     }

@@ -3,6 +3,12 @@
  * accumulation window (loss normalized by the window's label tokens, as transformers does),
  * global-norm clipping, a non-finite guard, AdamW at the schedule's learning rate (f32, 8-bit
  * or paged states: `optim` in the options).
+ *
+ * Data parallelism (`group`): each rank steps on its shard of the global batch. The window's
+ * label tokens are summed over the ranks before the forward, so every rank scales its loss by
+ * 1 / (global tokens); after the backward the gradients are summed over the ranks (buckets), so
+ * every rank holds the global batch's gradient, bit for bit the same: the norm, clipping, the
+ * non-finite guard and AdamW then run identically everywhere and the replicas never drift.
  */
 import { PeftkitError } from '../errors';
 import type { Batch } from '../model/llama_forward';
@@ -10,6 +16,8 @@ import { LlamaForward } from '../model/llama_forward';
 import type { LlamaModel } from '../model/llama';
 import * as ops from '../ops';
 import type { PeftMethod } from '../peft/method';
+import { GradBuckets } from '../distributed/buckets';
+import type { ProcessGroup } from '../distributed/group';
 import { AdamW, AdamWConfig } from './optimizer';
 
 export interface StepResult {
@@ -51,8 +59,10 @@ export interface TrainerOptions extends AdamWConfig {
   /** Clip the global gradient norm to this; 0 turns clipping off. Defaults to `1`. */
   maxGradNorm?: number;
   activationCheckpointing?: boolean;
-  /** Base seed of dropout masks (mixed with the step number). */
+  /** Base seed of dropout masks (mixed with the step number, and the rank). */
   seed?: number;
+  /** Data-parallel training: the ranks this one steps with. Defaults to none (one process). */
+  group?: ProcessGroup;
 }
 
 export class Trainer {
@@ -62,6 +72,9 @@ export class Trainer {
   private readonly adapter: PeftMethod;
   /** ‖θ‖ after the last update, when nothing has changed the parameters since (else measured again). */
   private paramNorm: number | null = null;
+  private buckets: GradBuckets | null = null;
+  /** Seconds spent in the gradient all-reduce in the last step (0 without a group). */
+  lastAllReduceS = 0;
 
   constructor(model: LlamaModel, adapter: PeftMethod, o: TrainerOptions) {
     this.o = o;
@@ -70,23 +83,37 @@ export class Trainer {
     this.optimizer = new AdamW(adapter.parameters(), o);
   }
 
-  /** Runs one optimizer step over `window` (the micro-batches of one accumulation). */
+  /**
+   * Runs one optimizer step over `window` (the micro-batches of one accumulation; with a group,
+   * this rank's shards of them, possibly none when the global batch is short).
+   */
   step(window: readonly Batch[], lr: number): StepResult {
+    const group = this.o.group;
     let tokens = 0;
     for (const b of window) tokens += this.forward.labelTokens(b);
+    if (group) [tokens] = group.allReduceNumbers([tokens], 'label token count');
     if (tokens === 0) throw new PeftkitError('E_DATA', 'a training step has no label tokens (every label is -100): nothing to learn from');
     this.adapter.zeroGrad();
     let lossSum = 0;
     let inputTokens = 0;
     const stepNo = this.optimizer.step + 1;
+    // Each rank its own masks (rank 0 keeps the single-process ones): equal ones would drop the same units in every shard.
+    const rankSalt = (group?.rank ?? 0) * 7919;
     for (const [i, b] of window.entries()) {
-      const seed = ((this.o.seed ?? 0) * 1000003 + stepNo * 131 + i) >>> 0;
+      const seed = ((this.o.seed ?? 0) * 1000003 + stepNo * 131 + i + rankSalt) >>> 0;
       const r = this.forward.run(b, { dropout: this.o.dropout ?? this.adapter.dropout, dropoutSeed: seed }, 1 / tokens);
       lossSum += r.lossSum;
       inputTokens += b.B * b.T;
     }
     // A method may constrain its gradients first (diff pruning: pruned entries get none), so clipping sees what will be applied.
     this.adapter.prepareGrads?.();
+    if (group) {
+      const t0 = performance.now();
+      this.buckets ??= new GradBuckets(this.optimizer.params.map((p) => ({ name: p.name, grad: p.grad })));
+      this.buckets.allReduce(group);
+      this.lastAllReduceS = (performance.now() - t0) / 1000;
+      [lossSum, inputTokens] = group.allReduceNumbers([lossSum, inputTokens], 'loss sum and input tokens');
+    }
     const grads = this.optimizer.params.map((p) => p.grad);
     const maxNorm = this.o.maxGradNorm ?? 1;
     const gradNorm = maxNorm > 0 ? ops.clipGradNorm(grads, maxNorm) : ops.gradNorm(grads);
@@ -113,19 +140,28 @@ export class Trainer {
     return { loss: lossSum / tokens, gradNorm, tokens, inputTokens, updateRatio };
   }
 
-  /** Mean loss over batches without touching gradients. */
+  /**
+   * Mean loss over batches without touching gradients. With a group, `batches` are the whole
+   * eval set's: rank r evaluates every world-th batch from r, and the sums are reduced.
+   */
   evaluate(batches: Iterable<Batch>): { loss: number; tokens: number } {
+    const group = this.o.group;
     let lossSum = 0;
     let tokens = 0;
+    let i = 0;
     for (const b of batches) {
-      const r = this.forward.run(b, { dropout: 0, dropoutSeed: 0 }, null);
-      lossSum += r.lossSum;
-      tokens += r.tokens;
+      if (!group || i++ % group.size === group.rank) {
+        const r = this.forward.run(b, { dropout: 0, dropoutSeed: 0 }, null);
+        lossSum += r.lossSum;
+        tokens += r.tokens;
+      }
     }
+    if (group) [lossSum, tokens] = group.allReduceNumbers([lossSum, tokens], 'eval loss sum and tokens');
     return { loss: tokens ? lossSum / tokens : NaN, tokens };
   }
 
   dispose(): void {
+    this.buckets?.dispose();
     this.forward.dispose();
     this.optimizer.dispose();
   }

@@ -2,11 +2,15 @@
  * The worker thread that runs a training run for train(): it posts every TrainEvent, then the
  * result or the error; the caller stops it by setting a shared flag that the run polls
  * between steps (the run is synchronous, so a message would not be read until it ends).
+ * In data-parallel training it first joins the process group (src/distributed).
  */
 import { parentPort, workerData } from 'worker_threads';
 import { workerErrorMessage } from '../util/worker_error';
 import type { TrainOptions } from './options';
 import { runTraining } from './run';
+import { launchedRankThreads, resolveDistributed } from '../distributed/env';
+import { setNumThreads } from '../runtime';
+import { ProcessGroup } from '../distributed/group';
 
 interface WorkerInput {
   options: TrainOptions;
@@ -15,12 +19,30 @@ interface WorkerInput {
 
 const { options, stop } = workerData as WorkerInput;
 const flag = new Int32Array(stop);
-try {
-  const result = runTraining(options, {
-    onEvent: (event) => parentPort!.postMessage({ kind: 'event', event }),
-    shouldStop: () => Atomics.load(flag, 0) !== 0,
-  });
-  parentPort!.postMessage({ kind: 'result', result });
-} catch (raw) {
-  parentPort!.postMessage({ kind: 'error', ...workerErrorMessage(raw) });
+
+async function main(): Promise<void> {
+  let group: ProcessGroup | undefined;
+  try {
+    // Joined before the (synchronous) run: rank 0's store needs this thread's event loop to answer the rendezvous.
+    const setup = resolveDistributed(options.distributed);
+    if (setup) {
+      const threads = launchedRankThreads();
+      if (threads) setNumThreads(threads);
+      group = await ProcessGroup.join(setup);
+    }
+    const result = runTraining(options, {
+      onEvent: (event) => parentPort!.postMessage({ kind: 'event', event }),
+      shouldStop: () => Atomics.load(flag, 0) !== 0,
+      group,
+    });
+    await group?.close();
+    parentPort!.postMessage({ kind: 'result', result });
+  } catch (caught) {
+    // A failed collective: ask the store which rank died, so the error names it. Then leave the
+    // group telling the others why (before posting: the caller may exit the process at once).
+    const raw = group ? await group.explain(caught) : caught;
+    await group?.close(raw);
+    parentPort!.postMessage({ kind: 'error', ...workerErrorMessage(raw) });
+  }
 }
+void main();
