@@ -121,6 +121,32 @@ const REAL_TOKENIZER_REGEXES = [
   ' {2,}', '\\s+',
 ];
 
+test('token ids past any real vocabulary are refused at load, fast (2^31 took 106 s in the tokenizer library)', (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-ids-'));
+  writeByteTokenizer(dir);
+  const file = path.join(dir, 'tokenizer.json');
+  const good = JSON.parse(fs.readFileSync(file, 'utf8')) as { added_tokens: Array<{ id: unknown }>; model: { vocab: Record<string, unknown> } };
+  const token = Object.keys(good.model.vocab)[3];
+  for (const [damage, where] of [
+    [(j: typeof good) => { j.added_tokens[0].id = 2 ** 31; }, /added_tokens\.0\.id is 2147483648, expected a token id: an integer from 0 to 16777215/],
+    [(j: typeof good) => { j.added_tokens[0].id = -1; }, /added_tokens\.0\.id is -1/],
+    [(j: typeof good) => { j.added_tokens[0].id = '7'; }, /added_tokens\.0\.id is "7"/],
+    [(j: typeof good) => { j.model.vocab[token] = 2 ** 28; }, /model\.vocab\["[^"]*"\] is 268435456/],
+  ] as const) {
+    const j = JSON.parse(JSON.stringify(good)) as typeof good;
+    damage(j);
+    fs.writeFileSync(file, JSON.stringify(j));
+    const t0 = Date.now();
+    const e = t.throws(() => loadTokenizer(dir), { instanceOf: PeftkitError });
+    t.is(e?.code, 'E_CONFIG');
+    t.regex(e?.message ?? '', /tokenizer\.json: /);
+    t.regex(e?.message ?? '', where);
+    t.true(Date.now() - t0 < 2000, `refused in ${Date.now() - t0} ms`);
+  }
+  fs.writeFileSync(file, JSON.stringify(good));
+  t.truthy(loadTokenizer(dir).encode('ok'));
+});
+
 test('tokenizer.json regexes that backtrack catastrophically are refused at load; those of real tokenizers are not', (t) => {
   for (const r of REAL_TOKENIZER_REGEXES) t.is(regexBacktrackingRisk(r), null, r);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-regex-'));

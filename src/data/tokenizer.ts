@@ -114,6 +114,7 @@ export class Tokenizer {
       const why = regexBacktrackingRisk(pattern);
       if (why) throw new PeftkitError('E_CONFIG', `${path.join(this.dir, 'tokenizer.json')}: ${where}.Regex ${JSON.stringify(pattern)} is refused: ${why}`);
     }
+    checkTokenIds(tokenizerJson, path.join(this.dir, 'tokenizer.json'));
     try {
       this.hf = new HfTokenizer({ ...tokenizerJson, added_tokens: tokenizerJson.added_tokens ?? [] }, config);
     } catch (e) {
@@ -242,4 +243,27 @@ export function loadTokenizer(dir: string): Tokenizer {
     chatTemplateFile = jinjaFile;
   }
   return new Tokenizer(tokJson, cfg, { dir, chatTemplate, chatTemplateFile, specialTokensMap });
+}
+
+/**
+ * Token ids above any real vocabulary (the largest released ones hold ~10^6): the tokenizer
+ * library sizes its tables by the largest id, so one id of 2^31 in a damaged file took 106 s to
+ * build (2^24: under a second).
+ */
+const MAX_TOKEN_ID = 2 ** 24;
+
+/** Refuses ids in added_tokens and in the model's vocab that are not integers in [0, MAX_TOKEN_ID). */
+function checkTokenIds(tokenizerJson: Json, file: string): void {
+  const check = (id: unknown, where: string) => {
+    if (!Number.isInteger(id) || (id as number) < 0 || (id as number) >= MAX_TOKEN_ID) {
+      throw new PeftkitError('E_CONFIG', `${file}: ${where} is ${JSON.stringify(id)}, expected a token id: an integer from 0 to ${MAX_TOKEN_ID - 1}`);
+    }
+  };
+  const added = tokenizerJson.added_tokens;
+  if (Array.isArray(added)) added.forEach((t, i) => { if (t && typeof t === 'object') check((t as Json).id, `added_tokens.${i}.id`); });
+  const vocab = (tokenizerJson.model as Json | undefined)?.vocab;
+  // BPE and WordPiece map token → id; Unigram's vocab is a list whose ids are positions.
+  if (vocab && typeof vocab === 'object' && !Array.isArray(vocab)) {
+    for (const [token, id] of Object.entries(vocab as Json)) check(id, `model.vocab[${JSON.stringify(token)}]`);
+  }
 }
