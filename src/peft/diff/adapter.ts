@@ -27,6 +27,12 @@ import { DiffConfig, parseDiffConfig } from './config';
 export type { DiffConfig } from './config';
 export { defaultDiffConfig, parseDiffConfig } from './config';
 
+/**
+ * Rows from which forming W + δ beats two products: the sum moves 3 weights' worth of memory,
+ * the product it saves 2·rows flops per weight element.
+ */
+const MERGE_MIN_ROWS = 16;
+
 /** A Linear with a trainable difference: Y = X·Wᵀ + X·δᵀ + b. */
 export class DiffLayer implements LinearSite {
   readonly delta: Tensor;
@@ -46,19 +52,22 @@ export class DiffLayer implements LinearSite {
   /**
    * W + δ in the call's scratch, where the base is a dense f32 weight computed in f32: then one
    * product does the work of two, forward and backward (3 weight-sized products a step instead
-   * of 5; the sum costs a pass over two weights). Other storages keep W and δ apart: adding δ to
-   * a bf16 or quantized weight would change the base's numerics.
+   * of 5; the sum costs a pass over two weights, recomputed each call since the scratch is lent
+   * for one call only). Only for products of at least MERGE_MIN_ROWS rows: generation's
+   * one-row products read W and δ once each apart, but three times to form the sum. Other
+   * storages keep W and δ apart: adding δ to a bf16 or quantized weight would change the base's
+   * numerics.
    */
-  private merged(base: BaseLinear, call: SiteCall): Tensor | null {
+  private merged(base: BaseLinear, rows: number, call: SiteCall): Tensor | null {
     const w = base.weight;
-    if (!('W' in w) || w.W.dtype !== 'f32' || base.compute !== 'f32') return null;
+    if (rows < MERGE_MIN_ROWS || !('W' in w) || w.W.dtype !== 'f32' || base.compute !== 'f32') return null;
     const sum = call.scratch.get(0, [this.module.outFeatures, this.module.inFeatures]);
     ops.add(sum, w.W, this.delta);
     return sum;
   }
 
   forward(Y: Tensor, X: Tensor, base: BaseLinear, call: SiteCall): void {
-    const sum = this.merged(base, call);
+    const sum = this.merged(base, X.shape[0], call);
     if (sum) {
       ops.linearForward(Y, X, sum, { bias: base.bias });
       return;
@@ -70,7 +79,7 @@ export class DiffLayer implements LinearSite {
   backward(dX: Tensor | null, dY: Tensor, X: Tensor, base: BaseLinear, call: SiteCall): void {
     ops.gemm(this.grad, dY, X, { transA: true, beta: 1 });
     if (!dX) return;
-    const sum = this.merged(base, call);
+    const sum = this.merged(base, dY.shape[0], call);
     if (sum) {
       ops.linearBackward(dX, dY, sum);
       return;
