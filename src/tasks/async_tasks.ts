@@ -1,12 +1,14 @@
 /**
- * mergeAdapterAsync / quantizeModelAsync: mergeAdapter and quantizeModel in a worker thread of
- * their own, so the caller's event loop stays free while they read, compute and write.
+ * mergeAdapterAsync / quantizeModelAsync / estimateMemoryAsync: mergeAdapter, quantizeModel and
+ * estimateMemory in a worker thread of their own, so the caller's event loop stays free while
+ * they read, tokenize, compute and write.
  */
 import * as path from 'path';
 import { Worker } from 'worker_threads';
 import { PeftkitError } from '../errors';
 import type { MergeOptions, MergeResult } from '../peft/merge';
 import type { QuantizeModelOptions, QuantizeModelResult } from '../quant/quantize_model';
+import type { EstimateOptions, MemoryReport } from '../train/estimate';
 import { workerError, WorkerErrorMessage } from '../util/worker_error';
 import type { TaskName } from './task_worker';
 
@@ -41,4 +43,12 @@ export function mergeAdapterAsync(o: MergeOptions): Promise<MergeResult> {
  */
 export function quantizeModelAsync(o: QuantizeModelOptions): Promise<QuantizeModelResult> {
   return runTask('quantize', o);
+}
+
+/**
+ * estimateMemory in a worker thread: the same MemoryReport, without blocking the caller's event
+ * loop while the data is read and tokenized to find its longest row (estimateMemory does).
+ */
+export function estimateMemoryAsync(o: EstimateOptions): Promise<MemoryReport> {
+  return runTask('estimate', o);
 }
