@@ -77,6 +77,8 @@ export class JobManager extends EventEmitter {
   private readonly active = new Map<Job, Running>();
   /** A job that waits for running jobs to free memory: nothing behind it starts (the queue is FIFO). */
   private waitingForMemory = false;
+  /** A job's memory is being estimated (admit()). */
+  private admitting = false;
   private closing: Promise<JobInfo[]> | null = null;
   private readonly lock: FolderLock | null;
   private readonly idleWaiters: Array<() => void> = [];
@@ -211,13 +213,21 @@ export class JobManager extends EventEmitter {
     setImmediate(() => this.pump());
   }
 
-  /** Starts queued jobs while slots are free and the head of the queue is not waiting for memory. */
+  /**
+   * Admits the head of the queue when a slot is free, the head is not waiting for memory and no
+   * other job is being admitted: one at a time, so jobs start in the order they were submitted
+   * and each estimate is compared with those of the jobs started before it.
+   */
   private pump(): void {
-    while (!this.closing && !this.waitingForMemory && this.active.size < this.concurrency && this.queue.length > 0) {
+    if (!this.closing && !this.admitting && !this.waitingForMemory && this.active.size < this.concurrency && this.queue.length > 0) {
       const job = this.queue.shift()!;
       const slot: Running = { run: null, interrupting: false, cancelling: false };
       this.active.set(job, slot);
-      void this.admit(job, slot);
+      this.admitting = true;
+      void this.admit(job, slot).finally(() => {
+        this.admitting = false;
+        this.pump();
+      });
     }
     this.checkIdle();
   }
