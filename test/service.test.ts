@@ -4,7 +4,7 @@
  * and equal to loadModel().generate with the downloaded adapter; a job cancelled by DELETE; a
  * SIGTERM checkpoints and the next start resumes.
  */
-import test from 'ava';
+import test, { ExecutionContext } from 'ava';
 import * as fs from 'fs';
 import * as path from 'path';
 import { loadModel, train } from '../src/index';
@@ -88,29 +88,47 @@ test('the example service trains a job, streams its progress, serves its adapter
   t.is(await exited(child), 0, 'a SIGTERM stops the service cleanly');
 });
 
-test('a SIGTERM checkpoints the running job; the service started again resumes it to the adapter of an uninterrupted run', async (t) => {
-  const dir = tmpDir('service-restart');
+/**
+ * Starts the service, posts job `id`, stops the service with `signal` once `stopWhen` sees an
+ * event of it, returns what the state file recorded; then starts it again, reads the job's
+ * events to its end, and checks its adapter against an uninterrupted train() of the same options.
+ */
+async function stopAndResume(t: ExecutionContext, id: string, signal: NodeJS.Signals, extra: Record<string, unknown>, stopWhen: (e: SseEvent) => boolean): Promise<{ status: string; step: number }> {
+  const dir = tmpDir(`service-${id}`);
   const { model, data } = tinyTrainFixture(dir);
   const env = { PEFTKIT_SERVICE_DIR: path.join(dir, 'service') };
+  const options = { model, data, steps: 60, r: 4, batchSize: 4, maxLength: 64, ...extra };
   const first = await startService(env);
   t.teardown(() => first.child.kill('SIGKILL'));
-  const options = { model, data, steps: 60, r: 4, batchSize: 4, maxLength: 64, seed: 2 };
-  t.is((await fetch(`${first.base}/jobs`, post({ ...options, id: 'resumed' }))).status, 201);
-  await readSse(`${first.base}/jobs/resumed/events`, {}, (e) => e.event === 'step' && (e.data as { step: number }).step >= 3);
-  first.child.kill('SIGTERM');
-  t.is(await exited(first.child), 0);
-  const stoppedAt = JSON.parse(fs.readFileSync(path.join(dir, 'service', 'state', 'jobs.json'), 'utf8')).jobs[0];
-  t.is(stoppedAt.status, 'interrupted');
-  t.true(stoppedAt.step >= 3 && stoppedAt.step < 60, `stopped at step ${stoppedAt.step}`);
+  t.is((await fetch(`${first.base}/jobs`, post({ ...options, id }))).status, 201);
+  await readSse(`${first.base}/jobs/${id}/events`, {}, stopWhen);
+  first.child.kill(signal);
+  t.is(await exited(first.child), signal === 'SIGKILL' ? null : 0);
+  const recorded = JSON.parse(fs.readFileSync(path.join(dir, 'service', 'state', 'jobs.json'), 'utf8')).jobs[0];
 
   const second = await startService(env);
   t.teardown(() => second.child.kill('SIGKILL'));
-  const { events } = await readSse(`${second.base}/jobs/resumed/events`, {}, ended);
+  const { events } = await readSse(`${second.base}/jobs/${id}/events`, {}, ended);
   t.is(events.at(-1)!.event, 'done');
   second.child.kill('SIGTERM');
   t.is(await exited(second.child), 0);
   const alone = path.join(dir, 'alone');
   await train({ ...options, out: alone });
   const adapter = (d: string) => fs.readFileSync(path.join(d, 'adapter_model.safetensors'));
-  t.true(adapter(path.join(dir, 'service', 'jobs', 'resumed')).equals(adapter(alone)));
+  t.true(adapter(path.join(dir, 'service', 'jobs', id)).equals(adapter(alone)), 'the resumed job ends with the uninterrupted adapter');
+  return recorded;
+}
+
+const stepAt = (e: SseEvent) => (e.data as { step: number }).step;
+
+test('a SIGTERM checkpoints the running job; the service started again resumes it to the adapter of an uninterrupted run', async (t) => {
+  const recorded = await stopAndResume(t, 'resumed', 'SIGTERM', { seed: 2 }, (e) => e.event === 'step' && stepAt(e) >= 3);
+  t.is(recorded.status, 'interrupted');
+  t.true(recorded.step >= 3 && recorded.step < 60, `stopped at step ${recorded.step}`);
+});
+
+test('a service killed (SIGKILL) mid-job resumes it at the next start from its last checkpoint', async (t) => {
+  const recorded = await stopAndResume(t, 'crashed', 'SIGKILL', { seed: 4, saveEvery: 4 }, (e) => e.event === 'checkpoint' && stepAt(e) >= 8);
+  t.is(recorded.status, 'running', 'the crash left the job recorded as running');
+  t.true(recorded.step >= 8);
 });

@@ -18,9 +18,10 @@ import { ENDED, Job, JobEventName, JobEvents, JobInfo, JobTrainOptions } from '.
 import { readJobState, writeJobState } from './job_state';
 
 /**
- * Jobs running at once by default. Measured on a 2-core machine (bench/jobs.ts, BENCHMARKS.md):
- * two small LoRA jobs at once on one thread each finish sooner than one after another on two
- * threads, since a small model's steps do not keep two threads busy.
+ * Jobs running at once by default. Measured on a shared 2-core machine (bench/jobs.ts): two
+ * small LoRA jobs at once on one thread each finished 4.7–10× sooner than one after another on
+ * two threads (libgomp's spinning 2-thread team loses its time to a descheduled teammate), and
+ * as soon with OMP_WAIT_POLICY=passive: never slower.
  */
 export const DEFAULT_CONCURRENCY = 2;
 
@@ -30,7 +31,8 @@ export interface JobManagerOptions {
   /**
    * CPU threads the running jobs share: each of n running jobs gets floor(threads / n) (at least
    * 1), and the shares grow again as jobs end. The manager sets the process-wide cap
-   * (setNumThreads) while jobs run, and puts back the cap it found once none does. Defaults to the
+   * (setNumThreads) while jobs run, and puts back the cap it found once none does (so one
+   * JobManager per process: two would each set the cap for their own jobs). Defaults to the
    * cap when the manager is made (runtimeInfo().threads: PEFTKIT_NUM_THREADS, else all cores).
    */
   threads?: number;
@@ -98,7 +100,7 @@ export class JobManager extends EventEmitter {
     this.lock = stateDir ? lockFolder(stateDir, 'stateDir') : null;
     if (stateDir) {
       try {
-        for (const info of readJobState(stateDir)) this.jobs.set(info.id, new Job(info, (j) => this.cancelJob(j)));
+        for (const info of readJobState(stateDir)) this.jobs.set(info.id, recordedJob(info, (j) => this.cancelJob(j)));
       } catch (e) {
         this.lock?.release();
         throw e;
@@ -152,14 +154,14 @@ export class JobManager extends EventEmitter {
   }
 
   /**
-   * Queues again, ahead of new submissions and in their original order, the recorded jobs a
-   * previous manager left interrupted, queued or running (a crashed process leaves `running`):
-   * each resumes from the newest checkpoint in its `out` folder, or starts over when there is
-   * none. Returns them. A manager made with `resume: true` calls it.
+   * Queues again, in their original order, the recorded jobs a previous manager left
+   * interrupted, queued or running (all three are `interrupted` once read): each resumes from the
+   * newest checkpoint in its `out` folder, or starts over when there is none. Returns them. A
+   * manager made with `resume: true` calls it, so they run before any job submitted to it.
    */
   restore(): Job[] {
     if (this.closing) throw new PeftkitError('E_ARG', 'restore: this JobManager is shut down');
-    const again = [...this.jobs.values()].filter((j) => j.status === 'interrupted' || ((j.status === 'queued' || j.status === 'running') && !this.queue.includes(j) && !this.active.has(j)));
+    const again = [...this.jobs.values()].filter((j) => j.status === 'interrupted');
     for (const job of again) {
       const { options } = job.info();
       // The run continues where it stopped; every option is as it was, so the checkpoint accepts them.
@@ -362,6 +364,19 @@ export class JobManager extends EventEmitter {
     if (this.queue.length > 0 || this.active.size > 0) return;
     for (const resolve of this.idleWaiters.splice(0)) resolve();
   }
+}
+
+/**
+ * A job of the state file: one that was queued or running there (a process that crashed, or one
+ * that was never shut down) is `interrupted` here; an ended one is settled as it ended. An
+ * interrupted one settles once restore() has run it.
+ */
+function recordedJob(info: JobInfo, onCancel: (job: Job) => void): Job {
+  const job = new Job(info.status === 'queued' || info.status === 'running' ? { ...info, status: 'interrupted', threads: null } : info, onCancel);
+  if (info.status === 'done' && info.result) job.end({ result: info.result });
+  else if (info.status === 'failed') job.end({ error: new PeftkitError(info.error?.code ?? 'E_INTERNAL', info.error?.message ?? 'failed') });
+  else if (info.status === 'cancelled') job.end({ error: new PeftkitError('E_ABORTED', `job '${info.id}' was cancelled`) });
+  return job;
 }
 
 function newInfo(id: string, options: JobTrainOptions): JobInfo {
