@@ -67,9 +67,24 @@ interface Running {
   cancelling: boolean;
 }
 
+/**
+ * Training jobs for a service: a FIFO queue, `concurrency` jobs at a time each in its own
+ * train() worker, the CPU threads divided among them, a memory check before each starts, events
+ * on the jobs and on the manager, cancel, graceful shutdown and (with `stateDir`) resume after a
+ * restart.
+ *
+ *     const jobs = new JobManager({ stateDir: './jobs-state', resume: true });
+ *     jobs.on('step', (e) => console.log(e.id, e.step, e.loss));
+ *     const job = jobs.submit({ model: 'SmolLM2-135M', data: 'train.jsonl', out: 'adapters/a', steps: 100 });
+ *     const result = await job;
+ *     await jobs.shutdown();
+ */
 export class JobManager extends EventEmitter {
+  /** Jobs training at once. */
   readonly concurrency: number;
+  /** CPU threads the running jobs share. */
   readonly threads: number;
+  /** Where the job list is kept, or null. */
   readonly stateDir: string | null;
   private readonly memoryBudget: number | null;
   private readonly threadsBefore: number;
