@@ -147,6 +147,7 @@ test('a failing job is failed with its PeftkitError and the others go on', async
   t.is(badOption.status, 'failed');
   t.is(badOption.info().error?.code, 'E_ARG');
   t.deepEqual(failures.map((e) => e.code).sort(), ['E_ARG', 'E_IO']);
+  t.throws(() => m.submit({ ...options('fn'), onStep: () => {} } as JobTrainOptions), { code: 'E_ARG', message: /plain data/ });
   t.true(failures.every((e) => e instanceof PeftkitError));
 });
 

@@ -135,7 +135,13 @@ export class JobManager extends EventEmitter {
     if (typeof id !== 'string' || !id) throw new PeftkitError('E_ARG', `id: expected a non-empty string, got ${String(id)}`);
     if (this.jobs.has(id)) throw new PeftkitError('E_ARG', `id: a job '${id}' already exists in this manager`);
     if (typeof trainOptions?.out !== 'string') throw new PeftkitError('E_ARG', 'out: expected the folder the job writes its adapter to');
-    const job = new Job(newInfo(id, structuredClone(trainOptions)), (j) => this.cancelJob(j));
+    let copy: JobTrainOptions;
+    try {
+      copy = structuredClone(trainOptions); // kept as submitted (the state file, a restore), whatever the caller does to its object
+    } catch (e) {
+      throw new PeftkitError('E_ARG', `submit: the train options must be plain data (they go to a worker and the state file): ${(e as Error).message}`);
+    }
+    const job = new Job(newInfo(id, copy), (j) => this.cancelJob(j));
     this.jobs.set(id, job);
     this.enqueue(job);
     if (options.signal) {
@@ -288,7 +294,12 @@ export class JobManager extends EventEmitter {
 
   private start(job: Job, slot: Running): void {
     job.update({ status: 'running', startedAt: new Date().toISOString() });
-    const run = train(job.info().options);
+    let run: TrainRun;
+    try {
+      run = train(job.info().options);
+    } catch (e) {
+      return this.finish(job, slot, e); // the worker could not start
+    }
     slot.run = run;
     this.divideThreads();
     this.persist();
