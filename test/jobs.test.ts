@@ -2,7 +2,7 @@
 import test from 'ava';
 import * as fs from 'fs';
 import * as path from 'path';
-import { estimateMemory, JobManager, JobEvent, JobTrainOptions, PeftkitError, train } from '../src/index';
+import { estimateMemory, estimateMemoryAsync, JobManager, JobEvent, JobTrainOptions, PeftkitError, train } from '../src/index';
 import { newMemory } from '../src/train/memory';
 import { tinyTrainFixture, tmpDir } from './helpers/train_fixture';
 
@@ -149,6 +149,14 @@ test('a failing job is failed with its PeftkitError and the others go on', async
   t.deepEqual(failures.map((e) => e.code).sort(), ['E_ARG', 'E_IO']);
   t.throws(() => m.submit({ ...options('fn'), onStep: () => {} } as JobTrainOptions), { code: 'E_ARG', message: /plain data/ });
   t.true(failures.every((e) => e instanceof PeftkitError));
+});
+
+// Serial: no other test's manager moves the process's thread cap, which the estimate's GEMM buffers count.
+test.serial('estimateMemoryAsync gives estimateMemory\'s report from a worker, and its errors', async (t) => {
+  const { dir, options } = setup('jobs-estimate');
+  t.deepEqual({ ...(await estimateMemoryAsync(options('x'))), available: null }, { ...estimateMemory(options('x')), available: null });
+  const err = await t.throwsAsync(estimateMemoryAsync(options('x', { data: path.join(dir, 'missing.jsonl') })), { instanceOf: PeftkitError });
+  t.is(err?.code, 'E_IO');
 });
 
 test('memory: a job that cannot fit is E_MEMORY with the figures; one that fits alone waits for the running job; memoryCheck false skips', async (t) => {
