@@ -9,6 +9,7 @@ import { EventEmitter } from 'events';
 import { PeftkitError } from '../errors';
 import { FolderLock, lockFolder } from '../io/lock';
 import { runtimeInfo, setNumThreads } from '../runtime';
+import { resolveDevice } from '../tensor';
 import { estimateMemoryAsync } from '../tasks/async_tasks';
 import { availableMemory, GiB, newMemory } from '../train/memory';
 import { holdsCheckpoints } from '../train/resume';
@@ -46,7 +47,8 @@ export interface JobManagerOptions {
   /**
    * The bytes the jobs together may use. A job whose memory estimate (estimateMemory) does not fit
    * beside the running jobs' estimates waits for them to end; one that does not fit even alone
-   * fails with E_MEMORY. A job's `memoryCheck: false` skips this check (and train()'s own).
+   * fails with E_MEMORY. A job's `memoryCheck: false` skips this check (and train()'s own), and so
+   * does a job on cuda (as train()'s).
    * Defaults to the memory available when the job is about to start (MemAvailable within any cgroup limit).
    */
   memoryBudget?: number;
@@ -258,7 +260,8 @@ export class JobManager extends EventEmitter {
   /** Estimates the job's memory (in a worker), then starts it, puts it back to wait, or fails it. */
   private async admit(job: Job, slot: Running): Promise<void> {
     const options = job.info().options;
-    if (options.memoryCheck !== false) {
+    // As train(): on cuda the tensors live in the GPU's memory, which the host's figures do not describe.
+    if (options.memoryCheck !== false && resolveDevice(options.device) === 'cpu') {
       let needed: number;
       try {
         const known = job.info().memoryBytes;
