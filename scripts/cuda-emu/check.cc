@@ -446,8 +446,12 @@ static void check_attention() {
   struct Cfg {
     int64_t B, Tq, Tk, Hq, Hkv, D;
   };
-  const Cfg cfgs[] = {{2, 37, 37, 4, 2, 16}, {1, 5, 40, 3, 1, 33}, {1, 20, 9, 2, 2, 64}, {1, 33, 33, 2, 1, 256},
-                      {1, 3, 7, 1, 1, 1},    {2, 17, 50, 2, 1, 100}};
+  // Lengths off the 16-row and 32-key tiles; the model head sizes 48/64/80/128 (1, 2, 3 and 4
+  // features per lane, so the last lane slot is partial for 48 and 80); GQA groups of 1, 2, 3
+  // and 4; Tk > Tq as a prefix or a KV cache, down to one query (a generation step).
+  const Cfg cfgs[] = {{2, 37, 37, 4, 2, 16}, {1, 5, 40, 3, 1, 33},  {1, 20, 9, 2, 2, 64},  {1, 33, 33, 2, 1, 256},
+                      {1, 3, 7, 1, 1, 1},    {2, 17, 50, 2, 1, 100}, {1, 45, 45, 8, 2, 128}, {1, 50, 50, 3, 1, 48},
+                      {2, 19, 19, 2, 2, 80}, {1, 1, 77, 4, 1, 64},   {1, 1, 33, 6, 2, 128}, {1, 7, 40, 2, 1, 80}};
   for (const Cfg& c : cfgs) {
     const std::string tag = " B=" + std::to_string(c.B) + " Tq=" + std::to_string(c.Tq) + " Tk=" + std::to_string(c.Tk) +
                             " Hq=" + std::to_string(c.Hq) + " Hkv=" + std::to_string(c.Hkv) + " D=" + std::to_string(c.D);
