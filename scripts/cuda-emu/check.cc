@@ -7,6 +7,7 @@
 #include <functional>
 
 #include "check.h"
+#include "cublaslt.cuh"
 #include "peftkit/dropout_rng.h"
 #include "peftkit/rope_freq.h"
 
@@ -102,6 +103,108 @@ static void check_gemm() {
   pk::cuda::gemm(2, 2, 0, 1.f, {a.data(), pk::DType::F32, 1, false}, {b.data(), pk::DType::F32, 2, false}, 2.f, C.data(),
                  pk::DType::F32, 2);
   expect("gemm K=0", C, Ref{2, 4, 6, 8});
+}
+
+// ---- GEMM through cuBLASLt -----------------------------------------------------------------
+// A CPU stand-in for libcublasLt that does what NVIDIA documents cublasLtMatmul to do:
+// column-major D = alpha·op(A)·op(B) + beta·C (C not read when beta = 0), op per the TRANSA/
+// TRANSB attributes, layouts of (type, rows, cols, ld), f32 or bf16 elements. It refuses
+// layouts that do not fit the product, so a wrong row/column-major mapping in cublaslt.cu shows
+// as a refusal or as wrong numbers in the GEMM checks run again through it.
+namespace mock_lt {
+using namespace pk::cuda::lt;
+struct Desc {
+  int32_t compute, scale, ta = kOpN, tb = kOpN;
+};
+struct Lay {
+  int32_t type;
+  int64_t rows, cols, ld;
+};
+int matmuls = 0, refusals = 0;
+Status refuse() {
+  refusals++;
+  return 7;  // CUBLAS_STATUS_INVALID_VALUE
+}
+Status create(Handle* h) {
+  *h = reinterpret_cast<Handle>(1);
+  return kSuccess;
+}
+Status desc_create(MatmulDesc* d, int32_t compute, int32_t scale) {
+  *d = new Desc{compute, scale};
+  return kSuccess;
+}
+Status desc_set(MatmulDesc d, int32_t attr, const void* buf, size_t bytes) {
+  auto* x = static_cast<Desc*>(d);
+  if (bytes != sizeof(int32_t) || (attr != kDescTransA && attr != kDescTransB)) return refuse();
+  std::memcpy(attr == kDescTransA ? &x->ta : &x->tb, buf, bytes);
+  return kSuccess;
+}
+Status layout_create(Layout* l, int32_t type, uint64_t rows, uint64_t cols, int64_t ld) {
+  if (ld < int64_t(rows) || (type != kR32F && type != kR16BF)) return refuse();
+  *l = new Lay{type, int64_t(rows), int64_t(cols), ld};
+  return kSuccess;
+}
+Status pref_create(Preference* p) {
+  *p = new int(0);
+  return kSuccess;
+}
+Status pref_set(Preference, int32_t, const void*, size_t) { return kSuccess; }
+// op(A) m×k, op(B) k×n, C m×n, A and B of one type, f32 accumulation.
+bool fits(const Desc& d, const Lay& a, const Lay& b, const Lay& c) {
+  const int64_t am = d.ta == kOpN ? a.rows : a.cols, ak = d.ta == kOpN ? a.cols : a.rows;
+  const int64_t bk = d.tb == kOpN ? b.rows : b.cols, bn = d.tb == kOpN ? b.cols : b.rows;
+  return d.compute == kCompute32F && d.scale == kR32F && a.type == b.type && am == c.rows && bn == c.cols && ak == bk &&
+         (a.type == kR16BF || c.type == kR32F);
+}
+Status heuristic(Handle, MatmulDesc d, Layout a, Layout b, Layout c, Layout dd, Preference, int requested,
+                 HeuristicResult* r, int* returned) {
+  if (requested < 1 || c != dd || !fits(*static_cast<Desc*>(d), *static_cast<Lay*>(a), *static_cast<Lay*>(b), *static_cast<Lay*>(c)))
+    return refuse();
+  *r = HeuristicResult{};
+  r->state = kSuccess;
+  *returned = 1;
+  return kSuccess;
+}
+double at(const Lay& l, const void* p, int64_t i, int64_t j) {
+  const int64_t e = i + j * l.ld;
+  return l.type == kR32F ? static_cast<const float*>(p)[e] : pk::bf16_to_f32(static_cast<const pk::bf16*>(p)[e]);
+}
+Status matmul(Handle, MatmulDesc desc, const void* alpha, const void* A, Layout la, const void* B, Layout lb,
+              const void* beta, const void* C, Layout lc, void* D, Layout ld, const Algo*, void*, size_t, cudaStream_t) {
+  const Desc& d = *static_cast<Desc*>(desc);
+  const Lay &a = *static_cast<Lay*>(la), &b = *static_cast<Lay*>(lb), &c = *static_cast<Lay*>(lc);
+  if (lc != ld || !fits(d, a, b, c)) return refuse();
+  matmuls++;
+  const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
+  const int64_t K = d.ta == kOpN ? a.cols : a.rows;
+  std::vector<double> out(size_t(c.rows * c.cols));
+  for (int64_t i = 0; i < c.rows; i++)
+    for (int64_t j = 0; j < c.cols; j++) {
+      double acc = 0;
+      for (int64_t k = 0; k < K; k++)
+        acc += (d.ta == kOpN ? at(a, A, i, k) : at(a, A, k, i)) * (d.tb == kOpN ? at(b, B, k, j) : at(b, B, j, k));
+      out[size_t(i + j * c.rows)] = al * acc + (be != 0.f ? be * at(c, C, i, j) : 0.0);
+    }
+  for (int64_t i = 0; i < c.rows; i++)
+    for (int64_t j = 0; j < c.cols; j++) {
+      const float v = float(out[size_t(i + j * c.rows)]);
+      if (c.type == kR32F) static_cast<float*>(D)[i + j * c.ld] = v;
+      else static_cast<pk::bf16*>(D)[i + j * c.ld] = pk::f32_to_bf16(v);
+    }
+  return kSuccess;
+}
+const Api api{create, desc_create, desc_set, layout_create, pref_create, pref_set, heuristic, matmul};
+}  // namespace mock_lt
+
+// Every GEMM check again with the stand-in installed: the products cuBLASLt takes (bf16 × bf16,
+// f32 × f32 into f32) go through it, the rest through our kernels, all against the same
+// references.
+static void check_gemm_cublaslt() {
+  pk::cuda::lt::install_for_test(&mock_lt::api, "cuBLASLt stand-in");
+  check_gemm();
+  pk::cuda::lt::install_for_test(nullptr, "");
+  expect_true("cuBLASLt stand-in ran products (" + std::to_string(mock_lt::matmuls) + ")", mock_lt::matmuls > 250);
+  expect_true("cuBLASLt stand-in refused nothing", mock_lt::refusals == 0);
 }
 
 // ---- LoRA ---------------------------------------------------------------------------------
@@ -815,7 +918,7 @@ void check_bias();
 int main(int argc, char** argv) {
   const std::string only = argc > 1 ? argv[1] : "";
   const std::pair<const char*, void (*)()> families[] = {
-      {"gemm", check_gemm},       {"lora", check_lora}, {"embedding", check_embedding}, {"norm", check_norms},
+      {"gemm", check_gemm},       {"gemm_cublaslt", check_gemm_cublaslt}, {"lora", check_lora}, {"embedding", check_embedding}, {"norm", check_norms},
       {"rope", check_rope},       {"elementwise", check_elementwise}, {"dropout", check_dropout},
       {"attention", check_attention}, {"loss", check_loss}, {"optim", check_optim},
       {"quant", check_quant},     {"gemm_quant", check_gemm_quant}, {"lora_quant", check_lora_quant},
