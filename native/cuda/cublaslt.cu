@@ -195,10 +195,11 @@ bool gemm(int64_t M, int64_t N, int64_t K, float alpha, const MatRef& A, const M
   thread_local Handle handle = nullptr;
   if (!handle && g_api->create(&handle) != kSuccess) return false;
 
-  const size_t a_bytes = copy_bytes(A, M, K), b_bytes = copy_bytes(B, K, N);
+  // One block: the workspace first (cuBLAS wants it 256-byte aligned, as pool blocks are), then
+  // the bf16 copies, each starting on a 256-byte boundary.
+  const size_t a_bytes = (copy_bytes(A, M, K) + 255) / 256 * 256, b_bytes = copy_bytes(B, K, N);
   char* scratch = nullptr;
-  if (a_bytes + b_bytes + kWorkspace > 0 &&
-      cudaMallocAsync(reinterpret_cast<void**>(&scratch), a_bytes + b_bytes + kWorkspace, stream()) != cudaSuccess) {
+  if (cudaMallocAsync(reinterpret_cast<void**>(&scratch), kWorkspace + a_bytes + b_bytes, stream()) != cudaSuccess) {
     cudaGetLastError();
     return false;  // no room for the copies and the workspace: our kernels need none
   }
@@ -206,8 +207,8 @@ bool gemm(int64_t M, int64_t N, int64_t K, float alpha, const MatRef& A, const M
     char* p;
     ~Release() { cudaFreeAsync(p, stream()); }
   } release{scratch};
-  const MatRef a = as_bf16(A, M, K, reinterpret_cast<uint16_t*>(scratch));
-  const MatRef b = as_bf16(B, K, N, reinterpret_cast<uint16_t*>(scratch + a_bytes));
+  const MatRef a = as_bf16(A, M, K, reinterpret_cast<uint16_t*>(scratch + kWorkspace));
+  const MatRef b = as_bf16(B, K, N, reinterpret_cast<uint16_t*>(scratch + kWorkspace + a_bytes));
   const size_t elem = bf16 ? 2 : 4, c_elem = cdtype == DType::F32 ? 4 : 2;
   // cuBLASLt's A is our B (op gives N×K), its B our A (K×M); its N×M result is our Cᵀ.
   const Side sa = side(b.data, b.ld, b.trans, K, N), sb = side(a.data, a.ld, a.trans, M, K);
@@ -216,7 +217,7 @@ bool gemm(int64_t M, int64_t N, int64_t K, float alpha, const MatRef& A, const M
   const Plan& p = plan_for(handle, sa, sb, N, M, K, ldc, ab_type, c_type, align);
   if (!p.ok) return false;
   const Status s = g_api->matmul(handle, p.desc, &alpha, sa.data, p.la, sb.data, p.lb, &beta, C, p.lc, C, p.lc, &p.algo,
-                                 scratch + a_bytes + b_bytes, kWorkspace, stream());
+                                 scratch, kWorkspace, stream());
   if (s != kSuccess) fail("E_CUDA", "cublasLtMatmul failed with status " + std::to_string(s));
   return true;
 }
