@@ -50,6 +50,7 @@ std::string load(Api& a, std::string& why) {
         bind(lib, "cublasLtMatrixLayoutCreate", a.layout_create) &&
         bind(lib, "cublasLtMatmulPreferenceCreate", a.preference_create) &&
         bind(lib, "cublasLtMatmulPreferenceSetAttribute", a.preference_set) &&
+        bind(lib, "cublasLtMatmulPreferenceDestroy", a.preference_destroy) &&
         bind(lib, "cublasLtMatmulAlgoGetHeuristic", a.heuristic) && bind(lib, "cublasLtMatmul", a.matmul))
       return name;
     why = name + " lacks a cuBLASLt entry point";
@@ -118,19 +119,20 @@ Plan make_plan(Handle h, const Side& a, const Side& b, int64_t m, int64_t n, int
       x.layout_create(&p.lc, c_type, uint64_t(m), uint64_t(n), ldc) != kSuccess)
     return p;
   Preference pref = nullptr;
+  if (x.preference_create(&pref) != kSuccess) return p;
   const uint64_t ws = kWorkspace;
-  if (x.preference_create(&pref) != kSuccess || x.preference_set(pref, kPrefMaxWorkspace, &ws, sizeof ws) != kSuccess)
-    return p;
+  bool set = x.preference_set(pref, kPrefMaxWorkspace, &ws, sizeof ws) == kSuccess;
   for (int i = 0; i < 4; i++)  // A, B, C, D (D is C)
-    if (x.preference_set(pref, kPrefAlignA + i, &align[i < 3 ? i : 2], sizeof(uint32_t)) != kSuccess) return p;
+    set = set && x.preference_set(pref, kPrefAlignA + i, &align[i < 3 ? i : 2], sizeof(uint32_t)) == kSuccess;
   HeuristicResult r{};
   int returned = 0;
-  if (x.heuristic(h, p.desc, p.la, p.lb, p.lc, p.lc, pref, 1, &r, &returned) == kSuccess && returned > 0 &&
+  if (set && x.heuristic(h, p.desc, p.la, p.lb, p.lc, p.lc, pref, 1, &r, &returned) == kSuccess && returned > 0 &&
       r.state == kSuccess) {
     p.algo = r.algo;
     p.workspace = r.workspace_size;
     p.ok = true;
   }
+  x.preference_destroy(pref);
   return p;
 }
 

@@ -44,6 +44,7 @@ struct Api {
   Status (*layout_create)(Layout*, int32_t type, uint64_t rows, uint64_t cols, int64_t ld);
   Status (*preference_create)(Preference*);
   Status (*preference_set)(Preference, int32_t attr, const void* buf, size_t bytes);
+  Status (*preference_destroy)(Preference);
   Status (*heuristic)(Handle, MatmulDesc, Layout a, Layout b, Layout c, Layout d, Preference, int requested,
                       HeuristicResult* results, int* returned);
   Status (*matmul)(Handle, MatmulDesc, const void* alpha, const void* A, Layout, const void* B, Layout,

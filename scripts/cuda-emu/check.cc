@@ -4,6 +4,7 @@
 // for the GPU run (npm test on a CUDA machine) to confirm.
 #include <algorithm>
 #include <cstring>
+#include <deque>
 #include <functional>
 
 #include "check.h"
@@ -121,6 +122,10 @@ struct Lay {
   int64_t rows, cols, ld;
 };
 int matmuls = 0, refusals = 0;
+// The descriptors live as long as the process, as cublaslt.cu keeps its plans.
+std::deque<Desc> descs;
+std::deque<Lay> lays;
+int preferences = 0;
 Status refuse() {
   refusals++;
   return 7;  // CUBLAS_STATUS_INVALID_VALUE
@@ -130,7 +135,7 @@ Status create(Handle* h) {
   return kSuccess;
 }
 Status desc_create(MatmulDesc* d, int32_t compute, int32_t scale) {
-  *d = new Desc{compute, scale};
+  *d = &descs.emplace_back(Desc{compute, scale});
   return kSuccess;
 }
 Status desc_set(MatmulDesc d, int32_t attr, const void* buf, size_t bytes) {
@@ -141,14 +146,19 @@ Status desc_set(MatmulDesc d, int32_t attr, const void* buf, size_t bytes) {
 }
 Status layout_create(Layout* l, int32_t type, uint64_t rows, uint64_t cols, int64_t ld) {
   if (ld < int64_t(rows) || (type != kR32F && type != kR16BF)) return refuse();
-  *l = new Lay{type, int64_t(rows), int64_t(cols), ld};
+  *l = &lays.emplace_back(Lay{type, int64_t(rows), int64_t(cols), ld});
   return kSuccess;
 }
 Status pref_create(Preference* p) {
-  *p = new int(0);
+  preferences++;
+  *p = &preferences;
   return kSuccess;
 }
 Status pref_set(Preference, int32_t, const void*, size_t) { return kSuccess; }
+Status pref_destroy(Preference) {
+  preferences--;
+  return kSuccess;
+}
 // op(A) m×k, op(B) k×n, C m×n, A and B of one type, f32 accumulation.
 bool fits(const Desc& d, const Lay& a, const Lay& b, const Lay& c) {
   const int64_t am = d.ta == kOpN ? a.rows : a.cols, ak = d.ta == kOpN ? a.cols : a.rows;
@@ -193,7 +203,7 @@ Status matmul(Handle, MatmulDesc desc, const void* alpha, const void* A, Layout 
     }
   return kSuccess;
 }
-const Api api{create, desc_create, desc_set, layout_create, pref_create, pref_set, heuristic, matmul};
+const Api api{create, desc_create, desc_set, layout_create, pref_create, pref_set, pref_destroy, heuristic, matmul};
 }  // namespace mock_lt
 
 // Every GEMM check again with the stand-in installed: the products cuBLASLt takes (bf16 × bf16,
@@ -205,6 +215,7 @@ static void check_gemm_cublaslt() {
   pk::cuda::lt::install_for_test(nullptr, "");
   expect_true("cuBLASLt stand-in ran products (" + std::to_string(mock_lt::matmuls) + ")", mock_lt::matmuls > 250);
   expect_true("cuBLASLt stand-in refused nothing", mock_lt::refusals == 0);
+  expect_true("every heuristic preference destroyed", mock_lt::preferences == 0);
 }
 
 // ---- LoRA ---------------------------------------------------------------------------------
