@@ -7,6 +7,8 @@
  * With --device cuda (or cpu): LoRA bf16 and QLoRA NF4 bf16 at --batch 8 × --seq 512 beside the
  * PyTorch GPU peer (bench/peers/torch_lora_train_gpu.py), peak GPU memory sampled with nvidia-smi:
  *   npm run bench:train -- --device cuda --shape smol135|tinyllama [--batch 8 --seq 512 --steps 3]
+ * --tag NAME adds NAME to the results file's name (an A/B run beside the default one, e.g. under
+ * PEFTKIT_CUBLASLT=0); --no-peer leaves the PyTorch runs out. The file records which GEMM ran.
  */
 import { spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
@@ -100,8 +102,8 @@ function deviceMain(device: 'cpu' | 'cuda'): void {
         process.exitCode = 1; // the peer may be absent; our own run may not fail
       }
     }
-    const py = torchPython();
-    if (!py) console.log('PyTorch peer absent: no python3 with torch on this machine');
+    const py = process.argv.includes('--no-peer') ? null : torchPython();
+    if (!py && !process.argv.includes('--no-peer')) console.log('PyTorch peer absent: no python3 with torch on this machine');
     for (const [what, mode] of py ? runs : []) {
       try {
         const { result: r, peakMb } = gpuPeakMb(() => timed(py!, [path.join(__dirname, '..', '..', 'bench', 'peers', 'torch_lora_train_gpu.py'), shape, mode, String(B), String(T), String(steps)]));
@@ -119,7 +121,12 @@ function deviceMain(device: 'cpu' | 'cuda'): void {
   for (const r of rows) console.log(`${r.who} | ${r.tokensPerS.toFixed(0)} | ${r.stepS.toFixed(3)} | ${r.peakGpuMb?.toFixed(0) ?? '-'} | ${r.peakRssMb.toFixed(0)} | ${r.note ?? ''}`);
   const out = path.join(__dirname, '..', '..', 'bench', 'results');
   fs.mkdirSync(out, { recursive: true });
-  fs.writeFileSync(path.join(out, `train-${device}-${shape}.json`), JSON.stringify({ device, date: new Date().toISOString(), shape, B, T, steps, rows }, null, 2));
+  const tag = arg('tag', '');
+  // The dense GEMMs: libcublasLt where it loaded (the children inherit PEFTKIT_CUBLASLT), else ours.
+  const gemm = device === 'cuda' ? runtimeInfo().cublasLt ?? 'own kernels' : 'cpu';
+  console.log(`GEMM: ${gemm}`);
+  const file = `train-${device}-${shape}${tag ? `-${tag}` : ''}.json`;
+  fs.writeFileSync(path.join(out, file), JSON.stringify({ device, date: new Date().toISOString(), shape, tag, gemm, B, T, steps, rows }, null, 2));
 }
 
 function main(): void {

@@ -2,9 +2,14 @@
 // AddonData, and nothing mutable is shared between them.
 #include <napi.h>
 
+#include <string>
+
 #include "common.h"
 #include "peftkit/cpu_features.h"
 #include "peftkit/parallel.h"
+#ifdef PEFTKIT_CUDA
+#include "peftkit/cuda_memory.h"
+#endif
 
 namespace pkb {
 namespace {
@@ -31,6 +36,34 @@ Napi::Value RuntimeInfo(const Napi::CallbackInfo& info) {
   o.Set("cudaBuild", false);
 #endif
   o.Set("cudaAvailable", pk::cuda_available());
+  std::string blas;
+#ifdef PEFTKIT_CUDA
+  if (pk::cuda_available()) {
+    try {
+      blas = pk::cuda::blas_library();
+    } catch (const std::exception&) {
+      // PEFTKIT_CUBLASLT=1 without the library: the first GEMM raises it with the reason.
+    }
+  }
+#endif
+  o.Set("cublasLt", blas.empty() ? env.Null() : Napi::Value(Napi::String::New(env, blas)));
+  return o;
+}
+
+// Host<->device copies so far (zeros without CUDA): tests read them around a training step.
+Napi::Value DeviceCopyCounts(const Napi::CallbackInfo& info) {
+  Napi::Object o = Napi::Object::New(info.Env());
+#ifdef PEFTKIT_CUDA
+  const pk::cuda::CopyCounts c = pk::cuda::copy_counts();
+#else
+  struct {
+    uint64_t to_host = 0, to_host_bytes = 0, to_device = 0, to_device_bytes = 0;
+  } c;
+#endif
+  o.Set("toHost", double(c.to_host));
+  o.Set("toHostBytes", double(c.to_host_bytes));
+  o.Set("toDevice", double(c.to_device));
+  o.Set("toDeviceBytes", double(c.to_device_bytes));
   return o;
 }
 
@@ -44,6 +77,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setErrorClass", Napi::Function::New(env, SetErrorClass));
   exports.Set("runtimeInfo", Napi::Function::New(env, RuntimeInfo));
   exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads));
+  exports.Set("deviceCopyCounts", Napi::Function::New(env, DeviceCopyCounts));
   InitTensor(env, exports);
   InitGemm(env, exports);
   InitLinear(env, exports);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check, in one call on a machine with an NVIDIA GPU (offline: node_modules travels with
-# the tree, run's `carry`). Each step has its own timeout (565 s in all with the default steps, under run's 600 s cap); a
+# the tree, run's `carry`). Each step has its own timeout (585 s in all with the default steps, under run's 600 s cap); a
 # step that fails or times out is reported and the later steps still run; a summary of every
 # step, then one table of the training benchmarks, is printed last.
 #   1. the device and toolchain (nvidia-smi, nvcc, node, cmake),
@@ -15,7 +15,11 @@
 #      one run is the suite on cpu and on cuda; the skipped rows are listed with their reasons,
 #   5. npm run bench:train -- --device cuda on the SmolLM2-135M and TinyLlama-1.1B shapes (batch
 #      8 × 512: LoRA bf16, QLoRA NF4 bf16) beside the PyTorch peer (bench/peers/
-#      torch_lora_train_gpu.py; bitsandbytes / PEFT said absent where they are),
+#      torch_lora_train_gpu.py; bitsandbytes / PEFT said absent where they are), and the
+#      SmolLM2 shape again with our own GEMM kernels (PEFTKIT_CUBLASLT=0, no peer): the A/B of
+#      cuBLASLt against them, so the faster is kept as the default. libcublasLt is looked for on
+#      the loader's path, in /usr/local/cuda/lib64, then in the pip wheel PyTorch brings
+#      (nvidia-cublas); the table's GEMM column says which one ran,
 #   6. the summary and the table: tokens/s, peak GPU memory, ratios to the peer.
 # Options:
 #   --no-gpu      a dry run of the plumbing on a machine without a GPU: no nvidia-smi, no build
@@ -38,6 +42,12 @@ while [ $# -gt 0 ]; do
   shift
 done
 cores=$(nproc 2>/dev/null || echo 4)
+# Where the dynamic loader would not find libcublasLt by itself, name the file (cublaslt.cu).
+if [ -z "${PEFTKIT_CUBLASLT_PATH:-}" ] && ! ldconfig -p 2>/dev/null | grep -q 'libcublasLt\.so'; then
+  lt=$(ls /usr/local/cuda/lib64/libcublasLt.so.* 2>/dev/null | head -n 1)
+  [ -z "$lt" ] && lt=$(python3 -c "import glob, os, nvidia.cublas as c; print((sorted(glob.glob(os.path.join(list(c.__path__)[0], 'lib', 'libcublasLt.so*'))) or [''])[0])" 2>/dev/null)
+  [ -n "$lt" ] && export PEFTKIT_CUBLASLT_PATH="$lt"
+fi
 export PEFTKIT_TEST_SEED="${PEFTKIT_TEST_SEED:-20261206}"
 summary=()
 
@@ -103,7 +113,11 @@ bench_train() { # SHAPE DEVICE [extra args]
   node dist/bench/train.js --device "$device" --shape "$shape" "$@"
 }
 
-export -f toolchain cuda_build addon_check test_suite bench_train
+bench_train_own_gemm() { # SHAPE: the same run with our GEMM kernels instead of cuBLASLt
+  PEFTKIT_CUBLASLT=0 bench_train "$1" cuda --batch 8 --seq 512 --steps 3 --tag own-gemm --no-peer
+}
+
+export -f toolchain cuda_build addon_check test_suite bench_train bench_train_own_gemm
 export gpu tests cores
 rm -f bench/results/train-cuda-*.json bench/results/train-cpu-*.json
 if [ "$gpu" = 1 ]; then
@@ -113,9 +127,11 @@ else
   echo "--no-gpu: no nvidia-smi and no CUDA build; the tests and benchmarks run on the cpu addon in build/"
 fi
 run_step "the addon loads$([ "$gpu" = 1 ] && echo ' and sees the GPU')" 30 addon_check
-run_step "ava: ${tests:-the whole suite} (cpu and cuda rows)" 220 test_suite
+run_step "ava: ${tests:-the whole suite} (cpu and cuda rows)" 205 test_suite
 if [ "$gpu" = 1 ]; then
-  run_step "bench:train cuda smol135 8x512" 60 bench_train smol135 cuda --batch 8 --seq 512 --steps 3
+  echo "libcublasLt: ${PEFTKIT_CUBLASLT_PATH:-found by the dynamic loader, if anywhere}"
+  run_step "bench:train cuda smol135 8x512" 55 bench_train smol135 cuda --batch 8 --seq 512 --steps 3
+  run_step "bench:train cuda smol135 8x512, own GEMM kernels" 40 bench_train_own_gemm smol135
   run_step "bench:train cuda tinyllama 8x512" 90 bench_train tinyllama cuda --batch 8 --seq 512 --steps 2
 else
   run_step "bench:train cpu tiny 2x32 (plumbing)" 120 bench_train tiny cpu --batch 2 --seq 32 --steps 1

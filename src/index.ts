@@ -3,8 +3,8 @@ export { PeftkitError } from './errors';
 export type { PeftkitErrorCode } from './errors';
 export { Tensor, deviceChoice, resolveDevice, f32ToBf16, bf16ToF32 } from './tensor';
 export type { DType, Device, DeviceChoice, DeviceOption, TensorOptions, MappedTensorOptions, TensorData } from './tensor';
-export { runtimeInfo, setNumThreads } from './runtime';
-export type { RuntimeInfo } from './runtime';
+export { deviceCopyCounts, runtimeInfo, setNumThreads } from './runtime';
+export type { DeviceCopyCounts, RuntimeInfo } from './runtime';
 export * as ops from './ops';
 
 // Training and inference

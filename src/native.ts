@@ -41,6 +41,21 @@ export interface RuntimeInfo {
   cudaBuild: boolean;
   /** ...and a CUDA device is visible now. */
   cudaAvailable: boolean;
+  /**
+   * The libcublasLt the dense GEMMs on the GPU use (loaded at run time), or null where our own
+   * kernels do them all: no CUDA build or device, no libcublasLt, or `PEFTKIT_CUBLASLT=0`.
+   */
+  cublasLt: string | null;
+}
+
+/** Copies between host and GPU memory since the engine loaded (all 0 without a CUDA build). */
+export interface DeviceCopyCounts {
+  /** GPU → host copies, and their bytes. */
+  toHost: number;
+  toHostBytes: number;
+  /** Host → GPU copies, and their bytes. */
+  toDevice: number;
+  toDeviceBytes: number;
 }
 
 type T = NativeTensor;
@@ -243,6 +258,7 @@ export interface NativeAddon extends NativeOps, DistOps {
   setErrorClass(cls: typeof PeftkitError): void;
   runtimeInfo(): RuntimeInfo;
   setNumThreads(n: number): void;
+  deviceCopyCounts(): DeviceCopyCounts;
 }
 
 /** How to get an addon, for the one-line error a missing or broken one raises. */

@@ -1,7 +1,7 @@
 /** What the loaded engine can do on this machine. */
-import { native, RuntimeInfo } from './native';
+import { DeviceCopyCounts, native, RuntimeInfo } from './native';
 
-export type { RuntimeInfo };
+export type { DeviceCopyCounts, RuntimeInfo };
 
 export function runtimeInfo(): RuntimeInfo {
   return native.runtimeInfo();
@@ -10,4 +10,14 @@ export function runtimeInfo(): RuntimeInfo {
 /** Caps the threads CPU kernels use (0 restores the default: PEFTKIT_NUM_THREADS, else all cores). */
 export function setNumThreads(n: number): void {
   native.setNumThreads(n);
+}
+
+/**
+ * Host↔GPU copies made since the engine loaded, counted where each copy is made (tensor reads
+ * and writes, and the kernels that read a result back such as the gradient norm). Read it
+ * before and after some work to see what crossed: a training step on CUDA should bring back
+ * only scalars. All zeros without a CUDA build.
+ */
+export function deviceCopyCounts(): DeviceCopyCounts {
+  return native.deviceCopyCounts();
 }

@@ -14,7 +14,8 @@ import { writeRandomModel } from '../src/model/random_model';
 import { SafetensorsCheckpoint, TensorToWrite, writeSafetensors } from '../src/model/safetensors';
 import { LoraAdapter } from '../src/peft/lora';
 import { defaultLoraConfig } from '../src/peft/lora/config';
-import { makeRng, relErr } from './helpers/check';
+import { ALL_DEVICES, makeRng, relErr } from './helpers/check';
+import { deviceTest } from './helpers/device_test';
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-bf16ck-'));
 
@@ -34,10 +35,10 @@ function pair(tied: boolean, seed: number): { bf16: string; f32: string } {
 
 for (const tied of [false, true]) {
   for (const quantize of [undefined, 'nf4'] as const) {
-    test(`bf16 checkpoint (${tied ? 'tied' : 'untied'}${quantize ? ', nf4' : ''}): embeddings/head stay bf16, loss, gradients and logits equal the f32 copy's`, (t) => {
+    for (const device of ALL_DEVICES) deviceTest(device, `bf16 checkpoint (${tied ? 'tied' : 'untied'}${quantize ? ', nf4' : ''}): embeddings/head stay bf16, loss, gradients and logits equal the f32 copy's`, (t) => {
       const rng = makeRng(t);
       const dirs = pair(tied, rng.int(0, 1 << 30));
-      const a = LlamaModel.load(dirs.bf16, { quantize }), b = LlamaModel.load(dirs.f32, { quantize });
+      const a = LlamaModel.load(dirs.bf16, { quantize, device }), b = LlamaModel.load(dirs.f32, { quantize, device });
       t.is(a.weight('model.embed_tokens.weight').dtype, 'bf16');
       t.is(a.weight('lm_head.weight').dtype, 'bf16');
       t.is(a.weight('model.norm.weight').dtype, 'f32');
@@ -51,7 +52,7 @@ for (const tied of [false, true]) {
       const labels = Int32Array.from(ids, (x, i) => (i % 5 === 2 ? -100 : x));
       const cfg = defaultLoraConfig({ r: 3, lora_alpha: 6, target_modules: 'all-linear' });
       const run = (m: LlamaModel) => {
-        const ad = LoraAdapter.create(m.linearModules, cfg, { seed: 11 });
+        const ad = LoraAdapter.create(m.linearModules, cfg, { seed: 11, device });
         for (const l of ad.layers.values()) l.B.write(Float32Array.from({ length: l.B.numel }, (_, i) => Math.cos(i) * 0.05));
         const f = new LlamaForward(m, ad, B * T, T, false);
         ad.zeroGrad();

@@ -9,6 +9,8 @@ import { LlamaModel } from '../src/model/llama';
 import { writeRandomModel } from '../src/model/random_model';
 import { SafetensorsCheckpoint } from '../src/model/safetensors';
 import { train } from '../src/train/train';
+import { ALL_DEVICES, relErr } from './helpers/check';
+import { deviceTest } from './helpers/device_test';
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-full-'));
 
@@ -29,11 +31,11 @@ const weights = (dir: string) => {
 const changed = (a: Float32Array, b: Float32Array) => a.some((v, i) => v !== b[i]);
 
 for (const tied of [false, true]) {
-  test(`method full (${tied ? 'tied' : 'untied'} embeddings): every weight trains, the output is a model folder that loads and generates`, async (t) => {
+  for (const device of ALL_DEVICES) deviceTest(device, `method full (${tied ? 'tied' : 'untied'} embeddings): every weight trains, the output is a model folder that loads and generates`, async (t) => {
     const { model, data } = fixture(tied);
     const out = path.join(tmp(), 'out');
     const losses: number[] = [];
-    const run = train({ model, data, out, method: 'full', steps: 8, batchSize: 4, lr: 3e-3, maxLength: 32, seed: 1, weightDecay: 0.1, saveEvery: 4 });
+    const run = train({ model, data, out, device, method: 'full', steps: 8, batchSize: 4, lr: 3e-3, maxLength: 32, seed: 1, weightDecay: 0.1, saveEvery: 4 });
     run.on('step', (e) => losses.push(e.loss));
     const r = await run;
     t.true(losses[7] < losses[0], `loss ${losses[0].toFixed(3)} -> ${losses[7].toFixed(3)}`);
@@ -49,10 +51,16 @@ for (const tied of [false, true]) {
     m.dispose();
     // A checkpoint holds the model too, and a resumed run reaches the same weights.
     const out2 = path.join(tmp(), 'out2');
-    await train({ model, data, out: out2, method: 'full', steps: 5, batchSize: 4, lr: 3e-3, maxLength: 32, seed: 1, weightDecay: 0.1, saveEvery: 4 });
-    await train({ model, data, out: out2, steps: 8, batchSize: 4, lr: 3e-3, maxLength: 32, seed: 1, weightDecay: 0.1, saveEvery: 4, resume: out2 });
+    await train({ model, data, out: out2, device, method: 'full', steps: 5, batchSize: 4, lr: 3e-3, maxLength: 32, seed: 1, weightDecay: 0.1, saveEvery: 4 });
+    await train({ model, data, out: out2, device, steps: 8, batchSize: 4, lr: 3e-3, maxLength: 32, seed: 1, weightDecay: 0.1, saveEvery: 4, resume: out2 });
     const resumed = weights(out2);
-    for (const [n, w] of after) t.deepEqual(resumed.get(n), w, `${n}: resumed == uninterrupted`);
+    // The cpu is deterministic; on CUDA the norm and embedding gradients are summed with
+    // atomicAdd, whose order changes the last bits (ARCHITECTURE.md), so the weights agree
+    // within a tolerance there (1e-4: not yet measured on a GPU).
+    for (const [n, w] of after) {
+      if (device === 'cpu') t.deepEqual(resumed.get(n), w, `${n}: resumed == uninterrupted`);
+      else t.true(relErr(resumed.get(n)!, w) <= 1e-4, `${n}: resumed within 1e-4 of uninterrupted (${relErr(resumed.get(n)!, w)})`);
+    }
   });
 }
 

@@ -3,7 +3,6 @@
  * complete checkpoint to the same adapter as a run that was never interrupted, wherever the kill
  * lands: between steps, inside a checkpoint's write, inside the log's append.
  */
-import test from 'ava';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -12,6 +11,9 @@ import { writeRandomModel } from '../src/model/random_model';
 import { LoraAdapter } from '../src/peft/lora';
 import { readLog } from '../src/train/log';
 import { train } from '../src/train/train';
+import type { Device } from '../src/index';
+import { ALL_DEVICES } from './helpers/check';
+import { deviceTest } from './helpers/device_test';
 import { spawnChild } from './helpers/spawn';
 
 const BIN = path.join(__dirname, '..', '..', 'bin', 'peftkit.js');
@@ -38,9 +40,10 @@ function fixture(): { model: string; data: string } {
 }
 
 /** Starts the CLI run and SIGKILLs it at a random moment after checkpoint `afterStep` exists. */
-async function killedRun(model: string, data: string, out: string, afterStep: number, delayMs: number): Promise<NodeJS.Signals | null> {
+async function killedRun(model: string, data: string, out: string, device: Device, afterStep: number, delayMs: number): Promise<NodeJS.Signals | null> {
   // spawnChild: a spawn that fails on a loaded machine is retried, or rejects, never an uncaught exception.
-  const { child } = await spawnChild(process.execPath, [BIN, 'train', '--model', model, '--data', data, '--out', out, ...cliHyper], { stdio: 'ignore' });
+  const args = [BIN, 'train', '--model', model, '--data', data, '--out', out, '--device', device, ...cliHyper];
+  const { child } = await spawnChild(process.execPath, args, { stdio: 'ignore' });
   const exited = new Promise<NodeJS.Signals | null>((resolve) => child.on('exit', (_code, signal) => resolve(signal)));
   const marker = path.join(out, 'checkpoints', `step-${afterStep}`, 'trainer_state.json');
   const deadline = Date.now() + 120_000;
@@ -52,10 +55,10 @@ async function killedRun(model: string, data: string, out: string, afterStep: nu
   return exited;
 }
 
-test('a run killed with SIGKILL at a random moment resumes to the uninterrupted adapter', async (t) => {
+for (const device of ALL_DEVICES) deviceTest(device, 'a run killed with SIGKILL at a random moment resumes to the uninterrupted adapter', async (t) => {
   const { model, data } = fixture();
   const straight = path.join(tmp(), 'straight');
-  await train({ ...hyper, model, data, out: straight, steps: STEPS });
+  await train({ ...hyper, device, model, data, out: straight, steps: STEPS });
   const m = LlamaModel.load(model);
   const expected = LoraAdapter.load(straight, m.linearModules).stateDict();
 
@@ -66,9 +69,9 @@ test('a run killed with SIGKILL at a random moment resumes to the uninterrupted 
     const afterStep = 1 + Math.floor(Math.random() * 4);
     const delayMs = Math.floor(Math.random() * 60);
     const moment = `killed ${delayMs} ms after checkpoint ${afterStep}`;
-    t.is(await killedRun(model, data, out, afterStep, delayMs), 'SIGKILL', `the run was still going when ${moment}`);
+    t.is(await killedRun(model, data, out, device, afterStep, delayMs), 'SIGKILL', `the run was still going when ${moment}`);
     t.false(fs.existsSync(path.join(out, 'adapter_model.safetensors')), `no final adapter before the resume, ${moment}`);
-    const result = await train({ ...hyper, model, data, out, steps: STEPS, resume: out });
+    const result = await train({ ...hyper, device, model, data, out, steps: STEPS, resume: out });
     t.is(result.steps, STEPS, moment);
     const got = LoraAdapter.load(out, m.linearModules).stateDict();
     for (const [k, v] of expected) t.deepEqual(got.get(k), v, `${k}, ${moment}`);

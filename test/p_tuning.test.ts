@@ -14,7 +14,8 @@ import { lstmBackward, lstmForward, lstmShapes, LstmSpec } from '../src/peft/p_t
 import { createAdapter, loadAdapter } from '../src/peft/registry';
 import { resolveTrainOptions } from '../src/train/options';
 import { Trainer } from '../src/train/trainer';
-import { makeRng, relErr } from './helpers/check';
+import { ALL_DEVICES, makeRng, relErr } from './helpers/check';
+import { deviceTest } from './helpers/device_test';
 
 const ROOT = path.join(__dirname, '..', '..', 'test', 'golden', 'methods');
 
@@ -58,13 +59,13 @@ for (const [s, steps] of [[{ input: 5, hidden: 3, layers: 3 }, 7], [{ input: 2, 
 }
 
 for (const fixture of ['llama_p_tuning', 'llama_p_tuning_lstm']) {
-  test(`a PEFT-saved P-tuning folder (no prompt encoder; ${fixture}) generates as the trained one; training it is refused`, (t) => {
+  for (const device of ALL_DEVICES) deviceTest(device, `a PEFT-saved P-tuning folder (no prompt encoder; ${fixture}) generates as the trained one; training it is refused`, (t) => {
     const src = path.join(ROOT, fixture);
     const exp = JSON.parse(fs.readFileSync(path.join(src, 'expected.json'), 'utf8')) as { micro_batches: Array<{ input_ids: number[][] }>; logits_row0: number[][] };
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-ptuning-'));
     for (const f of ['adapter_config.json', 'adapter_model.safetensors']) fs.copyFileSync(path.join(src, 'adapter_in', f), path.join(dir, f));
-    const model = LlamaModel.load(path.join(ROOT, 'models', 'llama'));
-    const adapter = loadAdapter(dir, model.config);
+    const model = LlamaModel.load(path.join(ROOT, 'models', 'llama'), { device });
+    const adapter = loadAdapter(dir, model.config, { device });
     t.deepEqual(adapter.parameters(), [], 'nothing to train without the encoder');
     const ids = exp.micro_batches[0].input_ids[0];
     const g = new KvGenerator(model, ids.length, adapter);

@@ -12,15 +12,17 @@ import { LoraAdapter } from '../src/peft/lora';
 import { defaultLoraConfig } from '../src/peft/lora/config';
 import { mergeAdapter } from '../src/peft/merge';
 import { Trainer } from '../src/train/trainer';
-import { makeRng, relErr } from './helpers/check';
+import type { Device } from '../src/index';
+import { ALL_DEVICES, makeRng, relErr } from './helpers/check';
+import { deviceTest } from './helpers/device_test';
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-lora-'));
 
-function setup(t: { log: (s: string) => void }, arch: 'LlamaForCausalLM' | 'Qwen2ForCausalLM' = 'LlamaForCausalLM') {
+function setup(t: { log: (s: string) => void }, arch: 'LlamaForCausalLM' | 'Qwen2ForCausalLM' = 'LlamaForCausalLM', device: Device = 'cpu') {
   const rng = makeRng(t as never);
   const dir = tmp();
   writeRandomModel(dir, { architecture: arch, hiddenSize: 48, numHeads: 4, numKvHeads: 2, numLayers: 2, tieWordEmbeddings: arch === 'LlamaForCausalLM', seed: rng.seed });
-  const model = LlamaModel.load(dir);
+  const model = LlamaModel.load(dir, { device });
   const V = model.config.vocabSize;
   const B = 2, T = 11;
   const inputIds = Int32Array.from({ length: B * T }, () => rng.int(0, V));
@@ -43,11 +45,11 @@ function trainSome(model: LlamaModel, adapter: LoraAdapter, batch: { inputIds: I
   return losses;
 }
 
-test('a fresh adapter changes no output; disabling it restores the base', (t) => {
-  const { model, batch } = setup(t);
+for (const device of ALL_DEVICES) deviceTest(device, 'a fresh adapter changes no output; disabling it restores the base', (t) => {
+  const { model, batch } = setup(t, 'LlamaForCausalLM', device);
   const ids = batch.inputIds.subarray(0, batch.T);
   const base = logits(model, null, ids);
-  const fresh = LoraAdapter.create(model.linearModules, defaultLoraConfig({ r: 4, lora_alpha: 8, target_modules: 'all-linear' }), { seed: 1 });
+  const fresh = LoraAdapter.create(model.linearModules, defaultLoraConfig({ r: 4, lora_alpha: 8, target_modules: 'all-linear' }), { seed: 1, device });
   t.true(relErr(logits(model, fresh, ids), base) <= 1e-6);
   trainSome(model, fresh, batch, 2);
   t.true(relErr(logits(model, fresh, ids), base) > 1e-3, 'training moved the outputs');
@@ -56,10 +58,10 @@ test('a fresh adapter changes no output; disabling it restores the base', (t) =>
   model.dispose();
 });
 
-test('training changes only adapter parameters, and lowers the loss', (t) => {
-  const { model, batch } = setup(t, 'Qwen2ForCausalLM');
+for (const device of ALL_DEVICES) deviceTest(device, 'training changes only adapter parameters, and lowers the loss', (t) => {
+  const { model, batch } = setup(t, 'Qwen2ForCausalLM', device);
   const before = new Map([...model.entries()].map(([n, w]) => [n, w.toFloat32Array()]));
-  const adapter = LoraAdapter.create(model.linearModules, defaultLoraConfig({ r: 4, lora_alpha: 8, target_modules: ['q_proj', 'v_proj', 'down_proj'] }), { seed: 2 });
+  const adapter = LoraAdapter.create(model.linearModules, defaultLoraConfig({ r: 4, lora_alpha: 8, target_modules: ['q_proj', 'v_proj', 'down_proj'] }), { seed: 2, device });
   const a0 = adapter.stateDict();
   const losses = trainSome(model, adapter, batch, 8);
   t.true(losses[7] < losses[0] * 0.9, `loss ${losses[0]} -> ${losses[7]}`);
@@ -72,9 +74,10 @@ test('training changes only adapter parameters, and lowers the loss', (t) => {
   model.dispose();
 });
 
-test('save/load round trip is exact; merged == unmerged within 1e-4', (t) => {
-  const { dir, model, batch } = setup(t);
-  const adapter = LoraAdapter.create(model.linearModules, defaultLoraConfig({ r: 3, lora_alpha: 6, target_modules: 'all-linear', use_rslora: true }), { seed: 3 });
+// The merged models load on the cpu: on cuda this also compares the two devices' logits.
+for (const device of ALL_DEVICES) deviceTest(device, 'save/load round trip is exact; merged == unmerged within 1e-4', (t) => {
+  const { dir, model, batch } = setup(t, 'LlamaForCausalLM', device);
+  const adapter = LoraAdapter.create(model.linearModules, defaultLoraConfig({ r: 3, lora_alpha: 6, target_modules: 'all-linear', use_rslora: true }), { seed: 3, device });
   trainSome(model, adapter, batch, 3);
   const out = path.join(tmp(), 'adapter');
   adapter.save(out);
@@ -82,7 +85,7 @@ test('save/load round trip is exact; merged == unmerged within 1e-4', (t) => {
   // "all-linear" is written out as the module names it chose, as PEFT does.
   const written = JSON.parse(fs.readFileSync(path.join(out, 'adapter_config.json'), 'utf8')) as { target_modules: unknown };
   t.deepEqual(written.target_modules, ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']);
-  const back = LoraAdapter.load(out, model.linearModules);
+  const back = LoraAdapter.load(out, model.linearModules, { device });
   t.deepEqual(back.stateDict(), adapter.stateDict());
   t.is(back.scaling, adapter.scaling);
   const ids = batch.inputIds.subarray(0, batch.T);

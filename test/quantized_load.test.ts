@@ -1,5 +1,4 @@
 /** bitsandbytes-layout checkpoints (written by `peftkit quantize`) load quantized and train. */
-import test from 'ava';
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
@@ -12,11 +11,13 @@ import { LoraAdapter } from '../src/peft/lora';
 import { defaultLoraConfig } from '../src/peft/lora/config';
 import { dequantize4bit, dequantizeInt8, quantize4bit, quantizeInt8Rowwise } from '../src/quant';
 import { Trainer } from '../src/train/trainer';
+import { ALL_DEVICES } from './helpers/check';
+import { deviceTest } from './helpers/device_test';
 
 const BIN = path.join(__dirname, '..', '..', 'bin', 'peftkit.js');
 
 for (const format of ['nf4', 'fp4', 'int8'] as const) {
-  test(`${format}: peftkit quantize writes a folder that loads kept quantized, to the same dequantized weights, and LoRA trains on it`, (t) => {
+  for (const device of ALL_DEVICES) deviceTest(device, `${format}: peftkit quantize writes a folder that loads kept quantized, to the same dequantized weights, and LoRA trains on it`, (t) => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-q-'));
     const src = path.join(dir, 'model');
     writeRandomModel(src, { hiddenSize: 64, numHeads: 4, numKvHeads: 2, numLayers: 2, seed: 9 });
@@ -32,14 +33,14 @@ for (const format of ['nf4', 'fp4', 'int8'] as const) {
     const expected = format === 'int8'
       ? dequantizeInt8(quantizeInt8Rowwise(orig, { shape })).toFloat32Array()
       : dequantize4bit(quantize4bit(orig, { quantType: format, shape })).toFloat32Array();
-    const model = LlamaModel.load(out);
+    const model = LlamaModel.load(out, { device });
     const lw = model.linear(name);
     if (!('q' in lw)) return t.fail(`${name} was loaded as an f32 tensor, not kept quantized`);
     t.is(lw.q.format, format);
     t.true(model.isQuantized);
     t.is(model.weight('model.embed_tokens.weight').dtype, 'f32');
     const q = lw.q;
-    const deq = Tensor.empty(q.shape);
+    const deq = Tensor.empty(q.shape, { device });
     if (q.format === 'int8') ops.dequantizeInt8Rowwise(deq, q.cb, q.scb);
     else ops.dequantize4bit(deq, q.packed, q.absmax, q.blocksize, q.format);
     const loaded = deq.toFloat32Array();
@@ -52,7 +53,7 @@ for (const format of ['nf4', 'fp4', 'int8'] as const) {
     } else {
       t.deepEqual(loaded, expected);
     }
-    const adapter = LoraAdapter.create(model.linearModules, defaultLoraConfig({ r: 4, lora_alpha: 8, target_modules: 'all-linear' }));
+    const adapter = LoraAdapter.create(model.linearModules, defaultLoraConfig({ r: 4, lora_alpha: 8, target_modules: 'all-linear' }), { device });
     const trainer = new Trainer(model, adapter, { maxRows: 16, maxT: 8, dropout: 0 });
     const ids = Int32Array.from({ length: 16 }, (_, i) => (i * 37) % 200);
     const batch = { inputIds: ids, labels: ids, B: 2, T: 8 };

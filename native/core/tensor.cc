@@ -129,9 +129,13 @@ Storage::~Storage() {
 #endif
       return;
     case Kind::Device:
-    case Kind::Managed:
 #ifdef PEFTKIT_CUDA
       cuda::free_device(data_);
+#endif
+      return;
+    case Kind::Managed:
+#ifdef PEFTKIT_CUDA
+      cuda::free_managed(data_);
 #endif
       return;
   }

@@ -140,6 +140,8 @@ int64_t adamw8bit(const AdamW8bitRef* params, int64_t count, AdamWHyper h) {
   std::vector<int> bad(size_t(count), 0);
   try {
     // From pageable memory these copies return once the bytes are staged: the vectors may go.
+    count_copy(false, refs_bytes);
+    count_copy(false, first_bytes);
     check(cudaMemcpyAsync(d_refs, params, refs_bytes, cudaMemcpyHostToDevice, stream()), "adamw8bit refs");
     check(cudaMemcpyAsync(d_first, first.data(), first_bytes, cudaMemcpyHostToDevice, stream()), "adamw8bit offsets");
     check(cudaMemsetAsync(d_bad, 0, bad_bytes, stream()), "adamw8bit flags");
@@ -154,6 +156,7 @@ int64_t adamw8bit(const AdamW8bitRef* params, int64_t count, AdamWHyper h) {
       update<<<grid, kThreads, 0, stream()>>>(d_refs, d_first, count, b0, d_bad, k, maps);
       check_launch("adamw8bit update");
     }
+    count_copy(true, bad_bytes);
     check(cudaMemcpyAsync(bad.data(), d_bad, bad_bytes, cudaMemcpyDeviceToHost, stream()), "adamw8bit flags back");
     check(cudaStreamSynchronize(stream()), "adamw8bit sync");
   } catch (...) {

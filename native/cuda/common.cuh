@@ -3,6 +3,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <string>
 
@@ -20,6 +21,20 @@ inline void check(cudaError_t e, const char* what) {
 }
 
 inline void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
+
+// Host<->device copies made so far (cuda_memory.h copy_counts): every copy site calls count_copy.
+struct CopyCounter {
+  std::atomic<uint64_t> to_host{0}, to_host_bytes{0}, to_device{0}, to_device_bytes{0};
+};
+inline CopyCounter& copy_counter() {
+  static CopyCounter c;
+  return c;
+}
+inline void count_copy(bool to_host, size_t bytes) {
+  CopyCounter& c = copy_counter();
+  (to_host ? c.to_host : c.to_device)++;
+  (to_host ? c.to_host_bytes : c.to_device_bytes) += bytes;
+}
 
 inline unsigned blocks_for(int64_t n, int threads) { return unsigned((n + threads - 1) / threads); }
 

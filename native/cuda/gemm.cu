@@ -1,4 +1,5 @@
-// GEMM on the GPU: C = alpha·op(A)·op(B) + beta·C.
+// GEMM on the GPU: C = alpha·op(A)·op(B) + beta·C. Where libcublasLt is loaded (cublaslt.cu)
+// it takes the products it supports; these kernels take the rest, and everything without it.
 // - Both operands bf16 values — stored bf16, or f32 marked round_bf16 (bf16 compute), rounded
 //   to bf16 as they are loaded: tensor cores (WMMA bf16 16×16×16 fragments, f32 accumulation),
 //   from compute capability 8.0.
@@ -13,6 +14,7 @@
 #include <type_traits>
 
 #include "common.cuh"
+#include "cublaslt.cuh"
 #include "peftkit/kernels.h"
 
 namespace pk::cuda {
@@ -330,6 +332,7 @@ void launch_wmma(int64_t M, int64_t N, int64_t K, float alpha, const MatRef& A, 
 void gemm(int64_t M, int64_t N, int64_t K, float alpha, MatRef A, MatRef B, float beta, void* C, DType cdtype,
           int64_t ldc) {
   if (M == 0 || N == 0) return;
+  if (lt::gemm(M, N, K, alpha, A, B, beta, C, cdtype, ldc)) return;  // where libcublasLt is loaded
   if (blocks_for(N, kBN) > 65535) fail("E_ARG", "gemm: N = " + std::to_string(N) + " is too large for the CUDA grid");
   const bool a_bf16 = A.dtype == DType::BF16, b_bf16 = B.dtype == DType::BF16;
   // Tensor cores when both operands are bf16 values (stored, or f32 read rounded).

@@ -17,15 +17,64 @@ int device_count() {
   return n;
 }
 
+namespace {
+
+// Device tensors (activations, gradients, op scratch) come from the device's default memory
+// pool (cudaMallocAsync's, shared with the few kernels that allocate their own scratch), stream-ordered on the kernels' stream: cudaFree synchronizes the whole device, and a
+// training step frees hundreds of tensors. The pool's release threshold is raised from 0 (give
+// everything back to the driver at each synchronization) to "keep all", so the next step's
+// allocations of the same sizes are served from the pool without the driver. Null where the
+// device has no memory pools (some virtualized GPUs): cudaMalloc/cudaFree then.
+cudaMemPool_t device_pool() {
+  static const cudaMemPool_t pool = [] {
+    int dev = 0, supported = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&supported, cudaDevAttrMemoryPoolsSupported, dev) != cudaSuccess || !supported) {
+      cudaGetLastError();
+      return cudaMemPool_t{};
+    }
+    cudaMemPool_t p{};
+    check(cudaDeviceGetDefaultMemPool(&p, dev), "the device's memory pool");
+    uint64_t keep = UINT64_MAX;
+    check(cudaMemPoolSetAttribute(p, cudaMemPoolAttrReleaseThreshold, &keep), "the memory pool's release threshold");
+    return p;
+  }();
+  return pool;
+}
+
+cudaError_t try_malloc(void** p, size_t bytes) {
+  return device_pool() ? cudaMallocAsync(p, bytes, stream()) : cudaMalloc(p, bytes);
+}
+
+}  // namespace
+
 void* malloc_device(size_t bytes) {
   void* p = nullptr;
-  cudaError_t e = cudaMalloc(&p, bytes);
-  if (e != cudaSuccess)
+  cudaError_t e = try_malloc(&p, bytes);
+  if (e == cudaErrorMemoryAllocation && device_pool()) {
+    // The pool may hold freed blocks that other threads' streams have not reached yet, or that
+    // it keeps for reuse: wait for every stream, hand the cached blocks back, and try once more.
+    cudaGetLastError();
+    check(cudaDeviceSynchronize(), "synchronize before trimming the memory pool");
+    check(cudaMemPoolTrimTo(device_pool(), 0), "trim the memory pool");
+    e = try_malloc(&p, bytes);
+  }
+  if (e != cudaSuccess) {
+    cudaGetLastError();
     fail("E_OOM", "out of CUDA memory allocating " + std::to_string(bytes) + " bytes: " + cudaGetErrorString(e));
+  }
   return p;
 }
 
-void free_device(void* p) { cudaFree(p); }
+// Freed on the calling thread's stream: work queued there before (every kernel that used the
+// block, on this thread) runs first. Other threads' kernels are finished by then: an async op
+// synchronizes its stream before its promise settles (AsyncOrder).
+void free_device(void* p) {
+  if (device_pool()) cudaFreeAsync(p, stream());
+  else cudaFree(p);
+}
+
+void free_managed(void* p) { cudaFree(p); }
 
 void* malloc_managed(size_t bytes) {
   void* p = nullptr;
@@ -61,11 +110,22 @@ void prefetch(const void* p, size_t bytes, bool to_device) {
 #endif
 }
 
-void copy_h2d(void* dst, const void* src, size_t bytes) { check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "copy to device"); }
+void copy_h2d(void* dst, const void* src, size_t bytes) {
+  count_copy(false, bytes);
+  check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "copy to device");
+}
 
 void zero_device(void* p, size_t bytes) { check(cudaMemsetAsync(p, 0, bytes, stream()), "zero device memory"); }
 
-void copy_d2h(void* dst, const void* src, size_t bytes) { check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "copy to host"); }
+void copy_d2h(void* dst, const void* src, size_t bytes) {
+  count_copy(true, bytes);
+  check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "copy to host");
+}
+
+CopyCounts copy_counts() {
+  const CopyCounter& c = copy_counter();
+  return {c.to_host.load(), c.to_host_bytes.load(), c.to_device.load(), c.to_device_bytes.load()};
+}
 
 void copy_d2d(void* dst, const void* src, size_t bytes) {
   check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream()), "copy on device");

@@ -53,7 +53,7 @@ void adamw(const ParamRef* params, int64_t count, AdamWHyper h) {
 
 double grad_sumsq(const ParamRef* params, int64_t count) {
   double* acc = nullptr;
-  check(cudaMalloc(&acc, sizeof(double)), "grad_sumsq alloc");
+  check(cudaMallocAsync(&acc, sizeof(double), stream()), "grad_sumsq alloc");
   double total = 0.0;
   try {
     check(cudaMemsetAsync(acc, 0, sizeof(double), stream()), "grad_sumsq memset");
@@ -62,13 +62,14 @@ double grad_sumsq(const ParamRef* params, int64_t count) {
       sumsq_kernel<<<reduce_blocks(params[t].n), kEltThreads, 0, stream()>>>(acc, params[t].grad, params[t].n);
       check_launch("grad_sumsq");
     }
+    count_copy(true, sizeof(double));
     check(cudaMemcpyAsync(&total, acc, sizeof(double), cudaMemcpyDeviceToHost, stream()), "grad_sumsq copy");
     check(cudaStreamSynchronize(stream()), "grad_sumsq sync");
   } catch (...) {
-    cudaFree(acc);
+    cudaFreeAsync(acc, stream());
     throw;
   }
-  cudaFree(acc);
+  cudaFreeAsync(acc, stream());
   return total;
 }
 

@@ -138,6 +138,7 @@ float absmax_mean(const float* absmax, int64_t n) {
   mean_kernel<<<1, kThreads, 0, stream()>>>(d, absmax, n);
   check_launch("absmax_mean");
   float h = 0.f;
+  count_copy(true, sizeof(float));
   check(cudaMemcpyAsync(&h, d, sizeof(float), cudaMemcpyDeviceToHost, stream()), "absmax_mean copy");
   check(cudaFreeAsync(d, stream()), "absmax_mean free");
   check(cudaStreamSynchronize(stream()), "absmax_mean sync");

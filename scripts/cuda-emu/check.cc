@@ -4,9 +4,11 @@
 // for the GPU run (npm test on a CUDA machine) to confirm.
 #include <algorithm>
 #include <cstring>
+#include <deque>
 #include <functional>
 
 #include "check.h"
+#include "cublaslt.cuh"
 #include "peftkit/dropout_rng.h"
 #include "peftkit/rope_freq.h"
 
@@ -102,6 +104,118 @@ static void check_gemm() {
   pk::cuda::gemm(2, 2, 0, 1.f, {a.data(), pk::DType::F32, 1, false}, {b.data(), pk::DType::F32, 2, false}, 2.f, C.data(),
                  pk::DType::F32, 2);
   expect("gemm K=0", C, Ref{2, 4, 6, 8});
+}
+
+// ---- GEMM through cuBLASLt -----------------------------------------------------------------
+// A CPU stand-in for libcublasLt that does what NVIDIA documents cublasLtMatmul to do:
+// column-major D = alpha·op(A)·op(B) + beta·C (C not read when beta = 0), op per the TRANSA/
+// TRANSB attributes, layouts of (type, rows, cols, ld), f32 or bf16 elements. It refuses
+// layouts that do not fit the product, so a wrong row/column-major mapping in cublaslt.cu shows
+// as a refusal or as wrong numbers in the GEMM checks run again through it.
+namespace mock_lt {
+using namespace pk::cuda::lt;
+struct Desc {
+  int32_t compute, scale, ta = kOpN, tb = kOpN;
+};
+struct Lay {
+  int32_t type;
+  int64_t rows, cols, ld;
+};
+int matmuls = 0, refusals = 0;
+// The descriptors live as long as the process, as cublaslt.cu keeps its plans.
+std::deque<Desc> descs;
+std::deque<Lay> lays;
+int preferences = 0;
+Status refuse() {
+  refusals++;
+  return 7;  // CUBLAS_STATUS_INVALID_VALUE
+}
+Status create(Handle* h) {
+  *h = reinterpret_cast<Handle>(1);
+  return kSuccess;
+}
+Status desc_create(MatmulDesc* d, int32_t compute, int32_t scale) {
+  *d = &descs.emplace_back(Desc{compute, scale});
+  return kSuccess;
+}
+Status desc_set(MatmulDesc d, int32_t attr, const void* buf, size_t bytes) {
+  auto* x = static_cast<Desc*>(d);
+  if (bytes != sizeof(int32_t) || (attr != kDescTransA && attr != kDescTransB)) return refuse();
+  std::memcpy(attr == kDescTransA ? &x->ta : &x->tb, buf, bytes);
+  return kSuccess;
+}
+Status layout_create(Layout* l, int32_t type, uint64_t rows, uint64_t cols, int64_t ld) {
+  if (ld < int64_t(rows) || (type != kR32F && type != kR16BF)) return refuse();
+  *l = &lays.emplace_back(Lay{type, int64_t(rows), int64_t(cols), ld});
+  return kSuccess;
+}
+Status pref_create(Preference* p) {
+  preferences++;
+  *p = &preferences;
+  return kSuccess;
+}
+Status pref_set(Preference, int32_t, const void*, size_t) { return kSuccess; }
+Status pref_destroy(Preference) {
+  preferences--;
+  return kSuccess;
+}
+// op(A) m×k, op(B) k×n, C m×n, A and B of one type, f32 accumulation.
+bool fits(const Desc& d, const Lay& a, const Lay& b, const Lay& c) {
+  const int64_t am = d.ta == kOpN ? a.rows : a.cols, ak = d.ta == kOpN ? a.cols : a.rows;
+  const int64_t bk = d.tb == kOpN ? b.rows : b.cols, bn = d.tb == kOpN ? b.cols : b.rows;
+  return d.compute == kCompute32F && d.scale == kR32F && a.type == b.type && am == c.rows && bn == c.cols && ak == bk &&
+         (a.type == kR16BF || c.type == kR32F);
+}
+Status heuristic(Handle, MatmulDesc d, Layout a, Layout b, Layout c, Layout dd, Preference, int requested,
+                 HeuristicResult* r, int* returned) {
+  if (requested < 1 || c != dd || !fits(*static_cast<Desc*>(d), *static_cast<Lay*>(a), *static_cast<Lay*>(b), *static_cast<Lay*>(c)))
+    return refuse();
+  *r = HeuristicResult{};
+  r->state = kSuccess;
+  *returned = 1;
+  return kSuccess;
+}
+double at(const Lay& l, const void* p, int64_t i, int64_t j) {
+  const int64_t e = i + j * l.ld;
+  return l.type == kR32F ? static_cast<const float*>(p)[e] : pk::bf16_to_f32(static_cast<const pk::bf16*>(p)[e]);
+}
+Status matmul(Handle, MatmulDesc desc, const void* alpha, const void* A, Layout la, const void* B, Layout lb,
+              const void* beta, const void* C, Layout lc, void* D, Layout ld, const Algo*, void*, size_t, cudaStream_t) {
+  const Desc& d = *static_cast<Desc*>(desc);
+  const Lay &a = *static_cast<Lay*>(la), &b = *static_cast<Lay*>(lb), &c = *static_cast<Lay*>(lc);
+  if (lc != ld || !fits(d, a, b, c)) return refuse();
+  matmuls++;
+  const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
+  const int64_t K = d.ta == kOpN ? a.cols : a.rows;
+  std::vector<double> out(size_t(c.rows * c.cols));
+  for (int64_t i = 0; i < c.rows; i++)
+    for (int64_t j = 0; j < c.cols; j++) {
+      double acc = 0;
+      for (int64_t k = 0; k < K; k++)
+        acc += (d.ta == kOpN ? at(a, A, i, k) : at(a, A, k, i)) * (d.tb == kOpN ? at(b, B, k, j) : at(b, B, j, k));
+      out[size_t(i + j * c.rows)] = al * acc + (be != 0.f ? be * at(c, C, i, j) : 0.0);
+    }
+  for (int64_t i = 0; i < c.rows; i++)
+    for (int64_t j = 0; j < c.cols; j++) {
+      const float v = float(out[size_t(i + j * c.rows)]);
+      if (c.type == kR32F) static_cast<float*>(D)[i + j * c.ld] = v;
+      else static_cast<pk::bf16*>(D)[i + j * c.ld] = pk::f32_to_bf16(v);
+    }
+  return kSuccess;
+}
+const Api api{create, desc_create, desc_set, layout_create, pref_create, pref_set, pref_destroy, heuristic, matmul};
+}  // namespace mock_lt
+
+// Every GEMM check again with the stand-in installed: the products cuBLASLt takes (bf16 × bf16,
+// f32 × f32 into f32) go through it, the rest through our kernels, all against the same
+// references.
+static void check_gemm_cublaslt() {
+  pk::cuda::lt::install_for_test(&mock_lt::api, "cuBLASLt stand-in");
+  check_gemm();
+  pk::cuda::lt::install_for_test(nullptr, "");
+  expect_true("cuBLASLt stand-in ran products (" + std::to_string(mock_lt::matmuls) + ")", mock_lt::matmuls > 250);
+  expect_true("cuBLASLt stand-in refused nothing", mock_lt::refusals == 0);
+  expect_true("every heuristic preference destroyed", mock_lt::preferences == 0);
 }
 
 // ---- LoRA ---------------------------------------------------------------------------------
@@ -446,8 +560,12 @@ static void check_attention() {
   struct Cfg {
     int64_t B, Tq, Tk, Hq, Hkv, D;
   };
-  const Cfg cfgs[] = {{2, 37, 37, 4, 2, 16}, {1, 5, 40, 3, 1, 33}, {1, 20, 9, 2, 2, 64}, {1, 33, 33, 2, 1, 256},
-                      {1, 3, 7, 1, 1, 1},    {2, 17, 50, 2, 1, 100}};
+  // Lengths off the 16-row and 32-key tiles; the model head sizes 48/64/80/128 (1, 2, 3 and 4
+  // features per lane, so the last lane slot is partial for 48 and 80); GQA groups of 1, 2, 3
+  // and 4; Tk > Tq as a prefix or a KV cache, down to one query (a generation step).
+  const Cfg cfgs[] = {{2, 37, 37, 4, 2, 16}, {1, 5, 40, 3, 1, 33},  {1, 20, 9, 2, 2, 64},  {1, 33, 33, 2, 1, 256},
+                      {1, 3, 7, 1, 1, 1},    {2, 17, 50, 2, 1, 100}, {1, 45, 45, 8, 2, 128}, {1, 50, 50, 3, 1, 48},
+                      {2, 19, 19, 2, 2, 80}, {1, 1, 77, 4, 1, 64},   {1, 1, 33, 6, 2, 128}, {1, 7, 40, 2, 1, 80}};
   for (const Cfg& c : cfgs) {
     const std::string tag = " B=" + std::to_string(c.B) + " Tq=" + std::to_string(c.Tq) + " Tk=" + std::to_string(c.Tk) +
                             " Hq=" + std::to_string(c.Hq) + " Hkv=" + std::to_string(c.Hkv) + " D=" + std::to_string(c.D);
@@ -811,7 +929,7 @@ void check_bias();
 int main(int argc, char** argv) {
   const std::string only = argc > 1 ? argv[1] : "";
   const std::pair<const char*, void (*)()> families[] = {
-      {"gemm", check_gemm},       {"lora", check_lora}, {"embedding", check_embedding}, {"norm", check_norms},
+      {"gemm", check_gemm},       {"gemm_cublaslt", check_gemm_cublaslt}, {"lora", check_lora}, {"embedding", check_embedding}, {"norm", check_norms},
       {"rope", check_rope},       {"elementwise", check_elementwise}, {"dropout", check_dropout},
       {"attention", check_attention}, {"loss", check_loss}, {"optim", check_optim},
       {"quant", check_quant},     {"gemm_quant", check_gemm_quant}, {"lora_quant", check_lora_quant},

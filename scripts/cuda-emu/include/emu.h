@@ -49,6 +49,7 @@ struct __attribute__((aligned(16))) float4 {
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
 
 // ---- runtime API ------------------------------------------------------------------------
+#define CUDART_VERSION 13000
 using cudaStream_t = void*;
 #define cudaStreamPerThread (reinterpret_cast<cudaStream_t>(2))
 enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorInvalidConfiguration = 9 };
