@@ -78,6 +78,26 @@ void update(float* __restrict p, float* __restrict m, float* __restrict v, const
   }
 }
 
+// Σ g² of one span, read as four streams (its quarters) at once: one core reads a single
+// stream at ~5.5 GB/s on the 2 MiB-L2 Xeon, four at ~9 (the hardware prefetchers keep more lines
+// in flight), and AdamW's own pass reads four streams already. The quarters are fixed by the
+// span, so the sum has the same bits on any number of threads.
+double sumsq(const float* g, int64_t n) {
+  const int64_t q = n / 4;
+  const float *g0 = g, *g1 = g + q, *g2 = g + 2 * q, *g3 = g + 3 * q;
+  double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+  for (int64_t j = 0; j < q; j++) {
+    s0 += double(g0[j]) * double(g0[j]);
+    s1 += double(g1[j]) * double(g1[j]);
+    s2 += double(g2[j]) * double(g2[j]);
+    s3 += double(g3[j]) * double(g3[j]);
+  }
+  double s = (s0 + s1) + (s2 + s3);
+  for (int64_t j = 4 * q; j < n; j++) s += double(g[j]) * double(g[j]);
+  return s;
+}
+
 }  // namespace
 
 void adamw(const ParamRef* params, int64_t count, AdamWHyper h) {
@@ -103,11 +123,7 @@ double grad_sumsq(const ParamRef* params, int64_t count) {
 #pragma omp parallel for schedule(static) num_threads(blocks.threads()) if (nb > 1)
   for (int64_t b = 0; b < nb; b++) {
     double s = 0.0;
-    blocks.for_each_span(b, [&](int64_t i, int64_t lo, int64_t hi) {
-      const float* g = params[i].grad;
-#pragma omp simd reduction(+ : s)
-      for (int64_t j = lo; j < hi; j++) s += double(g[j]) * double(g[j]);
-    });
+    blocks.for_each_span(b, [&](int64_t i, int64_t lo, int64_t hi) { s += sumsq(params[i].grad + lo, hi - lo); });
     partial[size_t(b)] = s;
   }
   double total = 0.0;

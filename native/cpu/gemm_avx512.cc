@@ -48,6 +48,9 @@ void f32_tile(int64_t kc, const float* a, int64_t a_rs, int64_t a_ks, const floa
   for (int i = 0; i < MR; i++)
 #pragma GCC unroll 2
     for (int v = 0; v < NV; v++) acc[i][v] = _mm512_setzero_ps();
+  // Two k steps per trip: on a 2 MiB-L2 Xeon (two 512-bit FMA ports) the loop of one step ran
+  // at 79% of the FMA peak with its B panels in L2, two steps 83–84% (four: no better).
+#pragma GCC unroll 2
   for (int64_t k = 0; k < kc; k++) {
     if (MODE == kColsInPlace) {
       const float* ahead = a + 8 * a_ks;  // 8 steps ahead; 14 floats may span two lines
