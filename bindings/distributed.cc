@@ -37,7 +37,7 @@ void InitDistributed(Napi::Env env, Napi::Object exports) {
     return Napi::External<std::shared_ptr<Slot>>::New(info.Env(), new std::shared_ptr<Slot>(std::make_shared<Slot>()),
                                                       [](Napi::Env, std::shared_ptr<Slot>* p) { delete p; });
   }));
-  // distConnect(group, backend ('gloo' | 'nccl'), rank, size, masterAddr, masterPort, prefix, localAddr, timeoutMs)
+  // distConnect(group, backend ('gloo' | 'nccl'), rank, size, masterAddr, masterPort, prefix, localAddr, timeoutMs, ncclLibrary)
   DefineOp(env, exports, "distConnect", [](const Napi::CallbackInfo& info) -> Work {
     std::shared_ptr<Slot> slot = GetSlot(info, 0);
     const std::string backend = GetString(info, 1, "backend");
@@ -50,6 +50,7 @@ void InitDistributed(Napi::Env env, Napi::Object exports) {
     o.prefix = GetString(info, 6, "prefix");
     o.local_addr = GetString(info, 7, "localAddr");
     o.timeout_ms = GetInt(info, 8, "timeoutMs");
+    o.nccl_library = GetString(info, 9, "ncclLibrary");
     return [slot, o, backend]() {
       slot->group = backend == "nccl" ? pk::dist::connect_nccl(o) : pk::dist::connect_gloo(o);
       return kNone;

@@ -218,7 +218,7 @@ interface DistOps {
   distInfo(): { gloo: boolean; nccl: boolean };
   distNewGroup(): NativeGroup;
   /** Rendezvous through the store at masterAddr:masterPort, full-mesh TCP, a barrier. Run it async on rank 0 (its event loop serves the store). */
-  distConnectAsync(g: NativeGroup, backend: 'gloo' | 'nccl', rank: number, size: number, masterAddr: string, masterPort: number, prefix: string, localAddr: string, timeoutMs: number): Promise<void>;
+  distConnectAsync(g: NativeGroup, backend: 'gloo' | 'nccl', rank: number, size: number, masterAddr: string, masterPort: number, prefix: string, localAddr: string, timeoutMs: number, ncclLibrary: string): Promise<void>;
   /** Sums an f32 CPU tensor over the ranks, in place. */
   distAllReduceSum(g: NativeGroup, t: T, what: string): void;
   distAllReduceSumAsync(g: NativeGroup, t: T, what: string): Promise<void>;

@@ -36,6 +36,11 @@ export interface JoinOptions {
   prefix?: string;
   /** Where the tensors it sums live: `'cpu'` joins over Gloo, `'cuda'` over NCCL. Defaults to `'cpu'`. */
   device?: 'cpu' | 'cuda';
+  /**
+   * NCCL's library (a CUDA group), a name dlopen searches for or a path (PyTorch's pip wheels
+   * carry one in site-packages/nvidia/nccl/lib). Defaults to `PEFTKIT_NCCL_LIBRARY`, else `'libnccl.so.2'`.
+   */
+  ncclLibrary?: string;
 }
 
 /** `p`, or a rejection after `ms` (for requests to a store that may never answer). */
@@ -83,7 +88,7 @@ export class ProcessGroup {
     try {
       liveness = await StoreClient.connect({ host: setup.masterAddr, port: setup.masterPort, connectTimeoutMs: setup.timeoutMs });
       await liveness.hello(setup.rank);
-      await native.distConnectAsync(handle, backend, setup.rank, setup.worldSize, setup.masterAddr, setup.masterPort, `${prefix}/`, setup.localAddr, setup.timeoutMs);
+      await native.distConnectAsync(handle, backend, setup.rank, setup.worldSize, setup.masterAddr, setup.masterPort, `${prefix}/`, setup.localAddr, setup.timeoutMs, o.ncclLibrary ?? (process.env.PEFTKIT_NCCL_LIBRARY || 'libnccl.so.2'));
     } catch (e) {
       native.distClose(handle);
       liveness?.close();

@@ -3,6 +3,7 @@
  * MASTER_PORT in the environment): `node dist_child.js <scenario>` prints one JSON line, what
  * it computed or the error it got.
  *   sum:   f32 tensors (one per rank pattern), step scalars in f64, and gradient buckets
+ *   ncclSum: the tensor and the scalars of sum, over NCCL on CUDA tensors
  *   die:   rank 1 exits abruptly after one all-reduce; the others try a second one
  *   die0:  the same with rank 0 (the store's rank) dying
  *   dieStarted: as die, the second sum started in the background (overlap) and waited for
@@ -24,10 +25,17 @@ function pattern(rank: number, n: number, salt: number): Float32Array {
 async function main(): Promise<void> {
   const scenario = process.argv[2];
   const setup = resolveDistributed()!;
-  const g = await ProcessGroup.join(setup, { prefix: `test-${scenario}` });
+  const device = scenario === 'ncclSum' ? 'cuda' : 'cpu';
+  const g = await ProcessGroup.join(setup, { prefix: `test-${scenario}`, device });
   const out: Record<string, unknown> = { rank: g.rank, size: g.size };
   try {
-    if (scenario === 'sum') {
+    if (scenario === 'ncclSum') {
+      const t = Tensor.from(pattern(g.rank, 1000, 0), [1000], { device: 'cuda' });
+      g.allReduceSumStart(t, 'test tensor');
+      g.waitStarted();
+      out.sum = Array.from(t.toFloat32Array());
+      out.numbers = g.allReduceNumbers([g.rank + 1, 0.1 * (g.rank + 1), 2 ** 40 + g.rank], 'test numbers');
+    } else if (scenario === 'sum') {
       const t = Tensor.from(pattern(g.rank, 1000, 0), [10, 100]);
       g.allReduceSum(t, 'test tensor');
       out.sum = Array.from(t.toFloat32Array());

@@ -26,6 +26,8 @@ struct GroupOptions {
   std::string local_addr;
   // Rendezvous and every collective: a peer silent for this long is an error, not a hang.
   int64_t timeout_ms = 300000;
+  // NCCL's library, opened by the first NCCL group (later ones reuse what it loaded).
+  std::string nccl_library = "libnccl.so.2";
 };
 
 class Group {
