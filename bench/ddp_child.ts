@@ -3,9 +3,10 @@
  * shape, `B` rows × `T` tokens per rank, 2 warm-up steps then `STEPS` timed ones. With the
  * torchrun variables set it joins the process group and the trainer all-reduces the gradients.
  *   node ddp_child.js DIR SHAPE STEPS B T
- * Prints one JSON line: median step s, median all-reduce s (inside the step, waiting for the
- * slower rank included), the same all-reduce timed alone after a barrier (transfer only), the
- * gradient bytes, and this process's CPU seconds per timed step.
+ * Prints one JSON line: median step s, median all-reduce s after the backward (waiting for the
+ * slower rank included; with overlap what the backward did not hide), the same all-reduce timed
+ * alone after a barrier (transfer only), the bucket count, the gradient bytes, and this
+ * process's CPU seconds per timed step. PEFTKIT_DDP_OVERLAP / PEFTKIT_DDP_BUCKET_MB choose the overlap.
  */
 import * as path from 'path';
 import { GradBuckets } from '../src/distributed/buckets';
@@ -15,7 +16,7 @@ import { LlamaModel } from '../src/model/llama';
 import { LoraAdapter } from '../src/peft/lora';
 import { defaultLoraConfig } from '../src/peft/lora/config';
 import { SeededRng } from '../src/util/rng';
-import { Trainer } from '../src/train/trainer';
+import { backwardPoint, Trainer } from '../src/train/trainer';
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
@@ -23,7 +24,7 @@ async function main(): Promise<void> {
   const [dir, shape, stepsArg, bArg, tArg] = process.argv.slice(2);
   const steps = Number(stepsArg), B = Number(bArg), T = Number(tArg);
   const setup = resolveDistributed();
-  const group = setup ? await ProcessGroup.join(setup, 'bench') : undefined;
+  const group = setup ? await ProcessGroup.join(setup, { prefix: 'bench' }) : undefined;
   const model = LlamaModel.load(path.join(dir, shape));
   const adapter = LoraAdapter.create(model.linearModules, defaultLoraConfig({ r: 16, lora_alpha: 32, target_modules: 'all-linear' }), { seed: 0 });
   const trainer = new Trainer(model, adapter, { maxRows: B * T, maxT: T, dropout: 0, maxGradNorm: 1, group });
@@ -47,8 +48,10 @@ async function main(): Promise<void> {
   const params = adapter.parameters();
   const bytes = params.reduce((a, p) => a + p.grad.numel * 4, 0);
   let aloneS: number | null = null;
+  let count: number | null = null;
   if (group) {
-    const buckets = new GradBuckets(params.map((p) => ({ name: p.name, grad: p.grad })));
+    const buckets = new GradBuckets(params.map((p) => ({ name: p.name, grad: p.grad, ready: backwardPoint(p.name, model.config.numLayers) })), { capBytes: group.setup.bucketCapMb * 2 ** 20 });
+    count = buckets.count;
     const times: number[] = [];
     for (let i = 0; i < 5; i++) {
       group.barrier();
@@ -60,7 +63,7 @@ async function main(): Promise<void> {
     buckets.dispose();
   }
   process.stdout.write(JSON.stringify({
-    rank: group?.rank ?? 0, stepS: median(stepS), allReduceInStepS: group ? median(inStepS) : null, allReduceAloneS: aloneS, gradBytes: bytes,
+    rank: group?.rank ?? 0, stepS: median(stepS), allReduceInStepS: group ? median(inStepS) : null, allReduceAloneS: aloneS, buckets: count, gradBytes: bytes,
     cpuSPerStep: cpu / steps, tokensPerStep: B * T * (group?.size ?? 1),
   }) + '\n');
   trainer.dispose();

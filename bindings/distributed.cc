@@ -30,28 +30,46 @@ void InitDistributed(Napi::Env env, Napi::Object exports) {
   exports.Set("distInfo", Napi::Function::New(env, [](const Napi::CallbackInfo& info) -> Napi::Value {
     Napi::Object o = Napi::Object::New(info.Env());
     o.Set("gloo", pk::dist::gloo_available());
+    o.Set("nccl", pk::dist::nccl_compiled());
     return o;
   }));
   exports.Set("distNewGroup", Napi::Function::New(env, [](const Napi::CallbackInfo& info) -> Napi::Value {
     return Napi::External<std::shared_ptr<Slot>>::New(info.Env(), new std::shared_ptr<Slot>(std::make_shared<Slot>()),
                                                       [](Napi::Env, std::shared_ptr<Slot>* p) { delete p; });
   }));
-  // distConnect(group, rank, size, masterAddr, masterPort, prefix, localAddr, timeoutMs)
+  // distConnect(group, backend ('gloo' | 'nccl'), rank, size, masterAddr, masterPort, prefix, localAddr, timeoutMs, ncclLibrary)
   DefineOp(env, exports, "distConnect", [](const Napi::CallbackInfo& info) -> Work {
     std::shared_ptr<Slot> slot = GetSlot(info, 0);
+    const std::string backend = GetString(info, 1, "backend");
+    if (backend != "gloo" && backend != "nccl") pk::fail("E_ARG", "backend: expected 'gloo' or 'nccl', got '" + backend + "'");
     pk::dist::GroupOptions o;
-    o.rank = int(GetInt(info, 1, "rank"));
-    o.size = int(GetInt(info, 2, "size"));
-    o.master_addr = GetString(info, 3, "masterAddr");
-    o.master_port = int(GetInt(info, 4, "masterPort"));
-    o.prefix = GetString(info, 5, "prefix");
-    o.local_addr = GetString(info, 6, "localAddr");
-    o.timeout_ms = GetInt(info, 7, "timeoutMs");
-    return [slot, o]() {
-      slot->group = pk::dist::connect_gloo(o);
+    o.rank = int(GetInt(info, 2, "rank"));
+    o.size = int(GetInt(info, 3, "size"));
+    o.master_addr = GetString(info, 4, "masterAddr");
+    o.master_port = int(GetInt(info, 5, "masterPort"));
+    o.prefix = GetString(info, 6, "prefix");
+    o.local_addr = GetString(info, 7, "localAddr");
+    o.timeout_ms = GetInt(info, 8, "timeoutMs");
+    o.nccl_library = GetString(info, 9, "ncclLibrary");
+    return [slot, o, backend]() {
+      slot->group = backend == "nccl" ? pk::dist::connect_nccl(o) : pk::dist::connect_gloo(o);
       return kNone;
     };
   });
+  // distAllReduceSumStart(group, tensor, what) / distWaitStarted(group): the overlapped sums
+  // (Group::allreduce_sum_start), called from the training loop's own thread.
+  exports.Set("distAllReduceSumStart", Napi::Function::New(env, [](const Napi::CallbackInfo& info) -> Napi::Value {
+    return Rethrow(info.Env(), [&]() -> Napi::Value {
+      GetGroup(info, 0)->allreduce_sum_start(GetTensor(info, 1, "tensor"), GetString(info, 2, "what"));
+      return info.Env().Undefined();
+    });
+  }));
+  exports.Set("distWaitStarted", Napi::Function::New(env, [](const Napi::CallbackInfo& info) -> Napi::Value {
+    return Rethrow(info.Env(), [&]() -> Napi::Value {
+      GetGroup(info, 0)->wait_started();
+      return info.Env().Undefined();
+    });
+  }));
   // distAllReduceSum(group, tensor, what)
   DefineOp(env, exports, "distAllReduceSum", [](const Napi::CallbackInfo& info) -> Work {
     std::shared_ptr<pk::dist::Group> g = GetGroup(info, 0);

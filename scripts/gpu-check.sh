@@ -12,7 +12,8 @@
 #   3. fails unless that addon sees the GPU (otherwise the cuda rows would all be skipped),
 #   4. the whole ava suite once: with the CUDA build every kernel test loops over devices() and
 #      every model-level test has a cpu and a cuda row (test/helpers/check.ts deviceTest), so this
-#      one run is the suite on cpu and on cuda; the skipped rows are listed with their reasons,
+#      one run is the suite on cpu and on cuda; the skipped rows are listed with their reasons
+#      (NCCL's group, test/nccl.test.ts, with the system's libnccl.so.2 or PyTorch's),
 #   5. npm run bench:train -- --device cuda on the SmolLM2-135M and TinyLlama-1.1B shapes (batch
 #      8 × 512: LoRA bf16, QLoRA NF4 bf16) beside the PyTorch peer (bench/peers/
 #      torch_lora_train_gpu.py; bitsandbytes / PEFT said absent where they are), and the
@@ -125,6 +126,12 @@ if [ "$gpu" = 1 ]; then
   run_step "CUDA build (cmake-js, parallel)" 150 cuda_build
 else
   echo "--no-gpu: no nvidia-smi and no CUDA build; the tests and benchmarks run on the cpu addon in build/"
+fi
+# NCCL for test/nccl.test.ts (1 rank; 2 ranks with 2 GPUs): the system's libnccl.so.2, else the
+# one PyTorch's pip wheels carry (nvidia-nccl-cu*), else its tests fail naming the library.
+if [ "$gpu" = 1 ] && [ -z "${PEFTKIT_NCCL_LIBRARY:-}" ] && ! ldconfig -p 2>/dev/null | grep -q 'libnccl\.so\.2'; then
+  nccl=$(python3 -c "import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], 'lib', 'libnccl.so.2'))" 2>/dev/null)
+  if [ -f "$nccl" ]; then export PEFTKIT_NCCL_LIBRARY="$nccl"; echo "NCCL: $nccl"; else echo "NCCL: no libnccl.so.2 found"; fi
 fi
 run_step "the addon loads$([ "$gpu" = 1 ] && echo ' and sees the GPU')" 30 addon_check
 run_step "ava: ${tests:-the whole suite} (cpu and cuda rows)" 205 test_suite

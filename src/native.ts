@@ -225,18 +225,22 @@ interface LlmInt8Ops {
 
 export type NativeOps = WithAsync<GemmOps & LinearOps & TransformerOps & AttentionOps & LossOps & OptimOps & BiasOps & ColscaleOps & Optim8Ops & QuantOps & GemmQuantOps & LlmInt8Ops>;
 
-// ---- distributed (bindings/distributed.cc): a process group over Gloo ---------------------------
+// ---- distributed (bindings/distributed.cc): a process group over Gloo (CPU) or NCCL (CUDA) ------
 /** A process group's native handle (filled in by distConnectAsync). */
 export type NativeGroup = { readonly __group: unique symbol };
 interface DistOps {
-  /** Whether the addon was built with Gloo (libgloo-dev found at build time). */
-  distInfo(): { gloo: boolean };
+  /** Whether the addon was built with Gloo (libgloo-dev found at build time), and with NCCL support (the CUDA build; libnccl.so.2 is opened when a group connects). */
+  distInfo(): { gloo: boolean; nccl: boolean };
   distNewGroup(): NativeGroup;
   /** Rendezvous through the store at masterAddr:masterPort, full-mesh TCP, a barrier. Run it async on rank 0 (its event loop serves the store). */
-  distConnectAsync(g: NativeGroup, rank: number, size: number, masterAddr: string, masterPort: number, prefix: string, localAddr: string, timeoutMs: number): Promise<void>;
+  distConnectAsync(g: NativeGroup, backend: 'gloo' | 'nccl', rank: number, size: number, masterAddr: string, masterPort: number, prefix: string, localAddr: string, timeoutMs: number, ncclLibrary: string): Promise<void>;
   /** Sums an f32 CPU tensor over the ranks, in place. */
   distAllReduceSum(g: NativeGroup, t: T, what: string): void;
   distAllReduceSumAsync(g: NativeGroup, t: T, what: string): Promise<void>;
+  /** Starts summing a tensor in place (Gloo: on the group's thread; NCCL: on the op stream); in the same order on every rank. */
+  distAllReduceSumStart(g: NativeGroup, t: T, what: string): void;
+  /** Waits for every sum started; the first failure throws (E_DIST). */
+  distWaitStarted(g: NativeGroup): void;
   /** Sums a Float64Array over the ranks, in place (synchronous). */
   distAllReduceSumF64(g: NativeGroup, values: Float64Array, what: string): void;
   distBarrier(g: NativeGroup): void;

@@ -20,16 +20,19 @@ test('torchrun variables: read, overridden by options, and refused with the vari
   t.is(resolveDistributed({}, {}), null);
   t.is(resolveDistributed({}, { WORLD_SIZE: '1', RANK: '0' }), null);
   t.deepEqual(resolveDistributed({}, { WORLD_SIZE: '4', RANK: '2', MASTER_ADDR: 'node0', MASTER_PORT: '1234', LOCAL_RANK: '0' }), {
-    rank: 2, worldSize: 4, localRank: 0, masterAddr: 'node0', masterPort: 1234, localAddr: '', timeoutMs: 300000,
+    rank: 2, worldSize: 4, localRank: 0, masterAddr: 'node0', masterPort: 1234, localAddr: '', timeoutMs: 300000, overlap: true, bucketCapMb: 25,
   });
-  const d = resolveDistributed({ rank: 1, worldSize: 2, masterPort: 5000, timeoutMs: 10 }, { WORLD_SIZE: '8', RANK: '7', MASTER_PORT: '1' })!;
-  t.like(d, { rank: 1, worldSize: 2, localRank: 1, masterAddr: '127.0.0.1', masterPort: 5000, timeoutMs: 10 });
+  const d = resolveDistributed({ rank: 1, worldSize: 2, masterPort: 5000, timeoutMs: 10, overlap: false, bucketCapMb: 0.5 }, { WORLD_SIZE: '8', RANK: '7', MASTER_PORT: '1', PEFTKIT_DDP_OVERLAP: '1', PEFTKIT_DDP_BUCKET_MB: '4' })!;
+  t.like(d, { rank: 1, worldSize: 2, localRank: 1, masterAddr: '127.0.0.1', masterPort: 5000, timeoutMs: 10, overlap: false, bucketCapMb: 0.5 });
+  t.like(resolveDistributed({}, { WORLD_SIZE: '2', RANK: '0', PEFTKIT_DDP_OVERLAP: '0', PEFTKIT_DDP_BUCKET_MB: '4' })!, { overlap: false, bucketCapMb: 4 });
   const bad: Array<[Record<string, string>, RegExp]> = [
     [{ WORLD_SIZE: '2' }, /^RANK: WORLD_SIZE is 2 but this process has no rank/],
     [{ WORLD_SIZE: '2', RANK: '2' }, /^RANK: expected a rank in \[0, 1\] \(WORLD_SIZE 2\), got 2/],
     [{ WORLD_SIZE: 'two', RANK: '0' }, /^WORLD_SIZE \(environment\): expected an integer in \[1, \d+\], got 'two'/],
     [{ WORLD_SIZE: '2', RANK: '0', MASTER_PORT: '70000' }, /^MASTER_PORT \(environment\): expected an integer in \[1, 65535\], got '70000'/],
     [{ WORLD_SIZE: '2', RANK: '-1' }, /^RANK \(environment\)/],
+    [{ WORLD_SIZE: '2', RANK: '0', PEFTKIT_DDP_OVERLAP: 'yes' }, /^PEFTKIT_DDP_OVERLAP \(environment\): expected 0 or 1, got 'yes'/],
+    [{ WORLD_SIZE: '2', RANK: '0', PEFTKIT_DDP_BUCKET_MB: '0' }, /^PEFTKIT_DDP_BUCKET_MB \(environment\): expected a number of MiB > 0, got "0"/],
   ];
   for (const [env, re] of bad) {
     const e = t.throws(() => resolveDistributed({}, env), { instanceOf: PeftkitError });
@@ -63,7 +66,11 @@ needsGloo('2 ranks: all-reduce sums are exact and identical on every rank; scala
     t.deepEqual(r.json!.sum, want);
     t.deepEqual(r.json!.numbers, [3, 0.1 + 0.2, 2 ** 41 + 1]);
     t.is(r.json!.buckets, 2);
-    t.deepEqual(r.json!.grads, [50, 200, 300].map((n, i) => pattern(0, n, i + 1).map((x, j) => x + pattern(1, n, i + 1)[j])));
+    const sums = [50, 200, 300].map((n, i) => pattern(0, n, i + 1).map((x, j) => x + pattern(1, n, i + 1)[j]));
+    t.deepEqual(r.json!.grads, sums);
+    // Started during a (pretend) backward, in the order the points finish them: the same sums.
+    t.is(r.json!.overlappedBuckets, 2);
+    t.deepEqual(r.json!.overlappedGrads, sums);
     t.like(r.json!.dtypeError as object, { code: 'E_DTYPE', message: 'an i32 tensor: the all-reduce sums f32 tensors, got i32' });
   }
 });
@@ -75,15 +82,18 @@ needsGloo('3 ranks: the ring sums exactly too', async (t) => {
   for (const r of rs) t.deepEqual(r.json!.sum, want);
 });
 
-needsGloo('a rank that dies: the other stops at once with E_DIST naming it', async (t) => {
-  const rs = await launchRanks({ worldSize: 2, args: [child, 'die'], timeoutMs: 60000, env: { PEFTKIT_DIST_TIMEOUT_MS: '30000' } });
-  t.is(rs[1].code, 3);
-  t.is(rs[0].code, 0, rs[0].stderr);
-  const e = rs[0].json!.error as { code: string; message: string };
-  t.is(e.code, 'E_DIST');
-  t.regex(e.message, /^rank 1 died \(its connection to the store closed without finishing\): rank 0 of 2: all-reduce of second failed/);
-  t.true((rs[0].json!.ms as number) < 10000, `took ${rs[0].json!.ms} ms, the timeout is 30 s: the death was not seen by its closed sockets`);
-});
+// 'dieStarted': the survivor's sum runs on the group's own thread (overlap) and fails in the wait.
+for (const [scenario, how] of [['die', ''], ['dieStarted', ' (its sum started in the background: the wait fails)']]) {
+  needsGloo(`a rank that dies: the other stops at once with E_DIST naming it${how}`, async (t) => {
+    const rs = await launchRanks({ worldSize: 2, args: [child, scenario], timeoutMs: 60000, env: { PEFTKIT_DIST_TIMEOUT_MS: '30000' } });
+    t.is(rs[1].code, 3);
+    t.is(rs[0].code, 0, rs[0].stderr);
+    const e = rs[0].json!.error as { code: string; message: string };
+    t.is(e.code, 'E_DIST');
+    t.regex(e.message, /^rank 1 died \(its connection to the store closed without finishing\): rank 0 of 2: all-reduce of second failed/);
+    t.true((rs[0].json!.ms as number) < 10000, `took ${rs[0].json!.ms} ms, the timeout is 30 s: the death was not seen by its closed sockets`);
+  });
+}
 
 needsGloo('rank 0 (the store) dies: the other names rank 0', async (t) => {
   const rs = await launchRanks({ worldSize: 2, args: [child, 'die0'], timeoutMs: 60000, env: { PEFTKIT_DIST_TIMEOUT_MS: '30000' } });

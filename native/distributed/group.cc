@@ -7,10 +7,12 @@
 #include <unistd.h>
 #endif
 
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <mutex>
 
+#include "peftkit/distributed/collective_queue.h"
 #include "peftkit/distributed/store_client.h"
 #include "peftkit/error.h"
 
@@ -79,7 +81,7 @@ class GlooStore : public gloo::rendezvous::Store {
   int64_t timeout_ms_;
 };
 
-class GlooGroup : public Group {
+class GlooGroup : public Group, public std::enable_shared_from_this<GlooGroup> {
  public:
   GlooGroup(std::shared_ptr<gloo::Context> ctx, int rank, int size, std::string addr, int64_t timeout_ms)
       : ctx_(std::move(ctx)), rank_(rank), size_(size), addr_(std::move(addr)), timeout_ms_(timeout_ms) {}
@@ -88,39 +90,42 @@ class GlooGroup : public Group {
   std::string local_addr() const override { return addr_; }
 
   void allreduce_sum(const Tensor& t, const char* what) override {
-    if (!t.storage) fail("E_DISPOSED", std::string(what) + ": tensor is disposed");
-    if (t.device != Device::CPU) fail("E_DEVICE", std::string(what) + ": the Gloo all-reduce takes CPU tensors (CUDA tensors need NCCL, not built yet)");
-    if (t.dtype != DType::F32) fail("E_DTYPE", std::string(what) + ": the all-reduce sums f32 tensors, got " + dtype_name(t.dtype));
-    if (t.numel() == 0) return;
-    std::lock_guard<std::mutex> lock(mu_);
-    gloo::AllreduceOptions opts(ctx_);
-    opts.setOutput(t.data<float>(), size_t(t.numel()));
-    opts.setReduceFunction(static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::sum<float>));
-    opts.setTag(tag_++);
-    run("all-reduce of " + std::string(what), [&] { gloo::allreduce(opts); });
+    check_tensor(t, what);
+    wait_started();
+    sum<float>(t.data<float>(), size_t(t.numel()), tag_++, what);
   }
 
+  // The tag is taken here, on the caller's thread, so it follows the order of the calls.
+  void allreduce_sum_start(const Tensor& t, const std::string& what) override {
+    check_tensor(t, what.c_str());
+    if (broken_) fail("E_DIST", broken_text());
+    const uint32_t tag = tag_++;
+    queue_.push([self = shared_from_this(), t, tag, what] { self->sum<float>(t.data<float>(), size_t(t.numel()), tag, what.c_str()); });
+  }
+
+  void wait_started() override { queue_.wait(); }
+
   void allreduce_sum_f64(double* data, size_t n, const char* what) override {
-    if (n == 0) return;
-    std::lock_guard<std::mutex> lock(mu_);
-    gloo::AllreduceOptions opts(ctx_);
-    opts.setOutput(data, n);
-    opts.setReduceFunction(static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::sum<double>));
-    opts.setTag(tag_++);
-    run("all-reduce of " + std::string(what), [&] { gloo::allreduce(opts); });
+    wait_started();
+    sum<double>(data, n, tag_++, what);
   }
 
   void barrier() override {
+    wait_started();
     std::lock_guard<std::mutex> lock(mu_);
     gloo::BarrierOptions opts(ctx_);
     opts.setTag(tag_++);
     run("barrier", [&] { gloo::barrier(opts); });
   }
 
+  // Not under mu_: a collective on the group's thread may hold it, blocked on the very peers
+  // this frees. Gloo's pairs lock themselves.
   void abort() override {
-    std::lock_guard<std::mutex> lock(mu_);
+    {
+      std::lock_guard<std::mutex> lock(msg_mu_);
+      if (broken_msg_.empty()) broken_msg_ = "this rank left the group on an error";
+    }
     broken_ = true;
-    if (broken_msg_.empty()) broken_msg_ = "this rank left the group on an error";
     for (int i = 0; i < size_; i++) {
       if (i == rank_) continue;
       try {
@@ -132,31 +137,60 @@ class GlooGroup : public Group {
     }
   }
 
+ private:
+  static void check_tensor(const Tensor& t, const char* what) {
+    if (!t.storage) fail("E_DISPOSED", std::string(what) + ": tensor is disposed");
+    if (t.device != Device::CPU) fail("E_DEVICE", std::string(what) + ": the Gloo all-reduce takes CPU tensors (a CUDA run's group is NCCL's)");
+    if (t.dtype != DType::F32) fail("E_DTYPE", std::string(what) + ": the all-reduce sums f32 tensors, got " + dtype_name(t.dtype));
+  }
+
+  template <class T>
+  void sum(T* data, size_t n, uint32_t tag, const char* what) {
+    if (n == 0) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    gloo::AllreduceOptions opts(ctx_);
+    opts.setOutput(data, n);
+    opts.setReduceFunction(static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::sum<T>));
+    opts.setTag(tag);
+    run("all-reduce of " + std::string(what), [&] { gloo::allreduce(opts); });
+  }
+
+  std::string broken_text() {
+    std::lock_guard<std::mutex> lock(msg_mu_);
+    return "rank " + std::to_string(rank_) + ": the process group failed earlier (" + broken_msg_ + "); it cannot be used again";
+  }
+
   // A peer that died closes its sockets (Gloo's IoException at once); one that hangs runs
   // into the context's timeout. Either way this rank stops with E_DIST instead of waiting
   // for ever; the JS side asks the store which rank it was (src/distributed/group.ts).
   template <class F>
   void run(const std::string& what, F f) {
-    if (broken_) fail("E_DIST", "rank " + std::to_string(rank_) + ": the process group failed earlier (" + broken_msg_ + "); it cannot be used again");
+    if (broken_) fail("E_DIST", broken_text());
     try {
       f();
     } catch (const gloo::Exception& e) {
+      {
+        std::lock_guard<std::mutex> lock(msg_mu_);
+        broken_msg_ = e.what();
+      }
       broken_ = true;
-      broken_msg_ = e.what();
       fail("E_DIST", "rank " + std::to_string(rank_) + " of " + std::to_string(size_) + ": " + what + " failed (a peer died, hung longer than " +
                          std::to_string(timeout_ms_) + " ms, or the network broke): " + e.what());
     }
   }
 
- private:
   std::shared_ptr<gloo::Context> ctx_;
   int rank_, size_;
   std::string addr_;
   int64_t timeout_ms_;
+  // One collective at a time on the context (the caller's thread or the queue's).
   std::mutex mu_;
-  uint32_t tag_ = 1;
-  bool broken_ = false;
+  std::atomic<uint32_t> tag_{1};
+  std::atomic<bool> broken_{false};
+  std::mutex msg_mu_;
   std::string broken_msg_;
+  // Last member: destroyed first, so its thread never sees the rest half gone.
+  CollectiveQueue queue_;
 };
 
 }  // namespace
@@ -195,6 +229,14 @@ std::shared_ptr<Group> connect_gloo(const GroupOptions&) {
   fail("E_UNSUPPORTED", "distributed training: this addon was built without Gloo (install libgloo-dev, e.g. `apt-get install libgloo-dev`, then rebuild: `npx node-gyp rebuild`)");
 }
 
+#endif
+
+#ifndef PEFTKIT_CUDA
+bool nccl_compiled() { return false; }
+
+std::shared_ptr<Group> connect_nccl(const GroupOptions&) {
+  fail("E_UNSUPPORTED", "data-parallel training on CUDA: this addon was built without CUDA, so it has no NCCL group (build it with CUDA: `npm run build:cuda`)");
+}
 #endif
 
 }  // namespace pk::dist

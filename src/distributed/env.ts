@@ -24,6 +24,14 @@ export interface DistributedOptions {
    * E_DIST instead of hanging. Defaults to `PEFTKIT_DIST_TIMEOUT_MS`, else `300000` (5 min).
    */
   timeoutMs?: number;
+  /**
+   * Sum each gradient bucket while the backward goes on (as PyTorch DDP does), as soon as the
+   * layers it holds are done, instead of all of them after the backward. Results are the same
+   * bits either way. Defaults to `PEFTKIT_DDP_OVERLAP` (0 or 1), else `true`.
+   */
+  overlap?: boolean;
+  /** Largest gradient bucket in MiB (DDP's bucket_cap_mb). Defaults to `PEFTKIT_DDP_BUCKET_MB`, else `25`. */
+  bucketCapMb?: number;
 }
 
 export interface DistributedSetup {
@@ -34,6 +42,8 @@ export interface DistributedSetup {
   masterPort: number;
   localAddr: string;
   timeoutMs: number;
+  overlap: boolean;
+  bucketCapMb: number;
 }
 
 type Env = Record<string, string | undefined>;
@@ -73,7 +83,30 @@ export function resolveDistributed(o: DistributedOptions = {}, env: Env = proces
     masterPort: intFrom('distributed.masterPort', o.masterPort, 'MASTER_PORT', env, 1, 65535, 29500)!,
     localAddr: o.localAddr ?? env.PEFTKIT_DIST_ADDR ?? '',
     timeoutMs: intFrom('distributed.timeoutMs', o.timeoutMs, 'PEFTKIT_DIST_TIMEOUT_MS', env, 1, 2 ** 31 - 1, 300000)!,
+    overlap: boolFrom('distributed.overlap', o.overlap, 'PEFTKIT_DDP_OVERLAP', env, true),
+    bucketCapMb: positiveFrom('distributed.bucketCapMb', o.bucketCapMb, 'PEFTKIT_DDP_BUCKET_MB', env, 25),
   };
+}
+
+function boolFrom(option: string, optionValue: boolean | undefined, envName: string, env: Env, fallback: boolean): boolean {
+  if (optionValue !== undefined) {
+    if (typeof optionValue !== 'boolean') throw new PeftkitError('E_ARG', `${option}: expected true or false, got ${JSON.stringify(optionValue)}`);
+    return optionValue;
+  }
+  const raw = env[envName];
+  if (raw === undefined || raw === '') return fallback;
+  if (raw !== '0' && raw !== '1') throw new PeftkitError('E_ARG', `${envName} (environment): expected 0 or 1, got '${raw}'`);
+  return raw === '1';
+}
+
+function positiveFrom(option: string, optionValue: number | undefined, envName: string, env: Env, fallback: number): number {
+  const raw = env[envName];
+  const v = optionValue ?? (raw === undefined || raw === '' ? fallback : Number(raw));
+  if (typeof v !== 'number' || !(v > 0) || !Number.isFinite(v)) {
+    const where = optionValue !== undefined ? option : `${envName} (environment)`;
+    throw new PeftkitError('E_ARG', `${where}: expected a number of MiB > 0, got ${JSON.stringify(optionValue ?? raw)}`);
+  }
+  return v;
 }
 
 /** Threads per rank when `ranks` share this machine: PEFTKIT_NUM_THREADS (else the cores) divided by them, at least 1. */

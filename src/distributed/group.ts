@@ -1,6 +1,6 @@
 /**
  * A process group: the ranks of a data-parallel run, joined through rank 0's store and
- * connected by Gloo (TCP) for the collectives. `ProcessGroup.join()` is async (rank 0's event
+ * connected for the collectives by Gloo (TCP) on a CPU run, by NCCL on a CUDA run. `ProcessGroup.join()` is async (rank 0's event
  * loop serves the rendezvous while the native side waits in it); the collectives are
  * synchronous, for the synchronous training loop.
  *
@@ -15,9 +15,32 @@ import type { Tensor } from '../tensor';
 import type { DistributedSetup } from './env';
 import { StoreClient, StoreServer } from './store';
 
-/** Whether this build of the addon can run distributed (it was built with Gloo). */
+/** Whether this build of the addon can run distributed on CPU tensors (it was built with Gloo). */
 export function distributedAvailable(): boolean {
   return native.distInfo().gloo;
+}
+
+/**
+ * Whether this build can run distributed on CUDA tensors: built with CUDA, so with the NCCL
+ * group. NCCL itself (libnccl.so.2) is opened when a group connects, and missing is E_UNSUPPORTED then.
+ */
+export function ncclCompiled(): boolean {
+  return native.distInfo().nccl;
+}
+
+/** The collective library of a group: Gloo for CPU tensors, NCCL for CUDA ones. */
+export type Backend = 'gloo' | 'nccl';
+
+export interface JoinOptions {
+  /** Prefixes the group's keys in the store (several groups can meet through one). Defaults to `'peftkit'`. */
+  prefix?: string;
+  /** Where the tensors it sums live: `'cpu'` joins over Gloo, `'cuda'` over NCCL. Defaults to `'cpu'`. */
+  device?: 'cpu' | 'cuda';
+  /**
+   * NCCL's library (a CUDA group), a name dlopen searches for or a path (PyTorch's pip wheels
+   * carry one in site-packages/nvidia/nccl/lib). Defaults to `PEFTKIT_NCCL_LIBRARY`, else `'libnccl.so.2'`.
+   */
+  ncclLibrary?: string;
 }
 
 /** `p`, or a rejection after `ms` (for requests to a store that may never answer). */
@@ -33,6 +56,8 @@ export class ProcessGroup {
     private readonly handle: NativeGroup,
     private readonly server: StoreServer | null,
     private readonly liveness: StoreClient,
+    /** The collective library the group runs on. */
+    readonly backend: Backend,
   ) {}
 
   get rank(): number {
@@ -43,9 +68,14 @@ export class ProcessGroup {
     return this.setup.worldSize;
   }
 
-  /** Joins the group: rank 0 serves the store first; every rank says hello, then Gloo connects. */
-  static async join(setup: DistributedSetup, prefix = 'peftkit'): Promise<ProcessGroup> {
-    if (!distributedAvailable()) {
+  /** Joins the group: rank 0 serves the store first; every rank says hello, then Gloo or NCCL connects. */
+  static async join(setup: DistributedSetup, o: JoinOptions = {}): Promise<ProcessGroup> {
+    const prefix = o.prefix ?? 'peftkit';
+    const backend: Backend = o.device === 'cuda' ? 'nccl' : 'gloo';
+    if (backend === 'nccl' && !ncclCompiled()) {
+      throw new PeftkitError('E_UNSUPPORTED', `distributed training on CUDA (WORLD_SIZE ${setup.worldSize}): this build of the peftkit addon has no CUDA, so no NCCL group; build it with CUDA (npm run build:cuda)`);
+    }
+    if (backend === 'gloo' && !distributedAvailable()) {
       throw new PeftkitError('E_UNSUPPORTED', `distributed training (WORLD_SIZE ${setup.worldSize}): this build of the peftkit addon has no Gloo; install libgloo-dev (apt-get install libgloo-dev) and rebuild it (npm rebuild peftkit)`);
     }
     let server: StoreServer | null = null;
@@ -58,19 +88,33 @@ export class ProcessGroup {
     try {
       liveness = await StoreClient.connect({ host: setup.masterAddr, port: setup.masterPort, connectTimeoutMs: setup.timeoutMs });
       await liveness.hello(setup.rank);
-      await native.distConnectAsync(handle, setup.rank, setup.worldSize, setup.masterAddr, setup.masterPort, `${prefix}/`, setup.localAddr, setup.timeoutMs);
+      await native.distConnectAsync(handle, backend, setup.rank, setup.worldSize, setup.masterAddr, setup.masterPort, `${prefix}/`, setup.localAddr, setup.timeoutMs, o.ncclLibrary ?? (process.env.PEFTKIT_NCCL_LIBRARY || 'libnccl.so.2'));
     } catch (e) {
       native.distClose(handle);
       liveness?.close();
       await server?.close();
       throw e;
     }
-    return new ProcessGroup(setup, handle, server, liveness);
+    return new ProcessGroup(setup, handle, server, liveness, backend);
   }
 
   /** Sums an f32 CPU tensor over the ranks in place; every rank gets the same bits. */
   allReduceSum(t: Tensor, what: string): void {
     native.distAllReduceSum(this.handle, t.native, what);
+  }
+
+  /**
+   * Starts summing `t` in place and returns at once (Gloo: on the group's own thread; NCCL: on
+   * the op stream). Sums run in the order they were started, which must be the same on every
+   * rank; `t` must not be touched until {@link waitStarted} returns.
+   */
+  allReduceSumStart(t: Tensor, what: string): void {
+    native.distAllReduceSumStart(this.handle, t.native, what);
+  }
+
+  /** Waits for every sum started with {@link allReduceSumStart}; the first that failed throws (E_DIST). */
+  waitStarted(): void {
+    native.distWaitStarted(this.handle);
   }
 
   /** Sums numbers over the ranks (in f64: token counts stay exact). */

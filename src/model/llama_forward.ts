@@ -28,6 +28,13 @@ export interface StepOptions {
   dropout: number;
   /** Seed of this step's dropout masks. */
   dropoutSeed: number;
+  /**
+   * Called during the backward each time a part's parameter gradients are final for this
+   * pass: `numLayers` once the final norm and the LM head are done, then `l` for each layer l
+   * after its backward (last layer first). What the caller does with them (data parallelism
+   * starts summing them over the ranks) is not the model's business. Defaults to none.
+   */
+  onGradsFinal?: (part: number) => void;
 }
 
 /** Preallocated max-size tensors handed out as views of the current batch's size. */
@@ -237,10 +244,12 @@ export class LlamaForward {
 
     const dx = this.view(s.dx, rows, C);
     ops.rmsnormBackward(dx, nf.dw, dhf, xs[c.numLayers], nf.w, rstdf);
+    o.onGradsFinal?.(c.numLayers);
     for (let l = c.numLayers - 1; l >= 0; l--) {
       const a = this.acts(l, rows);
       if (this.checkpointing) this.layers.forward(l, xs[l], d.dtmp, a, b.B, T, rope, pass);
       this.layers.backward(l, xs[l], a, dx, d, b.B, T, rope, pass, l > 0 || !!emb?.grad || !!virtual?.grad);
+      o.onGradsFinal?.(l);
     }
     if (virtual?.grad) {
       const g = virtual.grad.view(0, [nv * C]);

@@ -6,9 +6,11 @@
  *
  * Data parallelism (`group`): each rank steps on its shard of the global batch. The window's
  * label tokens are summed over the ranks before the forward, so every rank scales its loss by
- * 1 / (global tokens); after the backward the gradients are summed over the ranks (buckets), so
- * every rank holds the global batch's gradient, bit for bit the same: the norm, clipping, the
- * non-finite guard and AdamW then run identically everywhere and the replicas never drift.
+ * 1 / (global tokens); the gradients are summed over the ranks in buckets, so every rank holds
+ * the global batch's gradient, bit for bit the same: the norm, clipping, the non-finite guard
+ * and AdamW then run identically everywhere and the replicas never drift. With overlap (the
+ * group's default) a bucket is sent as soon as the backward of the window's last micro-batch
+ * has finished every gradient in it, and the step waits for the sums before clipping.
  */
 import { PeftkitError } from '../errors';
 import type { Batch } from '../model/llama_forward';
@@ -16,7 +18,7 @@ import { LlamaForward } from '../model/llama_forward';
 import type { LlamaModel } from '../model/llama';
 import * as ops from '../ops';
 import type { PeftMethod } from '../peft/method';
-import { GradBuckets } from '../distributed/buckets';
+import { BucketGrad, GradBuckets } from '../distributed/buckets';
 import type { ProcessGroup } from '../distributed/group';
 import { AdamW, AdamWConfig } from './optimizer';
 
@@ -73,12 +75,17 @@ export class Trainer {
   /** ‖θ‖ after the last update, when nothing has changed the parameters since (else measured again). */
   private paramNorm: number | null = null;
   private buckets: GradBuckets | null = null;
-  /** Seconds spent in the gradient all-reduce in the last step (0 without a group). */
+  private readonly numLayers: number;
+  /**
+   * Seconds the last step spent on the gradient all-reduce after its backward (0 without a
+   * group): all of it without overlap; with overlap, the part the backward did not hide.
+   */
   lastAllReduceS = 0;
 
   constructor(model: LlamaModel, adapter: PeftMethod, o: TrainerOptions) {
     this.o = o;
     this.adapter = adapter;
+    this.numLayers = model.config.numLayers;
     this.forward = new LlamaForward(model, adapter, o.maxRows, o.maxT, o.activationCheckpointing ?? false);
     this.optimizer = new AdamW(adapter.parameters(), o);
   }
@@ -99,18 +106,24 @@ export class Trainer {
     const stepNo = this.optimizer.step + 1;
     // Each rank its own masks (rank 0 keeps the single-process ones): equal ones would drop the same units in every shard.
     const rankSalt = (group?.rank ?? 0) * 7919;
+    const buckets = group ? (this.buckets ??= this.makeBuckets(group)) : null;
+    // Only the window's last backward finishes the gradients; a method that reworks them after
+    // the backward (prepareGrads) has none final before its end.
+    const overlap = group && buckets && group.setup.overlap;
+    const early = overlap && !this.adapter.prepareGrads ? (part: number) => buckets.startReady(group, part) : undefined;
     for (const [i, b] of window.entries()) {
       const seed = ((this.o.seed ?? 0) * 1000003 + stepNo * 131 + i + rankSalt) >>> 0;
-      const r = this.forward.run(b, { dropout: this.o.dropout ?? this.adapter.dropout, dropoutSeed: seed }, 1 / tokens);
+      const onGradsFinal = i === window.length - 1 ? early : undefined;
+      const r = this.forward.run(b, { dropout: this.o.dropout ?? this.adapter.dropout, dropoutSeed: seed, onGradsFinal }, 1 / tokens);
       lossSum += r.lossSum;
       inputTokens += b.B * b.T;
     }
     // A method may constrain its gradients first (diff pruning: pruned entries get none), so clipping sees what will be applied.
     this.adapter.prepareGrads?.();
-    if (group) {
+    if (group && buckets) {
       const t0 = performance.now();
-      this.buckets ??= new GradBuckets(this.optimizer.params.map((p) => ({ name: p.name, grad: p.grad })));
-      this.buckets.allReduce(group);
+      if (overlap) buckets.finish(group);
+      else buckets.allReduce(group);
       this.lastAllReduceS = (performance.now() - t0) / 1000;
       [lossSum, inputTokens] = group.allReduceNumbers([lossSum, inputTokens], 'loss sum and input tokens');
     }
@@ -140,6 +153,13 @@ export class Trainer {
     return { loss: lossSum / tokens, gradNorm, tokens, inputTokens, updateRatio };
   }
 
+  /** The buckets of the trainable gradients, each gradient with the backward point that finishes it. */
+  private makeBuckets(group: ProcessGroup): GradBuckets {
+    const layers = this.numLayers;
+    const grads: BucketGrad[] = this.optimizer.params.map((p) => ({ name: p.name, grad: p.grad, ready: backwardPoint(p.name, layers) }));
+    return new GradBuckets(grads, { capBytes: group.setup.bucketCapMb * (1 << 20) });
+  }
+
   /**
    * Mean loss over batches without touching gradients. With a group, `batches` are the whole
    * eval set's: rank r evaluates every world-th batch from r, and the sums are reduced.
@@ -165,6 +185,19 @@ export class Trainer {
     this.forward.dispose();
     this.optimizer.dispose();
   }
+}
+
+/**
+ * When in the backward a parameter's gradient is final (LlamaForward's onGradsFinal points),
+ * by its name: a decoder layer's ("…layers.3.…") after that layer's backward; the final norm's
+ * and an untied LM head's (tied, the head is "embed_tokens") first; anything else (embeddings,
+ * virtual tokens) only after the whole backward (-1).
+ */
+export function backwardPoint(name: string, numLayers: number): number {
+  const layer = /(?:^|\.)layers\.(\d+)\./.exec(name);
+  if (layer) return Number(layer[1]);
+  if (/(?:^|\.)(?:model\.norm|lm_head)\./.test(name)) return numLayers;
+  return -1;
 }
 
 /** Label tokens that carry loss after the causal shift (labels[1:] != -100). */

@@ -11,6 +11,7 @@ import { runTraining } from './run';
 import { launchedRankThreads, resolveDistributed } from '../distributed/env';
 import { setNumThreads } from '../runtime';
 import { ProcessGroup } from '../distributed/group';
+import { resolveDevice } from '../tensor';
 
 interface WorkerInput {
   options: TrainOptions;
@@ -28,7 +29,7 @@ async function main(): Promise<void> {
     if (setup) {
       const threads = launchedRankThreads();
       if (threads) setNumThreads(threads);
-      group = await ProcessGroup.join(setup);
+      group = await ProcessGroup.join(setup, { device: resolveDevice(options.device) });
     }
     const result = runTraining(options, {
       onEvent: (event) => parentPort!.postMessage({ kind: 'event', event }),

@@ -3,8 +3,10 @@
  * MASTER_PORT in the environment): `node dist_child.js <scenario>` prints one JSON line, what
  * it computed or the error it got.
  *   sum:   f32 tensors (one per rank pattern), step scalars in f64, and gradient buckets
+ *   ncclSum: the tensor and the scalars of sum, over NCCL on CUDA tensors
  *   die:   rank 1 exits abruptly after one all-reduce; the others try a second one
  *   die0:  the same with rank 0 (the store's rank) dying
+ *   dieStarted: as die, the second sum started in the background (overlap) and waited for
  *   hang:  rank 1 stops answering (a busy loop) after one all-reduce
  */
 import { resolveDistributed } from '../../src/distributed/env';
@@ -23,21 +25,37 @@ function pattern(rank: number, n: number, salt: number): Float32Array {
 async function main(): Promise<void> {
   const scenario = process.argv[2];
   const setup = resolveDistributed()!;
-  const g = await ProcessGroup.join(setup, `test-${scenario}`);
+  const device = scenario === 'ncclSum' ? 'cuda' : 'cpu';
+  const g = await ProcessGroup.join(setup, { prefix: `test-${scenario}`, device });
   const out: Record<string, unknown> = { rank: g.rank, size: g.size };
   try {
-    if (scenario === 'sum') {
+    if (scenario === 'ncclSum') {
+      const t = Tensor.from(pattern(g.rank, 1000, 0), [1000], { device: 'cuda' });
+      g.allReduceSumStart(t, 'test tensor');
+      g.waitStarted();
+      out.sum = Array.from(t.toFloat32Array());
+      out.numbers = g.allReduceNumbers([g.rank + 1, 0.1 * (g.rank + 1), 2 ** 40 + g.rank], 'test numbers');
+    } else if (scenario === 'sum') {
       const t = Tensor.from(pattern(g.rank, 1000, 0), [10, 100]);
       g.allReduceSum(t, 'test tensor');
       out.sum = Array.from(t.toFloat32Array());
       out.numbers = g.allReduceNumbers([g.rank + 1, 0.1 * (g.rank + 1), 2 ** 40 + g.rank], 'test numbers');
       // Three gradients in buckets of at most 1 KiB: 50 + 200 floats (1000 bytes) share one, 300 floats get the second.
       const grads = [50, 200, 300].map((n, i) => ({ name: `g${i}`, grad: Tensor.from(pattern(g.rank, n, i + 1), [n]) }));
-      const buckets = new GradBuckets(grads, 1024);
+      const buckets = new GradBuckets(grads, { capBytes: 1024, firstCapBytes: 1024 });
       out.buckets = buckets.count;
       buckets.allReduce(g);
       out.grads = grads.map((x) => Array.from(x.grad.toFloat32Array()));
       buckets.dispose();
+      // The same sums overlapped: the backward finishes g2 at point 1, g0 and g1 at point 0
+      // (buckets [g2], [g0, g1]); only the first is started before the end.
+      const again = [50, 200, 300].map((n, i) => ({ name: `g${i}`, grad: Tensor.from(pattern(g.rank, n, i + 1), [n]), ready: i === 2 ? 1 : 0 }));
+      const overlapped = new GradBuckets(again, { capBytes: 1200, firstCapBytes: 1200 });
+      out.overlappedBuckets = overlapped.count;
+      overlapped.startReady(g, 1);
+      overlapped.finish(g);
+      out.overlappedGrads = again.map((x) => Array.from(x.grad.toFloat32Array()));
+      overlapped.dispose();
       const empty = Tensor.empty([0]);
       g.allReduceSum(empty, 'empty'); // no elements: no collective, no error
       try {
@@ -45,7 +63,7 @@ async function main(): Promise<void> {
       } catch (e) {
         out.dtypeError = { code: (e as PeftkitError).code, message: (e as Error).message };
       }
-    } else if (scenario === 'die' || scenario === 'die0' || scenario === 'hang') {
+    } else if (scenario === 'die' || scenario === 'die0' || scenario === 'hang' || scenario === 'dieStarted') {
       const victim = scenario === 'die0' ? 0 : 1;
       const t = Tensor.from(pattern(g.rank, 64, 0), [64]);
       g.allReduceSum(t, 'first');
@@ -58,7 +76,12 @@ async function main(): Promise<void> {
       }
       const t0 = Date.now();
       try {
-        g.allReduceSum(t, 'second');
+        if (scenario === 'dieStarted') {
+          g.allReduceSumStart(t, 'second');
+          g.waitStarted();
+        } else {
+          g.allReduceSum(t, 'second');
+        }
         out.error = null;
       } catch (e) {
         const x = (await g.explain(e)) as PeftkitError;
