@@ -22,6 +22,8 @@ export { mergeAdapterAsync, quantizeModelAsync } from './tasks/async_tasks';
 export { mergeAdapter } from './peft/merge';
 export type { MergeOptions, MergeResult } from './peft/merge';
 export { LoraAdapter } from './peft/lora';
+export { addWeightedAdapter } from './peft/lora/combine';
+export type { WeightedAdapterOptions } from './peft/lora/combine';
 export { Ia3Adapter } from './peft/ia3/adapter';
 export type { Ia3Config } from './peft/ia3/adapter';
 export { LnTuningAdapter } from './peft/ln_tuning/adapter';

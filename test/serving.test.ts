@@ -1,0 +1,129 @@
+/**
+ * Serving many adapters on one base: adapters loaded, listed and unloaded by name (sync and in
+ * the worker); a batch whose rows each use another adapter (LoRA, DoRA, IA3, prefix tuning, none)
+ * gives each row the tokens it gets alone; adapters that cannot share a batch are refused by
+ * name (and run alone by AsyncModel's queue); concurrent AsyncModel requests share a batch, each
+ * with its own stream and AbortSignal; PEFT's add_weighted_adapter ('linear', 'cat') against a
+ * float64 reference of its formula.
+ */
+import test, { ExecutionContext } from 'ava';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { addWeightedAdapter, loadModel, loadModelAsync, PeftkitError, writeRandomModel } from '../src/index';
+import type { Generation, Model } from '../src/index';
+import { SafetensorsCheckpoint, writeSafetensors } from '../src/model/safetensors';
+import { createAdapter } from '../src/peft/registry';
+import { LoraAdapter } from '../src/peft/lora';
+import { defaultLoraConfig } from '../src/peft/lora/config';
+
+const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-serving-'));
+
+function modelDir(): string {
+  const dir = path.join(tmp(), 'model');
+  writeRandomModel(dir, { hiddenSize: 64, numLayers: 2, numHeads: 4, numKvHeads: 2, seed: 5 });
+  return dir;
+}
+
+/** A LoRA adapter folder whose term changes the output clearly (random A and B, scaling 4). */
+function loraFolder(m: Model, seed: number, o: { r?: number; targets?: string[] | 'all-linear'; rslora?: boolean } = {}): string {
+  const r = o.r ?? 4;
+  const a = LoraAdapter.create(m.llama.linearModules, defaultLoraConfig({ r, lora_alpha: 4 * r, target_modules: o.targets ?? 'all-linear', init_lora_weights: false, use_rslora: o.rslora ?? false }), { seed });
+  const out = path.join(tmp(), `lora${seed}`);
+  a.save(out);
+  a.dispose();
+  return out;
+}
+
+/** An adapter of another method, its parameters moved off their identity start so that it matters. */
+function methodFolder(m: Model, method: 'dora' | 'ia3' | 'prefix' | 'ln', seed: number): string {
+  const a = createAdapter(method, m.llama, { seed, targets: method === 'ia3' ? ['k_proj', 'v_proj', 'down_proj'] : method === 'dora' ? 'all-linear' : undefined, numVirtualTokens: 3 });
+  for (const p of a.parameters()) {
+    const v = p.param.toFloat32Array();
+    p.param.write(v.map((x, i) => x + 0.3 * Math.sin(seed + i * 0.7)));
+  }
+  const out = path.join(tmp(), `${method}${seed}`);
+  a.save(out);
+  a.dispose();
+  return out;
+}
+
+function rejectsWith(t: ExecutionContext, fn: () => unknown, code: string, re?: RegExp): void {
+  const e = t.throws(fn, { instanceOf: PeftkitError });
+  t.is(e?.code, code, e?.message);
+  if (re) t.regex(e?.message ?? '', re);
+}
+
+test('adapters by name: load, list, generate, unload; the base is loaded once', (t) => {
+  const m = loadModel(modelDir());
+  const f1 = loraFolder(m, 1), f2 = loraFolder(m, 2);
+  const baseWeights = m.llama.weight('model.layers.0.self_attn.q_proj.weight');
+  m.loadAdapter('one', f1);
+  m.loadAdapter('two', f2);
+  t.deepEqual(m.adapters(), [{ name: 'one', folder: path.resolve(f1), peftType: 'LORA' }, { name: 'two', folder: path.resolve(f2), peftType: 'LORA' }]);
+  const o = { maxNewTokens: 8, temperature: 0, stopTokens: [] };
+  const byName = m.generate('Hi', { ...o, adapter: 'one' });
+  t.deepEqual(byName, m.generate('Hi', { ...o, adapter: f1 }), 'a name and its folder give the same tokens');
+  t.notDeepEqual(byName.ids, m.generate('Hi', { ...o, adapter: 'two' }).ids, 'switching adapters changes the output');
+  t.notDeepEqual(byName.ids, m.generate('Hi', o).ids, 'the adapter matters');
+  t.is(m.llama.weight('model.layers.0.self_attn.q_proj.weight'), baseWeights, 'the base tensors are the same objects');
+  rejectsWith(t, () => m.loadAdapter('one', f2), 'E_ARG', /'one' is loaded/);
+  rejectsWith(t, () => m.loadAdapter('', f2), 'E_ARG', /name/);
+  // Unloading while a stream uses the adapter: the stream finishes, then the adapter is freed.
+  const s = m.stream('Hi', { ...o, adapter: 'one' });
+  const first = s.next();
+  m.unloadAdapter('one');
+  const rest = [...(function* () { for (let r = s.next(); !r.done; r = s.next()) yield r.value.id; })()];
+  t.deepEqual([(first.value as { id: number }).id, ...rest], byName.ids, 'the running stream kept its adapter');
+  t.deepEqual(m.adapters().map((a) => a.name), ['two']);
+  rejectsWith(t, () => m.unloadAdapter('one'), 'E_ARG', /no adapter named 'one' is loaded \(loaded: two\)/);
+  // The name is free again; an unknown name is read as a folder.
+  m.loadAdapter('one', f2);
+  t.deepEqual(m.generate('Hi', { ...o, adapter: 'one' }), m.generate('Hi', { ...o, adapter: 'two' }));
+  t.throws(() => m.generate('Hi', { ...o, adapter: 'three' }), { instanceOf: PeftkitError });
+  m.dispose();
+});
+
+test('a batch of 8 LoRA adapters, rows without one, DoRA, IA3 and prefix tuning gives each row its tokens alone (greedy and seeded sampling)', (t) => {
+  const m = loadModel(modelDir());
+  for (let i = 0; i < 8; i++) m.loadAdapter(`lora${i}`, loraFolder(m, 10 + i));
+  m.loadAdapter('dora', methodFolder(m, 'dora', 1));
+  m.loadAdapter('ia3', methodFolder(m, 'ia3', 2));
+  m.loadAdapter('prefix', methodFolder(m, 'prefix', 3));
+  const names = [...Array.from({ length: 8 }, (_, i) => `lora${i}`), null, 'dora', 'ia3', 'prefix', null, 'lora3'];
+  for (const sampling of [{ temperature: 0 }, { temperature: 0.9, topP: 0.9 }]) {
+    // Different prompts, lengths and seeds; the same adapter twice (lora3), rows ending at different steps.
+    const requests = names.map((adapter, i) => ({ prompt: `row ${i} says`.slice(0, 4 + (i % 5)), adapter, maxNewTokens: 6 + (i % 4) * 3, seed: i, stopTokens: [], ...sampling }));
+    const alone = requests.map(({ prompt, ...o }) => m.generate(prompt, o));
+    const batched = m.generateBatch(requests);
+    t.deepEqual(batched, alone, JSON.stringify(sampling));
+    t.true(new Set(alone.map((g) => g.ids.join(','))).size >= names.length - 2, 'the adapters give different outputs');
+    t.deepEqual(batched.map((g) => g.ids.length), requests.map((r) => r.maxNewTokens));
+  }
+  // Streaming: each row's pieces in order, joined to its text; the last piece carries the Generation.
+  const reqs = [{ prompt: 'ab', adapter: 'lora0', maxNewTokens: 5, temperature: 0 }, { prompt: 'cd', adapter: 'ia3', maxNewTokens: 3, temperature: 0 }];
+  const pieces: Array<{ index: number; text: string; generation?: Generation }> = [...iterate(m.streamBatch(reqs))];
+  for (const [i, r] of reqs.entries()) {
+    const mine = pieces.filter((p) => p.index === i);
+    const whole = m.generate(r.prompt, r);
+    t.is(mine.map((p) => p.text).join(''), whole.text);
+    t.deepEqual(mine[mine.length - 1].generation, whole);
+  }
+  m.dispose();
+});
+
+function* iterate<T>(g: Generator<T, unknown, undefined>): Generator<T> {
+  for (let r = g.next(); !r.done; r = g.next()) yield r.value;
+}
+
+test('adapters that change what every row shares are refused by name; bad requests name their index', (t) => {
+  const m = loadModel(modelDir());
+  m.loadAdapter('ln', methodFolder(m, 'ln', 4));
+  m.loadAdapter('lora', loraFolder(m, 4));
+  rejectsWith(t, () => m.generateBatch([{ prompt: 'a', adapter: 'lora' }, { prompt: 'b', adapter: 'ln' }]), 'E_UNSUPPORTED', /adapter 'ln' changes model\.(layers\.0\.input_layernorm|norm)/);
+  rejectsWith(t, () => m.generateBatch([{ prompt: 'a', adapter: 'ln' }]), 'E_UNSUPPORTED', /generate its requests alone/);
+  t.is(m.generate('a', { adapter: 'ln', maxNewTokens: 2, stopTokens: [] }).ids.length, 2, 'alone it runs');
+  rejectsWith(t, () => m.generateBatch([]), 'E_ARG', /non-empty/);
+  rejectsWith(t, () => m.generateBatch([{ prompt: 'a' }, { prompt: [] }]), 'E_ARG', /request 1: the prompt is empty/);
+  m.dispose();
+});
