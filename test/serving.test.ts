@@ -10,9 +10,8 @@ import test, { ExecutionContext } from 'ava';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { addWeightedAdapter, loadModel, loadModelAsync, PeftkitError, writeRandomModel } from '../src/index';
+import { loadModel, loadModelAsync, PeftkitError, writeRandomModel } from '../src/index';
 import type { Generation, Model } from '../src/index';
-import { SafetensorsCheckpoint, writeSafetensors } from '../src/model/safetensors';
 import { createAdapter } from '../src/peft/registry';
 import { LoraAdapter } from '../src/peft/lora';
 import { defaultLoraConfig } from '../src/peft/lora/config';
@@ -126,4 +125,63 @@ test('adapters that change what every row shares are refused by name; bad reques
   rejectsWith(t, () => m.generateBatch([]), 'E_ARG', /non-empty/);
   rejectsWith(t, () => m.generateBatch([{ prompt: 'a' }, { prompt: [] }]), 'E_ARG', /request 1: the prompt is empty/);
   m.dispose();
+});
+
+test('AsyncModel: adapters by name in the worker; concurrent requests share a batch, each with its own tokens, stream and AbortSignal', async (t) => {
+  const dir = modelDir();
+  const sync = loadModel(dir);
+  const folders = [0, 1, 2].map((i) => loraFolder(sync, 20 + i));
+  const am = await loadModelAsync(dir);
+  t.is(am.maxBatchSize, 8);
+  await Promise.all(folders.map((f, i) => am.loadAdapter(`a${i}`, f)));
+  t.deepEqual((await am.adapters()).map((a) => a.name), ['a0', 'a1', 'a2']);
+  await t.throwsAsync(am.loadAdapter('a0', folders[1]), { instanceOf: PeftkitError, message: /'a0' is loaded/ });
+  const o = { maxNewTokens: 10, temperature: 0.8, stopTokens: [] };
+  const requests = [{ prompt: 'x', adapter: 'a0', seed: 1 }, { prompt: 'yy', adapter: 'a1', seed: 2 }, { prompt: 'z', adapter: null, seed: 3 }, { prompt: 'w', adapter: folders[2], seed: 4 }];
+  folders.forEach((f, i) => sync.loadAdapter(`a${i}`, f));
+  const alone = requests.map(({ prompt, adapter, seed }) => sync.generate(prompt, { ...o, seed, adapter }));
+  t.deepEqual(await am.generateBatch(requests.map((r) => ({ ...r, ...o }))), alone);
+  // Streams asked together interleave (one batch); with maxBatchSize 1 they run one after the other.
+  const order = async (model: typeof am) => {
+    const seen: number[] = [];
+    const texts = await Promise.all(requests.slice(0, 2).map(async (r, i) => {
+      let text = '';
+      for await (const p of model.stream(r.prompt, { ...o, seed: r.seed, adapter: r.adapter })) {
+        seen.push(i);
+        text += p.text;
+      }
+      return text;
+    }));
+    return { seen, texts };
+  };
+  const together = await order(am);
+  t.deepEqual(together.texts, alone.slice(0, 2).map((g) => g.text));
+  t.true(together.seen.indexOf(1) < together.seen.lastIndexOf(0), `batched: ${together.seen.join('')}`);
+  const serial = await loadModelAsync(dir, { maxBatchSize: 1 });
+  await serial.loadAdapter('a0', folders[0]);
+  await serial.loadAdapter('a1', folders[1]);
+  const oneByOne = await order(serial);
+  t.deepEqual(oneByOne.seen, [...Array(10).fill(0), ...Array(10).fill(1)]);
+  t.deepEqual(oneByOne.texts, together.texts);
+  await serial.dispose();
+  // Aborting one row of a batch ends it alone; the others finish with their own tokens.
+  const ctrl = new AbortController();
+  const long = { ...o, maxNewTokens: 400 };
+  const running = [am.generate('x', { ...long, seed: 1, adapter: 'a0' }), am.generate('yy', { ...long, seed: 2, adapter: 'a1', signal: ctrl.signal }), am.generate('z', { ...o, seed: 3 })];
+  const third = await running[2];
+  ctrl.abort();
+  await t.throwsAsync(running[1], { instanceOf: PeftkitError, message: /aborted/ });
+  t.deepEqual(await running[0], sync.generate('x', { ...long, seed: 1, adapter: folders[0] }));
+  t.deepEqual(third, alone[2]);
+  // A row the batch refuses runs alone: an LN-tuning adapter beside a LoRA one, and a bad folder beside both.
+  const lnDir = methodFolder(sync, 'ln', 6);
+  await am.loadAdapter('ln', lnDir);
+  const mixed = await Promise.allSettled([am.generate('x', { ...o, seed: 1, adapter: 'a0' }), am.generate('q', { ...o, adapter: 'ln' }), am.generate('q', { ...o, adapter: path.join(tmp(), 'none') })]);
+  t.deepEqual(mixed[0], { status: 'fulfilled', value: alone[0] });
+  t.deepEqual(mixed[1], { status: 'fulfilled', value: sync.generate('q', { ...o, adapter: lnDir }) });
+  t.is(mixed[2].status, 'rejected');
+  await am.unloadAdapter('a0');
+  await t.throwsAsync(am.unloadAdapter('a0'), { instanceOf: PeftkitError, message: /no adapter named 'a0'/ });
+  await am.dispose();
+  sync.dispose();
 });
