@@ -186,3 +186,35 @@ test('AsyncModel: adapters by name in the worker; concurrent requests share a ba
   await am.dispose();
   sync.dispose();
 });
+
+test('a row whose adapter overflows fails alone (E_NAN); the other rows finish', async (t) => {
+  const dir = modelDir();
+  const m = loadModel(dir);
+  const good = loraFolder(m, 30);
+  const a = LoraAdapter.create(m.llama.linearModules, defaultLoraConfig({ r: 4, lora_alpha: 16, target_modules: 'all-linear', init_lora_weights: false }), { seed: 31 });
+  for (const l of a.layers.values()) l.B.write(l.B.toFloat32Array().map((v) => v * 1e30));
+  const huge = path.join(tmp(), 'huge');
+  a.save(huge);
+  a.dispose();
+  m.loadAdapter('good', good);
+  m.loadAdapter('huge', huge);
+  const o = { maxNewTokens: 6, temperature: 0, stopTokens: [] };
+  const requests = [{ prompt: 'ab', adapter: 'good', ...o }, { prompt: 'cd', adapter: 'huge', ...o }, { prompt: 'ef', ...o }];
+  rejectsWith(t, () => m.generateBatch(requests), 'E_NAN', /adapter/);
+  const failed: Array<[number, string]> = [];
+  const it = m.streamBatch(requests, false, { onError: (i, e) => failed.push([i, e.code]) });
+  let r = it.next();
+  while (!r.done) r = it.next();
+  t.deepEqual(failed, [[1, 'E_NAN']]);
+  t.deepEqual(r.value[0], m.generate('ab', requests[0]));
+  t.deepEqual(r.value[2], m.generate('ef', requests[2]));
+  const am = await loadModelAsync(dir);
+  await am.loadAdapter('good', good);
+  await am.loadAdapter('huge', huge);
+  const settled = await Promise.allSettled(requests.map(({ prompt, ...ro }) => am.generate(prompt, ro)));
+  t.deepEqual(settled.map((s) => s.status), ['fulfilled', 'rejected', 'fulfilled']);
+  t.is(((settled[1] as PromiseRejectedResult).reason as PeftkitError).code, 'E_NAN');
+  t.deepEqual((settled[0] as PromiseFulfilledResult<Generation>).value, r.value[0]);
+  await am.dispose();
+  m.dispose();
+});

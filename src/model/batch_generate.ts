@@ -56,7 +56,8 @@ export class BatchGenerator {
   private readonly adapters: ModelAdapter[] = [];
   private readonly layers: LlamaLayers;
   private readonly grouped: RowGroupAdapter;
-  private readonly bufs: Tensor[] = [];
+  /** Decode buffers by name, sized for the first decode step's rows (rows only leave), viewed at each step's. */
+  private readonly bufs = new Map<string, Tensor>();
   private started = false;
 
   /** Checks every request (E_ARG, E_UNSUPPORTED naming the row's adapter); nothing runs until step(). */
@@ -114,8 +115,8 @@ export class BatchGenerator {
   dispose(): void {
     for (let i = 0; i < this.rows.length; i++) this.stop(i);
     this.layers.dispose();
-    for (const t of this.bufs) t.dispose();
-    this.bufs.length = 0;
+    for (const t of this.bufs.values()) t.dispose();
+    this.bufs.clear();
   }
 
   private guard(i: number, f: () => BatchEvent): BatchEvent {
@@ -157,38 +158,42 @@ export class BatchGenerator {
       else groups.push({ start: j, count: 1, adapter: rows[j].group < 0 ? null : this.adapters[rows[j].group] });
     }
     this.grouped.groups = groups;
-    const ids = this.tmp([M], 'i32');
+    const buf = (name: string, shape: number[], dtype: 'f32' | 'i32' = 'f32') => this.buffer(name, shape, dtype);
+    const ids = buf('ids', [M], 'i32');
     ids.write(Int32Array.from(rows, (r) => r.last));
-    let x = this.tmp([M, C]);
+    let x = buf('x', [M, C]);
     ops.embeddingForward(x, ids, this.model.weight('model.embed_tokens.weight'));
-    const pos = this.tmp([M], 'i32');
+    const pos = buf('pos', [M], 'i32');
     pos.write(Int32Array.from(rows, (r) => r.gen!.position));
-    const rope = { cos: this.tmp([M, D / 2]), sin: this.tmp([M, D / 2]) };
+    const rope = { cos: buf('cos', [M, D / 2]), sin: buf('sin', [M, D / 2]) };
     ops.ropeTable(rope.cos, rope.sin, pos, { theta: c.ropeTheta, scaling: c.ropeScaling });
     const a: LayerActs = {
-      h1: this.tmp([M, C]), rstd1: this.tmp([M]), q: this.tmp([M, QD]), k: this.tmp([M, KD]), v: this.tmp([M, KD]),
-      att: this.tmp([M, QD]), lse: this.tmp([c.numHeads * M]), x2: this.tmp([M, C]), h2: this.tmp([M, C]), rstd2: this.tmp([M]),
-      g: this.tmp([M, F]), u: this.tmp([M, F]), act: this.tmp([M, F]),
+      h1: buf('h1', [M, C]), rstd1: buf('rstd1', [M]), q: buf('q', [M, QD]), k: buf('k', [M, KD]), v: buf('v', [M, KD]),
+      att: buf('att', [M, QD]), lse: buf('lse', [c.numHeads * M]), x2: buf('x2', [M, C]), h2: buf('h2', [M, C]), rstd2: buf('rstd2', [M]),
+      g: buf('g', [M, F]), u: buf('u', [M, F]), act: buf('act', [M, F]),
     };
-    let xNext = this.tmp([M, C]);
+    let xNext = buf('xNext', [M, C]);
     for (let l = 0; l < c.numLayers; l++) {
       this.layers.forward(l, x, xNext, a, 1, M, rope, PASS, rows.map((r) => r.gen!.layerCache(l)));
       [x, xNext] = [xNext, x];
     }
     for (const r of rows) r.gen!.advance();
-    const h = this.tmp([M, C]);
-    ops.rmsnormForward(h, this.tmp([M]), x, this.layers.norm('model.norm').w, { eps: c.rmsNormEps });
-    const logits = this.tmp([M, c.vocabSize]);
+    const h = buf('h', [M, C]);
+    ops.rmsnormForward(h, buf('rstd', [M]), x, this.layers.norm('model.norm').w, { eps: c.rmsNormEps });
+    const logits = buf('logits', [M, c.vocabSize]);
     this.layers.linearForward('lm_head', logits, h, PASS, 0);
-    const out = logits.toFloat32Array();
-    for (const t of this.bufs) t.dispose();
-    this.bufs.length = 0;
-    return out;
+    return logits.toFloat32Array();
   }
 
-  private tmp(shape: number[], dtype: 'f32' | 'i32' = 'f32'): Tensor {
-    const t = Tensor.empty(shape, { device: this.model.device, dtype });
-    this.bufs.push(t);
-    return t;
+  /** The buffer `name` viewed as `shape`: made at the first step, when the batch has the most rows. */
+  private buffer(name: string, shape: number[], dtype: 'f32' | 'i32'): Tensor {
+    const n = shape.reduce((p, d) => p * d, 1);
+    let t = this.bufs.get(name);
+    if (!t || t.numel < n) {
+      t?.dispose();
+      t = Tensor.empty([n], { device: this.model.device, dtype });
+      this.bufs.set(name, t);
+    }
+    return t.view(0, shape);
   }
 }
