@@ -156,14 +156,23 @@ export class LlamaLayers {
     const D = c.headDim, H = c.numHeads, Hkv = c.numKvHeads, QD = H * D, KD = Hkv * D;
     for (let i = 0; i < caches.length; i++) {
       const { k, v, pos } = caches[i];
-      k.view(pos * KD, [KD]).copyFrom(a.k.view(i * KD, [KD]));
-      v.view(pos * KD, [KD]).copyFrom(a.v.view(i * KD, [KD]));
+      k.view(pos * KD, [KD]).copyFrom(this.rowView(a.k, i, [KD]));
+      v.view(pos * KD, [KD]).copyFrom(this.rowView(a.v, i, [KD]));
       // Views of a length used once: freed now, not left to finalizers a decode loop never lets run.
       const kAll = k.view(0, [1, pos + 1, Hkv, D]), vAll = v.view(0, [1, pos + 1, Hkv, D]);
-      ops.attentionForward(a.att.view(i * QD, [1, 1, H, D]), a.lse.view(i * H, [1, H, 1]), a.q.view(i * QD, [1, 1, H, D]), kAll, vAll, { scale: 1 / Math.sqrt(D) });
+      const q = this.rowView(a.q, i, [1, 1, H, D]), att = this.rowView(a.att, i, [1, 1, H, D]), lse = this.rowView(a.lse, i, [1, H, 1]);
+      ops.attentionForward(att, lse, q, kAll, vAll, { scale: 1 / Math.sqrt(D) });
       kAll.dispose();
       vAll.dispose();
     }
+  }
+
+  /** Row i of `t` as `shape` (one row's elements), remembered per tensor: the same few views every layer and step. */
+  private readonly rowViews = new WeakMap<Tensor, Tensor[]>();
+  private rowView(t: Tensor, i: number, shape: number[]): Tensor {
+    let views = this.rowViews.get(t);
+    if (!views) this.rowViews.set(t, (views = []));
+    return (views[i] ??= t.view(i * shape.reduce((p, d) => p * d, 1), shape));
   }
 
   /**

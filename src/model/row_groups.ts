@@ -20,10 +20,19 @@ export interface RowGroup {
   adapter: ModelAdapter | null;
 }
 
-/** Rows of a [rows, features] tensor. */
+/** Views of row blocks, remembered per tensor: the layers pass the same buffers at every module and step. */
+const blockViews = new WeakMap<Tensor, Map<number, Tensor>>();
+
+/** Rows [start, start + count) of a [rows, features] tensor. */
 function rowsOf(t: Tensor, start: number, count: number): Tensor {
   const F = t.shape[t.shape.length - 1];
-  return start === 0 && count * F === t.numel ? t : t.view(start * F, [count, F]);
+  if (start === 0 && count * F === t.numel) return t;
+  let views = blockViews.get(t);
+  if (!views) blockViews.set(t, (views = new Map()));
+  const key = start * 0x100000 + count;
+  let v = views.get(key);
+  if (!v) views.set(key, (v = t.view(start * F, [count, F])));
+  return v;
 }
 
 /**
