@@ -5,7 +5,8 @@
  * Model.generateBatch. Tokens/s counts generated tokens; both sides include their prefill. Also
  * reports whether each row's batched tokens equal its tokens alone, and the 1-minute load average
  * before and after each side (the machine may be shared: read the figures beside it).
- *   npm run bench:serving [-- --rows 8 --tokens 64 --runs 1 --shape smol135|tiny --omp-wait passive|active]
+ *   npm run bench:serving [-- --rows 8 --tokens 64 --reps 3 --runs 1 --shape smol135|tiny --omp-wait passive|active]
+ * Each run alternates the two sides --reps times in one process and reports their medians.
  * The work runs in a child process started with OMP_WAIT_POLICY (default passive: on a machine
  * whose cores other processes hold, libgomp's spinning made generation 10-20× slower, see
  * docs/ARCHITECTURE.md). Writes bench/results/serving.json.
@@ -34,8 +35,13 @@ interface Side {
   load1: [number, number];
 }
 
-/** One run in this (child) process: both sides on the same loaded model. */
-function measure(dir: string, rows: number, tokens: number): { sequential: Side; batched: Side; identicalRows: number } {
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+/**
+ * One run in this (child) process: both sides on the same loaded model, alternated `reps` times
+ * (load on a shared machine drifts; alternating exposes both sides to it alike). Medians.
+ */
+function measure(dir: string, rows: number, tokens: number, reps: number): { sequential: Side; batched: Side; identicalRows: number; ratios: number[] } {
   const m = loadModel(dir);
   for (let i = 0; i < rows; i++) {
     const a = LoraAdapter.create(m.llama.linearModules, defaultLoraConfig({ r: 16, lora_alpha: 32, target_modules: 'all-linear', init_lora_weights: false }), { seed: i + 1 });
@@ -58,18 +64,25 @@ function measure(dir: string, rows: number, tokens: number): { sequential: Side;
     const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
     return { out, side: { seconds, tokensPerS: (rows * tokens) / seconds, load1: [l0, os.loadavg()[0]] } };
   };
-  const seq = time(() => requests.map(({ prompt, ...o }) => m.generate(prompt, o)));
-  const bat = time(() => m.generateBatch(requests));
-  const identicalRows = seq.out.filter((g, i) => g.ids.join() === bat.out[i].ids.join()).length;
+  const seqs: Side[] = [], bats: Side[] = [];
+  let identicalRows = rows;
+  for (let rep = 0; rep < reps; rep++) {
+    const seq = time(() => requests.map(({ prompt, ...o }) => m.generate(prompt, o)));
+    const bat = time(() => m.generateBatch(requests));
+    identicalRows = Math.min(identicalRows, seq.out.filter((g, i) => g.ids.join() === bat.out[i].ids.join()).length);
+    seqs.push(seq.side);
+    bats.push(bat.side);
+  }
   m.dispose();
-  return { sequential: seq.side, batched: bat.side, identicalRows };
+  const med = (sides: Side[]): Side => sides.find((x) => x.seconds === median(sides.map((y) => y.seconds)))!;
+  return { sequential: med(seqs), batched: med(bats), identicalRows, ratios: seqs.map((x, i) => x.seconds / bats[i].seconds) };
 }
 
 function main(): void {
-  const rows = Number(arg('rows', '8')), tokens = Number(arg('tokens', '64')), runs = Number(arg('runs', '1')), shape = arg('shape', 'smol135');
+  const rows = Number(arg('rows', '8')), tokens = Number(arg('tokens', '64')), runs = Number(arg('runs', '1')), reps = Number(arg('reps', '3')), shape = arg('shape', 'smol135');
   const dir = path.join(os.tmpdir(), 'peftkit-bench', shape);
   if (process.argv.includes('--child')) {
-    console.log(JSON.stringify(measure(dir, rows, tokens)));
+    console.log(JSON.stringify(measure(dir, rows, tokens, reps)));
     return;
   }
   if (!fs.existsSync(path.join(dir, 'model.safetensors'))) writeBenchModel(dir, shape);
@@ -83,7 +96,7 @@ function main(): void {
     console.log(
       `run ${run}: one after another ${m.sequential.tokensPerS.toFixed(1)} tok/s (${m.sequential.seconds.toFixed(1)} s, load ${m.sequential.load1.map((x) => x.toFixed(1)).join('→')}); ` +
         `batched ${m.batched.tokensPerS.toFixed(1)} tok/s (${m.batched.seconds.toFixed(1)} s, load ${m.batched.load1.map((x) => x.toFixed(1)).join('→')}); ` +
-        `${speedup.toFixed(2)}×; rows identical to alone: ${m.identicalRows}/${rows}`,
+        `${speedup.toFixed(2)}× (medians of ${reps}; each pair: ${m.ratios.map((x) => x.toFixed(2)).join(', ')}); rows identical to alone: ${m.identicalRows}/${rows}`,
     );
     results.push({ run, ...m, speedup });
   }
