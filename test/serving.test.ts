@@ -124,6 +124,9 @@ test('adapters that change what every row shares are refused by name; bad reques
   rejectsWith(t, () => m.generateBatch([{ prompt: 'a', adapter: 'ln' }]), 'E_UNSUPPORTED', /generate its requests alone/);
   t.is(m.generate('a', { adapter: 'ln', maxNewTokens: 2, stopTokens: [] }).ids.length, 2, 'alone it runs');
   rejectsWith(t, () => m.generateBatch([]), 'E_ARG', /non-empty/);
+  const zero = { maxNewTokens: 0, stopTokens: [] };
+  t.deepEqual(m.generateBatch([{ prompt: 'a', ...zero }, { prompt: 'b', maxNewTokens: 1, stopTokens: [] }]), [m.generate('a', zero), m.generate('b', { maxNewTokens: 1, stopTokens: [] })]);
+  t.deepEqual(m.generate('a', zero).ids, []);
   rejectsWith(t, () => m.generateBatch([{ prompt: 'a' }, { prompt: [] }]), 'E_ARG', /request 1: the prompt is empty/);
   m.dispose();
 });
@@ -174,6 +177,7 @@ test('AsyncModel: adapters by name in the worker; concurrent requests share a ba
   await t.throwsAsync(running[1], { instanceOf: PeftkitError, message: /aborted/ });
   t.deepEqual(await running[0], sync.generate('x', { ...long, seed: 1, adapter: folders[0] }));
   t.deepEqual(third, alone[2]);
+  t.deepEqual(await Promise.all([am.generate('x', { ...o, maxNewTokens: 0 }), am.generate('y', { ...o, maxNewTokens: 2 })]).then((g) => g.map((x) => x.ids.length)), [0, 2]);
   // A row the batch refuses runs alone: an LN-tuning adapter beside a LoRA one, and a bad folder beside both.
   const lnDir = methodFolder(sync, 'ln', 6);
   await am.loadAdapter('ln', lnDir);

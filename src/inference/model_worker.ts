@@ -8,7 +8,7 @@
 import { parentPort, workerData } from 'worker_threads';
 import { PeftkitError } from '../errors';
 import { workerErrorMessage } from '../util/worker_error';
-import { BatchPiece, loadModel, LoadOptions, Model, ModelGenerateOptions } from './model';
+import { BatchPiece, Generation, loadModel, LoadOptions, Model, ModelGenerateOptions } from './model';
 
 /** What the worker is started with. */
 export interface ModelWorkerInput {
@@ -83,6 +83,9 @@ function runBatch(model: Model, rows: Row[]): void {
       if (rows[p.index].stream) port.postMessage({ kind: 'piece', id: rows[p.index].id, piece: { id: p.id, text: p.text } });
       if (p.generation) answer(p.index, { kind: 'done', result: p.generation });
     }
+    // Rows that ended without a last piece (maxNewTokens 0).
+    const results = step.value as Generation[];
+    rows.forEach((_, i) => answered.has(i) || answer(i, { kind: 'done', result: results[i] }));
   } catch (e) {
     rows.forEach((_, i) => answered.has(i) || answer(i, { kind: 'error', ...workerErrorMessage(e) }));
   }

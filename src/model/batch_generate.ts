@@ -97,7 +97,9 @@ export class BatchGenerator {
   step(): BatchEvent[] {
     if (!this.started) {
       this.started = true;
-      return this.rows.map((row, i) => this.guard(i, () => this.prefill(i, row!)));
+      // A row asking for no token ends here, as generation alone gives it none.
+      this.rows.forEach((row, i) => row!.maxNew < 1 && this.stop(i));
+      return this.rows.flatMap((row, i) => (row ? [this.guard(i, () => this.prefill(i, row))] : []));
     }
     const live = this.rows.flatMap((r, i) => (r ? [i] : [])).sort((a, b) => this.rows[a]!.group - this.rows[b]!.group || a - b);
     if (live.length === 0) return [];
