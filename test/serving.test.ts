@@ -140,6 +140,7 @@ test('AsyncModel: adapters by name in the worker; concurrent requests share a ba
   await Promise.all(folders.map((f, i) => am.loadAdapter(`a${i}`, f)));
   t.deepEqual((await am.adapters()).map((a) => a.name), ['a0', 'a1', 'a2']);
   await t.throwsAsync(am.loadAdapter('a0', folders[1]), { instanceOf: PeftkitError, message: /'a0' is loaded/ });
+  await t.throwsAsync(am.loadAdapter('f', (() => 1) as never), { instanceOf: PeftkitError, message: /folder: expected a string/ });
   const o = { maxNewTokens: 10, temperature: 0.8, stopTokens: [] };
   const requests = [{ prompt: 'x', adapter: 'a0', seed: 1 }, { prompt: 'yy', adapter: 'a1', seed: 2 }, { prompt: 'z', adapter: null, seed: 3 }, { prompt: 'w', adapter: folders[2], seed: 4 }];
   folders.forEach((f, i) => sync.loadAdapter(`a${i}`, f));

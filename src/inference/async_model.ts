@@ -168,6 +168,11 @@ export class AsyncModel {
   private control<T>(message: Control): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       if (this.dead) return reject(this.dead);
+      for (const key of ['name', 'folder'] as const) {
+        if (key in message && typeof (message as Record<string, unknown>)[key] !== 'string') {
+          return reject(new PeftkitError('E_ARG', `${message.kind}: ${key}: expected a string, got ${typeof (message as Record<string, unknown>)[key]}`));
+        }
+      }
       const id = this.nextId++;
       this.queue.push({ id, message: { ...message, id }, onPiece: null, resolve: resolve as (v: never) => void, reject, settled: false, cleanup: () => {} });
       this.schedulePump();
