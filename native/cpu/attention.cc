@@ -58,7 +58,11 @@ class Scratch {
 
 void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v, int64_t B,
                        int64_t Tq, int64_t Tk, int64_t Hq, int64_t Hkv, int64_t D, float scale) {
-  const AttentionDims d{B, Tq, Tk, Hq, Hkv, D, scale, num_threads()};
+  // A decode step of one sequence (one query over a short cache) is a few microseconds of work:
+  // waking a team for it cost ~75 µs a call (batched decoding makes one call per row and layer,
+  // 240 a step for 8 rows of SmolLM2-135M), so such calls run on the calling thread.
+  const bool tiny = B * Hq * Tq * Tk * D < (int64_t(1) << 18);
+  const AttentionDims d{B, Tq, Tk, Hq, Hkv, D, scale, tiny ? 1 : num_threads()};
   const int64_t stride = scratch_floats_per_thread(D);
   Scratch scratch(d.threads * stride);
   switch (cpu_isa()) {

@@ -1,22 +1,35 @@
 /**
  * loadModelAsync(): a model that lives in a worker thread, so loading it and generating from it
- * never block the caller's event loop. Generations run one at a time in the order they were
- * asked for; each can be awaited whole (generate) or read token by token (stream), and stopped by
- * an AbortSignal.
+ * never block the caller's event loop. Requests are served in the order they were asked for;
+ * generations waiting together (asked while the worker was busy, or in the same tick) run as one
+ * batch, each row with its own options and adapter (Model.streamBatch). Each can be awaited whole
+ * (generate) or read token by token (stream), and stopped by an AbortSignal.
  */
 import * as path from 'path';
 import { Worker } from 'worker_threads';
 import { PeftkitError } from '../errors';
 import type { ModelConfig } from '../model/config';
 import { workerError, WorkerErrorMessage } from '../util/worker_error';
-import type { Generation, GenerationPiece, LoadOptions, ModelGenerateOptions } from './model';
+import type { AdapterInfo, Generation, GenerationPiece, LoadOptions, ModelGenerateOptions } from './model';
 import type { ModelWorkerInput, ModelWorkerRequest } from './model_worker';
 import { PieceChannel } from './piece_channel';
 
+export interface AsyncLoadOptions extends LoadOptions {
+  /**
+   * The most generations run as one batch: requests waiting while a batch runs (or asked in the
+   * same tick) are gathered, up to this many, into the next one. 1 runs them one at a time.
+   * Defaults to `8` (DEFAULT_MAX_BATCH_SIZE).
+   */
+  maxBatchSize?: number;
+}
+
+export const DEFAULT_MAX_BATCH_SIZE = 8;
+
 export interface AsyncGenerateOptions extends Omit<ModelGenerateOptions, 'adapter'> {
   /**
-   * A PEFT adapter folder to apply (read once in the worker, and again when its files change).
-   * A loaded adapter object cannot cross into the worker: use Model.generate for those. Defaults to none.
+   * The name of an adapter loaded with AsyncModel.loadAdapter, else a PEFT adapter folder (read
+   * once in the worker, and again when its files change). A loaded adapter object cannot cross
+   * into the worker: use Model.generate for those. Defaults to none.
    */
   adapter?: string | null;
   /** Stops the generation: see AsyncModel.generate and AsyncModel.stream. Defaults to none. */
@@ -26,19 +39,25 @@ export interface AsyncGenerateOptions extends Omit<ModelGenerateOptions, 'adapte
 type WorkerMessage =
   | { kind: 'ready'; config: ModelConfig; hasTokenizer: boolean }
   | { kind: 'piece'; id: number; piece: GenerationPiece }
-  | { kind: 'done'; id: number; result: Generation }
+  | { kind: 'done'; id: number; result: unknown }
   | { kind: 'aborted'; id: number }
   | ({ kind: 'error'; id: number } & WorkerErrorMessage);
 
+type GenerateRow = Extract<ModelWorkerRequest, { kind: 'batch' }>['rows'][number];
+type Control = Extract<ModelWorkerRequest, { kind: 'loadAdapter' | 'unloadAdapter' | 'adapters' }>;
+
+/** A queued or running request: a generation (a row of the next batch) or an adapter operation. */
 interface Request {
   id: number;
-  message: Extract<ModelWorkerRequest, { kind: 'generate' }>;
+  message: { kind: 'generate'; row: GenerateRow } | Control;
   onPiece: ((p: GenerationPiece) => void) | null;
-  resolve: (g: Generation) => void;
+  resolve: (v: never) => void;
   reject: (e: PeftkitError) => void;
   /** The caller has its answer (a result, an error, or E_ABORTED at once on abort). */
   settled: boolean;
   cleanup: () => void;
+  /** Its row in the running batch: the cancel slot the worker reads. */
+  slot?: number;
 }
 
 const aborted = () => new PeftkitError('E_ABORTED', 'generate: aborted by its AbortSignal');
@@ -74,10 +93,14 @@ export class AsyncModel {
   readonly config: ModelConfig;
   /** Whether the folder has a tokenizer (text prompts and the `text` of results need one). */
   readonly hasTokenizer: boolean;
+  /** The most generations run as one batch (AsyncLoadOptions.maxBatchSize). */
+  readonly maxBatchSize: number;
   private readonly worker: Worker;
   private readonly cancelled: Int32Array;
   private readonly queue: Request[] = [];
-  private current: Request | null = null;
+  /** What the worker is running: one batch of generations, or one adapter operation. */
+  private readonly current = new Map<number, Request>();
+  private pumpScheduled = false;
   private nextId = 1;
   private dead: PeftkitError | null = null;
   private exited: Promise<void>;
@@ -87,6 +110,7 @@ export class AsyncModel {
     this.dir = dir;
     this.worker = worker;
     this.cancelled = cancelled;
+    this.maxBatchSize = cancelled.length;
     this.config = ready.config;
     this.hasTokenizer = ready.hasTokenizer;
     this.exited = exited;
@@ -108,6 +132,51 @@ export class AsyncModel {
    */
   generate(prompt: string | readonly number[], o: AsyncGenerateOptions = {}): Promise<Generation> {
     return new Promise((resolve, reject) => this.submit(prompt, o, null, resolve, reject));
+  }
+
+  /**
+   * Generates every request together (Model.generateBatch in the worker, in batches of at most
+   * maxBatchSize): each with its own options, adapter (a name or a folder) and `signal`. Resolves
+   * with the Generations in request order, or rejects with the first request's error (the others
+   * run on). Requests whose adapters cannot share a batch (LN tuning, full fine-tuning,
+   * modules_to_save) run one at a time instead.
+   */
+  generateBatch(requests: ReadonlyArray<AsyncGenerateOptions & { prompt: string | readonly number[] }>): Promise<Generation[]> {
+    if (!Array.isArray(requests) || requests.length === 0) return Promise.reject(new PeftkitError('E_ARG', 'generateBatch: requests: expected a non-empty array of { prompt, ...options }'));
+    return Promise.all(requests.map(({ prompt, ...o }) => this.generate(prompt, o)));
+  }
+
+  /**
+   * Loads an adapter folder in the worker under `name` (Model.loadAdapter): generate(..., { adapter:
+   * name }) then uses it, without reloading the base. Runs in queue order, after the requests
+   * asked before it. Rejects with E_ARG when the name is taken, or what loading the folder throws.
+   */
+  loadAdapter(name: string, folder: string): Promise<void> {
+    return this.control({ kind: 'loadAdapter', id: 0, name, folder });
+  }
+
+  /** Frees the adapter `name` in the worker (Model.unloadAdapter); rejects with E_ARG when none has that name. */
+  unloadAdapter(name: string): Promise<void> {
+    return this.control({ kind: 'unloadAdapter', id: 0, name });
+  }
+
+  /** The adapters loaded by name (Model.adapters). */
+  adapters(): Promise<AdapterInfo[]> {
+    return this.control({ kind: 'adapters', id: 0 });
+  }
+
+  private control<T>(message: Control): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      if (this.dead) return reject(this.dead);
+      for (const key of ['name', 'folder'] as const) {
+        if (key in message && typeof (message as Record<string, unknown>)[key] !== 'string') {
+          return reject(new PeftkitError('E_ARG', `${message.kind}: ${key}: expected a string, got ${typeof (message as Record<string, unknown>)[key]}`));
+        }
+      }
+      const id = this.nextId++;
+      this.queue.push({ id, message: { ...message, id }, onPiece: null, resolve: resolve as (v: never) => void, reject, settled: false, cleanup: () => {} });
+      this.schedulePump();
+    });
   }
 
   /**
@@ -133,19 +202,26 @@ export class AsyncModel {
       return null;
     }
     const id = this.nextId++;
+    const row: GenerateRow = { id, prompt: typeof prompt === 'string' ? prompt : [...prompt], options, stream: onPiece !== null };
+    try {
+      structuredClone(row); // refused here, not in a batch with other requests
+    } catch (e) {
+      reject(new PeftkitError('E_ARG', `generate: the options cannot be sent to the model's worker: ${(e as Error).message}`));
+      return null;
+    }
     const onAbort = () => this.cancel(r, aborted());
     const r: Request = {
       id,
-      message: { kind: 'generate', id, prompt: typeof prompt === 'string' ? prompt : [...prompt], options, stream: onPiece !== null },
+      message: { kind: 'generate', row },
       onPiece,
-      resolve,
+      resolve: resolve as (v: never) => void,
       reject,
       settled: false,
       cleanup: () => signal?.removeEventListener('abort', onAbort),
     };
     signal?.addEventListener('abort', onAbort, { once: true });
     this.queue.push(r);
-    this.pump();
+    this.schedulePump();
     return r;
   }
 
@@ -153,8 +229,8 @@ export class AsyncModel {
   private cancel(r: Request, error: PeftkitError | null): void {
     const queued = this.queue.indexOf(r);
     if (queued >= 0) this.queue.splice(queued, 1);
-    else if (this.current === r) Atomics.store(this.cancelled, 0, r.id);
-    this.settle(r, () => (error ? r.reject(error) : r.resolve({ text: '', ids: [] })));
+    else if (this.current.get(r.id) === r && r.slot !== undefined) Atomics.store(this.cancelled, r.slot, r.id);
+    this.settle(r, () => (error ? r.reject(error) : r.resolve({ text: '', ids: [] } as never)));
   }
 
   private settle(r: Request, how: () => void): void {
@@ -164,36 +240,56 @@ export class AsyncModel {
     how();
   }
 
+  /** Pumps once the current tick's requests are queued, so that they can share a batch. */
+  private schedulePump(): void {
+    if (this.pumpScheduled) return;
+    this.pumpScheduled = true;
+    busy.add(this); // reachable until pumped, though the caller may drop the handle
+    queueMicrotask(() => {
+      this.pumpScheduled = false;
+      this.pump();
+    });
+  }
+
+  /** Sends the next work when the worker is idle: an adapter operation alone, or up to maxBatchSize generations in a row. */
   private pump(): void {
-    if (this.current || this.dead) return;
-    const r = this.queue.shift();
-    if (!r) {
+    if (this.current.size > 0 || this.dead) return;
+    const next = this.queue[0];
+    if (!next) {
       busy.delete(this);
       return void this.worker.unref();
     }
-    this.current = r;
+    let message: ModelWorkerRequest;
+    if (next.message.kind !== 'generate') {
+      this.queue.shift();
+      this.current.set(next.id, next);
+      message = next.message;
+    } else {
+      const rows: GenerateRow[] = [];
+      while (rows.length < this.maxBatchSize && this.queue[0]?.message.kind === 'generate') {
+        const r = this.queue.shift()!;
+        r.slot = rows.length;
+        Atomics.store(this.cancelled, r.slot, 0);
+        this.current.set(r.id, r);
+        rows.push((r.message as { row: GenerateRow }).row);
+      }
+      message = { kind: 'batch', rows };
+    }
     busy.add(this);
     this.worker.ref();
-    try {
-      this.worker.postMessage(r.message);
-    } catch (e) {
-      // Options that cannot be copied to the worker (a function, a symbol).
-      this.current = null;
-      this.settle(r, () => r.reject(new PeftkitError('E_ARG', `generate: the options cannot be sent to the model's worker: ${(e as Error).message}`)));
-      this.pump();
-    }
+    this.worker.postMessage(message);
   }
 
   private onMessage(m: WorkerMessage): void {
-    const r = this.current;
-    if (m.kind === 'ready' || !r || m.id !== r.id) return;
+    const r = m.kind === 'ready' ? undefined : this.current.get(m.id);
+    if (m.kind === 'ready' || !r) return;
     if (m.kind === 'piece') {
       if (!r.settled) r.onPiece?.(m.piece);
       return;
     }
-    this.current = null;
-    if (m.kind === 'done') this.settle(r, () => r.resolve(m.result));
-    else if (m.kind === 'error') this.settle(r, () => r.reject(workerError(m, 'generate failed')));
+    this.current.delete(m.id);
+    if (m.kind === 'done') this.settle(r, () => r.resolve(m.result as never));
+    else if (m.kind === 'error') this.settle(r, () => r.reject(workerError(m, r.message.kind === 'generate' ? 'generate failed' : `${r.message.kind} failed`)));
     else this.settle(r, () => r.reject(aborted())); // only after cancel(), which settled it already
     this.pump();
   }
@@ -201,8 +297,8 @@ export class AsyncModel {
   /** The worker is gone: every request fails with `e`, and so does every later one. */
   private fail(e: PeftkitError): void {
     this.dead ??= e;
-    for (const r of [...(this.current ? [this.current] : []), ...this.queue.splice(0)]) this.settle(r, () => r.reject(this.dead!));
-    this.current = null;
+    for (const r of [...this.current.values(), ...this.queue.splice(0)]) this.settle(r, () => r.reject(this.dead!));
+    this.current.clear();
     busy.delete(this);
   }
 
@@ -213,8 +309,7 @@ export class AsyncModel {
    */
   dispose(): Promise<void> {
     if (!this.dead) {
-      const running = this.current;
-      if (running) Atomics.store(this.cancelled, 0, running.id);
+      for (const r of this.current.values()) if (r.slot !== undefined) Atomics.store(this.cancelled, r.slot, r.id);
       abandoned.unregister(this);
       this.fail(new PeftkitError('E_DISPOSED', `the model ${this.dir} has been disposed`));
       this.worker.ref();
@@ -230,11 +325,16 @@ export class AsyncModel {
  * ready; rejects with the PeftkitError loadModel would throw. The model keeps its worker (and
  * its memory) until dispose(); an idle one does not keep the process alive.
  */
-export function loadModelAsync(dir: string, o: LoadOptions = {}): Promise<AsyncModel> {
-  const cancel = new SharedArrayBuffer(4);
+export function loadModelAsync(dir: string, o: AsyncLoadOptions = {}): Promise<AsyncModel> {
+  const { maxBatchSize = DEFAULT_MAX_BATCH_SIZE, ...options } = o ?? {};
+  if (!Number.isInteger(maxBatchSize) || maxBatchSize < 1 || maxBatchSize > 1024) {
+    return Promise.reject(new PeftkitError('E_ARG', `loadModelAsync: maxBatchSize: expected an integer from 1 to 1024, got ${JSON.stringify(maxBatchSize)}`));
+  }
+  // One cancel slot per row of a batch.
+  const cancel = new SharedArrayBuffer(4 * maxBatchSize);
   let worker: Worker;
   try {
-    worker = new Worker(path.join(__dirname, 'model_worker.js'), { workerData: { dir, options: o, cancel } satisfies ModelWorkerInput });
+    worker = new Worker(path.join(__dirname, 'model_worker.js'), { workerData: { dir, options, cancel } satisfies ModelWorkerInput });
   } catch (e) {
     return Promise.reject(new PeftkitError('E_ARG', `loadModelAsync: the options cannot be sent to a worker: ${(e as Error).message}`));
   }

@@ -9,7 +9,7 @@ import * as ops from '../ops';
 import { Tensor } from '../tensor';
 import { SeededRng } from '../util/rng';
 import type { LlamaModel } from './llama';
-import { LayerActs, LlamaLayers, PassOptions } from './llama_layer';
+import { LayerActs, LayerCache, LlamaLayers, PassOptions } from './llama_layer';
 import type { ModelAdapter } from './sites';
 
 export interface GenerateOptions {
@@ -59,8 +59,8 @@ export function* generateTokens(model: LlamaModel, prompt: readonly number[], o:
   }
 }
 
-/** NaN or infinite logits would sample garbage silently: they come from non-finite weights. */
-function checkFinite(model: LlamaModel, logits: Float32Array, generated: number, adapter: ModelAdapter | null): void {
+/** NaN or infinite logits would sample garbage silently: they come from non-finite weights. @internal */
+export function checkFinite(model: LlamaModel, logits: Float32Array, generated: number, adapter: ModelAdapter | null): void {
   for (let i = 0; i < logits.length; i++) {
     if (!Number.isFinite(logits[i])) {
       throw new PeftkitError(
@@ -212,6 +212,22 @@ export class KvGenerator {
     }
     this.pos += n;
     return x;
+  }
+
+  /** @internal The position the next token takes (tokens fed so far, plus a prefix or virtual tokens). */
+  get position(): number {
+    return this.pos;
+  }
+
+  /** @internal Layer `l`'s cache as it stands: batched decoding writes the next position's key and value into it. */
+  layerCache(l: number): LayerCache {
+    return { k: this.k[l], v: this.v[l], pos: this.pos };
+  }
+
+  /** @internal A batched decode step wrote one more position into every layer's cache. */
+  advance(): void {
+    if (this.pos + 1 > this.maxT) throw new PeftkitError('E_ARG', `generate: context of ${this.pos + 1} tokens exceeds the cache (${this.maxT})`);
+    this.pos++;
   }
 
   private releaseTemps(): void {

@@ -102,8 +102,10 @@ export class LlamaLayers {
   /**
    * x [rows, C] → xOut. `cos`/`sin` are the RoPE tables of the rows' positions. With `cache`,
    * B must be 1: k/v are the cache slots of these positions and attention reads the whole cache.
+   * With one cache per row (batched decoding: B = 1, T = rows, each row the newest token of its
+   * own sequence), each row's key and value go into its cache and it attends to that cache alone.
    */
-  forward(l: number, x: Tensor, xOut: Tensor, a: LayerActs, B: number, T: number, rope: { cos: Tensor; sin: Tensor }, o: PassOptions, cache?: LayerCache): void {
+  forward(l: number, x: Tensor, xOut: Tensor, a: LayerActs, B: number, T: number, rope: { cos: Tensor; sin: Tensor }, o: PassOptions, cache?: LayerCache | readonly LayerCache[]): void {
     const c = this.model.config;
     const p = `model.layers.${l}.`;
     const D = c.headDim;
@@ -117,13 +119,8 @@ export class LlamaLayers {
     const k4 = a.k.view(0, [B, T, c.numKvHeads, D]);
     ops.ropeForward(q4, q4, rope.cos, rope.sin);
     ops.ropeForward(k4, k4, rope.cos, rope.sin);
-    // Keys and values: the cache's (generation), or a prefix's rows before this batch's (prefix tuning), or this batch's.
-    const pre = cache ? undefined : this.adapter?.prefix?.(l);
-    const Tk = cache ? cache.pos + T : T + (pre ? pre.keys.shape[0] : 0);
-    const withPrefix = pre ? this.prefixed(l, pre, a.k, a.v, B, T) : null;
-    const kAll = cache ? cache.k.view(0, [1, Tk, c.numKvHeads, D]) : withPrefix ? withPrefix.K : k4;
-    const vAll = cache ? cache.v.view(0, [1, Tk, c.numKvHeads, D]) : withPrefix ? withPrefix.V : a.v.view(0, [B, Tk, c.numKvHeads, D]);
-    ops.attentionForward(a.att.view(0, [B, T, c.numHeads, D]), a.lse.view(0, [B, c.numHeads, T]), q4, kAll, vAll, { scale: 1 / Math.sqrt(D) });
+    if (Array.isArray(cache)) this.rowsAttention(a, cache);
+    else this.attention(l, a, B, T, q4, k4, cache as LayerCache | undefined);
     this.linearForward(`${p}self_attn.o_proj`, a.x2, a.att, o, site + 3);
     this.adapter?.block?.(l, 'attn')?.forward(a.x2, this.call(o, site + 3));
     ops.add(a.x2, a.x2, x);
@@ -135,6 +132,47 @@ export class LlamaLayers {
     this.linearForward(`${p}mlp.down_proj`, xOut, a.act, o, site + 6);
     this.adapter?.block?.(l, 'mlp')?.forward(xOut, this.call(o, site + 6));
     ops.add(xOut, xOut, a.x2);
+  }
+
+  /** a.att of B sequences of T tokens from the rotated q4, k4 and a.v. */
+  private attention(l: number, a: LayerActs, B: number, T: number, q4: Tensor, k4: Tensor, cache: LayerCache | undefined): void {
+    const c = this.model.config;
+    const D = c.headDim;
+    // Keys and values: the cache's (generation), or a prefix's rows before this batch's (prefix tuning), or this batch's.
+    const pre = cache ? undefined : this.adapter?.prefix?.(l);
+    const Tk = cache ? cache.pos + T : T + (pre ? pre.keys.shape[0] : 0);
+    const withPrefix = pre ? this.prefixed(l, pre, a.k, a.v, B, T) : null;
+    const kAll = cache ? cache.k.view(0, [1, Tk, c.numKvHeads, D]) : withPrefix ? withPrefix.K : k4;
+    const vAll = cache ? cache.v.view(0, [1, Tk, c.numKvHeads, D]) : withPrefix ? withPrefix.V : a.v.view(0, [B, Tk, c.numKvHeads, D]);
+    ops.attentionForward(a.att.view(0, [B, T, c.numHeads, D]), a.lse.view(0, [B, c.numHeads, T]), q4, kAll, vAll, { scale: 1 / Math.sqrt(D) });
+  }
+
+  /**
+   * Row i of a.q, a.k, a.v is the newest token of sequence i: its key and value go into
+   * caches[i] at caches[i].pos, and it attends to that cache's pos + 1 positions.
+   */
+  private rowsAttention(a: LayerActs, caches: readonly LayerCache[]): void {
+    const c = this.model.config;
+    const D = c.headDim, H = c.numHeads, Hkv = c.numKvHeads, QD = H * D, KD = Hkv * D;
+    for (let i = 0; i < caches.length; i++) {
+      const { k, v, pos } = caches[i];
+      k.view(pos * KD, [KD]).copyFrom(this.rowView(a.k, i, [KD]));
+      v.view(pos * KD, [KD]).copyFrom(this.rowView(a.v, i, [KD]));
+      // Views of a length used once: freed now, not left to finalizers a decode loop never lets run.
+      const kAll = k.view(0, [1, pos + 1, Hkv, D]), vAll = v.view(0, [1, pos + 1, Hkv, D]);
+      const q = this.rowView(a.q, i, [1, 1, H, D]), att = this.rowView(a.att, i, [1, 1, H, D]), lse = this.rowView(a.lse, i, [1, H, 1]);
+      ops.attentionForward(att, lse, q, kAll, vAll, { scale: 1 / Math.sqrt(D) });
+      kAll.dispose();
+      vAll.dispose();
+    }
+  }
+
+  /** Row i of `t` as `shape` (one row's elements), remembered per tensor: the same few views every layer and step. */
+  private readonly rowViews = new WeakMap<Tensor, Tensor[]>();
+  private rowView(t: Tensor, i: number, shape: number[]): Tensor {
+    let views = this.rowViews.get(t);
+    if (!views) this.rowViews.set(t, (views = []));
+    return (views[i] ??= t.view(i * shape.reduce((p, d) => p * d, 1), shape));
   }
 
   /**

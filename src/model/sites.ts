@@ -140,6 +140,13 @@ export interface SiteCall {
 export interface LinearSite {
   forward(Y: Tensor, X: Tensor, base: BaseLinear, call: SiteCall): void;
   backward(dX: Tensor | null, dY: Tensor, X: Tensor, base: BaseLinear, call: SiteCall): void;
+  /**
+   * Inference only: Y holds the frozen base's output for X (X·Wᵀ + bias); make it this site's
+   * output in place (LoRA adds s·X·Aᵀ·Bᵀ, IA3 scales the columns). What lets a batch whose rows
+   * use different adapters share one base product (S-LoRA); a site without it runs `forward` on
+   * its own rows, reading W again.
+   */
+  forwardOnBase?(Y: Tensor, X: Tensor, base: BaseLinear, call: SiteCall): void;
 }
 
 /**

@@ -88,15 +88,29 @@ export class DoraLayer extends LoraLayer {
     return this.zStore.view(0, [rows, this.outFeatures]);
   }
 
+  /** g = m / ‖W + s·B·A‖, once a forward (once a generator when the weights are fixed). */
+  private updateScale(base: BaseLinear, call: SiteCall): void {
+    if (call.weightsFixed && this.normFor?.deref() === call.scratch && this.norms) return;
+    this.norms = this.weightNorms(base, call.scratch);
+    this.normFor = call.weightsFixed ? new WeakRef(call.scratch) : null;
+    const m = this.m.toFloat32Array();
+    const g = m.map((v, o) => v / this.norms![o]);
+    this.g.write(g);
+    this.gMinus1.write(g.map((v) => v - 1));
+  }
+
+  /** Y (the base output X·Wᵀ) becomes g ⊙ (Y + s·X·Aᵀ·Bᵀ); with a bias (base or trained), forward instead. */
+  override forwardOnBase(Y: Tensor, X: Tensor, base: BaseLinear, call: SiteCall): void {
+    if (this.biasOf(base)) return this.forward(Y, X, base, call);
+    this.updateScale(base, call);
+    const xa = call.scratch.get(0, [X.shape[0], this.r]);
+    ops.gemm(xa, X, this.A, { transB: true });
+    ops.gemm(Y, xa, this.B, { transB: true, alpha: this.scaling, beta: 1 });
+    ops.mulCols(Y, Y, this.g);
+  }
+
   override forward(Y: Tensor, X: Tensor, base: BaseLinear, call: SiteCall): void {
-    if (!(call.weightsFixed && this.normFor?.deref() === call.scratch && this.norms)) {
-      this.norms = this.weightNorms(base, call.scratch);
-      this.normFor = call.weightsFixed ? new WeakRef(call.scratch) : null;
-      const m = this.m.toFloat32Array();
-      const g = m.map((v, o) => v / this.norms![o]);
-      this.g.write(g);
-      this.gMinus1.write(g.map((v) => v - 1));
-    }
+    this.updateScale(base, call);
     const Z = this.z(X.shape[0]);
     if (call.dropout > 0) {
       const Xd = this.lowRankForward(Y, X, base, call, true);

@@ -55,6 +55,12 @@ export class Ia3Layer implements LinearSite {
     }
   }
 
+  /** Output scaling: Y (the base output) ⊙ l in place; input scaling needs its own product (forward). */
+  forwardOnBase(Y: Tensor, X: Tensor, base: BaseLinear, call: SiteCall): void {
+    if (this.feedforward) this.forward(Y, X, base, call);
+    else ops.mulCols(Y, Y, this.l);
+  }
+
   backward(dX: Tensor | null, dY: Tensor, X: Tensor, base: BaseLinear, call: SiteCall): void {
     if (this.feedforward) {
       // G = dY·W is ∂L/∂(X ⊙ l): dX = G ⊙ l, dl = Σ_rows G ⊙ X.

@@ -110,6 +110,14 @@ export class LoraLayer implements LinearSite {
     this.lowRankBackward(dX, dY, X, base, call);
   }
 
+  /** Y (the base output) += s·(X·Aᵀ)·Bᵀ; a layer with its own bias (or DoRA's rescaling) runs forward instead. */
+  forwardOnBase(Y: Tensor, X: Tensor, base: BaseLinear, call: SiteCall): void {
+    if (this.bias) return this.forward(Y, X, base, call);
+    const xa = call.scratch.get(0, [X.shape[0], this.r]);
+    ops.gemm(xa, X, this.A, { transB: true });
+    ops.gemm(Y, xa, this.B, { transB: true, alpha: this.scaling, beta: 1 });
+  }
+
   dispose(): void {
     for (const t of [this.A, this.B, this.dA, this.dB]) t.dispose();
     this.bias?.b.dispose();
