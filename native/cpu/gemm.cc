@@ -16,7 +16,8 @@
 // tile badly (M = 16 with mr = 14), the transposed product Cᵀ = op(B)ᵀ·op(A)ᵀ is computed and
 // written back transposed. When N fits in a couple of panels (LoRA's rank), an A panel would be
 // packed for a single use, so f32 A is read in place. M = 1 and N = 1 are matrix-vector
-// products, memory-bound: the matrix is read in place, never packed.
+// products, memory-bound: the matrix is read in place, never packed; so are 2 to 16 rows against
+// W's rows where the CPU has GemmFewRows kernels (a decode step of a batch).
 #include <algorithm>
 #include <cstdlib>
 #include <memory>
@@ -77,6 +78,7 @@ const GemmArch& gemm_arch() {
     if (cpu_isa() == Isa::Avx512) {
       GemmArch a = gemm_arch_avx512();
       a.pack = gemm_packers_avx512();
+      a.few_rows = gemm_few_rows_avx512();
       if (!cpu_features().avx512_bf16) a.bf16 = nullptr;
       if (cpu_amx() == Amx::Hardware) return gemm_arch_amx(a);
       if (cpu_amx() == Amx::Emulated) return gemm_arch_amx_emulated(a);
@@ -459,6 +461,63 @@ float element(const MatRef& m, int64_t i, int64_t j) {
   return m.round_bf16 ? operand_value<true>(v) : v;
 }
 
+// ---- 2 ≤ M ≤ kFewRowsMax: every term's matrix read in place (GemmFewRows) ---------------------
+// Where each term's B is W's rows (B(k, j) = W[j·ld + k], X·Wᵀ) stored f32 (not read rounded) or
+// bf16 and the CPU has the kernels.
+bool few_rows_fit(int64_t M, const GemmTerm* terms, int nterms) {
+  const GemmFewRows& fr = gemm_arch().few_rows;
+  if (M < 2 || M > kFewRowsMax) return false;
+  for (int t = 0; t < nterms; t++) {
+    const MatRef& B = terms[t].B;
+    const bool f32 = B.dtype == DType::F32 && !B.round_bf16 && fr.f32;
+    if (!B.trans || !(f32 || (B.dtype == DType::BF16 && fr.bf16))) return false;
+  }
+  return true;
+}
+
+void few_rows_sum(int64_t M, int64_t N, const GemmTerm* terms, int nterms, float beta, void* C, DType cdtype,
+                  int64_t ldc) {
+  const GemmFewRows& fr = gemm_arch().few_rows;
+  // alpha·A, widened (and rounded where marked) into contiguous rows: M × K floats a term.
+  std::vector<std::vector<float>> xs(static_cast<size_t>(nterms));
+  int64_t work = 0;
+  for (int t = 0; t < nterms; t++) {
+    const GemmTerm& g = terms[t];
+    std::vector<float>& x = xs[size_t(t)];
+    x.resize(size_t(M * g.K));
+    for (int64_t i = 0; i < M; i++)
+      for (int64_t k = 0; k < g.K; k++) x[size_t(i * g.K + k)] = g.alpha * element(g.A, i, k);
+    work += M * g.K * N;
+  }
+  std::vector<float> y(size_t(M * N), 0.f);
+  const int threads = work < (int64_t(1) << 16) ? 1 : int(std::min<int64_t>(num_threads(), (N + 15) / 16));
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+  for (int th = 0; th < threads; th++) {
+    const int64_t j0 = std::min(N, round_up(N * th / threads, 16));
+    const int64_t j1 = th + 1 == threads ? N : std::min(N, round_up(N * (th + 1) / threads, 16));
+    if (j0 >= j1) continue;
+    for (int t = 0; t < nterms; t++) {
+      const GemmTerm& g = terms[t];
+      const float* x = xs[size_t(t)].data();
+      if (g.B.dtype == DType::F32)
+        fr.f32(int(M), j1 - j0, g.K, x, g.K, static_cast<const float*>(g.B.data) + j0 * g.B.ld, g.B.ld, y.data() + j0, N);
+      else
+        fr.bf16(int(M), j1 - j0, g.K, x, g.K, static_cast<const bf16*>(g.B.data) + j0 * g.B.ld, g.B.ld, y.data() + j0, N);
+    }
+    for (int64_t i = 0; i < M; i++)
+      for (int64_t j = j0; j < j1; j++) {
+        const float v = y[size_t(i * N + j)];
+        if (cdtype == DType::F32) {
+          float& c = static_cast<float*>(C)[i * ldc + j];
+          c = beta == 0.f ? v : v + beta * c;
+        } else {
+          bf16& c = static_cast<bf16*>(C)[i * ldc + j];
+          c = f32_to_bf16(beta == 0.f ? v : v + beta * bf16_to_f32(c));
+        }
+      }
+  }
+}
+
 MatRef flipped(MatRef m) {
   m.trans = !m.trans;
   return m;
@@ -588,6 +647,7 @@ void gemm_sum(int64_t M, int64_t N, const GemmTerm* terms, int nterms, float bet
     }
     return gemv_sum(M == 1 ? N : M, vt, beta, C, cdtype, M == 1 ? 1 : ldc);
   }
+  if (few_rows_fit(M, terms, nterms)) return few_rows_sum(M, N, terms, nterms, beta, C, cdtype, ldc);
   std::vector<MatRef> a_views(static_cast<size_t>(nterms));
   std::vector<PanelTerm> pt(static_cast<size_t>(nterms));
   for (int t = 0; t < nterms; t++) {

@@ -40,6 +40,18 @@ struct GemmPackers {
 // layout a bf16 kernel reads, zero-padding k up to GemmArch::k_align_bf16.
 using GemmBf16ALayout = void (*)(bf16* dst, const bf16* src, int64_t kc, int mr);
 
+// A few rows against matrices read in place, y[i·ldy + j] += Σ_{k<K} x[i·ldx + k]·w[j·ldw + k] for
+// i < m, j < n (m ≤ 16: the decode step of a small batch, X·Wᵀ with W's rows contiguous). That
+// product is memory-bound on W, which the packed path would read twice (packing, then the
+// panels); here each W row is read once, for every row of x. Null entries: the packed path.
+struct GemmFewRows {
+  void (*f32)(int m, int64_t n, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, float* y,
+              int64_t ldy);
+  void (*bf16)(int m, int64_t n, int64_t K, const float* x, int64_t ldx, const bf16* w, int64_t ldw, float* y,
+               int64_t ldy);
+};
+constexpr int kFewRowsMax = 16;
+
 struct GemmArch {
   const char* name;
   int mr, nr, vw;  // register tile mr×nr; panel widths are multiples of vw up to nr
@@ -57,6 +69,7 @@ struct GemmArch {
   int mr_bf16 = 0;
   int k_align_bf16 = 2;
   GemmBf16ALayout bf16_a_layout = nullptr;
+  GemmFewRows few_rows = {nullptr, nullptr};
 };
 
 // The set this CPU runs, chosen once from cpu_isa() (gemm.cc).
@@ -65,6 +78,7 @@ const GemmArch& gemm_arch();
 // Defined in the *_avx512.cc and *_avx2.cc files (x86-64 builds only); called after a CPUID check.
 GemmArch gemm_arch_avx512();
 GemmPackers gemm_packers_avx512();
+GemmFewRows gemm_few_rows_avx512();
 GemmArch gemm_arch_avx2();
 // The AVX-512 set with its bf16 products on AMX tiles (gemm_amx.cc), or on a software model of
 // the tiles (gemm_amx_emulated_avx512.cc: PEFTKIT_ISA=amx-emulated, so the AMX kernel's panel

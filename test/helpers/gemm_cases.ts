@@ -191,6 +191,13 @@ export function isaCases(): GemmCase[] {
       cases.push({ M, N, K, transA, transB, alpha: 2, beta: 0.5 });
     for (const [M, N, K] of [[200, 16, 300], [16, 300, 257], [300, 16, 257], [257, 300, 16]])
       cases.push({ M, N, K, transA, transB });
+    // 2 to 16 rows (a decode step of a batch): X·Wᵀ reads W in place on AVX-512 (GemmFewRows),
+    // in blocks of 8 rows and their rest, two W rows at a time (odd N), K off the 16-lane vector.
+    for (const [M, N, K] of [[2, 37, 33], [9, 517, 601], [15, 3, 15], [16, 45, 1031]]) {
+      cases.push({ M, N, K, transA, transB, alpha: -0.5, beta: 0.5 });
+      cases.push({ M, N, K, transA, transB, a: 'bf16', b: 'bf16', c: 'bf16' });
+      cases.push({ M, N, K, transA, transB, b: 'bf16', compute: 'bf16', beta: 1 });
+    }
     // bf16 compute: f32 operands rounded while packed (bf16 pairs, or widened back into f32
     // panels where there is no bf16 kernel), across kc and nc, beside stored bf16, and M/N = 1.
     const compute = 'bf16' as const;
