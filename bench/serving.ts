@@ -15,7 +15,7 @@ import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { loadModel } from '../src/inference/model';
+import { loadModelSync } from '../src/inference/model';
 import { runtimeInfo } from '../src/index';
 import { LoraAdapter } from '../src/peft/lora';
 import { defaultLoraConfig } from '../src/peft/lora/config';
@@ -42,7 +42,7 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
  * (load on a shared machine drifts; alternating exposes both sides to it alike). Medians.
  */
 function measure(dir: string, rows: number, tokens: number, reps: number): { sequential: Side; batched: Side; identicalRows: number; ratios: number[] } {
-  const m = loadModel(dir);
+  const m = loadModelSync(dir);
   for (let i = 0; i < rows; i++) {
     const a = LoraAdapter.create(m.llama.linearModules, defaultLoraConfig({ r: 16, lora_alpha: 32, target_modules: 'all-linear', init_lora_weights: false }), { seed: i + 1 });
     // Small B: the adapters change the tokens without making the random model's logits explode.

@@ -1,7 +1,7 @@
 // The README's quick start: run with `node examples/quickstart.js` after `npm install`.
 const os = require('os');
 const path = require('path');
-const { train, loadModel, mergeAdapter, writeRandomModel } = require('peftkit');
+const { train, loadModelSync, mergeAdapterSync, writeRandomModel } = require('peftkit');
 
 async function main() {
   const work = path.join(os.tmpdir(), 'peftkit-quickstart');
@@ -21,12 +21,12 @@ async function main() {
   const result = await run; // the work runs in a worker thread; this thread stays free
   console.log(`adapter: ${result.adapterDir}, final loss ${result.finalLoss.toFixed(3)}`);
 
-  const model = loadModel(modelDir);
+  const model = loadModelSync(modelDir);
   const { text } = model.generate('What does Ada keep?', { adapter: result.adapterDir, temperature: 0, maxNewTokens: 24 });
   console.log(`generated: ${JSON.stringify(text)}`);
   model.dispose();
 
-  mergeAdapter({ model: modelDir, adapter: result.adapterDir, out: path.join(work, 'merged') });
+  mergeAdapterSync({ model: modelDir, adapter: result.adapterDir, out: path.join(work, 'merged') });
 }
 
 main().catch((e) => { console.error(e); process.exit(1); });

@@ -2,7 +2,7 @@
 // The model lives in a worker thread; this thread's timers keep firing while it loads and generates.
 const os = require('os');
 const path = require('path');
-const { loadModelAsync, PeftkitError, writeRandomModel } = require('peftkit');
+const { loadModel, PeftkitError, writeRandomModel } = require('peftkit');
 
 async function main() {
   const modelDir = path.join(os.tmpdir(), 'peftkit-streaming', 'tiny-llama');
@@ -13,7 +13,7 @@ async function main() {
   let ticks = 0;
   const ticker = setInterval(() => ticks++, 10); // stands in for a server's other work
 
-  const model = await loadModelAsync(modelDir); // loading happens in the worker
+  const model = await loadModel(modelDir); // loading happens in the worker
   try {
     // The whole result at once:
     const { ids } = await model.generate('Hello', { maxNewTokens: 16, temperature: 0 });

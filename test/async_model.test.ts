@@ -1,5 +1,5 @@
 /**
- * Inference off the main thread: loadModelAsync's worker gives the same tokens as the
+ * Inference off the main thread: loadModel's worker gives the same tokens as the
  * synchronous Model (whole and streamed), the caller's event loop keeps running meanwhile, an
  * AbortSignal stops a stream promptly, and errors keep their PeftkitError codes; merge and
  * quantize in a worker write what the synchronous forms write.
@@ -13,7 +13,7 @@ import * as vm from 'vm';
 import { loadTokenizer } from '../src/data/tokenizer';
 import { modelWorkersAlive } from '../src/inference/async_model';
 import { IncrementalText } from '../src/inference/incremental_text';
-import { loadModel, loadModelAsync, mergeAdapter, mergeAdapterAsync, PeftkitError, quantizeModel, quantizeModelAsync, writeRandomModel } from '../src/index';
+import { loadModelSync, loadModel, mergeAdapterSync, mergeAdapter, PeftkitError, quantizeModelSync, quantizeModel, writeRandomModel } from '../src/index';
 import type { Generation, GenerationPiece } from '../src/index';
 import { LoraAdapter } from '../src/peft/lora';
 import { defaultLoraConfig } from '../src/peft/lora/config';
@@ -28,7 +28,7 @@ function model(big = false): string {
 }
 
 function adapterFor(dir: string): string {
-  const m = loadModel(dir);
+  const m = loadModelSync(dir);
   const a = LoraAdapter.create(m.llama.linearModules, defaultLoraConfig({ r: 4, lora_alpha: 32, target_modules: ['q_proj', 'v_proj'] }), { seed: 2 });
   for (const l of a.layers.values()) l.B.write(Float32Array.from({ length: l.B.numel }, (_, i) => Math.sin(i)));
   const out = path.join(tmp(), 'adapter');
@@ -63,8 +63,8 @@ async function rejects(t: ExecutionContext, p: Promise<unknown>, code: string, r
 test('generate and stream give the same tokens and text as the synchronous Model, with and without an adapter', async (t) => {
   const dir = model();
   const adapter = adapterFor(dir);
-  const sync = loadModel(dir);
-  const am = await loadModelAsync(dir);
+  const sync = loadModelSync(dir);
+  const am = await loadModel(dir);
   t.deepEqual(am.config, sync.config);
   t.true(am.hasTokenizer);
   for (const o of [
@@ -93,7 +93,7 @@ test('generate and stream give the same tokens and text as the synchronous Model
 });
 
 test.serial('the stream yields each token as it is produced, not all at the end', async (t) => {
-  const am = await loadModelAsync(model(true));
+  const am = await loadModel(model(true));
   const at: number[] = [];
   const t0 = performance.now();
   for await (const p of am.stream([1, 2, 3], { maxNewTokens: 40, temperature: 0, stopTokens: [] })) {
@@ -108,18 +108,18 @@ test.serial('the stream yields each token as it is produced, not all at the end'
   await am.dispose();
 });
 
-test.serial('the event loop keeps running during loadModelAsync and a long generate; the synchronous forms freeze it', async (t) => {
+test.serial('the event loop keeps running during loadModel and a long generate; the synchronous forms freeze it', async (t) => {
   const dir = model(true);
   const o = { maxNewTokens: 100, temperature: 0, stopTokens: [] };
-  let am: Awaited<ReturnType<typeof loadModelAsync>> | undefined;
-  const loadGap = await largestGap(async () => (am = await loadModelAsync(dir)));
+  let am: Awaited<ReturnType<typeof loadModel>> | undefined;
+  const loadGap = await largestGap(async () => (am = await loadModel(dir)));
   let asyncMs = 0;
   const asyncGap = await largestGap(async () => {
     const t0 = performance.now();
     await am!.generate([1, 2, 3], o);
     asyncMs = performance.now() - t0;
   });
-  const sync = loadModel(dir);
+  const sync = loadModelSync(dir);
   let syncMs = 0;
   const syncGap = await largestGap(() => {
     const t0 = performance.now();
@@ -133,13 +133,13 @@ test.serial('the event loop keeps running during loadModelAsync and a long gener
   // 50x slower (11 s), 136 ms. Generation on the calling thread would make a gap of the whole run.
   const bound = (ms: number) => Math.max(60, ms / 20);
   t.true(asyncGap < bound(asyncMs), `async generate: largest gap ${asyncGap.toFixed(1)} ms of ${asyncMs.toFixed(0)} ms`);
-  t.true(loadGap < 60, `loadModelAsync: largest gap ${loadGap.toFixed(1)} ms`);
+  t.true(loadGap < 60, `loadModel: largest gap ${loadGap.toFixed(1)} ms`);
   sync.dispose();
   await am!.dispose();
 });
 
 test.serial('an AbortSignal ends the stream at once with E_ABORTED and stops the worker within a token or two', async (t) => {
-  const am = await loadModelAsync(model(true));
+  const am = await loadModel(model(true));
   const ctrl = new AbortController();
   const at: number[] = [];
   let abortedAt = 0;
@@ -183,8 +183,8 @@ test.serial('an AbortSignal ends the stream at once with E_ABORTED and stops the
 
 test('errors reject with the codes of the synchronous forms', async (t) => {
   const dir = model();
-  const sync = loadModel(dir);
-  const am = await loadModelAsync(dir);
+  const sync = loadModelSync(dir);
+  const am = await loadModel(dir);
   const codeOf = (fn: () => unknown) => t.throws(fn, { instanceOf: PeftkitError })?.code;
   const missing = path.join(tmp(), 'no-adapter');
   const badAdapter = path.join(tmp(), 'bad-adapter');
@@ -206,16 +206,16 @@ test('errors reject with the codes of the synchronous forms', async (t) => {
   adapterObject.dispose();
   await rejects(t, am.generate([1], { stopTokens: [() => 1] as never }), 'E_ARG', /cannot be sent/);
   t.deepEqual((await am.generate([1, 2], { maxNewTokens: 2, temperature: 0, stopTokens: [] })).ids.length, 2, 'still works after errors');
-  // Loading: the same codes as loadModel.
+  // Loading: the same codes as loadModelSync.
   const noTok = path.join(tmp(), 'notok');
   writeRandomModel(noTok, { hiddenSize: 16, numLayers: 1, numHeads: 2, vocabSize: 40, tokenizer: false, seed: 1 });
-  const plain = await loadModelAsync(noTok);
+  const plain = await loadModel(noTok);
   t.false(plain.hasTokenizer);
   await rejects(t, plain.generate('text'), 'E_MISSING', /no tokenizer\.json/);
   await plain.dispose();
   for (const bad of [path.join(tmp(), 'none'), badAdapter]) {
-    const code = codeOf(() => loadModel(bad));
-    await rejects(t, loadModelAsync(bad), code!);
+    const code = codeOf(() => loadModelSync(bad));
+    await rejects(t, loadModel(bad), code!);
   }
   // Disposed: running and later requests reject with E_DISPOSED.
   const running = am.generate([1], { maxNewTokens: 500, temperature: 0, stopTokens: [] });
@@ -227,27 +227,27 @@ test('errors reject with the codes of the synchronous forms', async (t) => {
   sync.dispose();
 });
 
-test('mergeAdapterAsync and quantizeModelAsync write what the synchronous forms write, and fail with their codes', async (t) => {
+test('mergeAdapter and quantizeModel write what the synchronous forms write, and fail with their codes', async (t) => {
   const dir = model();
   const adapter = adapterFor(dir);
   const [a, b] = [path.join(tmp(), 'merged'), path.join(tmp(), 'merged')];
-  const r1 = mergeAdapter({ model: dir, adapter, out: a });
-  const r2 = await mergeAdapterAsync({ model: dir, adapter, out: b });
+  const r1 = mergeAdapterSync({ model: dir, adapter, out: a });
+  const r2 = await mergeAdapter({ model: dir, adapter, out: b });
   t.deepEqual({ ...r2, out: '' }, { ...r1, out: '' });
   t.deepEqual(fs.readFileSync(path.join(b, 'model.safetensors')), fs.readFileSync(path.join(a, 'model.safetensors')));
   const [q1, q2] = [path.join(tmp(), 'q'), path.join(tmp(), 'q')];
-  t.deepEqual(await quantizeModelAsync({ model: dir, out: q2, format: 'nf4' }), quantizeModel({ model: dir, out: q1, format: 'nf4' }));
+  t.deepEqual(await quantizeModel({ model: dir, out: q2, format: 'nf4' }), quantizeModelSync({ model: dir, out: q1, format: 'nf4' }));
   t.deepEqual(fs.readFileSync(path.join(q2, 'model.safetensors')), fs.readFileSync(path.join(q1, 'model.safetensors')));
   const codeOf = (fn: () => unknown) => t.throws(fn, { instanceOf: PeftkitError })?.code;
   const badMerge = { model: dir, adapter: path.join(tmp(), 'none'), out: path.join(tmp(), 'x') };
-  await rejects(t, mergeAdapterAsync(badMerge), codeOf(() => mergeAdapter(badMerge))!);
+  await rejects(t, mergeAdapter(badMerge), codeOf(() => mergeAdapterSync(badMerge))!);
   const badQuant = { model: dir, out: path.join(tmp(), 'y'), format: 'nf5' as never };
-  await rejects(t, quantizeModelAsync(badQuant), codeOf(() => quantizeModel(badQuant))!);
+  await rejects(t, quantizeModel(badQuant), codeOf(() => quantizeModelSync(badQuant))!);
 });
 
 /** The model is held only by this function's frame (an async caller's frame may keep temporaries). */
 async function generateFromDroppedModel(dir: string): Promise<{ result: Promise<Generation> }> {
-  const am = await loadModelAsync(dir);
+  const am = await loadModel(dir);
   return { result: am.generate([1, 2], { maxNewTokens: 30, temperature: 0, stopTokens: [] }) };
 }
 

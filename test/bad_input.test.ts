@@ -7,7 +7,7 @@ import test, { ExecutionContext } from 'ava';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { loadModel, mergeAdapter, PeftkitError, quantizeModel } from '../src/index';
+import { loadModelSync, mergeAdapterSync, PeftkitError, quantizeModelSync } from '../src/index';
 import { readModelConfig } from '../src/model/config';
 import { SafetensorsCheckpoint, SafetensorsFile } from '../src/model/safetensors';
 import { linearModules } from '../src/model/weights';
@@ -67,7 +67,7 @@ test('sharded checkpoints: the index is validated and a missing shard is named f
   fails(t, () => new SafetensorsCheckpoint(dir), 'E_IO', /index\.json: weight_map lists shard model-00002-of-00002\.safetensors \(for 'lm_head\.weight'\), but .* does not exist/);
   const { 'model.norm.weight': _n, ...withoutNorm } = map;
   fs.writeFileSync(index, JSON.stringify({ weight_map: withoutNorm }));
-  fails(t, () => loadModel(dir), 'E_MISSING', /index\.json: checkpoint has no tensor 'model\.norm\.weight'/);
+  fails(t, () => loadModelSync(dir), 'E_MISSING', /index\.json: checkpoint has no tensor 'model\.norm\.weight'/);
 });
 
 test('config.json: values the kernels would refuse or turn into NaN are refused at parse, naming the field', (t) => {
@@ -87,21 +87,21 @@ test('config.json: values the kernels would refuse or turn into NaN are refused 
   const good = fs.readFileSync(file, 'utf8');
   for (const [change, code, re] of cases) {
     fs.writeFileSync(file, JSON.stringify({ ...JSON.parse(good), ...change }));
-    fails(t, () => loadModel(dir), code, re);
+    fails(t, () => loadModelSync(dir), code, re);
   }
   fs.writeFileSync(file, JSON.stringify({ ...JSON.parse(good), num_hidden_layers: 1e9 }));
   const out = path.join(path.dirname(dir), 'q');
-  fails(t, () => quantizeModel({ model: dir, out, format: 'nf4' }), 'E_MISSING', /num_hidden_layers is 1000000000/);
+  fails(t, () => quantizeModelSync({ model: dir, out, format: 'nf4' }), 'E_MISSING', /num_hidden_layers is 1000000000/);
   t.false(fs.existsSync(out));
   fs.writeFileSync(file, JSON.stringify({ ...JSON.parse(good), vocab_size: 41 }));
-  fails(t, () => loadModel(dir), 'E_SHAPE', /model\.safetensors: tensor 'model\.embed_tokens\.weight' has shape \[40, 16\], expected \[41, 16\] \(the expected shape comes from .*config\.json\)/);
+  fails(t, () => loadModelSync(dir), 'E_SHAPE', /model\.safetensors: tensor 'model\.embed_tokens\.weight' has shape \[40, 16\], expected \[41, 16\] \(the expected shape comes from .*config\.json\)/);
 });
 
 test('bitsandbytes folders: errors name the file; NaN, infinite or negative block and row maxima are refused', (t) => {
   const src = model();
   for (const [format, scale] of [['nf4', 'weight.nested_absmax'], ['fp4', 'weight.absmax'], ['int8', 'SCB']] as const) {
     const q = path.join(path.dirname(src), format);
-    quantizeModel({ model: src, out: q, format, doubleQuant: format === 'nf4' });
+    quantizeModelSync({ model: src, out: q, format, doubleQuant: format === 'nf4' });
     const file = path.join(q, 'model.safetensors');
     const name = `model.layers.1.self_attn.v_proj.${scale}`;
     for (const v of [NaN, -Infinity, -0.5]) {
@@ -111,7 +111,7 @@ test('bitsandbytes folders: errors name the file; NaN, infinite or negative bloc
         ts[name] = { ...ts[name], data: f };
         return '';
       });
-      fails(t, () => loadModel(q), 'E_FORMAT', new RegExp(`${format}/model\\.safetensors: ${name.replace(/\./g, '\\.')}: element 0 is ${v}, expected finite absolute maxima`));
+      fails(t, () => loadModelSync(q), 'E_FORMAT', new RegExp(`${format}/model\\.safetensors: ${name.replace(/\./g, '\\.')}: element 0 is ${v}, expected finite absolute maxima`));
     }
     editTensors(file, (ts) => {
       delete ts[name];
@@ -120,7 +120,7 @@ test('bitsandbytes folders: errors name the file; NaN, infinite or negative bloc
     // Without its row scales an int8 weight is just I8 codes: the loader says what is missing.
     const missing = format === 'int8' ? /int8\/model\.safetensors: tensor 'model\.layers\.1\.self_attn\.v_proj\.weight' holds I8 codes but no quantization state: expected '.*\.SCB'/
       : new RegExp(`${format}/model\\.safetensors: ${name.replace(/\./g, '\\.')}: tensor is missing`);
-    fails(t, () => loadModel(q), 'E_MISSING', missing);
+    fails(t, () => loadModelSync(q), 'E_MISSING', missing);
   }
 });
 
@@ -131,7 +131,7 @@ test('generate stops on non-finite logits instead of sampling garbage', (t) => {
   const [begin] = (p.header['model.norm.weight'] as { data_offsets: number[] }).data_offsets;
   p.data.writeFloatLE(NaN, begin);
   writeSafetensorsParts(file, p);
-  const m = loadModel(dir);
+  const m = loadModelSync(dir);
   try {
     fails(t, () => m.generate([1, 2], { maxNewTokens: 2 }), 'E_NAN', /generate: logit 0 is NaN after 0 generated token\(s\): a weight in .*model\.safetensors holds NaN or Infinity/);
   } finally {
@@ -169,7 +169,7 @@ test('adapters: NaN weights, an orphan lora_B and an f32-overflowing lora_alpha 
   editJson(path.join(adapterDir, 'adapter_config.json'), (j) => (j.lora_alpha = 3e38));
   setB(3e38);
   const out = path.join(path.dirname(dir), 'merged');
-  fails(t, () => mergeAdapter({ model: dir, adapter: adapterDir, out }), 'E_NAN', /adapter_model\.safetensors: merging into 'model\.layers\.\d\.self_attn\.q_proj\.weight' gives -?Infinity/);
+  fails(t, () => mergeAdapterSync({ model: dir, adapter: adapterDir, out }), 'E_NAN', /adapter_model\.safetensors: merging into 'model\.layers\.\d\.self_attn\.q_proj\.weight' gives -?Infinity/);
   t.false(fs.existsSync(out));
 });
 
@@ -223,5 +223,5 @@ test('resume: trainer_state.json fields are validated; NaN optimizer moments are
 test('tokenizer: a damaged tokenizer.json fails naming the file, not with a TypeError from the tokenizer library', (t) => {
   const dir = model({ tokenizer: true });
   editJson(path.join(dir, 'tokenizer.json'), (j) => ((j.post_processor as Record<string, unknown>).single = [1e308]));
-  fails(t, () => loadModel(dir), 'E_CONFIG', /tokenizer\.json: the tokenizer cannot encode text \(.*\); is the file damaged\?/);
+  fails(t, () => loadModelSync(dir), 'E_CONFIG', /tokenizer\.json: the tokenizer cannot encode text \(.*\); is the file damaged\?/);
 });

@@ -3,7 +3,7 @@ import test from 'ava';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { loadModel } from '../src/inference/model';
+import { loadModelSync } from '../src/inference/model';
 import { writeWeights } from '../src/model/hf_folder';
 import { LlamaModel } from '../src/model/llama';
 import { writeRandomModel } from '../src/model/random_model';
@@ -45,7 +45,7 @@ for (const tied of [false, true]) {
     const after = weights(out);
     t.deepEqual([...after.keys()].sort(), [...before.keys()].sort(), 'the same tensors as the base (tied stays tied)');
     for (const [n, w] of before) t.true(changed(after.get(n)!, w), `${n} trained`);
-    const m = loadModel(r.adapterDir);
+    const m = loadModelSync(r.adapterDir);
     const g = m.generate('the number', { maxNewTokens: 4, temperature: 0 });
     t.true(g.ids.length > 0);
     m.dispose();

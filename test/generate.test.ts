@@ -5,7 +5,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { PeftkitError } from '../src/errors';
 import { LlamaModel } from '../src/model/llama';
-import { loadModel } from '../src/inference/model';
+import { loadModelSync } from '../src/inference/model';
 import { writeRandomModel } from '../src/model/random_model';
 import { generateIds, KvGenerator, sample } from '../src/model/llama_generate';
 import { LoraAdapter } from '../src/peft/lora';
@@ -91,13 +91,13 @@ test('generate() stops at every end-of-sequence id the folder names: tokenizer, 
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-gen-'));
   const cfg = writeRandomModel(dir, { hiddenSize: 32, numLayers: 1, numHeads: 2, seed: 5 });
   const greedy = { maxNewTokens: 6, temperature: 0 };
-  const free = loadModel(dir);
+  const free = loadModelSync(dir);
   const ids = free.generate('Hi', { ...greedy, stopTokens: [] }).ids;
   free.dispose();
   t.is(ids.length, 6);
   const first = ids[0];
   const stopsAtFirst = (what: string) => {
-    const m = loadModel(dir);
+    const m = loadModelSync(dir);
     t.deepEqual(m.generate('Hi', greedy).ids, [first], what);
     m.dispose();
   };
@@ -108,7 +108,7 @@ test('generate() stops at every end-of-sequence id the folder names: tokenizer, 
   fs.writeFileSync(path.join(dir, 'generation_config.json'), JSON.stringify({ bos_token_id: cfg.bos_token_id, eos_token_id: [cfg.eos_token_id, first] }));
   stopsAtFirst('generation_config.json eos_token_id list');
   fs.writeFileSync(path.join(dir, 'generation_config.json'), '{"eos_token_id": "x"}');
-  const m = loadModel(dir);
+  const m = loadModelSync(dir);
   const e = t.throws(() => m.generate('Hi', greedy), { instanceOf: PeftkitError });
   t.regex(e!.message, /generation_config\.json: field "eos_token_id" is "x"/);
   m.dispose();
@@ -117,7 +117,7 @@ test('generate() stops at every end-of-sequence id the folder names: tokenizer, 
 for (const device of ALL_DEVICES) deviceTest(device, 'generate() with an adapter folder reads it again when it has been written again', (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-gen-'));
   writeRandomModel(dir, { hiddenSize: 32, numLayers: 1, numHeads: 2, seed: 6 });
-  const model = loadModel(dir, { device });
+  const model = loadModelSync(dir, { device });
   t.is(model.llama.device, device);
   const adapterDir = path.join(dir, 'adapter');
   const save = (seed: number) => {

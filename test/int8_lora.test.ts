@@ -1,5 +1,5 @@
 /**
- * The LLM.int8 outlier threshold end to end: loadModel / train() / the CLI put it on an int8 base
+ * The LLM.int8 outlier threshold end to end: loadModelSync / train() / the CLI put it on an int8 base
  * only, generation and training run through LLM.int8, and a bad value is refused before loading.
  */
 import test from 'ava';
@@ -7,11 +7,11 @@ import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { loadModel, PeftkitError } from '../src/index';
+import { loadModelSync, PeftkitError } from '../src/index';
 import { LlamaModel } from '../src/model/llama';
 import { KvGenerator } from '../src/model/llama_generate';
 import { writeRandomModel } from '../src/model/random_model';
-import { quantizeModel } from '../src/quant';
+import { quantizeModelSync } from '../src/quant';
 import { train } from '../src/train/train';
 import { ALL_DEVICES, relErr } from './helpers/check';
 import { deviceTest } from './helpers/device_test';
@@ -29,7 +29,7 @@ function logits(model: LlamaModel, prompt: number[]): Float32Array {
   }
 }
 
-test('loadModel: int8Threshold goes on every int8 weight; other bases and bad values are refused', (t) => {
+test('loadModelSync: int8Threshold goes on every int8 weight; other bases and bad values are refused', (t) => {
   const dir = tmp();
   const model = path.join(dir, 'model');
   writeRandomModel(model, { hiddenSize: 32, numHeads: 4, numKvHeads: 2, numLayers: 2, seed: 3 });
@@ -37,7 +37,7 @@ test('loadModel: int8Threshold goes on every int8 weight; other bases and bad va
   const plain = LlamaModel.load(model, { quantize: 'int8' });
   const ref = logits(plain, prompt);
   for (const threshold of [0, 6]) {
-    const m = loadModel(model, { quantize: 'int8', int8Threshold: threshold });
+    const m = loadModelSync(model, { quantize: 'int8', int8Threshold: threshold });
     const lw = m.llama.linear('model.layers.1.mlp.down_proj.weight');
     t.true('q' in lw && lw.q.format === 'int8' && lw.q.threshold === threshold);
     // The int8 activations cost a little accuracy against the dequantized-weight path, no more.
@@ -49,8 +49,8 @@ test('loadModel: int8Threshold goes on every int8 weight; other bases and bad va
   plain.dispose();
 
   // A bitsandbytes 8-bit folder takes it too; 4-bit and unquantized bases do not.
-  quantizeModel({ model, out: path.join(dir, 'int8'), format: 'int8' });
-  quantizeModel({ model, out: path.join(dir, 'nf4'), format: 'nf4' });
+  quantizeModelSync({ model, out: path.join(dir, 'int8'), format: 'int8' });
+  quantizeModelSync({ model, out: path.join(dir, 'nf4'), format: 'nf4' });
   const b8 = LlamaModel.load(path.join(dir, 'int8'), { int8Threshold: 6 });
   const lw = b8.linear('model.layers.0.self_attn.q_proj.weight');
   t.true('q' in lw && lw.q.format === 'int8' && lw.q.threshold === 6);
@@ -60,7 +60,7 @@ test('loadModel: int8Threshold goes on every int8 weight; other bases and bad va
   t.throws(() => LlamaModel.load(model, { int8Threshold: 6 }), { ...unsupported, message: /unquantized/ });
   t.throws(() => LlamaModel.load(model, { quantize: 'nf4', int8Threshold: 6 }), unsupported);
   for (const bad of [-1, NaN, Infinity, '6' as unknown as number]) {
-    t.throws(() => loadModel(model, { quantize: 'int8', int8Threshold: bad }), { instanceOf: PeftkitError, code: 'E_ARG', message: /int8Threshold/ });
+    t.throws(() => loadModelSync(model, { quantize: 'int8', int8Threshold: bad }), { instanceOf: PeftkitError, code: 'E_ARG', message: /int8Threshold/ });
   }
 });
 

@@ -7,7 +7,7 @@ import test, { ExecutionContext } from 'ava';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { addWeightedAdapter, loadModel, PeftkitError, writeRandomModel } from '../src/index';
+import { addWeightedAdapter, loadModelSync, PeftkitError, writeRandomModel } from '../src/index';
 import { SafetensorsCheckpoint, writeSafetensors } from '../src/model/safetensors';
 import { createAdapter } from '../src/peft/registry';
 import { LoraAdapter } from '../src/peft/lora';
@@ -68,7 +68,7 @@ function maxRelDiff(t: ExecutionContext, got: ArrayLike<number>, want: ArrayLike
 }
 
 test("'linear': A = Σ √(w·s)·A_i, B = Σ √(w·s)·B_i per module, over the adapters that have it; config r, lora_alpha = r, targets' union", (t) => {
-  const m = loadModel(modelDir());
+  const m = loadModelSync(modelDir());
   const dirs = [lora(m, 1, 4, ['q_proj', 'v_proj']), lora(m, 2, 4, ['q_proj', 'k_proj'], 16), lora(m, 3, 4, 'all-linear')];
   const weights = [0.5, 1.5, 0.7];
   const out = path.join(tmp(), 'linear');
@@ -101,7 +101,7 @@ test("'linear': A = Σ √(w·s)·A_i, B = Σ √(w·s)·B_i per module, over th
 
 test("'cat': ranks concatenated, ΔW = Σ w_i·s_i·B_i·A_i exactly, and its generation equals the base with that ΔW merged", (t) => {
   const dir = modelDir();
-  const m = loadModel(dir);
+  const m = loadModelSync(dir);
   const dirs = [lora(m, 4, 4, 'all-linear'), lora(m, 5, 2, ['q_proj', 'v_proj'], 8), lora(m, 6, 3, ['v_proj', 'down_proj'], 3)];
   const weights = [0.8, -1.2, 2];
   const out = path.join(tmp(), 'cat');
@@ -131,7 +131,7 @@ test("'cat': ranks concatenated, ΔW = Σ w_i·s_i·B_i·A_i exactly, and its ge
     tensors[name] = { dtype: 'F32', shape: info.shape, data: d ? Float32Array.from(w, (v, i) => v + d[i]) : w };
   }
   writeSafetensors(path.join(mergedDir, 'model.safetensors'), tensors);
-  const mm = loadModel(mergedDir);
+  const mm = loadModelSync(mergedDir);
   const o = { maxNewTokens: 12, temperature: 0, stopTokens: [] };
   for (const prompt of ['Hello', 'abc', 'The']) {
     const viaAdapter = m.generate(prompt, { ...o, adapter: out });
@@ -143,7 +143,7 @@ test("'cat': ranks concatenated, ΔW = Σ w_i·s_i·B_i·A_i exactly, and its ge
 });
 
 test('refusals: ranks under linear, negative √ under linear, weights, DoRA; nothing is written', (t) => {
-  const m = loadModel(modelDir());
+  const m = loadModelSync(modelDir());
   const a = lora(m, 7, 4, ['q_proj']), b = lora(m, 8, 2, ['q_proj']);
   const dora = createAdapter('dora', m.llama, { seed: 1 });
   const doraDir = path.join(tmp(), 'dora');

@@ -17,8 +17,8 @@ import { SafetensorsCheckpoint, TensorToWrite, writeSafetensors } from '../src/m
 import { linearModules } from '../src/model/weights';
 import { LoraAdapter } from '../src/peft/lora';
 import { defaultLoraConfig, LoraConfig } from '../src/peft/lora/config';
-import { mergeAdapter, MergeResult } from '../src/peft/merge';
-import { dequantize4bit, dequantizeInt8, DYNAMIC_SIGNED_CODE, quantizeModel, readBnbWeight, recoverAbsmax } from '../src/quant/index';
+import { mergeAdapterSync, MergeResult } from '../src/peft/merge';
+import { dequantize4bit, dequantizeInt8, DYNAMIC_SIGNED_CODE, quantizeModelSync, readBnbWeight, recoverAbsmax } from '../src/quant/index';
 import type { BnbWeight, Int8State, Quant4State } from '../src/quant/index';
 import { roundToF16 } from '../src/quant/f16';
 import { ALL_DEVICES, makeRng, relErr, Rng } from './helpers/check';
@@ -60,7 +60,7 @@ function fixture(t: ExecutionContext, c: Case, rng: Rng, tie = false): Fixture {
   writeRandomModel(base, { hiddenSize: 44, numHeads: 2, numKvHeads: 1, intermediateSize: 70, numLayers: 2, tieWordEmbeddings: tie, seed: rng.seed });
   fs.writeFileSync(path.join(base, 'README.md'), '# a model card\n');
   const bnb = path.join(dir, 'bnb');
-  quantizeModel({ model: base, out: bnb, format: c.format, blocksize: c.blocksize, doubleQuant: c.doubleQuant });
+  quantizeModelSync({ model: base, out: bnb, format: c.format, blocksize: c.blocksize, doubleQuant: c.doubleQuant });
   const adapterDir = path.join(dir, 'adapter');
   const modules = linearModules(readModelConfig(base));
   const adapter = LoraAdapter.create(modules, defaultLoraConfig({ ...c.lora, init_lora_weights: false }), { seed: rng.int(0, 2 ** 31) });
@@ -215,13 +215,13 @@ function writeDenseWith(src: string, out: string, replace: Map<string, Float32Ar
   fs.copyFileSync(path.join(src, 'config.json'), path.join(out, 'config.json'));
 }
 
-// The merge itself is file to file on the cpu (mergeAdapter has no device); the merged models run on each device.
+// The merge itself is file to file on the cpu (mergeAdapterSync has no device); the merged models run on each device.
 for (const c of CASES) {
   for (const device of ALL_DEVICES) deviceTest(device, `merge into a ${c.name} base: requantized as published, the rest byte for byte, outputs move by the rounding, with a warning`, (t) => {
     const rng = makeRng(t);
     const f = fixture(t, c, rng);
     const out = path.join(f.dir, 'merged');
-    const res: MergeResult = mergeAdapter({ model: f.bnb, adapter: f.adapterDir, out });
+    const res: MergeResult = mergeAdapterSync({ model: f.bnb, adapter: f.adapterDir, out });
     const adapterCfg = JSON.parse(fs.readFileSync(path.join(f.adapterDir, 'adapter_config.json'), 'utf8'));
     const scaling = adapterCfg.use_rslora ? adapterCfg.lora_alpha / Math.sqrt(adapterCfg.r) : adapterCfg.lora_alpha / adapterCfg.r;
     const modules = linearModules(readModelConfig(f.base));
@@ -292,7 +292,7 @@ for (const c of CASES) {
 
     // (e) dtype f32: dense, no quantization_config, the dequantized base plus the delta
     const dense = path.join(f.dir, 'dense');
-    const rd = mergeAdapter({ model: f.bnb, adapter: f.adapterDir, out: dense, dtype: 'f32' });
+    const rd = mergeAdapterSync({ model: f.bnb, adapter: f.adapterDir, out: dense, dtype: 'f32' });
     t.deepEqual([rd.written, rd.baseFormat, rd.warnings], ['f32', c.format, []]);
     const cfg = JSON.parse(fs.readFileSync(path.join(dense, 'config.json'), 'utf8'));
     t.is(cfg.quantization_config, undefined);
@@ -356,7 +356,7 @@ test('dtype bf16 writes the dequantized merge dense in bf16; a LoRA on a tied he
 
   for (const [model, dtype] of [[f.bnb, undefined], [f.bnb, 'f32'], [f.base, undefined]] as const) {
     const out = path.join(f.dir, `untied-${path.basename(model)}-${dtype}`);
-    const r = mergeAdapter({ model, adapter: f.adapterDir, out, dtype });
+    const r = mergeAdapterSync({ model, adapter: f.adapterDir, out, dtype });
     t.true(r.merged.includes('lm_head.weight'));
     t.is(JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8')).tie_word_embeddings, false, 'the merged head has its own weight');
     const ck = new SafetensorsCheckpoint(out);
@@ -369,7 +369,7 @@ test('dtype bf16 writes the dequantized merge dense in bf16; a LoRA on a tied he
 
   const f32Dir = path.join(f.dir, `untied-bnb-f32`);
   const bf16Dir = path.join(f.dir, 'bf16');
-  const r = mergeAdapter({ model: f.bnb, adapter: f.adapterDir, out: bf16Dir, dtype: 'bf16' });
+  const r = mergeAdapterSync({ model: f.bnb, adapter: f.adapterDir, out: bf16Dir, dtype: 'bf16' });
   t.deepEqual([r.written, r.warnings], ['bf16', []]);
   const cfg = JSON.parse(fs.readFileSync(path.join(bf16Dir, 'config.json'), 'utf8'));
   t.deepEqual([cfg.quantization_config, cfg.torch_dtype], [undefined, 'bfloat16']);
@@ -402,8 +402,8 @@ test('merge errors name the file, field or module; a failed merge leaves the out
   const out = path.join(f.dir, 'out');
   fs.mkdirSync(out);
   fs.writeFileSync(path.join(out, 'keep.txt'), 'from before');
-  const err = (o: Partial<Parameters<typeof mergeAdapter>[0]>, code: string, re: RegExp) => {
-    const e = t.throws(() => mergeAdapter({ model: f.bnb, adapter: f.adapterDir, out, ...o }), { instanceOf: PeftkitError });
+  const err = (o: Partial<Parameters<typeof mergeAdapterSync>[0]>, code: string, re: RegExp) => {
+    const e = t.throws(() => mergeAdapterSync({ model: f.bnb, adapter: f.adapterDir, out, ...o }), { instanceOf: PeftkitError });
     t.is(e?.code, code, e?.message);
     t.regex(e!.message, re);
   };
@@ -435,7 +435,7 @@ test('merge errors name the file, field or module; a failed merge leaves the out
   const nested128 = path.join(f.dir, 'nested128');
   withStateEdit(f.bnb, nested128, down, (s) => { s.nested_blocksize = 128; });
   err({ model: nested128 }, 'E_UNSUPPORTED', /down_proj\.weight\.quant_state\.bitsandbytes__nf4: nested_blocksize 128 cannot be written again/);
-  t.notThrows(() => mergeAdapter({ model: nested128, adapter: f.adapterDir, out: path.join(f.dir, 'dense128'), dtype: 'f32' }), 'it can still be merged dense');
+  t.notThrows(() => mergeAdapterSync({ model: nested128, adapter: f.adapterDir, out: path.join(f.dir, 'dense128'), dtype: 'f32' }), 'it can still be merged dense');
 
   err({ dtype: 'f16' as never }, 'E_ARG', /dtype: expected f32 or bf16, got 'f16'/);
   err({ out: f.bnb }, 'E_ARG', /out: .* is the base model folder/);
@@ -468,8 +468,8 @@ test('a 4-bit base packed in bfloat16 (bnb_4bit_quant_storage, as FSDP-QLoRA sav
 
   t.deepEqual(logits(bf, f.adapterDir, f.prompts), logits(f.bnb, f.adapterDir, f.prompts));
   const mergedU8 = path.join(f.dir, 'merged-u8'), mergedBf = path.join(f.dir, 'merged-bf16');
-  mergeAdapter({ model: f.bnb, adapter: f.adapterDir, out: mergedU8 });
-  mergeAdapter({ model: bf, adapter: f.adapterDir, out: mergedBf });
+  mergeAdapterSync({ model: f.bnb, adapter: f.adapterDir, out: mergedU8 });
+  mergeAdapterSync({ model: bf, adapter: f.adapterDir, out: mergedBf });
   const a = new SafetensorsCheckpoint(mergedU8), b = new SafetensorsCheckpoint(mergedBf);
   t.deepEqual([...b.tensors.keys()].sort(), [...a.tensors.keys()].sort());
   for (const name of a.tensors.keys()) {

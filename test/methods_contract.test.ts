@@ -13,7 +13,7 @@ import { LlamaModel } from '../src/model/llama';
 import { KvGenerator } from '../src/model/llama_generate';
 import { writeRandomModel } from '../src/model/random_model';
 import type { ModelAdapter } from '../src/model/sites';
-import { mergeAdapter } from '../src/peft/merge';
+import { mergeAdapterSync } from '../src/peft/merge';
 import { AdapterMethod, createAdapter, CreateAdapterOptions, loadAdapter } from '../src/peft/registry';
 import { Trainer } from '../src/train/trainer';
 import { ALL_DEVICES, makeRng, relErr } from './helpers/check';
@@ -131,11 +131,11 @@ for (const row of ROWS) {
           // o_proj and MLP biases: transformers' Qwen2 has no place for them, so such a merge is refused.
           const unmergeable = row.variant === 'every Linear' && arch === 'Qwen2ForCausalLM';
           if (storage === 'f32' && row.merges === false) {
-            t.throws(() => mergeAdapter({ model: dir, adapter: saved, out: path.join(dir, 'merged') }), { code: 'E_UNSUPPORTED', message: /cannot be merged/ });
+            t.throws(() => mergeAdapterSync({ model: dir, adapter: saved, out: path.join(dir, 'merged') }), { code: 'E_UNSUPPORTED', message: /cannot be merged/ });
           } else if (storage === 'f32' && unmergeable) {
-            t.throws(() => mergeAdapter({ model: dir, adapter: saved, out: path.join(dir, 'merged') }), { code: 'E_UNSUPPORTED', message: /Qwen2ForCausalLM cannot hold/ });
+            t.throws(() => mergeAdapterSync({ model: dir, adapter: saved, out: path.join(dir, 'merged') }), { code: 'E_UNSUPPORTED', message: /Qwen2ForCausalLM cannot hold/ });
           } else if (storage === 'f32') {
-            const merged = mergeAdapter({ model: dir, adapter: saved, out: path.join(dir, 'merged') });
+            const merged = mergeAdapterSync({ model: dir, adapter: saved, out: path.join(dir, 'merged') });
             const mm = LlamaModel.load(merged.out, { device });
             owned.push(mm);
             const e = relErr(logits(mm, null, ids), trained);

@@ -10,7 +10,7 @@ import { LlamaForward } from '../src/model/llama_forward';
 import { writeRandomModel } from '../src/model/random_model';
 import { LoraAdapter } from '../src/peft/lora';
 import { defaultLoraConfig } from '../src/peft/lora/config';
-import { mergeAdapter } from '../src/peft/merge';
+import { mergeAdapterSync } from '../src/peft/merge';
 import { Trainer } from '../src/train/trainer';
 import type { Device } from '../src/index';
 import { ALL_DEVICES, makeRng, relErr } from './helpers/check';
@@ -95,14 +95,14 @@ for (const device of ALL_DEVICES) deviceTest(device, 'save/load round trip is ex
   // A base saved by transformers 5, which writes "dtype" where older versions wrote "torch_dtype".
   const cfgFile = path.join(dir, 'config.json');
   fs.writeFileSync(cfgFile, JSON.stringify({ ...JSON.parse(fs.readFileSync(cfgFile, 'utf8')), dtype: 'bfloat16' }));
-  mergeAdapter({ model: dir, adapter: out, out: mergedDir });
+  mergeAdapterSync({ model: dir, adapter: out, out: mergedDir });
   const mergedCfg = JSON.parse(fs.readFileSync(path.join(mergedDir, 'config.json'), 'utf8')) as Record<string, unknown>;
   t.deepEqual([mergedCfg.torch_dtype, mergedCfg.dtype], ['float32', 'float32'], 'the dtype keys say what was written');
   const merged = LlamaModel.load(mergedDir);
   const e = relErr(logits(merged, null, ids), unmerged);
   t.true(e <= 1e-4, `merged vs unmerged: ${e.toExponential(2)}`);
   t.true(fs.existsSync(path.join(mergedDir, 'tokenizer.json')));
-  mergeAdapter({ model: dir, adapter: out, out: mergedDir, dtype: 'bf16' });
+  mergeAdapterSync({ model: dir, adapter: out, out: mergedDir, dtype: 'bf16' });
   const mergedBf16 = LlamaModel.load(mergedDir);
   t.true(relErr(logits(mergedBf16, null, ids), unmerged) <= 5e-2, 'bf16 merge is close');
   for (const m of [merged, mergedBf16, model]) m.dispose();
@@ -122,7 +122,7 @@ test('a LoRA on lm_head: generation applies it (== merged), training refuses it 
   // A base saved by transformers 5, which writes "dtype" where older versions wrote "torch_dtype".
   const cfgFile = path.join(dir, 'config.json');
   fs.writeFileSync(cfgFile, JSON.stringify({ ...JSON.parse(fs.readFileSync(cfgFile, 'utf8')), dtype: 'bfloat16' }));
-  mergeAdapter({ model: dir, adapter: out, out: mergedDir });
+  mergeAdapterSync({ model: dir, adapter: out, out: mergedDir });
   const mergedCfg = JSON.parse(fs.readFileSync(path.join(mergedDir, 'config.json'), 'utf8')) as Record<string, unknown>;
   t.deepEqual([mergedCfg.torch_dtype, mergedCfg.dtype], ['float32', 'float32'], 'the dtype keys say what was written');
   const merged = LlamaModel.load(mergedDir);

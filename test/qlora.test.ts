@@ -13,7 +13,7 @@ import { expectedWeights } from '../src/model/weights';
 import { KvGenerator } from '../src/model/llama_generate';
 import { writeRandomModel } from '../src/model/random_model';
 import { LoraAdapter } from '../src/peft/lora';
-import { quantizeModel } from '../src/quant';
+import { quantizeModelSync } from '../src/quant';
 import type { QuantWeight } from '../src/ops/gemm_quant';
 import { Trainer } from '../src/train/trainer';
 import { train } from '../src/train/train';
@@ -180,7 +180,7 @@ for (const device of ALL_DEVICES) deviceTest(device, 'a quantized base loads wit
   t.true(qb.isQuantized && qb.compute === 'bf16' && qb.device === device);
   qb.dispose();
   t.throws(() => LlamaModel.load(model, { quantize: 'nf3' as never }), { instanceOf: PeftkitError, code: 'E_ARG' });
-  quantizeModel({ model, out: path.join(dir, 'bnb'), format: 'nf4' });
+  quantizeModelSync({ model, out: path.join(dir, 'bnb'), format: 'nf4' });
   const bnb = LlamaModel.load(path.join(dir, 'bnb'), { dtype: 'bf16', device });
   t.true(bnb.isQuantized && bnb.compute === 'bf16');
   bnb.dispose();

@@ -6,7 +6,7 @@ import { PeftkitError, writeRandomModel } from '../src/index';
 import { SafetensorsCheckpoint, TensorToWrite, writeSafetensors } from '../src/model/safetensors';
 import {
   DYNAMIC_SIGNED_CODE, FP4_CODE, NF4_CODE, detectQuantFormat, dequantize4bit, dequantizeInt8, entriesReader, int8Entries,
-  quant4Entries, quantize4bit, quantizeInt8Rowwise, quantizeModel, readInt8State, readQuant4State, recoverAbsmax,
+  quant4Entries, quantize4bit, quantizeInt8Rowwise, quantizeModelSync, readInt8State, readQuant4State, recoverAbsmax,
 } from '../src/quant/index';
 import type { Quant4State } from '../src/quant/index';
 import { roundArrayToF16, roundToF16 } from '../src/quant/f16';
@@ -179,7 +179,7 @@ function blockAbsmax(w: Float32Array, bs: number): Float32Array {
   return out;
 }
 
-test('quantizeModel nf4: a complete HF folder in the transformers + bitsandbytes layout, within the expected error', (t) => {
+test('quantizeModelSync nf4: a complete HF folder in the transformers + bitsandbytes layout, within the expected error', (t) => {
   const src = tmp();
   writeRandomModel(path.join(src, 'm'), { numLayers: 2, hiddenSize: 64, intermediateSize: 96, tieWordEmbeddings: false, seed: 3 });
   const model = path.join(src, 'm');
@@ -187,7 +187,7 @@ test('quantizeModel nf4: a complete HF folder in the transformers + bitsandbytes
   const out = path.join(src, 'q');
   fs.mkdirSync(out);
   fs.writeFileSync(path.join(out, 'stale.txt'), 'left from before');
-  const r = quantizeModel({ model, out, format: 'nf4' });
+  const r = quantizeModelSync({ model, out, format: 'nf4' });
   const modules = [0, 1].flatMap((l) => LINEARS.map((m) => `model.layers.${l}.${m}`));
   t.deepEqual(r.quantized, modules.map((m) => `${m}.weight`).sort());
   t.true(r.copied.includes('lm_head.weight') && r.copied.includes('model.embed_tokens.weight') && r.copied.includes('model.norm.weight'));
@@ -235,14 +235,14 @@ test('quantizeModel nf4: a complete HF folder in the transformers + bitsandbytes
   }
 });
 
-test('quantizeModel int8 and fp4: layouts, copied biases, and errors', (t) => {
+test('quantizeModelSync int8 and fp4: layouts, copied biases, and errors', (t) => {
   const src = tmp();
   const model = path.join(src, 'qwen');
   writeRandomModel(model, { architecture: 'Qwen2ForCausalLM', numLayers: 1, hiddenSize: 32, numHeads: 4, numKvHeads: 2, seed: 5 });
   const orig = new SafetensorsCheckpoint(model);
   const p = 'model.layers.0.self_attn.q_proj';
 
-  const r8 = quantizeModel({ model, out: path.join(src, 'int8'), format: 'int8' });
+  const r8 = quantizeModelSync({ model, out: path.join(src, 'int8'), format: 'int8' });
   const ck8 = new SafetensorsCheckpoint(path.join(src, 'int8'));
   const cfg8 = JSON.parse(fs.readFileSync(path.join(src, 'int8', 'config.json'), 'utf8')).quantization_config;
   t.deepEqual(cfg8, { ...BNB_4BIT_CONFIG, _load_in_4bit: false, _load_in_8bit: true, load_in_4bit: false, load_in_8bit: true, bnb_4bit_quant_type: 'fp4', bnb_4bit_use_double_quant: false });
@@ -266,7 +266,7 @@ test('quantizeModel int8 and fp4: layouts, copied biases, and errors', (t) => {
     }
   }
 
-  quantizeModel({ model, out: path.join(src, 'fp4'), format: 'fp4', blocksize: 128, doubleQuant: false, computeDtype: 'bfloat16' });
+  quantizeModelSync({ model, out: path.join(src, 'fp4'), format: 'fp4', blocksize: 128, doubleQuant: false, computeDtype: 'bfloat16' });
   const ck4 = new SafetensorsCheckpoint(path.join(src, 'fp4'));
   const cfg4 = JSON.parse(fs.readFileSync(path.join(src, 'fp4', 'config.json'), 'utf8')).quantization_config;
   t.deepEqual(cfg4, { ...BNB_4BIT_CONFIG, bnb_4bit_quant_type: 'fp4', bnb_4bit_use_double_quant: false, bnb_4bit_compute_dtype: 'bfloat16' });
@@ -280,19 +280,19 @@ test('quantizeModel int8 and fp4: layouts, copied biases, and errors', (t) => {
     t.is(e?.code, code, e?.message);
     t.regex(e!.message, re);
   };
-  err(() => quantizeModel({ model: path.join(src, 'fp4'), out: path.join(src, 'again'), format: 'nf4' }), 'E_UNSUPPORTED', /already quantized/);
-  err(() => quantizeModel({ model, out: path.join(src, 'x'), format: 'int4' as never }), 'E_ARG', /format: expected 'nf4', 'fp4' or 'int8'/);
-  err(() => quantizeModel({ model, out: path.join(src, 'x'), format: 'nf4', blocksize: 100 }), 'E_ARG', /blocksize: expected one of/);
-  err(() => quantizeModel({ model, out: model, format: 'nf4' }), 'E_ARG', /out: .* is the model folder/);
-  err(() => quantizeModel({ model, out: path.dirname(model), format: 'nf4' }), 'E_ARG', /out: .* holds the model folder/);
-  err(() => quantizeModel({ model: path.join(src, 'nothing'), out: path.join(src, 'x'), format: 'nf4' }), 'E_IO', /config\.json: cannot read/);
+  err(() => quantizeModelSync({ model: path.join(src, 'fp4'), out: path.join(src, 'again'), format: 'nf4' }), 'E_UNSUPPORTED', /already quantized/);
+  err(() => quantizeModelSync({ model, out: path.join(src, 'x'), format: 'int4' as never }), 'E_ARG', /format: expected 'nf4', 'fp4' or 'int8'/);
+  err(() => quantizeModelSync({ model, out: path.join(src, 'x'), format: 'nf4', blocksize: 100 }), 'E_ARG', /blocksize: expected one of/);
+  err(() => quantizeModelSync({ model, out: model, format: 'nf4' }), 'E_ARG', /out: .* is the model folder/);
+  err(() => quantizeModelSync({ model, out: path.dirname(model), format: 'nf4' }), 'E_ARG', /out: .* holds the model folder/);
+  err(() => quantizeModelSync({ model: path.join(src, 'nothing'), out: path.join(src, 'x'), format: 'nf4' }), 'E_IO', /config\.json: cannot read/);
   t.false(fs.existsSync(path.join(src, 'x')), 'a failed run leaves no output folder');
   // "quantization_config": null (written by some exporters) means not quantized, as when loading.
   const nullQ = path.join(src, 'null-q');
   fs.cpSync(model, nullQ, { recursive: true });
   const plainCfg = JSON.parse(fs.readFileSync(path.join(nullQ, 'config.json'), 'utf8'));
   fs.writeFileSync(path.join(nullQ, 'config.json'), JSON.stringify({ ...plainCfg, quantization_config: null }));
-  quantizeModel({ model: nullQ, out: path.join(src, 'null-q-nf4'), format: 'nf4' });
+  quantizeModelSync({ model: nullQ, out: path.join(src, 'null-q-nf4'), format: 'nf4' });
   t.is(JSON.parse(fs.readFileSync(path.join(src, 'null-q-nf4', 'config.json'), 'utf8')).quantization_config.bnb_4bit_quant_type, 'nf4');
   // a checkpoint missing a Linear weight
   const broken = path.join(src, 'broken');
@@ -300,10 +300,10 @@ test('quantizeModel int8 and fp4: layouts, copied biases, and errors', (t) => {
   const tensors: Record<string, TensorToWrite> = {};
   for (const [name, info] of orig.tensors) if (name !== `${p}.weight`) tensors[name] = { dtype: info.dtype, shape: info.shape, data: orig.readBytes(name) };
   writeSafetensors(path.join(broken, 'model.safetensors'), tensors);
-  err(() => quantizeModel({ model: broken, out: path.join(src, 'x'), format: 'nf4' }), 'E_MISSING', /q_proj\.weight/);
+  err(() => quantizeModelSync({ model: broken, out: path.join(src, 'x'), format: 'nf4' }), 'E_MISSING', /q_proj\.weight/);
 });
 
-test('quantizeModel from a Hugging Face hub snapshot (every file a symlink to a blob) copies the tokenizer and generation files', (t) => {
+test('quantizeModelSync from a Hugging Face hub snapshot (every file a symlink to a blob) copies the tokenizer and generation files', (t) => {
   const dir = tmp();
   const blobs = path.join(dir, 'blobs');
   writeRandomModel(blobs, { numLayers: 1, hiddenSize: 32, numHeads: 2, seed: 4 });
@@ -312,7 +312,7 @@ test('quantizeModel from a Hugging Face hub snapshot (every file a symlink to a 
   fs.mkdirSync(snapshot);
   for (const f of fs.readdirSync(blobs)) fs.symlinkSync(path.join(blobs, f), path.join(snapshot, f));
   const out = path.join(dir, 'q');
-  quantizeModel({ model: snapshot, out, format: 'nf4' });
+  quantizeModelSync({ model: snapshot, out, format: 'nf4' });
   t.deepEqual(fs.readdirSync(out).sort(), fs.readdirSync(blobs).sort());
   for (const f of ['generation_config.json', 'tokenizer.json', 'tokenizer_config.json']) {
     t.false(fs.lstatSync(path.join(out, f)).isSymbolicLink(), `${f} is a copy, not a link into the cache`);

@@ -46,7 +46,7 @@ for (const format of ['nf4', 'fp4', 'int8'] as const) {
     const loaded = deq.toFloat32Array();
     deq.dispose();
     if (format === 'int8') {
-      // quantizeModel rounds through float16 first, as bitsandbytes' Int8Params does: compare loosely.
+      // quantizeModelSync rounds through float16 first, as bitsandbytes' Int8Params does: compare loosely.
       let worst = 0;
       for (let i = 0; i < loaded.length; i++) worst = Math.max(worst, Math.abs(loaded[i] - expected[i]));
       t.true(worst < 0.02, `int8 worst abs difference ${worst}`);

@@ -1,13 +1,13 @@
 /**
  * examples/service end to end on 127.0.0.1, in a child process as a user runs it: a training job
  * posted, its progress read as SSE, its adapter downloaded, a generation with it streamed as SSE
- * and equal to loadModel().generate with the downloaded adapter; a job cancelled by DELETE; a
+ * and equal to loadModelSync().generate with the downloaded adapter; a job cancelled by DELETE; a
  * SIGTERM checkpoints and the next start resumes.
  */
 import test, { ExecutionContext } from 'ava';
 import * as fs from 'fs';
 import * as path from 'path';
-import { loadModel, train } from '../src/index';
+import { loadModelSync, train } from '../src/index';
 import { readSse, SseEvent, startService } from './helpers/sse';
 import { tinyTrainFixture, tmpDir } from './helpers/train_fixture';
 
@@ -60,7 +60,7 @@ test('the example service trains a job, streams its progress, serves its adapter
   const tokens = gen.events.filter((e) => e.event === 'token').map((e) => (e.data as { id: number }).id);
   const done = gen.events.at(-1)!;
   t.is(done.event, 'done');
-  const local = loadModel(model);
+  const local = loadModelSync(model);
   try {
     const expected = local.generate(prompt, { adapter: downloaded, maxNewTokens: 8, temperature: 0 });
     t.deepEqual(tokens, expected.ids);

@@ -10,7 +10,7 @@ import test, { ExecutionContext } from 'ava';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { loadModel, loadModelAsync, PeftkitError, writeRandomModel } from '../src/index';
+import { loadModelSync, loadModel, PeftkitError, writeRandomModel } from '../src/index';
 import type { Generation, Model } from '../src/index';
 import { createAdapter } from '../src/peft/registry';
 import { LoraAdapter } from '../src/peft/lora';
@@ -55,7 +55,7 @@ function rejectsWith(t: ExecutionContext, fn: () => unknown, code: string, re?: 
 }
 
 test('adapters by name: load, list, generate, unload; the base is loaded once', (t) => {
-  const m = loadModel(modelDir());
+  const m = loadModelSync(modelDir());
   const f1 = loraFolder(m, 1), f2 = loraFolder(m, 2);
   const baseWeights = m.llama.weight('model.layers.0.self_attn.q_proj.weight');
   m.loadAdapter('one', f1);
@@ -85,7 +85,7 @@ test('adapters by name: load, list, generate, unload; the base is loaded once', 
 });
 
 test('a batch of 8 LoRA adapters, rows without one, DoRA, IA3, prefix, BitFit, bottleneck, P-tuning and diff rows gives each row its tokens alone (greedy and seeded sampling)', (t) => {
-  const m = loadModel(modelDir());
+  const m = loadModelSync(modelDir());
   for (let i = 0; i < 8; i++) m.loadAdapter(`lora${i}`, loraFolder(m, 10 + i));
   const others = ['dora', 'ia3', 'prefix', 'bitfit', 'adapter', 'p-tuning', 'diff'] as const;
   others.forEach((method, i) => m.loadAdapter(method, methodFolder(m, method, i + 1)));
@@ -117,7 +117,7 @@ function* iterate<T>(g: Generator<T, unknown, undefined>): Generator<T> {
 }
 
 test('adapters that change what every row shares are refused by name; bad requests name their index', (t) => {
-  const m = loadModel(modelDir());
+  const m = loadModelSync(modelDir());
   m.loadAdapter('ln', methodFolder(m, 'ln', 4));
   m.loadAdapter('lora', loraFolder(m, 4));
   rejectsWith(t, () => m.generateBatch([{ prompt: 'a', adapter: 'lora' }, { prompt: 'b', adapter: 'ln' }]), 'E_UNSUPPORTED', /adapter 'ln' changes model\.(layers\.0\.input_layernorm|norm)/);
@@ -133,9 +133,9 @@ test('adapters that change what every row shares are refused by name; bad reques
 
 test('AsyncModel: adapters by name in the worker; concurrent requests share a batch, each with its own tokens, stream and AbortSignal', async (t) => {
   const dir = modelDir();
-  const sync = loadModel(dir);
+  const sync = loadModelSync(dir);
   const folders = [0, 1, 2].map((i) => loraFolder(sync, 20 + i));
-  const am = await loadModelAsync(dir);
+  const am = await loadModel(dir);
   t.is(am.maxBatchSize, 8);
   await Promise.all(folders.map((f, i) => am.loadAdapter(`a${i}`, f)));
   t.deepEqual((await am.adapters()).map((a) => a.name), ['a0', 'a1', 'a2']);
@@ -162,7 +162,7 @@ test('AsyncModel: adapters by name in the worker; concurrent requests share a ba
   const together = await order(am);
   t.deepEqual(together.texts, alone.slice(0, 2).map((g) => g.text));
   t.true(together.seen.indexOf(1) < together.seen.lastIndexOf(0), `batched: ${together.seen.join('')}`);
-  const serial = await loadModelAsync(dir, { maxBatchSize: 1 });
+  const serial = await loadModel(dir, { maxBatchSize: 1 });
   await serial.loadAdapter('a0', folders[0]);
   await serial.loadAdapter('a1', folders[1]);
   const oneByOne = await order(serial);
@@ -194,7 +194,7 @@ test('AsyncModel: adapters by name in the worker; concurrent requests share a ba
 
 test('a row whose adapter overflows fails alone (E_NAN); the other rows finish', async (t) => {
   const dir = modelDir();
-  const m = loadModel(dir);
+  const m = loadModelSync(dir);
   const good = loraFolder(m, 30);
   const a = LoraAdapter.create(m.llama.linearModules, defaultLoraConfig({ r: 4, lora_alpha: 16, target_modules: 'all-linear', init_lora_weights: false }), { seed: 31 });
   for (const l of a.layers.values()) l.B.write(l.B.toFloat32Array().map((v) => v * 1e30));
@@ -213,7 +213,7 @@ test('a row whose adapter overflows fails alone (E_NAN); the other rows finish',
   t.deepEqual(failed, [[1, 'E_NAN']]);
   t.deepEqual(r.value[0], m.generate('ab', requests[0]));
   t.deepEqual(r.value[2], m.generate('ef', requests[2]));
-  const am = await loadModelAsync(dir);
+  const am = await loadModel(dir);
   await am.loadAdapter('good', good);
   await am.loadAdapter('huge', huge);
   const settled = await Promise.allSettled(requests.map(({ prompt, ...ro }) => am.generate(prompt, ro)));

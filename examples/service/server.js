@@ -6,7 +6,7 @@
 const fs = require('fs');
 const http = require('http');
 const path = require('path');
-const { JobManager, loadModelAsync, PeftkitError } = require('peftkit');
+const { JobManager, loadModel, PeftkitError } = require('peftkit');
 
 const PORT = Number(process.env.PORT ?? 8080);
 const HOST = process.env.HOST ?? '127.0.0.1';
@@ -125,7 +125,7 @@ function getAdapter(res, job, file) {
 function modelFor(dir) {
   const key = path.resolve(dir);
   if (!models.has(key)) {
-    const loading = loadModelAsync(key);
+    const loading = loadModel(key);
     loading.catch(() => models.delete(key)); // a failed load is tried again by the next request
     models.set(key, loading);
   }

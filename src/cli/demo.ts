@@ -7,7 +7,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { loadModel } from '../inference/model';
+import { loadModelSync } from '../inference/model';
 import { writeRandomModel } from '../model/random_model';
 import { train } from '../train/train';
 import { Progress } from './progress';
@@ -40,7 +40,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     writeRandomModel(modelDir, { hiddenSize: 64, intermediateSize: 176, numLayers: 2, numHeads: 4, numKvHeads: 2, seed: 1 });
     say(`  model: ${modelDir} (random init, HF layout)${keep ? '' : ', removed at the end'}`);
     say(`  data:  ${DATA}`);
-    const before = loadModel(modelDir);
+    const before = loadModelSync(modelDir);
     try {
       const greedy = { maxNewTokens: 24, temperature: 0 };
       say(`\nbefore: ${JSON.stringify(PROMPT)} -> ${JSON.stringify(before.generate(PROMPT, greedy).text)}`);

@@ -180,8 +180,8 @@ async function cmdGenerate(cmd: Command, args: string[]): Promise<number> {
   requireAll(cmd, p);
   const o = toOptions(cmd, p) as Record<string, never>;
   checkModelDir('--model', o.model);
-  const { loadModel } = await import('../inference/model');
-  const model = loadModel(o.model, { device: o.device, quantize: o.quantize, int8Threshold: o.int8Threshold });
+  const { loadModelSync } = await import('../inference/model');
+  const model = loadModelSync(o.model, { device: o.device, quantize: o.quantize, int8Threshold: o.int8Threshold });
   try {
     const g = model.generate(o.prompt, {
       adapter: o.adapter, maxNewTokens: o.maxNewTokens, temperature: o.temperature, topP: o.topP, seed: o.seed, chat: o.chat,
@@ -198,8 +198,8 @@ async function cmdMerge(cmd: Command, args: string[]): Promise<number> {
   requireAll(cmd, p);
   const o = toOptions(cmd, p) as Record<string, never>;
   checkModelDir('--model', o.model);
-  const { mergeAdapter } = await import('../peft/merge');
-  const r = mergeAdapter({ model: o.model, adapter: o.adapter, out: o.out, dtype: o.dtype });
+  const { mergeAdapterSync } = await import('../peft/merge');
+  const r = mergeAdapterSync({ model: o.model, adapter: o.adapter, out: o.out, dtype: o.dtype });
   for (const w of r.warnings) process.stderr.write(`peftkit: warning: ${w}\n`);
   const how = r.written === 'quantized' ? `requantized to the base's ${r.baseFormat}` : `${r.written}${r.baseFormat ? `, the ${r.baseFormat} base dequantized` : ''}`;
   process.stdout.write(`merged model written to ${path.resolve(r.out)} (${r.merged.length} weights merged, ${how})\n`);
@@ -211,8 +211,8 @@ async function cmdQuantize(cmd: Command, args: string[]): Promise<number> {
   requireAll(cmd, p);
   const o = toOptions(cmd, p) as Record<string, never>;
   checkModelDir('--model', o.model);
-  const { quantizeModel } = await import('../quant');
-  const r = quantizeModel({ model: o.model, out: o.out, format: o.format, blocksize: o.blocksize, doubleQuant: o.doubleQuant });
+  const { quantizeModelSync } = await import('../quant');
+  const r = quantizeModelSync({ model: o.model, out: o.out, format: o.format, blocksize: o.blocksize, doubleQuant: o.doubleQuant });
   process.stdout.write(`${r.quantized.length} Linear weights quantized to ${o.format}; ${(r.bytesBefore / 2 ** 20).toFixed(1)} MiB -> ${(r.bytesAfter / 2 ** 20).toFixed(1)} MiB in ${path.resolve(o.out)}\n`);
   return 0;
 }

@@ -1,5 +1,5 @@
 /**
- * loadModelAsync(): a model that lives in a worker thread, so loading it and generating from it
+ * loadModel(): a model that lives in a worker thread, so loading it and generating from it
  * never block the caller's event loop. Requests are served in the order they were asked for;
  * generations waiting together (asked while the worker was busy, or in the same tick) run as one
  * batch, each row with its own options and adapter (Model.streamBatch). Each can be awaited whole
@@ -83,7 +83,7 @@ export function modelWorkersAlive(): number {
 }
 
 /**
- * A model loaded by loadModelAsync: it lives in a worker thread until dispose() (or, for a model
+ * A model loaded by loadModel: it lives in a worker thread until dispose() (or, for a model
  * dropped without it, until the garbage collector has collected the handle).
  */
 export class AsyncModel {
@@ -105,7 +105,7 @@ export class AsyncModel {
   private dead: PeftkitError | null = null;
   private exited: Promise<void>;
 
-  /** @internal Use loadModelAsync. */
+  /** @internal Use loadModel. */
   constructor(dir: string, worker: Worker, cancelled: Int32Array, ready: Extract<WorkerMessage, { kind: 'ready' }>, exited: Promise<void>) {
     this.dir = dir;
     this.worker = worker;
@@ -320,15 +320,15 @@ export class AsyncModel {
 }
 
 /**
- * Loads a model folder, as loadModel does, in a worker thread of its own: the caller's event
- * loop stays free while the weights are read (loadModel blocks it). Resolves when the model is
- * ready; rejects with the PeftkitError loadModel would throw. The model keeps its worker (and
+ * Loads a model folder, as loadModelSync does, in a worker thread of its own: the caller's event
+ * loop stays free while the weights are read (loadModelSync blocks it). Resolves when the model is
+ * ready; rejects with the PeftkitError loadModelSync would throw. The model keeps its worker (and
  * its memory) until dispose(); an idle one does not keep the process alive.
  */
-export function loadModelAsync(dir: string, o: AsyncLoadOptions = {}): Promise<AsyncModel> {
+export function loadModel(dir: string, o: AsyncLoadOptions = {}): Promise<AsyncModel> {
   const { maxBatchSize = DEFAULT_MAX_BATCH_SIZE, ...options } = o ?? {};
   if (!Number.isInteger(maxBatchSize) || maxBatchSize < 1 || maxBatchSize > 1024) {
-    return Promise.reject(new PeftkitError('E_ARG', `loadModelAsync: maxBatchSize: expected an integer from 1 to 1024, got ${JSON.stringify(maxBatchSize)}`));
+    return Promise.reject(new PeftkitError('E_ARG', `loadModel: maxBatchSize: expected an integer from 1 to 1024, got ${JSON.stringify(maxBatchSize)}`));
   }
   // One cancel slot per row of a batch.
   const cancel = new SharedArrayBuffer(4 * maxBatchSize);
@@ -336,7 +336,7 @@ export function loadModelAsync(dir: string, o: AsyncLoadOptions = {}): Promise<A
   try {
     worker = new Worker(path.join(__dirname, 'model_worker.js'), { workerData: { dir, options, cancel } satisfies ModelWorkerInput });
   } catch (e) {
-    return Promise.reject(new PeftkitError('E_ARG', `loadModelAsync: the options cannot be sent to a worker: ${(e as Error).message}`));
+    return Promise.reject(new PeftkitError('E_ARG', `loadModel: the options cannot be sent to a worker: ${(e as Error).message}`));
   }
   workersAlive++;
   const exited = new Promise<void>((resolve) =>

@@ -1,5 +1,5 @@
 /**
- * loadModel(): a Hugging Face model folder ready for generation, with its tokenizer when the
+ * loadModelSync(): a Hugging Face model folder ready for generation, with its tokenizer when the
  * folder has one. `generate` takes text or token ids and an optional adapter (a PEFT folder or
  * a loaded adapter of any method).
  */
@@ -180,7 +180,7 @@ export class Model {
 
   /**
    * Continues a prompt (text, or token ids) with a KV cache. Synchronous: it blocks the calling
-   * thread until the last token (AsyncModel.generate, from loadModelAsync, does not).
+   * thread until the last token (AsyncModel.generate, from loadModel, does not).
    */
   generate(prompt: string | readonly number[], o: ModelGenerateOptions = {}): Generation {
     const it = this.stream(prompt, o, false);
@@ -317,9 +317,9 @@ export class Model {
 
 /**
  * Loads a LlamaForCausalLM / MistralForCausalLM / Qwen2ForCausalLM folder (and its tokenizer).
- * Synchronous: it blocks the calling thread while the weights are read (loadModelAsync does not).
+ * Synchronous: it blocks the calling thread while the weights are read (loadModel does not).
  */
-export function loadModel(dir: string, o: LoadOptions = {}): Model {
+export function loadModelSync(dir: string, o: LoadOptions = {}): Model {
   const llama = LlamaModel.load(dir, o);
   const tokenizer = fs.existsSync(path.join(dir, 'tokenizer.json')) ? loadTokenizer(dir) : null;
   return new Model(llama, tokenizer);

@@ -8,7 +8,7 @@
 import { parentPort, workerData } from 'worker_threads';
 import { PeftkitError } from '../errors';
 import { workerErrorMessage } from '../util/worker_error';
-import { BatchPiece, Generation, loadModel, LoadOptions, Model, ModelGenerateOptions } from './model';
+import { BatchPiece, Generation, loadModelSync, LoadOptions, Model, ModelGenerateOptions } from './model';
 
 /** What the worker is started with. */
 export interface ModelWorkerInput {
@@ -93,7 +93,7 @@ function runBatch(model: Model, rows: Row[]): void {
 
 let model: Model;
 try {
-  model = loadModel(dir, options);
+  model = loadModelSync(dir, options);
   port.postMessage({ kind: 'ready', config: model.config, hasTokenizer: model.tokenizer !== null });
   port.on('message', (r: ModelWorkerRequest) => {
     if (r.kind === 'dispose') {

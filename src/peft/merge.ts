@@ -1,5 +1,5 @@
 /**
- * mergeAdapter: folds an adapter into its base weights (each method's merge: LoRA W + s·B·A,
+ * mergeAdapterSync: folds an adapter into its base weights (each method's merge: LoRA W + s·B·A,
  * DoRA's rescaled W', IA3's scaled rows or columns, LN tuning's norms, BitFit's biases) and
  * writes a complete Hugging Face model folder that loads without peft.
  *
@@ -213,8 +213,8 @@ function requantizedWarning(m: MergedTensors): string {
 }
 
 /** Merges `o.adapter` into `o.model` and writes the merged model to `o.out`. */
-export function mergeAdapter(o: MergeOptions): MergeResult {
-  if (typeof o !== 'object' || o === null) throw new PeftkitError('E_ARG', 'mergeAdapter: expected an options object');
+export function mergeAdapterSync(o: MergeOptions): MergeResult {
+  if (typeof o !== 'object' || o === null) throw new PeftkitError('E_ARG', 'mergeAdapterSync: expected an options object');
   for (const k of ['model', 'adapter', 'out'] as const) {
     if (typeof o[k] !== 'string' || o[k] === '') throw new PeftkitError('E_ARG', `${k}: expected a folder path, got ${JSON.stringify(o[k])}`);
   }

@@ -16,5 +16,5 @@ export {
 export type { TensorSource, Quant4Meta } from './bnb_layout';
 export { quantizeBnb, readBnbWeight, dequantizeBnb, bnbEntries, bnbEntryNames, specOf, describeSpec } from './bnb_weight';
 export type { BnbSpec, BnbWeight, Quant4Spec } from './bnb_weight';
-export { quantizeModel, bnbQuantizationConfig } from './quantize_model';
+export { quantizeModelSync, bnbQuantizationConfig } from './quantize_model';
 export type { QuantizeModelOptions, QuantizeModelResult, QuantFormat } from './quantize_model';

@@ -64,9 +64,9 @@ export function bnbQuantizationConfig(format: QuantFormat, doubleQuant: boolean,
 }
 
 /** Writes the quantized copy of `o.model` to `o.out` and says what it did. */
-export function quantizeModel(o: QuantizeModelOptions): QuantizeModelResult {
-  if (typeof o !== 'object' || o === null) throw new PeftkitError('E_ARG', 'quantizeModel: expected an options object');
-  if (typeof o.model !== 'string' || typeof o.out !== 'string') throw new PeftkitError('E_ARG', 'quantizeModel: model and out must be folder paths');
+export function quantizeModelSync(o: QuantizeModelOptions): QuantizeModelResult {
+  if (typeof o !== 'object' || o === null) throw new PeftkitError('E_ARG', 'quantizeModelSync: expected an options object');
+  if (typeof o.model !== 'string' || typeof o.out !== 'string') throw new PeftkitError('E_ARG', 'quantizeModelSync: model and out must be folder paths');
   if (o.format !== 'nf4' && o.format !== 'fp4' && o.format !== 'int8') {
     throw new PeftkitError('E_ARG', `format: expected 'nf4', 'fp4' or 'int8', got ${JSON.stringify(o.format)}`);
   }

@@ -1,5 +1,5 @@
 /**
- * mergeAdapterAsync / quantizeModelAsync / estimateMemoryAsync: mergeAdapter, quantizeModel and
+ * mergeAdapter / quantizeModel / estimateMemoryAsync: mergeAdapterSync, quantizeModelSync and
  * estimateMemory in a worker thread of their own, so the caller's event loop stays free while
  * they read, tokenize, compute and write.
  */
@@ -30,18 +30,18 @@ function runTask<R>(task: TaskName, options: unknown): Promise<R> {
 }
 
 /**
- * mergeAdapter in a worker thread: resolves with the same MergeResult, rejects with the same
- * PeftkitError codes, and never blocks the caller's event loop (mergeAdapter does).
+ * mergeAdapterSync in a worker thread: resolves with the same MergeResult, rejects with the same
+ * PeftkitError codes, and never blocks the caller's event loop (mergeAdapterSync does).
  */
-export function mergeAdapterAsync(o: MergeOptions): Promise<MergeResult> {
+export function mergeAdapter(o: MergeOptions): Promise<MergeResult> {
   return runTask('merge', o);
 }
 
 /**
- * quantizeModel in a worker thread: resolves with the same QuantizeModelResult, rejects with
- * the same PeftkitError codes, and never blocks the caller's event loop (quantizeModel does).
+ * quantizeModelSync in a worker thread: resolves with the same QuantizeModelResult, rejects with
+ * the same PeftkitError codes, and never blocks the caller's event loop (quantizeModelSync does).
  */
-export function quantizeModelAsync(o: QuantizeModelOptions): Promise<QuantizeModelResult> {
+export function quantizeModel(o: QuantizeModelOptions): Promise<QuantizeModelResult> {
   return runTask('quantize', o);
 }
 

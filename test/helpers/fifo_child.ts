@@ -8,7 +8,7 @@ import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { loadModel, PeftkitError, Tensor } from '../../src/index';
+import { loadModelSync, PeftkitError, Tensor } from '../../src/index';
 import { readRows } from '../../src/data';
 import { runTraining } from '../../src/train/run';
 import { writeTinyModel } from './fuzz_model_cases';
@@ -62,7 +62,7 @@ if (require.main === module) {
       fs.writeFileSync(cfgFile, JSON.stringify(cfg));
     }
     attempt(name, () => {
-      const m = loadModel(dir);
+      const m = loadModelSync(dir);
       try {
         m.eosIds(); // reads generation_config.json
       } finally {
@@ -79,7 +79,7 @@ if (require.main === module) {
     const map = Object.fromEntries(Object.keys(header).filter((k) => k !== '__metadata__').map((k) => [k, shard]));
     fs.writeFileSync(path.join(dir, 'model.safetensors.index.json'), JSON.stringify({ weight_map: map }));
     mkfifo(path.join(dir, name));
-    attempt(name, () => loadModel(dir).dispose());
+    attempt(name, () => loadModelSync(dir).dispose());
   }
   // The engine's own reader, which the checkpoint loaders call after their checks.
   mkfifo(path.join(root, 'tensor.bin'));

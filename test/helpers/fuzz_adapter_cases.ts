@@ -4,7 +4,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { loadModel, mergeAdapter } from '../../src/index';
+import { loadModelSync, mergeAdapterSync } from '../../src/index';
 import { readModelConfig } from '../../src/model/config';
 import { linearModules } from '../../src/model/weights';
 import { LoraAdapter } from '../../src/peft/lora';
@@ -106,7 +106,7 @@ const adapter: FuzzCase = {
     const action = rng.int(0, 10);
     if (action < 5) {
       return outcome(files, () => {
-        const m = loadModel(model);
+        const m = loadModelSync(model);
         try {
           const ids = m.generate([1, 2, 3], { maxNewTokens: 3, temperature: 0, adapter: adapterDir }).ids;
           if (ids.some((id) => !Number.isInteger(id) || id < 0 || id >= m.config.vocabSize)) throw new FuzzViolation(`generate returned ${ids}`);
@@ -118,13 +118,13 @@ const adapter: FuzzCase = {
     if (action < 8) {
       const out = path.join(dir, 'merged');
       const got = outcome(files, () => {
-        mergeAdapter({ model, adapter: adapterDir, out });
+        mergeAdapterSync({ model, adapter: adapterDir, out });
       });
       if (got === 'ok') {
         expectComplete(out, ['model.safetensors', 'config.json']);
         // A merge that succeeded wrote a usable model (activations may still overflow: E_NAN, named).
         const merged = outcome([path.join(out, 'model.safetensors')], () => {
-          const m = loadModel(out);
+          const m = loadModelSync(out);
           try {
             generateSome(m);
           } finally {

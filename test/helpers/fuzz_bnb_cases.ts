@@ -5,7 +5,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { loadModel, mergeAdapter, quantizeModel } from '../../src/index';
+import { loadModelSync, mergeAdapterSync, quantizeModelSync } from '../../src/index';
 import { readModelConfig } from '../../src/model/config';
 import { SafetensorsFile, TensorToWrite, writeSafetensors } from '../../src/model/safetensors';
 import { linearModules } from '../../src/model/weights';
@@ -114,7 +114,7 @@ const bnb: FuzzCase = {
   setup(dir) {
     const src = path.join(dir, 'src');
     writeTinyModel(src);
-    for (const f of FORMATS) quantizeModel({ model: src, out: path.join(dir, f.name), format: f.format, blocksize: f.blocksize, doubleQuant: f.doubleQuant });
+    for (const f of FORMATS) quantizeModelSync({ model: src, out: path.join(dir, f.name), format: f.format, blocksize: f.blocksize, doubleQuant: f.doubleQuant });
     const config = readModelConfig(src);
     const adapter = LoraAdapter.create(linearModules(config), defaultLoraConfig({ r: 2, target_modules: ['q_proj', 'down_proj'], init_lora_weights: false }), { seed: 1 });
     adapter.save(path.join(dir, 'adapter'));
@@ -143,14 +143,14 @@ const bnb: FuzzCase = {
       const out = path.join(dir, 'merged');
       const dtype = rng.pick([undefined, 'f32', 'bf16'] as const);
       const got = outcome([...files, 'adapter'], () => {
-        mergeAdapter({ model, adapter: path.join(dir, 'adapter'), out, dtype });
+        mergeAdapterSync({ model, adapter: path.join(dir, 'adapter'), out, dtype });
       });
       if (got === 'ok') expectComplete(out, ['model.safetensors', 'config.json']);
       else expectNoOutput(out);
       return got;
     }
     return outcome(files, () => {
-      const m = loadModel(model);
+      const m = loadModelSync(model);
       try {
         generateSome(m);
       } finally {

@@ -1,7 +1,7 @@
 /** Fuzz cases of a model folder: model.safetensors, sharded checkpoints, config.json (see fuzz.ts). */
 import * as fs from 'fs';
 import * as path from 'path';
-import { loadModel, quantizeModel, writeRandomModel } from '../../src/index';
+import { loadModelSync, quantizeModelSync, writeRandomModel } from '../../src/index';
 import { SafetensorsCheckpoint, TensorToWrite, writeSafetensors } from '../../src/model/safetensors';
 import {
   damageJsonFile, damageSafetensors, expectNoOutput, FuzzRng, FuzzViolation, mutateJson, oddValue, oddValueFor, outcome, readSafetensorsParts, writeSafetensorsParts,
@@ -19,7 +19,7 @@ export function writeTinyModel(dir: string, o: { tokenizer?: boolean; architectu
 /** Loads the model and generates a few tokens: success, or an error naming one of `files`. */
 function loadAndGenerate(dir: string, files: string[]): string {
   return outcome(files, () => {
-    const m = loadModel(dir);
+    const m = loadModelSync(dir);
     try {
       generateSome(m);
     } finally {
@@ -156,7 +156,7 @@ const config: FuzzCase = {
     if (rng.chance(0.25)) {
       const out = path.join(dir, 'quantized');
       const got = outcome(files, () => {
-        quantizeModel({ model, out, format: rng.pick(['nf4', 'int8'] as const) });
+        quantizeModelSync({ model, out, format: rng.pick(['nf4', 'int8'] as const) });
       });
       if (got !== 'ok') expectNoOutput(out);
       return got;
@@ -182,7 +182,7 @@ const tokenizer: FuzzCase = {
       log(damageJsonFile(file, rng));
     }
     return outcome(['tokenizer.json', 'tokenizer_config.json'], () => {
-      const m = loadModel(model);
+      const m = loadModelSync(model);
       try {
         const g = m.generate(rng.pick(['hello', 'Ünïcödé 🙂']), { maxNewTokens: 3, temperature: 0, chat: rng.chance(0.5) });
         if (typeof g.text !== 'string') throw new FuzzViolation(`generate returned text ${String(g.text)}`);

@@ -5,7 +5,7 @@
  *   node --expose-gc serving_leak_child.js DIR
  */
 import * as path from 'path';
-import { loadModel } from '../../src/inference/model';
+import { loadModelSync } from '../../src/inference/model';
 import { writeRandomModel } from '../../src/model/random_model';
 import { LoraAdapter } from '../../src/peft/lora';
 import { defaultLoraConfig } from '../../src/peft/lora/config';
@@ -20,7 +20,7 @@ async function main(): Promise<void> {
   const dir = process.argv[2];
   const modelDir = path.join(dir, 'model');
   writeRandomModel(modelDir, { hiddenSize: 256, intermediateSize: 688, numLayers: 4, numHeads: 4, numKvHeads: 2, vocabSize: 512, tokenizer: false, seed: 1 });
-  const m = loadModel(modelDir);
+  const m = loadModelSync(modelDir);
   const folders = [1, 2].map((seed) => {
     const a = LoraAdapter.create(m.llama.linearModules, defaultLoraConfig({ r: 16, lora_alpha: 32, target_modules: 'all-linear', init_lora_weights: false }), { seed });
     const f = path.join(dir, `adapter${seed}`);
