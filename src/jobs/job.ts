@@ -3,7 +3,7 @@
  * result. The manager moves it from state to state; a user reads it, listens to it, awaits it
  * and cancels it.
  */
-import { EventEmitter } from 'events';
+import { TypedEmitter } from '../util/typed_emitter';
 import { PeftkitError } from '../errors';
 import type { TrainRunOptions } from '../train/train';
 import type { TrainEvent, TrainResult } from '../train/run';
@@ -74,7 +74,7 @@ export const ENDED: readonly JobStatus[] = ['done', 'failed', 'cancelled', 'inte
  * unhandled (a service must not crash because nobody awaited a job): the `failed` event and
  * status() report it too.
  */
-export class Job extends EventEmitter implements PromiseLike<TrainResult> {
+export class Job extends TypedEmitter<JobEvents> implements PromiseLike<TrainResult> {
   private state: JobInfo;
   private readonly settled: Promise<TrainResult>;
   private settle!: { resolve: (r: TrainResult) => void; reject: (e: PeftkitError) => void };
@@ -126,17 +126,5 @@ export class Job extends EventEmitter implements PromiseLike<TrainResult> {
 
   then<A = TrainResult, B = never>(onOk?: ((r: TrainResult) => A | PromiseLike<A>) | null, onErr?: ((e: unknown) => B | PromiseLike<B>) | null): Promise<A | B> {
     return this.settled.then(onOk, onErr);
-  }
-
-  override on<K extends JobEventName>(event: K, listener: (e: JobEvents[K]) => void): this {
-    return super.on(event, listener);
-  }
-
-  override once<K extends JobEventName>(event: K, listener: (e: JobEvents[K]) => void): this {
-    return super.once(event, listener);
-  }
-
-  override off<K extends JobEventName>(event: K, listener: (e: JobEvents[K]) => void): this {
-    return super.off(event, listener);
   }
 }

@@ -4,8 +4,8 @@
  * memory estimate fits beside the running jobs'; cancel, status, a graceful shutdown that
  * checkpoints, and (with `stateDir`) a job list on disk from which the next manager resumes.
  */
+import { TypedEmitter } from '../util/typed_emitter';
 import { randomUUID } from 'crypto';
-import { EventEmitter } from 'events';
 import { PeftkitError } from '../errors';
 import { FolderLock, lockFolder } from '../io/lock';
 import { runtimeInfo, setNumThreads } from '../runtime';
@@ -81,7 +81,7 @@ interface Running {
  *     const result = await job;
  *     await jobs.shutdown();
  */
-export class JobManager extends EventEmitter {
+export class JobManager extends TypedEmitter<JobEvents> {
   /** Jobs training at once. */
   readonly concurrency: number;
   /** CPU threads the running jobs share. */
@@ -215,18 +215,6 @@ export class JobManager extends EventEmitter {
       return this.status();
     })();
     return this.closing;
-  }
-
-  override on<K extends JobEventName>(event: K, listener: (e: JobEvents[K]) => void): this {
-    return super.on(event, listener);
-  }
-
-  override once<K extends JobEventName>(event: K, listener: (e: JobEvents[K]) => void): this {
-    return super.once(event, listener);
-  }
-
-  override off<K extends JobEventName>(event: K, listener: (e: JobEvents[K]) => void): this {
-    return super.off(event, listener);
   }
 
   private enqueue(job: Job): void {

@@ -3,12 +3,12 @@
  * result, emits 'start' / 'step' / 'eval' / 'checkpoint' / 'warning' events (and 'error'), and stops (after writing a
  * checkpoint it can resume from) when its AbortSignal fires or abort() is called.
  */
-import { EventEmitter } from 'events';
 import * as path from 'path';
 import { Worker } from 'worker_threads';
 import { PeftkitError } from '../errors';
 import { resolveDistributed } from '../distributed/env';
 import { releaseLockOfThread } from '../io/lock';
+import { TypedEmitter } from '../util/typed_emitter';
 import { workerError } from '../util/worker_error';
 import type { TrainOptions } from './options';
 import { resolveWithCheckpoint } from './resume';
@@ -35,7 +35,7 @@ export type TrainRunEventName = keyof TrainRunEvents;
  * observes (no `error` listener, never awaited) raises an unhandled rejection, as a plain
  * promise would, so a script that only listens to `step` does not end with exit code 0.
  */
-export class TrainRun extends EventEmitter implements PromiseLike<TrainResult> {
+export class TrainRun extends TypedEmitter<TrainRunEvents> implements PromiseLike<TrainResult> {
   private readonly settled: Promise<TrainResult>;
   private observed = false;
   private readonly stopFlag: Int32Array;
@@ -134,22 +134,6 @@ export class TrainRun extends EventEmitter implements PromiseLike<TrainResult> {
 
   finally(onFinally?: (() => void) | null): Promise<TrainResult> {
     return this.result.finally(onFinally);
-  }
-
-  override on<K extends TrainRunEventName>(event: K, listener: (e: TrainRunEvents[K]) => void): this {
-    return super.on(event, listener);
-  }
-
-  override once<K extends TrainRunEventName>(event: K, listener: (e: TrainRunEvents[K]) => void): this {
-    return super.once(event, listener);
-  }
-
-  override off<K extends TrainRunEventName>(event: K, listener: (e: TrainRunEvents[K]) => void): this {
-    return super.off(event, listener);
-  }
-
-  override addListener<K extends TrainRunEventName>(event: K, listener: (e: TrainRunEvents[K]) => void): this {
-    return super.addListener(event, listener);
   }
 }
 
