@@ -158,6 +158,23 @@ test.serial('estimateMemoryAsync gives estimateMemory\'s report from a worker, a
   t.deepEqual({ ...(await estimateMemoryAsync(options('x'))), available: null }, { ...estimateMemory(options('x')), available: null });
   const err = await t.throwsAsync(estimateMemoryAsync(options('x', { data: path.join(dir, 'missing.jsonl') })), { instanceOf: PeftkitError });
   t.is(err?.code, 'E_IO');
+  // Its signal ends it (the job manager's cancel and shutdown do not wait for a long dataset's tokenization).
+  await t.throwsAsync(estimateMemoryAsync(options('x'), { signal: AbortSignal.abort() }), { code: 'E_ABORTED' });
+  const ctrl = new AbortController();
+  const running = estimateMemoryAsync(options('x'), { signal: ctrl.signal });
+  setImmediate(() => ctrl.abort());
+  await t.throwsAsync(running, { code: 'E_ABORTED' });
+});
+
+test('a job submitted with an aborted signal is cancelled, and no queued event follows its cancelled one', async (t) => {
+  const { options } = setup('jobs-preaborted');
+  const m = new JobManager({ concurrency: 1 });
+  const { events } = record(m);
+  const job = m.submit(options('pre'), { id: 'pre', signal: AbortSignal.abort() });
+  await t.throwsAsync(job.result, { code: 'E_ABORTED' });
+  await new Promise((r) => setImmediate(r));
+  t.deepEqual(events, ['cancelled:pre']);
+  t.is(job.status, 'cancelled');
 });
 
 test('memory: a job that cannot fit is E_MEMORY with the figures; one that fits alone waits for the running job; memoryCheck false skips', async (t) => {

@@ -163,3 +163,32 @@ test('refusals: ranks under linear, negative √ under linear, weights, DoRA; no
   t.false(fs.existsSync(out));
   m.dispose();
 });
+
+test("adapters whose tensors keep the adapter's name (lora_A.default.weight), which the loader reads, combine as PEFT's bare names do", (t) => {
+  const m = loadModelSync(modelDir());
+  const bare = lora(m, 5, 4, ['q_proj', 'v_proj']);
+  m.dispose();
+  // The same tensors renamed: the safetensors header is JSON after its 8-byte length, data offsets are relative to the data.
+  const named = path.join(tmp(), 'named');
+  fs.cpSync(bare, named, { recursive: true });
+  const file = path.join(named, 'adapter_model.safetensors');
+  const buf = fs.readFileSync(file);
+  const n = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8')) as Record<string, unknown>;
+  const renamed = Object.fromEntries(Object.entries(header).map(([k, v]) => [k.replace(/\.lora_([AB])\.weight$/, '.lora_$1.default.weight'), v]));
+  t.true(Object.keys(renamed).some((k) => k.endsWith('.lora_A.default.weight')));
+  const json = Buffer.from(JSON.stringify(renamed), 'utf8');
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(json.length));
+  fs.writeFileSync(file, Buffer.concat([len, json, buf.subarray(8 + n)]));
+  const outs = [bare, named].map((dir) => {
+    const out = path.join(tmp(), `combined-${path.basename(dir)}`);
+    addWeightedAdapter({ adapters: [dir, dir], weights: [0.5, 0.25], out, combinationType: 'cat' });
+    return readLayers(out);
+  });
+  t.is(outs[1].size, outs[0].size);
+  for (const [module, g] of outs[0]) {
+    t.deepEqual([...outs[1].get(module)!.A], [...g.A], `${module} A`);
+    t.deepEqual([...outs[1].get(module)!.B], [...g.B], `${module} B`);
+  }
+});

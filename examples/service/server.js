@@ -6,6 +6,7 @@
 const fs = require('fs');
 const http = require('http');
 const path = require('path');
+const { pipeline } = require('stream');
 const { JobManager, loadModel, PeftkitError } = require('peftkit');
 
 const PORT = Number(process.env.PORT ?? 8080);
@@ -84,7 +85,8 @@ async function postJob(req, res) {
   for (const field of ['out', 'resume', 'pagedDir']) if (field in options) throw new HttpError(400, 'E_ARG', `${field}: set by the service, not the request`);
   const id = typeof options.id === 'string' ? options.id : undefined;
   delete options.id;
-  if (id !== undefined && !/^[\w.-]{1,64}$/.test(id)) throw new HttpError(400, 'E_ARG', 'id: expected 1-64 letters, digits, _ . -');
+  // A leading letter, digit or _: '.' and '..' would name the jobs folder or the service's own.
+  if (id !== undefined && !/^\w[\w.-]{0,63}$/.test(id)) throw new HttpError(400, 'E_ARG', 'id: expected 1-64 letters, digits, _ . - starting with a letter, digit or _');
   const job = jobs.submit({ ...options, out: path.join(DIR, 'jobs', id ?? `job-${Date.now()}-${Math.random().toString(36).slice(2, 8)}`) }, { id });
   sendJson(res, 201, { id: job.id, status: job.status });
 }
@@ -119,7 +121,8 @@ function getAdapter(res, job, file) {
   if (!files.includes(file)) throw new HttpError(404, 'E_ARG', `job '${job.id}' has no adapter file '${file}'`);
   const full = path.join(job.info().options.out, file);
   res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': fs.statSync(full).size });
-  fs.createReadStream(full).pipe(res);
+  // A read error (the file removed meanwhile) ends this response, not the service.
+  pipeline(fs.createReadStream(full), res, (e) => e && res.destroy(e));
 }
 
 function modelFor(dir) {
@@ -141,9 +144,9 @@ async function postGenerate(req, res) {
   const base = modelDir ?? job?.info().options.model;
   if (typeof base !== 'string') throw new HttpError(400, 'E_ARG', 'model: expected a model folder (or an adapter whose job names one)');
   if (typeof prompt !== 'string' && !Array.isArray(prompt)) throw new HttpError(400, 'E_ARG', 'prompt: expected a string or an array of token ids');
-  const model = await modelFor(base);
   const ctrl = new AbortController();
-  res.on('close', () => ctrl.abort()); // the client left: stop generating for it
+  res.on('close', () => ctrl.abort()); // the client left (also while the model loads): stop generating for it
+  const model = await modelFor(base);
   const pieces = model.stream(prompt, { ...options, adapter: job ? job.info().options.out : null, signal: ctrl.signal });
   let send = null;
   const ids = [];

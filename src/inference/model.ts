@@ -239,6 +239,15 @@ export class Model {
     hooks: { onError?: (index: number, e: PeftkitError) => void; isStopped?: (index: number) => boolean } = {},
   ): Generator<BatchPiece, Generation[], undefined> {
     if (!Array.isArray(requests) || requests.length === 0) throw new PeftkitError('E_ARG', 'generateBatch: requests: expected a non-empty array of { prompt, ...options }');
+    // Each adapter resolved once per batch: a folder rewritten between two rows' reads would
+    // otherwise load a new copy and retire the one an earlier row already took.
+    const resolved = new Map<string, PeftMethod | null>();
+    const adapterOf = (a: ModelGenerateOptions['adapter']): PeftMethod | null => {
+      if (typeof a !== 'string') return this.adapterFor(a);
+      const key = this.named.has(a) ? `name:${a}` : `dir:${path.resolve(a)}`;
+      if (!resolved.has(key)) resolved.set(key, this.adapterFor(a));
+      return resolved.get(key)!;
+    };
     const rows = requests.map((r, i) => {
       const { prompt, ...o } = r ?? ({} as BatchGenerateRequest);
       if (typeof prompt !== 'string' && !Array.isArray(prompt)) throw new PeftkitError('E_ARG', `generateBatch: requests[${i}].prompt: expected text or an array of token ids`);
@@ -246,7 +255,7 @@ export class Model {
       const maxNew = o.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS;
       const label = typeof o.adapter === 'string' ? `'${o.adapter}'` : undefined;
       return {
-        request: { prompt: this.promptIds(prompt, o), options: { ...o, stopTokens, adapter: this.adapterFor(o.adapter) }, label },
+        request: { prompt: this.promptIds(prompt, o), options: { ...o, stopTokens, adapter: adapterOf(o.adapter) }, label },
         text: withText && this.tokenizer ? new IncrementalText((t) => this.decodeGenerated(t, stopTokens)) : null,
         out: [] as number[], stopTokens, maxNew,
       };

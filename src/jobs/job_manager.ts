@@ -64,6 +64,8 @@ export interface SubmitOptions {
 /** What a job holds while it runs. */
 interface Running {
   run: TrainRun | null;
+  /** Stops the memory estimate (a worker reading the whole dataset) when the job is cancelled or shut down first. */
+  estimate: AbortController | null;
   /** Set by shutdown(): the run's E_ABORTED ends the job as `interrupted`, not `cancelled`. */
   interrupting: boolean;
   cancelling: boolean;
@@ -146,9 +148,15 @@ export class JobManager extends TypedEmitter<JobEvents> {
     const job = new Job(newInfo(id, copy), (j) => this.cancelJob(j));
     this.jobs.set(id, job);
     this.enqueue(job);
-    if (options.signal) {
-      if (options.signal.aborted) this.cancelJob(job);
-      else options.signal.addEventListener('abort', () => this.cancelJob(job), { once: true });
+    const signal = options.signal;
+    if (signal) {
+      if (signal.aborted) this.cancelJob(job);
+      else {
+        const onAbort = () => this.cancelJob(job);
+        signal.addEventListener('abort', onAbort, { once: true });
+        // A long-lived signal shared by many jobs must not keep each ended job alive.
+        job.then(() => signal.removeEventListener('abort', onAbort), () => signal.removeEventListener('abort', onAbort));
+      }
     }
     return job;
   }
@@ -207,6 +215,7 @@ export class JobManager extends TypedEmitter<JobEvents> {
       for (const job of this.queue.splice(0)) this.end(job, 'interrupted', { checkpoint: job.info().checkpoint });
       for (const slot of this.active.values()) {
         slot.interrupting = true;
+        slot.estimate?.abort();
         slot.run?.abort();
       }
       await this.onIdle();
@@ -222,7 +231,9 @@ export class JobManager extends TypedEmitter<JobEvents> {
     const position = this.queue.length - 1;
     this.persist();
     // Emitted after submit() returns, so that listeners added to the job then hear it.
-    queueMicrotask(() => this.emitJob(job, { type: 'queued', id: job.id, position }));
+    queueMicrotask(() => {
+      if (!ENDED.includes(job.status)) this.emitJob(job, { type: 'queued', id: job.id, position });
+    });
     setImmediate(() => this.pump());
   }
 
@@ -234,7 +245,7 @@ export class JobManager extends TypedEmitter<JobEvents> {
   private pump(): void {
     if (!this.closing && !this.admitting && !this.waitingForMemory && this.active.size < this.concurrency && this.queue.length > 0) {
       const job = this.queue.shift()!;
-      const slot: Running = { run: null, interrupting: false, cancelling: false };
+      const slot: Running = { run: null, estimate: null, interrupting: false, cancelling: false };
       this.active.set(job, slot);
       this.admitting = true;
       void this.admit(job, slot).finally(() => {
@@ -253,9 +264,12 @@ export class JobManager extends TypedEmitter<JobEvents> {
       let needed: number;
       try {
         const known = job.info().memoryBytes;
-        needed = known ?? newMemory(await estimateMemoryAsync(options));
+        slot.estimate = new AbortController();
+        needed = known ?? newMemory(await estimateMemoryAsync(options, { signal: slot.estimate.signal }));
       } catch (e) {
         return this.finish(job, slot, e);
+      } finally {
+        slot.estimate = null;
       }
       job.update({ memoryBytes: needed });
       if (slot.cancelling || slot.interrupting) return this.finish(job, slot, new PeftkitError('E_ABORTED', 'stopped before it started'));
@@ -277,7 +291,10 @@ export class JobManager extends TypedEmitter<JobEvents> {
     const reserved = others.reduce((a, j) => a + j.info().memoryBytes!, 0);
     const available = this.memoryBudget !== null ? { bytes: this.memoryBudget, source: 'the memoryBudget option' } : availableMemory();
     if (needed + reserved <= available.bytes) return 'start';
-    if (others.length > 0 && needed <= available.bytes) return 'wait';
+    // The host's available memory already lacks what the running jobs hold (up to their
+    // estimates), which comes back when they end; a budget is the whole pool.
+    const onceEnded = this.memoryBudget !== null ? available.bytes : available.bytes + reserved;
+    if (others.length > 0 && needed <= onceEnded) return 'wait';
     return new PeftkitError('E_MEMORY', `job '${job.id}' needs about ${GiB(needed)} (estimateMemory) but ${GiB(available.bytes)} is available (${available.source})` +
       `${others.length ? `, of which the running jobs ${others.map((j) => `'${j.id}'`).join(', ')} are estimated to use ${GiB(reserved)}` : ''}: ` +
       `lower its batchSize or maxLength, use activationCheckpointing or a quantized base, or pass memoryCheck: false to start it anyway`);
@@ -351,6 +368,7 @@ export class JobManager extends TypedEmitter<JobEvents> {
     const slot = this.active.get(job);
     if (!slot) return;
     slot.cancelling = true;
+    slot.estimate?.abort();
     slot.run?.abort();
   }
 

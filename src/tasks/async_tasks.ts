@@ -12,7 +12,10 @@ import type { EstimateOptions, MemoryReport } from '../train/estimate';
 import { workerError, WorkerErrorMessage } from '../util/worker_error';
 import type { TaskName } from './task_worker';
 
-function runTask<R>(task: TaskName, options: unknown): Promise<R> {
+/** Runs `task` in a one-shot worker; `signal` (read-only tasks only) terminates the worker. */
+function runTask<R>(task: TaskName, options: unknown, signal?: AbortSignal): Promise<R> {
+  const aborted = () => new PeftkitError('E_ABORTED', `${task}: aborted by its AbortSignal`);
+  if (signal?.aborted) return Promise.reject(aborted());
   return new Promise((resolve, reject) => {
     let worker: Worker;
     try {
@@ -20,6 +23,12 @@ function runTask<R>(task: TaskName, options: unknown): Promise<R> {
     } catch (e) {
       return reject(new PeftkitError('E_ARG', `${task}: the options cannot be sent to a worker: ${(e as Error).message}`));
     }
+    const onAbort = () => {
+      reject(aborted());
+      void worker.terminate();
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+    worker.once('exit', () => signal?.removeEventListener('abort', onAbort));
     worker.once('message', (m: { kind: 'result'; result: R } | ({ kind: 'error' } & WorkerErrorMessage)) => {
       if (m.kind === 'result') resolve(m.result);
       else reject(workerError(m, `${task} failed`));
@@ -47,8 +56,10 @@ export function quantizeModel(o: QuantizeModelOptions): Promise<QuantizeModelRes
 
 /**
  * estimateMemory in a worker thread: the same MemoryReport, without blocking the caller's event
- * loop while the data is read and tokenized to find its longest row (estimateMemory does).
+ * loop while the data is read and tokenized to find its longest row (estimateMemory does). When
+ * `signal` fires, the worker is terminated and the promise rejects with E_ABORTED (the estimate
+ * only reads, so nothing is left half-written). Defaults to no signal.
  */
-export function estimateMemoryAsync(o: EstimateOptions): Promise<MemoryReport> {
-  return runTask('estimate', o);
+export function estimateMemoryAsync(o: EstimateOptions, { signal }: { signal?: AbortSignal } = {}): Promise<MemoryReport> {
+  return runTask('estimate', o, signal);
 }

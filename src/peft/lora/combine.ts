@@ -37,7 +37,8 @@ interface Loaded {
   layers: Map<string, { A: Float64Array; B: Float64Array; r: number; inF: number; outF: number; s: number }>;
 }
 
-const KEY = /^base_model\.model\.(.+)\.lora_A\.weight$/;
+// As the loader reads them: PEFT saves `lora_A.weight`; some writers keep the adapter's name (`lora_A.default.weight`).
+const KEY = /^base_model\.model\.(.+)\.lora_A(?:\.[^.]+)?\.weight$/;
 
 function readLora(dir: string): Loaded {
   const config = readLoraConfig(dir);
