@@ -179,6 +179,11 @@ needsGloo('peftkit train --nproc-per-node 2: two ranks, one thread each, the ada
   const nested = await runCli([...common, '--out', path.join(dir, 'x'), '--nproc-per-node', '2'], { RANK: '0', WORLD_SIZE: '4' });
   t.is(nested.code, 2);
   t.regex(nested.stderr, /--nproc-per-node 2: this process is already rank 0 of a launched run of WORLD_SIZE 4/);
+  // --device cuda: one GPU a rank, refused before any rank starts when the launcher sees fewer.
+  const fewGpus = await runCli([...common, '--out', path.join(dir, 'y'), '--nproc-per-node', '2', '--device', 'cuda'], { CUDA_VISIBLE_DEVICES: '3' });
+  t.is(fewGpus.code, 2);
+  t.regex(fewGpus.stderr, /--nproc-per-node 2 with --device cuda: CUDA_VISIBLE_DEVICES=3 names 1 GPU; each rank needs its own/);
+  t.false(fs.existsSync(path.join(dir, 'y')));
 });
 
 needsGloo('resume with another number of ranks for the same global batch: 1 → 2 → 1 processes reach the uninterrupted adapter', async (t) => {

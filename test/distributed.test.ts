@@ -4,6 +4,7 @@ import { distributedAvailable } from '../src/distributed/group';
 import { launchedRankThreads, resolveDistributed, threadsPerRank } from '../src/distributed/env';
 import { PeftkitError } from '../src/errors';
 import { launchRanks } from './helpers/ranks';
+import { rankVisibleDevices } from '../src/cli/launch';
 import { train } from '../src/train/train';
 
 const child = path.join(__dirname, 'helpers', 'dist_child.js');
@@ -122,4 +123,12 @@ needsGloo('a rank missing from the rendezvous: E_DIST after the timeout, naming 
   const f = rs[0].json!.fatal as { code: string; message: string };
   t.is(f.code, 'E_DIST');
   t.regex(f.message, /rank 0: connecting to the other ranks failed \(rendezvous at 127\.0\.0\.1:\d+\)|not set within 1000 ms/);
+});
+
+test('--nproc-per-node with --device cuda: each local rank sees its own GPU', (t) => {
+  t.deepEqual([0, 1, 2].map((r) => rankVisibleDevices(r, 3, {})), ['0', '1', '2']);
+  t.deepEqual([0, 1].map((r) => rankVisibleDevices(r, 2, { CUDA_VISIBLE_DEVICES: '5, 7,2' })), ['5', '7']);
+  t.deepEqual([0, 1].map((r) => rankVisibleDevices(r, 2, { CUDA_VISIBLE_DEVICES: 'GPU-a1,GPU-b2' })), ['GPU-a1', 'GPU-b2']);
+  t.is(rankVisibleDevices(1, 2, { CUDA_VISIBLE_DEVICES: '' }), '1');
+  t.throws(() => rankVisibleDevices(0, 2, { CUDA_VISIBLE_DEVICES: '0' }), { instanceOf: PeftkitError, code: 'E_ARG', message: /names 1 GPU; each rank needs its own/ });
 });

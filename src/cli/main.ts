@@ -93,7 +93,17 @@ async function cmdTrain(cmd: Command, args: string[]): Promise<number> {
   const nproc = p.values.get('nproc-per-node');
   if (typeof nproc === 'number' && nproc > 1) {
     // The ranks it starts see the flag again (a --config file keeps it): they are the run's ranks, not launchers.
-    if (process.env.RANK === undefined) return (await import('./launch')).launchLocal(nproc, args);
+    if (process.env.RANK === undefined) {
+      const { launchLocal, rankVisibleDevices } = await import('./launch');
+      // One GPU a rank, found before any rank starts (a refusal is bad usage).
+      let gpus: string[] | null = null;
+      try {
+        if (p.values.get('device') === 'cuda') gpus = Array.from({ length: nproc }, (_, rank) => rankVisibleDevices(rank, nproc));
+      } catch (e) {
+        throw cliError(cmd, e);
+      }
+      return launchLocal(nproc, args, gpus);
+    }
     if (process.env.WORLD_SIZE !== String(nproc)) {
       throw new UsageError(`--nproc-per-node ${nproc}: this process is already rank ${process.env.RANK} of a launched run of WORLD_SIZE ${process.env.WORLD_SIZE ?? '(unset)'}; give --nproc-per-node to the launching command only`);
     }
