@@ -13,11 +13,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { freePort } from '../src/distributed/store';
 import { writeBenchModel } from './train_child';
-
-function arg(name: string, dflt: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : dflt;
-}
+import { arg } from './args';
 
 interface RankOut {
   rank: number;

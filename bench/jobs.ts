@@ -12,11 +12,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { JobManager, runtimeInfo } from '../src/index';
 import { writeBenchModel } from './train_child';
-
-function arg(name: string, dflt: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : dflt;
-}
+import { arg } from './args';
 
 /** Rows of random token ids (the bench models have no tokenizer). */
 function writeTokenData(file: string, rows: number, T: number, vocab: number, seed: number): void {

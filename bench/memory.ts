@@ -11,11 +11,7 @@ import * as os from 'os';
 import * as path from 'path';
 import type { TrainOptions } from '../src/train/options';
 import { writeBenchModel } from './train_child';
-
-function arg(name: string, dflt: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : dflt;
-}
+import { arg } from './args';
 
 const RUNS: Array<[string, Partial<TrainOptions>]> = [
   ['LoRA f32', {}],

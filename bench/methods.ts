@@ -25,17 +25,13 @@ import * as path from 'path';
 import { runtimeInfo } from '../src/index';
 import { ceiling, Ceiling } from './kernels/gemm';
 import { writeBenchModel } from './train_child';
+import { arg } from './args';
 
 const ROOT = path.join(__dirname, '..', '..');
 /** The methods the PyTorch peer writes out, and `frozen`: the soft prompts' yardstick (methods_child.ts). */
 const METHODS = ['lora', 'dora', 'ia3', 'ln', 'bitfit', 'diff', 'full', 'adapter', 'prompt', 'p-tuning', 'prefix', 'frozen'];
 /** The methods whose cost is compared with the frozen base's forward + backward (issue: ≤ 1.15×). */
 const SOFT_PROMPTS = ['prompt', 'p-tuning', 'prefix'];
-
-function arg(name: string, dflt: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : dflt;
-}
 
 interface Side {
   trainable: number;

@@ -21,13 +21,9 @@ import { LoraAdapter } from '../src/peft/lora';
 import { defaultLoraConfig } from '../src/peft/lora/config';
 import { SeededRng } from '../src/util/rng';
 import { writeBenchModel } from './train_child';
+import { arg } from './args';
 
 const ROOT = path.join(__dirname, '..', '..');
-
-function arg(name: string, dflt: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : dflt;
-}
 
 interface Side {
   seconds: number;

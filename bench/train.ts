@@ -16,12 +16,8 @@ import * as os from 'os';
 import * as path from 'path';
 import { runtimeInfo } from '../src/index';
 import { writeBenchModel } from './train_child';
+import { arg } from './args';
 
-
-function arg(name: string, dflt: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : dflt;
-}
 
 interface Row {
   who: string;
