@@ -23,6 +23,7 @@
 #include <memory>
 #include <new>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #ifdef _OPENMP
@@ -369,6 +370,30 @@ void scale_c(int64_t M, int64_t N, float beta, void* C, DType cdtype, int64_t ld
     }
 }
 
+// ---- The products that read their matrix in place (M = 1, N = 1, few rows) share these --------
+// C[idx] = v + beta·C[idx], where beta == 0 means C is not read.
+inline void store_c(void* C, DType cdtype, int64_t idx, float v, float beta) {
+  if (cdtype == DType::F32) {
+    float& c = static_cast<float*>(C)[idx];
+    c = beta == 0.f ? v : v + beta * c;
+  } else {
+    bf16& c = static_cast<bf16*>(C)[idx];
+    c = f32_to_bf16(beta == 0.f ? v : v + beta * bf16_to_f32(c));
+  }
+}
+
+// Memory-bound: one thread below 2^16 multiply-adds, else up to one per 16 columns.
+int in_place_threads(int64_t work, int64_t N) {
+  return work < (int64_t(1) << 16) ? 1 : int(std::min<int64_t>(num_threads(), (N + 15) / 16));
+}
+
+// Thread th's columns [j0, j1) of N: 16-aligned cuts, so each column's sum is one thread's.
+std::pair<int64_t, int64_t> column_range(int64_t N, int threads, int th) {
+  const int64_t j0 = std::min(N, round_up(N * th / threads, 16));
+  const int64_t j1 = th + 1 == threads ? N : std::min(N, round_up(N * (th + 1) / threads, 16));
+  return {j0, j1};
+}
+
 // ---- M = 1: y = Σ_t x_t·op(B_t), memory-bound, the matrix read in place ---------------------
 struct VecTerm {
   std::vector<float> x;  // alpha·op(A)(0, :), widened
@@ -434,23 +459,14 @@ void gemv_range(float* y, const VecTerm& t, int64_t j0, int64_t n) {
 void gemv_sum(int64_t N, const std::vector<VecTerm>& terms, float beta, void* C, DType cdtype, int64_t incc) {
   int64_t work = 0;
   for (const VecTerm& t : terms) work += int64_t(t.x.size()) * N;
-  const int threads = work < (int64_t(1) << 16) ? 1 : int(std::min<int64_t>(num_threads(), (N + 15) / 16));
+  const int threads = in_place_threads(work, N);
   std::vector<float> y(size_t(N), 0.f);
 #pragma omp parallel for num_threads(threads) schedule(static, 1)
   for (int th = 0; th < threads; th++) {
-    const int64_t j0 = std::min(N, round_up(N * th / threads, 16));
-    const int64_t j1 = th + 1 == threads ? N : std::min(N, round_up(N * (th + 1) / threads, 16));
+    const auto [j0, j1] = column_range(N, threads, th);
     if (j0 >= j1) continue;
     for (const VecTerm& t : terms) gemv_range(y.data() + j0, t, j0, j1 - j0);
-    for (int64_t j = j0; j < j1; j++) {
-      if (cdtype == DType::F32) {
-        float& c = static_cast<float*>(C)[j * incc];
-        c = beta == 0.f ? y[size_t(j)] : y[size_t(j)] + beta * c;
-      } else {
-        bf16& c = static_cast<bf16*>(C)[j * incc];
-        c = f32_to_bf16(beta == 0.f ? y[size_t(j)] : y[size_t(j)] + beta * bf16_to_f32(c));
-      }
-    }
+    for (int64_t j = j0; j < j1; j++) store_c(C, cdtype, j * incc, y[size_t(j)], beta);
   }
 }
 
@@ -490,11 +506,10 @@ void few_rows_sum(int64_t M, int64_t N, const GemmTerm* terms, int nterms, float
     work += M * g.K * N;
   }
   std::vector<float> y(size_t(M * N), 0.f);
-  const int threads = work < (int64_t(1) << 16) ? 1 : int(std::min<int64_t>(num_threads(), (N + 15) / 16));
+  const int threads = in_place_threads(work, N);
 #pragma omp parallel for num_threads(threads) schedule(static, 1)
   for (int th = 0; th < threads; th++) {
-    const int64_t j0 = std::min(N, round_up(N * th / threads, 16));
-    const int64_t j1 = th + 1 == threads ? N : std::min(N, round_up(N * (th + 1) / threads, 16));
+    const auto [j0, j1] = column_range(N, threads, th);
     if (j0 >= j1) continue;
     for (int t = 0; t < nterms; t++) {
       const GemmTerm& g = terms[t];
@@ -505,16 +520,7 @@ void few_rows_sum(int64_t M, int64_t N, const GemmTerm* terms, int nterms, float
         fr.bf16(int(M), j1 - j0, g.K, x, g.K, static_cast<const bf16*>(g.B.data) + j0 * g.B.ld, g.B.ld, y.data() + j0, N);
     }
     for (int64_t i = 0; i < M; i++)
-      for (int64_t j = j0; j < j1; j++) {
-        const float v = y[size_t(i * N + j)];
-        if (cdtype == DType::F32) {
-          float& c = static_cast<float*>(C)[i * ldc + j];
-          c = beta == 0.f ? v : v + beta * c;
-        } else {
-          bf16& c = static_cast<bf16*>(C)[i * ldc + j];
-          c = f32_to_bf16(beta == 0.f ? v : v + beta * bf16_to_f32(c));
-        }
-      }
+      for (int64_t j = j0; j < j1; j++) store_c(C, cdtype, i * ldc + j, y[size_t(i * N + j)], beta);
   }
 }
 
