@@ -81,7 +81,8 @@ pk::DType ParseDType(const std::string& s) {
   if (s == "i64") return pk::DType::I64;
   if (s == "u8") return pk::DType::U8;
   if (s == "i8") return pk::DType::I8;
-  pk::fail("E_DTYPE", "unknown dtype '" + s + "' (expected f32, bf16, f16, i32, i64, u8 or i8)");
+  if (s == "f64") return pk::DType::F64;
+  pk::fail("E_DTYPE", "unknown dtype '" + s + "' (expected f32, bf16, f16, i32, i64, u8, i8 or f64)");
 }
 
 pk::Compute GetCompute(const Napi::CallbackInfo& info, size_t i) {

@@ -29,6 +29,23 @@ void InitColscale(Napi::Env env, Napi::Object exports) {
       return kNone;
     };
   });
+  // doraScale(g, gMinus1, m, norms)
+  DefineOp(env, exports, "doraScale", [](const Napi::CallbackInfo& info) -> Work {
+    pk::Tensor g = GetTensor(info, 0, "g"), gm1 = GetTensor(info, 1, "gMinus1"), m = GetTensor(info, 2, "m"),
+               norms = GetTensor(info, 3, "norms");
+    return [=]() {
+      pk::ops::dora_scale(g, gm1, m, norms);
+      return kNone;
+    };
+  });
+  // doraMagnitudeBackward(dm, dg, norms)
+  DefineOp(env, exports, "doraMagnitudeBackward", [](const Napi::CallbackInfo& info) -> Work {
+    pk::Tensor dm = GetTensor(info, 0, "dm"), dg = GetTensor(info, 1, "dg"), norms = GetTensor(info, 2, "norms");
+    return [=]() {
+      pk::ops::dora_magnitude_backward(dm, dg, norms);
+      return kNone;
+    };
+  });
 }
 
 }  // namespace pkb

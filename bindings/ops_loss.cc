@@ -1,4 +1,5 @@
 #include "common.h"
+#include "peftkit/ops/index_fault.h"
 #include "peftkit/ops/loss.h"
 
 namespace pkb {
@@ -23,7 +24,7 @@ void InitLoss(Napi::Env env, Napi::Object exports) {
       return kNone;
     };
   });
-  // linearCrossEntropy(losses, dH | null, dW | null, H, W, targets, ignoreIndex, gradScale, chunkRows, compute)
+  // linearCrossEntropy(losses, dH | null, dW | null, H, W, targets, ignoreIndex, gradScale, chunkRows, compute, fault?)
   DefineOp(env, exports, "linearCrossEntropy", [](const Napi::CallbackInfo& info) -> Work {
     pk::Tensor losses = GetTensor(info, 0, "losses"), dH = GetOptionalTensor(info, 1, "dH"),
                dW = GetOptionalTensor(info, 2, "dW");
@@ -32,11 +33,31 @@ void InitLoss(Napi::Env env, Napi::Object exports) {
     float scale = float(GetNumber(info, 7, "gradScale"));
     int64_t chunk = GetInt(info, 8, "chunkRows");
     pk::Compute compute = GetCompute(info, 9);
+    pk::Tensor fault = GetOptionalTensor(info, 10, "fault");
     return [=]() {
-      pk::ops::linear_cross_entropy(losses, dH, dW, H, W, targets, ignore, scale, chunk, compute);
+      pk::ops::linear_cross_entropy(losses, dH, dW, H, W, targets, ignore, scale, chunk, compute, fault);
       return kNone;
     };
   });
+  // sumInto(acc, x): acc[0] += Σ x, in f64 on their device
+  DefineOp(env, exports, "sumInto", [](const Napi::CallbackInfo& info) -> Work {
+    pk::Tensor acc = GetTensor(info, 0, "acc"), x = GetTensor(info, 1, "x");
+    return [=]() {
+      pk::ops::sum_into(acc, x);
+      return kNone;
+    };
+  });
+  // raiseIndexFault(record: Float64Array): throws the error a set fault record stands for.
+  exports.Set("raiseIndexFault", Napi::Function::New(env, [](const Napi::CallbackInfo& info) -> Napi::Value {
+    return Rethrow(info.Env(), [&]() -> Napi::Value {
+      if (info.Length() < 1 || !info[0].IsTypedArray() ||
+          info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
+          info[0].As<Napi::Float64Array>().ElementLength() != size_t(pk::kIndexFaultDoubles))
+        pk::fail("E_ARG", "record: expected a Float64Array of " + std::to_string(pk::kIndexFaultDoubles) + " values");
+      pk::ops::raise_index_fault(info[0].As<Napi::Float64Array>().Data());
+      return info.Env().Undefined();
+    });
+  }));
 }
 
 }  // namespace pkb

@@ -64,6 +64,24 @@ void InitOptim(Napi::Env env, Napi::Object exports) {
     std::vector<pk::Tensor> grads = GetTensorArray(info, 0, "grads");
     return [grads = std::move(grads)]() { return pk::ops::grad_norm(grads); };
   });
+  // gradSumsqInto(out, tensors): out[0] = Σ g² (f64, on the tensors' device; nothing read back)
+  DefineOp(env, exports, "gradSumsqInto", [](const Napi::CallbackInfo& info) -> Work {
+    pk::Tensor out = GetTensor(info, 0, "out");
+    std::vector<pk::Tensor> tensors = GetTensorArray(info, 1, "tensors");
+    return [out, tensors = std::move(tensors)]() {
+      pk::ops::grad_sumsq_into(out, tensors);
+      return kNone;
+    };
+  });
+  // clipGradsTo(grads, maxNorm, norm): clipGradNorm's scaling for a norm already known
+  DefineOp(env, exports, "clipGradsTo", [](const Napi::CallbackInfo& info) -> Work {
+    std::vector<pk::Tensor> grads = GetTensorArray(info, 0, "grads");
+    double max_norm = GetNumber(info, 1, "maxNorm"), norm = GetNumber(info, 2, "norm");
+    return [grads = std::move(grads), max_norm, norm]() {
+      pk::ops::clip_grads_to(grads, max_norm, norm);
+      return kNone;
+    };
+  });
   // clipGradNorm(grads, maxNorm) -> the norm before clipping
   DefineOp(env, exports, "clipGradNorm", [](const Napi::CallbackInfo& info) -> Work {
     std::vector<pk::Tensor> grads = GetTensorArray(info, 0, "grads");

@@ -34,8 +34,8 @@ Napi::Value DynamicMap(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void InitOptim8(Napi::Env env, Napi::Object exports) {
-  // adamw8bit([{param, grad, m, v, mAbsmax, vAbsmax, weightDecay}, ...], lr, beta1, beta2, eps, step)
-  //   -> the number of tensors skipped for a non-finite gradient
+  // adamw8bit([{param, grad, m, v, mAbsmax, vAbsmax, weightDecay}, ...], lr, beta1, beta2, eps, step, countSkipped)
+  //   -> the number of tensors skipped for a non-finite gradient (NaN, i.e. undefined, when not counted)
   DefineOp(env, exports, "adamw8bit", [](const Napi::CallbackInfo& info) -> Work {
     if (info.Length() < 1 || !info[0].IsArray()) pk::fail("E_ARG", "params: expected an array");
     Napi::Array a = info[0].As<Napi::Array>();
@@ -59,7 +59,11 @@ void InitOptim8(Napi::Env env, Napi::Object exports) {
     }
     pk::AdamWHyper h{GetNumber(info, 1, "lr"), GetNumber(info, 2, "beta1"), GetNumber(info, 3, "beta2"),
                      GetNumber(info, 4, "eps"), GetInt(info, 5, "step")};
-    return [slots = std::move(slots), h]() { return double(pk::ops::adamw8bit(slots, h)); };
+    const bool count = info.Length() <= 6 || info[6].IsUndefined() || info[6].ToBoolean().Value();
+    return [slots = std::move(slots), h, count]() {
+      const int64_t skipped = pk::ops::adamw8bit(slots, h, count);
+      return skipped < 0 ? kNone : double(skipped);
+    };
   });
   // dynamicMap('signed' | 'unsigned') -> Float32Array(256): the compiled code tables
   exports.Set("dynamicMap", Napi::Function::New(env, DynamicMap));

@@ -49,8 +49,24 @@ void InitTransformerOps(Napi::Env env, Napi::Object exports) {
   namespace ops = pk::ops;
   using pk::Tensor;
 
-  DefineTensorOp(env, exports, "embeddingForward", {"out", "ids", "table"}, ops::embedding_forward);
-  DefineTensorOp(env, exports, "embeddingBackward", {"dtable", "dout", "ids"}, ops::embedding_backward);
+  // embeddingForward(out, ids, table, fault?)
+  DefineOp(env, exports, "embeddingForward", [](const Napi::CallbackInfo& info) -> Work {
+    Tensor out = GetTensor(info, 0, "out"), ids = GetTensor(info, 1, "ids"), table = GetTensor(info, 2, "table"),
+           fault = GetOptionalTensor(info, 3, "fault");
+    return [=]() {
+      ops::embedding_forward(out, ids, table, fault);
+      return kNone;
+    };
+  });
+  // embeddingBackward(dtable, dout, ids, fault?)
+  DefineOp(env, exports, "embeddingBackward", [](const Napi::CallbackInfo& info) -> Work {
+    Tensor dtable = GetTensor(info, 0, "dtable"), dout = GetTensor(info, 1, "dout"), ids = GetTensor(info, 2, "ids"),
+           fault = GetOptionalTensor(info, 3, "fault");
+    return [=]() {
+      ops::embedding_backward(dtable, dout, ids, fault);
+      return kNone;
+    };
+  });
 
   // rmsnormForward(out, rstd, x, w, eps)
   DefineOp(env, exports, "rmsnormForward", [](const Napi::CallbackInfo& info) -> Work {
@@ -133,6 +149,7 @@ void InitTransformerOps(Napi::Env env, Napi::Object exports) {
   DefineTensorOp(env, exports, "swigluForward", {"out", "gate", "up"}, ops::swiglu_forward);
   DefineTensorOp(env, exports, "swigluBackward", {"dgate", "dup", "dout", "gate", "up"}, ops::swiglu_backward);
   DefineTensorOp(env, exports, "add", {"out", "a", "b"}, ops::add);
+  DefineTensorOp(env, exports, "keepMasked", {"x", "keep"}, ops::keep_masked);
   // axpy(y, x, a)
   DefineOp(env, exports, "axpy", [](const Napi::CallbackInfo& info) -> Work {
     Tensor y = GetTensor(info, 0, "y"), x = GetTensor(info, 1, "x");

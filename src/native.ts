@@ -88,8 +88,8 @@ interface LinearOps {
 
 // ---- ops: transformer (embedding, norms, rope, activations, dropout, cast) ------------------
 interface TransformerOps {
-  embeddingForward(out: T, ids: T, table: T): void;
-  embeddingBackward(dtable: T, dout: T, ids: T): void;
+  embeddingForward(out: T, ids: T, table: T, fault?: T | null): void;
+  embeddingBackward(dtable: T, dout: T, ids: T, fault?: T | null): void;
   rmsnormForward(out: T, rstd: T, x: T, w: T, eps: number): void;
   rmsnormBackward(dx: T, dw: T | null, dout: T, x: T, w: T, rstd: T): void;
   layernormForward(out: T, mean: T, rstd: T, x: T, w: T, b: T | null, eps: number): void;
@@ -111,6 +111,7 @@ interface TransformerOps {
   swigluBackward(dgate: T, dup: T, dout: T, gate: T, up: T): void;
   add(out: T, a: T, b: T): void;
   axpy(y: T, x: T, a: number): void;
+  keepMasked(x: T, keep: T): void;
   cast(out: T, x: T): void;
   /** `seed` and `offset`: integers >= 0 (numbers up to 2^53, or BigInts up to 2^64). */
   dropoutForward(out: T, x: T, p: number, seed: number | bigint, offset: number | bigint): void;
@@ -132,8 +133,10 @@ interface LossOps {
   /** Cross-entropy of H·Wᵀ, chunkRows rows at a time (0 = automatic); dH overwritten, dW accumulated, either may be null. */
   linearCrossEntropy(
     losses: T, dH: T | null, dW: T | null, H: T, W: T, targets: T, ignoreIndex: number, gradScale: number, chunkRows: number,
-    compute: ComputeArg,
+    compute: ComputeArg, fault?: T | null,
   ): void;
+  /** acc[0] += Σ x (acc f64 [1], x f32, one device), summed in f64. */
+  sumInto(acc: T, x: T): void;
 }
 
 // ---- ops: optimizer --------------------------------------------------------------------------
@@ -153,6 +156,10 @@ interface OptimOps {
   gradNorm(grads: T[]): number | undefined;
   /** As gradNorm, then grads *= maxNorm/(norm + 1e-6) when norm > maxNorm and finite. */
   clipGradNorm(grads: T[], maxNorm: number): number | undefined;
+  /** out[0] = Σ g² over every tensor (out f64 [1] on their device); nothing comes back. */
+  gradSumsqInto(out: T, tensors: T[]): void;
+  /** clipGradNorm's scaling, for a norm already known. */
+  clipGradsTo(grads: T[], maxNorm: number, norm: number): void;
 }
 
 // ---- ops: 8-bit optimizer ----------------------------------------------------------------------
@@ -172,7 +179,8 @@ export interface NativeAdamW8bitParam {
 
 interface Optim8Ops {
   /** One blockwise 8-bit AdamW step; returns how many tensors were skipped for a NaN/Inf gradient. */
-  adamw8bit(params: NativeAdamW8bitParam[], lr: number, beta1: number, beta2: number, eps: number, step: number): number;
+  /** Returns the tensors skipped; `undefined` when countSkipped is false (not brought back). */
+  adamw8bit(params: NativeAdamW8bitParam[], lr: number, beta1: number, beta2: number, eps: number, step: number, countSkipped?: boolean): number | undefined;
 }
 
 // ---- ops: bias -------------------------------------------------------------------------------
@@ -189,6 +197,8 @@ interface ColscaleOps {
   mulColsBackward(dx: T | null, ds: T | null, dy: T, x: T, s: T): void;
   /** out[R] = ‖w[r, :]‖₂ for w [R, C] f32 or bf16. */
   rowNorms(out: T, w: T): void;
+  doraScale(g: T, gMinus1: T, m: T, norms: T): void;
+  doraMagnitudeBackward(dm: T, dg: T, norms: T): void;
 }
 
 // ---- ops: quantization (bitsandbytes formats) ------------------------------------------------
@@ -263,6 +273,8 @@ export interface NativeAddon extends NativeOps, DistOps {
   runtimeInfo(): RuntimeInfo;
   setNumThreads(n: number): void;
   deviceCopyCounts(): DeviceCopyCounts;
+  /** Throws the E_ARG error a set index-fault record stands for; returns when it is clear. */
+  raiseIndexFault(record: Float64Array): void;
 }
 
 /** How to get an addon, for the one-line error a missing or broken one raises. */

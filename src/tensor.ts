@@ -7,7 +7,7 @@ import * as os from 'os';
 import { PeftkitError } from './errors';
 import { native, NativeTensor } from './native';
 
-export type DType = 'f32' | 'bf16' | 'f16' | 'i32' | 'i64' | 'u8' | 'i8';
+export type DType = 'f32' | 'bf16' | 'f16' | 'i32' | 'i64' | 'u8' | 'i8' | 'f64';
 export type Device = 'cpu' | 'cuda';
 /** Where to run: 'auto' means CUDA when the addon has it and a GPU is visible, else CPU. */
 export type DeviceOption = Device | 'auto';
@@ -15,7 +15,7 @@ export type DeviceOption = Device | 'auto';
 /** Views a tensor remembers (a KV cache's moving slots must not grow it without bound). */
 const VIEW_CACHE = 64;
 
-const DTYPE_BYTES: Record<DType, number> = { f32: 4, bf16: 2, f16: 2, i32: 4, i64: 8, u8: 1, i8: 1 };
+const DTYPE_BYTES: Record<DType, number> = { f32: 4, bf16: 2, f16: 2, i32: 4, i64: 8, u8: 1, i8: 1, f64: 8 };
 
 export interface TensorOptions {
   /** Element type. Defaults to `'f32'` (or the natural type of the data given). */
@@ -48,7 +48,7 @@ export interface FileRange {
   what?: string;
 }
 
-export type TensorData = Float32Array | Int32Array | Uint16Array | Uint8Array | Int8Array | BigInt64Array | number[];
+export type TensorData = Float32Array | Int32Array | Uint16Array | Uint8Array | Int8Array | BigInt64Array | Float64Array | number[];
 
 /** The device a {@link DeviceOption} comes to here, and why (a run's log states it). */
 export interface DeviceChoice {
@@ -187,7 +187,7 @@ export class Tensor {
     } else {
       const natural: DType =
         data instanceof Int32Array ? 'i32' : data instanceof Uint16Array ? 'bf16' : data instanceof Uint8Array ? 'u8'
-        : data instanceof Int8Array ? 'i8' : 'i64';
+        : data instanceof Int8Array ? 'i8' : data instanceof Float64Array ? 'f64' : 'i64';
       dtype ??= natural;
       if (DTYPE_BYTES[dtype] !== data.BYTES_PER_ELEMENT) {
         throw new PeftkitError('E_DTYPE', `Tensor.from: ${data.constructor.name} data cannot make a '${dtype}' tensor`);
@@ -255,7 +255,7 @@ export class Tensor {
   }
 
   /** Copies the data out in its own type (bf16 as raw Uint16Array bits). */
-  toArray(): Float32Array | Int32Array | Uint16Array | Uint8Array | Int8Array | BigInt64Array {
+  toArray(): Float32Array | Int32Array | Uint16Array | Uint8Array | Int8Array | BigInt64Array | Float64Array {
     const buf = this.native.read();
     switch (this.dtype) {
       case 'f32': return new Float32Array(buf);
@@ -264,6 +264,7 @@ export class Tensor {
       case 'i64': return new BigInt64Array(buf);
       case 'u8': return new Uint8Array(buf);
       case 'i8': return new Int8Array(buf);
+      case 'f64': return new Float64Array(buf);
     }
   }
 

@@ -174,6 +174,21 @@ for (const device of devices()) {
     err.log();
   });
 
+  test(`${device}: doraScale and doraMagnitudeBackward round once as float64 does (the bits of the host loops they replace)`, (t) => {
+    const rng = makeRng(t);
+    for (const n of [1, 7, 576, 1537]) {
+      const m = randn(rng, n), norms = Float32Array.from(randn(rng, n), (v) => Math.abs(v) * 30 + 1e-3);
+      const dg = randn(rng, n), dm0 = randn(rng, n);
+      const g = poisoned([n], device), gm1 = poisoned([n], device), dm = from(dm0, [n]);
+      ops.doraScale(g, gm1, from(m, [n]), from(norms, [n]));
+      const wantG = Float32Array.from(m, (v, o) => v / norms[o]);
+      assertSame(t, g.toFloat32Array(), wantG, `g n=${n}`);
+      assertSame(t, gm1.toFloat32Array(), Float32Array.from(wantG, (v) => v - 1), `g - 1 n=${n}`);
+      ops.doraMagnitudeBackward(dm, from(dg, [n]), from(norms, [n]));
+      assertSame(t, dm.toFloat32Array(), Float32Array.from(dm0, (v, o) => v + dg[o] / norms[o]), `dm n=${n}`);
+    }
+  });
+
   test(`${device}: the Async twins give the same results`, async (t) => {
     const rng = makeRng(t);
     const shape = [4, 33, 65], C = 65;
@@ -257,6 +272,19 @@ test('colscale argument errors name the argument', (t) => {
   expectCode(t, () => ops.rowNorms(Tensor.zeros([4]), Tensor.zeros([4, 5, 1])), 'E_SHAPE', /row_norms w: expected 2 dimensions/);
   expectCode(t, () => ops.rowNorms(Tensor.zeros([4]), Tensor.zeros([4, 5], { dtype: 'i32' })), 'E_DTYPE', /row_norms w: expected dtype f32 or bf16/);
   expectCode(t, () => ops.rowNorms(Tensor.zeros([4], { dtype: 'bf16' }), Tensor.zeros([4, 5])), 'E_DTYPE', /row_norms out: expected dtype f32/);
+});
+
+test('dora op argument errors name the argument', (t) => {
+  const v = () => Tensor.zeros([4]);
+  expectCode(t, () => ops.doraScale(v(), v(), v(), Tensor.zeros([5])), 'E_SHAPE', /dora_scale g: expected the shape of norms \[5\]/);
+  expectCode(t, () => ops.doraScale(v(), v(), Tensor.zeros([3]), v()), 'E_SHAPE', /dora_scale m: expected the shape of norms/);
+  expectCode(t, () => ops.doraScale(v(), v(), v(), Tensor.zeros([2, 2])), 'E_SHAPE', /dora_scale norms: expected \[n\]/);
+  expectCode(t, () => ops.doraScale(v(), v(), v(), Tensor.zeros([4], { dtype: 'bf16' })), 'E_DTYPE', /dora_scale norms: expected dtype f32/);
+  const g = v();
+  expectCode(t, () => ops.doraScale(g, g, v(), v()), 'E_ARG', /dora_scale g .* overlaps gMinus1/);
+  const n = v();
+  expectCode(t, () => ops.doraMagnitudeBackward(n, v(), n), 'E_ARG', /dora_magnitude_backward dm .* overlaps norms/);
+  expectCode(t, () => ops.doraMagnitudeBackward(v(), Tensor.zeros([4], { dtype: 'i32' }), v()), 'E_DTYPE', /dora_magnitude_backward dg: expected dtype f32/);
 });
 
 test('colscale: empty tensors are no-ops', (t) => {

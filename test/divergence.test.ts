@@ -50,7 +50,7 @@ test('a huge learning rate (8-bit optimizer) warns once, naming the step, the ra
 });
 
 test('the warning reads as the CLI\'s flags on the command line', (t) => {
-  const m = divergenceWarning(3, { loss: 1, gradNorm: 1, tokens: 1, inputTokens: 1, updateRatio: 12.5 }, { lr: 0.5, maxGradNorm: 0 });
+  const m = divergenceWarning({ step: 3, lr: 0.5, ratio: 12.5 }, { maxGradNorm: 0 });
   t.regex(cliWording(TRAIN_FLAGS, m), /^step 3: .* 12\.5× .*lower --lr \(now 0\.5\), and turn gradient clipping on \(--max-grad-norm, e\.g\. 1; it is off\)$/);
 });
 

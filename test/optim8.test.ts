@@ -274,6 +274,13 @@ for (const device of devices()) {
       t.deepEqual(after, before[i], `tensor ${i} untouched`);
     }
     t.notDeepEqual(params[2].param.toArray(), before[2][0], 'the finite tensor is updated');
+    // Without the count (a training step's way): NaN back, the same skips and the same update.
+    const again = states.map((s, i) => {
+      const p = load8bit(s, device);
+      return i < 3 ? p : { ...params[3], param: Tensor.from(before[3][0] as Float32Array, [100], { device }) };
+    });
+    t.true(Number.isNaN(ops.adamw8bit(again, { lr: 1e-2, step: 3, countSkipped: false })));
+    again.forEach((p, i) => t.deepEqual(p.param.toArray(), params[i].param.toArray(), `tensor ${i}, not counted`));
   });
 }
 

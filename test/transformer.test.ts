@@ -467,6 +467,15 @@ for (const device of devices()) {
       got.forEach((g, i) => { worst = Math.max(worst, Math.abs(g - (f32(alpha) * a[i] + b[i])) / (Math.abs(f32(alpha) * a[i]) + Math.abs(b[i]) + 1e-30)); });
       t.true(worst <= 2 ** -22, `axpy n=${n}: error ${worst.toExponential(2)} of |α·a| + |b| (bound 2^-22: two f32 roundings)`);
 
+      // keepMasked: exact zeros where keep is 0 (also for inf and NaN), the rest untouched
+      const m = randn(rng, n);
+      if (n > 2) m[0] = Infinity, m[1] = NaN;
+      const keep = Uint8Array.from({ length: n }, () => (rng.next() < 0.5 ? 1 : 0));
+      if (n > 2) keep[0] = 0, keep[1] = 0;
+      const M = from(m, [n]);
+      ops.keepMasked(M, Tensor.from(keep, [n], { dtype: 'u8', device }));
+      t.deepEqual(M.toFloat32Array(), Float32Array.from(m, (v, i) => (keep[i] ? v : 0)), `keepMasked n=${n}`);
+
       // f32 -> bf16 rounds to nearest even (ties and specials included); bf16 -> f32 is exact
       const x = randn(rng, n, 100);
       const specials = [0, -0, Infinity, -Infinity, NaN, 1 + 2 ** -8, 1 + 3 * 2 ** -8, 3.4e38, 1e-40];

@@ -1,4 +1,4 @@
-// AdamW and the gradient norm over every trainable tensor in one call.
+// AdamW, the gradient norm, and the sums a training step keeps in place of copying them out (sum_into).
 //
 // A LoRA model has hundreds of tiny tensors (biases, r×K factors) and a few large ones, so
 // the work is not split one tensor per thread: all elements are laid end to end and cut into
@@ -129,6 +129,14 @@ double grad_sumsq(const ParamRef* params, int64_t count) {
   double total = 0.0;
   for (double s : partial) total += s;
   return total;
+}
+
+void grad_sumsq_into(double* out, const ParamRef* params, int64_t count) { *out = grad_sumsq(params, count); }
+
+void sum_into(double* acc, const float* x, int64_t n) {
+  double s = 0.0;
+  for (int64_t i = 0; i < n; i++) s += double(x[i]);
+  acc[0] += s;
 }
 
 void grad_scale(const ParamRef* params, int64_t count, float factor) {

@@ -165,7 +165,7 @@ void update_8bit(const AdamW8bitRef& r, int64_t lo, int64_t hi, const AdamWScala
 
 }  // namespace
 
-int64_t adamw8bit(const AdamW8bitRef* params, int64_t count, AdamWHyper h) {
+int64_t adamw8bit(const AdamW8bitRef* params, int64_t count, AdamWHyper h, bool count_skipped) {
   std::vector<Item> items;
   for (int64_t t = 0; t < count; t++)
     for (int64_t lo = 0; lo < params[t].n; lo += kItem)
@@ -197,7 +197,7 @@ int64_t adamw8bit(const AdamW8bitRef* params, int64_t count, AdamWHyper h) {
 
   int64_t skipped = 0;
   for (uint8_t o : ok) skipped += !o;
-  return skipped;
+  return count_skipped ? skipped : -1;
 }
 
 }  // namespace pk::cpu

@@ -124,4 +124,16 @@ void row_norms(float* out, const void* w, DType w_dtype, int64_t R, int64_t C) {
   }
 }
 
+void dora_scale(float* g, float* g_minus_1, const float* m, const float* norms, int64_t n) {
+  for (int64_t o = 0; o < n; o++) {
+    const float q = m[o] / norms[o];
+    g[o] = q;
+    g_minus_1[o] = q - 1.f;
+  }
+}
+
+void dora_magnitude_backward(float* dm, const float* dg, const float* norms, int64_t n) {
+  for (int64_t o = 0; o < n; o++) dm[o] = float(double(dm[o]) + double(dg[o]) / double(norms[o]));
+}
+
 }  // namespace pk::cpu

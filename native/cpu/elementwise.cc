@@ -15,6 +15,11 @@ void axpy(float* y, const float* x, float a, int64_t n) {
   for (int64_t i = 0; i < n; i++) y[i] = a * x[i] + y[i];
 }
 
+void keep_masked(float* x, const uint8_t* keep, int64_t n) {
+#pragma omp parallel for simd num_threads(threads_for(n)) schedule(static)
+  for (int64_t i = 0; i < n; i++) x[i] = keep[i] ? x[i] : 0.f;
+}
+
 void cast_f32_to_bf16(bf16* out, const float* x, int64_t n) {
 #pragma omp parallel for simd num_threads(threads_for(n)) schedule(static)
   for (int64_t i = 0; i < n; i++) out[i] = f32_to_bf16(x[i]);

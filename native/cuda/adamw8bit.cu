@@ -114,13 +114,13 @@ __global__ void update(const AdamW8bitRef* refs, const int64_t* first, int64_t c
 
 }  // namespace
 
-int64_t adamw8bit(const AdamW8bitRef* params, int64_t count, AdamWHyper h) {
-  if (count == 0) return 0;
+int64_t adamw8bit(const AdamW8bitRef* params, int64_t count, AdamWHyper h, bool count_skipped) {
+  if (count == 0) return count_skipped ? 0 : -1;
   std::vector<int64_t> first(size_t(count) + 1, 0);
   for (int64_t t = 0; t < count; t++)
     first[size_t(t) + 1] = first[size_t(t)] + (params[t].n + kAdamW8bitBlock - 1) / kAdamW8bitBlock;
   const int64_t total = first.back();
-  if (total == 0) return 0;
+  if (total == 0) return count_skipped ? 0 : -1;
 
   Coeffs k;
   static_cast<AdamWScalars&>(k) = adamw_scalars(h);
@@ -156,14 +156,17 @@ int64_t adamw8bit(const AdamW8bitRef* params, int64_t count, AdamWHyper h) {
       update<<<grid, kThreads, 0, stream()>>>(d_refs, d_first, count, b0, d_bad, k, maps);
       check_launch("adamw8bit update");
     }
-    count_copy(true, bad_bytes);
-    check(cudaMemcpyAsync(bad.data(), d_bad, bad_bytes, cudaMemcpyDeviceToHost, stream()), "adamw8bit flags back");
-    check(cudaStreamSynchronize(stream()), "adamw8bit sync");
+    if (count_skipped) {
+      count_copy(true, bad_bytes);
+      check(cudaMemcpyAsync(bad.data(), d_bad, bad_bytes, cudaMemcpyDeviceToHost, stream()), "adamw8bit flags back");
+      check(cudaStreamSynchronize(stream()), "adamw8bit sync");
+    }
   } catch (...) {
     cudaFreeAsync(buf, stream());
     throw;
   }
   check(cudaFreeAsync(buf, stream()), "adamw8bit free");
+  if (!count_skipped) return -1;
   int64_t skipped = 0;
   for (int f : bad) skipped += f != 0;
   return skipped;

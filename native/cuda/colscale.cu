@@ -54,6 +54,19 @@ __global__ void row_norms_kernel(float* out, const void* w, DType w_dtype, int64
   if (threadIdx.x == 0) out[row] = float(sqrt(total));
 }
 
+__global__ void dora_scale_kernel(float* g, float* g_minus_1, const float* m, const float* norms, int64_t n) {
+  for (int64_t o = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; o < n; o += int64_t(gridDim.x) * blockDim.x) {
+    const float q = __fdiv_rn(m[o], norms[o]);
+    g[o] = q;
+    g_minus_1[o] = __fsub_rn(q, 1.f);
+  }
+}
+
+__global__ void dora_magnitude_backward_kernel(float* dm, const float* dg, const float* norms, int64_t n) {
+  for (int64_t o = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; o < n; o += int64_t(gridDim.x) * blockDim.x)
+    dm[o] = float(double(dm[o]) + double(dg[o]) / double(norms[o]));
+}
+
 // Threads per row block: a warp multiple, no more than the row needs, at most 256.
 unsigned row_threads(int64_t C) {
   const int64_t t = (C + 31) / 32 * 32;
@@ -81,6 +94,18 @@ void row_norms(float* out, const void* w, DType w_dtype, int64_t R, int64_t C) {
   if (R == 0) return;
   row_norms_kernel<<<unsigned(R), row_threads(C), 0, stream()>>>(out, w, w_dtype, C);
   check_launch("row_norms");
+}
+
+void dora_scale(float* g, float* g_minus_1, const float* m, const float* norms, int64_t n) {
+  if (n == 0) return;
+  dora_scale_kernel<<<elt_blocks(n), kEltThreads, 0, stream()>>>(g, g_minus_1, m, norms, n);
+  check_launch("dora_scale");
+}
+
+void dora_magnitude_backward(float* dm, const float* dg, const float* norms, int64_t n) {
+  if (n == 0) return;
+  dora_magnitude_backward_kernel<<<elt_blocks(n), kEltThreads, 0, stream()>>>(dm, dg, norms, n);
+  check_launch("dora_magnitude_backward");
 }
 
 }  // namespace pk::cuda

@@ -9,6 +9,7 @@
 
 #include "peftkit/dtype.h"
 #include "peftkit/error.h"
+#include "peftkit/kernels.h"
 
 namespace pk::cuda {
 
@@ -67,6 +68,20 @@ __device__ __forceinline__ uint16_t f32_to_bf16_bits(float f) {
 // Element idx of an f32 or bf16 array, widened to f32.
 __device__ __forceinline__ float load_as_f32(const void* p, DType t, int64_t idx) {
   return t == DType::F32 ? static_cast<const float*>(p)[idx] : bf16_bits_to_f32(static_cast<const uint16_t*>(p)[idx]);
+}
+
+// Records an out-of-range index in a fault record (IndexFault, kernels.h) unless one is
+// already there: the first thread to swap the flag from 0 to 1.0 writes the details.
+__device__ inline void record_index_fault(double* fault, IndexFaultOp op, int64_t pos, int32_t index, int64_t limit,
+                                          int32_t ignore_index = 0) {
+  if (!fault) return;
+  constexpr unsigned long long kOne = 0x3FF0000000000000ull;  // the bits of 1.0
+  if (atomicCAS(reinterpret_cast<unsigned long long*>(fault), 0ull, kOne) != 0ull) return;
+  fault[1] = double(int(op));
+  fault[2] = double(pos);
+  fault[3] = double(index);
+  fault[4] = double(limit);
+  fault[5] = double(ignore_index);
 }
 
 __device__ __forceinline__ float warp_sum(float v) {

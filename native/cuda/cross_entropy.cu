@@ -37,14 +37,17 @@ __device__ MaxSum block_merge(MaxSum v) {
   return total;
 }
 
-// A target outside [0, V) that is not ignore_index is rejected by the op layer; here it is
-// treated as ignored rather than read out of bounds.
+// A target outside [0, V) that is not ignore_index is rejected by the op layer, or recorded in
+// the fault record where the op left the check to the kernel (row0: the chunk's first row);
+// either way it is treated as ignored rather than read out of bounds.
 __global__ void cross_entropy_rows(float* losses, float* dlogits, const float* logits, const int32_t* targets,
-                                   int64_t V, int32_t ignore_index, float grad_scale) {
+                                   int64_t V, int32_t ignore_index, float grad_scale, double* fault, int64_t row0) {
   const int64_t row = blockIdx.x;
   const float* x = logits + row * V;
   const int32_t target = targets[row];
   const bool counted = target != ignore_index && target >= 0 && target < V;
+  if (!counted && target != ignore_index && threadIdx.x == 0)
+    record_index_fault(fault, IndexFaultOp::Targets, row0 + row, target, V, ignore_index);
   // Read before any thread can overwrite it (dlogits may be logits; the merge below syncs).
   const float x_target = counted && threadIdx.x == 0 ? x[target] : 0.f;
 
@@ -76,21 +79,26 @@ unsigned ce_threads(int64_t V) {
   const int64_t t = (V + 31) / 32 * 32;
   return unsigned(t < 512 ? t : 512);
 }
+
+void launch_cross_entropy(float* losses, float* dlogits, const float* logits, const int32_t* targets, int64_t N,
+                          int64_t V, int32_t ignore_index, float grad_scale, double* fault, int64_t row0) {
+  if (N == 0 || V == 0) return;
+  cross_entropy_rows<<<unsigned(N), ce_threads(V), 0, stream()>>>(losses, dlogits, logits, targets, V, ignore_index,
+                                                                  grad_scale, fault, row0);
+  check_launch("cross_entropy");
+}
 }  // namespace
 
 void cross_entropy(float* losses, float* dlogits, const float* logits, const int32_t* targets, int64_t N, int64_t V,
                    int32_t ignore_index, float grad_scale) {
-  if (N == 0 || V == 0) return;
-  cross_entropy_rows<<<unsigned(N), ce_threads(V), 0, stream()>>>(losses, dlogits, logits, targets, V, ignore_index,
-                                                                  grad_scale);
-  check_launch("cross_entropy");
+  launch_cross_entropy(losses, dlogits, logits, targets, N, V, ignore_index, grad_scale, nullptr, 0);
 }
 
 // Per chunk of rows: logits = H·Wᵀ into scratch, softmax - onehot (times grad_scale) in place,
 // then dH = scratch·W and dW += scratchᵀ·H. bf16 compute rounds the operands of all three.
 void linear_cross_entropy(float* losses, float* dH, float* dW, const float* H, const void* W, DType w_dtype,
                           const int32_t* targets, int64_t N, int64_t C, int64_t V, int32_t ignore_index,
-                          float grad_scale, int64_t chunk_rows, float* scratch, Compute compute) {
+                          float grad_scale, int64_t chunk_rows, float* scratch, Compute compute, double* fault) {
   if (chunk_rows <= 0) chunk_rows = N;
   const auto op = [compute](const void* p, DType dt, int64_t ld, bool trans) {
     return with_compute(operand(p, dt, ld, trans), compute);
@@ -99,7 +107,8 @@ void linear_cross_entropy(float* losses, float* dH, float* dW, const float* H, c
     const int64_t n = N - r0 < chunk_rows ? N - r0 : chunk_rows;
     const float* Hc = H + r0 * C;
     gemm_f32(scratch, V, op(Hc, DType::F32, C, false), op(W, w_dtype, C, true), n, V, C, 1.f, false);
-    cross_entropy(losses ? losses + r0 : nullptr, scratch, scratch, targets + r0, n, V, ignore_index, grad_scale);
+    launch_cross_entropy(losses ? losses + r0 : nullptr, scratch, scratch, targets + r0, n, V, ignore_index, grad_scale,
+                         fault, r0);
     if (dH) gemm_f32(dH + r0 * C, C, op(scratch, DType::F32, V, false), op(W, w_dtype, C, false), n, C, V, 1.f, false);
     if (dW) gemm_f32(dW, C, op(scratch, DType::F32, V, true), op(Hc, DType::F32, C, false), V, C, n, 1.f, true);
   }

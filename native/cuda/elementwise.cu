@@ -12,6 +12,11 @@ __global__ void add_kernel(float* out, const float* a, const float* b, int64_t n
     out[i] = a[i] + b[i];
 }
 
+__global__ void keep_masked_kernel(float* x, const uint8_t* keep, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    if (!keep[i]) x[i] = 0.f;
+}
+
 __global__ void axpy_kernel(float* y, const float* x, float a, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     y[i] = fmaf(a, x[i], y[i]);
@@ -38,6 +43,12 @@ void axpy(float* y, const float* x, float a, int64_t n) {
   if (n == 0) return;
   axpy_kernel<<<elt_blocks(n), kEltThreads, 0, stream()>>>(y, x, a, n);
   check_launch("axpy");
+}
+
+void keep_masked(float* x, const uint8_t* keep, int64_t n) {
+  if (n == 0) return;
+  keep_masked_kernel<<<elt_blocks(n), kEltThreads, 0, stream()>>>(x, keep, n);
+  check_launch("keep_masked");
 }
 
 void cast_f32_to_bf16(bf16* out, const float* x, int64_t n) {

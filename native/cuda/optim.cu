@@ -29,6 +29,14 @@ __global__ void sumsq_kernel(double* acc, const float* g, int64_t n) {
   if (threadIdx.x == 0) atomicAdd(acc, s);
 }
 
+// acc[0] += Σ x over n elements in double, by one block (so in a fixed order).
+__global__ void sum_kernel(double* acc, const float* x, int64_t n) {
+  double s = 0.0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += double(x[i]);
+  s = block_sum(s);
+  if (threadIdx.x == 0) acc[0] += s;
+}
+
 __global__ void scale_kernel(float* g, int64_t n, float factor) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     g[i] *= factor;
@@ -71,6 +79,22 @@ double grad_sumsq(const ParamRef* params, int64_t count) {
   }
   cudaFreeAsync(acc, stream());
   return total;
+}
+
+void grad_sumsq_into(double* out, const ParamRef* params, int64_t count) {
+  check(cudaMemsetAsync(out, 0, sizeof(double), stream()), "grad_sumsq_into memset");
+  for (int64_t t = 0; t < count; t++) {
+    if (params[t].n == 0) continue;
+    sumsq_kernel<<<reduce_blocks(params[t].n), kEltThreads, 0, stream()>>>(out, params[t].grad, params[t].n);
+    check_launch("grad_sumsq_into");
+  }
+}
+
+void sum_into(double* acc, const float* x, int64_t n) {
+  if (n == 0) return;
+  // One block: a fixed order of partial sums, so a step's loss has the same bits every run.
+  sum_kernel<<<1, kEltThreads, 0, stream()>>>(acc, x, n);
+  check_launch("sum_into");
 }
 
 void grad_scale(const ParamRef* params, int64_t count, float factor) {

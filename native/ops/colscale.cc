@@ -1,5 +1,6 @@
 #include "peftkit/ops/colscale.h"
 
+#include <initializer_list>
 #include <string>
 
 #include "peftkit/kernels.h"
@@ -118,6 +119,45 @@ void row_norms(const Tensor& out, const Tensor& w) {
                         "), got " + out.describe());
   expect_apart(op, out, "out", w, "w", false);
   PK_ON_DEVICE(w.device, row_norms, out.data<float>(), w.raw(), w.dtype, R, C);
+}
+
+namespace {
+struct VecArg {
+  const Tensor& t;
+  const char* what;
+};
+
+// DoRA's per-row vectors: f32, one shape [n], one device (that of norms); outputs apart from inputs.
+int64_t expect_rows_vectors(const char* op, const Tensor& norms, std::initializer_list<VecArg> outs,
+                            std::initializer_list<VecArg> ins) {
+  expect_f32_on(op, norms, "norms", norms, "norms");
+  if (norms.ndim() != 1) fail("E_SHAPE", named(op, "norms") + ": expected [n], got " + norms.describe());
+  for (const VecArg& a : outs) {
+    expect_f32_on(op, a.t, a.what, norms, "norms");
+    expect_like(op, a.t, a.what, norms, "norms");
+    expect_apart(op, a.t, a.what, norms, "norms", false);
+    for (const VecArg& b : ins) expect_apart(op, a.t, a.what, b.t, b.what, false);
+  }
+  for (const VecArg& b : ins) {
+    expect_f32_on(op, b.t, b.what, norms, "norms");
+    expect_like(op, b.t, b.what, norms, "norms");
+  }
+  return norms.dim(0);
+}
+}  // namespace
+
+void dora_scale(const Tensor& g, const Tensor& g_minus_1, const Tensor& m, const Tensor& norms) {
+  const char* op = "dora_scale";
+  const int64_t n = expect_rows_vectors(op, norms, {{g, "g"}, {g_minus_1, "gMinus1"}}, {{m, "m"}});
+  expect_apart(op, g, "g", g_minus_1, "gMinus1", false);
+  PK_ON_DEVICE(norms.device, dora_scale, g.data<float>(), g_minus_1.data<float>(), m.data<float>(),
+               norms.data<float>(), n);
+}
+
+void dora_magnitude_backward(const Tensor& dm, const Tensor& dg, const Tensor& norms) {
+  const char* op = "dora_magnitude_backward";
+  const int64_t n = expect_rows_vectors(op, norms, {{dm, "dm"}}, {{dg, "dg"}});
+  PK_ON_DEVICE(norms.device, dora_magnitude_backward, dm.data<float>(), dg.data<float>(), norms.data<float>(), n);
 }
 
 }  // namespace pk::ops

@@ -5,30 +5,13 @@
 #include <vector>
 
 #include "peftkit/kernels.h"
+#include "peftkit/ops/index_fault.h"
 
 namespace pk::ops {
 
 namespace {
 
 std::vector<int64_t> leading(const Tensor& t) { return std::vector<int64_t>(t.shape.begin(), t.shape.end() - 1); }
-
-// The kernels trust targets blindly (a bad one would index out of the row), so every target
-// is checked here, on the host: one int per row, little next to the N×V logits.
-void expect_targets_in_range(const Tensor& targets, int64_t V, int32_t ignore_index) {
-  const int64_t N = targets.numel();
-  std::vector<int32_t> host;
-  const int32_t* t = targets.data<int32_t>();
-  if (targets.device != Device::CPU) {
-    host.resize(size_t(N));
-    copy_to_host(host.data(), targets, targets.nbytes());
-    t = host.data();
-  }
-  for (int64_t n = 0; n < N; n++)
-    if (t[n] != ignore_index && (t[n] < 0 || t[n] >= V))
-      fail("E_ARG", "targets: row " + std::to_string(n) + " has target " + std::to_string(t[n]) +
-                        ", outside [0, " + std::to_string(V) + ") and not ignore_index (" +
-                        std::to_string(ignore_index) + ")");
-}
 
 void expect_finite(float x, const char* what) {
   if (!std::isfinite(x)) fail("E_ARG", std::string(what) + ": expected a finite number, got " + std::to_string(x));
@@ -86,7 +69,7 @@ void cross_entropy(const Tensor& losses, const Tensor& dlogits, const Tensor& lo
   }
   expect_finite(grad_scale, "cross_entropy gradScale");
   const int64_t V = logits.dim(-1), N = logits.numel() / V;
-  expect_targets_in_range(targets, V, ignore_index);
+  check_targets("cross_entropy", targets, V, ignore_index, Tensor{});
   float* d = grad ? dlogits.data<float>() : nullptr;  // may be logits itself: the kernel allows it
   if (logits.device == Device::CPU) {
     cpu::cross_entropy(losses.data<float>(), d, logits.data<float>(), targets.data<int32_t>(), N, V, ignore_index,
@@ -101,7 +84,7 @@ void cross_entropy(const Tensor& losses, const Tensor& dlogits, const Tensor& lo
 
 void linear_cross_entropy(const Tensor& losses, const Tensor& dH, const Tensor& dW, const Tensor& H,
                           const Tensor& W, const Tensor& targets, int32_t ignore_index, float grad_scale,
-                          int64_t chunk_rows, Compute compute) {
+                          int64_t chunk_rows, Compute compute, const Tensor& fault) {
   expect_dtype(H, DType::F32, "linear_cross_entropy H");
   if (H.ndim() < 1) fail("E_SHAPE", "linear_cross_entropy H: expected [..., C], got " + H.describe());
   expect_ndim(W, 2, "linear_cross_entropy W");
@@ -130,7 +113,7 @@ void linear_cross_entropy(const Tensor& losses, const Tensor& dH, const Tensor& 
   if (chunk_rows < 0)
     fail("E_ARG", "linear_cross_entropy chunkRows: expected >= 0 (0 = automatic), got " + std::to_string(chunk_rows));
   const int64_t N = targets.numel();  // the rows of H, also when C == 0
-  expect_targets_in_range(targets, V, ignore_index);
+  double* record = check_targets("linear_cross_entropy", targets, V, ignore_index, fault);
   if (N == 0) return;
   if (chunk_rows == 0) chunk_rows = kChunkFloats / V > 1 ? kChunkFloats / V : 1;
   if (chunk_rows > N) chunk_rows = N;
@@ -140,14 +123,28 @@ void linear_cross_entropy(const Tensor& losses, const Tensor& dH, const Tensor& 
     const Tensor scratch = host_logits_scratch(chunk_rows, V);
     cpu::linear_cross_entropy(losses.data<float>(), dh, dw, H.data<float>(), W.raw(), W.dtype,
                               targets.data<int32_t>(), N, C, V, ignore_index, grad_scale, chunk_rows,
-                              scratch.data<float>(), compute);
+                              scratch.data<float>(), compute, record);
     return;
   }
 #ifdef PEFTKIT_CUDA
   const Tensor scratch = Tensor::empty({chunk_rows, V}, DType::F32, H.device);
   cuda::linear_cross_entropy(losses.data<float>(), dh, dw, H.data<float>(), W.raw(), W.dtype,
                              targets.data<int32_t>(), N, C, V, ignore_index, grad_scale, chunk_rows,
-                             scratch.data<float>(), compute);
+                             scratch.data<float>(), compute, record);
+#endif
+}
+
+void sum_into(const Tensor& acc, const Tensor& x) {
+  expect_dtype(acc, DType::F64, "sum_into acc");
+  if (acc.numel() != 1) fail("E_SHAPE", "sum_into acc: expected one element, got " + acc.describe());
+  expect_dtype(x, DType::F32, "sum_into x");
+  expect_same_device(acc, x, "sum_into acc", "sum_into x");
+  if (x.device == Device::CPU) {
+    cpu::sum_into(acc.data<double>(), x.data<float>(), x.numel());
+    return;
+  }
+#ifdef PEFTKIT_CUDA
+  cuda::sum_into(acc.data<double>(), x.data<float>(), x.numel());
 #endif
 }
 

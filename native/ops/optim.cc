@@ -92,25 +92,47 @@ double grad_norm(const std::vector<Tensor>& grads) {
   return refs.empty() ? 0.0 : std::sqrt(sumsq(refs, grads[0].device));
 }
 
+void grad_sumsq_into(const Tensor& out, const std::vector<Tensor>& grads) {
+  expect_dtype(out, DType::F64, "gradSumsqInto out");
+  if (out.numel() != 1) fail("E_SHAPE", "gradSumsqInto out: expected one element, got " + out.describe());
+  const std::vector<ParamRef> refs = grad_refs(grads, "gradSumsqInto tensors");
+  if (!refs.empty()) expect_same_device(out, grads[0], "gradSumsqInto out", "gradSumsqInto tensors[0]");
+  if (out.device == Device::CPU) {
+    cpu::grad_sumsq_into(out.data<double>(), refs.data(), int64_t(refs.size()));
+    return;
+  }
+#ifdef PEFTKIT_CUDA
+  cuda::grad_sumsq_into(out.data<double>(), refs.data(), int64_t(refs.size()));
+#endif
+}
+
 double clip_grad_norm(const std::vector<Tensor>& grads, double max_norm) {
+  const std::vector<ParamRef> refs = grad_refs(grads, "clipGradNorm grads");
+  if (refs.empty()) {
+    clip_grads_to(grads, max_norm, 0.0);  // the argument checks
+    return 0.0;
+  }
+  const double norm = std::sqrt(sumsq(refs, grads[0].device));
+  clip_grads_to(grads, max_norm, norm);
+  return norm;
+}
+
+void clip_grads_to(const std::vector<Tensor>& grads, double max_norm, double norm) {
   if (std::isnan(max_norm) || max_norm < 0)
     fail("E_ARG", "clipGradNorm maxNorm: expected a number >= 0, got " + std::to_string(max_norm));
   const std::vector<ParamRef> refs = grad_refs(grads, "clipGradNorm grads");
-  if (refs.empty()) return 0.0;
+  if (refs.empty() || !std::isfinite(norm)) return;
   const Device device = grads[0].device;
-  const double norm = std::sqrt(sumsq(refs, device));
-  if (!std::isfinite(norm)) return norm;
   // As torch: the norm is an f32 tensor and the coefficient is formed in f32, then clamped to 1.
   const float coef = float(max_norm) / (float(norm) + 1e-6f);
-  if (!(coef < 1.f)) return norm;
+  if (!(coef < 1.f)) return;
   if (device == Device::CPU) {
     cpu::grad_scale(refs.data(), int64_t(refs.size()), coef);
-    return norm;
+    return;
   }
 #ifdef PEFTKIT_CUDA
   cuda::grad_scale(refs.data(), int64_t(refs.size()), coef);
 #endif
-  return norm;
 }
 
 }  // namespace pk::ops

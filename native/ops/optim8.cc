@@ -66,9 +66,9 @@ AdamW8bitRef slot_ref(const AdamW8bitSlot& s, const std::string& what,
 
 }  // namespace
 
-int64_t adamw8bit(const std::vector<AdamW8bitSlot>& slots, const AdamWHyper& h) {
+int64_t adamw8bit(const std::vector<AdamW8bitSlot>& slots, const AdamWHyper& h, bool count_skipped) {
   check_hyper(h);
-  if (slots.empty()) return 0;
+  if (slots.empty()) return count_skipped ? 0 : -1;
   const Device device = slots[0].param.device;
   std::vector<AdamW8bitRef> refs;
   std::vector<std::pair<const Tensor*, std::string>> all;
@@ -85,10 +85,10 @@ int64_t adamw8bit(const std::vector<AdamW8bitSlot>& slots, const AdamWHyper& h) 
     if (ptrs[i].first == ptrs[i - 1].first) fail("E_ARG", *ptrs[i - 1].second + " and " + *ptrs[i].second + " are the same tensor");
 
   for (const auto& e : all) page_in(*e.first);
-  int64_t skipped = 0;
-  if (device == Device::CPU) skipped = cpu::adamw8bit(refs.data(), int64_t(refs.size()), h);
+  int64_t skipped = count_skipped ? 0 : -1;
+  if (device == Device::CPU) skipped = cpu::adamw8bit(refs.data(), int64_t(refs.size()), h, count_skipped);
 #ifdef PEFTKIT_CUDA
-  else skipped = cuda::adamw8bit(refs.data(), int64_t(refs.size()), h);
+  else skipped = cuda::adamw8bit(refs.data(), int64_t(refs.size()), h, count_skipped);
 #endif
   for (const auto& e : all) page_out(*e.first);
   return skipped;

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "peftkit/kernels.h"
+#include "peftkit/ops/index_fault.h"
 
 namespace pk::ops {
 
@@ -64,35 +65,6 @@ Rows rows_of(const Tensor& x, const char* op, const char* name) {
   return r;
 }
 
-std::string index_str(int64_t flat, const std::vector<int64_t>& shape) {
-  std::vector<int64_t> idx(shape.size());
-  for (size_t k = shape.size(); k-- > 0;) {
-    idx[k] = shape[k] ? flat % shape[k] : 0;
-    flat = shape[k] ? flat / shape[k] : 0;
-  }
-  std::string s = "[";
-  for (size_t k = 0; k < idx.size(); k++) s += (k ? ", " : "") + std::to_string(idx[k]);
-  return s + "]";
-}
-
-// Ids index rows of a table: one out of range would read or write outside it, so every id is
-// checked (ids on a GPU are copied to the host for that; they are small next to activations).
-void expect_ids_in_range(const char* op, const Tensor& ids, int64_t V) {
-  const int32_t* p = ids.data<int32_t>();
-  std::vector<int32_t> host;
-  if (ids.device != Device::CPU) {
-    host.resize(size_t(ids.numel()));
-    copy_to_host(host.data(), ids, ids.nbytes());
-    p = host.data();
-  }
-  const int64_t n = ids.numel();
-  for (int64_t i = 0; i < n; i++) {
-    if (p[i] < 0 || p[i] >= V)
-      fail("E_ARG", named(op, "ids") + ": ids" + index_str(i, ids.shape) + " = " + std::to_string(p[i]) +
-                        " is outside [0, " + std::to_string(V) + ") (the table has " + std::to_string(V) + " rows)");
-  }
-}
-
 void expect_eps(const char* op, float eps) {
   if (!(eps >= 0.f) || !std::isfinite(eps))
     fail("E_ARG", named(op, "eps") + ": expected a finite number >= 0, got " + std::to_string(eps));
@@ -126,7 +98,7 @@ int64_t rope_batch(const char* op, const Tensor& x, const char* xname, const Ten
 
 // ---- Embedding --------------------------------------------------------------------------------
 
-void embedding_forward(const Tensor& out, const Tensor& ids, const Tensor& table) {
+void embedding_forward(const Tensor& out, const Tensor& ids, const Tensor& table, const Tensor& fault) {
   const char* op = "embedding_forward";
   expect_args(op, DType::F32, {{out, "out"}});
   if (table.dtype != DType::F32 && table.dtype != DType::BF16)
@@ -139,12 +111,12 @@ void embedding_forward(const Tensor& out, const Tensor& ids, const Tensor& table
   std::vector<int64_t> want = ids.shape;
   want.push_back(C);
   expect_shape(out, want, named(op, "out").c_str());
-  expect_ids_in_range(op, ids, V);
+  double* record = check_ids(op, ids, V, fault);
   PK_ON_DEVICE(out.device, embedding_forward, out.data<float>(), ids.data<int32_t>(), table.raw(), table.dtype,
-               ids.numel(), C);
+               ids.numel(), C, V, record);
 }
 
-void embedding_backward(const Tensor& dtable, const Tensor& dout, const Tensor& ids) {
+void embedding_backward(const Tensor& dtable, const Tensor& dout, const Tensor& ids, const Tensor& fault) {
   const char* op = "embedding_backward";
   expect_args(op, DType::F32, {{dtable, "dtable"}, {dout, "dout"}});
   expect_dtype(ids, DType::I32, named(op, "ids").c_str());
@@ -154,9 +126,9 @@ void embedding_backward(const Tensor& dtable, const Tensor& dout, const Tensor& 
   std::vector<int64_t> want = ids.shape;
   want.push_back(C);
   expect_shape(dout, want, named(op, "dout").c_str());
-  expect_ids_in_range(op, ids, V);
+  double* record = check_ids(op, ids, V, fault);
   PK_ON_DEVICE(dtable.device, embedding_backward, dtable.data<float>(), dout.data<float>(), ids.data<int32_t>(),
-               ids.numel(), C, V);
+               ids.numel(), C, V, record);
 }
 
 // ---- Normalization ----------------------------------------------------------------------------
@@ -343,6 +315,15 @@ void axpy(const Tensor& y, const Tensor& x, float a) {
   expect_args(op, DType::F32, {{y, "y"}, {x, "x"}});
   expect_same_shape(op, {{y, "y"}, {x, "x"}});
   PK_ON_DEVICE(y.device, axpy, y.data<float>(), x.data<float>(), a, y.numel());
+}
+
+void keep_masked(const Tensor& x, const Tensor& keep) {
+  const char* op = "keep_masked";
+  expect_args(op, DType::F32, {{x, "x"}});
+  expect_dtype(keep, DType::U8, named(op, "keep").c_str());
+  expect_same_device(x, keep, named(op, "x").c_str(), named(op, "keep").c_str());
+  expect_shape(keep, x.shape, named(op, "keep").c_str());
+  PK_ON_DEVICE(x.device, keep_masked, x.data<float>(), keep.data<uint8_t>(), x.numel());
 }
 
 void cast(const Tensor& out, const Tensor& x) {

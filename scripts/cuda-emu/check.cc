@@ -291,7 +291,7 @@ static void check_embedding() {
     std::vector<int32_t> ids(N);
     for (auto& i : ids) i = int32_t(rng() % V);
     Vec table = randn(size_t(V * C)), out = poison(size_t(N * C));
-    pk::cuda::embedding_forward(out.data(), ids.data(), table.data(), pk::DType::F32, N, C);
+    pk::cuda::embedding_forward(out.data(), ids.data(), table.data(), pk::DType::F32, N, C, V, nullptr);
     Ref ref(size_t(N * C));
     for (int64_t n = 0; n < N; n++)
       for (int64_t c = 0; c < C; c++) ref[size_t(n * C + c)] = table[size_t(ids[size_t(n)] * C + c)];
@@ -300,16 +300,43 @@ static void check_embedding() {
     const std::vector<pk::bf16> table16 = to_bf16(table);
     const Vec rounded = round_bf16(table);
     out = poison(size_t(N * C));
-    pk::cuda::embedding_forward(out.data(), ids.data(), table16.data(), pk::DType::BF16, N, C);
+    pk::cuda::embedding_forward(out.data(), ids.data(), table16.data(), pk::DType::BF16, N, C, V, nullptr);
     for (int64_t n = 0; n < N; n++)
       for (int64_t c = 0; c < C; c++) ref[size_t(n * C + c)] = rounded[size_t(ids[size_t(n)] * C + c)];
     expect("embedding forward bf16", out, ref, 0);
     Vec dout = randn(size_t(N * C)), d0 = randn(size_t(V * C)), dt = d0;
-    pk::cuda::embedding_backward(dt.data(), dout.data(), ids.data(), N, C, V);
+    pk::cuda::embedding_backward(dt.data(), dout.data(), ids.data(), N, C, V, nullptr);
     Ref dref(d0.begin(), d0.end());
     for (int64_t n = 0; n < N; n++)
       for (int64_t c = 0; c < C; c++) dref[size_t(ids[size_t(n)] * C + c)] += dout[size_t(n * C + c)];
     expect("embedding backward", dt, dref);
+
+    // Ids out of range with a fault record (a training step on a GPU): recorded, never read
+    // or written out of the table; the other rows as before.
+    std::vector<int32_t> bad = ids;
+    bad[3] = int32_t(V + 2);
+    bad[9] = -1;
+    const auto is_bad = [&](int64_t n) { return n == 3 || n == 9; };
+    const auto fault_names_one = [&](const std::vector<double>& f, pk::IndexFaultOp op) {
+      const bool at3 = f[2] == 3 && f[3] == double(V + 2), at9 = f[2] == 9 && f[3] == -1;
+      return f[0] == 1 && f[1] == double(int(op)) && (at3 || at9) && f[4] == double(V);
+    };
+    std::vector<double> fault(pk::kIndexFaultDoubles, 0.0);
+    out = poison(size_t(N * C));
+    pk::cuda::embedding_forward(out.data(), bad.data(), table.data(), pk::DType::F32, N, C, V, fault.data());
+    for (int64_t n = 0; n < N; n++)
+      for (int64_t c = 0; c < C; c++) ref[size_t(n * C + c)] = is_bad(n) ? 0.0 : table[size_t(bad[size_t(n)] * C + c)];
+    expect("embedding forward, bad ids left zero", out, ref, 0);
+    expect_true("embedding forward records a bad id", fault_names_one(fault, pk::IndexFaultOp::EmbeddingForward));
+    std::fill(fault.begin(), fault.end(), 0.0);
+    dt = d0;
+    pk::cuda::embedding_backward(dt.data(), dout.data(), bad.data(), N, C, V, fault.data());
+    dref.assign(d0.begin(), d0.end());
+    for (int64_t n = 0; n < N; n++)
+      for (int64_t c = 0; c < C; c++)
+        if (!is_bad(n)) dref[size_t(bad[size_t(n)] * C + c)] += dout[size_t(n * C + c)];
+    expect("embedding backward, bad ids add nothing", dt, dref);
+    expect_true("embedding backward records a bad id", fault_names_one(fault, pk::IndexFaultOp::EmbeddingBackward));
   }
 }
 
@@ -512,6 +539,17 @@ static void check_elementwise() {
   pk::cuda::axpy(yy.data(), x.data(), 0.3f, n);
   for (size_t i = 0; i < ra.size(); i++) ra[i] = 0.3 * x[i] + y[i];
   expect("axpy", yy, ra);
+  {
+    Vec km = x;
+    km[0] = INFINITY;
+    std::vector<uint8_t> keep(static_cast<size_t>(n));
+    for (size_t i = 0; i < keep.size(); i++) keep[i] = uint8_t(rng() % 2);
+    keep[0] = 0;
+    pk::cuda::keep_masked(km.data(), keep.data(), n);
+    bool ok = true;
+    for (size_t i = 0; i < keep.size(); i++) ok = ok && (keep[i] ? km[i] == x[i] || i == 0 : km[i] == 0.f);
+    expect_true("keep_masked: zeros where not kept, the rest unchanged", ok && km[0] == 0.f);
+  }
   // Casts: bit-exact with dtype.h, ties and NaN included.
   Vec special = x;
   special[2] = NAN;
@@ -682,6 +720,10 @@ static void check_loss() {
     std::vector<int32_t> t(N);
     for (auto& x : t) x = int32_t(rng() % V);
     t[4] = ignore;
+    // With the bf16 W, a target out of range and a fault record: recorded, the row ignored.
+    std::vector<int32_t> given = t;
+    if (wbf) t[7] = ignore, given[7] = int32_t(V + 3);
+    std::vector<double> fault(pk::kIndexFaultDoubles, 0.0);
     Vec logits(size_t(N * V));
     Ref logits_d(size_t(N * V));
     for (int64_t n = 0; n < N; n++)
@@ -703,9 +745,12 @@ static void check_loss() {
         }
     Vec loss = poison(static_cast<size_t>(N)), dH = poison(size_t(N * C)), dW = dW0, scratch = poison(size_t(chunk * V));
     pk::cuda::linear_cross_entropy(loss.data(), dH.data(), dW.data(), H.data(), wbf ? static_cast<const void*>(Wb.data()) : W.data(),
-                                   wbf ? pk::DType::BF16 : pk::DType::F32, t.data(), N, C, V, ignore, 0.5f, chunk, scratch.data(),
-                                   pk::Compute::F32);
-    const std::string tag = wbf ? " (bf16 W)" : " (f32 W)";
+                                   wbf ? pk::DType::BF16 : pk::DType::F32, given.data(), N, C, V, ignore, 0.5f, chunk, scratch.data(),
+                                   pk::Compute::F32, wbf ? fault.data() : nullptr);
+    const std::string tag = wbf ? " (bf16 W, a bad target)" : " (f32 W)";
+    if (wbf)
+      expect_true("linear_cross_entropy records the bad target",
+                  fault == std::vector<double>{1, double(int(pk::IndexFaultOp::Targets)), 7, double(V + 3), double(V), ignore});
     expect("linear_cross_entropy loss" + tag, loss, rloss);
     expect("linear_cross_entropy dH" + tag, dH, rdH);
     expect("linear_cross_entropy dW" + tag, dW, rdW);
@@ -727,6 +772,15 @@ static void check_optim() {
   for (float g : g2) want += double(g) * g;
   const double got = pk::cuda::grad_sumsq(refs, 3);
   expect_true("grad_sumsq", std::abs(got - want) <= 1e-12 * want);
+  double into = -1.0;  // overwritten, not added to
+  pk::cuda::grad_sumsq_into(&into, refs, 3);
+  expect_true("grad_sumsq_into", std::abs(into - want) <= 1e-12 * want);
+  for (int64_t n : {int64_t(1), int64_t(255), int64_t(1000)}) {
+    double acc = 0.5, ref_sum = 0.5;  // added to
+    for (int64_t i = 0; i < n; i++) ref_sum += double(g1[size_t(i)]);
+    pk::cuda::sum_into(&acc, g1.data(), n);
+    expect_true("sum_into n=" + std::to_string(n), std::abs(acc - ref_sum) <= 1e-12 * (1 + std::abs(ref_sum)));
+  }
   const pk::AdamWHyper h{1e-3f, 0.9f, 0.999f, 1e-8f, 3};
   auto reference = [&](const Vec& p, const Vec& g, const Vec& m, const Vec& v, double wd, Ref& rp, Ref& rm, Ref& rv) {
     const double bc1 = 1 - std::pow(0.9, 3), bc2 = 1 - std::pow(0.999, 3);
@@ -916,6 +970,20 @@ static void check_colscale() {
         expect(tag + (b16 ? " bf16" : " f32") + " row " + std::to_string(r), Vec{out[size_t(r)]},
                Ref{want[size_t(r)]}, 1e-7);
     }
+  }
+  // DoRA's scale and magnitude gradient: one rounding each (f32 division; the gradient in double).
+  for (int64_t n : {int64_t(1), int64_t(300), int64_t(1537)}) {
+    const std::string tag = "dora n=" + std::to_string(n);
+    Vec m = randn(size_t(n)), norms = randn(size_t(n)), dg = randn(size_t(n)), dm0 = randn(size_t(n));
+    for (float& v : norms) v = std::abs(v) * 30.f + 1e-3f;
+    Vec g = poison(size_t(n)), gm1 = poison(size_t(n)), wg = Vec(size_t(n)), wgm1 = Vec(size_t(n));
+    pk::cuda::dora_scale(g.data(), gm1.data(), m.data(), norms.data(), n);
+    for (size_t o = 0; o < size_t(n); o++) wg[o] = m[o] / norms[o], wgm1[o] = wg[o] - 1.f;
+    expect_true(tag + " scale bits", same_bits(g, wg) && same_bits(gm1, wgm1));
+    Vec dm = dm0, wdm = dm0;
+    pk::cuda::dora_magnitude_backward(dm.data(), dg.data(), norms.data(), n);
+    for (size_t o = 0; o < size_t(n); o++) wdm[o] = float(double(dm0[o]) + double(dg[o]) / double(norms[o]));
+    expect_true(tag + " magnitude backward bits", same_bits(dm, wdm));
   }
 }
 

@@ -268,8 +268,10 @@ void check_adamw8bit() {
     }
     return r;
   };
-  auto rg = refs(gpu), rc = refs(cpu);
-  const int64_t skipped_g = pk::cuda::adamw8bit(rg.data(), 4, h), skipped_c = pk::cpu::adamw8bit(rc.data(), 4, h);
+  std::vector<State> quiet = gpu;  // the same update, its skip count not brought back
+  auto rg = refs(gpu), rc = refs(cpu), rq = refs(quiet);
+  const int64_t uncounted = pk::cuda::adamw8bit(rq.data(), 4, h, false);
+  const int64_t skipped_g = pk::cuda::adamw8bit(rg.data(), 4, h, true), skipped_c = pk::cpu::adamw8bit(rc.data(), 4, h, true);
   expect_true("adamw8bit skips the NaN-gradient tensor (cuda " + std::to_string(skipped_g) + ", cpu " +
                   std::to_string(skipped_c) + ")",
               skipped_g == 1 && skipped_c == 1);
@@ -296,6 +298,9 @@ void check_adamw8bit() {
     expect_true(tag + " codes equal the CPU's (" + std::to_string(near) + " off by one)", !far && near <= 2);
     if (t == 3) expect_true(tag + " skipped: param unchanged", same_bytes(g.p, c.p));
   }
+  bool same = uncounted == -1;
+  for (int t = 0; t < 4; t++) same = same && same_bytes(quiet[size_t(t)].p, gpu[size_t(t)].p);
+  expect_true("adamw8bit without the skip count: -1 back, the same update", same);
 }
 
 void check_bias() {

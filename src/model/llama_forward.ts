@@ -35,6 +35,15 @@ export interface StepOptions {
    * starts summing them over the ranks) is not the model's business. Defaults to none.
    */
   onGradsFinal?: (part: number) => void;
+  /**
+   * Keep the loss and the index checks on the model's device (a training step reads them back
+   * once, with its gradient norm): the row losses are added into `lossSum` (f64 `[1]`, see
+   * ops.sumInto) and a token id or target out of range is recorded in `fault` (an index-fault
+   * record) rather than checked on the host; run() then returns `lossSum` NaN and the caller
+   * checks both (raiseIndexFault, nonFiniteLoss). Defaults to none: the row losses are read
+   * back, a non-finite loss throws E_NAN, ids and targets are checked as the ops run.
+   */
+  deviceScalars?: { lossSum: Tensor; fault: Tensor };
 }
 
 /** Preallocated max-size tensors handed out as views of the current batch's size. */
@@ -182,7 +191,7 @@ export class LlamaForward {
   /**
    * Runs the forward pass and, when `gradScale` is given, the backward pass, accumulating the
    * adapter's gradients scaled by gradScale (1 / tokens of the whole accumulation window).
-   * Returns the summed loss over this batch's label tokens and their count.
+   * Returns the summed loss over this batch's label tokens (NaN with `deviceScalars`: it went there) and their count.
    */
   run(b: Batch, o: StepOptions, gradScale: number | null): { lossSum: number; tokens: number } {
     const c = this.model.config;
@@ -214,13 +223,13 @@ export class LlamaForward {
     if (virtual) {
       // Each row: the virtual embeddings, then its tokens' (looked up into dx, free until the backward).
       const tok = this.view(s.dx, b.B * b.T, C);
-      ops.embeddingForward(tok, ids, table);
+      ops.embeddingForward(tok, ids, table, o.deviceScalars?.fault);
       for (let bi = 0; bi < b.B; bi++) {
         xs[0].view(bi * T * C, [nv * C]).copyFrom(virtual.weight.view(0, [nv * C]));
         xs[0].view((bi * T + nv) * C, [b.T * C]).copyFrom(tok.view(bi * b.T * C, [b.T * C]));
       }
     } else {
-      ops.embeddingForward(xs[0], ids, table);
+      ops.embeddingForward(xs[0], ids, table, o.deviceScalars?.fault);
     }
     for (let l = 0; l < c.numLayers; l++) this.layers.forward(l, xs[l], xs[l + 1], this.acts(l, rows), b.B, T, rope, pass);
     const hf = this.view(s.hf, rows, C);
@@ -233,12 +242,15 @@ export class LlamaForward {
     const d = this.grads(rows);
     const dhf = gradScale === null ? null : d.dh;
     const dHead = gradScale === null ? null : headSite?.grad ?? null;
-    ops.linearCrossEntropy(losses, dhf, dHead, hf, head, s.targets.view(0, [rows]), { gradScale: gradScale ?? 1, compute: this.model.compute });
-    let lossSum = 0;
-    for (const v of losses.toFloat32Array()) lossSum += v;
-    if (!Number.isFinite(lossSum)) {
-      const adapter = this.adapter?.source ? ` or in the adapter ${this.adapter.source}` : '';
-      throw new PeftkitError('E_NAN', `loss is ${lossSum}: the forward pass produced a non-finite value (a weight in ${this.model.source}${adapter} holds NaN or Infinity, or the activations overflowed)`);
+    const dev = o.deviceScalars;
+    ops.linearCrossEntropy(losses, dhf, dHead, hf, head, s.targets.view(0, [rows]), { gradScale: gradScale ?? 1, compute: this.model.compute, fault: dev?.fault });
+    let lossSum = NaN;
+    if (dev) {
+      ops.sumInto(dev.lossSum, losses);
+    } else {
+      lossSum = 0;
+      for (const v of losses.toFloat32Array()) lossSum += v;
+      if (!Number.isFinite(lossSum)) throw this.nonFiniteLoss(lossSum);
     }
     if (gradScale === null || dhf === null) return { lossSum, tokens };
 
@@ -259,9 +271,15 @@ export class LlamaForward {
       // The real positions' gradient, without the virtual ones.
       const dTok = nv ? this.view(s.grads.dh, b.B * b.T, C) : dx;
       if (nv) for (let bi = 0; bi < b.B; bi++) dTok.view(bi * b.T * C, [b.T * C]).copyFrom(dx.view((bi * T + nv) * C, [b.T * C]));
-      ops.embeddingBackward(emb.grad, dTok, ids);
+      ops.embeddingBackward(emb.grad, dTok, ids, dev?.fault);
     }
     return { lossSum, tokens };
+  }
+
+  /** The E_NAN error of a forward pass whose summed loss is `lossSum` (NaN or infinite). */
+  nonFiniteLoss(lossSum: number): PeftkitError {
+    const adapter = this.adapter?.source ? ` or in the adapter ${this.adapter.source}` : '';
+    return new PeftkitError('E_NAN', `loss is ${lossSum}: the forward pass produced a non-finite value (a weight in ${this.model.source}${adapter} holds NaN or Infinity, or the activations overflowed)`);
   }
 
   dispose(): void {

@@ -41,3 +41,28 @@ export function rowNorms(out: Tensor, w: Tensor): void {
 export function rowNormsAsync(out: Tensor, w: Tensor): Promise<void> {
   return native.rowNormsAsync(out.native, w.native);
 }
+
+/**
+ * DoRA's scale from its magnitude (PEFT's `magnitude / weight_norm`): `g = m / norms` and
+ * `gMinus1 = g − 1`, each rounded to f32 once. All f32 `[n]` on one device; outputs apart from
+ * the inputs.
+ */
+export function doraScale(g: Tensor, gMinus1: Tensor, m: Tensor, norms: Tensor): void {
+  native.doraScale(g.native, gMinus1.native, m.native, norms.native);
+}
+/** {@link doraScale} on the thread pool. */
+export function doraScaleAsync(g: Tensor, gMinus1: Tensor, m: Tensor, norms: Tensor): Promise<void> {
+  return native.doraScaleAsync(g.native, gMinus1.native, m.native, norms.native);
+}
+
+/**
+ * DoRA's magnitude gradient: `dm += dg / norms` (the norm detached, a constant to the gradient),
+ * the quotient and the sum in double, rounded once. All f32 `[n]` on one device.
+ */
+export function doraMagnitudeBackward(dm: Tensor, dg: Tensor, norms: Tensor): void {
+  native.doraMagnitudeBackward(dm.native, dg.native, norms.native);
+}
+/** {@link doraMagnitudeBackward} on the thread pool. */
+export function doraMagnitudeBackwardAsync(dm: Tensor, dg: Tensor, norms: Tensor): Promise<void> {
+  return native.doraMagnitudeBackwardAsync(dm.native, dg.native, norms.native);
+}

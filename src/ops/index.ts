@@ -7,6 +7,7 @@ export * from './bias';
 export * from './colscale';
 export * from './gemm';
 export * from './gemm_quant';
+export * from './index_fault';
 export * from './linear';
 export * from './llm_int8';
 export * from './lora';

@@ -23,6 +23,12 @@ export interface LinearCrossEntropyOptions extends CrossEntropyOptions {
    * autocast runs lm_head (see {@link Compute}); softmax and loss stay f32. Defaults to `'f32'`.
    */
   compute?: Compute;
+  /**
+   * Where a GPU records a target out of range instead of the op checking the targets on the host
+   * (a copy back per call): an index-fault record (index_fault.ts); the row is treated as ignored. Defaults
+   * to none (checked on the host; always so on the CPU, where that costs no copy).
+   */
+  fault?: Tensor;
 }
 
 /**
@@ -60,7 +66,7 @@ export function linearCrossEntropy(
 ): void {
   native.linearCrossEntropy(
     losses.native, dH?.native ?? null, dW?.native ?? null, H.native, W.native, targets.native,
-    o.ignoreIndex ?? -100, o.gradScale ?? 1, o.chunkRows ?? 0, o.compute ?? 'f32',
+    o.ignoreIndex ?? -100, o.gradScale ?? 1, o.chunkRows ?? 0, o.compute ?? 'f32', o.fault?.native ?? null,
   );
 }
 
@@ -70,6 +76,20 @@ export function linearCrossEntropyAsync(
 ): Promise<void> {
   return native.linearCrossEntropyAsync(
     losses.native, dH?.native ?? null, dW?.native ?? null, H.native, W.native, targets.native,
-    o.ignoreIndex ?? -100, o.gradScale ?? 1, o.chunkRows ?? 0, o.compute ?? 'f32',
+    o.ignoreIndex ?? -100, o.gradScale ?? 1, o.chunkRows ?? 0, o.compute ?? 'f32', o.fault?.native ?? null,
   );
+}
+
+/**
+ * `acc[0] += Σ x`, summed in float64 (acc: f64 `[1]`, x: f32, on one device; on the CPU in index
+ * order). A training step adds each micro-batch's row losses into one device scalar this way and
+ * reads it once, with its gradient norm, instead of copying the losses back per micro-batch.
+ */
+export function sumInto(acc: Tensor, x: Tensor): void {
+  native.sumInto(acc.native, x.native);
+}
+
+/** {@link sumInto} on the thread pool. */
+export function sumIntoAsync(acc: Tensor, x: Tensor): Promise<void> {
+  return native.sumIntoAsync(acc.native, x.native);
 }

@@ -81,3 +81,31 @@ export function clipGradNorm(grads: Tensor[], maxNorm: number): number {
 export async function clipGradNormAsync(grads: Tensor[], maxNorm: number): Promise<number> {
   return (await native.clipGradNormAsync(grads.map((g) => g?.native), maxNorm)) ?? NaN;
 }
+
+/**
+ * `out[0] = Σ g²` over every tensor, summed in float64 as {@link gradNorm} sums it (the same
+ * bits), written into `out` (f64 `[1]` on the tensors' device) instead of returned: on a GPU
+ * nothing comes back to the host until the caller reads `out`, with whatever else it reads then.
+ */
+export function gradSumsqInto(out: Tensor, tensors: Tensor[]): void {
+  native.gradSumsqInto(out.native, tensors.map((g) => g?.native));
+}
+
+/** {@link gradSumsqInto} on the thread pool. */
+export function gradSumsqIntoAsync(out: Tensor, tensors: Tensor[]): Promise<void> {
+  return native.gradSumsqIntoAsync(out.native, tensors.map((g) => g?.native));
+}
+
+/**
+ * The scaling of {@link clipGradNorm} for a `norm` already known (e.g. `√` of what
+ * {@link gradSumsqInto} wrote): when `norm > maxNorm`, grads `*= maxNorm / (norm + 1e-6)`; a
+ * non-finite norm leaves them untouched.
+ */
+export function clipGradsTo(grads: Tensor[], maxNorm: number, norm: number): void {
+  native.clipGradsTo(grads.map((g) => g?.native), maxNorm, norm);
+}
+
+/** {@link clipGradsTo} on the thread pool. */
+export function clipGradsToAsync(grads: Tensor[], maxNorm: number, norm: number): Promise<void> {
+  return native.clipGradsToAsync(grads.map((g) => g?.native), maxNorm, norm);
+}

@@ -79,15 +79,22 @@ function hyper(o: AdamWOptions): [number, number, number, number, number] {
  * unquantized new moments), the block's new absmax, then each moment stored as the nearest
  * code. Tensors with f32 states get exactly {@link adamw}'s update. A tensor whose gradient
  * holds a NaN or an infinity is skipped: its param and states stay as they were. Returns the
- * number of tensors skipped.
+ * number of tensors skipped; NaN with `countSkipped: false`, which on a GPU spares the copy back
+ * of the count and the wait for the update (a caller that has already refused non-finite
+ * gradients, as a training step does, has nothing to learn from it).
  */
-export function adamw8bit(params: AdamW8bitParam[], o: AdamWOptions): number {
-  return native.adamw8bit(slots(params, o), ...hyper(o));
+export function adamw8bit(params: AdamW8bitParam[], o: AdamW8bitOptions): number {
+  return native.adamw8bit(slots(params, o), ...hyper(o), o.countSkipped ?? true) ?? NaN;
 }
 
 /** {@link adamw8bit} on the thread pool. */
-export function adamw8bitAsync(params: AdamW8bitParam[], o: AdamWOptions): Promise<number> {
-  return native.adamw8bitAsync(slots(params, o), ...hyper(o));
+export async function adamw8bitAsync(params: AdamW8bitParam[], o: AdamW8bitOptions): Promise<number> {
+  return (await native.adamw8bitAsync(slots(params, o), ...hyper(o), o.countSkipped ?? true)) ?? NaN;
+}
+
+export interface AdamW8bitOptions extends AdamWOptions {
+  /** Bring back how many tensors were skipped (a copy and a wait on a GPU). Defaults to `true`. */
+  countSkipped?: boolean;
 }
 
 /** The code tables compiled into the engine: `signed` for m, `unsigned` for v (256 sorted values each). */

@@ -15,22 +15,30 @@ const opt = (t: Tensor | null | undefined): NativeTensor | null => (t ? t.native
 
 // ---- Embedding ------------------------------------------------------------------------------
 
-/** `out[..., C] = table[ids[...], :]`. ids: i32 of any shape, each in `[0, V)`; table: `[V, C]`. */
-export function embeddingForward(out: Tensor, ids: Tensor, table: Tensor): void {
-  native.embeddingForward(out.native, ids.native, table.native);
+/**
+ * `out[..., C] = table[ids[...], :]`. ids: i32 of any shape, each in `[0, V)`; table: `[V, C]`.
+ * An id outside throws `E_ARG` naming it, checked on the host before the kernel runs; with
+ * `fault` (an index-fault record on a GPU, index_fault.ts) the kernel records it there instead and
+ * leaves that row zero, so the ids need not be copied back.
+ */
+export function embeddingForward(out: Tensor, ids: Tensor, table: Tensor, fault?: Tensor): void {
+  native.embeddingForward(out.native, ids.native, table.native, opt(fault));
 }
 /** {@link embeddingForward} on the thread pool. */
-export function embeddingForwardAsync(out: Tensor, ids: Tensor, table: Tensor): Promise<void> {
-  return native.embeddingForwardAsync(out.native, ids.native, table.native);
+export function embeddingForwardAsync(out: Tensor, ids: Tensor, table: Tensor, fault?: Tensor): Promise<void> {
+  return native.embeddingForwardAsync(out.native, ids.native, table.native, opt(fault));
 }
 
-/** `dtable[ids[n], :] += dout[n, :]`; repeated ids add up. dtable: `[V, C]`, dout: `[...ids.shape, C]`. */
-export function embeddingBackward(dtable: Tensor, dout: Tensor, ids: Tensor): void {
-  native.embeddingBackward(dtable.native, dout.native, ids.native);
+/**
+ * `dtable[ids[n], :] += dout[n, :]`; repeated ids add up. dtable: `[V, C]`, dout: `[...ids.shape, C]`.
+ * ids and `fault` as in {@link embeddingForward} (a recorded id adds nothing).
+ */
+export function embeddingBackward(dtable: Tensor, dout: Tensor, ids: Tensor, fault?: Tensor): void {
+  native.embeddingBackward(dtable.native, dout.native, ids.native, opt(fault));
 }
 /** {@link embeddingBackward} on the thread pool. */
-export function embeddingBackwardAsync(dtable: Tensor, dout: Tensor, ids: Tensor): Promise<void> {
-  return native.embeddingBackwardAsync(dtable.native, dout.native, ids.native);
+export function embeddingBackwardAsync(dtable: Tensor, dout: Tensor, ids: Tensor, fault?: Tensor): Promise<void> {
+  return native.embeddingBackwardAsync(dtable.native, dout.native, ids.native, opt(fault));
 }
 
 // ---- Normalization --------------------------------------------------------------------------
@@ -257,6 +265,18 @@ export function axpy(y: Tensor, x: Tensor, a: number): void {
 /** {@link axpy} on the thread pool. */
 export function axpyAsync(y: Tensor, x: Tensor, a: number): Promise<void> {
   return native.axpyAsync(y.native, x.native, a);
+}
+
+/**
+ * Zeroes `x` (f32) where `keep` (u8 of x's shape) is 0, in place; elsewhere x is unchanged
+ * (diff pruning's mask, applied to δ and its gradient where they live).
+ */
+export function keepMasked(x: Tensor, keep: Tensor): void {
+  native.keepMasked(x.native, keep.native);
+}
+/** {@link keepMasked} on the thread pool. */
+export function keepMaskedAsync(x: Tensor, keep: Tensor): Promise<void> {
+  return native.keepMaskedAsync(x.native, keep.native);
 }
 
 /** Converts x into out: f32 -> bf16 (round to nearest even, as PyTorch) or bf16 -> f32 (exact). Same shape. */

@@ -7,8 +7,9 @@
  * - `paged_adamw`, `paged_adamw8bit`: the same states in paged memory (`Tensor.mapped`): on cpu
  *   a file on disk that the OS pages in and out, so the states may exceed the free RAM; on cuda
  *   managed memory prefetched to the GPU for each update and back to the host after it.
- * All but `adamw` skip, for that step, a tensor whose gradient holds a NaN or an infinity
- * (`skipped` counts them) instead of letting it corrupt the quantized state.
+ * All but `adamw` would skip, for that step, a tensor whose gradient holds a NaN or an infinity
+ * instead of letting it corrupt the quantized state; the trainer stops before that (E_NAN on the
+ * gradient norm), so the count is not brought back from a GPU.
  */
 import * as fs from 'fs';
 import * as os from 'os';
@@ -47,8 +48,6 @@ export class AdamW {
   readonly vAbsmax: Array<Tensor | null>;
   /** Updates done so far (the next update is step + 1). */
   step = 0;
-  /** Tensor updates skipped for a non-finite gradient, over all steps so far. */
-  skipped = 0;
   private readonly cfg: Required<Omit<AdamWConfig, 'optim' | 'pagedDir'>>;
   /** Paged kinds: the mapped tensors that every state is a view of. */
   private readonly arenas: Tensor[] = [];
@@ -120,11 +119,11 @@ export class AdamW {
       ops.adamw(this.params.map((p, i) => ({ param: p.param, grad: p.grad, m: this.m[i], v: this.v[i], weightDecay: p.decay === false ? 0 : wd })), o);
       return;
     }
-    this.skipped += ops.adamw8bit(
+    ops.adamw8bit(
       this.params.map((p, i) => ({
         param: p.param, grad: p.grad, m: this.m[i], v: this.v[i], mAbsmax: this.mAbsmax[i], vAbsmax: this.vAbsmax[i], weightDecay: p.decay === false ? 0 : wd,
       })),
-      o,
+      { ...o, countSkipped: false },
     );
   }
 

@@ -33,6 +33,7 @@ import { CheckpointOptions, checkResume, holdsCheckpoints, loraFingerprint, reso
 import { prepareData, RunData } from './run_data';
 import { lrAt } from './schedule';
 import { divergenceWarning, Trainer, UPDATE_RATIO_WARN } from './trainer';
+import type { UpdateMeasure } from './trainer';
 
 export type TrainEvent =
   | { type: 'warning'; message: string }
@@ -282,6 +283,12 @@ function trainWith(options: TrainOptions, o: ResolvedTrainOptions, ck: Checkpoin
     const runStart = elapsed();
     const tokensAtStart = tokensSeen;
     let warnedDivergence = false;
+    // A step's update is measured during the next one (its norm comes back with that step's loss).
+    const warnIfDiverging = (u: UpdateMeasure | undefined) => {
+      if (warnedDivergence || !u || !(u.ratio > UPDATE_RATIO_WARN)) return;
+      warnedDivergence = true; // once a run: every later step of a diverging run would repeat it
+      emit({ type: 'warning', message: divergenceWarning(u, { maxGradNorm: o.maxGradNorm }) });
+    };
     while (step < totalSteps) {
       let stop = hooks.shouldStop?.() ?? false;
       // A stop asked of one rank stops them all at the same step (the others would wait in the next all-reduce).
@@ -297,10 +304,7 @@ function trainWith(options: TrainOptions, o: ResolvedTrainOptions, ck: Checkpoin
       step++;
       tokensSeen += r.inputTokens;
       finalLoss = r.loss;
-      if (!warnedDivergence && r.updateRatio > UPDATE_RATIO_WARN) {
-        warnedDivergence = true; // once a run: every later step of a diverging run would repeat it
-        emit({ type: 'warning', message: divergenceWarning(step, r, { lr, maxGradNorm: o.maxGradNorm }) });
-      }
+      warnIfDiverging(r.previousUpdate);
       const tokensPerS = r.inputTokens / Math.max(1e-9, (Date.now() - ts) / 1000);
       const el = elapsed();
       if (step % o.logEvery === 0 || step === totalSteps) {
@@ -311,6 +315,7 @@ function trainWith(options: TrainOptions, o: ResolvedTrainOptions, ck: Checkpoin
       if (o.evalEvery > 0 && step % o.evalEvery === 0) evaluate();
       if (o.saveEvery > 0 && step % o.saveEvery === 0 && step < totalSteps) checkpoint();
     }
+    warnIfDiverging(trainer.lastUpdate());
     if (evalLoss === null || o.evalEvery === 0 || step % o.evalEvery !== 0) evaluate();
     checkpoint(); // at the final step too: a finished run can be continued to more steps
     if (writer && log) {

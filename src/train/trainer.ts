@@ -20,6 +20,7 @@ import * as ops from '../ops';
 import type { PeftMethod } from '../peft/method';
 import { BucketGrad, GradBuckets } from '../distributed/buckets';
 import type { ProcessGroup } from '../distributed/group';
+import { Tensor } from '../tensor';
 import { AdamW, AdamWConfig } from './optimizer';
 
 export interface StepResult {
@@ -32,10 +33,25 @@ export interface StepResult {
   /** Input tokens processed (B·T summed). */
   inputTokens: number;
   /**
-   * How far the update moved the trainable weights, relative to their norm: |‖θ'‖ − ‖θ‖| / ‖θ‖
-   * (see Trainer.step). NaN when ‖θ‖ was 0 (zero-initialized parameters before their first update).
+   * How far the previous step's update moved the weights (see {@link UpdateMeasure}), measured
+   * during this step: it comes back with this step's loss and gradient norm rather than costing
+   * a copy of its own. Absent at a trainer's first step; the last step's is
+   * {@link Trainer.lastUpdate}.
    */
-  updateRatio: number;
+  previousUpdate?: UpdateMeasure;
+}
+
+/** How far one step's update moved the trainable weights, relative to their norm. */
+export interface UpdateMeasure {
+  /** The 1-based step of the update. */
+  step: number;
+  /** Its learning rate. */
+  lr: number;
+  /**
+   * |‖θ'‖ − ‖θ‖| / ‖θ‖ over the trainable parameters (see Trainer.step). NaN when ‖θ‖ was 0
+   * (zero-initialized parameters before their first update).
+   */
+  ratio: number;
 }
 
 /**
@@ -46,11 +62,20 @@ export interface StepResult {
 export const UPDATE_RATIO_WARN = 2;
 
 /** The warning of a step whose update ratio passed UPDATE_RATIO_WARN: what it was, and what to do. */
-export function divergenceWarning(step: number, r: StepResult, o: { lr: number; maxGradNorm: number }): string {
+export function divergenceWarning(u: UpdateMeasure, o: { maxGradNorm: number }): string {
   const clip = o.maxGradNorm > 0 ? '' : ", and turn gradient clipping on ('maxGradNorm', e.g. 1; it is off)";
-  return `step ${step}: the update moved the trainable weights by at least ${r.updateRatio.toPrecision(3)}× their norm ` +
-    `(the update/weight ratio of healthy training is ~1e-3): training is diverging; lower 'lr' (now ${o.lr})${clip}`;
+  return `step ${u.step}: the update moved the trainable weights by at least ${u.ratio.toPrecision(3)}× their norm ` +
+    `(the update/weight ratio of healthy training is ~1e-3): training is diverging; lower 'lr' (now ${u.lr})${clip}`;
 }
+
+// The step's scalars, one f64 tensor on the model's device (Trainer.scalars): summed and
+// measured there, read back in one copy per step.
+const LOSS = 0; // Σ row losses of the window (zeroed each step)
+const GRAD_SQ = 1; // ‖g‖² of the window's gradients
+const AFTER_SQ = 2; // ‖θ‖² after the last update (before a method's afterUpdate)
+const BEFORE_SQ = 3; // ‖θ‖² before this update, where AFTER_SQ is not it
+const FAULT = 4; // an index-fault record (ops/index_fault.ts; zeroed each step)
+const SCALARS = FAULT + ops.INDEX_FAULT_DOUBLES;
 
 export interface TrainerOptions extends AdamWConfig {
   /** Largest B·T of any micro-batch, and the longest T. */
@@ -72,8 +97,11 @@ export class Trainer {
   readonly optimizer: AdamW;
   private readonly o: TrainerOptions;
   private readonly adapter: PeftMethod;
-  /** ‖θ‖ after the last update, when nothing has changed the parameters since (else measured again). */
-  private paramNorm: number | null = null;
+  /** The step's scalars (LOSS, GRAD_SQ, ...: see above) on the model's device, and views of each. */
+  private readonly scalars: Tensor;
+  private readonly at: { lossSum: Tensor; gradSq: Tensor; afterSq: Tensor; beforeSq: Tensor; fault: Tensor };
+  /** The last update not yet measured: its step, lr and ‖θ‖ before it (measured in the step after it, or by lastUpdate()). */
+  private pending: { step: number; lr: number; before: number } | null = null;
   private buckets: GradBuckets | null = null;
   private readonly numLayers: number;
   /**
@@ -88,6 +116,9 @@ export class Trainer {
     this.numLayers = model.config.numLayers;
     this.forward = new LlamaForward(model, adapter, o.maxRows, o.maxT, o.activationCheckpointing ?? false);
     this.optimizer = new AdamW(adapter.parameters(), o);
+    this.scalars = Tensor.zeros([SCALARS], { dtype: 'f64', device: model.device });
+    const slot = (i: number, n = 1) => this.scalars.view(i, [n]);
+    this.at = { lossSum: slot(LOSS), gradSq: slot(GRAD_SQ), afterSq: slot(AFTER_SQ), beforeSq: slot(BEFORE_SQ), fault: slot(FAULT, ops.INDEX_FAULT_DOUBLES) };
   }
 
   /**
@@ -101,7 +132,10 @@ export class Trainer {
     if (group) [tokens] = group.allReduceNumbers([tokens], 'label token count');
     if (tokens === 0) throw new PeftkitError('E_DATA', 'a training step has no label tokens (every label is -100): nothing to learn from');
     this.adapter.zeroGrad();
-    let lossSum = 0;
+    // The window's loss and any bad id or target stay on the device until the read below.
+    const deviceScalars = { lossSum: this.at.lossSum, fault: this.at.fault };
+    deviceScalars.lossSum.zero();
+    deviceScalars.fault.zero();
     let inputTokens = 0;
     const stepNo = this.optimizer.step + 1;
     // Each rank its own masks (rank 0 keeps the single-process ones): equal ones would drop the same units in every shard.
@@ -114,8 +148,7 @@ export class Trainer {
     for (const [i, b] of window.entries()) {
       const seed = ((this.o.seed ?? 0) * 1000003 + stepNo * 131 + i + rankSalt) >>> 0;
       const onGradsFinal = i === window.length - 1 ? early : undefined;
-      const r = this.forward.run(b, { dropout: this.o.dropout ?? this.adapter.dropout, dropoutSeed: seed, onGradsFinal }, 1 / tokens);
-      lossSum += r.lossSum;
+      this.forward.run(b, { dropout: this.o.dropout ?? this.adapter.dropout, dropoutSeed: seed, onGradsFinal, deviceScalars }, 1 / tokens);
       inputTokens += b.B * b.T;
     }
     // A method may constrain its gradients first (diff pruning: pruned entries get none), so clipping sees what will be applied.
@@ -125,15 +158,29 @@ export class Trainer {
       if (overlap) buckets.finish(group);
       else buckets.allReduce(group);
       this.lastAllReduceS = (performance.now() - t0) / 1000;
-      [lossSum, inputTokens] = group.allReduceNumbers([lossSum, inputTokens], 'loss sum and input tokens');
     }
     const grads = this.optimizer.params.map((p) => p.grad);
-    const maxNorm = this.o.maxGradNorm ?? 1;
-    const gradNorm = maxNorm > 0 ? ops.clipGradNorm(grads, maxNorm) : ops.gradNorm(grads);
+    const params = this.optimizer.params.map((p) => p.param);
+    ops.gradSumsqInto(this.at.gradSq, grads);
+    // ‖θ‖ before this update is the last one's "after", unless a method's afterUpdate moved θ since.
+    const beforeIsAfter = this.pending !== null && !this.adapter.afterUpdate;
+    if (!beforeIsAfter) ops.gradSumsqInto(this.at.beforeSq, params);
+    // The step's one copy back to the host: the loss, the gradient norm, the parameter norms and
+    // the index checks, all at once (on a GPU nothing else of the step comes back).
+    const v = this.scalars.toArray() as Float64Array;
+    ops.raiseIndexFault(v.subarray(FAULT, FAULT + ops.INDEX_FAULT_DOUBLES));
+    let lossSum = v[LOSS];
+    if (!Number.isFinite(lossSum)) throw this.forward.nonFiniteLoss(lossSum);
+    const previousUpdate = this.pending ? { ...this.pending, ratio: updateRatio(this.pending.before, Math.sqrt(v[AFTER_SQ])) } : undefined;
+    const before = Math.sqrt(beforeIsAfter ? v[AFTER_SQ] : v[BEFORE_SQ]);
+    if (group) [lossSum, inputTokens] = group.allReduceNumbers([lossSum, inputTokens], 'loss sum and input tokens');
+    const gradNorm = Math.sqrt(v[GRAD_SQ]);
     if (!Number.isFinite(gradNorm)) {
       const loaded = this.adapter.source ? `, or the adapter loaded from ${this.adapter.source} holds values too large` : '';
       throw new PeftkitError('E_NAN', `gradient norm is ${gradNorm} at step ${stepNo}: stopping before the adapter is corrupted (lower the learning rate?${loaded})`);
     }
+    const maxNorm = this.o.maxGradNorm ?? 1;
+    if (maxNorm > 0) ops.clipGradsTo(grads, maxNorm, gradNorm);
     // The update's size relative to the weights (the divergence warning): how much the step
     // changed the parameters' norm. |‖θ'‖ − ‖θ‖| <= ‖Δθ‖, so this is a lower bound of ‖Δθ‖/‖θ‖,
     // and within 2 of it once the update dominates (‖Δθ‖ = R‖θ‖ gives ‖θ'‖ >= (R − 1)‖θ‖): exact
@@ -142,15 +189,24 @@ export class Trainer {
     // off by orders of magnitude both ways. Not summed inside the optimizer: that would change
     // four bit-exact kernels (f32 and 8-bit, CPU and CUDA) for a warning, while this is one
     // read-only pass over the parameters, 4 of the ~28 bytes per element the update itself moves.
-    const params = this.optimizer.params.map((p) => p.param);
-    const before = this.paramNorm ?? ops.gradNorm(params);
+    // ‖θ'‖ stays on the device: the next step reads it with its own scalars (lastUpdate() after the last).
     this.optimizer.update(lr);
-    const after = ops.gradNorm(params);
+    ops.gradSumsqInto(this.at.afterSq, params);
+    this.pending = { step: stepNo, lr, before };
     this.adapter.afterUpdate?.(this.optimizer.step - 1);
-    // A method's afterUpdate may change the parameters (diff pruning prunes δ): measure again then.
-    this.paramNorm = this.adapter.afterUpdate ? null : after;
-    const updateRatio = before > 0 ? Math.abs(after - before) / before : NaN;
-    return { loss: lossSum / tokens, gradNorm, tokens, inputTokens, updateRatio };
+    return { loss: lossSum / tokens, gradNorm, tokens, inputTokens, previousUpdate };
+  }
+
+  /**
+   * The last update's measure, not yet reported by a step (reads ‖θ'‖ back: one small copy, once
+   * at the end of a run); undefined when every update has been reported.
+   */
+  lastUpdate(): UpdateMeasure | undefined {
+    if (!this.pending) return undefined;
+    const after = Math.sqrt((this.at.afterSq.toArray() as Float64Array)[0]);
+    const u = { ...this.pending, ratio: updateRatio(this.pending.before, after) };
+    this.pending = null;
+    return u;
   }
 
   /** The buckets of the trainable gradients, each gradient with the backward point that finishes it. */
@@ -181,10 +237,15 @@ export class Trainer {
   }
 
   dispose(): void {
+    this.scalars.dispose();
     this.buckets?.dispose();
     this.forward.dispose();
     this.optimizer.dispose();
   }
+}
+
+function updateRatio(before: number, after: number): number {
+  return before > 0 ? Math.abs(after - before) / before : NaN;
 }
 
 /**

@@ -6,13 +6,14 @@
 
 namespace pk {
 
-enum class DType : int { F32 = 0, BF16 = 1, F16 = 2, I32 = 3, I64 = 4, U8 = 5, I8 = 6 };
+// F64 holds a step's scalars on the device (sums, norms, index faults), never a weight.
+enum class DType : int { F32 = 0, BF16 = 1, F16 = 2, I32 = 3, I64 = 4, U8 = 5, I8 = 6, F64 = 7 };
 
 inline size_t dtype_size(DType t) {
   switch (t) {
     case DType::F32: case DType::I32: return 4;
     case DType::BF16: case DType::F16: return 2;
-    case DType::I64: return 8;
+    case DType::I64: case DType::F64: return 8;
     case DType::U8: case DType::I8: return 1;
   }
   return 0;
@@ -27,6 +28,7 @@ inline const char* dtype_name(DType t) {
     case DType::I64: return "i64";
     case DType::U8: return "u8";
     case DType::I8: return "i8";
+    case DType::F64: return "f64";
   }
   return "?";
 }

@@ -66,6 +66,16 @@ struct AdamW8bitRef {
 };
 constexpr int64_t kAdamW8bitBlock = 256;
 
+// The first out-of-range index a kernel met, recorded where the indices live instead of checked
+// on the host: on a GPU that check would copy every batch's ids and targets back, a host round
+// trip per op. kIndexFaultDoubles doubles, zero until set: [0] 1 once set, [1] the op
+// (IndexFaultOp), [2] the position in the flattened ids, [3] the index found, [4] the limit (V),
+// [5] the ignore_index of targets. Doubles, so the record shares one f64 tensor with a step's
+// other scalars and comes back in the same copy. Kernels given none (null) read indices the op
+// layer has already checked.
+constexpr int kIndexFaultDoubles = 6;
+enum class IndexFaultOp : int { EmbeddingForward = 1, EmbeddingBackward = 2, Targets = 3 };
+
 // Double, as the Python floats torch.optim.AdamW forms its step scalars from: in f32,
 // 1 - beta2 alone would be 1.3e-5 off for beta2 = 0.999.
 struct AdamWHyper {

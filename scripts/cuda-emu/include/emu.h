@@ -247,6 +247,14 @@ T atomicAdd(T* p, T v) {
   return old;
 }
 
+template <typename T>
+T atomicCAS(T* p, T compare, T v) {
+  std::lock_guard<std::mutex> g(emu::atomic_mutex());
+  T old = *p;
+  if (old == compare) *p = v;
+  return old;
+}
+
 // ---- math ---------------------------------------------------------------------------------
 inline float __expf(float x) { return expf(x); }
 inline float __logf(float x) { return logf(x); }

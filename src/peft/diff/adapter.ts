@@ -38,7 +38,9 @@ export class DiffLayer implements LinearSite {
   readonly delta: Tensor;
   readonly grad: Tensor;
   /** 1 where δ may be non-zero; null while dense (before pruning). */
-  mask: Uint8Array | null = null;
+  private maskHost: Uint8Array | null = null;
+  /** The same mask beside δ (u8), so each step applies it where δ lives: nothing weight-sized crosses to the host. */
+  private keep: Tensor | null = null;
 
   constructor(readonly module: LinearModule, device: Device) {
     this.delta = Tensor.zeros([module.outFeatures, module.inFeatures], { device });
@@ -88,12 +90,24 @@ export class DiffLayer implements LinearSite {
     ops.gemm(dX, dY, this.delta, { beta: 1 });
   }
 
+  /** The mask's device copy (δ and its gradient are the adapter's parameters, disposed with it). */
+  dispose(): void {
+    this.setMask(null);
+  }
+
+  get mask(): Uint8Array | null {
+    return this.maskHost;
+  }
+
+  private setMask(mask: Uint8Array | null): void {
+    this.keep?.dispose();
+    this.maskHost = mask;
+    this.keep = mask ? Tensor.from(mask, this.delta.shape, { dtype: 'u8', device: this.delta.device }) : null;
+  }
+
   /** Zeroes the pruned entries of `t` (δ or its gradient). */
   applyMask(t: Tensor): void {
-    if (!this.mask) return;
-    const v = t.toFloat32Array();
-    for (let i = 0; i < v.length; i++) if (!this.mask[i]) v[i] = 0;
-    t.write(v);
+    if (this.keep) ops.keepMasked(t, this.keep);
   }
 
   /** Keeps the k entries of largest |δ| (ties: lower index first). */
@@ -101,8 +115,9 @@ export class DiffLayer implements LinearSite {
     const v = this.delta.toFloat32Array();
     const k = Math.ceil(density * v.length);
     const order = Array.from(v.keys()).sort((a, b) => Math.abs(v[b]) - Math.abs(v[a]) || a - b);
-    this.mask = new Uint8Array(v.length);
-    for (let i = 0; i < k; i++) this.mask[order[i]] = 1;
+    const mask = new Uint8Array(v.length);
+    for (let i = 0; i < k; i++) mask[order[i]] = 1;
+    this.setMask(mask);
     this.applyMask(this.delta);
   }
 
@@ -128,7 +143,7 @@ export class DiffLayer implements LinearSite {
       mask[i] = 1;
     });
     this.delta.write(dense);
-    this.mask = indices.length === n ? null : mask;
+    this.setMask(indices.length === n ? null : mask);
   }
 }
 
@@ -182,6 +197,11 @@ export class DiffAdapter extends ParamAdapter<DiffConfig> implements PeftMethod,
 
   parameters(): TrainableParam[] {
     return [...this.layers.values()].map((l) => ({ name: deltaName(l.module.name), param: l.delta, grad: l.grad }));
+  }
+
+  override dispose(): void {
+    for (const l of this.layers.values()) l.dispose();
+    super.dispose();
   }
 
   prepareGrads(): void {

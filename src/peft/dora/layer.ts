@@ -27,8 +27,9 @@ export const doraMagnitudeName = (module: string) => `base_model.model.${module}
 export class DoraLayer extends LoraLayer {
   readonly m: Tensor;
   readonly dm: Tensor;
-  /** ‖W + s·B·A‖ per row, as of the last forward (host copy: it divides on the host). */
-  private norms: Float32Array | null = null;
+  /** ‖W + s·B·A‖ per row, as of the last forward (on the device: the step reads nothing back). */
+  private readonly norms: Tensor;
+  private normsSet = false;
   /** m / ‖W'‖, and that minus 1 (the DoRA term's factor with dropout). */
   private g: Tensor;
   private gMinus1: Tensor;
@@ -44,6 +45,7 @@ export class DoraLayer extends LoraLayer {
     this.g = Tensor.zeros([mod.outFeatures], { device });
     this.gMinus1 = Tensor.zeros([mod.outFeatures], { device });
     this.dg = Tensor.zeros([mod.outFeatures], { device });
+    this.norms = Tensor.zeros([mod.outFeatures], { device });
   }
 
   /** A new DoRA layer: m = ‖W + s·B·A‖ per row, so the layer starts as LoRA's (PEFT's init). */
@@ -52,21 +54,19 @@ export class DoraLayer extends LoraLayer {
     const base: BaseLinear = { module: mod.name, weight: model.linear(`${mod.name}.weight`), bias: undefined, compute: model.compute };
     const scratch = new Scratch(device);
     try {
-      layer.m.write(layer.weightNorms(base, scratch));
+      layer.weightNorms(layer.m, base, scratch);
     } finally {
       scratch.dispose();
     }
     return layer;
   }
 
-  /** ‖W + s·B·A‖ of each output row, in f32 from the f32 (dequantized) base. */
-  private weightNorms(base: BaseLinear, scratch: Scratch): Float32Array {
+  /** ‖W + s·B·A‖ of each output row into `out`, in f32 from the f32 (dequantized) base. */
+  private weightNorms(out: Tensor, base: BaseLinear, scratch: Scratch): void {
     const W = scratch.get(3, [this.outFeatures, this.inFeatures]);
     baseWeightF32(base, W);
     ops.gemm(W, this.B, this.A, { alpha: this.scaling, beta: 1 });
-    const n = scratch.get(4, [this.outFeatures]);
-    ops.rowNorms(n, W);
-    return n.toFloat32Array();
+    ops.rowNorms(out, W);
   }
 
   /** The merged weight's DoRA rescaling in place: W' ⊙ m / ‖W'‖ per row (`w` holds W' = W + s·B·A). */
@@ -90,13 +90,11 @@ export class DoraLayer extends LoraLayer {
 
   /** g = m / ‖W + s·B·A‖, once a forward (once a generator when the weights are fixed). */
   private updateScale(base: BaseLinear, call: SiteCall): void {
-    if (call.weightsFixed && this.normFor?.deref() === call.scratch && this.norms) return;
-    this.norms = this.weightNorms(base, call.scratch);
+    if (call.weightsFixed && this.normFor?.deref() === call.scratch && this.normsSet) return;
+    this.weightNorms(this.norms, base, call.scratch);
+    this.normsSet = true;
     this.normFor = call.weightsFixed ? new WeakRef(call.scratch) : null;
-    const m = this.m.toFloat32Array();
-    const g = m.map((v, o) => v / this.norms![o]);
-    this.g.write(g);
-    this.gMinus1.write(g.map((v) => v - 1));
+    ops.doraScale(this.g, this.gMinus1, this.m, this.norms);
   }
 
   /** Y (the base output X·Wᵀ) becomes g ⊙ (Y + s·X·Aᵀ·Bᵀ); with a bias (base or trained), forward instead. */
@@ -133,10 +131,7 @@ export class DoraLayer extends LoraLayer {
     this.dg.zero();
     ops.mulColsBackward(dZ, this.dg, dY, Z, call.dropout > 0 ? this.gMinus1 : this.g);
     // dm = dg / ‖W'‖, accumulated (the norm is a constant to the gradient).
-    const dg = this.dg.toFloat32Array();
-    const dm = this.dm.toFloat32Array();
-    for (let o = 0; o < dm.length; o++) dm[o] += dg[o] / this.norms![o];
-    this.dm.write(dm);
+    ops.doraMagnitudeBackward(this.dm, this.dg, this.norms);
     if (this.bias) ops.biasBackward(this.bias.db, dY);
     if (call.dropout <= 0) {
       this.lowRankBackward(dX, dZ, X, base, call);
@@ -151,7 +146,7 @@ export class DoraLayer extends LoraLayer {
 
   override dispose(): void {
     super.dispose();
-    for (const t of [this.m, this.dm, this.g, this.gMinus1, this.dg]) t.dispose();
+    for (const t of [this.m, this.dm, this.g, this.gMinus1, this.dg, this.norms]) t.dispose();
     this.zStore?.dispose();
     this.zStore = null;
   }

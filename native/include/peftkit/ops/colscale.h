@@ -12,5 +12,9 @@ void mul_cols(const Tensor& y, const Tensor& x, const Tensor& s);
 void mul_cols_backward(const Tensor& dx, const Tensor& ds, const Tensor& dy, const Tensor& x, const Tensor& s);
 // out[R] = sqrt(Σ_c w[r, c]²); w: [R, C] f32 or bf16; out: f32.
 void row_norms(const Tensor& out, const Tensor& w);
+// DoRA's scale: g = m / norms, g_minus_1 = g − 1; all f32 [n] on one device.
+void dora_scale(const Tensor& g, const Tensor& g_minus_1, const Tensor& m, const Tensor& norms);
+// DoRA's magnitude gradient: dm += dg / norms (the norm detached); all f32 [n] on one device.
+void dora_magnitude_backward(const Tensor& dm, const Tensor& dg, const Tensor& norms);
 
 }  // namespace pk::ops

@@ -19,8 +19,14 @@ void cross_entropy(const Tensor& losses, const Tensor& dlogits, const Tensor& lo
 // about 128 MiB of logits). losses and targets as in cross_entropy. dH (like H, overwritten) and
 // dW ([V, C] f32, accumulated) may each be empty when that gradient is not wanted.
 // compute BF16: the three products read their operands rounded to bf16 (the loss stays f32).
+// fault (optional): where a GPU records a bad target instead of this op checking them on the
+// host (index_fault.h).
 void linear_cross_entropy(const Tensor& losses, const Tensor& dH, const Tensor& dW, const Tensor& H,
                           const Tensor& W, const Tensor& targets, int32_t ignore_index, float grad_scale,
-                          int64_t chunk_rows, Compute compute);
+                          int64_t chunk_rows, Compute compute, const Tensor& fault = Tensor{});
+
+// acc[0] += Σ x in double (acc: f64 [1], x: f32, one device): a step's loss kept where it is
+// computed, so it comes back to the host once with the step's other scalars.
+void sum_into(const Tensor& acc, const Tensor& x);
 
 }  // namespace pk::ops

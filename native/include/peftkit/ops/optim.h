@@ -23,5 +23,13 @@ double grad_norm(const std::vector<Tensor>& grads);
 // max_norm, scales every grad by max_norm / (norm + 1e-6). A NaN or infinite norm is returned
 // as it is and the grads are left untouched: the caller decides (skip the step, stop).
 double clip_grad_norm(const std::vector<Tensor>& grads, double max_norm);
+// The scaling half of clip_grad_norm, for a norm the caller already has (computed on the
+// device by grad_sumsq_into and read back with a step's other scalars): the same coefficient,
+// the same grads left alone when norm is NaN or infinite.
+void clip_grads_to(const std::vector<Tensor>& grads, double max_norm, double norm);
+
+// out[0] = Σ g² over every tensor (f64 [1] on their device), summed as grad_norm sums: the
+// squared norm stays on the device until the caller reads it.
+void grad_sumsq_into(const Tensor& out, const std::vector<Tensor>& tensors);
 
 }  // namespace pk::ops

@@ -18,7 +18,8 @@ struct AdamW8bitSlot {
 
 // One blockwise 8-bit AdamW step (kernels.inc: adamw8bit) over every slot, all on one device;
 // hyperparameters as ops::adamw. Paged tensors are paged in before the kernel and out after.
-// Returns how many tensors were left unchanged because their gradient held a NaN or an inf.
-int64_t adamw8bit(const std::vector<AdamW8bitSlot>& slots, const AdamWHyper& h);
+// Returns how many tensors were left unchanged because their gradient held a NaN or an inf, or -1
+// without count_skipped (nothing brought back from a GPU: see kernels.inc).
+int64_t adamw8bit(const std::vector<AdamW8bitSlot>& slots, const AdamWHyper& h, bool count_skipped = true);
 
 }  // namespace pk::ops

@@ -11,9 +11,11 @@
 namespace pk::ops {
 
 // out[..., C] = table[ids[...], :]. ids: i32, any shape, each in [0, V); table: f32 [V, C].
-void embedding_forward(const Tensor& out, const Tensor& ids, const Tensor& table);
-// dtable[V, C] += dout[..., C] scattered by ids (repeated ids add up).
-void embedding_backward(const Tensor& dtable, const Tensor& dout, const Tensor& ids);
+// fault (optional): where a GPU records a bad id instead of this op checking them on the host
+// (index_fault.h).
+void embedding_forward(const Tensor& out, const Tensor& ids, const Tensor& table, const Tensor& fault = Tensor{});
+// dtable[V, C] += dout[..., C] scattered by ids (repeated ids add up). fault as above.
+void embedding_backward(const Tensor& dtable, const Tensor& dout, const Tensor& ids, const Tensor& fault = Tensor{});
 
 // x, out: f32 [..., C]; w: [C]; rstd: [...] (x's shape without the last dimension).
 void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, const Tensor& w, float eps);
@@ -45,6 +47,8 @@ void swiglu_backward(const Tensor& dgate, const Tensor& dup, const Tensor& dout,
                      const Tensor& up);
 void add(const Tensor& out, const Tensor& a, const Tensor& b);
 void axpy(const Tensor& y, const Tensor& x, float a);  // y += a·x
+// x (f32) = 0 where keep (u8, x's shape) is 0; unchanged elsewhere.
+void keep_masked(const Tensor& x, const Tensor& keep);
 // out = x converted f32 -> bf16 (round to nearest even) or bf16 -> f32; same shape.
 void cast(const Tensor& out, const Tensor& x);
 
