@@ -38,7 +38,8 @@ Napi::Value RuntimeInfo(const Napi::CallbackInfo& info) {
   o.Set("cudaAvailable", pk::cuda_available());
   int device = -1, devices = 0;
 #ifdef PEFTKIT_CUDA
-  devices = pk::cuda::device_count();
+  static const int visible = pk::cuda::device_count();  // fixed once CUDA has started; asked per CUDA tensor made
+  devices = visible;
   device = pk::cuda::current_device();
 #endif
   o.Set("cudaDeviceCount", devices);

@@ -1,6 +1,8 @@
 // Device memory for pk::Storage, and the error check every CUDA file uses.
 #include <cuda_runtime.h>
 
+#include <map>
+#include <mutex>
 #include <string>
 
 #include "common.cuh"
@@ -30,12 +32,19 @@ void use_device(int index) {
 
 int current_device() { return g_device.load(std::memory_order_acquire); }
 
+// Remembered: runtimeInfo() asks on every CUDA tensor made (deviceChoice), and
+// cudaGetDeviceProperties reads every attribute of the device.
 std::string describe_device(int index) {
+  static std::mutex mu;
+  static std::map<int, std::string> known;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = known.find(index);
+  if (it != known.end()) return it->second;
   cudaDeviceProp p{};
   check(cudaGetDeviceProperties(&p, index), "device properties");
   char bus[32] = {0};
   check(cudaDeviceGetPCIBusId(bus, sizeof bus, index), "device PCI bus id");
-  return std::string(p.name) + " (PCI " + bus + ")";
+  return known[index] = std::string(p.name) + " (PCI " + bus + ")";
 }
 
 namespace {
