@@ -36,6 +36,25 @@ Napi::Value RuntimeInfo(const Napi::CallbackInfo& info) {
   o.Set("cudaBuild", false);
 #endif
   o.Set("cudaAvailable", pk::cuda_available());
+  int device = -1, devices = 0;
+#ifdef PEFTKIT_CUDA
+  static const int visible = pk::cuda::device_count();  // fixed once CUDA has started; asked per CUDA tensor made
+  devices = visible;
+  device = pk::cuda::current_device();
+#endif
+  o.Set("cudaDeviceCount", devices);
+  o.Set("cudaDevice", device < 0 ? env.Null() : Napi::Value(Napi::Number::New(env, device)));
+  std::string device_name;
+#ifdef PEFTKIT_CUDA
+  if (device >= 0) {
+    try {
+      device_name = pk::cuda::describe_device(device);
+    } catch (const std::exception&) {
+      // a broken device: the next kernel on it raises E_CUDA with the reason
+    }
+  }
+#endif
+  o.Set("cudaDeviceName", device_name.empty() ? env.Null() : Napi::Value(Napi::String::New(env, device_name)));
   std::string blas;
 #ifdef PEFTKIT_CUDA
   if (pk::cuda_available()) {
@@ -67,6 +86,19 @@ Napi::Value DeviceCopyCounts(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// cudaUseDevice(index): a rank's GPU (cuda_memory.h use_device); E_UNSUPPORTED without CUDA.
+Napi::Value CudaUseDevice(const Napi::CallbackInfo& info) {
+  return Rethrow(info.Env(), [&]() -> Napi::Value {
+    const int64_t index = GetInt(info, 0, "index");
+#ifdef PEFTKIT_CUDA
+    pk::cuda::use_device(int(index));
+#else
+    pk::fail("E_UNSUPPORTED", "CUDA device " + std::to_string(index) + ": this build of the peftkit addon has no CUDA (build it with CUDA: `npm run build:cuda`)");
+#endif
+    return info.Env().Undefined();
+  });
+}
+
 Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
   pk::set_num_threads(int(info[0].As<Napi::Number>().Int32Value()));
   return info.Env().Undefined();
@@ -77,6 +109,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setErrorClass", Napi::Function::New(env, SetErrorClass));
   exports.Set("runtimeInfo", Napi::Function::New(env, RuntimeInfo));
   exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads));
+  exports.Set("cudaUseDevice", Napi::Function::New(env, CudaUseDevice));
   exports.Set("deviceCopyCounts", Napi::Function::New(env, DeviceCopyCounts));
   InitTensor(env, exports);
   InitGemm(env, exports);

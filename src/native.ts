@@ -41,6 +41,16 @@ export interface RuntimeInfo {
   cudaBuild: boolean;
   /** ...and a CUDA device is visible now. */
   cudaAvailable: boolean;
+  /** CUDA devices this process sees (CUDA_VISIBLE_DEVICES); 0 without a CUDA build or a device. */
+  cudaDeviceCount: number;
+  /**
+   * The index, among those, of the device this process works on: a distributed rank's own GPU
+   * (chosen by its LOCAL_RANK when training starts), else 0 once CUDA work has run; null before
+   * either, and without a CUDA build.
+   */
+  cudaDevice: number | null;
+  /** That device's name and PCI bus id, e.g. `'NVIDIA H100 80GB HBM3 (PCI 0000:1B:00.0)'`; null when cudaDevice is. */
+  cudaDeviceName: string | null;
   /**
    * The libcublasLt the dense GEMMs on the GPU use (loaded at run time), or null where our own
    * kernels do them all: no CUDA build or device, no libcublasLt, or `PEFTKIT_CUBLASLT=0`.
@@ -272,6 +282,8 @@ export interface NativeAddon extends NativeOps, DistOps {
   setErrorClass(cls: typeof PeftkitError): void;
   runtimeInfo(): RuntimeInfo;
   setNumThreads(n: number): void;
+  /** Makes CUDA device `index` the device of every thread of this process (once, before any CUDA work); E_UNSUPPORTED without CUDA. */
+  cudaUseDevice(index: number): void;
   deviceCopyCounts(): DeviceCopyCounts;
   /** Throws the E_ARG error a set index-fault record stands for; returns when it is clear. */
   raiseIndexFault(record: Float64Array): void;

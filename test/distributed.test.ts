@@ -116,13 +116,16 @@ needsGloo('a rank that hangs: the other stops after the timeout, saying none die
   t.true(ms >= 1400 && ms < 15000, `${ms} ms`);
 });
 
-needsGloo('a rank missing from the rendezvous: E_DIST after the timeout, naming the store', async (t) => {
+needsGloo('a rank missing from the rendezvous: E_DIST after the timeout, naming the rank that never joined and the store', async (t) => {
   // WORLD_SIZE 2 but only rank 0 started.
   const rs = await launchRanks({ worldSize: 1, args: [child, 'sum'], timeoutMs: 60000, env: { WORLD_SIZE: '2', PEFTKIT_DIST_TIMEOUT_MS: '1000' } });
   t.is(rs[0].code, 1);
   const f = rs[0].json!.fatal as { code: string; message: string };
   t.is(f.code, 'E_DIST');
+  t.regex(f.message, /^rank 1 never joined \(never reached the store at 127\.0\.0\.1:\d+\): /);
   t.regex(f.message, /rank 0: connecting to the other ranks failed \(rendezvous at 127\.0\.0\.1:\d+\)|not set within 1000 ms/);
+  const ms = rs[0].json!.ms as number;
+  t.true(ms >= 1000 && ms < 15000, `${ms} ms from start to the error`);
 });
 
 test('--nproc-per-node with --device cuda: each local rank sees its own GPU', (t) => {

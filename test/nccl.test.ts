@@ -10,6 +10,7 @@ import { PeftkitError } from '../src/errors';
 import { ncclCompiled, ProcessGroup } from '../src/distributed/group';
 import { freePort } from '../src/distributed/store';
 import type { DistributedSetup } from '../src/distributed/env';
+import { runtimeInfo } from '../src/runtime';
 import { Tensor } from '../src/tensor';
 import { deviceAbsence } from './helpers/check';
 import { launchRanks } from './helpers/ranks';
@@ -76,5 +77,30 @@ const twoAbsent = cudaAbsent ?? (gpus < 2 ? `${gpus} GPU here, NCCL needs one pe
   for (const r of rs) {
     t.deepEqual(r.json!.sum, want(1000));
     t.deepEqual(r.json!.numbers, [3, 0.1 + 0.2, 2 ** 41 + 1]);
+    t.is(r.json!.device, 0, 'one GPU visible: the rank takes it');
   }
+});
+
+// As torchrun, Slurm or Kubernetes start ranks: all of them see every GPU. Each must take the
+// one its LOCAL_RANK names, on every thread that works on CUDA (the join runs on a pool
+// thread, the tensors on the main one): otherwise both work on GPU 0 and NCCL refuses them.
+const visible = cudaAbsent ? 0 : runtimeInfo().cudaDeviceCount;
+const sharedAbsent = cudaAbsent ?? (visible < 2 ? `${visible} GPU visible here, 2 ranks need one each` : null);
+(sharedAbsent ? test.skip : test)(`2 ranks that see every GPU: each takes GPU LOCAL_RANK, and the sums are exact${sharedAbsent ? `: ${sharedAbsent}` : ''}`, async (t) => {
+  const rs = await launchRanks({ worldSize: 2, args: [child, 'ncclSum'], timeoutMs: 120000 });
+  for (const r of rs) t.is(r.code, 0, r.stderr + r.stdout);
+  t.deepEqual(rs.map((r) => r.json!.device), [0, 1]);
+  t.deepEqual(rs[0].json!.sum, rs[1].json!.sum);
+});
+
+// A rank that never starts: NCCL's init would wait for it forever; the nonblocking init gives
+// up at the timeout (PEFTKIT_DIST_TIMEOUT_MS) and the error names the rank that never came.
+(cudaAbsent ? test.skip : test)(`a rank that never starts: rank 0 fails joining NCCL within the timeout, naming it${cudaAbsent ? `: ${cudaAbsent} (scripts/gpu-check.sh runs it)` : ''}`, async (t) => {
+  const rs = await launchRanks({ worldSize: 1, args: [child, 'ncclSum'], timeoutMs: 60000, env: { WORLD_SIZE: '2', PEFTKIT_DIST_TIMEOUT_MS: '3000' } });
+  t.is(rs[0].code, 1, rs[0].stderr + rs[0].stdout);
+  const f = rs[0].json!.fatal as { code: string; message: string };
+  t.is(f.code, 'E_DIST');
+  t.regex(f.message, /^rank 1 never joined \(never reached the store at 127\.0\.0\.1:\d+\): rank 0: joining NCCL's group of 2 did not complete within 3000 ms/);
+  const ms = rs[0].json!.ms as number;
+  t.true(ms >= 3000 && ms < 30000, `${ms} ms from start to the error`);
 });

@@ -13,9 +13,35 @@
 
 namespace pk::cuda {
 
+// The device every thread of this process uses: -1 until chosen, by use_device (a rank of a
+// distributed run, memory.cu) or by the first CUDA work, which takes the runtime's default, 0.
+// Set once, never changed after.
+inline std::atomic<int> g_device{-1};
+
+// cudaSetDevice holds for the calling host thread only, and CUDA work comes from many: the JS
+// thread, Node's worker threads (training runs in one), libuv's pool (async ops, NCCL's
+// init), NCCL's own. So every entry into CUDA — stream() below, which every kernel launch and
+// stream-ordered call takes, and each function of memory.cu — makes the process's device
+// current on its thread, once per thread (a thread_local compare after that).
+inline void bind_device() {
+  thread_local int bound = -1;
+  int d = g_device.load(std::memory_order_acquire);
+  if (d < 0) {
+    int unset = -1;
+    d = g_device.compare_exchange_strong(unset, 0, std::memory_order_acq_rel) ? 0 : unset;
+  }
+  if (d == bound) return;
+  const cudaError_t e = cudaSetDevice(d);
+  if (e != cudaSuccess) fail("E_CUDA", "CUDA set device " + std::to_string(d) + ": " + cudaGetErrorString(e));
+  bound = d;
+}
+
 // Kernels run on the per-thread default stream: calls from different Node workers do not
 // serialize against each other, and ops from one thread stay ordered.
-inline cudaStream_t stream() { return cudaStreamPerThread; }
+inline cudaStream_t stream() {
+  bind_device();
+  return cudaStreamPerThread;
+}
 
 inline void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) fail("E_CUDA", std::string("CUDA ") + what + ": " + cudaGetErrorString(e));
@@ -50,6 +76,7 @@ inline unsigned elt_blocks(int64_t n) {
 // Kernels that need more than the default 48 KB of dynamic shared memory must say so first.
 template <typename Kernel>
 inline void allow_shared(Kernel kernel, size_t bytes, const char* what) {
+  bind_device();  // the attribute is the current device's
   if (bytes > 48 * 1024)
     check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), what);
 }

@@ -195,6 +195,7 @@ bool gemm(int64_t M, int64_t N, int64_t K, float alpha, const MatRef& A, const M
   // side beside a bf16 one is widened by our kernels instead.
   if (!bf16 && !(f32 && cdtype == DType::F32)) return false;
   thread_local Handle handle = nullptr;
+  bind_device();  // before the handle: it belongs to the device current when it is made
   if (!handle && g_api->create(&handle) != kSuccess) return false;
 
   // One block: the workspace first (cuBLAS wants it 256-byte aligned, as pool blocks are), then

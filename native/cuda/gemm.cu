@@ -300,6 +300,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 
 bool tensor_cores_bf16() {
   int dev = 0, major = 0;
+  bind_device();
   check(cudaGetDevice(&dev), "get device");
   check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "device attribute");
   return major >= 8;

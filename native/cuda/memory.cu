@@ -1,6 +1,8 @@
 // Device memory for pk::Storage, and the error check every CUDA file uses.
 #include <cuda_runtime.h>
 
+#include <map>
+#include <mutex>
 #include <string>
 
 #include "common.cuh"
@@ -15,6 +17,34 @@ int device_count() {
     return 0;
   }
   return n;
+}
+
+void use_device(int index) {
+  const int n = device_count();
+  if (index < 0 || index >= n)
+    fail("E_DEVICE", "CUDA device " + std::to_string(index) + ": expected an index in [0, " + std::to_string(n) + ") of the " + std::to_string(n) + " visible devices");
+  int current = -1;
+  if (!g_device.compare_exchange_strong(current, index, std::memory_order_acq_rel) && current != index)
+    fail("E_DEVICE", "CUDA device " + std::to_string(index) + " cannot be chosen: this process already works on CUDA device " + std::to_string(current) +
+                         " (CUDA tensors or kernels came first, or another device was chosen); choose it once, before any CUDA work");
+  bind_device();
+}
+
+int current_device() { return g_device.load(std::memory_order_acquire); }
+
+// Remembered: runtimeInfo() asks on every CUDA tensor made (deviceChoice), and
+// cudaGetDeviceProperties reads every attribute of the device.
+std::string describe_device(int index) {
+  static std::mutex mu;
+  static std::map<int, std::string> known;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = known.find(index);
+  if (it != known.end()) return it->second;
+  cudaDeviceProp p{};
+  check(cudaGetDeviceProperties(&p, index), "device properties");
+  char bus[32] = {0};
+  check(cudaDeviceGetPCIBusId(bus, sizeof bus, index), "device PCI bus id");
+  return known[index] = std::string(p.name) + " (PCI " + bus + ")";
 }
 
 namespace {
@@ -49,6 +79,7 @@ cudaError_t try_malloc(void** p, size_t bytes) {
 }  // namespace
 
 void* malloc_device(size_t bytes) {
+  bind_device();
   void* p = nullptr;
   cudaError_t e = try_malloc(&p, bytes);
   if (e == cudaErrorMemoryAllocation && device_pool()) {
@@ -70,13 +101,18 @@ void* malloc_device(size_t bytes) {
 // block, on this thread) runs first. Other threads' kernels are finished by then: an async op
 // synchronizes its stream before its promise settles (AsyncOrder).
 void free_device(void* p) {
+  bind_device();
   if (device_pool()) cudaFreeAsync(p, stream());
   else cudaFree(p);
 }
 
-void free_managed(void* p) { cudaFree(p); }
+void free_managed(void* p) {
+  bind_device();
+  cudaFree(p);
+}
 
 void* malloc_managed(size_t bytes) {
+  bind_device();
   void* p = nullptr;
   cudaError_t e = cudaMallocManaged(&p, bytes, cudaMemAttachGlobal);
   if (e != cudaSuccess)
@@ -90,6 +126,7 @@ void* malloc_managed(size_t bytes) {
 }
 
 void prefetch(const void* p, size_t bytes, bool to_device) {
+  bind_device();
   // Prefetching needs a GPU that can access managed memory concurrently with the host; where it
   // cannot (Windows, WSL, some virtualized GPUs) the driver migrates pages on demand instead, so
   // the prefetch is a hint to drop, not an error to raise.
@@ -111,6 +148,7 @@ void prefetch(const void* p, size_t bytes, bool to_device) {
 }
 
 void copy_h2d(void* dst, const void* src, size_t bytes) {
+  bind_device();
   count_copy(false, bytes);
   check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "copy to device");
 }
@@ -118,6 +156,7 @@ void copy_h2d(void* dst, const void* src, size_t bytes) {
 void zero_device(void* p, size_t bytes) { check(cudaMemsetAsync(p, 0, bytes, stream()), "zero device memory"); }
 
 void copy_d2h(void* dst, const void* src, size_t bytes) {
+  bind_device();
   count_copy(true, bytes);
   check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "copy to host");
 }
@@ -134,6 +173,7 @@ void copy_d2d(void* dst, const void* src, size_t bytes) {
 void synchronize() { check(cudaStreamSynchronize(stream()), "synchronize"); }
 
 void* record_event() {
+  bind_device();
   cudaEvent_t e = nullptr;
   check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "create an event");
   const cudaError_t r = cudaEventRecord(e, stream());
@@ -146,6 +186,9 @@ void* record_event() {
 
 void wait_event(void* event) { check(cudaStreamWaitEvent(stream(), static_cast<cudaEvent_t>(event), 0), "wait for an event"); }
 
-void destroy_event(void* event) { cudaEventDestroy(static_cast<cudaEvent_t>(event)); }
+void destroy_event(void* event) {
+  bind_device();
+  cudaEventDestroy(static_cast<cudaEvent_t>(event));
+}
 
 }  // namespace pk::cuda

@@ -10,11 +10,15 @@
 // ncclInProgress 7, ncclFloat32 7, ncclFloat64 8, ncclSum 0), unchanged in ABI since NCCL 2.0
 // (ncclCommGetAsyncError since 2.4).
 //
-// A dead or hung peer: NCCL has no timeout of its own, so every wait on the stream polls it
-// with ncclCommGetAsyncError and a deadline (GroupOptions::timeout_ms), then aborts the
-// communicator: E_DIST instead of a hang.
+// A dead or hung peer: NCCL has no timeout of its own, so every wait polls the communicator
+// with ncclCommGetAsyncError against a deadline (GroupOptions::timeout_ms), then aborts it:
+// E_DIST instead of a hang. That includes joining: the communicator is made nonblocking
+// (ncclCommInitRankConfig with blocking = 0, NCCL 2.14+), so a peer that never arrives fails
+// the init at the deadline instead of holding it forever. Older libraries have no
+// ncclCommInitRankConfig: the blocking ncclCommInitRank then, which has no timeout.
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <mutex>
@@ -35,9 +39,27 @@ using ncclResult_t = int;
 constexpr ncclResult_t kNcclSuccess = 0, kNcclInProgress = 7;
 constexpr int kNcclFloat32 = 7, kNcclFloat64 = 8, kNcclSum = 0;
 
+// ncclConfig_t as NCCL 2.14.3 introduced it with ncclCommInitRankConfig (src/nccl.h.in at tag
+// v2.14.3-1: struct ncclConfig_v21400 {size_t size; unsigned magic; unsigned version; int
+// blocking;}). Later headers append fields (cgaClusterSize... in 2.17, up to
+// graphStreamOrdering in 2.30.5; NCCL_CONFIG_INITIALIZER sets each to NCCL_CONFIG_UNDEF_INT =
+// INT_MIN or NCCL_CONFIG_UNDEF_PTR = NULL). A library reads `size` bytes of it and, for a config
+// whose `version` predates a field, takes that field's default (init.cc parseCommConfig since
+// 2.17; 2.14-2.16 read `blocking` only), so this first layout works with every library that has
+// the call. magic is NCCL_API_MAGIC; version is NCCL_VERSION(2, 14, 0) = 2 * 10000 + 14 * 100.
+struct NcclConfig {
+  size_t size = sizeof(NcclConfig);
+  unsigned int magic = 0xcafebeef;
+  unsigned int version = 21400;
+  int blocking = 0;
+};
+
 struct NcclApi {
   ncclResult_t (*get_unique_id)(ncclUniqueId*);
   ncclResult_t (*comm_init_rank)(ncclComm_t*, int, ncclUniqueId, int);
+  // Null before NCCL 2.14 (the blocking init then, without a timeout).
+  ncclResult_t (*comm_init_rank_config)(ncclComm_t*, int, ncclUniqueId, int, NcclConfig*);
+  ncclResult_t (*comm_finalize)(ncclComm_t);
   ncclResult_t (*all_reduce)(const void*, void*, size_t, int, int, ncclComm_t, cudaStream_t);
   ncclResult_t (*comm_destroy)(ncclComm_t);
   ncclResult_t (*comm_abort)(ncclComm_t);
@@ -66,6 +88,13 @@ const NcclApi& nccl(const std::string& library = "libnccl.so.2") {
   };
   api.get_unique_id = reinterpret_cast<decltype(api.get_unique_id)>(sym("ncclGetUniqueId"));
   api.comm_init_rank = reinterpret_cast<decltype(api.comm_init_rank)>(sym("ncclCommInitRank"));
+  // Both came in 2.14: the nonblocking communicator and the finalize it needs before destroy.
+  void* init_config = dlsym(h, "ncclCommInitRankConfig");
+  void* finalize = dlsym(h, "ncclCommFinalize");
+  if (init_config && finalize) {
+    api.comm_init_rank_config = reinterpret_cast<decltype(api.comm_init_rank_config)>(init_config);
+    api.comm_finalize = reinterpret_cast<decltype(api.comm_finalize)>(finalize);
+  }
   api.all_reduce = reinterpret_cast<decltype(api.all_reduce)>(sym("ncclAllReduce"));
   api.comm_destroy = reinterpret_cast<decltype(api.comm_destroy)>(sym("ncclCommDestroy"));
   api.comm_abort = reinterpret_cast<decltype(api.comm_abort)>(sym("ncclCommAbort"));
@@ -80,13 +109,34 @@ std::string nccl_text(ncclResult_t r) {
   return s ? s : "NCCL error " + std::to_string(r);
 }
 
+using Clock = std::chrono::steady_clock;
+
+// A nonblocking communicator's state once the call in flight on it (the init, a collective that
+// NCCL's own thread is putting on the stream, a finalize) is done, or ncclInProgress when the
+// deadline comes first. The polls back off from 20 us to 1 ms: an enqueue takes microseconds, a
+// join as long as the slowest peer.
+ncclResult_t settle(ncclComm_t comm, Clock::time_point deadline) {
+  auto pause = std::chrono::microseconds(20);
+  for (;;) {
+    ncclResult_t state = kNcclInProgress;
+    const ncclResult_t r = nccl().comm_get_async_error(comm, &state);
+    if (r != kNcclSuccess) return r;
+    if (state != kNcclInProgress) return state;
+    if (Clock::now() >= deadline) return kNcclInProgress;
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::microseconds(1000));
+  }
+}
+
 class NcclGroup : public Group {
  public:
-  NcclGroup(ncclComm_t comm, int rank, int size, int64_t timeout_ms) : comm_(comm), rank_(rank), size_(size), timeout_ms_(timeout_ms) {}
+  NcclGroup(ncclComm_t comm, int rank, int size, int64_t timeout_ms, bool nonblocking)
+      : comm_(comm), rank_(rank), size_(size), timeout_ms_(timeout_ms), nonblocking_(nonblocking) {}
   ~NcclGroup() override {
+    cuda::bind_device();  // dropped on whichever thread let go of it last
     if (scratch_) cudaFree(scratch_);
     if (!aborted_) {
-      if (broken_) nccl().comm_abort(comm_);
+      if (broken_ || !finalized()) nccl().comm_abort(comm_);
       else nccl().comm_destroy(comm_);
     }
   }
@@ -166,6 +216,15 @@ class NcclGroup : public Group {
   void enqueue(void* p, size_t n, int dtype, const std::string& what) {
     if (broken_) fail("E_DIST", "rank " + std::to_string(rank_) + ": the process group failed earlier; it cannot be used again");
     ncclResult_t r = nccl().all_reduce(p, p, n, dtype, kNcclSum, comm_, cuda::stream());
+    // Nonblocking: NCCL's own thread puts the sum on the stream. Wait for that (not for the sum)
+    // so that the kernels launched after it stay after it, and so that the next NCCL call
+    // finds the communicator ready, as NCCL requires.
+    if (r == kNcclInProgress && nonblocking_) r = settle(comm_, Clock::now() + std::chrono::milliseconds(timeout_ms_));
+    if (r == kNcclInProgress) {
+      break_group();
+      fail("E_DIST", "rank " + std::to_string(rank_) + " of " + std::to_string(size_) + ": all-reduce of " + what + " could not be enqueued within " +
+                         std::to_string(timeout_ms_) + " ms (a peer died or hung, or the network broke)");
+    }
     if (r != kNcclSuccess) {
       break_group();
       fail("E_DIST", "rank " + std::to_string(rank_) + " of " + std::to_string(size_) + ": all-reduce of " + what + " failed: " + nccl_text(r));
@@ -178,9 +237,19 @@ class NcclGroup : public Group {
     abort();
   }
 
+  // A nonblocking communicator is finalized (its sums flushed, NCCL's threads done) before it
+  // is destroyed; false when that fails or takes past the timeout: it is aborted instead.
+  bool finalized() {
+    if (!nonblocking_) return true;
+    ncclResult_t r = nccl().comm_finalize(comm_);
+    if (r == kNcclInProgress) r = settle(comm_, Clock::now() + std::chrono::milliseconds(timeout_ms_));
+    return r == kNcclSuccess;
+  }
+
   ncclComm_t comm_;
   int rank_, size_;
   int64_t timeout_ms_;
+  bool nonblocking_;
   std::mutex mu_;
   bool broken_ = false, aborted_ = false;
   // The first collective enqueued since the last wait (named in its error), empty: none.
@@ -209,11 +278,28 @@ std::shared_ptr<Group> connect_nccl(const GroupOptions& o) {
     if (v.size() != sizeof id.internal) fail("E_DIST", "rank " + std::to_string(o.rank) + ": NCCL's unique id from the store at " + client.where() + " has " + std::to_string(v.size()) + " bytes, expected 128");
     std::memcpy(id.internal, v.data(), sizeof id.internal);
   }
-  // Every rank on the device current on this thread: one GPU per rank (CUDA_VISIBLE_DEVICES).
+  // NCCL takes the device current on the calling thread (a pool thread here): the rank's own
+  // (cuda_memory.h use_device; one GPU per rank, as NCCL requires).
+  cuda::bind_device();
+  const std::string who = "rank " + std::to_string(o.rank) + ": joining NCCL's group of " + std::to_string(o.size);
   ncclComm_t comm = nullptr;
-  ncclResult_t r = api.comm_init_rank(&comm, o.size, id, o.rank);
-  if (r != kNcclSuccess) fail("E_DIST", "rank " + std::to_string(o.rank) + ": joining NCCL's group of " + std::to_string(o.size) + " failed: " + nccl_text(r));
-  auto g = std::make_shared<NcclGroup>(comm, o.rank, o.size, o.timeout_ms);
+  const bool nonblocking = api.comm_init_rank_config != nullptr;
+  ncclResult_t r;
+  if (nonblocking) {
+    const auto deadline = Clock::now() + std::chrono::milliseconds(o.timeout_ms);
+    NcclConfig config;
+    r = api.comm_init_rank_config(&comm, o.size, id, o.rank, &config);
+    if (r == kNcclInProgress) r = settle(comm, deadline);
+    if (r == kNcclInProgress) {
+      api.comm_abort(comm);
+      fail("E_DIST", who + " did not complete within " + std::to_string(o.timeout_ms) + " ms (PEFTKIT_DIST_TIMEOUT_MS): a rank never joined, or the network between ranks is blocked");
+    }
+    if (r != kNcclSuccess && comm) api.comm_abort(comm);
+  } else {
+    r = api.comm_init_rank(&comm, o.size, id, o.rank);  // NCCL < 2.14: no timeout here
+  }
+  if (r != kNcclSuccess) fail("E_DIST", who + " failed: " + nccl_text(r));
+  auto g = std::make_shared<NcclGroup>(comm, o.rank, o.size, o.timeout_ms, nonblocking);
   g->barrier();
   return g;
 }

@@ -147,7 +147,7 @@ export const TRAIN_FLAGS: readonly Flag[] = [
   { name: 'device', type: 'enum', values: ['cpu', 'cuda', 'auto'], field: 'device', description: 'where to run', details: DEVICE_DETAILS },
   {
     name: 'nproc-per-node', type: 'int', metavar: 'N', min: 1, default: '1', description: 'data-parallel training: start N ranks on this machine, the cores divided between them',
-    details: 'each rank reads --batch-size rows of every global batch (batch-size × N × grad-accum sequences a step) and the gradients are summed over the ranks (Gloo; NCCL with --device cuda, each rank given its own GPU through CUDA_VISIBLE_DEVICES: the list the launcher sees, else GPU i for rank i); only rank 0 writes. Without it, the torchrun variables (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) make this process one rank of a run launched elsewhere (torchrun-style scripts, Slurm, several machines)',
+    details: 'each rank reads --batch-size rows of every global batch (batch-size × N × grad-accum sequences a step) and the gradients are summed over the ranks (Gloo; NCCL with --device cuda, each rank given its own GPU through CUDA_VISIBLE_DEVICES: the list the launcher sees, else GPU i for rank i); only rank 0 writes. Without it, the torchrun variables (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) make this process one rank of a run launched elsewhere (torchrun-style scripts, Slurm, several machines); with --device cuda such a rank takes GPU LOCAL_RANK of those it sees, the only one when it sees one',
   },
   {
     name: 'no-memory-check', type: 'boolean', field: 'memoryCheck', negate: true, default: 'checked',

@@ -48,6 +48,24 @@ function within<T>(p: Promise<T>, ms: number): Promise<T> {
   return Promise.race([p, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms).unref())]);
 }
 
+/**
+ * A join that failed (E_DIST: Gloo's rendezvous or NCCL's init ran out of time), naming the
+ * ranks that never reached the store: the usual cause, a rank that did not start or died first.
+ */
+async function namingAbsentRanks(e: unknown, setup: DistributedSetup, liveness: StoreClient): Promise<unknown> {
+  if (!(e instanceof PeftkitError) || e.code !== 'E_DIST') return e;
+  try {
+    const states = await within(liveness.rankStates(), 5000);
+    const seen = new Set([...states.connected, ...states.left, ...states.lost, ...Object.keys(states.failed).map(Number)]);
+    const absent = Array.from({ length: setup.worldSize }, (_, r) => r).filter((r) => !seen.has(r));
+    if (!absent.length) return e;
+    const list = absent.length > 8 ? `${absent.slice(0, 8).join(', ')} and ${absent.length - 8} more` : absent.join(', ');
+    return new PeftkitError('E_DIST', `rank${absent.length > 1 ? 's' : ''} ${list} never joined (never reached the store at ${setup.masterAddr}:${setup.masterPort}): ${e.message}`);
+  } catch {
+    return e; // the store is gone: the error as it is
+  }
+}
+
 export class ProcessGroup {
   private closed = false;
 
@@ -90,10 +108,11 @@ export class ProcessGroup {
       await liveness.hello(setup.rank);
       await native.distConnectAsync(handle, backend, setup.rank, setup.worldSize, setup.masterAddr, setup.masterPort, `${prefix}/`, setup.localAddr, setup.timeoutMs, o.ncclLibrary ?? (process.env.PEFTKIT_NCCL_LIBRARY || 'libnccl.so.2'));
     } catch (e) {
+      const named = liveness ? await namingAbsentRanks(e, setup, liveness) : e;
       native.distClose(handle);
       liveness?.close();
       await server?.close();
-      throw e;
+      throw named;
     }
     return new ProcessGroup(setup, handle, server, liveness, backend);
   }

@@ -13,6 +13,7 @@ import * as path from 'path';
 import { BatchIterator, evalBatches, Example, shardBatch, Tokenizer } from '../data';
 import { ranksPerNode } from '../distributed/env';
 import type { ProcessGroup } from '../distributed/group';
+import { describeRankDevice, RankDevice } from '../distributed/rank_device';
 import type { Batch } from '../data';
 import { PeftkitError } from '../errors';
 import { removeLeftoverTemps } from '../io/atomic';
@@ -39,7 +40,10 @@ export type TrainEvent =
   | { type: 'warning'; message: string }
   | {
     type: 'start'; totalSteps: number; startStep: number; trainExamples: number; evalExamples: number; trainableParams: number; device: string;
-    /** Why the run is on `device` (what 'auto' found, or that it was asked for). */
+    /**
+     * Why the run is on `device` (what 'auto' found, or that it was asked for); a rank of a
+     * distributed CUDA run adds its GPU ("; rank 1: GPU 1 of 8 visible (NVIDIA H100 ..., PCI ...)").
+     */
     deviceReason: string;
   }
   | { type: 'step'; step: number; totalSteps: number; loss: number; lr: number; gradNorm: number; tokensPerS: number; elapsedS: number; etaS: number }
@@ -67,6 +71,8 @@ export interface RunHooks {
   shouldStop?: () => boolean;
   /** Data-parallel training: the joined process group (see src/distributed). */
   group?: ProcessGroup;
+  /** Data-parallel training on CUDA: the GPU this rank took (useRankCudaDevice), named in the 'start' event. */
+  rankDevice?: RankDevice;
   /** What the memory check takes as available (tests); defaults to availableMemory(). */
   availableMemory?: () => { bytes: number; source: string };
 }
@@ -277,7 +283,8 @@ function trainWith(options: TrainOptions, o: ResolvedTrainOptions, ck: Checkpoin
     emit({
       type: 'start', totalSteps, startStep: step, trainExamples: data.train.length, evalExamples: data.eval.length,
       trainableParams: adapter.parameters().reduce((a, p) => a + p.param.numel, 0), device: model.device,
-      deviceReason: deviceChoice(o.device).reason, // what LlamaModel.load resolved o.device by
+      // what LlamaModel.load resolved o.device by
+      deviceReason: deviceChoice(o.device).reason + (group && hooks.rankDevice ? `; rank ${group.rank}: ${describeRankDevice(hooks.rankDevice)}` : ''),
     });
     let finalLoss = NaN;
     const runStart = elapsed();

@@ -11,6 +11,7 @@ import { runTraining } from './run';
 import { launchedRankThreads, resolveDistributed } from '../distributed/env';
 import { setNumThreads } from '../runtime';
 import { ProcessGroup } from '../distributed/group';
+import { RankDevice, useRankCudaDevice } from '../distributed/rank_device';
 import { resolveDevice } from '../tensor';
 
 interface WorkerInput {
@@ -23,18 +24,23 @@ const flag = new Int32Array(stop);
 
 async function main(): Promise<void> {
   let group: ProcessGroup | undefined;
+  let rankDevice: RankDevice | undefined;
   try {
     // Joined before the (synchronous) run: rank 0's store needs this thread's event loop to answer the rendezvous.
     const setup = resolveDistributed(options.distributed);
     if (setup) {
       const threads = launchedRankThreads();
       if (threads) setNumThreads(threads);
-      group = await ProcessGroup.join(setup, { device: resolveDevice(options.device) });
+      const device = resolveDevice(options.device);
+      // The rank's own GPU, before NCCL joins on it and before any tensor is made.
+      if (device === 'cuda') rankDevice = useRankCudaDevice(setup.localRank);
+      group = await ProcessGroup.join(setup, { device });
     }
     const result = runTraining(options, {
       onEvent: (event) => parentPort!.postMessage({ kind: 'event', event }),
       shouldStop: () => Atomics.load(flag, 0) !== 0,
       group,
+      rankDevice,
     });
     await group?.close();
     parentPort!.postMessage({ kind: 'result', result });

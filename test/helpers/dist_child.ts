@@ -3,7 +3,8 @@
  * MASTER_PORT in the environment): `node dist_child.js <scenario>` prints one JSON line, what
  * it computed or the error it got.
  *   sum:   f32 tensors (one per rank pattern), step scalars in f64, and gradient buckets
- *   ncclSum: the tensor and the scalars of sum, over NCCL on CUDA tensors
+ *   ncclSum: the tensor and the scalars of sum, over NCCL on CUDA tensors, each rank on the GPU
+ *            its LOCAL_RANK picks (useRankCudaDevice), reported as `device`
  *   die:   rank 1 exits abruptly after one all-reduce; the others try a second one
  *   die0:  the same with rank 0 (the store's rank) dying
  *   dieStarted: as die, the second sum started in the background (overlap) and waited for
@@ -11,6 +12,8 @@
  */
 import { resolveDistributed } from '../../src/distributed/env';
 import { ProcessGroup } from '../../src/distributed/group';
+import { useRankCudaDevice } from '../../src/distributed/rank_device';
+import { runtimeInfo } from '../../src/runtime';
 import { GradBuckets } from '../../src/distributed/buckets';
 import { PeftkitError } from '../../src/errors';
 import { Tensor } from '../../src/tensor';
@@ -22,14 +25,18 @@ function pattern(rank: number, n: number, salt: number): Float32Array {
   return a;
 }
 
+const started = Date.now();
+
 async function main(): Promise<void> {
   const scenario = process.argv[2];
   const setup = resolveDistributed()!;
   const device = scenario === 'ncclSum' ? 'cuda' : 'cpu';
+  if (device === 'cuda') useRankCudaDevice(setup.localRank);
   const g = await ProcessGroup.join(setup, { prefix: `test-${scenario}`, device });
   const out: Record<string, unknown> = { rank: g.rank, size: g.size };
   try {
     if (scenario === 'ncclSum') {
+      out.device = runtimeInfo().cudaDevice;
       const t = Tensor.from(pattern(g.rank, 1000, 0), [1000], { device: 'cuda' });
       g.allReduceSumStart(t, 'test tensor');
       g.waitStarted();
@@ -96,6 +103,6 @@ async function main(): Promise<void> {
   process.exit(0);
 }
 main().catch((e) => {
-  process.stdout.write(JSON.stringify({ fatal: { code: (e as PeftkitError).code, message: (e as Error).message } }) + '\n');
+  process.stdout.write(JSON.stringify({ fatal: { code: (e as PeftkitError).code, message: (e as Error).message }, ms: Date.now() - started }) + '\n');
   process.exit(1);
 });

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 namespace pk::cuda {
 
@@ -15,6 +16,15 @@ struct CopyCounts {
 CopyCounts copy_counts();
 
 int device_count();  // 0 when no driver or no device
+// Makes device `index` (of the visible ones) this process's device, current on every thread that
+// works on CUDA from now on (common.cuh bind_device): torch.cuda.set_device for a rank of a
+// distributed run. Once per process, before any CUDA work, which would take device 0: E_DEVICE
+// otherwise, and for an index out of range. Choosing the same device again is a no-op.
+void use_device(int index);
+// The process's device: the chosen one, 0 once CUDA work ran without a choice, -1 before either.
+int current_device();
+// "<name> (PCI <bus id>)", for logs: CUDA_VISIBLE_DEVICES renumbers, the bus id does not.
+std::string describe_device(int index);
 // From the device's memory pool, stream-ordered on the calling thread's stream (memory.cu).
 void* malloc_device(size_t bytes);
 void free_device(void* p);

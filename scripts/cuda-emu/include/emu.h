@@ -90,6 +90,7 @@ inline cudaError_t cudaGetDevice(int* d) {
   *d = 0;
   return cudaSuccess;
 }
+inline cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErrorInvalidValue; }
 // EMU_SM_MAJOR=7 exercises the pre-Ampere fallbacks.
 inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr, int) {
   const char* s = getenv("EMU_SM_MAJOR");
