@@ -146,6 +146,17 @@ void InitTransformerOps(Napi::Env env, Napi::Object exports) {
   });
   DefineTensorOp(env, exports, "reluForward", {"out", "x"}, ops::relu_forward);
   DefineTensorOp(env, exports, "reluBackward", {"dx", "dout", "x"}, ops::relu_backward);
+  DefineTensorOp(env, exports, "tanhForward", {"out", "x"}, ops::tanh_forward);
+  DefineTensorOp(env, exports, "tanhBackward", {"dx", "dout", "out"}, ops::tanh_backward);
+  // copyCols(dst, dstCol, src, srcCol, width)
+  DefineOp(env, exports, "copyCols", [](const Napi::CallbackInfo& info) -> Work {
+    Tensor dst = GetTensor(info, 0, "dst"), src = GetTensor(info, 2, "src");
+    const int64_t dst_col = GetInt(info, 1, "dstCol"), src_col = GetInt(info, 3, "srcCol"), width = GetInt(info, 4, "width");
+    return [=]() {
+      ops::copy_cols(dst, dst_col, src, src_col, width);
+      return kNone;
+    };
+  });
   DefineTensorOp(env, exports, "swigluForward", {"out", "gate", "up"}, ops::swiglu_forward);
   DefineTensorOp(env, exports, "swigluBackward", {"dgate", "dup", "dout", "gate", "up"}, ops::swiglu_backward);
   DefineTensorOp(env, exports, "add", {"out", "a", "b"}, ops::add);

@@ -117,6 +117,9 @@ interface TransformerOps {
   geluBackward(dx: T, dout: T, x: T, tanhApprox: boolean): void;
   reluForward(out: T, x: T): void;
   reluBackward(dx: T, dout: T, x: T): void;
+  tanhForward(out: T, x: T): void;
+  tanhBackward(dx: T, dout: T, out: T): void;
+  copyCols(dst: T, dstCol: number, src: T, srcCol: number, width: number): void;
   swigluForward(out: T, gate: T, up: T): void;
   swigluBackward(dgate: T, dup: T, dout: T, gate: T, up: T): void;
   add(out: T, a: T, b: T): void;

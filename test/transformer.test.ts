@@ -411,6 +411,36 @@ for (const device of devices()) {
     t.true(Number.isNaN(nan.toFloat32Array()[0]), 'a NaN input stays NaN (max(NaN, 0) would hide it)');
   });
 
+  test(`${device}: tanh forward/backward: float64 rounded once, in place`, (t) => {
+    const rng = makeRng(t);
+    for (const n of SIZES) {
+      const x = activationInputs(rng, n), dout = randn(rng, n);
+      const X = from(x, [n]), out = poisoned([n], device), dx = poisoned([n], device);
+      ops.tanhForward(out, X);
+      const y = out.toFloat32Array();
+      // Math.tanh and the C library's may differ in a double's last bit; rounded to f32 that shows
+      // only on a tie, so the bar is one f32 ulp.
+      y.forEach((v, i) => t.true(Math.abs(v - Math.fround(Math.tanh(x[i]))) <= 2 ** -23 * Math.abs(v), `tanh n=${n} i=${i}: ${v}`));
+      ops.tanhBackward(dx, from(dout, [n]), out);
+      t.deepEqual(dx.toFloat32Array(), Float32Array.from(dout, (d, i) => d * (1 - y[i] * y[i])), `dtanh n=${n}`);
+      ops.tanhForward(X, X);
+      t.deepEqual(X.toFloat32Array(), y, `tanh in place n=${n}`);
+    }
+  });
+
+  test(`${device}: copyCols copies a block of columns between matrices, and refuses one that does not fit`, (t) => {
+    const rng = makeRng(t);
+    const rows = 5, src = randn(rng, rows * 37), dst0 = randn(rng, rows * 11);
+    const S = from(src, [rows, 37]), D = from(dst0, [rows, 11]);
+    ops.copyCols(D, 3, S, 29, 8);
+    const want = Float32Array.from(dst0);
+    for (let r = 0; r < rows; r++) for (let c = 0; c < 8; c++) want[r * 11 + 3 + c] = src[r * 37 + 29 + c];
+    t.deepEqual(D.toFloat32Array(), want);
+    t.throws(() => ops.copyCols(D, 4, S, 29, 8), { message: /copy_cols dst: columns \[4, 12\) are outside its 11/ });
+    t.throws(() => ops.copyCols(D, 0, S, 30, 8), { message: /copy_cols src: columns \[30, 38\) are outside its 37/ });
+    t.throws(() => ops.copyCols(from(dst0.subarray(0, 44), [4, 11]), 0, S, 0, 8), { message: /copy_cols dst: expected 5 rows/ });
+  });
+
   test(`${device}: silu, gelu (tanh and erf) and swiglu forward/backward match float64`, (t) => {
     const rng = makeRng(t);
     // The project's f32 bar. Typical CPU errors are ~1e-7, but with a handful of elements one value

@@ -39,6 +39,18 @@ void relu_backward(float* dx, const float* dout, const float* x, int64_t n) {
   });
 }
 
+void tanh_forward(float* out, const float* x, int64_t n) {
+  parallel_ranges(n, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; i++) out[i] = float(std::tanh(double(x[i])));
+  });
+}
+
+void tanh_backward(float* dx, const float* dout, const float* out, int64_t n) {
+  parallel_ranges(n, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; i++) dx[i] = float(double(dout[i]) * (1.0 - double(out[i]) * double(out[i])));
+  });
+}
+
 // tanh form ("gelu_pytorch_tanh"): 0.5·x·(1 + tanh(sqrt(2/π)·(x + 0.044715·x³))).
 // erf form ("gelu"):               0.5·x·(1 + erf(x/√2)); d/dx = Φ(x) + x·φ(x).
 void gelu_forward(float* out, const float* x, int64_t n, bool tanh_approx) {

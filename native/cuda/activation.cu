@@ -64,6 +64,16 @@ __global__ void relu_bwd(float* dx, const float* dout, const float* x, int64_t n
     dx[i] = x[i] > 0.f ? dout[i] : 0.f;
 }
 
+__global__ void tanh_fwd(float* out, const float* x, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = float(tanh(double(x[i])));
+}
+
+__global__ void tanh_bwd(float* dx, const float* dout, const float* out, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dx[i] = float(double(dout[i]) * (1.0 - double(out[i]) * double(out[i])));
+}
+
 __global__ void swiglu_fwd(float* out, const float* gate, const float* up, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const float g = gate[i];
@@ -111,6 +121,18 @@ void relu_forward(float* out, const float* x, int64_t n) {
   if (n == 0) return;
   relu_fwd<<<elt_blocks(n), kEltThreads, 0, stream()>>>(out, x, n);
   check_launch("relu_forward");
+}
+
+void tanh_forward(float* out, const float* x, int64_t n) {
+  if (n == 0) return;
+  tanh_fwd<<<elt_blocks(n), kEltThreads, 0, stream()>>>(out, x, n);
+  check_launch("tanh_forward");
+}
+
+void tanh_backward(float* dx, const float* dout, const float* out, int64_t n) {
+  if (n == 0) return;
+  tanh_bwd<<<elt_blocks(n), kEltThreads, 0, stream()>>>(dx, dout, out, n);
+  check_launch("tanh_backward");
 }
 
 void relu_backward(float* dx, const float* dout, const float* x, int64_t n) {

@@ -12,6 +12,15 @@ __global__ void add_kernel(float* out, const float* a, const float* b, int64_t n
     out[i] = a[i] + b[i];
 }
 
+__global__ void copy_cols_kernel(float* dst, int64_t ld_dst, const float* src, int64_t ld_src, int64_t rows,
+                                 int64_t width) {
+  const int64_t n = rows * width;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / width, c = i % width;
+    dst[r * ld_dst + c] = src[r * ld_src + c];
+  }
+}
+
 __global__ void keep_masked_kernel(float* x, const uint8_t* keep, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     if (!keep[i]) x[i] = 0.f;
@@ -43,6 +52,14 @@ void axpy(float* y, const float* x, float a, int64_t n) {
   if (n == 0) return;
   axpy_kernel<<<elt_blocks(n), kEltThreads, 0, stream()>>>(y, x, a, n);
   check_launch("axpy");
+}
+
+void copy_cols(float* dst, int64_t ld_dst, int64_t dst_col, const float* src, int64_t ld_src, int64_t src_col,
+               int64_t rows, int64_t width) {
+  if (rows * width == 0) return;
+  copy_cols_kernel<<<elt_blocks(rows * width), kEltThreads, 0, stream()>>>(dst + dst_col, ld_dst, src + src_col, ld_src,
+                                                                           rows, width);
+  check_launch("copy_cols");
 }
 
 void keep_masked(float* x, const uint8_t* keep, int64_t n) {

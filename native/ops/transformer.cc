@@ -285,6 +285,20 @@ void relu_backward(const Tensor& dx, const Tensor& dout, const Tensor& x) {
   PK_ON_DEVICE(x.device, relu_backward, dx.data<float>(), dout.data<float>(), x.data<float>(), x.numel());
 }
 
+void tanh_forward(const Tensor& out, const Tensor& x) {
+  const char* op = "tanh_forward";
+  expect_args(op, DType::F32, {{x, "x"}, {out, "out"}});
+  expect_same_shape(op, {{x, "x"}, {out, "out"}});
+  PK_ON_DEVICE(x.device, tanh_forward, out.data<float>(), x.data<float>(), x.numel());
+}
+
+void tanh_backward(const Tensor& dx, const Tensor& dout, const Tensor& out) {
+  const char* op = "tanh_backward";
+  expect_args(op, DType::F32, {{out, "out"}, {dx, "dx"}, {dout, "dout"}});
+  expect_same_shape(op, {{out, "out"}, {dx, "dx"}, {dout, "dout"}});
+  PK_ON_DEVICE(out.device, tanh_backward, dx.data<float>(), dout.data<float>(), out.data<float>(), out.numel());
+}
+
 void swiglu_forward(const Tensor& out, const Tensor& gate, const Tensor& up) {
   const char* op = "swiglu_forward";
   expect_args(op, DType::F32, {{gate, "gate"}, {up, "up"}, {out, "out"}});
@@ -315,6 +329,25 @@ void axpy(const Tensor& y, const Tensor& x, float a) {
   expect_args(op, DType::F32, {{y, "y"}, {x, "x"}});
   expect_same_shape(op, {{y, "y"}, {x, "x"}});
   PK_ON_DEVICE(y.device, axpy, y.data<float>(), x.data<float>(), a, y.numel());
+}
+
+void copy_cols(const Tensor& dst, int64_t dst_col, const Tensor& src, int64_t src_col, int64_t width) {
+  const char* op = "copy_cols";
+  expect_args(op, DType::F32, {{dst, "dst"}, {src, "src"}});
+  expect_ndim(dst, 2, named(op, "dst").c_str());
+  expect_ndim(src, 2, named(op, "src").c_str());
+  if (dst.dim(0) != src.dim(0))
+    fail("E_SHAPE", named(op, "dst") + ": expected " + std::to_string(src.dim(0)) + " rows (src's), got " + dst.describe());
+  const auto fits = [&](const Tensor& t, int64_t col, const char* name) {
+    if (col < 0 || width < 0 || col + width > t.dim(1))
+      fail("E_ARG", named(op, name) + ": columns [" + std::to_string(col) + ", " + std::to_string(col + width) +
+                        ") are outside its " + std::to_string(t.dim(1)) + " (" + t.describe() + ")");
+  };
+  fits(dst, dst_col, "dst");
+  fits(src, src_col, "src");
+  if (dst.storage == src.storage) fail("E_ARG", named(op, "dst") + ": must not share memory with src");
+  PK_ON_DEVICE(dst.device, copy_cols, dst.data<float>(), dst.dim(1), dst_col, src.data<float>(), src.dim(1), src_col,
+               src.dim(0), width);
 }
 
 void keep_masked(const Tensor& x, const Tensor& keep) {

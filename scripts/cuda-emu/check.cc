@@ -515,6 +515,22 @@ static void check_elementwise() {
   });
   run1("relu forward", [&](float* o) { pk::cuda::relu_forward(o, x.data(), n); },
        [&](size_t i) { return x[i] > 0 ? double(x[i]) : 0.0; });
+  run1("tanh forward", [&](float* o) { pk::cuda::tanh_forward(o, x.data(), n); },
+       [&](size_t i) { return double(float(std::tanh(double(x[i])))); }, 0);
+  {
+    Vec th(static_cast<size_t>(n));
+    pk::cuda::tanh_forward(th.data(), x.data(), n);
+    run1("tanh backward", [&](float* o) { pk::cuda::tanh_backward(o, d.data(), th.data(), n); },
+         [&](size_t i) { return double(float(double(d[i]) * (1.0 - double(th[i]) * th[i]))); }, 0);
+    // Columns [3, 11) of rows of 20 into columns [1, 9) of rows of 12.
+    const int64_t rows = 7;
+    Vec src = randn(size_t(rows * 20)), dst = randn(size_t(rows * 12));
+    Ref want(dst.begin(), dst.end());
+    for (int64_t r = 0; r < rows; r++)
+      for (int64_t c = 0; c < 8; c++) want[size_t(r * 12 + 1 + c)] = src[size_t(r * 20 + 3 + c)];
+    pk::cuda::copy_cols(dst.data(), 12, 1, src.data(), 20, 3, rows, 8);
+    expect("copy_cols", dst, want, 0);
+  }
   run1("relu backward", [&](float* o) { pk::cuda::relu_backward(o, d.data(), x.data(), n); },
        [&](size_t i) { return x[i] > 0 ? double(d[i]) : 0.0; });
   run1("swiglu forward", [&](float* o) { pk::cuda::swiglu_forward(o, x.data(), y.data(), n); },

@@ -229,6 +229,24 @@ export function reluBackwardAsync(dx: Tensor, dout: Tensor, x: Tensor): Promise<
   return native.reluBackwardAsync(dx.native, dout.native, x.native);
 }
 
+/** `out = tanh(x)` (out may be x), in double rounded once: prefix tuning's projection MLP. */
+export function tanhForward(out: Tensor, x: Tensor): void {
+  native.tanhForward(out.native, x.native);
+}
+/** {@link tanhForward} on the thread pool. */
+export function tanhForwardAsync(out: Tensor, x: Tensor): Promise<void> {
+  return native.tanhForwardAsync(out.native, x.native);
+}
+
+/** `dx = dout · (1 − out²)` from the forward's output `out` (dx may be dout). */
+export function tanhBackward(dx: Tensor, dout: Tensor, out: Tensor): void {
+  native.tanhBackward(dx.native, dout.native, out.native);
+}
+/** {@link tanhBackward} on the thread pool. */
+export function tanhBackwardAsync(dx: Tensor, dout: Tensor, out: Tensor): Promise<void> {
+  return native.tanhBackwardAsync(dx.native, dout.native, out.native);
+}
+
 /** SwiGLU of the Llama MLP: `out = silu(gate) · up`. */
 export function swigluForward(out: Tensor, gate: Tensor, up: Tensor): void {
   native.swigluForward(out.native, gate.native, up.native);
@@ -265,6 +283,18 @@ export function axpy(y: Tensor, x: Tensor, a: number): void {
 /** {@link axpy} on the thread pool. */
 export function axpyAsync(y: Tensor, x: Tensor, a: number): Promise<void> {
   return native.axpyAsync(y.native, x.native, a);
+}
+
+/**
+ * `dst[:, dstCol : dstCol + width] = src[:, srcCol : srcCol + width]` for 2-D f32 tensors with
+ * the same rows (not sharing memory): a block of columns copied where the tensors live.
+ */
+export function copyCols(dst: Tensor, dstCol: number, src: Tensor, srcCol: number, width: number): void {
+  native.copyCols(dst.native, dstCol, src.native, srcCol, width);
+}
+/** {@link copyCols} on the thread pool. */
+export function copyColsAsync(dst: Tensor, dstCol: number, src: Tensor, srcCol: number, width: number): Promise<void> {
+  return native.copyColsAsync(dst.native, dstCol, src.native, srcCol, width);
 }
 
 /**

@@ -106,17 +106,14 @@ export class PrefixTuningAdapter extends ParamAdapter<PrefixTuningConfig> implem
     const p = this.proj;
     if (p) {
       ops.linearForward(p.pre, p.E, p.W[0], { bias: p.b[0] });
-      p.act.write(p.pre.toFloat32Array().map(Math.tanh));
+      ops.tanhForward(p.act, p.pre);
       ops.linearForward(this.table, p.act, p.W[1], { bias: p.b[1] });
     }
-    const n = this.config.num_virtual_tokens, kvd = this.config.token_dim, W = this.config.num_layers * 2 * kvd;
-    const t = this.table.toFloat32Array();
+    // Each layer's keys and values are a block of the table's columns, copied where both live.
+    const kvd = this.config.token_dim;
     this.sites.forEach((s, l) => {
-      for (const [j, dst] of [[0, s.keys], [1, s.values]] as const) {
-        const rows = new Float32Array(n * kvd);
-        for (let r = 0; r < n; r++) rows.set(t.subarray(r * W + (l * 2 + j) * kvd, r * W + (l * 2 + j + 1) * kvd), r * kvd);
-        dst.write(rows);
-      }
+      ops.copyCols(s.keys, 0, this.table, l * 2 * kvd, kvd);
+      ops.copyCols(s.values, 0, this.table, (l * 2 + 1) * kvd, kvd);
     });
   }
 
@@ -163,15 +160,11 @@ export class PrefixTuningAdapter extends ParamAdapter<PrefixTuningConfig> implem
     if (this.config.prefix_projection && !this.proj) {
       throw new PeftkitError('E_UNSUPPORTED', `${this.source}: this prefix_projection adapter holds no projection MLP (PEFT saves only its output), so it can be used, not trained`);
     }
-    const n = this.config.num_virtual_tokens, kvd = this.config.token_dim, W = this.config.num_layers * 2 * kvd;
-    const g = new Float32Array(n * W);
+    const kvd = this.config.token_dim;
     this.sites.forEach((s, l) => {
-      for (const [j, src] of [[0, s.dKeys], [1, s.dValues]] as const) {
-        const rows = src.toFloat32Array();
-        for (let r = 0; r < n; r++) g.set(rows.subarray(r * kvd, (r + 1) * kvd), r * W + (l * 2 + j) * kvd);
-      }
+      ops.copyCols(this.grad, l * 2 * kvd, s.dKeys, 0, kvd);
+      ops.copyCols(this.grad, (l * 2 + 1) * kvd, s.dValues, 0, kvd);
     });
-    this.grad.write(g);
     const p = this.proj;
     if (!p) return;
     ops.gemm(p.dW[1], this.grad, p.act, { transA: true, beta: 1 });
@@ -179,8 +172,7 @@ export class PrefixTuningAdapter extends ParamAdapter<PrefixTuningConfig> implem
     const dAct = Tensor.zeros(p.act.shape, { device: p.act.device });
     try {
       ops.gemm(dAct, this.grad, p.W[1]);
-      const a = p.act.toFloat32Array();
-      dAct.write(dAct.toFloat32Array().map((d, i) => d * (1 - a[i] * a[i])));
+      ops.tanhBackward(dAct, dAct, p.act);
       ops.gemm(p.dW[0], dAct, p.E, { transA: true, beta: 1 });
       ops.biasBackward(p.db[0], dAct);
       ops.gemm(p.dE, dAct, p.W[0], { beta: 1 });

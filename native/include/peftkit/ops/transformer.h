@@ -42,11 +42,16 @@ void gelu_forward(const Tensor& out, const Tensor& x, bool tanh_approx);
 void gelu_backward(const Tensor& dx, const Tensor& dout, const Tensor& x, bool tanh_approx);
 void relu_forward(const Tensor& out, const Tensor& x);
 void relu_backward(const Tensor& dx, const Tensor& dout, const Tensor& x);
+// tanh: out = tanh(x); dx = dout·(1 − out²) from the forward's output. f32, one shape.
+void tanh_forward(const Tensor& out, const Tensor& x);
+void tanh_backward(const Tensor& dx, const Tensor& dout, const Tensor& out);
 void swiglu_forward(const Tensor& out, const Tensor& gate, const Tensor& up);
 void swiglu_backward(const Tensor& dgate, const Tensor& dup, const Tensor& dout, const Tensor& gate,
                      const Tensor& up);
 void add(const Tensor& out, const Tensor& a, const Tensor& b);
 void axpy(const Tensor& y, const Tensor& x, float a);  // y += a·x
+// dst[:, dst_col : dst_col + width] = src[:, src_col : src_col + width]; both f32 [rows, ·], apart.
+void copy_cols(const Tensor& dst, int64_t dst_col, const Tensor& src, int64_t src_col, int64_t width);
 // x (f32) = 0 where keep (u8, x's shape) is 0; unchanged elsewhere.
 void keep_masked(const Tensor& x, const Tensor& keep);
 // out = x converted f32 -> bf16 (round to nearest even) or bf16 -> f32; same shape.
