@@ -296,8 +296,9 @@ function trainWith(options: TrainOptions, o: ResolvedTrainOptions, ck: Checkpoin
       warnedDivergence = true; // once a run: every later step of a diverging run would repeat it
       emit({ type: 'warning', message: divergenceWarning(u, { maxGradNorm: o.maxGradNorm }) });
     };
-    // A run that stops or fails before the next step reports the last update warns of it first
-    // (a diverging update is what turns the next loss into NaN); a read that fails (a broken GPU)
+    // A run that stops, or fails with E_NAN, before the next step reports the last update warns
+    // of it first (a diverging update is what turns the next loss into NaN). Not after other
+    // errors: reading the device behind a failed collective could wait on it. A read that fails
     // must not hide the error being raised.
     const warnOfLastUpdate = () => {
       let u: UpdateMeasure | undefined;
@@ -324,7 +325,7 @@ function trainWith(options: TrainOptions, o: ResolvedTrainOptions, ck: Checkpoin
       try {
         r = stepNaming(trainer, window, lr, data.train);
       } catch (e) {
-        warnOfLastUpdate();
+        if (e instanceof PeftkitError && e.code === 'E_NAN') warnOfLastUpdate();
         throw e;
       }
       step++;
