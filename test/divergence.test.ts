@@ -49,6 +49,41 @@ test('a huge learning rate (8-bit optimizer) warns once, naming the step, the ra
   t.deepEqual(warnings({ ...f, ...common, optim: 'adamw', lr: 1e-2 }), []);
 });
 
+test('a run stopped or failing right after a diverging step still warns of it (the ratio is measured a step late)', (t) => {
+  const f = fixture();
+  // Stopped after step 1: its update is reported by the step that never runs.
+  const stopped: string[] = [];
+  let stepped = false;
+  const err = t.throws(() => runTraining({ ...f, ...common, lr: 1, out: path.join(tmp(), 'out') }, {
+    onEvent: (e) => {
+      if (e.type === 'step') stepped = true;
+      if (e.type === 'warning') stopped.push(e.message);
+    },
+    shouldStop: () => stepped,
+  }), { instanceOf: PeftkitError });
+  t.is(err?.code, 'E_ABORTED');
+  t.is(stopped.length, 1, stopped.join('\n'));
+  t.regex(stopped[0], /^step 1: the update moved the trainable weights by at least [\d.]+× their norm/);
+  // Step 2 fails (as a NaN loss after a diverging update would): the warning that explains it comes first.
+  const failed: string[] = [];
+  const step = Trainer.prototype.step;
+  let calls = 0;
+  Trainer.prototype.step = function (this: Trainer, ...args: Parameters<Trainer['step']>) {
+    if (++calls === 2) throw new PeftkitError('E_NAN', 'loss is NaN (simulated)');
+    return step.apply(this, args);
+  };
+  try {
+    const err2 = t.throws(() => runTraining({ ...f, ...common, lr: 1, out: path.join(tmp(), 'out') }, {
+      onEvent: (e) => e.type === 'warning' && failed.push(e.message),
+    }), { instanceOf: PeftkitError });
+    t.is(err2?.code, 'E_NAN');
+  } finally {
+    Trainer.prototype.step = step;
+  }
+  t.is(failed.length, 1, failed.join('\n'));
+  t.regex(failed[0], /^step 1: the update moved the trainable weights by at least [\d.]+× their norm/);
+});
+
 test('the warning reads as the CLI\'s flags on the command line', (t) => {
   const m = divergenceWarning({ step: 3, lr: 0.5, ratio: 12.5 }, { maxGradNorm: 0 });
   t.regex(cliWording(TRAIN_FLAGS, m), /^step 3: .* 12\.5× .*lower --lr \(now 0\.5\), and turn gradient clipping on \(--max-grad-norm, e\.g\. 1; it is off\)$/);

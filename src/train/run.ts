@@ -34,7 +34,7 @@ import { CheckpointOptions, checkResume, holdsCheckpoints, loraFingerprint, reso
 import { prepareData, RunData } from './run_data';
 import { lrAt } from './schedule';
 import { divergenceWarning, Trainer, UPDATE_RATIO_WARN } from './trainer';
-import type { UpdateMeasure } from './trainer';
+import type { StepResult, UpdateMeasure } from './trainer';
 
 export type TrainEvent =
   | { type: 'warning'; message: string }
@@ -296,18 +296,38 @@ function trainWith(options: TrainOptions, o: ResolvedTrainOptions, ck: Checkpoin
       warnedDivergence = true; // once a run: every later step of a diverging run would repeat it
       emit({ type: 'warning', message: divergenceWarning(u, { maxGradNorm: o.maxGradNorm }) });
     };
+    // A run that stops, or fails with E_NAN, before the next step reports the last update warns
+    // of it first (a diverging update is what turns the next loss into NaN). Not after other
+    // errors: reading the device behind a failed collective could wait on it. A read that fails
+    // must not hide the error being raised.
+    const warnOfLastUpdate = () => {
+      let u: UpdateMeasure | undefined;
+      try {
+        u = trainer.lastUpdate();
+      } catch {
+        return;
+      }
+      warnIfDiverging(u);
+    };
     while (step < totalSteps) {
       let stop = hooks.shouldStop?.() ?? false;
       // A stop asked of one rank stops them all at the same step (the others would wait in the next all-reduce).
       if (group) stop = group.allReduceNumbers([stop ? 1 : 0], 'stop flag')[0] > 0;
       if (stop) {
+        warnOfLastUpdate();
         checkpoint();
         throw new PeftkitError('E_ABORTED', `training stopped at step ${step}; resume with resume: '${o.out}'`);
       }
       const window = nextWindow(batches, o.gradAccum, group, o.batchSize);
       const lr = lrAt(step, { schedule: o.schedule, lr: o.lr, warmupSteps: o.warmupSteps, totalSteps });
       const ts = Date.now();
-      const r = stepNaming(trainer, window, lr, data.train);
+      let r: StepResult;
+      try {
+        r = stepNaming(trainer, window, lr, data.train);
+      } catch (e) {
+        if (e instanceof PeftkitError && e.code === 'E_NAN') warnOfLastUpdate();
+        throw e;
+      }
       step++;
       tokensSeen += r.inputTokens;
       finalLoss = r.loss;
