@@ -26,6 +26,10 @@ test('torchrun variables: read, overridden by options, and refused with the vari
   const d = resolveDistributed({ rank: 1, worldSize: 2, masterPort: 5000, timeoutMs: 10, overlap: false, bucketCapMb: 0.5 }, { WORLD_SIZE: '8', RANK: '7', MASTER_PORT: '1', PEFTKIT_DDP_OVERLAP: '1', PEFTKIT_DDP_BUCKET_MB: '4' })!;
   t.like(d, { rank: 1, worldSize: 2, localRank: 1, masterAddr: '127.0.0.1', masterPort: 5000, timeoutMs: 10, overlap: false, bucketCapMb: 0.5 });
   t.like(resolveDistributed({}, { WORLD_SIZE: '2', RANK: '0', PEFTKIT_DDP_OVERLAP: '0', PEFTKIT_DDP_BUCKET_MB: '4' })!, { overlap: false, bucketCapMb: 4 });
+  // The local rank: LOCAL_RANK, else Slurm's SLURM_LOCALID (srun), else the rank.
+  t.like(resolveDistributed({}, { WORLD_SIZE: '8', RANK: '5', SLURM_LOCALID: '1' })!, { rank: 5, localRank: 1 });
+  t.like(resolveDistributed({}, { WORLD_SIZE: '8', RANK: '5', SLURM_LOCALID: '1', LOCAL_RANK: '3' })!, { localRank: 3 });
+  t.like(resolveDistributed({}, { WORLD_SIZE: '8', RANK: '5' })!, { localRank: 5 });
   const bad: Array<[Record<string, string>, RegExp]> = [
     [{ WORLD_SIZE: '2' }, /^RANK: WORLD_SIZE is 2 but this process has no rank/],
     [{ WORLD_SIZE: '2', RANK: '2' }, /^RANK: expected a rank in \[0, 1\] \(WORLD_SIZE 2\), got 2/],

@@ -186,6 +186,7 @@ class NcclGroup : public Group {
   // Host doubles through a small device buffer on the op stream.
   void allreduce_sum_f64(double* data, size_t n, const char* what) override {
     if (n == 0) return;
+    cuda::bind_device();  // cudaFree/cudaMalloc below act on the calling thread's current device
     if (n > scratch_n_) {
       if (scratch_) cudaFree(scratch_);
       scratch_ = nullptr;

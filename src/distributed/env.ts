@@ -11,7 +11,7 @@ export interface DistributedOptions {
   rank?: number;
   /** Number of ranks. Defaults to `WORLD_SIZE`, else 1 (no distribution). */
   worldSize?: number;
-  /** The rank on this machine (threads and devices are divided by it). Defaults to `LOCAL_RANK`, else `rank`. */
+  /** The rank on this machine (threads and devices are divided by it). Defaults to `LOCAL_RANK`, else Slurm's `SLURM_LOCALID`, else `rank`. */
   localRank?: number;
   /** Host of rank 0, which serves the rendezvous store. Defaults to `MASTER_ADDR`, else `127.0.0.1`. */
   masterAddr?: string;
@@ -78,7 +78,8 @@ export function resolveDistributed(o: DistributedOptions = {}, env: Env = proces
   return {
     rank,
     worldSize,
-    localRank: intFrom('distributed.localRank', o.localRank, 'LOCAL_RANK', env, 0, 1 << 20, rank)!,
+    // Slurm's srun names the task's place on its node SLURM_LOCALID (torchrun: LOCAL_RANK).
+    localRank: intFrom('distributed.localRank', o.localRank, 'LOCAL_RANK', env, 0, 1 << 20, intFrom('distributed.localRank', undefined, 'SLURM_LOCALID', env, 0, 1 << 20, rank))!,
     masterAddr,
     masterPort: intFrom('distributed.masterPort', o.masterPort, 'MASTER_PORT', env, 1, 65535, 29500)!,
     localAddr: o.localAddr ?? env.PEFTKIT_DIST_ADDR ?? '',
