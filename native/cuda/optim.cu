@@ -59,17 +59,21 @@ void adamw(const ParamRef* params, int64_t count, AdamWHyper h) {
   }
 }
 
+void grad_sumsq_into(double* out, const ParamRef* params, int64_t count) {
+  check(cudaMemsetAsync(out, 0, sizeof(double), stream()), "grad_sumsq_into memset");
+  for (int64_t t = 0; t < count; t++) {
+    if (params[t].n == 0) continue;
+    sumsq_kernel<<<reduce_blocks(params[t].n), kEltThreads, 0, stream()>>>(out, params[t].grad, params[t].n);
+    check_launch("grad_sumsq_into");
+  }
+}
+
 double grad_sumsq(const ParamRef* params, int64_t count) {
   double* acc = nullptr;
   check(cudaMallocAsync(&acc, sizeof(double), stream()), "grad_sumsq alloc");
   double total = 0.0;
   try {
-    check(cudaMemsetAsync(acc, 0, sizeof(double), stream()), "grad_sumsq memset");
-    for (int64_t t = 0; t < count; t++) {
-      if (params[t].n == 0) continue;
-      sumsq_kernel<<<reduce_blocks(params[t].n), kEltThreads, 0, stream()>>>(acc, params[t].grad, params[t].n);
-      check_launch("grad_sumsq");
-    }
+    grad_sumsq_into(acc, params, count);
     count_copy(true, sizeof(double));
     check(cudaMemcpyAsync(&total, acc, sizeof(double), cudaMemcpyDeviceToHost, stream()), "grad_sumsq copy");
     check(cudaStreamSynchronize(stream()), "grad_sumsq sync");
@@ -79,15 +83,6 @@ double grad_sumsq(const ParamRef* params, int64_t count) {
   }
   cudaFreeAsync(acc, stream());
   return total;
-}
-
-void grad_sumsq_into(double* out, const ParamRef* params, int64_t count) {
-  check(cudaMemsetAsync(out, 0, sizeof(double), stream()), "grad_sumsq_into memset");
-  for (int64_t t = 0; t < count; t++) {
-    if (params[t].n == 0) continue;
-    sumsq_kernel<<<reduce_blocks(params[t].n), kEltThreads, 0, stream()>>>(out, params[t].grad, params[t].n);
-    check_launch("grad_sumsq_into");
-  }
 }
 
 void sum_into(double* acc, const float* x, int64_t n) {

@@ -106,23 +106,16 @@ void grad_sumsq_into(const Tensor& out, const std::vector<Tensor>& grads) {
 #endif
 }
 
-double clip_grad_norm(const std::vector<Tensor>& grads, double max_norm) {
-  const std::vector<ParamRef> refs = grad_refs(grads, "clipGradNorm grads");
-  if (refs.empty()) {
-    clip_grads_to(grads, max_norm, 0.0);  // the argument checks
-    return 0.0;
-  }
-  const double norm = std::sqrt(sumsq(refs, grads[0].device));
-  clip_grads_to(grads, max_norm, norm);
-  return norm;
-}
+namespace {
 
-void clip_grads_to(const std::vector<Tensor>& grads, double max_norm, double norm) {
+void expect_max_norm(double max_norm) {
   if (std::isnan(max_norm) || max_norm < 0)
     fail("E_ARG", "clipGradNorm maxNorm: expected a number >= 0, got " + std::to_string(max_norm));
-  const std::vector<ParamRef> refs = grad_refs(grads, "clipGradNorm grads");
-  if (refs.empty() || !std::isfinite(norm)) return;
-  const Device device = grads[0].device;
+}
+
+// The scaling of clip_grad_norm for `norm` over the (non-empty) refs.
+void scale_to(const std::vector<ParamRef>& refs, Device device, double max_norm, double norm) {
+  if (!std::isfinite(norm)) return;
   // As torch: the norm is an f32 tensor and the coefficient is formed in f32, then clamped to 1.
   const float coef = float(max_norm) / (float(norm) + 1e-6f);
   if (!(coef < 1.f)) return;
@@ -133,6 +126,23 @@ void clip_grads_to(const std::vector<Tensor>& grads, double max_norm, double nor
 #ifdef PEFTKIT_CUDA
   cuda::grad_scale(refs.data(), int64_t(refs.size()), coef);
 #endif
+}
+
+}  // namespace
+
+double clip_grad_norm(const std::vector<Tensor>& grads, double max_norm) {
+  expect_max_norm(max_norm);
+  const std::vector<ParamRef> refs = grad_refs(grads, "clipGradNorm grads");
+  if (refs.empty()) return 0.0;
+  const double norm = std::sqrt(sumsq(refs, grads[0].device));
+  scale_to(refs, grads[0].device, max_norm, norm);
+  return norm;
+}
+
+void clip_grads_to(const std::vector<Tensor>& grads, double max_norm, double norm) {
+  expect_max_norm(max_norm);
+  const std::vector<ParamRef> refs = grad_refs(grads, "clipGradNorm grads");
+  if (!refs.empty()) scale_to(refs, grads[0].device, max_norm, norm);
 }
 
 }  // namespace pk::ops

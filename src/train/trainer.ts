@@ -171,7 +171,7 @@ export class Trainer {
     ops.raiseIndexFault(v.subarray(FAULT, FAULT + ops.INDEX_FAULT_DOUBLES));
     let lossSum = v[LOSS];
     if (!Number.isFinite(lossSum)) throw this.forward.nonFiniteLoss(lossSum);
-    const previousUpdate = this.pending ? { ...this.pending, ratio: updateRatio(this.pending.before, Math.sqrt(v[AFTER_SQ])) } : undefined;
+    const previousUpdate = this.measurePending(v[AFTER_SQ]);
     const before = Math.sqrt(beforeIsAfter ? v[AFTER_SQ] : v[BEFORE_SQ]);
     if (group) [lossSum, inputTokens] = group.allReduceNumbers([lossSum, inputTokens], 'loss sum and input tokens');
     const gradNorm = Math.sqrt(v[GRAD_SQ]);
@@ -203,10 +203,16 @@ export class Trainer {
    */
   lastUpdate(): UpdateMeasure | undefined {
     if (!this.pending) return undefined;
-    const after = Math.sqrt((this.at.afterSq.toArray() as Float64Array)[0]);
-    const u = { ...this.pending, ratio: updateRatio(this.pending.before, after) };
+    const u = this.measurePending((this.at.afterSq.toArray() as Float64Array)[0]);
     this.pending = null;
     return u;
+  }
+
+  /** The pending update's measure, given ‖θ'‖² after it; undefined when none is pending. */
+  private measurePending(afterSq: number): UpdateMeasure | undefined {
+    if (!this.pending) return undefined;
+    const { step, lr, before } = this.pending, after = Math.sqrt(afterSq);
+    return { step, lr, ratio: before > 0 ? Math.abs(after - before) / before : NaN };
   }
 
   /** The buckets of the trainable gradients, each gradient with the backward point that finishes it. */
@@ -242,10 +248,6 @@ export class Trainer {
     this.forward.dispose();
     this.optimizer.dispose();
   }
-}
-
-function updateRatio(before: number, after: number): number {
-  return before > 0 ? Math.abs(after - before) / before : NaN;
 }
 
 /**

@@ -29,7 +29,6 @@ export class DoraLayer extends LoraLayer {
   readonly dm: Tensor;
   /** ‖W + s·B·A‖ per row, as of the last forward (on the device: the step reads nothing back). */
   private readonly norms: Tensor;
-  private normsSet = false;
   /** m / ‖W'‖, and that minus 1 (the DoRA term's factor with dropout). */
   private g: Tensor;
   private gMinus1: Tensor;
@@ -90,9 +89,9 @@ export class DoraLayer extends LoraLayer {
 
   /** g = m / ‖W + s·B·A‖, once a forward (once a generator when the weights are fixed). */
   private updateScale(base: BaseLinear, call: SiteCall): void {
-    if (call.weightsFixed && this.normFor?.deref() === call.scratch && this.normsSet) return;
+    // normFor is set only once the norms are: a generator's scratch finds them computed.
+    if (call.weightsFixed && this.normFor?.deref() === call.scratch) return;
     this.weightNorms(this.norms, base, call.scratch);
-    this.normsSet = true;
     this.normFor = call.weightsFixed ? new WeakRef(call.scratch) : null;
     ops.doraScale(this.g, this.gMinus1, this.m, this.norms);
   }
